@@ -1,0 +1,156 @@
+"""The ``b2luca`` command: one entry point with subcommands.
+
+Exit codes: 0 ok, 1 a task/calibration failed or data is missing, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .config import BucketConfig, ConfigError, load_config
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command-line or configuration problem (exit code 2)."""
+
+
+def _load(path: str) -> BucketConfig:
+    return load_config(path)
+
+
+def _load_plan(cfg: BucketConfig):
+    from .catalogue import build_plan, discover
+
+    catalogue = discover(cfg.calibrations.directory)
+    if cfg.calibrations.select:
+        catalogue = catalogue.select(cfg.calibrations.select)
+    unknown = sorted(set(cfg.calibrations.expert_config) - set(catalogue.calibrations))
+    if unknown:
+        raise ConfigError(f"{cfg.path}: calibrations.expert_config.{unknown[0]}: no calibration of that name in "
+                          f"{cfg.calibrations.directory} (known: {', '.join(sorted(catalogue.calibrations))})")
+    return catalogue, build_plan(catalogue)
+
+
+# --- subcommands ----------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the bucket config and the calibration catalogue; print the plan."""
+    cfg = _load(args.config)
+    catalogue, plan = _load_plan(cfg)
+    b = cfg.bucket
+    print(f"bucket {b.name}: experiment {b.experiment}, runs {b.first_run}-{b.last_run} "
+          f"(requested IoV {cfg.requested_iov}; prompt payloads valid {cfg.prompt_iov})")
+    print(f"work dir {cfg.work_dir}; runner {cfg.runner.type}; report {cfg.report.transport}; "
+          f"batch {cfg.batch.system} x{cfg.batch.workers}")
+    print(f"database chain: {cfg.conditions.prompt_global_tag} (prompt) -> {' -> '.join(cfg.conditions.database_chain)}")
+    print()
+    print("stage local: copy into the prompt global tag")
+    for subsystem, tags in cfg.local_calibrations.items():
+        for tag, names in tags.items():
+            print(f"  {subsystem}: {tag} -> {', '.join(names)}")
+    print(plan.as_text(catalogue))
+    return EXIT_OK
+
+
+def cmd_dag(args: argparse.Namespace) -> int:
+    """Print the calibration plan as text or Graphviz dot."""
+    cfg = _load(args.config)
+    catalogue, plan = _load_plan(cfg)
+    print(plan.as_dot() if args.format == "dot" else plan.as_text(catalogue))
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate the bucket's synthetic data, truth and run list."""
+    from .dataset import simulate_config
+
+    cfg = _load(args.config)
+    summary = simulate_config(cfg, force=args.force)
+    print(summary)
+    return EXIT_OK
+
+
+def cmd_rundb(args: argparse.Namespace) -> int:
+    """Write the bucket's RunDB CSV snapshot."""
+    from .rundb import snapshot_for_config
+
+    cfg = _load(args.config)
+    frame = snapshot_for_config(cfg)
+    print(f"wrote {cfg.rundb.snapshot} ({len(frame)} runs)")
+    return EXIT_OK
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    """Solve an alignment problem from a pede steering file."""
+    from .alignment import cli as align_cli
+
+    return int(align_cli.run(args))
+
+
+def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from .alignment import cli as align_cli
+    except ImportError:  # pragma: no cover - the solver is part of the package
+        parser.add_argument("steering")
+        return
+    align_cli.add_arguments(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``b2luca`` with all subcommands."""
+    parser = argparse.ArgumentParser(prog="b2luca", description="Belle II prompt-calibration orchestrator.")
+    parser.add_argument("--version", action="version", version=f"b2luca {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("check", cmd_check, "validate the bucket config and calibration catalogue, print the plan")
+    p.add_argument("config")
+    p = add("dag", cmd_dag, "print the calibration plan")
+    p.add_argument("config")
+    p.add_argument("--format", choices=["text", "dot"], default="text")
+    p = add("simulate", cmd_simulate, "simulate the bucket's synthetic data (toy detector)")
+    p.add_argument("config")
+    p.add_argument("--force", action="store_true", help="simulate again even when the data exists")
+    p = add("rundb", cmd_rundb, "write the bucket's RunDB CSV snapshot")
+    p.add_argument("config")
+    p = add("align", cmd_align, "solve an alignment problem from a pede steering file")
+    _add_align_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``b2luca`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return args.func(args)
+    except (ConfigError, UsageError) as exc:
+        print(f"b2luca: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:
+        from .catalogue import CatalogueError
+
+        if isinstance(exc, CatalogueError):
+            print(f"b2luca: calibration catalogue error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

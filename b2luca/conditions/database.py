@@ -1,0 +1,225 @@
+"""A local conditions database in the basf2 format, and chains of them.
+
+A database is a directory with ``database.txt``, one line per payload IoV::
+
+    dbstore/<PayloadName> <revision> <exp_low>,<run_low>,<exp_high>,<run_high>
+
+(``#`` starts a comment; when several lines cover a run, the last line wins) and payload files
+``dbstore_<PayloadName>_rev_<revision>.root``.  Payloads are immutable: storing new content creates a
+new revision; storing the content that is already in force for the same IoV changes nothing.
+Writers take an exclusive ``fcntl`` lock, so several worker processes may store into one database.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..iov import ExpRun, IoV
+from .payload import PayloadError, payload_checksum, read_checksum, read_payload, write_payload
+
+DATABASE_FILE = "database.txt"
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FILE_RE = re.compile(r"^dbstore_(?P<name>.+)_rev_(?P<rev>[^_]+)\.root$")
+
+
+class DatabaseError(ValueError):
+    """A database directory or one of its lines is not usable."""
+
+
+@dataclass(frozen=True)
+class PayloadEntry:
+    """One line of database.txt: a payload revision valid for an IoV."""
+
+    name: str
+    revision: int | str
+    iov: IoV
+    path: Path
+
+    def line(self) -> str:
+        """The database.txt line for this entry."""
+        return f"dbstore/{self.name} {self.revision} {self.iov}"
+
+
+def payload_filename(name: str, revision: int | str) -> str:
+    """``dbstore_<Name>_rev_<revision>.root`` as basf2 names payload files."""
+    return f"dbstore_{name}_rev_{revision}.root"
+
+
+def parse_database_txt(path: Path) -> list[PayloadEntry]:
+    """Parse a database.txt; a malformed line raises naming the file and the line number."""
+    entries: list[PayloadEntry] = []
+    directory = path.parent
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) != 3 or not fields[0].startswith("dbstore/"):
+            raise DatabaseError(f"{path}:{number}: expected 'dbstore/<Name> <revision> e1,r1,e2,r2', got {raw!r}")
+        name = fields[0][len("dbstore/"):]
+        revision: int | str = int(fields[1]) if fields[1].isdigit() else fields[1]
+        try:
+            iov = IoV.parse(fields[2])
+        except (ValueError, TypeError) as exc:
+            raise DatabaseError(f"{path}:{number}: {exc}") from exc
+        entries.append(PayloadEntry(name, revision, iov, directory / payload_filename(name, revision)))
+    return entries
+
+
+class LocalDatabase:
+    """A basf2-format local database directory (``database.txt`` plus payload files)."""
+
+    def __init__(self, path: "str | os.PathLike[str]") -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"LocalDatabase({str(self.path)!r})"
+
+    @property
+    def database_txt(self) -> Path:
+        return self.path / DATABASE_FILE
+
+    def exists(self) -> bool:
+        return self.database_txt.is_file()
+
+    def create(self) -> "LocalDatabase":
+        """Create the directory and an empty database.txt if missing."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.database_txt.exists():
+            self._write_lines([])
+        return self
+
+    # --- reading ------------------------------------------------------------------------------
+    def entries(self) -> list[PayloadEntry]:
+        """All lines of database.txt in file order (empty for a missing database)."""
+        if not self.database_txt.exists():
+            return []
+        return parse_database_txt(self.database_txt)
+
+    def names(self) -> list[str]:
+        """Payload names present, in order of first appearance."""
+        return list(dict.fromkeys(entry.name for entry in self.entries()))
+
+    def lookup(self, name: str, exprun: ExpRun) -> PayloadEntry | None:
+        """The entry of ``name`` valid for ``exprun`` (the last matching line wins)."""
+        for entry in reversed(self.entries()):
+            if entry.name == name and entry.iov.contains(exprun):
+                return entry
+        return None
+
+    def read(self, name_or_entry: "str | PayloadEntry", exprun: ExpRun | None = None) -> dict[str, np.ndarray]:
+        """Read a payload given its entry, or its name and the run it must be valid for."""
+        entry = name_or_entry
+        if isinstance(name_or_entry, str):
+            if exprun is None:
+                raise TypeError("LocalDatabase.read(name) needs the exprun to look up")
+            entry = self.lookup(name_or_entry, exprun)
+            if entry is None:
+                raise KeyError(f"{self.path}: no payload {name_or_entry} valid for run {exprun}")
+        assert isinstance(entry, PayloadEntry)
+        if not entry.path.is_file():
+            raise DatabaseError(f"{self.database_txt}: payload file {entry.path.name} of {entry.line()!r} is missing")
+        return read_payload(entry.path)
+
+    # --- writing ------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the database's exclusive write lock (between processes too)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def store(self, name: str, data: Mapping[str, "np.typing.ArrayLike"], iov: IoV) -> PayloadEntry:
+        """Store ``data`` as payload ``name`` for ``iov``; return its entry.
+
+        A no-op (returning the existing entry) when the line in force for exactly this name and IoV
+        already holds the same content; otherwise a new revision is written and a line appended.
+        """
+        if not _NAME_RE.match(name):
+            raise DatabaseError(f"payload name {name!r} must be an identifier")
+        checksum = payload_checksum(data)
+        with self.locked():
+            entries = self.entries()
+            for entry in reversed(entries):
+                if entry.name == name and entry.iov == iov:
+                    if entry.path.is_file() and read_checksum(entry.path) == checksum:
+                        return entry
+                    break
+            revision = self._next_revision(name, entries)
+            entry = PayloadEntry(name, revision, iov, self.path / payload_filename(name, revision))
+            write_payload(entry.path, data)
+            self._write_lines([e.line() for e in entries] + [entry.line()])
+            return entry
+
+    def store_file(self, name: str, source: Path, iov: IoV) -> PayloadEntry:
+        """Store the content of an existing payload file (same rules as :meth:`store`)."""
+        return self.store(name, read_payload(source), iov)
+
+    def _next_revision(self, name: str, entries: Sequence[PayloadEntry]) -> int:
+        revisions = [e.revision for e in entries if e.name == name and isinstance(e.revision, int)]
+        # Files without a line (a writer killed between file and line) still reserve their revision.
+        for path in self.path.glob(f"dbstore_{name}_rev_*.root"):
+            match = _FILE_RE.match(path.name)
+            if match and match.group("name") == name and match.group("rev").isdigit():
+                revisions.append(int(match.group("rev")))
+        return max(revisions, default=0) + 1
+
+    def _write_lines(self, lines: Sequence[str]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".database.", suffix=".tmp", dir=self.path)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, self.database_txt)
+
+
+class DatabaseChain:
+    """An ordered list of databases; a look-up returns the first database's match."""
+
+    def __init__(self, databases: Sequence[LocalDatabase]) -> None:
+        self.databases = list(databases)
+
+    def __repr__(self) -> str:
+        return f"DatabaseChain({[str(db.path) for db in self.databases]})"
+
+    def __iter__(self) -> Iterator[LocalDatabase]:
+        return iter(self.databases)
+
+    def __len__(self) -> int:
+        return len(self.databases)
+
+    def lookup(self, name: str, exprun: ExpRun) -> PayloadEntry | None:
+        """The entry of the first database in the chain that has ``name`` valid for ``exprun``."""
+        for database in self.databases:
+            entry = database.lookup(name, exprun)
+            if entry is not None:
+                return entry
+        return None
+
+    def read(self, name: str, exprun: ExpRun) -> dict[str, np.ndarray]:
+        """Read the payload ``name`` valid for ``exprun`` from the first database that has it."""
+        entry = self.lookup(name, exprun)
+        if entry is None:
+            raise KeyError(f"no payload {name} valid for run {exprun} in {self!r}")
+        return read_payload(entry.path)
+
+    def read_or_none(self, name: str, exprun: ExpRun) -> dict[str, np.ndarray] | None:
+        """Like :meth:`read`, but None when no database has the payload."""
+        entry = self.lookup(name, exprun)
+        return None if entry is None else read_payload(entry.path)
+
+
+__all__ = ["DatabaseChain", "DatabaseError", "LocalDatabase", "PayloadEntry", "PayloadError",
+           "parse_database_txt", "payload_filename"]

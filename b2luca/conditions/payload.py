@@ -1,0 +1,109 @@
+"""Payload files: named numeric arrays in a ROOT file, written and read with uproot.
+
+Each array ``key`` is stored as a TTree ``key`` with one branch ``value`` whose entries run over the
+array's first axis (higher axes become fixed-size branch dimensions).  A ``TObjString`` named
+``b2luca_meta`` keeps each array's dtype and exact shape (0-d arrays included), so a round trip gives
+identical arrays.  The content checksum covers names, dtypes, shapes and bytes, not the ROOT container
+(ROOT files carry timestamps and UUIDs, so two writes of the same arrays differ byte-wise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import uproot
+
+META_KEY = "b2luca_meta"
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ALLOWED_KINDS = "biuf"  # bool, signed, unsigned, float
+
+
+class PayloadError(ValueError):
+    """A payload file or payload content is not usable."""
+
+
+def _normalise(data: Mapping[str, "np.typing.ArrayLike"]) -> dict[str, np.ndarray]:
+    if not data:
+        raise PayloadError("a payload needs at least one named array")
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or not _KEY_RE.match(key) or key == META_KEY:
+            raise PayloadError(f"payload array name {key!r} must be an identifier (and not {META_KEY!r})")
+        array = np.asarray(value)
+        if not array.flags.c_contiguous:
+            array = array.copy(order="C")
+        if array.dtype.kind not in _ALLOWED_KINDS:
+            raise PayloadError(f"payload array {key!r}: dtype {array.dtype} is not numeric or bool")
+        arrays[key] = array
+    return arrays
+
+
+def payload_checksum(data: Mapping[str, "np.typing.ArrayLike"]) -> str:
+    """SHA-256 over the sorted array names, dtypes, shapes and contents."""
+    digest = hashlib.sha256()
+    for key, array in sorted(_normalise(data).items()):
+        digest.update(key.encode())
+        digest.update(array.dtype.newbyteorder("<").str.encode())
+        digest.update(repr(array.shape).encode())
+        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def write_payload(path: "str | os.PathLike[str]", data: Mapping[str, "np.typing.ArrayLike"]) -> str:
+    """Write ``data`` to the ROOT file ``path`` atomically; return the content checksum."""
+    arrays = _normalise(data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {key: {"dtype": a.dtype.str, "shape": list(a.shape)} for key, a in arrays.items()}
+    meta["__checksum__"] = payload_checksum(arrays)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with uproot.recreate(tmp) as out:
+            out[META_KEY] = json.dumps(meta, sort_keys=True)
+            for key, array in arrays.items():
+                stored = array.reshape(1) if array.ndim == 0 else array
+                out[key] = {"value": stored}
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return meta["__checksum__"]
+
+
+def read_payload(path: "str | os.PathLike[str]") -> dict[str, np.ndarray]:
+    """Read a payload file written by :func:`write_payload` back into named arrays."""
+    path = Path(path)
+    try:
+        with uproot.open(path) as source:
+            meta = json.loads(str(source[META_KEY]))
+            arrays: dict[str, np.ndarray] = {}
+            for key, info in meta.items():
+                if key.startswith("__"):
+                    continue
+                values = source[key]["value"].array(library="np")
+                arrays[key] = np.asarray(values, dtype=np.dtype(info["dtype"])).reshape(info["shape"])
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # uproot raises many kinds for a damaged file
+        raise PayloadError(f"{path}: not a readable b2luca payload file ({exc})") from exc
+    return arrays
+
+
+def read_checksum(path: "str | os.PathLike[str]") -> str:
+    """The content checksum stored in a payload file (recomputed when absent)."""
+    try:
+        with uproot.open(path) as source:
+            meta = json.loads(str(source[META_KEY]))
+        if "__checksum__" in meta:
+            return str(meta["__checksum__"])
+    except Exception as exc:
+        raise PayloadError(f"{path}: not a readable b2luca payload file ({exc})") from exc
+    return payload_checksum(read_payload(path))

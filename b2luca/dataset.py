@@ -1,0 +1,95 @@
+"""The bucket's input dataset: the Belle II directory layout, and simulating it when synthetic.
+
+Raw data lives in ``<raw>/e<EXP:04d>/r<RUN:05d>/<data_tag>/*.root`` (cDST files the same way under the
+cDST directory).  For a synthetic bucket the data is produced by the toy detector; a marker file
+``.b2luca-simulation.json`` records the seed and event counts so a finished simulation is never redone
+and a half-finished one is never mistaken for complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import BucketConfig
+from .iov import ExpRun
+
+MARKER = ".b2luca-simulation.json"
+
+
+class DataError(RuntimeError):
+    """Input data is missing or unusable."""
+
+
+def run_directory(root: "str | Path", exprun: ExpRun, data_tag: str) -> Path:
+    """``<root>/e<EXP:04d>/r<RUN:05d>/<data_tag>``."""
+    return Path(root) / f"e{exprun.exp:04d}" / f"r{exprun.run:05d}" / data_tag
+
+
+def expand_input(path: "str | Path") -> list[Path]:
+    """A file, or every ``*.root`` below a directory (sorted); as basf2 reads input_data.json."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*.root") if p.is_file())
+    if path.is_file():
+        return [path]
+    raise DataError(f"input path {path} does not exist")
+
+
+def _simulation_key(cfg: BucketConfig) -> dict[str, Any]:
+    sim = cfg.simulation
+    assert sim is not None
+    return {"bucket": cfg.name, "experiment": cfg.bucket.experiment,
+            "runs": [cfg.bucket.first_run, cfg.bucket.last_run], "seed": sim.seed,
+            "events": dict(sorted(sim.events.items())), "files_per_run": sim.files_per_run}
+
+
+def simulation_is_complete(cfg: BucketConfig) -> bool:
+    """True when the data directory holds a finished simulation of exactly this config."""
+    marker = cfg.data.raw_directory / MARKER
+    if cfg.simulation is None or not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("key") == _simulation_key(cfg)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def simulate_config(cfg: BucketConfig, force: bool = False) -> str:
+    """Simulate the bucket's data, truth and run list unless an identical simulation exists."""
+    if cfg.data.source != "synthetic" or cfg.simulation is None:
+        raise DataError(f"{cfg.path}: data.source is {cfg.data.source!r}: nothing to simulate")
+    if simulation_is_complete(cfg) and not force:
+        return f"simulation of bucket {cfg.name} already complete in {cfg.data.raw_directory}"
+    from .sim import simulate_bucket
+
+    marker = cfg.data.raw_directory / MARKER
+    marker.unlink(missing_ok=True)
+    start = time.perf_counter()
+    summary = simulate_bucket(
+        bucket=cfg.name, experiment=cfg.bucket.experiment,
+        runs=list(range(cfg.bucket.first_run, cfg.bucket.last_run + 1)), seed=cfg.simulation.seed,
+        events=dict(cfg.simulation.events), data_dir=cfg.data.raw_directory,
+        conditions_dir=cfg.conditions.directory, files_per_run=cfg.simulation.files_per_run)
+    seconds = time.perf_counter() - start
+    cfg.data.raw_directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".marker.", dir=cfg.data.raw_directory)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"key": _simulation_key(cfg), "seconds": seconds, "summary": str(summary)}, handle, indent=1)
+    os.replace(tmp, marker)
+    return f"simulated bucket {cfg.name} in {seconds:.1f} s: {summary}"
+
+
+def ensure_data(cfg: BucketConfig) -> str | None:
+    """Make sure the input data exists: simulate a synthetic bucket if needed; check real data."""
+    if cfg.data.source == "synthetic":
+        if simulation_is_complete(cfg):
+            return None
+        return simulate_config(cfg)
+    if not cfg.data.raw_directory.is_dir():
+        raise DataError(f"{cfg.path}: data.raw_directory {cfg.data.raw_directory} does not exist")
+    return None
