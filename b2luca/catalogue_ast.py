@@ -83,19 +83,18 @@ class ParsedScript:
     lineno: int = 0  # line of ``settings = ...``
     docstring: str | None = None
     functions: frozenset[str] = frozenset()  # module-level ``def`` names
-    imports_settings_class: bool = False
+    #: "CalibrationSettings" / "ValidationSettings" when the script imports them (from prompt or b2luca)
+    settings_classes: frozenset[str] = frozenset()
+
+    @property
+    def imports_settings_class(self) -> bool:
+        """Whether the script imports (or calls) a settings class, i.e. means to declare settings."""
+        return bool(self.settings_classes)
 
     @property
     def stem(self) -> str:
         """File name without ``.py``: what other scripts import it as."""
         return self.path.stem
-
-    def dependency_refs(self) -> list[DependencyRef]:
-        """The DependencyRefs listed in ``depends_on`` (other forms are rejected later)."""
-        deps = self.kwargs.get("depends_on") or []
-        if isinstance(deps, (list, tuple)):
-            return [d for d in deps if isinstance(d, DependencyRef)]
-        return []
 
 
 def _symbol_for(dotted: str) -> _Symbol | None:
@@ -124,7 +123,7 @@ class _Reader:
         return CatalogueError(f"{self.path}:{lineno}: {what}")
 
     def unsupported(self, node: ast.AST, what: str) -> CatalogueError:
-        text = ast.unparse(node)
+        text = " ".join(ast.unparse(node).split())
         if len(text) > 70:
             text = text[:67] + "..."
         return self.error(node, f"unsupported construct in the settings: {what} (`{text}`); {_SUPPORTED}")
@@ -162,9 +161,11 @@ class _Reader:
                 self._mark_bound_names(stmt)
 
         result.functions = frozenset(functions)
-        result.imports_settings_class = any(
-            isinstance(v, _Symbol) and v.name in ("CalibrationSettings", "ValidationSettings")
-            for v in self.env.values()) or settings_node is not None and self._looks_like_settings(settings_node)
+        classes = {v.name for v in self.env.values()
+                   if isinstance(v, _Symbol) and v.name in ("CalibrationSettings", "ValidationSettings")}
+        if settings_node is not None and self._looks_like_settings(settings_node):
+            classes.add(self._callee_name(settings_node.value))
+        result.settings_classes = frozenset(classes)
         if settings_node is None:
             return result
         call = settings_node.value
@@ -195,12 +196,14 @@ class _Reader:
         result.lineno = settings_node.lineno
         return result
 
-    def _looks_like_settings(self, node: ast.Assign | ast.AnnAssign) -> bool:
-        call = node.value
+    @staticmethod
+    def _callee_name(call: ast.expr) -> str:
         if isinstance(call, ast.Call):
-            name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
-            return name in ("CalibrationSettings", "ValidationSettings")
-        return False
+            return call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
+        return ""
+
+    def _looks_like_settings(self, node: ast.Assign | ast.AnnAssign) -> bool:
+        return self._callee_name(node.value) in ("CalibrationSettings", "ValidationSettings")
 
     def _import_from(self, stmt: ast.ImportFrom) -> None:
         base = "." * stmt.level + (stmt.module or "")

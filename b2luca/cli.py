@@ -54,7 +54,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for subsystem, tags in cfg.local_calibrations.items():
         for tag, names in tags.items():
             print(f"  {subsystem}: {tag} -> {', '.join(names)}")
-    print(plan.as_text(catalogue))
+    print(plan.as_text())
     return EXIT_OK
 
 
@@ -62,7 +62,7 @@ def cmd_dag(args: argparse.Namespace) -> int:
     """Print the calibration plan as text or Graphviz dot."""
     cfg = _load(args.config)
     catalogue, plan = _load_plan(cfg)
-    print(plan.as_dot() if args.format == "dot" else plan.as_text(catalogue))
+    print(plan.as_dot() if args.format == "dot" else plan.as_text())
     return EXIT_OK
 
 
@@ -84,6 +84,48 @@ def cmd_rundb(args: argparse.Namespace) -> int:
     frame = snapshot_for_config(cfg)
     print(f"wrote {cfg.rundb.snapshot} ({len(frame)} runs)")
     return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the bucket's whole DAG (or explain it with --dry-run)."""
+    from .tasks.driver import run_bucket
+
+    cfg = _load(args.config)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    outcome = run_bucket(cfg, workers=args.workers, dry_run=args.dry_run, only=args.only, rerun=args.rerun or [])
+    return outcome.exit_code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print every task's state, duration and report; calibrations' expert sign-off."""
+    from .tasks.driver import format_table, status_rows
+
+    cfg = _load(args.config)
+    rows = status_rows(cfg)
+    print(format_table(rows))
+    try:
+        from .report import read_signoffs
+
+        signoffs = read_signoffs(cfg.report, cfg.work_dir, cfg.name)
+    except Exception as exc:  # GitLab unreachable: the table above still stands
+        print(f"\nexpert sign-off: not available ({exc})")
+        return EXIT_OK
+    if signoffs:
+        print("\nexpert sign-off:")
+        for name, signoff in sorted(signoffs.items()):
+            print(f"  {name}: {signoff}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Deliver report events still waiting in the outbox."""
+    from .report import flush
+
+    cfg = _load(args.config)
+    pending = flush(cfg.report, cfg.work_dir, cfg.name)
+    print(f"{pending} report event(s) still pending" if pending else "outbox empty: every report event delivered")
+    return EXIT_OK if pending == 0 else EXIT_FAILURE
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -124,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="simulate again even when the data exists")
     p = add("rundb", cmd_rundb, "write the bucket's RunDB CSV snapshot")
     p.add_argument("config")
+    p = add("run", cmd_run, "run the bucket's whole calibration loop")
+    p.add_argument("config")
+    p.add_argument("--workers", type=int, default=None, help="parallel luigi workers (default: batch.workers)")
+    p.add_argument("--dry-run", action="store_true", help="say what would run and why; change nothing")
+    p.add_argument("--only", metavar="NAME", help="run only this calibration (and what it needs)")
+    p.add_argument("--rerun", metavar="NAME", action="append",
+                   help="invalidate this calibration and what depends on it, then run (repeatable)")
+    p = add("status", cmd_status, "print every task's state, duration and report location")
+    p.add_argument("config")
+    p = add("report", cmd_report, "deliver pending report events")
+    p.add_argument("config")
+    p.add_argument("--flush", action="store_true", required=True, help="deliver what waits in the outbox")
     p = add("align", cmd_align, "solve an alignment problem from a pede steering file")
     _add_align_arguments(p)
     return parser
@@ -145,10 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except Exception as exc:
         from .catalogue import CatalogueError
+        from .dataset import DataError
+        from .rundb import RunDBError
 
         if isinstance(exc, CatalogueError):
             print(f"b2luca: calibration catalogue error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+        if isinstance(exc, (DataError, RunDBError)):
+            print(f"b2luca: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
         raise
 
 

@@ -93,3 +93,26 @@ def ensure_data(cfg: BucketConfig) -> str | None:
     if not cfg.data.raw_directory.is_dir():
         raise DataError(f"{cfg.path}: data.raw_directory {cfg.data.raw_directory} does not exist")
     return None
+
+
+def build_input_data(settings: Any, snapshot: Any, data_root: "str | Path") -> dict[str, list[list[Any]]]:
+    """input_data.json content for one calibration: ``{input_data_name: [[dir, [exp, run]], ...]}``.
+
+    Runs come from the RunDB ``snapshot`` after the calibration's ``input_data_filters``; each entry is
+    the run's data-tag directory under ``data_root`` (all ``*.root`` below it), when it exists.
+    """
+    from .rundb import data_tags, select_runs
+
+    document: dict[str, list[list[Any]]] = {}
+    for name in sorted(settings.input_data_names):
+        filters = list(settings.input_data_filters.get(name, []))
+        runs = select_runs(snapshot, filters)
+        entries = []
+        for exp, run in runs[["experiment", "run"]].itertuples(index=False):
+            exprun = ExpRun(int(exp), int(run))
+            for tag in data_tags(filters, default=name):
+                directory = run_directory(data_root, exprun, tag)
+                if directory.is_dir() and any(directory.glob("*.root")):
+                    entries.append([str(directory), exprun.as_list()])
+        document[name] = entries
+    return document

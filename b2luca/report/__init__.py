@@ -1,0 +1,190 @@
+"""Reporting layer: the DAG emits events, transports deliver them (DESIGN §7, issues 5 and 6).
+
+The task graph only calls :func:`open_reporter` and :meth:`Reporter.emit`; it never imports python-gitlab
+(the GitLab transport is imported lazily, only when the configuration asks for it).
+
+Transports: the **local** transport (Markdown under ``<work_dir>/report/``) is always written — GitLab runs
+keep the same text locally, readable without network.  With ``transport: gitlab`` the events are *also*
+delivered to GitLab.  Each transport has its own delivery cursor in the one outbox
+(``<work_dir>/report/events.jsonl``), so a GitLab outage never holds back the local files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .events import EVENT_KINDS, STEPS, EventError, ReportEvent
+from .local import LocalTransport
+from .outbox import Outbox, ReportConfigError, Transport, TransportError
+
+log = logging.getLogger("b2luca.report")
+
+__all__ = [
+    "EVENT_KINDS", "STEPS", "EventError", "GitLabSettings", "ReportConfigError", "ReportEvent", "ReportSettings",
+    "Reporter", "SignOff", "TransportError", "flush", "open_reporter", "read_signoffs", "report_dir",
+]
+
+
+@dataclass
+class GitLabSettings:
+    """``report.gitlab`` of the bucket YAML (any object with these attributes is accepted)."""
+
+    url: str | None = None
+    project: str | int | None = None
+    token_env: str | None = None
+    config_section: str | None = None
+    config_file: str | None = None
+    timeout: float = 30.0
+    ssl_verify: bool = True
+
+
+@dataclass
+class ReportSettings:
+    """``report`` of the bucket YAML (any object with ``transport`` and ``gitlab`` is accepted)."""
+
+    transport: str = "local"
+    gitlab: GitLabSettings | None = None
+
+
+@dataclass(frozen=True)
+class SignOff:
+    """Expert sign-off state of one calibration issue."""
+
+    payloads_reviewed: bool
+    checklist: bool  # "- [x] sign-off" ticked
+    label: bool  # carries the ``signed-off`` label
+    url: str | None
+
+    @property
+    def signed_off(self) -> bool:
+        """Checklist sign-off ticked or ``signed-off`` label present."""
+        return self.checklist or self.label
+
+
+def report_dir(work_dir: Path) -> Path:
+    """``<work_dir>/report``."""
+    return Path(work_dir) / "report"
+
+
+def _gitlab_transport(report_cfg: Any, bucket: str) -> Transport:
+    from .gitlab import GitLabTransport
+
+    gcfg = getattr(report_cfg, "gitlab", None)
+    if gcfg is None:
+        raise ReportConfigError("report.transport is 'gitlab' but report.gitlab is not configured")
+    return GitLabTransport(gcfg, bucket)
+
+
+def _transports(report_cfg: Any, work_dir: Path, bucket: str) -> list[Transport]:
+    kind = getattr(report_cfg, "transport", "local") if report_cfg is not None else "local"
+    out: list[Transport] = [LocalTransport(report_dir(work_dir))]
+    if kind == "gitlab":
+        out.append(_gitlab_transport(report_cfg, bucket))
+    elif kind != "local":
+        raise ReportConfigError(f"report.transport must be 'local' or 'gitlab', not {kind!r}")
+    return out
+
+
+class Reporter:
+    """Emits report events for one bucket run; picklable, usable from several processes at once."""
+
+    def __init__(self, report_cfg: Any, work_dir: Path, bucket: str,
+                 transports: list[Transport] | None = None) -> None:
+        self.report_cfg = report_cfg
+        self.work_dir = Path(work_dir)
+        self.bucket = bucket
+        self.outbox = Outbox(report_dir(self.work_dir))
+        self.transports = transports if transports is not None else _transports(report_cfg, self.work_dir, bucket)
+
+    def emit(self, kind: str, task: str | None = None, **data: Any) -> None:
+        """Record one event and try to deliver it.
+
+        Raises :class:`EventError` for a malformed event (a programming error); never raises for
+        disk or transport trouble (logged; the event waits in the outbox).
+        """
+        ev = ReportEvent(kind=kind, bucket=self.bucket, task=task, data=data, time=time.time())
+        ev.validate()
+        ev.to_json()  # raises EventError if not JSON-serialisable
+        try:
+            self.outbox.append(ev)
+        except OSError as exc:
+            log.error("report: cannot append event %s/%s to %s: %s", kind, task, self.outbox.events_path, exc)
+            return
+        self._deliver(blocking=False, force=False)
+
+    def _deliver(self, blocking: bool, force: bool) -> int:
+        pending = 0
+        for t in self.transports:
+            try:
+                pending += self.outbox.deliver(t, self.bucket, blocking=blocking, force=force)
+            except Exception as exc:  # noqa: BLE001 - reporting never fails a calibration
+                log.error("report: delivery to %s failed unexpectedly (%s: %s)", t.name, type(exc).__name__, exc)
+                pending += 1
+        return pending
+
+    def flush(self) -> int:
+        """Deliver everything pending to every transport now (waits for other deliverers).
+
+        Returns the number of events (plus issue bodies) still pending afterwards: 0 = all delivered.
+        """
+        return self._deliver(blocking=True, force=True)
+
+    def pending(self) -> int:
+        """Pending count without trying to deliver."""
+        return sum(self.outbox.pending_count(t) for t in self.transports)
+
+
+def open_reporter(report_cfg: Any, work_dir: Path, bucket: str, preflight: bool = True) -> Reporter:
+    """Reporter for ``bucket`` writing its outbox under ``<work_dir>/report``.
+
+    With GitLab and ``preflight``: GET the project once; a missing project / no access / rejected token
+    raises :class:`ReportConfigError` (a configuration error, before anything runs); an unreachable
+    server only logs a warning (the outbox keeps the events).  Call it once in the driver; worker
+    processes may reuse (fork/pickle) the returned object.
+    """
+    reporter = Reporter(report_cfg, work_dir, bucket)
+    if preflight:
+        for t in reporter.transports:
+            if hasattr(t, "preflight"):
+                try:
+                    t.preflight()
+                except TransportError as exc:
+                    log.warning("GitLab not reachable now (%s); reports wait in %s", exc, reporter.outbox.events_path)
+    return reporter
+
+
+def flush(report_cfg: Any, work_dir: Path, bucket: str) -> int:
+    """``b2luca report --flush``: deliver the outbox of ``work_dir``; returns the pending count after."""
+    return Reporter(report_cfg, work_dir, bucket).flush()
+
+
+def read_signoffs(report_cfg: Any, work_dir: Path, bucket: str) -> dict[str, SignOff]:
+    """Per calibration: checklist ticked? ``signed-off`` label? issue URL (GitLab, else the local file).
+
+    Raises :class:`TransportError` if GitLab cannot be reached (the caller may fall back to local files
+    with ``report_cfg=None``).
+    """
+    kind = getattr(report_cfg, "transport", "local") if report_cfg is not None else "local"
+    if kind == "gitlab":
+        from .gitlab import read_signoffs as _gl_read
+
+        _gitlab_transport(report_cfg, bucket)  # config check
+        raw = _gl_read(report_cfg.gitlab, bucket)
+    else:
+        raw = LocalTransport(report_dir(work_dir)).read_signoffs(bucket)
+    return {
+        name: SignOff(
+            payloads_reviewed=r["checklist"].get("payloads reviewed", False),
+            checklist=r["checklist"].get("sign-off", False),
+            label="signed-off" in r["labels"],
+            url=r["url"],
+        )
+        for name, r in raw.items()
+    }
+
+

@@ -31,6 +31,11 @@ def _clean(s: str) -> str:
     return re.sub(r"[;<>\n\r]|--", "_", str(s))
 
 
+def marker_bucket(bucket: str) -> str:
+    """How ``bucket`` appears inside markers (for comparisons with :func:`parse_marker`)."""
+    return _clean(bucket)
+
+
 def calibration_marker(bucket: str, name: str) -> str:
     """Hidden marker identifying the issue of one calibration in one bucket."""
     return f"<!-- b2luca:bucket={_clean(bucket)};calibration={_clean(name)} -->"

@@ -36,6 +36,10 @@ BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
 
 
+class ReportConfigError(RuntimeError):
+    """The report configuration is unusable (no token, project missing or no access ...)."""
+
+
 class TransportError(Exception):
     """A delivery failed for a transient reason (network, 5xx, 429 ...); try again later."""
 

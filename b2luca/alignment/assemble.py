@@ -1,0 +1,467 @@
+"""Vectorised assembly of the global normal equations from Mille records.
+
+Per record (track) the local parameters are eliminated exactly (Schur complement)::
+
+    Γ = Σ w a aᵀ,  β = Σ w a y,  H = Σ w d aᵀ,  D = Σ w d dᵀ,  γ = Σ w d y
+    C_r = D − H Γ⁻¹ Hᵀ,  b_r = γ − H Γ⁻¹ β,  χ²_r(Δg) = yᵀWy − βᵀΓ⁻¹β − 2 b_rᵀΔg + ΔgᵀC_rΔg
+
+All sums are scatter-adds (``np.bincount``) of per-measurement entry pairs into per-record dense arrays;
+records are grouped by shape (number of local parameters, number of label blocks) and the Schur complements
+of a whole group are computed with batched numpy linear algebra. The global matrix is accumulated by label
+*blocks* (labels that always appear in the same measurements, e.g. the 6 rigid-body parameters of a sensor,
+found from a hash of the measurements they occur in), so each record contributes a few dense block pairs,
+summed per chunk with one ``bincount``. There is no Python loop over records anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .mille import MilleRecords
+
+__all__ = ["Assembler", "GlobalSystem", "DownWeighting"]
+
+_NBIG = np.int64(1 << 31)
+HUBER_C = 3.0  # Huber cut in units of the normalised residual (first down-weighting iteration)
+CAUCHY_C = 2.3849  # Cauchy scale (later iterations), as pede
+
+
+@dataclass
+class DownWeighting:
+    """Outlier treatment for one data pass."""
+
+    iterations: int = 0  # local down-weighting iterations (0 = none)
+    chi2_factor: float | None = None  # reject records with χ² > factor × χ²(3σ, ndf)
+    hugecut: float | None = None  # reject records with χ²/ndf > hugecut
+    dwfractioncut: float = 0.0  # reject records whose down-weighted fraction exceeds this
+
+
+@dataclass
+class GlobalSystem:
+    """C·Δg = b over ``labels`` (sorted), plus the χ² pieces: χ²(Δg) = chi2_0 − 2bᵀΔg + ΔgᵀCΔg."""
+
+    labels: np.ndarray
+    C: sp.csr_matrix
+    b: np.ndarray
+    chi2_0: float
+    ndf: int
+    entries: np.ndarray  # measurements per label (accepted records)
+    n_records: int
+    n_used: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    n_meas: int = 0
+    downweighted_fraction: float = 0.0
+    bytes_read: int = 0
+
+
+class Assembler:
+    """Streams record chunks into block-sparse normal equations.
+
+    ``labels_corr``: current global corrections (label -> value) used to form residuals in later
+    iterations (``None`` = all zero).
+    """
+
+    def __init__(self, corrections: dict[int, float] | tuple[np.ndarray, np.ndarray] | None = None,
+                 downweight: DownWeighting | None = None, stride: int | None = None):
+        self.dw = downweight or DownWeighting()
+        self.stride = stride
+        self.lab_sorted = np.zeros(0, np.int64)
+        self.idx_sorted = np.zeros(0, np.int64)
+        self.labels = np.zeros(0, np.int64)  # discovery order
+        self.label_block = np.zeros(0, np.int64)
+        self.label_pos = np.zeros(0, np.int64)
+        self.block_members = np.zeros((0, 1), np.int64)
+        self.pair_keys = np.zeros(0, np.int64)
+        self.pair_vals = np.zeros((0, 1))
+        self.bvec = np.zeros(0)
+        self.entries = np.zeros(0, np.int64)
+        self.chi2_0 = 0.0
+        self.ndf = 0
+        self.n_records = 0
+        self.n_used = 0
+        self.n_meas = 0
+        self.dw_sum = 0.0
+        self.dw_n = 0
+        self.rejected: dict[str, int] = {"singular": 0, "chiscut": 0, "hugecut": 0, "dwfraction": 0,
+                                         "no_globals": 0}
+        self.bytes_read = 0
+        if corrections is None:
+            self.corr_labels = np.zeros(0, np.int64)
+            self.corr_values = np.zeros(0)
+        elif isinstance(corrections, dict):
+            lab = np.fromiter(corrections.keys(), np.int64, len(corrections))
+            val = np.fromiter(corrections.values(), np.float64, len(corrections))
+            o = np.argsort(lab)
+            self.corr_labels, self.corr_values = lab[o], val[o]
+        else:
+            lab, val = corrections
+            o = np.argsort(lab)
+            self.corr_labels, self.corr_values = np.asarray(lab, np.int64)[o], np.asarray(val, float)[o]
+
+    # ---------------------------------------------------------------------------------- labels & blocks
+    def _index_labels(self, recs: MilleRecords) -> np.ndarray:
+        """Label index of every global entry; registers new labels and their blocks."""
+        ulab, inv = np.unique(recs.glb_label, return_inverse=True)
+        pos = np.searchsorted(self.lab_sorted, ulab)
+        pc = np.minimum(pos, max(self.lab_sorted.size - 1, 0))
+        known = (pos < self.lab_sorted.size) & (self.lab_sorted[pc] == ulab) if self.lab_sorted.size else \
+            np.zeros(ulab.size, bool)
+        uidx = np.empty(ulab.size, np.int64)
+        uidx[known] = self.idx_sorted[pc[known]]
+        new = np.flatnonzero(~known)
+        if new.size:
+            n0 = self.labels.size
+            uidx[new] = n0 + np.arange(new.size)
+            self.labels = np.concatenate([self.labels, ulab[new]])
+            allab = np.concatenate([self.lab_sorted, ulab[new]])
+            allidx = np.concatenate([self.idx_sorted, uidx[new]])
+            o = np.argsort(allab)
+            self.lab_sorted, self.idx_sorted = allab[o], allidx[o]
+            self._new_blocks(recs, inv, new, uidx)
+            self.bvec = np.concatenate([self.bvec, np.zeros(new.size)])
+            self.entries = np.concatenate([self.entries, np.zeros(new.size, np.int64)])
+        return uidx[inv]
+
+    def _new_blocks(self, recs: MilleRecords, inv: np.ndarray, new: np.ndarray, uidx: np.ndarray) -> None:
+        """Group new labels that occur in exactly the same measurements into blocks."""
+        # signature: the set of records a label occurs in (distinct (label, record) pairs, hashed)
+        nu = int(inv.max()) + 1 if inv.size else 0
+        erec = recs.meas_record()[recs.glb_meas]
+        lr = np.unique(inv.ravel().astype(np.int64) * (recs.n_records + 1) + erec)
+        lab_u = lr // (recs.n_records + 1)
+        m = (lr % (recs.n_records + 1)).astype(np.uint64)
+        h1 = ((m * np.uint64(2654435761) + np.uint64(97)) % np.uint64(1 << 31)).astype(np.float64)
+        h2 = ((m * np.uint64(40503) + np.uint64(12345)) % np.uint64(1 << 29)).astype(np.float64)
+        s1 = np.bincount(lab_u, weights=h1, minlength=nu)[new]
+        s2 = np.bincount(lab_u, weights=h2, minlength=nu)[new]
+        cnt = np.bincount(lab_u, minlength=nu)[new]
+        sig = np.stack([cnt.astype(np.float64), s1, s2], axis=1)
+        _, grp = np.unique(sig, axis=0, return_inverse=True)
+        grp = grp.ravel()
+        order = np.lexsort((new, grp))  # members of a group by label
+        g_sorted = grp[order]
+        gstart = np.searchsorted(g_sorted, g_sorted)
+        rank = np.arange(order.size) - gstart
+        if self.stride is None:
+            self.stride = int(min(16, max(1, rank.max() + 1 if rank.size else 1)))
+            self.block_members = np.zeros((0, self.stride), np.int64)
+            self.pair_vals = np.zeros((0, self.stride * self.stride))
+        S = self.stride
+        sub = rank // S  # split groups larger than the stride
+        bkey = g_sorted * (order.size + 1) + sub
+        ub, binv = np.unique(bkey, return_inverse=True)
+        nb0 = self.block_members.shape[0]
+        members = np.full((ub.size, S), -1, np.int64)
+        members[binv, rank % S] = uidx[new[order]]
+        self.block_members = np.concatenate([self.block_members, members])
+        lb = np.empty(new.size, np.int64)
+        lp = np.empty(new.size, np.int64)
+        lb[order] = nb0 + binv
+        lp[order] = rank % S
+        self.label_block = np.concatenate([self.label_block, lb])
+        self.label_pos = np.concatenate([self.label_pos, lp])
+
+    # ---------------------------------------------------------------------------------------- chunks
+    def add(self, recs: MilleRecords) -> None:
+        """Eliminate the local parameters of all records in ``recs`` and accumulate."""
+        nrec = recs.n_records
+        self.n_records += nrec
+        self.bytes_read += recs.nbytes
+        if nrec == 0:
+            return
+        if recs.glb_meas.size > 1 and np.any(np.diff(recs.glb_meas) < 0):
+            o = np.argsort(recs.glb_meas, kind="stable")
+            recs.glb_meas, recs.glb_label, recs.glb_der = recs.glb_meas[o], recs.glb_label[o], recs.glb_der[o]
+        if recs.loc_meas.size > 1 and np.any(np.diff(recs.loc_meas) < 0):
+            o = np.argsort(recs.loc_meas, kind="stable")
+            recs.loc_meas, recs.loc_index, recs.loc_der = recs.loc_meas[o], recs.loc_index[o], recs.loc_der[o]
+        lidx = self._index_labels(recs)
+        S = self.stride
+        meas_rec = recs.meas_record()
+        # residual w.r.t. the current corrections
+        y = recs.value.copy()
+        if self.corr_labels.size:
+            pos = np.searchsorted(self.corr_labels, recs.glb_label)
+            pc = np.minimum(pos, self.corr_labels.size - 1)
+            cv = np.where(self.corr_labels[pc] == recs.glb_label, self.corr_values[pc], 0.0)
+            y -= np.bincount(recs.glb_meas, weights=recs.glb_der * cv, minlength=recs.n_meas)
+        w = 1.0 / recs.sigma ** 2
+        nloc = np.zeros(nrec, np.int64)
+        if recs.loc_index.size:
+            np.maximum.at(nloc, meas_rec[recs.loc_meas], recs.loc_index.astype(np.int64) + 1)
+        # record-block structure
+        blk = self.label_block[lidx]
+        erec = meas_rec[recs.glb_meas]
+        NB = np.int64(self.block_members.shape[0])
+        ukey, einv = np.unique(erec * NB + blk, return_inverse=True)
+        urec = ukey // NB
+        ublk = ukey % NB
+        nb = np.bincount(urec, minlength=nrec)
+        ustart = np.zeros(nrec + 1, np.int64)
+        np.cumsum(nb, out=ustart[1:])
+        urank = np.arange(ukey.size) - ustart[urec]
+        eslot = urank[einv.ravel()] * S + self.label_pos[lidx]
+        has_glb = nb > 0
+        self.rejected["no_globals"] += int((~has_glb).sum())
+        K = nb * S
+        q = nloc
+        nmeas_r = np.diff(recs.rec_ptr)
+
+        def system(wm: np.ndarray):
+            return _local_systems(recs, y, wm, meas_rec, eslot, K, q, S)
+
+        sysd = system(w)
+        chi2_r, ok = sysd["chi2"], sysd["ok"]
+        frac_dw = np.zeros(nrec)
+        if self.dw.iterations > 0:
+            wm = w
+            for it in range(self.dw.iterations):
+                resid = _residuals(recs, y, sysd, meas_rec, eslot, K, q)
+                z = np.abs(resid) * np.sqrt(w)
+                if it == 0:
+                    f = np.where(z > HUBER_C, HUBER_C / np.maximum(z, 1e-300), 1.0)
+                else:
+                    f = 1.0 / (1.0 + (z / CAUCHY_C) ** 2)
+                wm = w * f
+                sysd = system(wm)
+            chi2_r, ok = sysd["chi2"], sysd["ok"]
+            fsum = np.bincount(meas_rec, weights=wm / w, minlength=nrec)
+            frac_dw = 1.0 - fsum / np.maximum(nmeas_r, 1)
+            self.dw_sum += float((nmeas_r - fsum).sum())
+            self.dw_n += int(nmeas_r.sum())
+        ndf_r = nmeas_r - q
+        accept = ok & has_glb
+        self.rejected["singular"] += int((~ok & has_glb).sum())
+        if self.dw.hugecut is not None:
+            bad = accept & (ndf_r > 0) & (chi2_r / np.maximum(ndf_r, 1) > self.dw.hugecut)
+            self.rejected["hugecut"] += int(bad.sum())
+            accept &= ~bad
+        if self.dw.chi2_factor is not None and self.dw.chi2_factor > 0:
+            lim = self.dw.chi2_factor * _chi2_3sigma(ndf_r)
+            bad = accept & (ndf_r > 0) & (chi2_r > lim)
+            self.rejected["chiscut"] += int(bad.sum())
+            accept &= ~bad
+        if self.dw.iterations > 0 and self.dw.dwfractioncut > 0:
+            bad = accept & (frac_dw > self.dw.dwfractioncut)
+            self.rejected["dwfraction"] += int(bad.sum())
+            accept &= ~bad
+        self.n_used += int(accept.sum())
+        self.n_meas += int(nmeas_r[accept].sum())
+        self.chi2_0 += float(chi2_r[accept].sum())
+        self.ndf += int(ndf_r[accept].sum())
+        acc_e = accept[erec]
+        self.entries += np.bincount(lidx[acc_e], minlength=self.entries.size)
+        # accumulate the block pairs of accepted records, group by group
+        keys_all, vals_all = [], []
+        for g in sysd["groups"]:
+            rec, Cr, br, nbg = g["rec"], g["C"], g["b"], g["nb"]
+            a = accept[rec]
+            if not a.any():
+                continue
+            rec, Cr, br = rec[a], Cr[a], br[a]
+            R = rec.size
+            bl = ublk[ustart[rec][:, None] + np.arange(nbg)[None, :]]  # (R, nb) sorted block ids
+            ta, tb = np.triu_indices(nbg)
+            blocks = Cr.reshape(R, nbg, S, nbg, S).transpose(0, 1, 3, 2, 4)[:, ta, tb]  # (R, np, S, S)
+            keys_all.append((bl[:, ta] * _NBIG + bl[:, tb]).ravel())
+            vals_all.append(blocks.reshape(-1, S * S))
+            members = self.block_members[bl].reshape(R, nbg * S)
+            m = members >= 0
+            self.bvec += np.bincount(members[m], weights=br[m], minlength=self.bvec.size)
+        if keys_all:
+            keys = np.concatenate(keys_all)
+            vals = np.concatenate(vals_all)
+            uk, kinv = np.unique(keys, return_inverse=True)
+            S2 = S * S
+            flat = (kinv.ravel()[:, None] * S2 + np.arange(S2)[None, :]).ravel()
+            sums = np.bincount(flat, weights=vals.ravel(), minlength=uk.size * S2).reshape(uk.size, S2)
+            self._merge(uk, sums)
+
+    def _merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
+        if self.pair_keys.size == 0:
+            self.pair_keys, self.pair_vals = uk, sums
+            return
+        pos = np.searchsorted(self.pair_keys, uk)
+        pc = np.minimum(pos, self.pair_keys.size - 1)
+        found = self.pair_keys[pc] == uk
+        self.pair_vals[pc[found]] += sums[found]
+        if not found.all():
+            keys = np.concatenate([self.pair_keys, uk[~found]])
+            vals = np.concatenate([self.pair_vals, sums[~found]])
+            o = np.argsort(keys, kind="stable")
+            self.pair_keys, self.pair_vals = keys[o], vals[o]
+
+    def add_all(self, chunks: Iterable[MilleRecords]) -> None:
+        for c in chunks:
+            self.add(c)
+
+    # ---------------------------------------------------------------------------------------- result
+    def finish(self) -> GlobalSystem:
+        """The global system over the labels seen, sorted by label (CSR, symmetric, both triangles)."""
+        n = self.labels.size
+        S = self.stride or 1
+        bi = self.pair_keys // _NBIG
+        bj = self.pair_keys % _NBIG
+        p = np.arange(S)
+        rows = self.block_members[bi][:, :, None] * np.ones(S, np.int64)[None, None, :]
+        cols = self.block_members[bj][:, None, :] * np.ones(S, np.int64)[None, :, None]
+        vals = self.pair_vals.reshape(-1, S, S)
+        _ = p
+        m = (rows >= 0) & (cols >= 0)
+        off = (bi != bj)[:, None, None] & m
+        r = np.concatenate([rows[m], cols[off]])
+        c = np.concatenate([cols[m], rows[off]])
+        v = np.concatenate([vals[m], vals[off]])
+        # relabel by sorted label
+        order = np.argsort(self.labels)
+        newidx = np.empty(n, np.int64)
+        newidx[order] = np.arange(n)
+        C = sp.csr_matrix((v, (newidx[r], newidx[c])), shape=(n, n))
+        C.sum_duplicates()
+        C = ((C + C.T) * 0.5).tocsr()  # remove round-off asymmetry of the diagonal blocks
+        return GlobalSystem(
+            labels=self.labels[order], C=C, b=self.bvec[order], chi2_0=self.chi2_0, ndf=self.ndf,
+            entries=self.entries[order], n_records=self.n_records, n_used=self.n_used,
+            rejected={k: v for k, v in self.rejected.items() if v}, n_meas=self.n_meas,
+            downweighted_fraction=self.dw_sum / self.dw_n if self.dw_n else 0.0,
+            bytes_read=self.bytes_read,
+        )
+
+
+def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
+    """χ² value with upper-tail probability 0.27 % (3σ) for each ndf (≥ 1)."""
+    from scipy.stats import chi2
+
+    out = np.full(ndf.shape, np.inf)
+    good = ndf > 0
+    if good.any():
+        u, inv = np.unique(ndf[good], return_inverse=True)
+        out[good] = chi2.isf(0.0027, u)[inv]
+    return out
+
+
+def _pairs_within(seg_id: np.ndarray, seg_id2: np.ndarray | None = None):
+    """All pairs (i, j) of entries with the same segment id (entries sorted by id).
+
+    With ``seg_id2`` pairs entries of the first list with entries of the second list of the same id.
+    """
+    if seg_id2 is None:
+        seg_id2 = seg_id
+    nseg = int(max(seg_id.max(initial=-1), seg_id2.max(initial=-1))) + 1
+    c1 = np.bincount(seg_id, minlength=nseg)
+    c2 = np.bincount(seg_id2, minlength=nseg)
+    s2 = np.zeros(nseg + 1, np.int64)
+    np.cumsum(c2, out=s2[1:])
+    reps = c2[seg_id]
+    i = np.repeat(np.arange(seg_id.size), reps)
+    base = np.repeat(np.cumsum(reps) - reps, reps)
+    j = s2[seg_id][i] + (np.arange(i.size) - base)
+    _ = c1
+    return i, j
+
+
+def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np.ndarray,
+                   eslot: np.ndarray, K: np.ndarray, q: np.ndarray, S: int) -> dict:
+    """Per-record local fits and Schur complements, batched by shape (K, q)."""
+    nrec = recs.n_records
+    gm, lm = recs.glb_meas, recs.loc_meas
+    li = recs.loc_index.astype(np.int64)
+    # group records by shape; concatenated storage with per-record offsets
+    gkey = q * (int(K.max(initial=0)) + 1) + K
+    order = np.argsort(gkey, kind="stable")
+    sizesD = K * K
+    sizesH = K * q
+    sizesG = q * q
+    offD = np.zeros(nrec, np.int64)
+    offH = np.zeros(nrec, np.int64)
+    offG = np.zeros(nrec, np.int64)
+    offK = np.zeros(nrec, np.int64)
+    offq = np.zeros(nrec, np.int64)
+    for off, sz in ((offD, sizesD), (offH, sizesH), (offG, sizesG), (offK, K), (offq, q)):
+        cs = np.cumsum(sz[order]) - sz[order]
+        off[order] = cs
+    totD, totH, totG, totK, totq = (int(s.sum()) for s in (sizesD, sizesH, sizesG, K, q))
+    # D = Σ w d dᵀ (pairs of global entries of one measurement)
+    i, j = _pairs_within(gm)
+    rr = meas_rec[gm[i]]
+    Dbuf = np.bincount(offD[rr] + eslot[i] * K[rr] + eslot[j],
+                       weights=w[gm[i]] * recs.glb_der[i] * recs.glb_der[j], minlength=totD)
+    # H = Σ w d aᵀ
+    if lm.size and gm.size:
+        i, j = _pairs_within(gm, lm)
+        rr = meas_rec[gm[i]]
+        Hbuf = np.bincount(offH[rr] + eslot[i] * q[rr] + li[j],
+                           weights=w[gm[i]] * recs.glb_der[i] * recs.loc_der[j], minlength=totH)
+    else:
+        Hbuf = np.zeros(totH)
+    # Γ = Σ w a aᵀ
+    if lm.size:
+        i, j = _pairs_within(lm)
+        rr = meas_rec[lm[i]]
+        Gbuf = np.bincount(offG[rr] + li[i] * q[rr] + li[j],
+                           weights=w[lm[i]] * recs.loc_der[i] * recs.loc_der[j], minlength=totG)
+        rl = meas_rec[lm]
+        betabuf = np.bincount(offq[rl] + li, weights=w[lm] * recs.loc_der * y[lm], minlength=totq)
+    else:
+        Gbuf = np.zeros(totG)
+        betabuf = np.zeros(totq)
+    re = meas_rec[gm]
+    gambuf = np.bincount(offK[re] + eslot, weights=w[gm] * recs.glb_der * y[gm], minlength=totK)
+    ywy = np.bincount(meas_rec, weights=w * y * y, minlength=nrec)
+
+    chi2 = np.zeros(nrec)
+    ok = np.ones(nrec, bool)
+    groups = []
+    sk = gkey[order]
+    bounds = np.flatnonzero(np.diff(sk)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [nrec]])
+    for s, e in zip(starts, ends):
+        rec = order[s:e]
+        R = rec.size
+        Kg, qg = int(K[rec[0]]), int(q[rec[0]])
+        D = Dbuf[offD[rec[0]]: offD[rec[0]] + R * Kg * Kg].reshape(R, Kg, Kg)
+        gam = gambuf[offK[rec[0]]: offK[rec[0]] + R * Kg].reshape(R, Kg)
+        if qg:
+            Gm = Gbuf[offG[rec[0]]: offG[rec[0]] + R * qg * qg].reshape(R, qg, qg)
+            H = Hbuf[offH[rec[0]]: offH[rec[0]] + R * Kg * qg].reshape(R, Kg, qg)
+            beta = betabuf[offq[rec[0]]: offq[rec[0]] + R * qg].reshape(R, qg)
+            lam, V = np.linalg.eigh(Gm)
+            good = (lam[:, -1] > 0) & (lam[:, 0] > 1e-12 * lam[:, -1])
+            inv_l = np.where(good[:, None], 1.0 / np.where(lam > 0, lam, 1.0), 0.0)
+            Ginv = (V * inv_l[:, None, :]) @ V.transpose(0, 2, 1)
+            T = H @ Ginv  # (R, K, q)
+            Cr = D - T @ H.transpose(0, 2, 1)
+            br = gam - np.einsum("rkq,rq->rk", T, beta)
+            c2 = ywy[rec] - np.einsum("rq,rqp,rp->r", beta, Ginv, beta)
+            ok[rec] = good
+        else:
+            Cr, br, c2 = D.copy(), gam.copy(), ywy[rec]
+            Ginv = np.zeros((R, 0, 0))
+            H = np.zeros((R, Kg, 0))
+            beta = np.zeros((R, 0))
+        chi2[rec] = c2
+        groups.append({"rec": rec, "C": Cr, "b": br, "nb": Kg // S, "Ginv": Ginv, "H": H, "beta": beta,
+                       "K": Kg})
+    return {"chi2": chi2, "ok": ok, "groups": groups}
+
+
+def _residuals(recs: MilleRecords, y: np.ndarray, sysd: dict, meas_rec: np.ndarray, eslot: np.ndarray,
+               K: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Measurement residuals after the local fit (global corrections already applied to ``y``)."""
+    nrec = recs.n_records
+    qmax = int(q.max(initial=0))
+    lpar = np.zeros((nrec, max(qmax, 1)))
+    for g in sysd["groups"]:
+        if g["beta"].shape[1]:
+            lpar[g["rec"], : g["beta"].shape[1]] = np.einsum("rqp,rp->rq", g["Ginv"], g["beta"])
+    pred = np.bincount(recs.loc_meas, weights=recs.loc_der * lpar[meas_rec[recs.loc_meas],
+                                                                   recs.loc_index.astype(np.int64)],
+                       minlength=recs.n_meas) if recs.loc_meas.size else np.zeros(recs.n_meas)
+    _ = (eslot, K, math)
+    return y - pred

@@ -1,0 +1,467 @@
+"""Mille binary I/O (the record format Millepede II's ``pede`` reads), vectorised.
+
+C binary record (what ``Mille.cc`` writes)::
+
+    int32 nw            2n words follow; nw < 0: the n float words are float64
+    float f[n]          float32 (float64 if nw < 0)
+    int32 i[n]
+
+Fortran binary files wrap each record in sequential-record markers (int32 byte count before and after).
+Pairs ``(f[k], i[k])``: k = 0 is the header (0.0, 0); then per measurement (value, 0), (local derivative,
+1-based index)..., (sigma, 0), (global derivative, label > 0)...  An optional special block
+``(0.0, 0), (-nsp, 0)`` followed by nsp pairs is skipped.
+
+Reading never loops over records in Python: record boundaries are found by pointer doubling over the
+candidate record starts of a chunk, and the pairs are decoded with cumulative sums.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+__all__ = [
+    "MilleError",
+    "MilleRecords",
+    "iter_mille",
+    "read_mille",
+    "write_mille",
+    "records_from_dense",
+    "concat_records",
+]
+
+_MAX_NW = 1 << 28  # sanity limit on one record (2^27 pairs)
+
+
+class MilleError(ValueError):
+    """Corrupt, truncated or inconsistent Mille data (the message names file and record)."""
+
+
+@dataclass
+class MilleRecords:
+    """Flat, vectorised view of a set of Mille records.
+
+    Measurements are numbered 0..n_meas-1 over all records; ``rec_ptr`` (n_records+1) gives each record's
+    measurement range. Local and global derivative entries carry the id of their measurement.
+    """
+
+    rec_ptr: np.ndarray  # int64 (n_records+1,)
+    value: np.ndarray  # float64 (n_meas,)
+    sigma: np.ndarray  # float64 (n_meas,)
+    loc_meas: np.ndarray  # int64 (n_loc,)
+    loc_index: np.ndarray  # int32 (n_loc,) 0-based local parameter index
+    loc_der: np.ndarray  # float64
+    glb_meas: np.ndarray  # int64 (n_glb,)
+    glb_label: np.ndarray  # int64 (n_glb,) label > 0
+    glb_der: np.ndarray  # float64
+    source: str = "<memory>"
+    first_record: int = 0  # 0-based number, in its file, of the first record here
+    nbytes: int = field(default=0)
+
+    @property
+    def n_records(self) -> int:
+        return int(self.rec_ptr.size - 1)
+
+    @property
+    def n_meas(self) -> int:
+        return int(self.value.size)
+
+    def meas_record(self) -> np.ndarray:
+        """Record index (0-based, within this set) of every measurement."""
+        return np.repeat(np.arange(self.n_records, dtype=np.int64), np.diff(self.rec_ptr))
+
+
+def concat_records(parts: list[MilleRecords]) -> MilleRecords:
+    """Concatenate record sets (measurement ids are renumbered)."""
+    if not parts:
+        z = np.zeros(0)
+        zi = np.zeros(0, np.int64)
+        return MilleRecords(np.zeros(1, np.int64), z, z, zi, zi.astype(np.int32), z, zi, zi, z)
+    moff = np.cumsum([0] + [p.n_meas for p in parts])
+    rp = [parts[0].rec_ptr] + [p.rec_ptr[1:] + moff[i] for i, p in enumerate(parts) if i > 0]
+    return MilleRecords(
+        rec_ptr=np.concatenate(rp),
+        value=np.concatenate([p.value for p in parts]),
+        sigma=np.concatenate([p.sigma for p in parts]),
+        loc_meas=np.concatenate([p.loc_meas + moff[i] for i, p in enumerate(parts)]),
+        loc_index=np.concatenate([p.loc_index for p in parts]),
+        loc_der=np.concatenate([p.loc_der for p in parts]),
+        glb_meas=np.concatenate([p.glb_meas + moff[i] for i, p in enumerate(parts)]),
+        glb_label=np.concatenate([p.glb_label for p in parts]),
+        glb_der=np.concatenate([p.glb_der for p in parts]),
+        source=parts[0].source,
+        first_record=parts[0].first_record,
+        nbytes=sum(p.nbytes for p in parts),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _open(path: Path) -> BinaryIO:
+    f = open(path, "rb")
+    magic = f.read(2)
+    f.seek(0)
+    if magic == b"\x1f\x8b":
+        f.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return f
+
+
+def _detect_fortran(head: bytes) -> bool:
+    """True if the first record looks like a Fortran sequential record (markers around the C record)."""
+    if len(head) < 12:
+        return False
+    w = np.frombuffer(head[: len(head) // 4 * 4], dtype="<i4")
+    nbytes, nw = int(w[0]), int(w[1])
+    if nbytes <= 0 or nw == 0 or nw % 2:
+        return False
+    n = abs(nw) // 2
+    fw = n if nw > 0 else 2 * n
+    if nbytes != 4 * (1 + fw + n):
+        return False
+    end = 2 + fw + n
+    return end < w.size and int(w[end]) == nbytes or end >= w.size
+
+
+def _chain(cand: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Indices into ``cand`` of the chain cand[0] -> nxt -> ..., by pointer doubling (no per-record loop)."""
+    k = cand.size
+    pos = np.searchsorted(cand, nxt)
+    pos_c = np.minimum(pos, k - 1)
+    succ = np.where((pos < k) & (cand[pos_c] == nxt), pos_c, -1)
+    reached = np.zeros(k, dtype=bool)
+    reached[0] = True
+    front = np.array([0], dtype=np.int64)  # the first 2^j chain elements
+    jump = succ
+    while True:
+        new = jump[front]
+        new = new[new >= 0]
+        if new.size == 0:
+            break
+        reached[new] = True
+        front = np.concatenate([front, new])
+        if new.size < front.size - new.size:  # chain exhausted
+            break
+        jj = jump.copy()
+        ok = jj >= 0
+        jj[ok] = jump[jj[ok]]
+        jump = jj
+    return np.flatnonzero(reached)
+
+
+def _parse_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str, rec0: int,
+                 ) -> tuple[MilleRecords | None, int]:
+    """Parse whole records at the start of ``buf``; return (records, bytes consumed)."""
+    nb = len(buf) // 4 * 4
+    words = np.frombuffer(buf, dtype="<i4", count=nb // 4)
+    nwords = words.size
+    off = 1 if fortran else 0
+    if nwords < 1 + off:
+        if eof and nwords:
+            raise MilleError(f"{source}: truncated record {rec0 + 1} at end of file")
+        return None, 0
+    # candidate record starts (word index p): length word even, header pair zero, record fits
+    nw = words[off: nwords].astype(np.int64)
+    p = np.arange(nw.size, dtype=np.int64)
+    n = np.abs(nw) // 2
+    fw = np.where(nw > 0, n, 2 * n)
+    body = 1 + fw + n  # words of the C record (length word, floats, ints)
+    reclen = body + 2 * off
+    ok = (nw != 0) & (nw % 2 == 0) & (np.abs(nw) < _MAX_NW) & (p + reclen <= nwords)
+    cidx = np.flatnonzero(ok)
+    if fortran:
+        cidx = cidx[words[cidx] == 4 * body[cidx]]
+        cidx = cidx[words[cidx + reclen[cidx] - 1] == 4 * body[cidx]]
+    hdr_f = words[cidx + off + 1] == 0
+    dbl = nw[cidx] < 0
+    hdr_f &= ~dbl | (words[np.minimum(cidx + off + 2, nwords - 1)] == 0)
+    cidx = cidx[hdr_f]
+    cidx = cidx[words[cidx + off + 1 + fw[cidx]] == 0]  # header int word
+    if cidx.size == 0 or cidx[0] != 0:
+        return _chunk_failure(words, fortran, eof, source, rec0, 0)
+    cand = cidx
+    nxt = cand + reclen[cand]
+    chain = cand[_chain(cand, nxt)]
+    end = int(chain[-1] + reclen[chain[-1]])
+    if end < nwords or (end * 4 < len(buf)):
+        # stopped early: incomplete record at the end of the buffer (fine unless eof) or corruption
+        _chunk_failure(words[end:], fortran, eof, source, rec0 + chain.size, end)
+    starts = chain + off
+    recs = _decode(words, starts, nw[chain], source, rec0)
+    recs.nbytes = end * 4
+    return recs, end * 4
+
+
+def _chunk_failure(words: np.ndarray, fortran: bool, eof: bool, source: str, recno: int, at: int):
+    """Decide whether the data at ``words[0]`` is an incomplete record (return) or corrupt (raise)."""
+    off = 1 if fortran else 0
+    rn = recno + 1
+    if words.size <= off:
+        if eof:
+            raise MilleError(f"{source}: truncated record {rn} (file ends inside its length word)")
+        return None, 0
+    nw = int(words[off])
+    if nw == 0 or nw % 2 or abs(nw) >= _MAX_NW:
+        raise MilleError(f"{source}: corrupt record {rn} (byte offset of record in chunk {at * 4}): "
+                         f"invalid word count {nw}")
+    n = abs(nw) // 2
+    fw = n if nw > 0 else 2 * n
+    body = 1 + fw + n
+    reclen = body + 2 * off
+    if fortran and int(words[0]) != 4 * body:
+        raise MilleError(f"{source}: corrupt record {rn}: Fortran record marker {int(words[0])} does not "
+                         f"match word count {nw}")
+    if reclen > words.size:
+        if eof:
+            raise MilleError(f"{source}: truncated record {rn}: needs {reclen * 4} bytes, "
+                             f"{words.size * 4} left in file")
+        return None, 0
+    raise MilleError(f"{source}: corrupt record {rn}: bad header pair or record marker")
+
+
+def _decode(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: str, rec0: int) -> MilleRecords:
+    """Decode records (C layout beginning at word ``starts``) into flat measurement arrays."""
+    nrec = starts.size
+    n = np.abs(nw) // 2
+    dbl = nw < 0
+    pptr = np.zeros(nrec + 1, dtype=np.int64)
+    np.cumsum(n, out=pptr[1:])
+    npairs = int(pptr[-1])
+    rec_of = np.repeat(np.arange(nrec, dtype=np.int64), n)
+    k = np.arange(npairs, dtype=np.int64) - pptr[:-1][rec_of]
+    fstart = starts + 1
+    istart = fstart + np.where(dbl, 2 * n, n)
+    ints = words[istart[rec_of] + k].astype(np.int64)
+    floats = np.empty(npairs, dtype=np.float64)
+    if dbl.any():
+        d = dbl[rec_of]
+        fi = fstart[rec_of] + np.where(d, 2 * k, k)
+        floats[~d] = words[fi[~d]].view(np.float32)
+        lo = words[fi[d]].view(np.uint32).astype(np.uint64)
+        hi = words[fi[d] + 1].view(np.uint32).astype(np.uint64)
+        floats[d] = (lo | (hi << np.uint64(32))).view(np.float64)
+    else:
+        floats[:] = words[fstart[rec_of] + k].view(np.float32)
+
+    keep = np.ones(npairs, dtype=bool)
+    keep[pptr[:-1]] = False  # header pairs
+    # special blocks: (0.0, 0) followed by (-nsp, 0); skip nsp + 2 pairs
+    z = ints == 0
+    sp = np.flatnonzero(z[:-1] & z[1:] & (floats[:-1] == 0.0) & (floats[1:] < 0.0) & keep[:-1])
+    if sp.size:
+        nsp = np.rint(-floats[sp + 1]).astype(np.int64)
+        ln = nsp + 2
+        rel = np.arange(int(ln.sum())) - np.repeat(np.cumsum(ln) - ln, ln)
+        drop = np.repeat(sp, ln) + rel
+        if drop.size and (drop.max() >= npairs or np.any(rec_of[np.minimum(drop, npairs - 1)]
+                                                           != np.repeat(rec_of[sp], ln))):
+            bad = rec_of[sp[0]]
+            raise MilleError(f"{source}: corrupt record {rec0 + bad + 1}: special block overruns record")
+        keep[drop] = False
+    ints = ints[keep]
+    floats = floats[keep]
+    rec_of = rec_of[keep]
+    z = ints == 0
+    # rank of zero pairs within the record: odd -> measured value, even -> sigma
+    cz = np.cumsum(z)
+    first = np.searchsorted(rec_of, np.arange(nrec))  # first kept pair of each record
+    base = np.zeros(nrec, dtype=np.int64)
+    has = first < rec_of.size
+    base[has] = cz[first[has]] - z[first[has]]
+    rank = cz - base[rec_of]
+    is_val = z & (rank % 2 == 1)
+    is_sig = z & (rank % 2 == 0)
+    is_loc = ~z & (rank % 2 == 1)
+    is_glb = ~z & (rank % 2 == 0) & (rank > 0)
+    bad = (~z & (rank == 0)) | (ints < 0)
+    zcount = np.bincount(rec_of[z], minlength=nrec)
+    if bad.any() or np.any(zcount % 2):
+        r = int(rec_of[np.flatnonzero(bad)[0]]) if bad.any() else int(np.flatnonzero(zcount % 2)[0])
+        raise MilleError(f"{source}: corrupt record {rec0 + r + 1}: malformed pair sequence "
+                         "(derivative before a measurement, negative index, or value without sigma)")
+    meas_id = np.cumsum(is_val) - 1
+    value = floats[is_val]
+    sigma = floats[is_sig]
+    if np.any(~(sigma > 0)):
+        m = int(np.flatnonzero(~(sigma > 0))[0])
+        r = int(rec_of[is_sig][m])
+        raise MilleError(f"{source}: corrupt record {rec0 + r + 1}: non-positive sigma {sigma[m]}")
+    nmeas_rec = np.bincount(rec_of[is_val], minlength=nrec)
+    rec_ptr = np.zeros(nrec + 1, dtype=np.int64)
+    np.cumsum(nmeas_rec, out=rec_ptr[1:])
+    return MilleRecords(
+        rec_ptr=rec_ptr, value=value, sigma=sigma,
+        loc_meas=meas_id[is_loc], loc_index=(ints[is_loc] - 1).astype(np.int32), loc_der=floats[is_loc],
+        glb_meas=meas_id[is_glb], glb_label=ints[is_glb], glb_der=floats[is_glb],
+        source=source, first_record=rec0,
+    )
+
+
+def iter_mille(path: str | os.PathLike, fortran: bool | None = None,
+               chunk_bytes: int = 32 << 20) -> Iterator[MilleRecords]:
+    """Yield the records of a Mille file in chunks (plain or gzipped; C or Fortran; float32/float64).
+
+    ``fortran=None`` detects the record framing from the first record.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        fh = _open(path)
+    except OSError as exc:
+        raise MilleError(f"{source}: cannot open: {exc}") from exc
+    with fh:
+        carry = b""
+        rec0 = 0
+        eof = False
+        want = chunk_bytes
+        first = True
+        while not eof or carry:
+            data = fh.read(max(want - len(carry), 1 << 16)) if not eof else b""
+            if not data:
+                eof = True
+            buf = carry + data if carry else data
+            if first:
+                if not buf and eof:
+                    return
+                if fortran is None:
+                    fortran = _detect_fortran(bytes(buf[:1 << 16]))
+                first = False
+            if not buf:
+                return
+            recs, used = _parse_chunk(buf, bool(fortran), eof, source, rec0)
+            if recs is None or used == 0:
+                if eof:
+                    raise MilleError(f"{source}: truncated record {rec0 + 1} at end of file")
+                carry = buf
+                want = max(want, 2 * len(buf))  # one record larger than the chunk: read more
+                continue
+            carry = buf[used:]
+            want = chunk_bytes
+            rec0 += recs.n_records
+            yield recs
+            if eof and not carry:
+                return
+
+
+def read_mille(path: str | os.PathLike, fortran: bool | None = None) -> MilleRecords:
+    """Read a whole Mille file into one :class:`MilleRecords`."""
+    parts = list(iter_mille(path, fortran=fortran))
+    out = concat_records(parts)
+    out.source = str(path)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _encode(recs: MilleRecords, fortran: bool, double: bool) -> bytes:
+    nrec = recs.n_records
+    nmeas = recs.n_meas
+    mrec = recs.meas_record()
+    nloc_m = np.bincount(recs.loc_meas, minlength=nmeas)
+    nglb_m = np.bincount(recs.glb_meas, minlength=nmeas)
+    # pairs per measurement: value, locals, sigma, globals
+    mlen = 2 + nloc_m + nglb_m
+    mstart = np.zeros(nmeas + 1, dtype=np.int64)
+    np.cumsum(mlen, out=mstart[1:])
+    # pairs per record (header + measurements)
+    rpairs = 1 + np.bincount(mrec, weights=mlen, minlength=nrec).astype(np.int64)
+    rstart = np.zeros(nrec + 1, dtype=np.int64)
+    np.cumsum(rpairs, out=rstart[1:])
+    npairs = int(rstart[-1])
+    # pair position of measurement m = rstart[rec] + 1 + (mstart[m] - mstart[first meas of rec])
+    mpos = rstart[:-1][mrec] + 1 + mstart[:-1] - mstart[recs.rec_ptr[:-1]][mrec]
+    f = np.zeros(npairs, dtype=np.float64)
+    i = np.zeros(npairs, dtype=np.int64)
+    f[mpos] = recs.value
+    f[mpos + 1 + nloc_m] = recs.sigma
+    # locals in given order within their measurement
+    order = np.argsort(recs.loc_meas, kind="stable")
+    lm = recs.loc_meas[order]
+    lrank = np.arange(lm.size) - np.searchsorted(lm, lm)
+    lp = mpos[lm] + 1 + lrank
+    f[lp] = recs.loc_der[order]
+    i[lp] = recs.loc_index[order].astype(np.int64) + 1
+    order = np.argsort(recs.glb_meas, kind="stable")
+    gm = recs.glb_meas[order]
+    grank = np.arange(gm.size) - np.searchsorted(gm, gm)
+    gp = mpos[gm] + 2 + nloc_m[gm] + grank
+    f[gp] = recs.glb_der[order]
+    i[gp] = recs.glb_label[order]
+    # words per record: [marker] nw floats ints [marker]
+    fwords = 2 if double else 1
+    off = 1 if fortran else 0
+    body = 1 + rpairs * (fwords + 1)
+    rw = body + 2 * off
+    wstart = np.zeros(nrec + 1, dtype=np.int64)
+    np.cumsum(rw, out=wstart[1:])
+    out = np.zeros(int(wstart[-1]), dtype="<i4")
+    nwv = 2 * rpairs * (-1 if double else 1)
+    out[wstart[:-1] + off] = nwv
+    if fortran:
+        out[wstart[:-1]] = 4 * body
+        out[wstart[1:] - 1] = 4 * body
+    prec = np.repeat(np.arange(nrec), rpairs)
+    k = np.arange(npairs) - rstart[:-1][prec]
+    fbase = wstart[:-1][prec] + off + 1
+    if double:
+        bits = f.view(np.uint64)
+        out[fbase + 2 * k] = (bits & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32)
+        out[fbase + 2 * k + 1] = (bits >> np.uint64(32)).astype(np.uint32).view(np.int32)
+        out[fbase + 2 * rpairs[prec] + k] = i
+    else:
+        out[fbase + k] = f.astype(np.float32).view(np.int32)
+        out[fbase + rpairs[prec] + k] = i
+    return out.tobytes()
+
+
+def write_mille(path: str | os.PathLike, recs: MilleRecords, *, fortran: bool = False,
+                double: bool = False, compress: bool | None = None) -> None:
+    """Write records as a Mille file (atomically). ``compress=None``: gzip if the name ends in ``.gz``."""
+    path = Path(path)
+    if compress is None:
+        compress = path.suffix == ".gz"
+    data = _encode(recs, fortran, double)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if compress:
+                with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1) as gz:
+                    gz.write(data)
+            else:
+                fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def records_from_dense(value: np.ndarray, sigma: np.ndarray, local: np.ndarray, glb_label: np.ndarray,
+                       glb_der: np.ndarray, rec_ptr: np.ndarray) -> MilleRecords:
+    """Build records from dense per-measurement arrays (zeros dropped, as ``Mille.cc`` does).
+
+    ``local`` (n_meas, n_loc) local derivatives; ``glb_label``/``glb_der`` (n_meas, n_g) labels and
+    derivatives (label 0 or derivative 0 = absent); ``rec_ptr`` (n_rec+1) measurement offsets.
+    """
+    value = np.asarray(value, np.float64)
+    nm = value.size
+    lm, li = np.nonzero(local)
+    gm, gi = np.nonzero((glb_der != 0) & (glb_label > 0))
+    return MilleRecords(
+        rec_ptr=np.asarray(rec_ptr, np.int64), value=value, sigma=np.asarray(sigma, np.float64),
+        loc_meas=lm.astype(np.int64), loc_index=li.astype(np.int32), loc_der=local[lm, li].astype(np.float64),
+        glb_meas=gm.astype(np.int64), glb_label=glb_label[gm, gi].astype(np.int64),
+        glb_der=glb_der[gm, gi].astype(np.float64),
+    ) if nm >= 0 else None  # type: ignore[return-value]
+
+
+_ = io  # (kept for type hints of file-like objects)

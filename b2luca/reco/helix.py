@@ -1,0 +1,108 @@
+"""Helix maths in a uniform solenoid field along z (vectorised numpy).
+
+Perigee parameters ``h = (d0, phi0, omega, z0, tanl)`` (last axis), w.r.t. the origin:
+
+* perigee point ``(d0 sin phi0, -d0 cos phi0, z0)``; ``phi0`` = azimuth of the direction there;
+* ``omega`` = signed curvature (1/mm), ``omega = charge * C_B / pT``; positive charges in the +z field
+  turn clockwise: the direction azimuth along the transverse arc length ``s`` is ``phi0 - omega s``;
+* ``z(s) = z0 + s tanl``.
+
+This is the Belle II convention (basf2 ``Helix``).  Formulas are written in a form that stays
+numerically stable for ``omega -> 0`` (straight tracks).  ``s`` is the transverse arc length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+D0, PHI0, OMEGA, Z0, TANL = range(5)
+
+
+def _sinc(x: np.ndarray) -> np.ndarray:
+    """sin(x)/x with the limit 1 at 0."""
+    return np.sinc(x / np.pi)
+
+
+def position(h: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Point on the helix at arc length ``s``; h (..., 5), s (...) -> (..., 3)."""
+    d0, phi0, om, z0, tl = (h[..., i] for i in range(5))
+    half = 0.5 * om * s
+    ph = phi0 - half
+    k = s * _sinc(half)
+    x = d0 * np.sin(phi0) + k * np.cos(ph)
+    y = -d0 * np.cos(phi0) + k * np.sin(ph)
+    z = z0 + s * tl
+    return np.stack([x, y, z], axis=-1)
+
+
+def direction(h: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """d(position)/ds (not normalised: transverse part has unit length, z part = tanl)."""
+    phi = h[..., PHI0] - h[..., OMEGA] * s
+    return np.stack([np.cos(phi), np.sin(phi), np.broadcast_to(h[..., TANL], phi.shape)], axis=-1)
+
+
+def from_point(pos: np.ndarray, phi: np.ndarray, tanl: np.ndarray, omega: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Perigee parameters of the helix through ``pos`` (..., 3) with direction azimuth ``phi`` there.
+
+    Returns ``(h, s)``: parameters (..., 5) and the arc length of ``pos`` on that helix.
+    Stable for small ``omega`` (uses the exact geometry without 1/omega cancellations).
+    """
+    px, py, pz = pos[..., 0], pos[..., 1], pos[..., 2]
+    cphi, sphi = np.cos(phi), np.sin(phi)
+    # signed distance of the origin-side normal: the closest point on the straight line
+    # t = -(p . dir) is the straight-line arc length to the perigee; curvature corrections follow.
+    # exact: centre C = P + (1/om) (sin phi, -cos phi); perigee on the line origin-C.
+    # with u = (p x dir)_z = px sinphi - py cosphi  (= d0 for a straight line)
+    #      t = p . dir
+    u = px * sphi - py * cphi
+    t = px * cphi + py * sphi
+    # |C|^2 = (1/om + u)^2 + t^2 ; d0 = sign * |C| - 1/om written stably:
+    # d0 = ((1/om+u)^2 + t^2 - 1/om^2) / (sign|C| + 1/om) = (2u/om + u^2 + t^2)/(...)  -> multiply by om:
+    # d0 = (2u + om (u^2 + t^2)) / (1 + sqrt((1 + om u)^2 + (om t)^2))   [for 1 + om*d0 > 0]
+    a = 1.0 + omega * u
+    root = np.sqrt(a * a + (omega * t) ** 2)
+    d0 = (2.0 * u + omega * (u * u + t * t)) / (1.0 + root)
+    # direction at the perigee: the perigee direction is perpendicular to the radius vector from C.
+    # phi0 = phi + omega * s_p where s_p is the arc length from perigee to P: sin/cos of the turning angle
+    # (C - perigee) and (C - P) directions; turning angle chi with sin(chi) = om t / root, cos = a/root
+    chi = np.arctan2(omega * t, a)
+    phi0 = phi + chi
+    # s_p = chi / omega, stably:
+    s_p = np.where(np.abs(omega) > 1e-12, chi / np.where(omega == 0, 1.0, omega), t)
+    # small omega: chi ~ omega t -> s_p ~ t; use series-safe expression
+    small = np.abs(chi) < 1e-6
+    s_p = np.where(small, t * (1.0 - (omega * t) ** 2 / (3 * a * a)) / a, s_p)
+    z0 = pz - s_p * tanl
+    h = np.stack([d0, np.arctan2(np.sin(phi0), np.cos(phi0)), np.broadcast_to(omega, d0.shape),
+                  z0, np.broadcast_to(tanl, d0.shape)], axis=-1)
+    return h, s_p
+
+
+def cylinder_crossing(h: np.ndarray, r: np.ndarray | float, arm: np.ndarray | float = 1.0) -> np.ndarray:
+    """Arc length where the helix crosses the cylinder of radius ``r`` (first crossing on the side
+    ``sign(s) = arm`` of the perigee, within half a turn); NaN where it does not reach ``r``."""
+    d0, om = h[..., D0], h[..., OMEGA]
+    denom = 1.0 + om * d0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = (r * r - d0 * d0) / denom
+        root = np.sqrt(q)  # NaN if r < |d0|
+        a = 0.5 * np.abs(om) * root
+        ok = (q >= 0) & (a <= 1.0) & (denom > 0)
+        a = np.where(ok, a, 0.5)
+        ratio = np.where(a < 1e-8, 1.0, np.arcsin(a) / np.where(a == 0, 1.0, a))
+        s = root * ratio
+    return np.where(ok, arm * s, np.nan)
+
+
+def plane_crossing(h: np.ndarray, s_start: np.ndarray, point: np.ndarray, normal: np.ndarray,
+                   n_iter: int = 4) -> np.ndarray:
+    """Newton iterations for the arc length where the helix crosses the plane (point, normal).
+
+    h (..., 5), s_start (...), point/normal (..., 3) -> s (...).
+    """
+    s = np.asarray(s_start, dtype=float)
+    for _ in range(n_iter):
+        f = np.sum((position(h, s) - point) * normal, axis=-1)
+        df = np.sum(direction(h, s) * normal, axis=-1)
+        s = s - f / df
+    return s

@@ -1,0 +1,109 @@
+"""Raw-data file layout of the toy detector and :func:`read_raw`.
+
+One ROOT file (written with uproot) holds flat TTrees, one row per hit; ``event`` numbers a run's
+events, ``cand`` is the index of the track candidate inside the event as an idealised (MC-matched)
+track finder would give it -- the raw data carry no true positions or parameters.
+
+==============  ===================================================================================
+tree            branches (dtype)
+==============  ===================================================================================
+``event``       event (i8), n_cand (i4), exp (i4), run (i4)
+``pxd``         event (i8), cand (i2), sensor (i4, VxdID), pixel (i4, toy pixel id), u, v (f8, cluster
+                position in mm in the sensor's local frame), charge (f4, ADC)
+``svd``         event, cand, sensor, u, v (as pxd), time (f4, ns), charge (f4, ADC)
+``cdc``         event, cand, layer (i2, 0..55), wire (i2), board (i2), tdc (f4, ns), adc (f4),
+                lr (i1, left/right sign from the track finder: drift distance sign)
+``ecl``         event, cand (i2, -1 if not matched), crystal (i4), amplitude (f4)
+``pxd_digits``  event, sensor (i4), pixel (i4), adc (f4)   (random_calib: pixel occupancy)
+==============  ===================================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import uproot
+
+RAW_BRANCHES: dict[str, dict[str, str]] = {
+    "event": {"event": "i8", "n_cand": "i4", "exp": "i4", "run": "i4"},
+    "pxd": {"event": "i8", "cand": "i2", "sensor": "i4", "pixel": "i4", "u": "f8", "v": "f8", "charge": "f4"},
+    "svd": {"event": "i8", "cand": "i2", "sensor": "i4", "u": "f8", "v": "f8", "time": "f4", "charge": "f4"},
+    "cdc": {"event": "i8", "cand": "i2", "layer": "i2", "wire": "i2", "board": "i2", "tdc": "f4", "adc": "f4",
+            "lr": "i1"},
+    "ecl": {"event": "i8", "cand": "i2", "crystal": "i4", "amplitude": "f4"},
+    "pxd_digits": {"event": "i8", "sensor": "i4", "pixel": "i4", "adc": "f4"},
+}
+
+
+class RawDataError(ValueError):
+    """A raw file is missing a tree/branch or is unreadable."""
+
+
+def write_raw(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Write raw trees (all of RAW_BRANCHES; missing trees are written empty) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with uproot.recreate(tmp) as out:
+            for tree, branches in RAW_BRANCHES.items():
+                cols = trees.get(tree, {})
+                out[tree] = {b: np.ascontiguousarray(np.asarray(cols.get(b, np.zeros(0)), dtype=dt))
+                             for b, dt in branches.items()}
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]") -> dict[str, dict[str, np.ndarray]]:
+    """Read and concatenate raw files (or directories: all ``*.root`` below, sorted).
+
+    Returns ``{tree: {branch: array}}`` for every tree of :data:`RAW_BRANCHES`; every tree also gets
+    ``gevent`` (int64), a global event index unique across all files read (the ``event`` tree row).
+    Track candidates are identified by (gevent, cand).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        files.extend(sorted(p.rglob("*.root")) if p.is_dir() else [p])
+    out: dict[str, dict[str, list]] = {t: {b: [] for b in (*br, "gevent")} for t, br in RAW_BRANCHES.items()}
+    offset = 0
+    for f in files:
+        try:
+            with uproot.open(f) as src:
+                data = {}
+                for tree, branches in RAW_BRANCHES.items():
+                    if tree not in src:
+                        raise RawDataError(f"{f}: tree {tree!r} is missing")
+                    t = src[tree]
+                    missing = [b for b in branches if b not in t.keys()]
+                    if missing:
+                        raise RawDataError(f"{f}: tree {tree!r} lacks branch(es) {missing}")
+                    data[tree] = t.arrays(list(branches), library="np")
+        except RawDataError:
+            raise
+        except Exception as exc:
+            raise RawDataError(f"{f}: not a readable raw file ({exc})") from exc
+        ev = data["event"]["event"]
+        for tree, cols in data.items():
+            if tree == "event":
+                g = offset + np.arange(ev.size, dtype=np.int64)
+            else:
+                pos = np.searchsorted(ev, cols["event"])
+                if cols["event"].size and (np.any(pos >= ev.size) or np.any(ev[np.minimum(pos, ev.size - 1)] != cols["event"])):
+                    raise RawDataError(f"{f}: tree {tree!r} has hits of events missing from the event tree")
+                g = offset + pos.astype(np.int64)
+            for b, a in cols.items():
+                out[tree][b].append(a)
+            out[tree]["gevent"].append(g)
+        offset += ev.size
+    return {t: {b: (np.concatenate(v) if v else np.zeros(0, RAW_BRANCHES[t].get(b, "i8"))) for b, v in cols.items()}
+            for t, cols in out.items()}

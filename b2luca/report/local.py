@@ -1,0 +1,82 @@
+"""Local transport: the issue Markdown written under the work dir.
+
+``<work_dir>/report/issues/<name>.md`` (one per calibration) and ``<work_dir>/report/summary.md``.
+Written for every run, also when GitLab is the configured transport (a local copy that needs no
+network).  Files are re-rendered from the folded state and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write_text
+from .markdown import carry_checklist, marker_bucket, parse_checklist, parse_marker, render_calibration, render_summary
+from .outbox import DeliveryContext
+from .state import BucketState, fold
+
+
+def safe_filename(name: str) -> str:
+    """A file-system safe version of a task name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name) or "_"
+
+
+class LocalTransport:
+    """Writes the report Markdown files under ``report_dir``."""
+
+    name = "local"
+
+    def __init__(self, report_dir: Path) -> None:
+        self.dir = Path(report_dir)
+        self.issues_dir = self.dir / "issues"
+        self.summary_path = self.dir / "summary.md"
+
+    def issue_path(self, name: str) -> Path:
+        """Markdown file of calibration ``name``."""
+        return self.issues_dir / f"{safe_filename(name)}.md"
+
+    def pending_extra(self, cursor: dict[str, Any]) -> int:
+        """Nothing besides events."""
+        return 0
+
+    def deliver(self, ctx: DeliveryContext) -> None:
+        """Re-render the files touched by the pending events."""
+        pending = ctx.pending
+        if not pending:
+            return
+        state = fold(ctx.bucket, ctx.events)
+        names: set[str] = set()
+        all_tasks = any(e.kind == "bucket_started" for e in pending)
+        for t in state.calibrations():
+            if all_tasks or any(e.task == t.name for e in pending):
+                names.add(t.name)
+        self.render(state, names)
+        ctx.mark_delivered(pending[-1])
+
+    def render(self, state: BucketState, names: set[str] | None = None) -> None:
+        """Write the issue files of ``names`` (all calibrations if None) and the summary."""
+        for t in state.calibrations():
+            if names is not None and t.name not in names:
+                continue
+            path = self.issue_path(t.name)
+            links = {p: os.path.relpath(p, self.issues_dir) for p in (t.validation or {}).get("plots", [])}
+            body = render_calibration(state, t, plot_links=links, summary_link="../summary.md")
+            old = path.read_text(encoding="utf-8") if path.exists() else None
+            atomic_write_text(path, carry_checklist(old, body))
+        links = {t.name: f"issues/{safe_filename(t.name)}.md" for t in state.calibrations()}
+        atomic_write_text(self.summary_path, render_summary(state, links))
+
+    def read_signoffs(self, bucket: str) -> dict[str, dict[str, Any]]:
+        """Checklist state of every local issue file of ``bucket``."""
+        out: dict[str, dict[str, Any]] = {}
+        if not self.issues_dir.is_dir():
+            return out
+        for path in sorted(self.issues_dir.glob("*.md")):
+            text = path.read_text(encoding="utf-8")
+            marker = parse_marker(text)
+            if marker is None or marker[0] != marker_bucket(bucket) or marker[1] is None:
+                continue
+            out[marker[1]] = {"checklist": parse_checklist(text), "labels": [], "url": str(path)}
+        return out

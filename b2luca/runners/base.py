@@ -1,0 +1,80 @@
+"""What every runner shares: the result of running one calibration or validation script."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+OUTPUT_DB_DIR = "caf_outputdb_results"
+
+
+class RunnerError(RuntimeError):
+    """A calibration or validation script could not be run or failed."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one script run: exit code, log file and duration."""
+
+    returncode: int
+    log_path: Path
+    duration: float
+    command: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def output_database(work_dir: Path, calibration_name: str) -> Path:
+    """``<work_dir>/caf_outputdb_results/<CalibrationName>`` (the layout b2caf-prompt-run leaves)."""
+    return Path(work_dir) / OUTPUT_DB_DIR / calibration_name
+
+
+def log_tail(path: Path, lines: int = 40, max_chars: int = 6000) -> str:
+    """The last lines of a log file (empty when missing)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    tail = "\n".join(text.splitlines()[-lines:])
+    return tail[-max_chars:]
+
+
+def run_logged(command: Sequence[str], cwd: Path, log_path: Path, env: dict[str, str] | None = None,
+               timeout: float | None = None) -> RunResult:
+    """Run ``command`` in ``cwd`` with stdout+stderr appended to ``log_path``; never raises on failure.
+
+    The child gets its own process group so a timeout (or the caller being killed) takes its
+    children too.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "ab") as log:
+        log.write(f"$ {' '.join(command)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(list(command), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            log.write(f"\nb2luca: killed after the time limit of {timeout:.0f} s\n".encode())
+            returncode = -signal.SIGKILL
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    return RunResult(returncode, log_path, time.perf_counter() - start, tuple(command))
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for calibration subprocesses: ours minus anything that looks like a secret."""
+    secret_words = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY", "PRIVATE")
+    return {k: v for k, v in os.environ.items() if not any(w in k.upper() for w in secret_words)}

@@ -1,0 +1,36 @@
+"""The native runner: runs a Python calibration from ``calibrations/`` the way b2caf-prompt-run runs a basf2 one.
+
+It takes the same two files (``caf_config.json``, ``input_data.json``), runs the script in a subprocess
+(:mod:`b2luca.runners.native_job`) and leaves ``caf_outputdb_results/<CalibrationName>/{database.txt,
+dbstore_*.root}`` in the working directory, exactly like basf2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .base import RunResult, child_environment, run_logged
+
+
+class NativeRunner:
+    """Run native Python calibration and validation scripts in subprocesses."""
+
+    name = "native"
+
+    def __init__(self, timeout_min: float | None = None) -> None:
+        self.timeout = timeout_min * 60 if timeout_min else None
+
+    def calibrate(self, caf_config: Path, input_data: Path, work_dir: Path, log_path: Path) -> RunResult:
+        """Run the calibration script named in ``caf_config`` on ``input_data``."""
+        command = [sys.executable, "-m", "b2luca.runners.native_job", "calibrate", str(caf_config), str(input_data)]
+        return run_logged(command, cwd=work_dir, log_path=log_path, env=child_environment(), timeout=self.timeout)
+
+    def validate(self, validation_script: Path, job_path: Path, input_data: Path, verdict_path: Path,
+                 work_dir: Path, log_path: Path, reference: list[str] | None) -> RunResult:
+        """Run ``run_validation`` of ``validation_script``; its verdict is written to ``verdict_path``."""
+        command = [sys.executable, "-m", "b2luca.runners.native_job", "validate", str(validation_script),
+                   str(job_path), str(input_data), str(verdict_path)]
+        for path in reference or []:
+            command += ["--reference", path]
+        return run_logged(command, cwd=work_dir, log_path=log_path, env=child_environment(), timeout=self.timeout)

@@ -1,0 +1,140 @@
+"""Subprocess entry of the native runner: ``python -m b2luca.runners.native_job calibrate|validate ...``.
+
+``calibrate CAF_CONFIG INPUT_DATA``: load the script named by ``caf_script``, build a
+:class:`~b2luca.contract.CalibrationJob` from the two JSON files and call ``calibrate(job)``; payloads
+land in ``caf_outputdb_results/<name>/`` of the working directory.
+``validate SCRIPT JOB_PATH INPUT_DATA VERDICT [--reference DB ...]``: call ``run_validation`` and save
+its verdict as JSON.  Exit code 0 on success, 1 when the script raised (traceback in the log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+from ..conditions import DatabaseChain, LocalDatabase
+from ..contract import CALIBRATE, RUN_VALIDATION, CalibrationJob, Verdict
+from ..dataset import expand_input
+from ..iov import ExpRun, IoV
+from .base import output_database
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a calibration/validation script from its file path."""
+    spec = importlib.util.spec_from_file_location(f"b2luca_script_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    for parent in path.resolve().parents:  # so `from calibrations.x import settings` resolves
+        if parent.name == "calibrations":
+            if str(parent.parent) not in sys.path:
+                sys.path.insert(0, str(parent.parent))
+            break
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_input_data(path: Path) -> dict[str, list[tuple[Path, ExpRun]]]:
+    """input_data.json -> ``{name: [(file, ExpRun), ...]}`` with directories expanded to their ROOT files."""
+    document = json.loads(Path(path).read_text())
+    files: dict[str, list[tuple[Path, ExpRun]]] = {}
+    for name, entries in document.items():
+        files[name] = []
+        for index, entry in enumerate(entries):
+            try:
+                location, (exp, run) = entry
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: {name}[{index}]: expected [path, [exp, run]], got {entry!r}") from None
+            files[name].extend((f, ExpRun(int(exp), int(run))) for f in expand_input(location))
+    return files
+
+
+def chain_from_caf_config(config: dict) -> DatabaseChain:
+    """The database chain of a caf_config.json: testing payloads first, then the chain in order."""
+    databases = []
+    if config.get("testing_payloads"):
+        databases.append(LocalDatabase(Path(config["testing_payloads"]).parent))
+    directory = config.get("b2luca", {}).get("conditions_directory")
+    for entry in config.get("database_chain", []):
+        path = Path(entry)
+        if path.name == "database.txt":
+            databases.append(LocalDatabase(path.parent))
+        elif directory:
+            databases.append(LocalDatabase(Path(directory) / entry))
+        else:
+            raise ValueError(f"global tag {entry!r} in database_chain cannot be resolved locally")
+    return DatabaseChain(databases)
+
+
+def do_calibrate(caf_config: Path, input_data: Path) -> None:
+    """Run one native calibration as b2caf-prompt-run would."""
+    config = json.loads(caf_config.read_text())
+    module = load_script(Path(config["caf_script"]))
+    settings = module.settings
+    function = getattr(module, CALIBRATE, None)
+    if function is None:
+        raise AttributeError(f"{config['caf_script']}: defines no {CALIBRATE}(job) function")
+    out_dir = output_database(Path.cwd(), settings.name)
+    log = logging.getLogger(f"b2luca.calibration.{settings.name}")
+    job = CalibrationJob(
+        name=settings.name, input_files=read_input_data(input_data),
+        requested_iov=IoV.from_list(config["requested_iov"]), expert_config=dict(config.get("expert_config", {})),
+        output_db=LocalDatabase(out_dir).create(), database_chain=chain_from_caf_config(config),
+        work_dir=Path.cwd(), log=log)
+    log.info("calibrating %s on %s", settings.name,
+             ", ".join(f"{k}: {len(v)} files" for k, v in job.input_files.items()))
+    function(job)
+    stored = [e.name for e in job.output_db.entries()]
+    missing = sorted(set(settings.produced_payloads) - set(stored))
+    if missing:
+        raise RuntimeError(f"{settings.name} did not store its payload(s) {', '.join(missing)}")
+    log.info("stored %s", ", ".join(f"{e.name} rev {e.revision}" for e in job.output_db.entries()))
+
+
+def do_validate(script: Path, job_path: Path, input_data: Path, verdict_path: Path, reference: list[str]) -> None:
+    """Run one validation and save its verdict."""
+    module = load_script(script)
+    function = getattr(module, RUN_VALIDATION, None)
+    if function is None:
+        raise AttributeError(f"{script}: defines no {RUN_VALIDATION}(...) function")
+    config = json.loads((job_path / "caf_config.json").read_text())
+    reference_db = DatabaseChain([LocalDatabase(p) for p in reference]) if reference else None
+    verdict = function(str(job_path), str(input_data), config["requested_iov"], dict(config.get("expert_config", {})),
+                       reference_db=reference_db)
+    if not isinstance(verdict, Verdict):
+        raise TypeError(f"{script}: run_validation returned {type(verdict).__name__}, expected a Verdict")
+    verdict.save(verdict_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry of the subprocess."""
+    parser = argparse.ArgumentParser(prog="b2luca.runners.native_job")
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("calibrate")
+    p.add_argument("caf_config", type=Path)
+    p.add_argument("input_data", type=Path)
+    p = sub.add_parser("validate")
+    for name in ("script", "job_path", "input_data", "verdict"):
+        p.add_argument(name, type=Path)
+    p.add_argument("--reference", action="append", default=[])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    try:
+        if args.what == "calibrate":
+            do_calibrate(args.caf_config, args.input_data)
+        else:
+            do_validate(args.script, args.job_path, args.input_data, args.verdict, args.reference)
+    except Exception:
+        traceback.print_exc(file=sys.stdout)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

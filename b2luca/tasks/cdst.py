@@ -1,0 +1,79 @@
+"""CdstProduction: reconstruct one run's raw data with the constants produced so far, write cDST files.
+
+The task is complete when the run's cDST manifest exists *and* the constants it was made with are
+still the ones in force; after a raw calibration is re-run with new payloads, only the parts of the
+cDST that depend on the changed constants are recomputed (see :mod:`b2luca.production`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import luigi
+
+from ..config import BucketConfig
+from ..dataset import run_directory
+from ..iov import ExpRun
+from .base import BucketTask
+from .context import STAGE_PRODUCTION, write_json_atomic
+
+
+def production_runs(cfg: BucketConfig) -> list[int]:
+    """Runs of the bucket that have raw data on disk (every run is reconstructed, whatever its quality)."""
+    root = cfg.data.raw_directory / f"e{cfg.bucket.experiment:04d}"
+    runs = []
+    for run in range(cfg.bucket.first_run, cfg.bucket.last_run + 1):
+        directory = root / f"r{run:05d}"
+        if directory.is_dir() and any(directory.glob("*/*.root")):
+            runs.append(run)
+    return runs
+
+
+class CdstProduction(BucketTask):
+    """Reconstruct one run (every data tag) into cDST files."""
+
+    run_number = luigi.IntParameter()
+
+    @property
+    def exprun(self) -> ExpRun:
+        return ExpRun(self.ctx.cfg.bucket.experiment, int(self.run_number))
+
+    @property
+    def task_name(self) -> str:
+        return f"CdstProduction:r{int(self.run_number):05d}"
+
+    def output_path(self) -> Path:
+        return self.ctx.work_dir / "cdst_production" / f"r{int(self.run_number):05d}.json"
+
+    def requires(self):
+        from .stages import RunRawCalibrations
+
+        return RunRawCalibrations(config_path=self.config_path)
+
+    def complete(self) -> bool:
+        from ..production import manifest_is_current
+
+        path = self.output_path()
+        if not path.is_file():
+            return False
+        return manifest_is_current(self._cdst_run_dir(), self.ctx.chain(), self.exprun)
+
+    def _cdst_run_dir(self) -> Path:
+        return run_directory(self.ctx.cfg.data.cdst_directory, self.exprun, "").parent
+
+    def run(self) -> None:
+        from ..production import produce_run
+
+        ctx, cfg = self.ctx, self.ctx.cfg
+        start = self.now()
+        ctx.emit("task_started", self.task_name, stage=STAGE_PRODUCTION, group=STAGE_PRODUCTION)
+        raw_dir = run_directory(cfg.data.raw_directory, self.exprun, "").parent
+        try:
+            summary = produce_run(raw_dir, self._cdst_run_dir(), ctx.chain(), self.exprun)
+        except Exception as exc:
+            ctx.emit("task_failed", self.task_name, reason=str(exc), log_tail="", log_path="",
+                     duration=self.now() - start, validation_failed=False)
+            raise
+        ctx.emit("task_succeeded", self.task_name, duration=self.now() - start)
+        write_json_atomic(self.output_path(), {"run": int(self.run_number), "start": start,
+                                               "duration": self.now() - start, **summary})

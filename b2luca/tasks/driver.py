@@ -1,0 +1,394 @@
+"""The driver of ``b2luca run``: build the DAG, run it with luigi, and tell the truth about the outcome.
+
+We call ``luigi.build(..., detailed_summary=True)`` ourselves (``b2luigi.process`` returns nothing and
+exits 0 on failure) and hook the scheduler in this process: every status change a worker reports
+(PENDING, RUNNING, DONE, FAILED, ...) passes through :class:`RecordingScheduler`, which works the same
+with one worker or many and does not depend on luigi's event handlers (they run in child processes).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import luigi
+import luigi.interface
+import luigi.scheduler
+import luigi.worker
+
+from ..config import BucketConfig
+from ..dataset import ensure_data
+from .calibration import STATUS_VALIDATION_FAILED, CalibrationTask
+from .cdst import production_runs
+from .context import (STAGE_CDST, STAGE_LOCAL, STAGE_PRODUCTION, STAGE_RAW, BucketContext, context_for,
+                      group_name, read_json, write_json_atomic)
+from .stages import Bucket
+
+log = logging.getLogger("b2luca.driver")
+
+# Luigi's default worker timing (1 s poll + up to 5 s jitter) would dominate a bucket of short tasks.
+WORKER_TIMING = {"wait_interval": "0.05", "wait_jitter": "0.0"}
+
+
+# --- the scheduler hook ---------------------------------------------------------------------------
+@dataclass
+class TaskRecord:
+    """What the driver saw of one task during the run."""
+
+    task_id: str
+    family: str
+    params: dict[str, str]
+    status: str = "PENDING"
+    complete_at_start: bool = False
+    started: float | None = None
+    finished: float | None = None
+    history: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+class RecordingScheduler(luigi.scheduler.Scheduler):
+    """luigi's local scheduler, recording every status change it is told about."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.records: dict[str, TaskRecord] = {}
+
+    def add_task(self, task_id=None, status=luigi.scheduler.PENDING, **kwargs):  # noqa: D401 - luigi signature
+        now = time.time()
+        record = self.records.get(task_id)
+        if record is None:
+            record = TaskRecord(task_id=task_id, family=kwargs.get("family") or "", params=dict(kwargs.get("params") or {}))
+            record.complete_at_start = status == luigi.scheduler.DONE
+            self.records[task_id] = record
+        if kwargs.get("family"):
+            record.family = kwargs["family"]
+        if kwargs.get("params"):
+            record.params = dict(kwargs["params"])
+        if status != record.status or not record.history:
+            record.history.append((now, status))
+        if status == luigi.scheduler.RUNNING and record.started is None:
+            record.started = now
+        if status in (luigi.scheduler.DONE, luigi.scheduler.FAILED) and record.started is not None:
+            record.finished = now
+        record.status = status
+        return super().add_task(task_id=task_id, status=status, **kwargs)
+
+
+class RecordingFactory(luigi.interface._WorkerSchedulerFactory):
+    """Hands luigi our recording scheduler."""
+
+    def __init__(self) -> None:
+        self.scheduler: RecordingScheduler | None = None
+
+    def create_local_scheduler(self) -> RecordingScheduler:
+        self.scheduler = RecordingScheduler(prune_on_get_work=True, record_task_history=False)
+        return self.scheduler
+
+
+# --- what the run did -----------------------------------------------------------------------------
+@dataclass
+class TaskRow:
+    """One line of the final table and of status.json."""
+
+    name: str
+    kind: str
+    stage: str
+    group: str
+    state: str
+    duration: float | None
+    report: str
+
+
+def _walk(tasks: Iterable[luigi.Task]) -> list[luigi.Task]:
+    """All tasks reachable from ``tasks`` (requirements first, each once)."""
+    seen: dict[str, luigi.Task] = {}
+
+    def visit(task: luigi.Task) -> None:
+        if task.task_id in seen:
+            return
+        for dep in luigi.task.flatten(task.requires()):
+            visit(dep)
+        seen[task.task_id] = task
+
+    for task in tasks:
+        visit(task)
+    return list(seen.values())
+
+
+def _direct_work(task: luigi.Task) -> list[luigi.Task]:
+    """The non-wrapper tasks ``task`` requires, looking through wrapper tasks."""
+    out: list[luigi.Task] = []
+    for dep in luigi.task.flatten(task.requires()):
+        out.extend(_direct_work(dep) if isinstance(dep, luigi.WrapperTask) else [dep])
+    return out
+
+
+def _describe(task: luigi.Task, ctx: BucketContext) -> tuple[str, str, str, str]:
+    """(display name, kind, stage, group) of a task."""
+    family = task.get_task_family()
+    if family == "CalibrationTask":
+        stage, level = ctx.plan.group_of(task.name)
+        return task.name, "calibration", stage, group_name(stage, level)
+    if family == "CopyLocalPayloads":
+        return f"Local{task.subsystem}:{task.source_tag}", "local", STAGE_LOCAL, STAGE_LOCAL
+    if family == "CdstProduction":
+        return f"CdstProduction:r{task.run_number:05d}", "cdst_production", STAGE_PRODUCTION, STAGE_PRODUCTION
+    if family == "ArchiveLogs":
+        return f"ArchiveLogs:{task.group}", "archive", "archive", task.group
+    return family, "setup", "setup", "-"
+
+
+_STATE_NAMES = {"DONE": "success", "FAILED": "failed", "PENDING": "not run", "RUNNING": "interrupted",
+                "DISABLED": "disabled", "UNKNOWN": "not run"}
+
+
+def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str, TaskRecord] | None) -> list[TaskRow]:
+    """Every non-wrapper task's state: from this run's records when given, else from the outputs on disk."""
+    rows = []
+    for task in _walk(tasks):
+        if isinstance(task, luigi.WrapperTask):
+            continue
+        name, kind, stage, group = _describe(task, ctx)
+        record = (records or {}).get(task.task_id)
+        duration = record.duration if record else None
+        if record is not None:
+            state = "done before" if record.complete_at_start else _STATE_NAMES.get(record.status, record.status.lower())
+            if record.status == "PENDING" and any(
+                    (records or {}).get(d.task_id) is not None and records[d.task_id].status == "FAILED"
+                    for d in _walk(luigi.task.flatten(task.requires()))):
+                state = "not run (upstream failed)"
+        else:
+            state = "success" if task.complete() else "pending"
+        report = ""
+        if kind == "calibration":
+            result_path = ctx.result_path(task.name)
+            if result_path.is_file():
+                result = read_json(result_path)
+                if result["status"] == STATUS_VALIDATION_FAILED:
+                    state = "validation-failed" if state != "done before" else "done before (validation-failed)"
+                if duration is None:
+                    duration = result.get("duration")
+            report = str(ctx.work_dir / "report" / "issues" / f"{task.name}.md")
+        elif kind in ("local", "cdst_production", "archive") and Path(task.output_path()).is_file():
+            document = read_json(Path(task.output_path()))
+            if duration is None:
+                duration = document.get("duration")
+            if kind == "archive":
+                report = document.get("location", "")
+        rows.append(TaskRow(name, kind, stage, group, state, duration, report))
+    return rows
+
+
+def format_table(rows: list[TaskRow]) -> str:
+    """A plain-text table of task rows."""
+    header = ("task", "stage", "group", "state", "duration", "report")
+    lines = [header] + [(r.name, r.stage, r.group, r.state,
+                         "" if r.duration is None else f"{r.duration:.1f} s", r.report) for r in rows]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)]
+    out = []
+    for index, line in enumerate(lines):
+        out.append("  ".join(str(v).ljust(w) for v, w in zip(line[:-1], widths)) + "  " + line[-1])
+        if index == 0:
+            out.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+    return "\n".join(out)
+
+
+# --- invalidation (--rerun) -----------------------------------------------------------------------
+def invalidate(ctx: BucketContext, names: Iterable[str]) -> list[str]:
+    """Forget the results of ``names`` and of everything that depends on them; return what was invalidated.
+
+    A raw calibration also invalidates every cdst calibration (they read cDST files made with the raw
+    constants); cDST production itself notices changed constants by itself.  Payload revisions already
+    in the prompt global tag stay (payloads are immutable); a rerun with new content adds a revision.
+    """
+    plan = ctx.plan
+    targets: list[str] = []
+    for name in names:
+        plan.group_of(name)  # raises for an unknown name
+        closure = [name] + plan.dependents(name)
+        if plan.group_of(name)[0] == STAGE_RAW:
+            closure += plan.stage(STAGE_CDST).calibrations
+        targets += [n for n in closure if n not in targets]
+    stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    groups = set()
+    for name in targets:
+        result = ctx.result_path(name)
+        if result.is_file():
+            history = result.parent / "history"
+            history.mkdir(exist_ok=True)
+            os.replace(result, history / f"result-{stamp}.json")
+        stage, level = plan.group_of(name)
+        groups.add(group_name(stage, level))
+    if any(plan.group_of(n)[0] == STAGE_RAW for n in targets):
+        groups.add(STAGE_PRODUCTION)
+    for group in groups:
+        (ctx.work_dir / "archive" / f"{group}.json").unlink(missing_ok=True)
+    return targets
+
+
+# --- the run --------------------------------------------------------------------------------------
+def plan_events(ctx: BucketContext) -> list[dict[str, Any]]:
+    """The plan as the report layer wants it in ``bucket_started``."""
+    cfg, plan = ctx.cfg, ctx.plan
+    entries: list[dict[str, Any]] = []
+    for sub, tags in cfg.local_calibrations.items():
+        for tag, names in tags.items():
+            entries.append({"name": f"Local{sub}:{tag}", "stage": STAGE_LOCAL, "group": STAGE_LOCAL, "kind": "local",
+                            "expert": None, "description": f"copy {', '.join(names)} from {tag}",
+                            "depends_on": [], "produced_payloads": list(names)})
+    for stage in plan.stages:
+        if stage.name == STAGE_PRODUCTION:
+            entries.append({"name": "CdstProduction", "stage": STAGE_PRODUCTION, "group": STAGE_PRODUCTION,
+                            "kind": "cdst_production", "expert": None, "description":
+                            f"reconstruct runs {', '.join(map(str, production_runs(cfg)))}", "depends_on": [],
+                            "produced_payloads": []})
+            continue
+        for level, group in enumerate(stage.groups):
+            for name in group:
+                info = ctx.catalogue[name]
+                entries.append({"name": name, "stage": stage.name, "group": level, "kind": "calibration",
+                                "expert": info.settings.expert_username,
+                                "description": (info.settings.description or "").strip(),
+                                "depends_on": list(info.depends_on),
+                                "produced_payloads": list(info.settings.produced_payloads)})
+    return entries
+
+
+def configure_luigi() -> None:
+    """Worker timing suited to short tasks; luigi must not reconfigure our logging."""
+    config = luigi.configuration.get_config()
+    for key, value in WORKER_TIMING.items():
+        config.set("worker", key, value)
+    config.set("core", "no_configure_logging", "true")
+
+
+@dataclass
+class RunOutcome:
+    """What ``run_bucket`` reports back."""
+
+    exit_code: int
+    rows: list[TaskRow]
+    luigi_status: str
+    seconds: float
+
+
+def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = False, only: str | None = None,
+               rerun: Iterable[str] = (), echo: Callable[[str], None] = print) -> RunOutcome:
+    """Run (or, with ``dry_run``, explain) the bucket's DAG; exit code 0 only when everything succeeded."""
+    start = time.perf_counter()
+    config_path = str(cfg.path)
+    context_for.cache_clear()
+    ctx = context_for(config_path)
+    plan = ctx.plan  # a catalogue error surfaces here, before anything runs
+    if only is not None:
+        plan.group_of(only)
+    rerun = list(rerun)
+    for name in rerun:
+        plan.group_of(name)
+    tasks: list[luigi.Task] = ([CalibrationTask(config_path=config_path, name=only)] if only
+                               else [Bucket(config_path=config_path)])
+    if dry_run:
+        return _dry_run(ctx, tasks, rerun, echo, start)
+    message = ensure_data(cfg)
+    if message:
+        echo(message)
+    if rerun:
+        echo("invalidated: " + ", ".join(invalidate(ctx, rerun)))
+    settings_commit = None
+    if ctx.settings_file.is_file():
+        settings_commit = read_json(ctx.settings_file).get("commit")
+    ctx.emit("bucket_started", None, requested_iov=cfg.requested_iov.as_list(), settings_commit=settings_commit,
+             work_dir=str(cfg.work_dir), plan=plan_events(ctx))
+    configure_luigi()
+    factory = RecordingFactory()
+    result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
+                         detailed_summary=True, worker_scheduler_factory=factory)
+    records = factory.scheduler.records if factory.scheduler else {}
+    context_for.cache_clear()
+    ctx = context_for(config_path)
+    rows = collect_rows(ctx, tasks, records)
+    failed = [r for r in rows if r.state in ("failed", "interrupted", "not run", "not run (upstream failed)")]
+    validation_failed = [r for r in rows if "validation-failed" in r.state]
+    ok = result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY") and not failed and not validation_failed
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    seconds = time.perf_counter() - start
+    write_json_atomic(cfg.work_dir / "status.json", {
+        "bucket": cfg.name, "finished": time.time(), "success": ok, "luigi_status": result.status.name,
+        "seconds": seconds, "rows": [r.__dict__ for r in rows]})
+    ctx.emit("bucket_finished", None, success=ok, counts=counts)
+    echo(format_table(rows))
+    verdict = "SUCCESS" if ok else "FAILED"
+    echo(f"\nbucket {cfg.name}: {verdict} in {seconds:.1f} s ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
+         f"luigi: {result.status.name}")
+    if not ok:
+        for row in failed + validation_failed:
+            echo(f"  {row.name}: {row.state}" + (f" — see {row.report}" if row.report else ""))
+    return RunOutcome(0 if ok else 1, rows, result.status.name, seconds)
+
+
+def _dry_run(ctx: BucketContext, tasks: list[luigi.Task], rerun: list[str], echo: Callable[[str], None],
+             start: float) -> RunOutcome:
+    """Say what would run and why, without running or changing anything."""
+    invalid = set()
+    for name in rerun:
+        invalid |= {name, *ctx.plan.dependents(name)}
+        if ctx.plan.group_of(name)[0] == STAGE_RAW:
+            invalid |= set(ctx.plan.stage(STAGE_CDST).calibrations)
+    will_run: set[str] = set()
+    rows = []
+    for task in _walk(tasks):
+        if isinstance(task, luigi.WrapperTask):
+            continue
+        name, kind, stage, group = _describe(task, ctx)
+        deps = _direct_work(task)
+        forced = kind == "calibration" and task.name in invalid
+        if task.complete() and not forced:
+            why, state = "complete (output exists)", "done"
+        else:
+            upstream = [_describe(d, ctx)[0] for d in deps if d.task_id in will_run]
+            if forced:
+                why = "--rerun invalidates it"
+            elif upstream:
+                why = "output missing; after " + ", ".join(upstream[:3]) + (" ..." if len(upstream) > 3 else "")
+            else:
+                out = getattr(task, "output_path", None)
+                why = f"output missing: {out()}" if out else "not complete"
+            state = "would run"
+            will_run.add(task.task_id)
+        echo(f"{state:9s}  {name:32s} {stage:16s} {why}")
+        rows.append(TaskRow(name, kind, stage, group, state, None, why))
+    echo(f"\n{len(will_run)} task(s) would run, {len(rows) - len(will_run)} are complete.")
+    return RunOutcome(0, rows, "DRY_RUN", time.perf_counter() - start)
+
+
+def status_rows(cfg: BucketConfig) -> list[TaskRow]:
+    """Every task's state from the outputs on disk (and durations from the last run)."""
+    context_for.cache_clear()
+    ctx = context_for(str(cfg.path))
+    rows = collect_rows(ctx, [Bucket(config_path=str(cfg.path))], None)
+    status_file = cfg.work_dir / "status.json"
+    if status_file.is_file():
+        last = {r["name"]: r for r in read_json(status_file)["rows"]}
+        for row in rows:
+            previous = last.get(row.name)
+            if previous and row.state == "pending" and previous["state"] in ("failed", "not run (upstream failed)"):
+                row.state = previous["state"]
+            if row.duration is None and previous:
+                row.duration = previous.get("duration")
+    return rows
+
+
+__all__ = ["RecordingScheduler", "RunOutcome", "TaskRow", "collect_rows", "format_table", "invalidate",
+           "run_bucket", "status_rows"]
