@@ -79,9 +79,25 @@ def simulate_config(cfg: BucketConfig, force: bool = False) -> str:
     cfg.data.raw_directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".marker.", dir=cfg.data.raw_directory)
     with os.fdopen(fd, "w") as handle:
-        json.dump({"key": _simulation_key(cfg), "seconds": seconds, "summary": str(summary)}, handle, indent=1)
+        json.dump({"key": _simulation_key(cfg), "seconds": seconds, "summary": describe_summary(summary)}, handle,
+                  indent=1)
     os.replace(tmp, marker)
-    return f"simulated bucket {cfg.name} in {seconds:.1f} s: {summary}"
+    return f"simulated bucket {cfg.name} in {seconds:.1f} s: {describe_summary(summary)}"
+
+
+def describe_summary(summary: Any) -> str:
+    """One readable paragraph of a simulation summary (events, hits, per-sensor VXD statistics)."""
+    parts = [f"runs {', '.join(map(str, summary.runs))} of experiment {summary.experiment}, "
+             f"{len(summary.files)} raw files"]
+    if summary.events:
+        parts.append("events " + ", ".join(f"{k} {v}" for k, v in sorted(summary.events.items())))
+    if summary.hits:
+        parts.append("hits " + ", ".join(f"{k} {v}" for k, v in sorted(summary.hits.items())))
+    per_sensor = summary.vxd_hits_per_sensor
+    if per_sensor is not None and len(per_sensor):
+        parts.append(f"VXD hits per sensor min {int(per_sensor.min())}, mean {float(per_sensor.mean()):.0f}")
+    parts.append("global tags " + ", ".join(summary.global_tags.values()))
+    return "; ".join(parts)
 
 
 def ensure_data(cfg: BucketConfig) -> str | None:

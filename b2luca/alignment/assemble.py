@@ -15,7 +15,6 @@ summed per chunk with one ``bincount``. There is no Python loop over records any
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -221,7 +220,7 @@ class Assembler:
         if self.dw.iterations > 0:
             wm = w
             for it in range(self.dw.iterations):
-                resid = _residuals(recs, y, sysd, meas_rec, eslot, K, q)
+                resid = _residuals(recs, y, sysd, meas_rec)
                 z = np.abs(resid) * np.sqrt(w)
                 if it == 0:
                     f = np.where(z > HUBER_C, HUBER_C / np.maximum(z, 1e-300), 1.0)
@@ -259,17 +258,16 @@ class Assembler:
         # accumulate the block pairs of accepted records, group by group
         keys_all, vals_all = [], []
         for g in sysd["groups"]:
-            rec, Cr, br, nbg = g["rec"], g["C"], g["b"], g["nb"]
+            rec, P, br, nbg = g["rec"], g["P"], g["b"], g["nb"]
             a = accept[rec]
-            if not a.any():
+            if not a.any() or nbg == 0:
                 continue
-            rec, Cr, br = rec[a], Cr[a], br[a]
+            rec, P, br = rec[a], P[a], br[a]
             R = rec.size
             bl = ublk[ustart[rec][:, None] + np.arange(nbg)[None, :]]  # (R, nb) sorted block ids
             ta, tb = np.triu_indices(nbg)
-            blocks = Cr.reshape(R, nbg, S, nbg, S).transpose(0, 1, 3, 2, 4)[:, ta, tb]  # (R, np, S, S)
             keys_all.append((bl[:, ta] * _NBIG + bl[:, tb]).ravel())
-            vals_all.append(blocks.reshape(-1, S * S))
+            vals_all.append(P.reshape(-1, S * S))
             members = self.block_members[bl].reshape(R, nbg * S)
             m = members >= 0
             self.bvec += np.bincount(members[m], weights=br[m], minlength=self.bvec.size)
@@ -367,51 +365,60 @@ def _pairs_within(seg_id: np.ndarray, seg_id2: np.ndarray | None = None):
 
 def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np.ndarray,
                    eslot: np.ndarray, K: np.ndarray, q: np.ndarray, S: int) -> dict:
-    """Per-record local fits and Schur complements, batched by shape (K, q)."""
+    """Per-record local fits and Schur complements, batched by shape (number of blocks, q).
+
+    The Schur complement C_r = D − M Mᵀ (M = H V Λ^-1/2 from Γ = V Λ Vᵀ) is produced directly in
+    *upper block-pair* layout: (R, n_pairs, S, S) for the pairs a <= b of the record's label blocks.
+    """
     nrec = recs.n_records
     gm, lm = recs.glb_meas, recs.loc_meas
     li = recs.loc_index.astype(np.int64)
-    # group records by shape; concatenated storage with per-record offsets
-    gkey = q * (int(K.max(initial=0)) + 1) + K
+    nb = K // S
+    npair = nb * (nb + 1) // 2
+    gkey = q * (int(nb.max(initial=0)) + 1) + nb
     order = np.argsort(gkey, kind="stable")
-    sizesD = K * K
-    sizesH = K * q
-    sizesG = q * q
-    offD = np.zeros(nrec, np.int64)
-    offH = np.zeros(nrec, np.int64)
-    offG = np.zeros(nrec, np.int64)
-    offK = np.zeros(nrec, np.int64)
-    offq = np.zeros(nrec, np.int64)
-    for off, sz in ((offD, sizesD), (offH, sizesH), (offG, sizesG), (offK, K), (offq, q)):
-        cs = np.cumsum(sz[order]) - sz[order]
-        off[order] = cs
-    totD, totH, totG, totK, totq = (int(s.sum()) for s in (sizesD, sizesH, sizesG, K, q))
-    # D = Σ w d dᵀ (pairs of global entries of one measurement)
+    S2 = S * S
+    offs = {}
+    for name, sz in (("P", npair * S2), ("H", K * q), ("G", q * q), ("K", K), ("q", q)):
+        o = np.zeros(nrec, np.int64)
+        srt = sz[order]
+        o[order] = np.cumsum(srt) - srt
+        offs[name] = (o, int(sz.sum()))
+    # D = Σ w d dᵀ, upper block pairs only (pairs of global entries of one measurement)
     i, j = _pairs_within(gm)
+    si, sj = eslot[i], eslot[j]
+    a, b = si // S, sj // S
+    keep = a <= b
+    i, j, si, sj, a, b = i[keep], j[keep], si[keep], sj[keep], a[keep], b[keep]
     rr = meas_rec[gm[i]]
-    Dbuf = np.bincount(offD[rr] + eslot[i] * K[rr] + eslot[j],
-                       weights=w[gm[i]] * recs.glb_der[i] * recs.glb_der[j], minlength=totD)
+    nbr = nb[rr]
+    pidx = a * nbr - a * (a - 1) // 2 + (b - a)
+    o, tot = offs["P"]
+    Pbuf = np.bincount(o[rr] + pidx * S2 + (si % S) * S + (sj % S),
+                       weights=w[gm[i]] * recs.glb_der[i] * recs.glb_der[j], minlength=tot)
     # H = Σ w d aᵀ
+    o, tot = offs["H"]
     if lm.size and gm.size:
         i, j = _pairs_within(gm, lm)
         rr = meas_rec[gm[i]]
-        Hbuf = np.bincount(offH[rr] + eslot[i] * q[rr] + li[j],
-                           weights=w[gm[i]] * recs.glb_der[i] * recs.loc_der[j], minlength=totH)
+        Hbuf = np.bincount(o[rr] + eslot[i] * q[rr] + li[j],
+                           weights=w[gm[i]] * recs.glb_der[i] * recs.loc_der[j], minlength=tot)
     else:
-        Hbuf = np.zeros(totH)
-    # Γ = Σ w a aᵀ
+        Hbuf = np.zeros(tot)
+    # Γ = Σ w a aᵀ, β = Σ w a y
+    o, tot = offs["G"]
+    oq, totq = offs["q"]
     if lm.size:
         i, j = _pairs_within(lm)
         rr = meas_rec[lm[i]]
-        Gbuf = np.bincount(offG[rr] + li[i] * q[rr] + li[j],
-                           weights=w[lm[i]] * recs.loc_der[i] * recs.loc_der[j], minlength=totG)
-        rl = meas_rec[lm]
-        betabuf = np.bincount(offq[rl] + li, weights=w[lm] * recs.loc_der * y[lm], minlength=totq)
+        Gbuf = np.bincount(o[rr] + li[i] * q[rr] + li[j],
+                           weights=w[lm[i]] * recs.loc_der[i] * recs.loc_der[j], minlength=tot)
+        betabuf = np.bincount(oq[meas_rec[lm]] + li, weights=w[lm] * recs.loc_der * y[lm], minlength=totq)
     else:
-        Gbuf = np.zeros(totG)
+        Gbuf = np.zeros(tot)
         betabuf = np.zeros(totq)
-    re = meas_rec[gm]
-    gambuf = np.bincount(offK[re] + eslot, weights=w[gm] * recs.glb_der * y[gm], minlength=totK)
+    oK, totK = offs["K"]
+    gambuf = np.bincount(oK[meas_rec[gm]] + eslot, weights=w[gm] * recs.glb_der * y[gm], minlength=totK)
     ywy = np.bincount(meas_rec, weights=w * y * y, minlength=nrec)
 
     chi2 = np.zeros(nrec)
@@ -419,49 +426,52 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
     groups = []
     sk = gkey[order]
     bounds = np.flatnonzero(np.diff(sk)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [nrec]])
+    starts = np.concatenate([[0], bounds]).astype(np.int64)
+    ends = np.concatenate([bounds, [nrec]]).astype(np.int64)
     for s, e in zip(starts, ends):
         rec = order[s:e]
         R = rec.size
-        Kg, qg = int(K[rec[0]]), int(q[rec[0]])
-        D = Dbuf[offD[rec[0]]: offD[rec[0]] + R * Kg * Kg].reshape(R, Kg, Kg)
-        gam = gambuf[offK[rec[0]]: offK[rec[0]] + R * Kg].reshape(R, Kg)
+        r0 = rec[0]
+        nbg, qg = int(nb[r0]), int(q[r0])
+        Kg, npg = nbg * S, nbg * (nbg + 1) // 2
+        P = Pbuf[offs["P"][0][r0]: offs["P"][0][r0] + R * npg * S2].reshape(R, npg, S, S)
+        gam = gambuf[oK[r0]: oK[r0] + R * Kg].reshape(R, Kg)
         if qg:
-            Gm = Gbuf[offG[rec[0]]: offG[rec[0]] + R * qg * qg].reshape(R, qg, qg)
-            H = Hbuf[offH[rec[0]]: offH[rec[0]] + R * Kg * qg].reshape(R, Kg, qg)
-            beta = betabuf[offq[rec[0]]: offq[rec[0]] + R * qg].reshape(R, qg)
+            Gm = Gbuf[offs["G"][0][r0]: offs["G"][0][r0] + R * qg * qg].reshape(R, qg, qg)
+            H = Hbuf[offs["H"][0][r0]: offs["H"][0][r0] + R * Kg * qg].reshape(R, Kg, qg)
+            beta = betabuf[oq[r0]: oq[r0] + R * qg].reshape(R, qg)
             lam, V = np.linalg.eigh(Gm)
             good = (lam[:, -1] > 0) & (lam[:, 0] > 1e-12 * lam[:, -1])
-            inv_l = np.where(good[:, None], 1.0 / np.where(lam > 0, lam, 1.0), 0.0)
-            Ginv = (V * inv_l[:, None, :]) @ V.transpose(0, 2, 1)
-            T = H @ Ginv  # (R, K, q)
-            Cr = D - T @ H.transpose(0, 2, 1)
-            br = gam - np.einsum("rkq,rq->rk", T, beta)
-            c2 = ywy[rec] - np.einsum("rq,rqp,rp->r", beta, Ginv, beta)
+            inv_sq = np.where(good[:, None], 1.0 / np.sqrt(np.where(lam > 0, lam, 1.0)), 0.0)
+            Vs = V * inv_sq[:, None, :]  # Γ⁻¹ = Vs Vsᵀ
+            M = H @ Vs  # (R, K, q)
+            u = np.einsum("rqp,rq->rp", Vs, beta)  # Vsᵀ β
+            br = gam - np.einsum("rkp,rp->rk", M, u)
+            c2 = ywy[rec] - np.einsum("rp,rp->r", u, u)
+            if nbg:
+                ta, tb = np.triu_indices(nbg)
+                Mb = M.reshape(R, nbg, S, qg)
+                P = P - Mb[:, ta] @ Mb[:, tb].transpose(0, 1, 3, 2)
             ok[rec] = good
+            lpar = np.einsum("rqp,rp->rq", Vs, u)
         else:
-            Cr, br, c2 = D.copy(), gam.copy(), ywy[rec]
-            Ginv = np.zeros((R, 0, 0))
-            H = np.zeros((R, Kg, 0))
-            beta = np.zeros((R, 0))
+            br, c2 = gam.copy(), ywy[rec]
+            lpar = np.zeros((R, 0))
         chi2[rec] = c2
-        groups.append({"rec": rec, "C": Cr, "b": br, "nb": Kg // S, "Ginv": Ginv, "H": H, "beta": beta,
-                       "K": Kg})
+        groups.append({"rec": rec, "P": P, "b": br, "nb": nbg, "lpar": lpar})
     return {"chi2": chi2, "ok": ok, "groups": groups}
 
 
-def _residuals(recs: MilleRecords, y: np.ndarray, sysd: dict, meas_rec: np.ndarray, eslot: np.ndarray,
-               K: np.ndarray, q: np.ndarray) -> np.ndarray:
+def _residuals(recs: MilleRecords, y: np.ndarray, sysd: dict, meas_rec: np.ndarray) -> np.ndarray:
     """Measurement residuals after the local fit (global corrections already applied to ``y``)."""
     nrec = recs.n_records
-    qmax = int(q.max(initial=0))
+    qmax = max((g["lpar"].shape[1] for g in sysd["groups"]), default=0)
     lpar = np.zeros((nrec, max(qmax, 1)))
     for g in sysd["groups"]:
-        if g["beta"].shape[1]:
-            lpar[g["rec"], : g["beta"].shape[1]] = np.einsum("rqp,rp->rq", g["Ginv"], g["beta"])
+        lpar[g["rec"], : g["lpar"].shape[1]] = g["lpar"]
+    if not recs.loc_meas.size:
+        return y.copy()
     pred = np.bincount(recs.loc_meas, weights=recs.loc_der * lpar[meas_rec[recs.loc_meas],
                                                                    recs.loc_index.astype(np.int64)],
-                       minlength=recs.n_meas) if recs.loc_meas.size else np.zeros(recs.n_meas)
-    _ = (eslot, K, math)
+                       minlength=recs.n_meas)
     return y - pred

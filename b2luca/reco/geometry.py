@@ -36,13 +36,13 @@ C_B = 0.299792458e-3 * B_FIELD_T
 
 # --- VXD layer table: r, n_ladders, n_sensors_along_z, width(u), length(v), u-shift, sigma_u, sigma_v, x/X0
 _VXD_LAYERS = (
-    # layer r     nlad nsen width length shift  sig_u  sig_v  x/X0
-    (1, 14.0, 8, 2, 12.5, 44.8, 1.0, 0.010, 0.012, 0.002),
-    (2, 22.0, 12, 2, 12.5, 61.4, 1.0, 0.010, 0.012, 0.002),
-    (3, 39.0, 7, 2, 38.4, 122.8, -2.0, 0.015, 0.025, 0.006),
-    (4, 80.0, 10, 3, 57.6, 122.8, -3.0, 0.015, 0.025, 0.006),
-    (5, 104.0, 12, 4, 57.6, 122.8, -3.0, 0.015, 0.025, 0.006),
-    (6, 135.0, 16, 5, 57.6, 122.8, -3.0, 0.015, 0.025, 0.006),
+    # layer r     nlad nsen width length shift  sig_u  sig_v  x/X0   z_offset (forward-shifted ladders)
+    (1, 14.0, 8, 2, 12.5, 44.8, 1.0, 0.010, 0.012, 0.002, 10.0),
+    (2, 22.0, 12, 2, 12.5, 61.4, 1.0, 0.010, 0.012, 0.002, 11.0),
+    (3, 39.0, 7, 2, 38.4, 122.8, -2.0, 0.015, 0.025, 0.006, 22.0),
+    (4, 80.0, 10, 3, 57.6, 122.8, -3.0, 0.015, 0.025, 0.006, 54.0),
+    (5, 104.0, 12, 4, 57.6, 122.8, -3.0, 0.015, 0.025, 0.006, 75.0),
+    (6, 135.0, 16, 5, 57.6, 122.8, -3.0, 0.015, 0.025, 0.006, 87.0),
 )
 #: toy PXD pixel matrix (each toy pixel stands for a block of real pixels)
 PXD_NU, PXD_NV = 50, 150
@@ -124,6 +124,7 @@ class Geometry:
     layer_x0: np.ndarray  # (6,) x/X0 per layer (normal incidence)
     layer_nladders: np.ndarray  # (6,)
     layer_nsensors: np.ndarray  # (6,)
+    layer_zoffset: np.ndarray  # (6,) z of the ladder centre
     layer_first: np.ndarray  # (6,) index of the first sensor of the layer
     # CDC, one entry per layer (56)
     cdc_r: np.ndarray
@@ -202,7 +203,7 @@ def nominal_geometry() -> Geometry:
     """The nominal geometry (deterministic, cached)."""
     cols: dict[str, list] = {k: [] for k in ("sid", "lay", "lad", "sen", "c", "rot", "hu", "hv", "su", "sv", "hs")}
     layer_first = []
-    for lay, r, nlad, nsen, width, length, shift, su, sv, _x0 in _VXD_LAYERS:
+    for lay, r, nlad, nsen, width, length, shift, su, sv, _x0, zoff in _VXD_LAYERS:
         layer_first.append(len(cols["sid"]))
         for k in range(nlad):
             phi = 2 * np.pi * k / nlad
@@ -211,7 +212,7 @@ def nominal_geometry() -> Geometry:
             u_hat = np.array([-np.sin(phi), np.cos(phi), 0.0])
             v_hat = np.array([0.0, 0.0, 1.0])
             for s in range(nsen):
-                z = (s - (nsen - 1) / 2) * length
+                z = (s - (nsen - 1) / 2) * length + zoff
                 c = rr * w_hat + shift * u_hat + z * v_hat
                 cols["sid"].append(int(vxd_id(lay, k + 1, s + 1)))
                 cols["lay"].append(lay)
@@ -257,6 +258,7 @@ def nominal_geometry() -> Geometry:
         layer_x0=np.array([t[9] for t in _VXD_LAYERS]),
         layer_nladders=np.array([t[2] for t in _VXD_LAYERS]),
         layer_nsensors=np.array([t[3] for t in _VXD_LAYERS]),
+        layer_zoffset=np.array([t[10] for t in _VXD_LAYERS]),
         layer_first=np.array(layer_first),
         cdc_r=cdc_r,
         cdc_nwires=np.array(nw),
@@ -283,3 +285,28 @@ def aligned_frames(geom: Geometry, params: np.ndarray) -> tuple[np.ndarray, np.n
     centers = geom.center + np.einsum("sij,sj->si", geom.rot, params[:, :3])
     rots = geom.rot @ rotation_matrix(params[:, 3], params[:, 4], params[:, 5])
     return centers, rots
+
+
+def scatterer_radius(geom: Geometry, layer_index: int) -> float:
+    """Radius of the cylinder on which the multiple scattering of VXD layer ``layer_index`` (0..5) acts."""
+    return float(geom.layer_r[layer_index] + 1.0)
+
+
+def cdc_drift_distance(x: np.ndarray, layer: np.ndarray, geom: Geometry, cdc_params: np.ndarray,
+                       wire: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Signed drift distance ``rho sin(phi - phi_wire(z))`` of points x (N, 3) in CDC ``layer`` (N,),
+    evaluated in the layer frame shifted by (dx, dy) and rotated by dphi (``cdc_params`` (56, 3)).
+
+    With ``wire=None`` the nearest wire is chosen; returns (distance, wire).  Shared by sim and reco.
+    """
+    par = cdc_params[layer]
+    dx, dy = x[:, 0] - par[:, 0], x[:, 1] - par[:, 1]
+    rho = np.hypot(dx, dy)
+    phi = np.arctan2(dy, dx) - par[:, 2]
+    nw = geom.cdc_nwires[layer]
+    base = geom.cdc_phi_offset[layer] + x[:, 2] * geom.cdc_stereo[layer] / geom.cdc_r[layer]
+    if wire is None:
+        wire = np.mod(np.rint((phi - base) * nw / (2 * np.pi)).astype(np.int64), nw)
+    dphi = phi - base - 2 * np.pi * wire / nw
+    dphi = np.arctan2(np.sin(dphi), np.cos(dphi))
+    return rho * np.sin(dphi), wire

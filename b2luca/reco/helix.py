@@ -106,3 +106,46 @@ def plane_crossing(h: np.ndarray, s_start: np.ndarray, point: np.ndarray, normal
         df = np.sum(direction(h, s) * normal, axis=-1)
         s = s - f / df
     return s
+
+
+# --- multiple scattering ---------------------------------------------------------------------------
+def highland(p: np.ndarray, mass: np.ndarray | float, x_over_x0: np.ndarray) -> np.ndarray:
+    """Highland width (rad) of the projected scattering angle for momentum p [GeV] and material x/X0."""
+    beta = p / np.sqrt(p * p + np.asarray(mass) ** 2)
+    x = np.maximum(x_over_x0, 1e-12)
+    return 0.0136 / (beta * p) * np.sqrt(x) * np.maximum(1 + 0.038 * np.log(x), 0.1)
+
+
+def scatter_sigma(h: np.ndarray, s: np.ndarray, x0: float, p: np.ndarray, mass: np.ndarray | float) -> np.ndarray:
+    """Kink width at arc length s where the helix crosses a cylindrical layer of thickness x0 (x/X0 at
+    normal incidence); the path length grows with 1/|cos(incidence)| (capped at 20)."""
+    pos = position(h, s)
+    phi = h[..., PHI0] - h[..., OMEGA] * s
+    cl = np.cos(np.arctan(h[..., TANL]))
+    cos_inc = np.abs(cl * np.cos(phi - np.arctan2(pos[..., 1], pos[..., 0])))
+    return highland(p, mass, x0 / np.maximum(cos_inc, 0.05))
+
+
+def apply_kink(h: np.ndarray, s: np.ndarray, t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
+    """Helix after a kink at arc length s: the direction is turned by t1 in the transverse plane
+    (along e1 = z x t) and by t2 along e2 = t x e1 (towards +z); |p| is kept."""
+    pos = position(h, s)
+    phi = h[..., PHI0] - h[..., OMEGA] * s
+    lam = np.arctan(h[..., TANL])
+    cl, sl = np.cos(lam), np.sin(lam)
+    cp, sp = np.cos(phi), np.sin(phi)
+    tx = cl * cp - t1 * sp - t2 * sl * cp
+    ty = cl * sp + t1 * cp - t2 * sl * sp
+    tz = sl + t2 * cl
+    ptn = np.hypot(tx, ty)
+    norm = np.sqrt(ptn ** 2 + tz ** 2)
+    omega = h[..., OMEGA] * cl / (ptn / norm)
+    hn, _ = from_point(pos, np.arctan2(ty, tx), tz / ptn, omega)
+    return hn
+
+
+def momentum(h: np.ndarray) -> np.ndarray:
+    """|p| [GeV] from omega and tanl (1.5 T field)."""
+    from .geometry import C_B
+
+    return C_B / np.maximum(np.abs(h[..., OMEGA]), 1e-12) * np.sqrt(1 + h[..., TANL] ** 2)

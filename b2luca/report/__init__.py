@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import EVENT_KINDS, STEPS, EventError, ReportEvent
+from ._secrets import has_secrets, redact
 from .local import LocalTransport
 from .outbox import Outbox, ReportConfigError, Transport, TransportError
 
@@ -94,8 +95,11 @@ class Reporter:
     """Emits report events for one bucket run; picklable, usable from several processes at once."""
 
     def __init__(self, report_cfg: Any, work_dir: Path, bucket: str,
-                 transports: list[Transport] | None = None) -> None:
+                 transports: list[Transport] | None = None, deliver_on_emit: bool = True) -> None:
         self.report_cfg = report_cfg
+        #: deliver to remote transports (GitLab) inside emit(); if False only the local files are
+        #: updated by emit() and the driver calls deliver()/flush() (e.g. after each finished task)
+        self.deliver_on_emit = deliver_on_emit
         self.work_dir = Path(work_dir)
         self.bucket = bucket
         self.outbox = Outbox(report_dir(self.work_dir))
@@ -109,23 +113,32 @@ class Reporter:
         """
         ev = ReportEvent(kind=kind, bucket=self.bucket, task=task, data=data, time=time.time())
         ev.validate()
-        ev.to_json()  # raises EventError if not JSON-serialisable
+        line = ev.to_json()  # raises EventError if not JSON-serialisable
+        if has_secrets() and redact(line) != line:  # e.g. a log tail that printed the environment
+            ev = ReportEvent.from_json(redact(line))
         try:
             self.outbox.append(ev)
         except OSError as exc:
             log.error("report: cannot append event %s/%s to %s: %s", kind, task, self.outbox.events_path, exc)
             return
-        self._deliver(blocking=False, force=False)
+        self._deliver(blocking=False, force=False, remote=self.deliver_on_emit)
 
-    def _deliver(self, blocking: bool, force: bool) -> int:
+    def _deliver(self, blocking: bool, force: bool, remote: bool = True) -> int:
         pending = 0
         for t in self.transports:
+            if not remote and t.name != "local":
+                continue
             try:
                 pending += self.outbox.deliver(t, self.bucket, blocking=blocking, force=force)
             except Exception as exc:  # noqa: BLE001 - reporting never fails a calibration
                 log.error("report: delivery to %s failed unexpectedly (%s: %s)", t.name, type(exc).__name__, exc)
                 pending += 1
         return pending
+
+    def deliver(self) -> int:
+        """Try to deliver pending events now, without waiting for another deliverer and respecting the
+        back-off after a failure (cheap to call often, e.g. from the driver).  Returns the pending count."""
+        return self._deliver(blocking=False, force=False)
 
     def flush(self) -> int:
         """Deliver everything pending to every transport now (waits for other deliverers).
@@ -139,15 +152,18 @@ class Reporter:
         return sum(self.outbox.pending_count(t) for t in self.transports)
 
 
-def open_reporter(report_cfg: Any, work_dir: Path, bucket: str, preflight: bool = True) -> Reporter:
+def open_reporter(report_cfg: Any, work_dir: Path, bucket: str, preflight: bool = True,
+                  deliver_on_emit: bool = True) -> Reporter:
     """Reporter for ``bucket`` writing its outbox under ``<work_dir>/report``.
 
     With GitLab and ``preflight``: GET the project once; a missing project / no access / rejected token
     raises :class:`ReportConfigError` (a configuration error, before anything runs); an unreachable
     server only logs a warning (the outbox keeps the events).  Call it once in the driver; worker
-    processes may reuse (fork/pickle) the returned object.
+    processes may reuse (fork/pickle) the returned object, or call ``open_reporter(..., preflight=False)``.
+    ``deliver_on_emit=False``: emit() only writes the outbox and the local files; GitLab delivery then
+    happens in :meth:`Reporter.deliver` / :meth:`Reporter.flush`.
     """
-    reporter = Reporter(report_cfg, work_dir, bucket)
+    reporter = Reporter(report_cfg, work_dir, bucket, deliver_on_emit=deliver_on_emit)
     if preflight:
         for t in reporter.transports:
             if hasattr(t, "preflight"):

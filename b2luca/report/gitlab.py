@@ -15,7 +15,6 @@ Issues are found again by the hidden marker in their description (listing the is
 from __future__ import annotations
 
 import email.utils
-import http.client
 import logging
 import os
 import threading
@@ -41,6 +40,8 @@ from .markdown import (
     summary_note,
     summary_title,
 )
+from ._secrets import redact as _redact
+from ._secrets import register_secret
 from .outbox import DeliveryContext, ReportConfigError, TransportError
 from .state import STATUSES, BucketState, apply_event, fold
 
@@ -52,51 +53,6 @@ STAGE_LABELS = ("raw", "cdst", "local")
 SUMMARY_EVENTS = frozenset(
     {"bucket_started", "task_started", "task_succeeded", "task_failed", "archived", "bucket_finished"}
 )
-REDACTED = "[REDACTED]"
-
-
-# --------------------------------------------------------------------------- secrets hygiene
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
-_factory_installed = False
-
-
-def _redact(text: str) -> str:
-    for s in _secrets:
-        if s and s in text:
-            text = text.replace(s, REDACTED)
-    return text
-
-
-def register_secret(secret: str) -> None:
-    """Make sure ``secret`` never appears in any log record of this process (any logger)."""
-    global _factory_installed
-    if not secret:
-        return
-    with _secrets_lock:
-        _secrets.add(secret)
-        if _factory_installed:
-            return
-        previous = logging.getLogRecordFactory()
-
-        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-            record = previous(*args, **kwargs)
-            if _secrets:
-                try:
-                    msg = record.getMessage()
-                except Exception:  # noqa: BLE001 - a broken record is not ours to fix
-                    return record
-                clean = _redact(msg)
-                if clean != msg:
-                    record.msg, record.args = clean, None
-            return record
-
-        logging.setLogRecordFactory(factory)
-        _factory_installed = True
-    # http.client's debug output prints request headers (the token) with print(): never allow it.
-    if http.client.HTTPConnection.debuglevel:
-        log.warning("http.client debug output disabled by b2luca: it would print the GitLab token")
-        http.client.HTTPConnection.debuglevel = 0
 
 
 # --------------------------------------------------------------------------- client
@@ -233,13 +189,25 @@ class GitLabTransport:
         self._project: Any = None
         self._pid: int | None = None
         self._listed = False
-        # fail early on configuration errors (no token ...), without any request
-        _token_from(gcfg)
+        # fail early on configuration errors (no token ...), without any request; from now on the
+        # token is redacted from logs and emitted events of this process
+        self._register()
+
+    def _register(self) -> None:
+        for secret in _token_from(self.gcfg)[1].values():
+            register_secret(str(secret))
 
     def __getstate__(self) -> dict[str, Any]:
         d = self.__dict__.copy()
         d.update(_gl=None, _project=None, _pid=None, _listed=False)
         return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+        try:
+            self._register()
+        except ReportConfigError:
+            pass  # reported when delivering
 
     # ---------------------------------------------------------------- connection
     def _connect(self) -> Any:
@@ -338,7 +306,7 @@ class GitLabTransport:
             t = state.tasks[key]
             status = t.status
             stage = "cdst" if t.stage in ("cdst", "cdst_production") else t.stage
-        want = base + [f"status::{status}"] + ([f"stage::{stage}"] if stage else [])
+        want = base + [f"status::{status}"] + ([f"stage::{stage}"] if stage in STAGE_LABELS else [])
         ours = [f"status::{s}" for s in STATUSES] + [f"stage::{s}" for s in STAGE_LABELS]
         return want, [lab for lab in ours if lab not in want]
 

@@ -128,7 +128,8 @@ def _apply_plan(state: BucketState, plan: list[dict[str, Any]]) -> None:
         t.stage = str(entry.get("stage", t.stage))
         t.group = entry.get("group", t.group)
         t.kind = str(entry.get("kind", t.kind))
-        t.expert = entry.get("expert", t.expert) or None
+        expert = entry.get("expert", t.expert)
+        t.expert = str(expert).lstrip("@") or None if expert else None
         t.description = str(entry.get("description") or "")
         t.depends_on = list(entry.get("depends_on") or [])
         t.planned_payloads = list(entry.get("produced_payloads") or [])

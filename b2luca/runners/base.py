@@ -46,6 +46,17 @@ def log_tail(path: Path, lines: int = 40, max_chars: int = 6000) -> str:
     return tail[-max_chars:]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the parent dies (Linux), so no orphan outlives a killed run."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the process group kill on timeout still applies
+        pass
+
+
 def run_logged(command: Sequence[str], cwd: Path, log_path: Path, env: dict[str, str] | None = None,
                timeout: float | None = None) -> RunResult:
     """Run ``command`` in ``cwd`` with stdout+stderr appended to ``log_path``; never raises on failure.
@@ -59,7 +70,8 @@ def run_logged(command: Sequence[str], cwd: Path, log_path: Path, env: dict[str,
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
         process = subprocess.Popen(list(command), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
         try:
             returncode = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

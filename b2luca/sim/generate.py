@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..reco import geometry as G
 from ..reco import helix as H
 from ..reco.geometry import (BEAMPIPE_R, BEAMPIPE_X0, BOOST_BETAGAMMA, C_B, CDC_DRIFT_VELOCITY, CDC_INNER_WALL_R,
                              CDC_INNER_WALL_X0, CDC_SIGMA, ECL_NPHI, ECL_NTHETA, ECL_R, ECL_THETA_MAX, ECL_THETA_MIN,
@@ -143,28 +144,12 @@ def _kink(rng: np.random.Generator, h: np.ndarray, alive: np.ndarray, r: float, 
     """Multiple-scattering kink where the helix crosses the cylinder ``r``; returns (new h, alive)."""
     s = H.cylinder_crossing(h, r, arm)
     ok = alive & np.isfinite(s)  # tracks that do not cross r (|d0| > r or curling) are not scattered here
-    n = h.shape[0]
-    g = rng.standard_normal((2, n))
+    g = rng.standard_normal((2, h.shape[0]))
     if x0 <= 0:
         return h, alive
     s0 = np.where(ok, s, 0.0)
-    pos = H.position(h, s0)
-    phi = h[:, 1] - h[:, 2] * s0
-    lam = np.arctan(h[:, 4])
-    cl, sl = np.cos(lam), np.sin(lam)
-    cos_inc = np.abs(cl * np.cos(phi - np.arctan2(pos[:, 1], pos[:, 0])))
-    x = x0 / np.maximum(cos_inc, 0.05)
-    beta = p / np.sqrt(p * p + mass * mass)
-    theta0 = 0.0136 / (beta * p) * np.sqrt(x) * (1 + 0.038 * np.log(x))
-    t1, t2 = g * theta0
-    cp, sp = np.cos(phi), np.sin(phi)
-    tx = cl * cp - t1 * sp - t2 * sl * cp
-    ty = cl * sp + t1 * cp - t2 * sl * sp
-    tz = sl + t2 * cl
-    ptn = np.hypot(tx, ty)
-    norm = np.sqrt(ptn ** 2 + tz ** 2)
-    omega = h[:, 2] * cl / (ptn / norm)
-    hn, _ = H.from_point(pos, np.arctan2(ty, tx), tz / ptn, omega)
+    theta0 = H.scatter_sigma(h, s0, x0, p, mass)
+    hn = H.apply_kink(h, s0, g[0] * theta0, g[1] * theta0)
     return np.where(ok[:, None], hn, h), alive
 
 
@@ -181,7 +166,7 @@ def _vxd_layer(h: np.ndarray, alive: np.ndarray, arm: float, li: int, geom: Geom
     k0 = np.rint(phic / (2 * np.pi / nlad)).astype(np.int64)
     lad = (k0[:, None] + np.array([-1, 0, 1])) % nlad
     length = 2 * geom.half_v[first]
-    j = np.floor(pc[:, 2] / length + nsen / 2).astype(np.int64)
+    j = np.floor((pc[:, 2] - geom.layer_zoffset[li]) / length + nsen / 2).astype(np.int64)
     okz = (j >= 0) & (j < nsen)
     idx = first + lad * nsen + np.clip(j, 0, nsen - 1)[:, None]
     c, rot = centers[idx], rots[idx]
@@ -204,27 +189,8 @@ def _cdc(h: np.ndarray, alive: np.ndarray, arm: float, geom: Geometry, truth: Tr
     x = H.position(hh, s[trk, lay])
     ok2 = (x[:, 2] > geom.cdc_zmin[lay]) & (x[:, 2] < geom.cdc_zmax[lay])
     trk, lay, x, hh = trk[ok2], lay[ok2], x[ok2], hh[ok2]
-    d, wire = cdc_drift_distance(x, lay, geom, truth.cdc_params, wire=None)
+    d, wire = G.cdc_drift_distance(x, lay, geom, truth.cdc_params, wire=None)
     return {"track": trk, "layer": lay, "wire": wire, "d_true": d, "h": hh}
-
-
-def cdc_drift_distance(x: np.ndarray, layer: np.ndarray, geom: Geometry, cdc_params: np.ndarray,
-                       wire: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Signed drift-distance model ``rho sin(phi - phi_wire(z))`` in the layer frame (see module doc).
-
-    With ``wire=None`` the nearest wire is chosen; returns (distance, wire).  Shared by sim and reco.
-    """
-    par = cdc_params[layer]
-    dx, dy = x[:, 0] - par[:, 0], x[:, 1] - par[:, 1]
-    rho = np.hypot(dx, dy)
-    phi = np.arctan2(dy, dx) - par[:, 2]
-    nw = geom.cdc_nwires[layer]
-    base = geom.cdc_phi_offset[layer] + x[:, 2] * geom.cdc_stereo[layer] / geom.cdc_r[layer]
-    if wire is None:
-        wire = np.mod(np.rint((phi - base) * nw / (2 * np.pi)).astype(np.int64), nw)
-    dphi = phi - base - 2 * np.pi * wire / nw
-    dphi = np.arctan2(np.sin(dphi), np.cos(dphi))
-    return rho * np.sin(dphi), wire
 
 
 def _ecl(h: np.ndarray, alive: np.ndarray, arm: float) -> dict[str, np.ndarray]:
@@ -257,7 +223,7 @@ def propagate(tracks: Tracks, geom: Geometry, truth: Truth, rng: np.random.Gener
             hits = _vxd_layer(h, alive, arm, li, geom, centers, rots)
             hits["arm"] = np.full(hits["track"].size, arm)
             parts["vxd"].append(hits)
-            h, alive = _kink(rng, h, alive, geom.layer_r[li] + 1.0, geom.layer_x0[li] * material_scale,
+            h, alive = _kink(rng, h, alive, G.scatterer_radius(geom, li), geom.layer_x0[li] * material_scale,
                              tracks.p, mass, arm)
         h, alive = _kink(rng, h, alive, CDC_INNER_WALL_R, CDC_INNER_WALL_X0 * material_scale, tracks.p, mass, arm)
         cdc = _cdc(h, alive, arm, geom, truth)

@@ -84,6 +84,18 @@ class RecordingScheduler(luigi.scheduler.Scheduler):
         return super().add_task(task_id=task_id, status=status, **kwargs)
 
 
+    def get_work(self, *args: Any, **kwargs: Any) -> dict:
+        """luigi's local scheduler marks a task RUNNING here (not through add_task): record the start."""
+        response = super().get_work(*args, **kwargs)
+        task_id = response.get("task_id") if isinstance(response, dict) else None
+        if task_id and task_id in self.records:
+            record = self.records[task_id]
+            record.started = record.started or time.time()
+            record.status = luigi.scheduler.RUNNING
+            record.history.append((time.time(), luigi.scheduler.RUNNING))
+        return response
+
+
 class RecordingFactory(luigi.interface._WorkerSchedulerFactory):
     """Hands luigi our recording scheduler."""
 
@@ -149,7 +161,7 @@ def _describe(task: luigi.Task, ctx: BucketContext) -> tuple[str, str, str, str]
 
 
 _STATE_NAMES = {"DONE": "success", "FAILED": "failed", "PENDING": "not run", "RUNNING": "interrupted",
-                "DISABLED": "disabled", "UNKNOWN": "not run"}
+                "DISABLED": "disabled", "UNKNOWN": "not run (scheduling failed)"}
 
 
 def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str, TaskRecord] | None) -> list[TaskRow]:
@@ -167,6 +179,8 @@ def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str,
                     (records or {}).get(d.task_id) is not None and records[d.task_id].status == "FAILED"
                     for d in _walk(luigi.task.flatten(task.requires()))):
                 state = "not run (upstream failed)"
+        elif records is not None:  # under a wrapper luigi found complete: never scheduled this time
+            state = "done before" if task.complete() else "not run"
         else:
             state = "success" if task.complete() else "pending"
         report = ""
@@ -264,12 +278,24 @@ def plan_events(ctx: BucketContext) -> list[dict[str, Any]]:
     return entries
 
 
-def configure_luigi() -> None:
-    """Worker timing suited to short tasks; luigi must not reconfigure our logging."""
+def configure_luigi(log_file: Path) -> None:
+    """Worker timing suited to short tasks; luigi's own log (tracebacks included) goes to ``log_file``."""
     config = luigi.configuration.get_config()
     for key, value in WORKER_TIMING.items():
         config.set("worker", key, value)
     config.set("core", "no_configure_logging", "true")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    for name in ("luigi", "luigi-interface"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_b2luca", False)]:
+            logger.removeHandler(old)
+            old.close()
+        handler._b2luca = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 @dataclass
@@ -309,7 +335,7 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
         settings_commit = read_json(ctx.settings_file).get("commit")
     ctx.emit("bucket_started", None, requested_iov=cfg.requested_iov.as_list(), settings_commit=settings_commit,
              work_dir=str(cfg.work_dir), plan=plan_events(ctx))
-    configure_luigi()
+    configure_luigi(cfg.work_dir / "luigi.log")
     factory = RecordingFactory()
     result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
                          detailed_summary=True, worker_scheduler_factory=factory)
@@ -317,7 +343,8 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     context_for.cache_clear()
     ctx = context_for(config_path)
     rows = collect_rows(ctx, tasks, records)
-    failed = [r for r in rows if r.state in ("failed", "interrupted", "not run", "not run (upstream failed)")]
+    failed = [r for r in rows if r.state in ("failed", "interrupted", "not run", "not run (upstream failed)",
+                                             "not run (scheduling failed)")]
     validation_failed = [r for r in rows if "validation-failed" in r.state]
     ok = result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY") and not failed and not validation_failed
     counts: dict[str, int] = {}

@@ -1,0 +1,245 @@
+"""Helpers shared by the native calibration and validation scripts (not a calibration itself).
+
+Files whose name starts with ``_`` are not discovered by :mod:`b2luca.catalogue`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from b2luca.conditions import DatabaseChain, LocalDatabase
+from b2luca.iov import ExpRun, IoV
+
+OUTPUT_DB_DIR = "caf_outputdb_results"
+
+
+# --- calibration side ------------------------------------------------------------------------------
+def first_exprun(requested_iov: "IoV | Sequence[int]") -> ExpRun:
+    """The first run of a requested IoV (an IoV or ``[exp_low, run_low, exp_high, run_high]``)."""
+    if isinstance(requested_iov, IoV):
+        return ExpRun(requested_iov.exp_low, requested_iov.run_low)
+    values = list(requested_iov)
+    if len(values) != 4:
+        raise ValueError(f"requested_iov must be [exp_low, run_low, exp_high, run_high], got {requested_iov!r}")
+    return ExpRun(int(values[0]), int(values[1]))
+
+
+def previous_payload(chain: "DatabaseChain | None", name: str, exprun: ExpRun) -> dict[str, np.ndarray]:
+    """The payload ``name`` in force for ``exprun`` in ``chain``; the nominal constants when none has it."""
+    data = chain.read_or_none(name, exprun) if chain is not None else None
+    if data is not None:
+        return data
+    from b2luca.sim.truth import nominal_payloads
+
+    return nominal_payloads()[name]
+
+
+def require_files(files: Sequence[Path], what: str) -> None:
+    """Raise a clear error when a calibration got no input files."""
+    if not files:
+        raise ValueError(f"no input files for {what}: check input_data.json and the input_data_filters")
+
+
+# --- validation side -------------------------------------------------------------------------------
+def calibration_output(job_path: "str | os.PathLike[str]", calibration: str, payload: str) -> dict[str, np.ndarray]:
+    """Read the newest revision of ``payload`` from ``<job_path>/caf_outputdb_results/<calibration>/``."""
+    db = LocalDatabase(Path(job_path) / OUTPUT_DB_DIR / calibration)
+    if not db.exists():
+        raise FileNotFoundError(f"{db.database_txt}: the calibration left no output database")
+    entries = [e for e in db.entries() if e.name == payload]
+    if not entries:
+        raise KeyError(f"{db.database_txt}: no payload {payload} stored by {calibration}")
+    return db.read(entries[-1])
+
+
+def truth_or_none(reference_db: "DatabaseChain | None", payload: str, requested_iov: Any) -> dict[str, np.ndarray] | None:
+    """The truth payload valid for the first run of the requested IoV (None without a reference)."""
+    if reference_db is None:
+        return None
+    return reference_db.read_or_none(payload, first_exprun(requested_iov))
+
+
+def pull_figures(pulls: np.ndarray, k: float = 5.0) -> dict[str, float]:
+    """Mean, width of the pulls and their statistical tolerances (k standard errors).
+
+    For N unit-Gaussian pulls the mean has error 1/sqrt(N) and the width (RMS) error 1/sqrt(2N).
+    """
+    pulls = np.asarray(pulls, dtype=float)
+    pulls = pulls[np.isfinite(pulls)]
+    n = pulls.size
+    if n == 0:
+        return {"n": 0.0, "pull_mean": math.nan, "pull_width": math.nan, "pull_mean_tolerance": math.nan,
+                "pull_width_tolerance": math.nan, "max_abs_pull": math.nan, "max_abs_pull_limit": math.nan}
+    mean = float(pulls.mean())
+    width = float(np.sqrt(np.mean((pulls - mean) ** 2))) if n > 1 else float(abs(pulls[0]))
+    return {"n": float(n), "pull_mean": mean, "pull_width": width,
+            "pull_mean_tolerance": k / math.sqrt(n), "pull_width_tolerance": k / math.sqrt(2 * n),
+            "max_abs_pull": float(np.max(np.abs(pulls))), "max_abs_pull_limit": max_abs_pull_limit(n)}
+
+
+def max_abs_pull_limit(n: int, p_false: float = 1e-3) -> float:
+    """|pull| that N unit Gaussians all stay below with probability 1 - p_false."""
+    from scipy.special import ndtri
+
+    p_each = p_false / max(int(n), 1)
+    return float(-ndtri(p_each / 2))
+
+
+def pulls_ok(fig: Mapping[str, float]) -> tuple[bool, list[str]]:
+    """Check :func:`pull_figures` against their tolerances; returns (ok, reasons)."""
+    reasons = []
+    if fig["n"] == 0:
+        return False, ["no pulls to check"]
+    if abs(fig["pull_mean"]) > fig["pull_mean_tolerance"]:
+        reasons.append(f"pull mean {fig['pull_mean']:.3f} outside ±{fig['pull_mean_tolerance']:.3f}")
+    if abs(fig["pull_width"] - 1.0) > fig["pull_width_tolerance"]:
+        reasons.append(f"pull width {fig['pull_width']:.3f} outside 1±{fig['pull_width_tolerance']:.3f}")
+    if fig["max_abs_pull"] > fig["max_abs_pull_limit"]:
+        reasons.append(f"max |pull| {fig['max_abs_pull']:.2f} above {fig['max_abs_pull_limit']:.2f}")
+    return not reasons, reasons
+
+
+def write_csv(path: "str | os.PathLike[str]", columns: Mapping[str, Iterable[Any]]) -> str:
+    """Write equal-length columns to a CSV file atomically; returns the file name."""
+    path = Path(path)
+    names = list(columns)
+    cols = [list(v) for v in columns.values()]
+    lengths = {len(c) for c in cols}
+    if len(lengths) > 1:
+        raise ValueError(f"{path}: CSV columns have different lengths {sorted(lengths)}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    with os.fdopen(fd, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        writer.writerows(zip(*cols))
+    os.replace(tmp, path)
+    return str(path)
+
+
+def save_figure(fig: Any, path: "str | os.PathLike[str]") -> str:
+    """Save a matplotlib figure atomically as PNG and close it; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=80)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return str(path)
+
+
+def pyplot():
+    """matplotlib.pyplot with the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pull_histogram(ax: Any, pulls: np.ndarray, title: str) -> None:
+    """Histogram of pulls with the unit Gaussian overlaid."""
+    pulls = np.asarray(pulls, dtype=float)
+    pulls = pulls[np.isfinite(pulls)]
+    bins = np.linspace(-5, 5, 41)
+    ax.hist(np.clip(pulls, -4.99, 4.99), bins=bins, histtype="step", label=f"N={pulls.size}")
+    if pulls.size:
+        x = np.linspace(-5, 5, 200)
+        ax.plot(x, pulls.size * (bins[1] - bins[0]) * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi), "--",
+                label="unit Gaussian")
+    ax.set_xlabel("pull (fitted - true) / error")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
+def limit_files_per_run(entries: Sequence[tuple[Path, ExpRun]], max_files_per_run: int | None) -> list[Path]:
+    """The first ``max_files_per_run`` files of every run (all when None or <= 0), in input order."""
+    if not max_files_per_run or max_files_per_run <= 0:
+        return [Path(p) for p, _ in entries]
+    seen: dict[ExpRun, int] = {}
+    out = []
+    for path, exprun in entries:
+        if seen.get(exprun, 0) < max_files_per_run:
+            seen[exprun] = seen.get(exprun, 0) + 1
+            out.append(Path(path))
+    return out
+
+
+def read_branches(files: Sequence["str | os.PathLike[str]"], tree: str, branches: Sequence[str]) -> dict[str, np.ndarray]:
+    """Concatenate ``branches`` of ``tree`` over ROOT ``files`` (only those columns are read).
+
+    A missing file, tree or branch raises ValueError naming the file and the tree/branch.
+    """
+    import uproot
+
+    parts: dict[str, list[np.ndarray]] = {b: [] for b in branches}
+    for f in files:
+        try:
+            with uproot.open(f) as src:
+                if tree not in src:
+                    raise ValueError(f"{f}: tree {tree!r} is missing")
+                t = src[tree]
+                missing = [b for b in branches if b not in t.keys()]
+                if missing:
+                    raise ValueError(f"{f}: tree {tree!r} lacks branch(es) {missing}")
+                arrays = t.arrays(list(branches), library="np")
+        except ValueError:
+            raise
+        except Exception as exc:  # unreadable / not ROOT
+            raise ValueError(f"{f}: cannot read tree {tree!r} ({exc})") from exc
+        for b in branches:
+            parts[b].append(np.asarray(arrays[b]))
+    return {b: (np.concatenate(v) if v else np.zeros(0)) for b, v in parts.items()}
+
+
+def read_input_data(path: "str | os.PathLike[str]") -> dict[str, list[tuple[Path, ExpRun]]]:
+    """input_data.json -> ``{name: [(file, ExpRun), ...]}`` (directories expanded to their ``*.root``)."""
+    import json
+
+    document = json.loads(Path(path).read_text())
+    out: dict[str, list[tuple[Path, ExpRun]]] = {}
+    for name, entries in document.items():
+        out[name] = []
+        for index, entry in enumerate(entries):
+            try:
+                location, (exp, run) = entry
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: {name}[{index}]: expected [path, [exp, run]], got {entry!r}") from None
+            location = Path(location)
+            files = sorted(location.rglob("*.root")) if location.is_dir() else [location]
+            out[name].extend((f, ExpRun(int(exp), int(run))) for f in files)
+    return out
+
+
+def group_mean(index: np.ndarray, values: np.ndarray, n_groups: int, outlier_sigma: float = 0.0,
+               iterations: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group mean, its error (RMS/sqrt(n)), the RMS and the count, with optional iterative
+    rejection of entries further than ``outlier_sigma`` RMS from their group mean (vectorised)."""
+    index = np.asarray(index, dtype=np.int64)
+    values = np.asarray(values, dtype=float)
+    keep = np.isfinite(values)
+    for it in range(max(1, iterations if outlier_sigma > 0 else 1)):
+        n = np.bincount(index[keep], minlength=n_groups).astype(float)
+        s1 = np.bincount(index[keep], values[keep], minlength=n_groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = s1 / n
+            s2 = np.bincount(index[keep], (values[keep] - mean[index[keep]]) ** 2, minlength=n_groups)
+            rms = np.sqrt(s2 / np.maximum(n - 1, 1))
+        if outlier_sigma <= 0 or it == iterations - 1:
+            break
+        keep = np.isfinite(values) & (np.abs(values - mean[index]) <= outlier_sigma * rms[index])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error = rms / np.sqrt(n)
+    return mean, error, rms, n.astype(np.int64)

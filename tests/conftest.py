@@ -1,0 +1,50 @@
+"""Shared fixtures: a private copy of the demo bucket under tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_bucket(base: Path, *, events: dict[str, int] | None = None, calibrations: Path | None = None,
+                select: list[str] | None = None, changes: dict[str, Any] | None = None) -> Path:
+    """Write a bucket YAML like configs/demo.yaml whose every path lies under ``base``."""
+    doc = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    doc["work_dir"] = str(base / "work")
+    doc["rundb"]["snapshot"] = str(base / "rundb" / "demo.csv")
+    doc["data"]["raw_directory"] = str(base / "data")
+    doc["conditions"]["directory"] = str(base / "conditions")
+    doc["archive"]["directory"] = str(base / "archive")
+    doc["calibrations"]["directory"] = str(calibrations or REPO / "calibrations")
+    if events is not None:
+        doc["simulation"]["events"] = events
+    if select is not None:
+        doc["calibrations"]["select"] = select
+    for key, value in (changes or {}).items():
+        node = doc
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = base / "bucket.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def copy_calibrations(base: Path) -> Path:
+    """A private copy of the repository's calibrations/ to modify in a test."""
+    target = base / "calibrations"
+    shutil.copytree(REPO / "calibrations", target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+@pytest.fixture()
+def bucket_factory(tmp_path: Path) -> Callable[..., Path]:
+    """``bucket_factory(**make_bucket kwargs) -> config path`` in this test's tmp_path."""
+    return lambda **kwargs: make_bucket(tmp_path, **kwargs)

@@ -1,0 +1,76 @@
+"""Native runner: caf_config.json + input_data.json in, caf_outputdb_results/<Name>/ out, like b2caf-prompt-run."""
+
+import json
+import textwrap
+
+import numpy as np
+
+from b2luca.conditions import LocalDatabase, write_payload
+from b2luca.iov import ExpRun, IoV
+from b2luca.runners import NativeRunner, log_tail, output_database
+
+SCRIPT = textwrap.dedent('''
+    """Counts input files; reads an upstream constant through the database chain."""
+    import os
+    import numpy as np
+    from b2luca.catalogue import CalibrationSettings, INPUT_DATA_FILTERS
+
+    settings = CalibrationSettings(
+        name="CountFiles", expert_username="someone", subsystem="test", description=__doc__,
+        input_data_formats=["raw"], input_data_names=["hadron_calib"],
+        input_data_filters={"hadron_calib": [INPUT_DATA_FILTERS["Data Tag"]["hadron_calib"]]},
+        depends_on=[], expert_config={"scale": 1.0, "fail": False}, produced_payloads=["CountFiles"])
+
+    def calibrate(job):
+        if job.expert_config["fail"]:
+            raise RuntimeError("asked to fail")
+        upstream = job.database_chain.read("Upstream", job.requested_iov.first)["value"]
+        n = sum(len(v) for v in job.input_files.values())
+        secrets = [k for k in os.environ if "TOKEN" in k]
+        job.log.info("env secrets visible: %s", secrets)
+        job.output_db.store("CountFiles", {"n": np.array([n * job.expert_config["scale"]]),
+                                           "upstream": upstream}, job.output_iov)
+''')
+
+
+def _setup(tmp_path, expert_config):
+    script = tmp_path / "calibrations" / "count_files.py"
+    script.parent.mkdir()
+    script.write_text(SCRIPT)
+    data = tmp_path / "data" / "e0026" / "r00001" / "hadron_calib"
+    data.mkdir(parents=True)
+    for i in range(3):
+        write_payload(data / f"raw_{i}.root", {"x": np.arange(3)})  # any ROOT file will do
+    prompt = LocalDatabase(tmp_path / "conditions" / "prompt").create()
+    LocalDatabase(tmp_path / "conditions" / "nominal").store("Upstream", {"value": np.array([7.0])}, IoV.always())
+    work = tmp_path / "work"
+    work.mkdir()
+    caf = {"caf_script": str(script), "database_chain": ["nominal"], "backend_args": {},
+           "requested_iov": [26, 1, 26, 8], "expert_config": expert_config,
+           "testing_payloads": str(prompt.database_txt),
+           "b2luca": {"conditions_directory": str(tmp_path / "conditions")}}
+    (work / "caf_config.json").write_text(json.dumps(caf))
+    (work / "input_data.json").write_text(json.dumps({"hadron_calib": [[str(data.parent.parent / "r00001" / "hadron_calib"), [26, 1]]]}))
+    return work
+
+
+def test_native_runner_leaves_basf2_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("GITLAB_PRIVATE_TOKEN", "glpat-secret")
+    work = _setup(tmp_path, {"scale": 2.0, "fail": False})
+    result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")
+    assert result.ok, log_tail(result.log_path)
+    out = LocalDatabase(output_database(work, "CountFiles"))
+    assert (out.path / "database.txt").read_text().split() == ["dbstore/CountFiles", "1", "26,1,-1,-1"]
+    assert list(out.path.glob("dbstore_CountFiles_rev_1.root"))
+    payload = out.read("CountFiles", ExpRun(26, 3))
+    assert payload["n"][0] == 6.0  # 3 files from the directory entry, scaled by the expert_config
+    assert payload["upstream"][0] == 7.0  # the chain reached the nominal tag
+    log = result.log_path.read_text()
+    assert "env secrets visible: []" in log and "glpat-secret" not in log
+
+
+def test_native_runner_failure_keeps_traceback(tmp_path):
+    work = _setup(tmp_path, {"scale": 1.0, "fail": True})
+    result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")
+    assert not result.ok and result.returncode == 1
+    assert "RuntimeError: asked to fail" in log_tail(result.log_path)
