@@ -200,8 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from .catalogue import CatalogueError
         from .dataset import DataError
+        from .report import ReportConfigError
         from .rundb import RunDBError
+        from .settings_repo import SettingsRepoError
 
+        if isinstance(exc, (ReportConfigError, SettingsRepoError)):
+            print(f"b2luca: error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         if isinstance(exc, CatalogueError):
             print(f"b2luca: calibration catalogue error: {exc}", file=sys.stderr)
             return EXIT_CONFIG

@@ -153,7 +153,9 @@ def pull_settings(url: str, checkout: Path, branch: str | None = None) -> Settin
     src = _normalise(url) if (_is_local(url) or url.startswith("file://")) else url
     if _is_local(url) and not Path(src).exists():
         raise SettingsRepoError(f"settings repository {url} does not exist")
-    if not checkout.exists() or (checkout.is_dir() and not any(checkout.iterdir())):
+    if checkout.exists() and not checkout.is_dir():
+        raise SettingsRepoError(f"settings checkout {checkout} exists and is not a directory")
+    if not checkout.exists() or not any(checkout.iterdir()):
         _clone(src, checkout, branch)
     else:
         _update(src, checkout, branch)

@@ -117,3 +117,15 @@ def test_branch_and_wrong_origin(remote: tuple[Path, Path], tmp_path: Path) -> N
         pull_settings(str(other), co)
     with pytest.raises(SettingsRepoError, match="does not exist"):
         pull_settings(str(tmp_path / "missing.git"), tmp_path / "co2")
+
+
+def test_checkout_that_is_not_a_clone(remote: tuple[Path, Path], tmp_path: Path) -> None:
+    bare, _ = remote
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("x")
+    with pytest.raises(SettingsRepoError, match="not a git checkout|inside another git repository"):
+        pull_settings(str(bare), plain)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SettingsRepoError, match="not a directory"):
+        pull_settings(str(bare), tmp_path / "afile")

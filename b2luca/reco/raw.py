@@ -53,6 +53,9 @@ def write_raw(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str, n
         with uproot.recreate(tmp) as out:
             for tree, branches in RAW_BRANCHES.items():
                 cols = trees.get(tree, {})
+                missing = [b for b in branches if b not in cols]
+                if cols and missing:
+                    raise RawDataError(f"{path}: tree {tree!r} lacks branch(es) {missing}")
                 out[tree] = {b: np.ascontiguousarray(np.asarray(cols.get(b, np.zeros(0)), dtype=dt))
                              for b, dt in branches.items()}
         os.replace(tmp, path)

@@ -27,7 +27,8 @@ log = logging.getLogger("b2luca.report")
 
 __all__ = [
     "EVENT_KINDS", "STEPS", "EventError", "GitLabSettings", "ReportConfigError", "ReportEvent", "ReportSettings",
-    "Reporter", "SignOff", "TransportError", "flush", "open_reporter", "read_signoffs", "report_dir",
+    "Reporter", "SignOff", "TransportError", "flush", "local_issue_path", "open_reporter", "read_signoffs",
+    "report_dir",
 ]
 
 
@@ -66,6 +67,18 @@ class SignOff:
         """Checklist sign-off ticked or ``signed-off`` label present."""
         return self.checklist or self.label
 
+    def __str__(self) -> str:
+        how = [w for w, ok in (("checklist", self.checklist), ("label", self.label)) if ok]
+        state = f"signed off ({' + '.join(how)})" if how else "not signed off"
+        if self.payloads_reviewed:
+            state += ", payloads reviewed"
+        return state + (f" — {self.url}" if self.url else "")
+
+
+def local_issue_path(work_dir: Path, name: str) -> Path:
+    """The local Markdown issue of calibration ``name`` (task names are made file-system safe)."""
+    return LocalTransport(report_dir(work_dir)).issue_path(name)
+
 
 def report_dir(work_dir: Path) -> Path:
     """``<work_dir>/report``."""
@@ -81,11 +94,16 @@ def _gitlab_transport(report_cfg: Any, bucket: str) -> Transport:
     return GitLabTransport(gcfg, bucket)
 
 
-def _transports(report_cfg: Any, work_dir: Path, bucket: str) -> list[Transport]:
+def _transports(report_cfg: Any, work_dir: Path, bucket: str, strict: bool = True) -> list[Transport]:
     kind = getattr(report_cfg, "transport", "local") if report_cfg is not None else "local"
     out: list[Transport] = [LocalTransport(report_dir(work_dir))]
     if kind == "gitlab":
-        out.append(_gitlab_transport(report_cfg, bucket))
+        try:
+            out.append(_gitlab_transport(report_cfg, bucket))
+        except ReportConfigError as exc:
+            if strict:
+                raise
+            log.warning("report: GitLab delivery disabled in this process (%s); events wait in the outbox", exc)
     elif kind != "local":
         raise ReportConfigError(f"report.transport must be 'local' or 'gitlab', not {kind!r}")
     return out
@@ -95,7 +113,8 @@ class Reporter:
     """Emits report events for one bucket run; picklable, usable from several processes at once."""
 
     def __init__(self, report_cfg: Any, work_dir: Path, bucket: str,
-                 transports: list[Transport] | None = None, deliver_on_emit: bool = True) -> None:
+                 transports: list[Transport] | None = None, deliver_on_emit: bool = True,
+                 strict: bool = True) -> None:
         self.report_cfg = report_cfg
         #: deliver to remote transports (GitLab) inside emit(); if False only the local files are
         #: updated by emit() and the driver calls deliver()/flush() (e.g. after each finished task)
@@ -103,7 +122,8 @@ class Reporter:
         self.work_dir = Path(work_dir)
         self.bucket = bucket
         self.outbox = Outbox(report_dir(self.work_dir))
-        self.transports = transports if transports is not None else _transports(report_cfg, self.work_dir, bucket)
+        self.transports = (transports if transports is not None
+                           else _transports(report_cfg, self.work_dir, bucket, strict=strict))
 
     def emit(self, kind: str, task: str | None = None, **data: Any) -> None:
         """Record one event and try to deliver it.
@@ -118,7 +138,7 @@ class Reporter:
             ev = ReportEvent.from_json(redact(line))
         try:
             self.outbox.append(ev)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # disk full, corrupt log ...: never fail the task
             log.error("report: cannot append event %s/%s to %s: %s", kind, task, self.outbox.events_path, exc)
             return
         self._deliver(blocking=False, force=False, remote=self.deliver_on_emit)
@@ -156,14 +176,17 @@ def open_reporter(report_cfg: Any, work_dir: Path, bucket: str, preflight: bool 
                   deliver_on_emit: bool = True) -> Reporter:
     """Reporter for ``bucket`` writing its outbox under ``<work_dir>/report``.
 
-    With GitLab and ``preflight``: GET the project once; a missing project / no access / rejected token
-    raises :class:`ReportConfigError` (a configuration error, before anything runs); an unreachable
+    With GitLab and ``preflight`` (the driver): a missing token raises; GET the project once; a missing
+    project / no access / rejected token raises :class:`ReportConfigError` (a configuration error,
+    before anything runs); an unreachable
     server only logs a warning (the outbox keeps the events).  Call it once in the driver; worker
-    processes may reuse (fork/pickle) the returned object, or call ``open_reporter(..., preflight=False)``.
+    processes may reuse (fork/pickle) the returned object, or call ``open_reporter(..., preflight=False)``,
+    which never raises for configuration trouble (a worker without the token only writes the outbox and
+    the local files; the driver's flush delivers).
     ``deliver_on_emit=False``: emit() only writes the outbox and the local files; GitLab delivery then
     happens in :meth:`Reporter.deliver` / :meth:`Reporter.flush`.
     """
-    reporter = Reporter(report_cfg, work_dir, bucket, deliver_on_emit=deliver_on_emit)
+    reporter = Reporter(report_cfg, work_dir, bucket, deliver_on_emit=deliver_on_emit, strict=preflight)
     if preflight:
         for t in reporter.transports:
             if hasattr(t, "preflight"):

@@ -53,8 +53,19 @@ def register_secret(secret: str) -> None:
 
             logging.setLogRecordFactory(factory)
             _factory_installed = True
-    # http.client's debug output prints request headers (the token) with print(): never allow it.
-    if http.client.HTTPConnection.debuglevel:
+    guard_http_debug()
+
+
+def guard_http_debug() -> None:
+    """http.client's debug output prints request headers (the token) with print(): switch it off.
+
+    (python-gitlab's ``enable_debug`` routes those prints into logging, where they are redacted.)
+    """
+    if http.client.HTTPConnection.debuglevel and not _prints_to_logging():
         logging.getLogger("b2luca.report").warning(
             "http.client debug output disabled by b2luca: it would print the GitLab token")
         http.client.HTTPConnection.debuglevel = 0
+
+
+def _prints_to_logging() -> bool:
+    return getattr(http.client, "print", print) is not print

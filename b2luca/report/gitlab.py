@@ -3,7 +3,7 @@
 Configuration (``report.gitlab`` in the bucket YAML, duck-typed here): ``url``, ``project`` (path or id),
 ``token_env`` (name of an environment variable holding the token) or ``config_section`` (+ optional
 ``config_file``; otherwise ``PYTHON_GITLAB_CFG`` / ``~/.python-gitlab.cfg``), ``timeout``, ``ssl_verify``.
-Optional tuning attributes: ``max_retries`` (transient errors, default 3), ``max_retry_after`` (longest
+Optional tuning attributes: ``max_retries`` (transient errors, default 2), ``max_retry_after`` (longest
 Retry-After we sleep through inside one delivery, default 60 s), ``rate_limit_retries`` (default 3).
 The token is never read from the YAML, never logged (log records are redacted) and never written to disk.
 
@@ -41,7 +41,7 @@ from .markdown import (
     summary_title,
 )
 from ._secrets import redact as _redact
-from ._secrets import register_secret
+from ._secrets import guard_http_debug, register_secret
 from .outbox import DeliveryContext, ReportConfigError, TransportError
 from .state import STATUSES, BucketState, apply_event, fold
 
@@ -154,7 +154,7 @@ def make_client(gcfg: Any) -> _B2Gitlab:
         user_agent=USER_AGENT,
         retry_transient_errors=True,
         per_page=100,
-        b2_max_retries=int(getattr(gcfg, "max_retries", 3)),
+        b2_max_retries=int(getattr(gcfg, "max_retries", 2)),
         b2_max_retry_after=float(getattr(gcfg, "max_retry_after", 60.0)),
         b2_rate_limit_retries=int(getattr(gcfg, "rate_limit_retries", 3)),
         **auth,
@@ -246,6 +246,7 @@ class GitLabTransport:
 
     def deliver(self, ctx: DeliveryContext) -> None:
         """Deliver pending events (issues, notes, uploads), then refresh the touched bodies."""
+        guard_http_debug()
         try:
             self._deliver(ctx)
         except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
@@ -395,7 +396,7 @@ class GitLabTransport:
         add = [lab for lab in want if lab not in current]
         remove = [lab for lab in drop if lab in current]
         data: dict[str, Any] = {}
-        if body != issue.description:
+        if body.rstrip() != (issue.description or "").rstrip():  # GitLab may trim the final newline
             data["description"] = body
         if issue.title != self._title(key):
             data["title"] = self._title(key)
@@ -461,6 +462,7 @@ class GitLabTransport:
 def read_signoffs(gcfg: Any, bucket: str) -> dict[str, dict[str, Any]]:
     """Checklist ticks, labels and URL of every calibration issue of ``bucket`` on GitLab."""
     gl = make_client(gcfg)
+    guard_http_debug()
     try:
         project = gl.projects.get(getattr(gcfg, "project"))
         out: dict[str, dict[str, Any]] = {}

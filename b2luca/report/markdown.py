@@ -273,8 +273,11 @@ def render_summary(state: BucketState, links: Mapping[str, str] | None = None) -
     out += ["## Tasks", "", "| stage | group | task | state | duration | report |", "|---|---|---|---|---|---|"]
     for t in state.tasks.values():
         link = f"[issue]({links[t.name]})" if t.name in links else "—"
+        shown = f"`{t.status}`"
+        if state.finished is not None and t.status in ("pending", "running"):
+            shown += " (not run)" if t.status == "pending" else " (interrupted)"
         out.append(
-            f"| {_cell(t.stage)} | {_cell(t.group)} | {_cell(t.name)} | `{t.status}` | "
+            f"| {_cell(t.stage)} | {_cell(t.group)} | {_cell(t.name)} | {shown} | "
             f"{fmt_duration(t.duration)} | {link} |"
         )
     out.append("")

@@ -4,10 +4,12 @@ from .base import OUTPUT_DB_DIR, RunnerError, RunResult, log_tail, output_databa
 from .native import NativeRunner
 
 
-def runner_for(runner_cfg) -> NativeRunner:
-    """The runner a bucket config selects."""
+def runner_for(cfg) -> NativeRunner:
+    """The runner a bucket config selects; it never passes the bucket's secrets to scripts."""
+    runner_cfg = cfg.runner
+    secrets = tuple(n for n in (cfg.report.gitlab.token_env if cfg.report.gitlab else None, cfg.rundb.api_key_env) if n)
     if runner_cfg.type == "native":
-        return NativeRunner(timeout_min=runner_cfg.timeout_min)
+        return NativeRunner(timeout_min=runner_cfg.timeout_min, secret_names=secrets)
     raise RunnerError(f"runner type {runner_cfg.type!r} is not available in this installation "
                       "(the basf2 runner needs b2caf-prompt-run)")
 

@@ -86,7 +86,10 @@ def run_logged(command: Sequence[str], cwd: Path, log_path: Path, env: dict[str,
     return RunResult(returncode, log_path, time.perf_counter() - start, tuple(command))
 
 
-def child_environment() -> dict[str, str]:
-    """The environment for calibration subprocesses: ours minus anything that looks like a secret."""
-    secret_words = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY", "PRIVATE")
-    return {k: v for k, v in os.environ.items() if not any(w in k.upper() for w in secret_words)}
+def child_environment(secret_names: "Sequence[str]" = ()) -> dict[str, str]:
+    """The environment for calibration subprocesses: ours minus the configured secret variables
+    (GitLab token, RunDB key) and anything whose name looks like a secret."""
+    secret_words = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY", "PRIVATE", "CREDENTIAL")
+    drop = set(secret_names)
+    return {k: v for k, v in os.environ.items()
+            if k not in drop and not any(w in k.upper() for w in secret_words)}

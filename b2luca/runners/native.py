@@ -18,13 +18,14 @@ class NativeRunner:
 
     name = "native"
 
-    def __init__(self, timeout_min: float | None = None) -> None:
+    def __init__(self, timeout_min: float | None = None, secret_names: tuple[str, ...] = ()) -> None:
         self.timeout = timeout_min * 60 if timeout_min else None
+        self.secret_names = secret_names
 
     def calibrate(self, caf_config: Path, input_data: Path, work_dir: Path, log_path: Path) -> RunResult:
         """Run the calibration script named in ``caf_config`` on ``input_data``."""
         command = [sys.executable, "-m", "b2luca.runners.native_job", "calibrate", str(caf_config), str(input_data)]
-        return run_logged(command, cwd=work_dir, log_path=log_path, env=child_environment(), timeout=self.timeout)
+        return run_logged(command, cwd=work_dir, log_path=log_path, env=child_environment(self.secret_names), timeout=self.timeout)
 
     def validate(self, validation_script: Path, job_path: Path, input_data: Path, verdict_path: Path,
                  work_dir: Path, log_path: Path, reference: list[str] | None) -> RunResult:
@@ -33,4 +34,4 @@ class NativeRunner:
                    str(job_path), str(input_data), str(verdict_path)]
         for path in reference or []:
             command += ["--reference", path]
-        return run_logged(command, cwd=work_dir, log_path=log_path, env=child_environment(), timeout=self.timeout)
+        return run_logged(command, cwd=work_dir, log_path=log_path, env=child_environment(self.secret_names), timeout=self.timeout)

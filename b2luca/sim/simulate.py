@@ -55,8 +55,11 @@ def sample_seed(seed: int, experiment: int, run: int, tag: str) -> np.random.See
 
 
 def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Truth,
-                    geom: Geometry | None = None, material_scale: float = 1.0) -> SampleResult:
-    """Simulate ``n_events`` of data tag ``tag``; raw trees use event numbers 1..n_events."""
+                    geom: Geometry | None = None, material_scale: float = 1.0, experiment: int = 0,
+                    run: int = 0) -> SampleResult:
+    """Simulate ``n_events`` of data tag ``tag``; raw trees use event numbers 1..n_events.
+
+    ``material_scale`` scales all material (0 switches multiple scattering off; tests only)."""
     geom = geom or nominal_geometry()
     if tag not in DATA_TAGS:
         raise ValueError(f"unknown data tag {tag!r}; known: {', '.join(DATA_TAGS)}")
@@ -64,7 +67,9 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
     if tag == "random_calib":
         d = G.random_pxd_digits(rng, n_events, geom, truth)
         d["event"] = d["event"] + 1
-        raw = {"event": {"event": ev_numbers, "n_cand": np.zeros(n_events, np.int32)}, "pxd_digits": d}
+        raw = {"event": {"event": ev_numbers, "n_cand": np.zeros(n_events, np.int32),
+                         "exp": np.full(n_events, experiment, np.int32), "run": np.full(n_events, run, np.int32)},
+               "pxd_digits": d}
         return SampleResult(raw, None, None)
     if tag == "cosmic_calib":
         tracks = G.gen_cosmic(rng, n_events)
@@ -79,7 +84,8 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
     first = np.searchsorted(tracks.event, tracks.event)  # tracks sorted by event
     cand_of_track = (np.arange(len(tracks)) - first).astype(np.int16)
     raw: dict[str, dict[str, np.ndarray]] = {
-        "event": {"event": ev_numbers, "n_cand": np.bincount(tracks.event, minlength=n_events).astype(np.int32)}}
+        "event": {"event": ev_numbers, "n_cand": np.bincount(tracks.event, minlength=n_events).astype(np.int32),
+                  "exp": np.full(n_events, experiment, np.int32), "run": np.full(n_events, run, np.int32)}}
     for det, cols in digits.items():
         trk = cols["track"]
         out = {"event": tracks.event[trk] + 1, "cand": cand_of_track[trk]}
@@ -89,7 +95,7 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
     return SampleResult(raw, tracks, digits)
 
 
-def _split_events(raw: Mapping[str, Mapping[str, np.ndarray]], n_files: int, exp: int, run: int) -> list[dict]:
+def _split_events(raw: Mapping[str, Mapping[str, np.ndarray]], n_files: int) -> list[dict]:
     ev = raw["event"]["event"]
     edges = np.linspace(0, ev.size, n_files + 1).astype(np.int64)
     parts = []
@@ -100,9 +106,6 @@ def _split_events(raw: Mapping[str, Mapping[str, np.ndarray]], n_files: int, exp
             e = cols["event"]
             m = slice(np.searchsorted(e, lo), np.searchsorted(e, hi))
             part[tree] = {k: v[m] for k, v in cols.items()}
-        n = part["event"]["event"].size
-        part["event"]["exp"] = np.full(n, exp, np.int32)
-        part["event"]["run"] = np.full(n, run, np.int32)
         parts.append(part)
     return parts
 
@@ -165,7 +168,7 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
         run = rec["run"]
         for tag in data_tags_for_run(rec, tags):
             rng = np.random.default_rng(sample_seed(seed, experiment, run, tag))
-            res = simulate_sample(tag, int(events[tag]), rng, truth, geom)
+            res = simulate_sample(tag, int(events[tag]), rng, truth, geom, experiment=experiment, run=run)
             summary.events[tag] = summary.events.get(tag, 0) + int(events[tag])
             for det in ("pxd", "svd", "cdc", "ecl", "pxd_digits"):
                 if det in res.raw:
@@ -173,7 +176,7 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
             for det in ("pxd", "svd"):
                 if det in res.raw:
                     per_sensor += np.bincount(geom.sensor_index(res.raw[det]["sensor"]), minlength=geom.n_sensors)
-            for i, part in enumerate(_split_events(res.raw, files_per_run, experiment, run)):
+            for i, part in enumerate(_split_events(res.raw, files_per_run)):
                 path = data_dir / f"e{experiment:04d}" / f"r{run:05d}" / tag / f"raw_{i}.root"
                 write_raw(path, part)
                 summary.files.append(path)

@@ -185,7 +185,7 @@ class CalibrationTask(BucketTask):
         if out.exists():  # a previous, unfinished attempt: its partial output must not leak into this one
             shutil.rmtree(out)
         log_path.unlink(missing_ok=True)
-        result = runner_for(self.ctx.cfg.runner).calibrate(caf_config, input_data, work, log_path)
+        result = runner_for(self.ctx.cfg).calibrate(caf_config, input_data, work, log_path)
         if not result.ok:
             raise CalibrationFailed(f"calibration script exited with code {result.returncode} (log {log_path})")
 
@@ -201,7 +201,7 @@ class CalibrationTask(BucketTask):
         log_path = work / "validate.log"
         log_path.unlink(missing_ok=True)
         verdict_path = work / "verdict.json"
-        result = runner_for(self.ctx.cfg.runner).validate(info.validation_path, work, input_data, verdict_path,
+        result = runner_for(self.ctx.cfg).validate(info.validation_path, work, input_data, verdict_path,
                                                           out_dir, log_path, self.ctx.reference_paths())
         if not result.ok or not verdict_path.is_file():
             raise CalibrationFailed(f"validation script exited with code {result.returncode} (log {log_path})")

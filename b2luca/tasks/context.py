@@ -106,7 +106,8 @@ class BucketContext:
     def reporter(self):
         from ..report import open_reporter
 
-        return open_reporter(self.cfg.report, self.work_dir, self.cfg.name)
+        # The driver did the pre-flight check (and stopped on a bad GitLab config); workers must not.
+        return open_reporter(self.cfg.report, self.work_dir, self.cfg.name, preflight=False)
 
     def emit(self, kind: str, task: str | None = None, **data: Any) -> None:
         """Emit a report event; reporting trouble never fails a task."""

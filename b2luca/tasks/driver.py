@@ -23,6 +23,7 @@ import luigi.worker
 
 from ..config import BucketConfig
 from ..dataset import ensure_data
+from ..report import local_issue_path, open_reporter
 from .calibration import STATUS_VALIDATION_FAILED, CalibrationTask
 from .cdst import production_runs
 from .context import (STAGE_CDST, STAGE_LOCAL, STAGE_PRODUCTION, STAGE_RAW, BucketContext, context_for,
@@ -192,7 +193,7 @@ def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str,
                     state = "validation-failed" if state != "done before" else "done before (validation-failed)"
                 if duration is None:
                     duration = result.get("duration")
-            report = str(ctx.work_dir / "report" / "issues" / f"{task.name}.md")
+            report = str(local_issue_path(ctx.work_dir, task.name))
         elif kind in ("local", "cdst_production", "archive") and Path(task.output_path()).is_file():
             document = read_json(Path(task.output_path()))
             if duration is None:
@@ -325,17 +326,18 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
                                else [Bucket(config_path=config_path)])
     if dry_run:
         return _dry_run(ctx, tasks, rerun, echo, start)
+    # Pre-flight of the report transport (GitLab: token, project, access) before anything runs;
+    # a ReportConfigError ends the run with its message (exit code 2).
+    open_reporter(cfg.report, cfg.work_dir, cfg.name, preflight=True)
     message = ensure_data(cfg)
     if message:
         echo(message)
     if rerun:
         echo("invalidated: " + ", ".join(invalidate(ctx, rerun)))
-    settings_commit = None
-    if ctx.settings_file.is_file():
-        settings_commit = read_json(ctx.settings_file).get("commit")
+    configure_luigi(cfg.work_dir / "luigi.log")
+    settings_commit = _pull_settings(ctx, config_path)
     ctx.emit("bucket_started", None, requested_iov=cfg.requested_iov.as_list(), settings_commit=settings_commit,
              work_dir=str(cfg.work_dir), plan=plan_events(ctx))
-    configure_luigi(cfg.work_dir / "luigi.log")
     factory = RecordingFactory()
     result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
                          detailed_summary=True, worker_scheduler_factory=factory)
@@ -355,14 +357,31 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
         "bucket": cfg.name, "finished": time.time(), "success": ok, "luigi_status": result.status.name,
         "seconds": seconds, "rows": [r.__dict__ for r in rows]})
     ctx.emit("bucket_finished", None, success=ok, counts=counts)
+    pending = ctx.reporter.flush()
     echo(format_table(rows))
+    if pending:
+        echo(f"\n{pending} report event(s) could not be delivered yet; they wait in "
+             f"{cfg.work_dir / 'report'}; deliver them with: b2luca report --flush {cfg.path}")
     verdict = "SUCCESS" if ok else "FAILED"
     echo(f"\nbucket {cfg.name}: {verdict} in {seconds:.1f} s ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
          f"luigi: {result.status.name}")
     if not ok:
-        for row in failed + validation_failed:
+        for row in [r for r in failed if r.state in ("failed", "interrupted")] + validation_failed:
             echo(f"  {row.name}: {row.state}" + (f" — see {row.report}" if row.report else ""))
+        skipped = [r for r in failed if r.state.startswith("not run")]
+        if skipped:
+            echo(f"  {len(skipped)} task(s) not run because of these.")
     return RunOutcome(0 if ok else 1, rows, result.status.name, seconds)
+
+
+def _pull_settings(ctx: BucketContext, config_path: str) -> str | None:
+    """Fetch the settings repository afresh for every run (finished calibrations stay finished)."""
+    from .setup import PullSettings
+
+    # Run in the driver, not through luigi, so a dirty/diverged checkout or a bad bucket.yaml in the
+    # repository stops the run with its own message (exit code 2).
+    PullSettings(config_path=config_path).run()
+    return read_json(ctx.settings_file).get("commit")
 
 
 def _dry_run(ctx: BucketContext, tasks: list[luigi.Task], rerun: list[str], echo: Callable[[str], None],

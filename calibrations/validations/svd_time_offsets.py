@@ -49,9 +49,9 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         reference, ref_label = np.asarray(truth["offset"], dtype=float), "true offset [ns]"
     else:
         files = limit_files_per_run(read_input_data(input_data_path).get("hadron_calib", []),
-                                    int(expert_config.get("max_files_per_run", 5)) if expert_config else 5)
+                                    cfg.get("max_files_per_run"))
         hits = read_branches(files, "svd", ["event", "sensor", "time"])
-        min_hits = int(cfg.get("min_hits_per_sensor", 200)) // 2
+        min_hits = int(cfg.get("min_hits_per_sensor", 20))  # per half: keeps the t-tails small
         halves = [fit_offsets(hits["sensor"][m], hits["time"][m], min_hits, float(cfg.get("outlier_sigma", 5.0)),
                               {"sensor_id": out["sensor_id"], "offset": out["offset"]})
                   for m in (hits["event"] % 2 == 0, hits["event"] % 2 == 1)]

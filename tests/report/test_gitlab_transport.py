@@ -65,6 +65,10 @@ def test_full_bucket_one_issue_per_calibration(fake_gitlab: FakeGitLab, gitlab_c
     assert "stage::cdst" in issues["CDCDedx"]["labels"]
     assert "status::failed" in issues["BeamSpot"]["labels"] and issues["BeamSpot"]["assignees"] == []
     assert not any(lab.startswith("status::") and lab != "status::success" for lab in cdc["labels"])
+    # labels are only ever changed with explicit add/remove (never a replacing `labels=` list)
+    puts = [json.loads(r.body) for r in fake_gitlab.requests if r.method == "PUT"]
+    assert puts and all("labels" not in p for p in puts)
+    assert any("status::running" in p.get("remove_labels", "") for p in puts)
     # every request identified itself and authenticated with the header only
     assert {r.headers.get("User-Agent") for r in fake_gitlab.requests} == {f"b2luca/{__version__}"}
     # plots uploaded and linked
@@ -235,10 +239,15 @@ def test_transient_5xx_is_retried(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSet
 
 
 def test_token_never_leaks(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings, tmp_path: Path,
-                           caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+                           caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.client
+
     caplog.set_level(logging.DEBUG)
     rep = open_reporter(gitlab_cfg, tmp_path, BUCKET)
+    monkeypatch.setattr(http.client.HTTPConnection, "debuglevel", 1)  # would print the headers to stdout
     emit_bucket(rep, tmp_path, fail={"BeamSpot": "calibrate"})
+    assert http.client.HTTPConnection.debuglevel == 0
     token = fake_gitlab.token
     # a calibration script that dumps its environment into the log: the tail is redacted on emit
     rep.emit("task_failed", "SVDTimeOffsets", reason="crash", log_tail=f"{TOKEN_ENV}={token}\nSegfault",
@@ -295,6 +304,9 @@ def test_preflight_errors_are_clear(fake_gitlab: FakeGitLab, gitlab_cfg: ReportS
     monkeypatch.delenv(TOKEN_ENV)
     with pytest.raises(ReportConfigError, match=f"{TOKEN_ENV}.*not set"):
         open_reporter(gitlab_cfg, tmp_path, BUCKET)
+    worker = open_reporter(gitlab_cfg, tmp_path, BUCKET, preflight=False)  # a worker never raises
+    worker.emit("task_started", "CDCTimeZeros", stage="raw", group=0)
+    assert (tmp_path / "report" / "issues" / "CDCTimeZeros.md").is_file()
     with pytest.raises(ReportConfigError, match="token_env .* or config_section"):
         open_reporter(ReportSettings("gitlab", dataclasses.replace(g, token_env=None)), tmp_path, BUCKET)
     with pytest.raises(ReportConfigError, match="not configured"):

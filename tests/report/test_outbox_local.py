@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from b2luca.report import EventError, ReportEvent, ReportSettings, open_reporter, read_signoffs
+from b2luca.report import EventError, ReportEvent, ReportSettings, local_issue_path, open_reporter, read_signoffs
 from b2luca.report.markdown import parse_checklist, parse_marker
 from b2luca.report.outbox import Outbox
 
@@ -109,6 +109,8 @@ def test_local_reports(tmp_path: Path) -> None:
     assert "| archive | raw | ArchiveLogs(raw) | `success` |" in summary
     assert "`raw`: `/archive/demo/2026-11-24/raw`" in summary
     assert "**Verdict:** `failed`" in summary and "**FAILED**" in summary
+    assert (tmp_path / "report" / "summary.md").stat().st_mode & 0o044  # readable by the group/others
+    assert local_issue_path(tmp_path, "Local:tag").parent == issues
     assert "0123abcd" in summary
 
 
@@ -119,6 +121,7 @@ def test_local_signoff_survives_rerender_until_new_attempt(tmp_path: Path) -> No
     path.write_text(path.read_text().replace("- [ ] sign-off", "- [x] sign-off"))
     so = read_signoffs(LOCAL, tmp_path, BUCKET)
     assert set(so) == set(CALIBRATIONS)
+    assert str(so["SVDTimeOffsets"]).startswith("signed off (checklist)")
     assert so["SVDTimeOffsets"].signed_off and so["SVDTimeOffsets"].checklist
     assert not so["CDCTimeZeros"].signed_off and not so["SVDTimeOffsets"].label
     rep.emit("bucket_finished", success=True, counts={"success": 7})  # re-renders everything

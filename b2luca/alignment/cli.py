@@ -1,0 +1,88 @@
+"""``b2luca align STEERING [--method M] [--out DIR]``: pede-compatible command line.
+
+The lead wires :func:`add_arguments` and :func:`run` into the ``b2luca`` entry point.
+Exit codes: 0 success, 1 failure while solving, 2 bad input (steering, Mille data, constraints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .mille import MilleError
+from .problem import AlignmentProblem, solve
+from .result import write_millepede_res
+from .solve import SolverError
+from .steering import PEDE_METHODS, SteeringError, read_steering
+
+__all__ = ["add_arguments", "run", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``align`` arguments to ``parser``."""
+    parser.add_argument("steering", metavar="STEERING", help="pede steering file (Cfiles, constraints, method, ...)")
+    parser.add_argument("--method", choices=sorted(PEDE_METHODS), default=None,
+                        help="override the steering's method: auto|sparse|dense|minres or a pede name "
+                             "(inversion=auto, diagonalization/decomposition=dense, *MINRES=minres)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder for millepede.res and align_summary.json (default: the current "
+                             "folder, as pede)")
+    parser.add_argument("--no-errors", action="store_true", help="skip the parameter errors (saves time)")
+    parser.add_argument("--quiet", action="store_true", help="no summary printout")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the fit described by ``args``; returns the exit code."""
+    try:
+        st = read_steering(args.steering)
+        problem = AlignmentProblem.from_steering(st)
+        if not problem.cfiles and not problem.ffiles:
+            print(f"error: {args.steering}: no Cfiles/Fortranfiles listed", file=sys.stderr)
+            return 2
+        missing = [str(p) for p in problem.cfiles + problem.ffiles if not Path(p).exists()]
+        if missing:
+            print(f"error: {args.steering}: Mille file(s) not found: {', '.join(missing)}", file=sys.stderr)
+            return 2
+        problem.errors = not getattr(args, "no_errors", False)
+        result = solve(problem, method=args.method)
+    except (SteeringError, MilleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SolverError as exc:
+        print(f"error: solving failed: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out is not None else Path.cwd()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_millepede_res(out / "millepede.res", result)
+        summary = {
+            "method": result.method, "exact": result.exact, "chi2": result.chi2, "ndf": result.ndf,
+            "chi2_ndf": result.chi2_ndf, "records": result.n_records, "records_used": result.n_used,
+            "rejected": result.rejected, "parameters": int(result.labels.size),
+            "fixed": {str(k): v for k, v in result.fixed_reason.items()}, "timings": result.timings,
+            "iterations": result.iterations, "constraint_residual": result.constraint_residual,
+            "warnings": result.warnings,
+        }
+        tmp = out / "align_summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1, default=float))
+        tmp.replace(out / "align_summary.json")
+    except OSError as exc:
+        print(f"error: cannot write results to {out}: {exc}", file=sys.stderr)
+        return 1
+    if not getattr(args, "quiet", False):
+        print(result.summary())
+        print(f"written {out / 'millepede.res'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m b2luca.alignment.cli STEERING``)."""
+    parser = argparse.ArgumentParser(prog="b2luca align", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The alignment driver: data passes, fixing, priors, constraints, iterations (what pede does)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from .assemble import Assembler, DownWeighting, GlobalSystem
+from .mille import MilleRecords, iter_mille
+from .result import AlignmentResult
+from .solve import LinearConstraints, SolverError, solve_system
+from .steering import EXACT_METHODS, PEDE_METHODS, Constraint, ParameterSpec, Steering, read_steering
+
+__all__ = ["AlignmentProblem", "solve", "solve_steering", "CHUNK_BYTES"]
+
+CHUNK_BYTES = 6 << 20  # file bytes per chunk: keeps the temporaries of one chunk in the allocator's heap
+
+
+@dataclass
+class AlignmentProblem:
+    """Everything needed for a fit: Mille input, constraints, parameter settings and pede's options.
+
+    ``records``: in-memory record sets used instead of / in addition to files (handy in tests).
+    """
+
+    cfiles: list[Path] = field(default_factory=list)
+    ffiles: list[Path] = field(default_factory=list)
+    records: list[MilleRecords] = field(default_factory=list)
+    constraints: list[Constraint] = field(default_factory=list)
+    parameters: dict[int, ParameterSpec] = field(default_factory=dict)
+    method: str = "auto"
+    iterations: int = 1
+    dchi2: float = 0.1
+    entries: int = 0
+    chiscut: tuple[float, float] | None = None
+    outlierdownweighting: int = 0
+    dwfractioncut: float = 0.0
+    hugecut: float | None = None
+    errors: bool = True
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_steering(cls, st: Steering | str | os.PathLike) -> "AlignmentProblem":
+        if not isinstance(st, Steering):
+            st = read_steering(st)
+        return cls(cfiles=list(st.cfiles), ffiles=list(st.ffiles), constraints=list(st.constraints),
+                   parameters=dict(st.parameters), method=st.method, iterations=st.iterations,
+                   dchi2=st.dchi2, entries=st.entries, chiscut=st.chiscut,
+                   outlierdownweighting=st.outlierdownweighting, dwfractioncut=st.dwfractioncut,
+                   hugecut=st.hugecut, warnings=list(st.warnings))
+
+    def chunks(self, timer: dict[str, float]) -> Iterator[MilleRecords]:
+        """All records, chunk by chunk; the time spent reading is added to ``timer['read']``."""
+        yield from self.records
+        for files, fortran in ((self.cfiles, False), (self.ffiles, True)):
+            for f in files:
+                it = iter_mille(f, fortran=fortran, chunk_bytes=CHUNK_BYTES)
+                while True:
+                    t0 = time.perf_counter()
+                    try:
+                        c = next(it)
+                    except StopIteration:
+                        timer["read"] = timer.get("read", 0.0) + time.perf_counter() - t0
+                        break
+                    timer["read"] = timer.get("read", 0.0) + time.perf_counter() - t0
+                    yield c
+
+
+def _pass(problem: AlignmentProblem, corr: tuple[np.ndarray, np.ndarray] | None, ipass: int,
+          timer: dict[str, float]) -> GlobalSystem:
+    dw = DownWeighting()
+    if ipass >= 1 and problem.outlierdownweighting > 0:
+        dw.iterations = problem.outlierdownweighting
+        dw.dwfractioncut = problem.dwfractioncut
+    if problem.chiscut is not None and problem.chiscut[0] > 0:
+        dw.chi2_factor = problem.chiscut[0] if ipass == 0 else (problem.chiscut[1] if ipass == 1 else 1.0)
+    if ipass == 0 and problem.hugecut is not None:
+        dw.hugecut = problem.hugecut
+    asm = Assembler(corrections=corr, downweight=dw)
+    t_read0 = timer.get("read", 0.0)
+    t0 = time.perf_counter()
+    for c in problem.chunks(timer):
+        asm.add(c)
+    gs = asm.finish()
+    timer["assemble"] = timer.get("assemble", 0.0) + time.perf_counter() - t0 - (timer.get("read", 0.0) - t_read0)
+    return gs
+
+
+def _build_constraints(problem: AlignmentProblem, labels: np.ndarray, free: np.ndarray,
+                       total: np.ndarray) -> tuple[LinearConstraints, sp.csr_matrix, np.ndarray, list[str]]:
+    """Exact constraints on the free corrections + the quadratic terms of 'Measurement' constraints.
+
+    ``total`` = initial value + correction so far, per label. Returns (constraints over the free
+    parameters, soft-constraint matrix and vector over the free parameters, warnings).
+    """
+    n = labels.size
+    fidx = np.full(n, -1, np.int64)
+    fidx[free] = np.arange(int(free.sum()))
+    nf = int(free.sum())
+    rows, cvals, warn = [], [], []
+    Ms = sp.csr_matrix((nf, nf))
+    bs = np.zeros(nf)
+    for con in problem.constraints:
+        pos = np.searchsorted(labels, con.labels)
+        pc = np.minimum(pos, max(n - 1, 0))
+        known = (pos < n) & (labels[pc] == con.labels) if n else np.zeros(con.labels.size, bool)
+        if not known.all():
+            warn.append(f"{con.origin}: {int((~known).sum())} label(s) not in the data ignored "
+                        f"(e.g. {int(con.labels[~known][0])})")
+        li = pc[known]
+        f = con.factors[known]
+        current = float(np.dot(f, total[li]))
+        fi = fidx[li]
+        isfree = fi >= 0
+        resid = con.value - current
+        if con.sigma is None:
+            row = np.zeros(nf)
+            np.add.at(row, fi[isfree], f[isfree])
+            rows.append(row)
+            cvals.append(resid)
+        else:
+            ff = np.zeros(nf)
+            np.add.at(ff, fi[isfree], f[isfree])
+            nz = np.flatnonzero(ff)
+            w = 1.0 / con.sigma ** 2
+            Ms = Ms + sp.csr_matrix((w * np.outer(ff[nz], ff[nz]).ravel(),
+                                     (np.repeat(nz, nz.size), np.tile(nz, nz.size))), shape=(nf, nf))
+            bs[nz] += w * ff[nz] * resid
+    A = np.array(rows) if rows else np.zeros((0, nf))
+    return LinearConstraints(A, np.asarray(cvals, np.float64)), Ms.tocsr(), bs, warn
+
+
+def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResult:
+    """Run the fit: data pass(es), fixing, priors, constraints, exact or MINRES solution."""
+    method = PEDE_METHODS.get((method or problem.method).lower(), None) or (method or problem.method)
+    if method not in ("auto", "sparse", "dense", "minres"):
+        raise SolverError(f"unknown method {method!r}")
+    timer: dict[str, float] = {}
+    t_start = time.perf_counter()
+    npass = max(1, problem.iterations)
+    if problem.outlierdownweighting > 0:
+        npass = max(npass, 2)
+    corr_labels = np.zeros(0, np.int64)
+    corr_values = np.zeros(0)
+    prev_chi2 = None
+    warnings = list(problem.warnings)
+    out = None
+    for ipass in range(npass):
+        gs = _pass(problem, (corr_labels, corr_values) if ipass else None, ipass, timer)
+        labels = gs.labels
+        n = labels.size
+        if ipass == 0:
+            corr_labels, corr_values = labels.copy(), np.zeros(n)
+        cur = np.zeros(n)
+        if corr_labels.size:
+            pos = np.searchsorted(corr_labels, labels)
+            pc = np.minimum(pos, corr_labels.size - 1)
+            hit = corr_labels[pc] == labels
+            cur[hit] = corr_values[pc[hit]]
+        initial = np.array([problem.parameters[int(l)].initial if int(l) in problem.parameters else 0.0
+                            for l in labels]) if problem.parameters else np.zeros(n)
+        presig = np.array([problem.parameters[int(l)].presigma if int(l) in problem.parameters else 0.0
+                           for l in labels]) if problem.parameters else np.zeros(n)
+        fixed = presig < 0
+        reason = {int(l): "presigma < 0" for l in labels[fixed]}
+        few = (gs.entries < problem.entries) & ~fixed
+        reason.update({int(l): f"entries {int(e)} < {problem.entries}" for l, e in zip(labels[few], gs.entries[few])})
+        fixed |= few
+        free = ~fixed
+        fi = np.flatnonzero(free)
+        C = gs.C[fi][:, fi].tocsr()
+        b = gs.b[fi].copy()
+        # χ² pieces of the data alone (before priors/soft constraints)
+        Cdata, bdata = C, b.copy()
+        prior = presig[fi] > 0
+        if prior.any():
+            wprior = np.zeros(fi.size)
+            wprior[prior] = 1.0 / presig[fi][prior] ** 2
+            C = (C + sp.diags(wprior)).tocsr()
+            b = b - wprior * cur[fi]  # prior centred on the initial value
+        cons, Ms, bs, cwarn = _build_constraints(problem, labels, free, initial + cur)
+        if ipass == 0:
+            warnings += cwarn
+        if Ms.nnz:
+            C = (C + Ms).tocsr()
+            b = b + bs
+        t0 = time.perf_counter()
+        so = solve_system(C, b, cons, method=method, errors=problem.errors)
+        for k, v in so.timings.items():
+            timer[k] = timer.get(k, 0.0) + v
+        if "factorise" not in so.timings:
+            timer["solve"] = timer.get("solve", 0.0) + 0.0
+        delta = np.zeros(n)
+        delta[fi] = so.x
+        chi2 = gs.chi2_0 - 2.0 * float(bdata @ so.x) + float(so.x @ (Cdata @ so.x))
+        cur = cur + delta
+        corr_labels, corr_values = labels, cur
+        err = None
+        if so.errors is not None:
+            err = np.zeros(n)
+            err[fi] = so.errors
+        out = AlignmentResult(
+            labels=labels, corrections=cur.copy(), errors=err, initial=initial, presigma=presig, fixed=fixed,
+            fixed_reason=reason, chi2=chi2, ndf=gs.ndf - (fi.size - int(so.info.get("constraints_used", 0))), method=so.method, exact=so.exact, n_records=gs.n_records,
+            n_used=gs.n_used, rejected=gs.rejected, timings={}, iterations=ipass + 1, n_meas=gs.n_meas,
+            constraint_residual=float(so.info.get("constraint_residual", 0.0)),
+            downweighted_fraction=gs.downweighted_fraction, info=so.info, warnings=warnings,
+        )
+        if so.info.get("constraints_dropped"):
+            warnings.append(f"linearly dependent or empty constraints dropped: {so.info['constraints_dropped']}")
+        stop = prev_chi2 is not None and abs(prev_chi2 - chi2) < problem.dchi2 and ipass + 1 >= 2 and \
+            not (problem.outlierdownweighting and ipass < 1)
+        prev_chi2 = chi2
+        if stop:
+            break
+        _ = t0
+    assert out is not None
+    timer["total"] = time.perf_counter() - t_start
+    order = ["read", "assemble", "factorise", "solve", "errors", "total"]
+    out.timings = {k: timer[k] for k in order if k in timer}
+    return out
+
+
+def solve_steering(path: str | os.PathLike, method: str | None = None) -> AlignmentResult:
+    """Read a pede steering file and fit."""
+    return solve(AlignmentProblem.from_steering(path), method=method)
+
+
+_ = EXACT_METHODS

@@ -1,0 +1,337 @@
+"""Vectorised track fit: helix + multiple-scattering kinks, batched Gauss-Newton over all tracks.
+
+Model.  Local parameters of a track = the perigee helix ``(d0, phi0, omega, z0, tanl)`` at the IP
+(before the beam pipe) plus, when ``scattering=True``, two kink angles at each of the 8 scatterers
+per arm (beam pipe, the 6 VXD layer cylinders, the CDC inner wall; cosmics have two arms, the second
+arm's kinks are local parameters 21..36).  A kink changes the helix of everything further out by
+``J @ theta`` (J = numerical Jacobian of :func:`b2luca.reco.helix.apply_kink`); each kink also gives
+a pseudo-measurement ``0 +- theta0`` (Highland, from the fitted momentum and ``mass``), so this is a
+General-Broken-Lines-like fit with exact multiple-scattering treatment at the layers -- the same
+material model the simulation uses.
+
+Measurements, predictions and residuals: see :mod:`b2luca.reco.measurements`.  Derivatives are
+derivatives of the *prediction* (what Mille records contain; the residual derivative is the
+negative): ``local_derivs`` (R, n_local) w.r.t. the local parameters and ``global_derivs`` (R, 6)
+w.r.t. the alignment parameters of the hit's element, with ``global_labels`` (R, 6):
+
+* VXD rows: the 6 rigid-body parameters of the sensor, labels ``sensor_id * 10 + k`` (k = 1..6 for
+  du, dv, dw, alpha, beta, gamma);
+* CDC rows: (dx, dy, dphi) of the wire layer, labels ``1_000_000 + layer * 10 + k`` (k = 1..3);
+  columns 3..5 are zero with label 0.
+
+Seeding: an algebraic circle fit to the VXD clusters and axial CDC hits, then a straight-line fit of
+z versus arc length to VXD clusters and stereo-layer hits.  Direction convention: collision tracks
+point away from the IP; tracks with hits on both sides of the perigee (cosmics) point downwards (-y).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import geometry as G
+from . import helix as H
+from .measurements import KIND_CDC, Constants, Measurements, cdc_global_derivatives, vxd_global_derivatives
+
+MUON_MASS = 0.1056584
+N_SCAT = 8  # beam pipe, 6 VXD layers, CDC inner wall
+_STEP = np.array([1e-4, 1e-7, 1e-9, 1e-4, 1e-7])
+LABEL_CDC_BASE = 1_000_000
+
+
+@dataclass
+class FitResult:
+    """Per-track results (index = track of the Measurements) and per-row quantities (rows of ``meas``)."""
+
+    meas: Measurements
+    params: np.ndarray  # (T, 5) perigee (d0, phi0, omega, z0, tanl) before the beam pipe (at the IP)
+    cov: np.ndarray  # (T, 5, 5)
+    chi2: np.ndarray  # (T,) including the kink pseudo-measurements
+    ndf: np.ndarray  # (T,) n_rows (with a finite prediction) - 5
+    ok: np.ndarray  # (T,) bool: finite parameters and chi2, ndf > 0
+    kinks: np.ndarray  # (T, n_kinks) fitted kink angles
+    kink_sigma: np.ndarray  # (T, n_kinks) prior widths (pseudo-measurement errors)
+    arm: np.ndarray  # (R,) +1 / -1
+    pred: np.ndarray  # (R,)
+    residual: np.ndarray  # (R,) m - pred (NaN where the track does not reach the element)
+    local_derivs: np.ndarray  # (R, 5 + n_kinks) d(pred)/d(local)
+    global_derivs: np.ndarray  # (R, 6) d(pred)/d(global)
+    global_labels: np.ndarray  # (R, 6) int64, 0 = unused
+
+    @property
+    def n_local(self) -> int:
+        return int(self.local_derivs.shape[1])
+
+    @property
+    def pulls(self) -> np.ndarray:
+        """Residual / measurement error per row."""
+        return self.residual / self.meas.sigma
+
+
+def _starts(track: np.ndarray, n_tracks: int) -> np.ndarray:
+    return np.searchsorted(track, np.arange(n_tracks))
+
+
+def _segsum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return np.add.reduceat(x, starts, axis=0)
+
+
+def seed_tracks(meas: Measurements, geom: G.Geometry, constants: Constants) -> tuple[np.ndarray, np.ndarray]:
+    """Seed perigee parameters (T, 5) and the arm (+-1) of every row."""
+    t, pos = meas.track, meas.approx_pos
+    nt = meas.n_tracks
+    axial = np.where(meas.kind == KIND_CDC, geom.cdc_stereo[np.maximum(meas.layer, 0)] == 0, meas.kind == 0)
+    # --- circle (Kasa): x^2 + y^2 + D x + E y + F = 0, least squares, rows restricted to "axial"
+    x, y = pos[:, 0], pos[:, 1]
+    w = axial.astype(float)
+    a_cols = np.stack([x, y, np.ones_like(x)], 1)
+    rhs = -(x * x + y * y)
+    st = _starts(t, nt)
+    ata = _segsum(w[:, None, None] * a_cols[:, :, None] * a_cols[:, None, :], st)
+    atb = _segsum((w * rhs)[:, None] * a_cols, st)
+    ata += np.eye(3) * 1e-9 * np.trace(ata, axis1=1, axis2=2)[:, None, None]
+    d, e, f = np.linalg.solve(ata, atb[..., None])[..., 0].T
+    cx, cy = -d / 2, -e / 2
+    rad = np.sqrt(np.maximum(cx * cx + cy * cy - f, 1.0))
+    cabs = np.hypot(cx, cy)
+    h = np.zeros((nt, 5))
+    h[:, 0] = cabs - rad
+    h[:, 1] = np.arctan2(cx, -cy)
+    h[:, 2] = 1.0 / rad
+    # --- sense of motion
+    p0 = H.position(h, np.zeros(nt))
+    proj = np.sum((pos[:, :2] - p0[t, :2]) * np.stack([np.cos(h[t, 1]), np.sin(h[t, 1])], 1), 1)
+    npos = np.bincount(t, proj > 0, nt)
+    nneg = np.bincount(t, proj <= 0, nt)
+    both = np.minimum(npos, nneg) >= 1  # hits on both sides of the perigee: a cosmic
+    flip = np.where(both, np.sin(h[:, 1]) > 0, nneg > npos)
+    h[flip] = h[flip] * np.array([-1, 1, -1, 1, -1])
+    h[flip, 1] = np.arctan2(np.sin(h[flip, 1] + np.pi), np.cos(h[flip, 1] + np.pi))
+    proj = np.where(flip[t], -proj, proj)
+    arm = np.where(proj > 0, 1.0, -1.0)
+    # --- z versus s
+    rho = np.hypot(x, y)
+    s = H.cylinder_crossing(h[t], np.where(meas.kind == KIND_CDC, geom.cdc_r[np.maximum(meas.layer, 0)], rho), arm)
+    s = np.where(np.isfinite(s), s, proj)
+    lay = np.maximum(meas.layer, 0)
+    stereo = (meas.kind == KIND_CDC) & (geom.cdc_stereo[lay] != 0)
+    xc = H.position(h[t], s)
+    par = constants.cdc_params[lay]
+    phi_w0 = geom.cdc_phi_offset[lay] + 2 * np.pi * np.maximum(meas.wire, 0) / geom.cdc_nwires[lay] + par[:, 2]
+    dphi = np.arctan2(xc[:, 1] - par[:, 1], xc[:, 0] - par[:, 0]) - phi_w0
+    dphi = np.arctan2(np.sin(dphi), np.cos(dphi))
+    k = np.where(stereo, geom.cdc_stereo[lay], 1.0)
+    z_st = (geom.cdc_r[lay] * dphi - meas.m) / k
+    z = np.where(meas.kind == 0, pos[:, 2], z_st)
+    wz = np.where(meas.kind == 0, 1 / 0.025 ** 2, np.where(stereo, (k / 0.3) ** 2, 0.0))
+    wz = np.where(np.isfinite(z), wz, 0.0)
+    z = np.where(np.isfinite(z), z, 0.0)
+    sums = _segsum(np.stack([wz, wz * s, wz * s * s, wz * z, wz * s * z], 1), st)
+    det = sums[:, 0] * sums[:, 2] - sums[:, 1] ** 2
+    okz = det > 1e-9 * np.maximum(sums[:, 0] * sums[:, 2], 1e-300)
+    det = np.where(okz, det, 1.0)
+    h[:, 3] = np.where(okz, (sums[:, 2] * sums[:, 3] - sums[:, 1] * sums[:, 4]) / det, 0.0)
+    h[:, 4] = np.where(okz, (sums[:, 0] * sums[:, 4] - sums[:, 1] * sums[:, 3]) / det, 0.0)
+    return h, arm
+
+
+class _Predictor:
+    """Predictions of the measurement rows for per-row helices."""
+
+    def __init__(self, meas: Measurements, rows: slice, geom: G.Geometry, constants: Constants, arm: np.ndarray):
+        self.geom, self.constants = geom, constants
+        self.kind = meas.kind[rows]
+        self.vxd = np.flatnonzero(self.kind != KIND_CDC)
+        self.cdc = np.flatnonzero(self.kind == KIND_CDC)
+        centers, rots = G.aligned_frames(geom, constants.vxd_params)
+        sens = meas.sensor[rows][self.vxd]
+        self.c, self.r = centers[sens], rots[sens]
+        self.axis = self.kind[self.vxd].astype(np.int64)
+        self.layer = meas.layer[rows][self.cdc]
+        self.wire = meas.wire[rows][self.cdc]
+        self.arm = arm
+        self.rho_vxd = np.hypot(meas.approx_pos[rows][self.vxd, 0], meas.approx_pos[rows][self.vxd, 1])
+        self.s_vxd: np.ndarray | None = None
+
+    def __call__(self, h: np.ndarray, n_iter: int = 2, update: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        pred = np.empty(h.shape[0])
+        s_all = np.empty(h.shape[0])
+        hv = h[self.vxd]
+        s0 = self.s_vxd
+        if s0 is None:
+            s0 = H.cylinder_crossing(hv, self.rho_vxd, self.arm[self.vxd])
+            s0 = np.where(np.isfinite(s0), s0, self.arm[self.vxd] * self.rho_vxd)
+            n_iter = 6
+        s = H.plane_crossing(hv, s0, self.c, self.r[:, :, 2], n_iter=n_iter)
+        x = H.position(hv, s)
+        loc = np.einsum("nji,nj->ni", self.r, x - self.c)
+        pred[self.vxd] = loc[np.arange(loc.shape[0]), self.axis]
+        s_all[self.vxd] = s
+        if update:
+            self.s_vxd = s
+            d = np.einsum("nji,nj->ni", self.r, H.direction(hv, s))
+            self.vxd_local = (loc[:, 0], loc[:, 1], d[:, 0] / d[:, 2], d[:, 1] / d[:, 2])
+        hc = h[self.cdc]
+        sc = H.cylinder_crossing(hc, self.geom.cdc_r[self.layer], self.arm[self.cdc])
+        xc = H.position(hc, sc)
+        pred[self.cdc], _ = G.cdc_drift_distance(xc, self.layer, self.geom, self.constants.cdc_params, self.wire)
+        s_all[self.cdc] = sc
+        if update:
+            self.cdc_x = xc
+        return pred, s_all
+
+    def derivatives(self, h: np.ndarray) -> np.ndarray:
+        """Central-difference d(pred)/d(h), (R, 5)."""
+        out = np.empty((h.shape[0], 5))
+        for i in range(5):
+            dh = np.zeros(5)
+            dh[i] = _STEP[i]
+            out[:, i] = (self(h + dh)[0] - self(h - dh)[0]) / (2 * _STEP[i])
+        return out
+
+
+def _kink_jacobians(h: np.ndarray, arms: tuple[float, ...], geom: G.Geometry, p: np.ndarray,
+                    mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """J (T, n_arms, N_SCAT, 5, 2) and prior widths (T, n_arms, N_SCAT)."""
+    radii = [G.BEAMPIPE_R] + [G.scatterer_radius(geom, li) for li in range(6)] + [G.CDC_INNER_WALL_R]
+    x0s = [G.BEAMPIPE_X0] + list(geom.layer_x0) + [G.CDC_INNER_WALL_X0]
+    nt = h.shape[0]
+    jac = np.zeros((nt, len(arms), N_SCAT, 5, 2))
+    sig = np.ones((nt, len(arms), N_SCAT))
+    eps = 1e-6
+    for ai, arm in enumerate(arms):
+        for j, (r, x0) in enumerate(zip(radii, x0s)):
+            s = H.cylinder_crossing(h, r, arm)
+            ok = np.isfinite(s)
+            s = np.where(ok, s, 0.0)
+            z = np.zeros(nt)
+            for c in range(2):
+                tp = (z + eps, z) if c == 0 else (z, z + eps)
+                tm = (z - eps, z) if c == 0 else (z, z - eps)
+                hp, hm = H.apply_kink(h, s, *tp), H.apply_kink(h, s, *tm)
+                dd = (hp - hm) / (2 * eps)
+                dd[:, 1] = np.arctan2(np.sin(hp[:, 1] - hm[:, 1]), np.cos(hp[:, 1] - hm[:, 1])) / (2 * eps)
+                jac[:, ai, j, :, c] = np.where(ok[:, None], dd, 0.0)
+            sig[:, ai, j] = np.where(ok, H.scatter_sigma(h, s, x0, p, mass), 1.0)
+    return jac, sig
+
+
+def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray, arm: np.ndarray,
+               geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
+               arms: tuple[float, ...]) -> dict[str, np.ndarray]:
+    nt = t1 - t0
+    track = meas.track[rows] - t0
+    st = _starts(track, nt)
+    slot_in = np.arange(track.size) - st[track]  # position of the row inside its track (padding)
+    mmax = int(slot_in.max()) + 1
+    m, w0 = meas.m[rows], 1.0 / meas.sigma[rows] ** 2
+    pr = _Predictor(meas, rows, geom, constants, arm)
+    nk = len(arms) * N_SCAT * 2 if scattering else 0
+    nl = 5 + nk
+    theta = np.zeros((nt, len(arms), N_SCAT, 2))
+    slot = np.where(arm > 0, 0, len(arms) - 1)
+    # number of scatterers between the perigee and the hit: beam pipe + inner VXD layers (+ CDC wall)
+    li = np.where(meas.kind[rows] == KIND_CDC, N_SCAT, geom.layer[np.maximum(meas.sensor[rows], 0)])
+    before = np.arange(N_SCAT)[None, :] < li[:, None]  # (R, N_SCAT)
+    eye = np.eye(nl)
+    for it in range(n_iter + 1):
+        p = H.momentum(h)
+        if scattering:
+            jac, sig = _kink_jacobians(h, arms, geom, p, mass[t0:t1])
+            dh = np.einsum("tajkc,tajc->tajk", jac, theta)
+            cum = np.concatenate([np.zeros((nt, len(arms), 1, 5)), np.cumsum(dh, axis=2)], axis=2)
+            h_rows = h[track] + cum[track, slot, li]
+        else:
+            h_rows = h[track]
+        pred, s = pr(h_rows, update=True)
+        d = pr.derivatives(h_rows)
+        good = np.isfinite(pred) & np.all(np.isfinite(d), axis=1)
+        res = np.where(good, m - pred, 0.0)
+        d = np.where(good[:, None], d, 0.0)
+        w = np.where(good, w0, 0.0)
+        loc = np.zeros((res.size, nl))
+        loc[:, :5] = d
+        if scattering:
+            dj = np.einsum("rk,rjkc->rjc", d, jac[track, slot]) * before[:, :, None]
+            lk = np.zeros((res.size, len(arms), N_SCAT, 2))
+            lk[np.arange(res.size), slot] = dj
+            loc[:, 5:] = lk.reshape(res.size, -1)
+        sw = np.sqrt(w)
+        padded = np.zeros((nt, mmax, nl))
+        padded[track, slot_in] = loc * sw[:, None]
+        rpad = np.zeros((nt, mmax))
+        rpad[track, slot_in] = res * sw
+        pt = np.swapaxes(padded, 1, 2)
+        a = pt @ padded
+        b = (pt @ rpad[..., None])[..., 0]
+        chi2 = np.sum(rpad * rpad, axis=1)
+        if scattering:
+            ws = 1.0 / np.repeat(sig.reshape(nt, -1), 2, axis=1) ** 2
+            th = theta.reshape(nt, -1)
+            a[:, 5:, 5:] += ws[:, :, None] * np.eye(nk)
+            b[:, 5:] -= ws * th
+            chi2 = chi2 + np.sum(ws * th * th, axis=1)
+        scale = 1.0 / np.sqrt(np.maximum(np.diagonal(a, axis1=1, axis2=2), 1e-300))
+        a_s = a * scale[:, :, None] * scale[:, None, :]
+        if it == n_iter:
+            cov = np.linalg.solve(a_s, np.broadcast_to(eye, a_s.shape)) * scale[:, :, None] * scale[:, None, :]
+            break
+        delta = np.linalg.solve(a_s, (b * scale)[..., None])[..., 0] * scale
+        h = h + delta[:, :5]
+        h[:, 1] = np.arctan2(np.sin(h[:, 1]), np.cos(h[:, 1]))
+        if scattering:
+            theta = theta + delta[:, 5:].reshape(theta.shape)
+    # global derivatives
+    nr = res.size
+    gd = np.zeros((nr, 6))
+    gl = np.zeros((nr, 6), np.int64)
+    u, v, tu, tv = pr.vxd_local
+    gu, gv = vxd_global_derivatives(u, v, tu, tv)
+    isu = (pr.axis == 0)[:, None]
+    gd[pr.vxd] = np.where(isu, gu, gv)
+    sid = geom.sensor_id[meas.sensor[rows][pr.vxd]].astype(np.int64)
+    gl[pr.vxd] = sid[:, None] * 10 + np.arange(1, 7)
+    gd[pr.cdc, :3] = cdc_global_derivatives(pr.cdc_x, pr.layer, pr.wire, geom, constants.cdc_params)
+    gl[pr.cdc, :3] = LABEL_CDC_BASE + pr.layer[:, None] * 10 + np.arange(1, 4)
+    ndf = np.bincount(track, weights=good, minlength=nt) - 5
+    ok = np.all(np.isfinite(h), axis=1) & np.isfinite(chi2) & (ndf > 0)
+    return dict(params=h, ndf=ndf, cov=cov[:, :5, :5], chi2=chi2, kinks=theta.reshape(nt, -1) if scattering else np.zeros((nt, 0)),
+                kink_sigma=(np.repeat(sig.reshape(nt, -1), 2, axis=1) if scattering else np.zeros((nt, 0))),
+                pred=pred, residual=np.where(good, res, np.nan), local=loc, gd=gd, gl=gl, ok=ok)
+
+
+def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None = None,
+               mass: float | np.ndarray = MUON_MASS, n_iter: int = 4, scattering: bool = True,
+               chunk_tracks: int = 2000) -> FitResult:
+    """Fit all track candidates of ``meas`` (batched Gauss-Newton, ``n_iter`` iterations from the seed).
+
+    ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed
+    in chunks of ``chunk_tracks`` to bound memory; there is no Python loop per track or hit.
+    """
+    geom = geom or G.nominal_geometry()
+    nt = meas.n_tracks
+    mass = np.broadcast_to(np.asarray(mass, float), (nt,))
+    h0, arm = seed_tracks(meas, geom, constants)
+    arms = (1.0, -1.0) if np.any(arm < 0) else (1.0,)
+    starts = np.searchsorted(meas.track, np.arange(0, nt + 1))
+    out: dict[str, list] = {}
+    for t0 in range(0, nt, chunk_tracks):
+        t1 = min(nt, t0 + chunk_tracks)
+        rows = slice(starts[t0], starts[t1])
+        r = _fit_chunk(meas, rows, t0, t1, h0[t0:t1], arm[rows], geom, constants, mass, n_iter, scattering, arms)
+        for k, v in r.items():
+            out.setdefault(k, []).append(v)
+    cat = {k: np.concatenate(v) for k, v in out.items()}
+    return FitResult(meas=meas, params=cat["params"], cov=cat["cov"], chi2=cat["chi2"], ndf=cat["ndf"], ok=cat["ok"], kinks=cat["kinks"],
+                     kink_sigma=cat["kink_sigma"], arm=arm, pred=cat["pred"], residual=cat["residual"],
+                     local_derivs=cat["local"], global_derivs=cat["gd"], global_labels=cat["gl"])
+
+
+def predict(meas: Measurements, constants: Constants, h_rows: np.ndarray, arm: np.ndarray,
+            geom: G.Geometry | None = None) -> np.ndarray:
+    """Predicted values of all rows of ``meas`` for per-row helices ``h_rows`` (R, 5) and arms (R,)."""
+    geom = geom or G.nominal_geometry()
+    pr = _Predictor(meas, slice(0, meas.track.size), geom, constants, arm)
+    pred, _ = pr(h_rows)
+    return pred
