@@ -25,9 +25,16 @@ class DataError(RuntimeError):
     """Input data is missing or unusable."""
 
 
+def run_root(root: "str | Path", exprun: ExpRun) -> Path:
+    """``<root>/e<EXP:04d>/r<RUN:05d>``: one run's directory, holding a directory per data tag."""
+    return Path(root) / f"e{exprun.exp:04d}" / f"r{exprun.run:05d}"
+
+
 def run_directory(root: "str | Path", exprun: ExpRun, data_tag: str) -> Path:
     """``<root>/e<EXP:04d>/r<RUN:05d>/<data_tag>``."""
-    return Path(root) / f"e{exprun.exp:04d}" / f"r{exprun.run:05d}" / data_tag
+    if not data_tag:
+        raise ValueError("run_directory needs a data tag (use run_root for the run itself)")
+    return run_root(root, exprun) / data_tag
 
 
 def expand_input(path: "str | Path") -> list[Path]:

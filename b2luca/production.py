@@ -28,6 +28,7 @@ existing cDST file.  Every file is written to a temporary name and renamed; the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -188,6 +189,13 @@ def _group_hits(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[
             "pxd_digits": _strip(raw["pxd_digits"])}
 
 
+class _FitArrays:
+    """Attribute access to the fitted arrays of :func:`_fit_robust`."""
+
+    def __init__(self, **arrays: np.ndarray) -> None:
+        self.__dict__.update(arrays)
+
+
 def _empty_tracks() -> dict[str, dict[str, np.ndarray]]:
     tracks = {"event": np.zeros(0, np.int64), "cand": np.zeros(0, np.int16)}
     tracks.update({n: np.zeros(0) for n in _PARAM_NAMES})
@@ -199,9 +207,60 @@ def _empty_tracks() -> dict[str, dict[str, np.ndarray]]:
     return {"tracks": tracks, "track_hits": rel}
 
 
+def _subset(meas, tracks: np.ndarray):
+    """The Measurements of the track candidates ``tracks`` (sorted indices), renumbered 0..n-1."""
+    import dataclasses
+
+    keep = np.isin(meas.track, tracks)
+    remap = np.full(meas.n_tracks, -1, np.int64)
+    remap[tracks] = np.arange(tracks.size)
+    cols = {f.name: getattr(meas, f.name)[keep] for f in dataclasses.fields(meas)
+            if f.name not in ("track_key", "track")}
+    return dataclasses.replace(meas, track_key=meas.track_key[tracks], track=remap[meas.track[keep]], **cols)
+
+
+_TRACK_KEYS = ("params", "cov", "chi2", "ndf")
+_ROW_KEYS = ("residual",)
+
+
+def _fit_robust(meas, constants, chunk: int = 1000, row_keys: tuple[str, ...] = _ROW_KEYS
+                ) -> tuple[Any, dict[str, np.ndarray]]:
+    """Fit all candidates in chunks; a chunk whose fit fails (singular system) is bisected so that only
+    the offending candidates are dropped.  Returns (measurements of the fitted tracks, arrays: the
+    per-track ``params cov chi2 ndf``, the per-row ``row_keys`` of FitResult, and ``failed``)."""
+    from .reco.fit import fit_tracks
+
+    def fit(idx: np.ndarray) -> list[tuple[np.ndarray, Any]]:
+        sub = _subset(meas, idx)
+        try:
+            with np.errstate(all="ignore"):
+                return [(idx, fit_tracks(sub, constants, n_iter=FIT_ITERATIONS, scattering=FIT_SCATTERING))]
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            if idx.size == 1:
+                return []
+            half = idx.size // 2
+            return fit(idx[:half]) + fit(idx[half:])
+
+    parts = []
+    for start in range(0, meas.n_tracks, chunk):
+        parts += fit(np.arange(start, min(start + chunk, meas.n_tracks)))
+    idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    cat = {k: np.concatenate([getattr(p[1], k) for p in parts]) if parts else np.zeros(0)
+           for k in _TRACK_KEYS + tuple(row_keys)}
+    ok = (np.all(np.isfinite(cat["params"]), axis=1) & np.all(np.isfinite(cat["cov"]), axis=(1, 2))
+          & np.isfinite(cat["chi2"])) if parts else np.zeros(0, bool)
+    good = idx[ok]
+    sub = _subset(meas, good)
+    row_ok = np.repeat(ok, np.concatenate([np.bincount(p[1].meas.track, minlength=p[1].meas.n_tracks) for p in parts])) \
+        if parts else np.zeros(0, bool)
+    arrays = {k: cat[k][ok] for k in _TRACK_KEYS}
+    arrays.update({k: cat[k][row_ok] for k in row_keys})
+    arrays["failed"] = np.array(meas.n_tracks - good.size)
+    return sub, arrays
+
+
 def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[str, dict[str, np.ndarray]]:
     from .reco import helix as H
-    from .reco.fit import fit_tracks
     from .reco.measurements import build_measurements
 
     n_hits = sum(int(raw[d]["event"].size) for d in ("pxd", "svd", "cdc"))
@@ -210,7 +269,8 @@ def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dic
     meas = build_measurements(raw, constants)
     if meas.n_tracks == 0:
         return _empty_tracks()
-    fit = fit_tracks(meas, constants, n_iter=FIT_ITERATIONS, scattering=FIT_SCATTERING)
+    meas, fit = _fit_robust(meas, constants)
+    fit = _FitArrays(**fit)
     nt = meas.n_tracks
     gevent = meas.track_key[:, 0]
     tracks: dict[str, np.ndarray] = {"event": np.asarray(raw["event"]["event"])[gevent].astype(np.int64),
@@ -227,7 +287,7 @@ def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dic
     rel = {"track": meas.track.astype(np.int32), "det": meas.det.astype(np.int8), "hit": meas.hit.astype(np.int64),
            "kind": meas.kind.astype(np.int8), "residual": fit.residual.astype(np.float64),
            "sigma": meas.sigma.astype(np.float64)}
-    return {"tracks": tracks, "track_hits": rel}
+    return {"tracks": tracks, "track_hits": rel, "_failed_fits": {"n": np.array([int(fit.failed)])}}
 
 
 def ecl_clusters(event: np.ndarray, cand: np.ndarray, crystal: np.ndarray, energy: np.ndarray) -> dict[str, np.ndarray]:
@@ -280,7 +340,8 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) ->
     """Reconstruct every raw file of one run (all data tags) into cDST files; see the module docstring.
 
     Returns a JSON-able summary: ``tags``, ``files``, ``tracks`` (per tag), ``seconds``, ``payloads``
-    (name -> revision or "nominal"), ``computed`` / ``copied`` (group -> number of files).
+    (name -> revision or "nominal"), ``computed`` / ``copied`` (group -> number of files), and
+    ``failed_fits`` (candidates whose fit failed and that are left out of ``tracks``).
     """
     from .reco.measurements import load_constants
     from .reco.raw import read_raw
@@ -289,7 +350,11 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) ->
     raw_run_dir, cdst_run_dir = Path(raw_run_dir), Path(cdst_run_dir)
     tags = _raw_files(raw_run_dir)
     fingerprints = _group_fingerprints(chain, exprun)
-    old = read_manifest(cdst_run_dir)
+    try:
+        old = read_manifest(cdst_run_dir)
+    except ProductionError as exc:  # never half-written (atomic), so foreign or damaged: start afresh
+        logging.getLogger(__name__).warning("%s; producing the run from scratch", exc)
+        old = None
     if old is not None and old.get("format_version") != FORMAT_VERSION:
         old = None
     old_files = {(tag, rec["raw_name"]): rec for tag, recs in (old or {}).get("files", {}).items() for rec in recs}
@@ -299,6 +364,7 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) ->
     computed = {g: 0 for g in GROUP_PAYLOADS}
     copied = {g: 0 for g in GROUP_PAYLOADS}
     n_tracks: dict[str, int] = {}
+    failed_fits = 0
     for tag, raws in tags.items():
         files_out[tag] = []
         n_tracks[tag] = 0
@@ -326,6 +392,9 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) ->
                 for group in GROUP_PAYLOADS:
                     if group in todo:
                         trees.update(_BUILDERS[group](raw, constants))
+                failed = trees.pop("_failed_fits", None)
+                if failed is not None:
+                    failed_fits += int(failed["n"][0])
             if todo:
                 ordered = {t: trees[t] for g in GROUP_PAYLOADS for t in GROUP_TREES[g]}
                 _write_trees_atomic(cdst_file, ordered)
@@ -340,7 +409,7 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) ->
     seconds = time.perf_counter() - start
     history = list((old or {}).get("history", []))
     history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "computed": computed,
-                    "copied": copied, "seconds": round(seconds, 3)})
+                    "copied": copied, "failed_fits": failed_fits, "seconds": round(seconds, 3)})
     manifest = {"format_version": FORMAT_VERSION, "exprun": exprun.as_list(), "raw_run_dir": str(raw_run_dir.resolve()),
                 "groups": fingerprints, "group_trees": {g: list(t) for g, t in GROUP_TREES.items()},
                 "files": files_out, "history": history}
@@ -351,7 +420,7 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) ->
             payloads[name] = "nominal" if fp is None else fp["revision"]
     return {"tags": sorted(tags), "files": sum(len(v) for v in files_out.values()), "tracks": n_tracks,
             "seconds": round(time.perf_counter() - start, 3), "payloads": payloads, "computed": computed,
-            "copied": copied}
+            "copied": copied, "failed_fits": failed_fits}
 
 
 def read_cdst(paths, trees: tuple[str, ...] = ("tracks",)) -> dict[str, dict[str, np.ndarray]]:

@@ -197,7 +197,13 @@ class Assembler:
         blk = self.label_block[lidx]
         erec = meas_rec[recs.glb_meas]
         NB = np.int64(self.block_members.shape[0])
-        ukey, einv = np.unique(erec * NB + blk, return_inverse=True)
+        ekey = erec * NB + blk
+        # consecutive entries mostly repeat the key (all derivatives of a hit): unique over the changes only
+        chg = np.ones(ekey.size, bool)
+        if ekey.size > 1:
+            np.not_equal(ekey[1:], ekey[:-1], out=chg[1:])
+        ukey = np.unique(ekey[chg])
+        einv = np.searchsorted(ukey, ekey)
         urec = ukey // NB
         ublk = ukey % NB
         nb = np.bincount(urec, minlength=nrec)
@@ -274,7 +280,8 @@ class Assembler:
         if keys_all:
             keys = np.concatenate(keys_all)
             vals = np.concatenate(vals_all)
-            uk, kinv = np.unique(keys, return_inverse=True)
+            uk = np.unique(keys)
+            kinv = np.searchsorted(uk, keys)
             S2 = S * S
             flat = (kinv.ravel()[:, None] * S2 + np.arange(S2)[None, :]).ravel()
             sums = np.bincount(flat, weights=vals.ravel(), minlength=uk.size * S2).reshape(uk.size, S2)
@@ -384,41 +391,88 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
         srt = sz[order]
         o[order] = np.cumsum(srt) - srt
         offs[name] = (o, int(sz.sum()))
-    # D = Σ w d dᵀ, upper block pairs only (pairs of global entries of one measurement)
-    i, j = _pairs_within(gm)
-    si, sj = eslot[i], eslot[j]
-    a, b = si // S, sj // S
-    keep = a <= b
-    i, j, si, sj, a, b = i[keep], j[keep], si[keep], sj[keep], a[keep], b[keep]
-    rr = meas_rec[gm[i]]
-    nbr = nb[rr]
-    pidx = a * nbr - a * (a - 1) // 2 + (b - a)
-    o, tot = offs["P"]
-    Pbuf = np.bincount(o[rr] + pidx * S2 + (si % S) * S + (sj % S),
-                       weights=w[gm[i]] * recs.glb_der[i] * recs.glb_der[j], minlength=tot)
-    # H = Σ w d aᵀ
-    o, tot = offs["H"]
-    if lm.size and gm.size:
-        i, j = _pairs_within(gm, lm)
+    nmeas = recs.n_meas
+    gblk = eslot // S
+    single = True
+    if gm.size:
+        gptr = np.zeros(nmeas + 1, np.int64)
+        np.cumsum(np.bincount(gm, minlength=nmeas), out=gptr[1:])
+        has_g = gptr[1:] > gptr[:-1]
+        mblk = np.zeros(nmeas, np.int64)
+        mblk[has_g] = gblk[gptr[:-1][has_g]]
+        single = bool(np.all(gblk == mblk[gm]))
+    if single:
+        # fast path: every measurement touches one label block -> dense per-measurement vectors
+        qmax = max(int(q.max(initial=0)), 1)
+        d = np.bincount(gm * S + eslot % S, weights=recs.glb_der, minlength=nmeas * S).reshape(nmeas, S)
+        a_l = np.bincount(lm * qmax + li, weights=recs.loc_der, minlength=nmeas * qmax).reshape(nmeas, qmax)
+        wd = d * w[:, None]
+        wa = a_l * w[:, None]
+        r_m = meas_rec
+        nb_m = nb[r_m]
+        blk_m = mblk if gm.size else np.zeros(nmeas, np.int64)
+        q_m = q[r_m]
+        o, tot = offs["P"]
+        base = o[r_m] + (blk_m * nb_m - blk_m * (blk_m - 1) // 2) * S2
+        idx = base[:, None] + np.arange(S2)[None, :]
+        Pbuf = np.bincount(idx.ravel(), weights=(wd[:, :, None] * d[:, None, :]).ravel(),
+                           minlength=tot)[:tot]
+        o, tot = offs["H"]
+        # entries with local index >= q_r carry exact zeros; their (aliased) index is harmless
+        base = o[r_m] + blk_m * S * q_m
+        idx = base[:, None, None] + np.arange(S)[None, :, None] * q_m[:, None, None] + \
+            np.arange(qmax)[None, None, :]
+        Hbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
+                           weights=(wd[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
+        o, tot = offs["G"]
+        idx = o[r_m][:, None, None] + np.arange(qmax)[None, :, None] * q_m[:, None, None] + \
+            np.arange(qmax)[None, None, :]
+        Gbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
+                           weights=(wa[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
+        oq, totq = offs["q"]
+        idx = oq[r_m][:, None] + np.arange(qmax)[None, :]
+        betabuf = np.bincount(np.minimum(idx, max(totq - 1, 0)).ravel(), weights=(wa * y[:, None]).ravel(),
+                              minlength=totq)[:totq]
+        oK, totK = offs["K"]
+        idx = oK[r_m][:, None] + blk_m[:, None] * S + np.arange(S)[None, :]
+        gambuf = np.bincount(np.minimum(idx, max(totK - 1, 0)).ravel(), weights=(wd * y[:, None]).ravel(),
+                             minlength=totK)[:totK]
+    else:
+        # D = Σ w d dᵀ, upper block pairs only (pairs of global entries of one measurement)
+        i, j = _pairs_within(gm)
+        si, sj = eslot[i], eslot[j]
+        a, b = si // S, sj // S
+        keep = a <= b
+        i, j, si, sj, a, b = i[keep], j[keep], si[keep], sj[keep], a[keep], b[keep]
         rr = meas_rec[gm[i]]
-        Hbuf = np.bincount(o[rr] + eslot[i] * q[rr] + li[j],
-                           weights=w[gm[i]] * recs.glb_der[i] * recs.loc_der[j], minlength=tot)
-    else:
-        Hbuf = np.zeros(tot)
-    # Γ = Σ w a aᵀ, β = Σ w a y
-    o, tot = offs["G"]
-    oq, totq = offs["q"]
-    if lm.size:
-        i, j = _pairs_within(lm)
-        rr = meas_rec[lm[i]]
-        Gbuf = np.bincount(o[rr] + li[i] * q[rr] + li[j],
-                           weights=w[lm[i]] * recs.loc_der[i] * recs.loc_der[j], minlength=tot)
-        betabuf = np.bincount(oq[meas_rec[lm]] + li, weights=w[lm] * recs.loc_der * y[lm], minlength=totq)
-    else:
-        Gbuf = np.zeros(tot)
-        betabuf = np.zeros(totq)
-    oK, totK = offs["K"]
-    gambuf = np.bincount(oK[meas_rec[gm]] + eslot, weights=w[gm] * recs.glb_der * y[gm], minlength=totK)
+        nbr = nb[rr]
+        pidx = a * nbr - a * (a - 1) // 2 + (b - a)
+        o, tot = offs["P"]
+        Pbuf = np.bincount(o[rr] + pidx * S2 + (si % S) * S + (sj % S),
+                           weights=w[gm[i]] * recs.glb_der[i] * recs.glb_der[j], minlength=tot)
+        # H = Σ w d aᵀ
+        o, tot = offs["H"]
+        if lm.size and gm.size:
+            i, j = _pairs_within(gm, lm)
+            rr = meas_rec[gm[i]]
+            Hbuf = np.bincount(o[rr] + eslot[i] * q[rr] + li[j],
+                               weights=w[gm[i]] * recs.glb_der[i] * recs.loc_der[j], minlength=tot)
+        else:
+            Hbuf = np.zeros(tot)
+        # Γ = Σ w a aᵀ, β = Σ w a y
+        o, tot = offs["G"]
+        oq, totq = offs["q"]
+        if lm.size:
+            i, j = _pairs_within(lm)
+            rr = meas_rec[lm[i]]
+            Gbuf = np.bincount(o[rr] + li[i] * q[rr] + li[j],
+                               weights=w[lm[i]] * recs.loc_der[i] * recs.loc_der[j], minlength=tot)
+            betabuf = np.bincount(oq[meas_rec[lm]] + li, weights=w[lm] * recs.loc_der * y[lm], minlength=totq)
+        else:
+            Gbuf = np.zeros(tot)
+            betabuf = np.zeros(totq)
+        oK, totK = offs["K"]
+        gambuf = np.bincount(oK[meas_rec[gm]] + eslot, weights=w[gm] * recs.glb_der * y[gm], minlength=totK)
     ywy = np.bincount(meas_rec, weights=w * y * y, minlength=nrec)
 
     chi2 = np.zeros(nrec)
@@ -450,8 +504,8 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
             c2 = ywy[rec] - np.einsum("rp,rp->r", u, u)
             if nbg:
                 ta, tb = np.triu_indices(nbg)
-                Mb = M.reshape(R, nbg, S, qg)
-                P = P - Mb[:, ta] @ Mb[:, tb].transpose(0, 1, 3, 2)
+                F = M @ M.transpose(0, 2, 1)  # one batched product, then pick the upper block pairs
+                P = P - F.reshape(R, nbg, S, nbg, S).transpose(0, 1, 3, 2, 4)[:, ta, tb]
             ok[rec] = good
             lpar = np.einsum("rqp,rp->rq", Vs, u)
         else:

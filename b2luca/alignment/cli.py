@@ -23,7 +23,7 @@ __all__ = ["add_arguments", "run", "main"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``align`` arguments to ``parser``."""
     parser.add_argument("steering", metavar="STEERING", help="pede steering file (Cfiles, constraints, method, ...)")
-    parser.add_argument("--method", choices=sorted(PEDE_METHODS), default=None,
+    parser.add_argument("--method", type=str.lower, choices=sorted(PEDE_METHODS), default=None,
                         help="override the steering's method: auto|sparse|dense|minres or a pede name "
                              "(inversion=auto, diagonalization/decomposition=dense, *MINRES=minres)")
     parser.add_argument("--out", type=Path, default=None,

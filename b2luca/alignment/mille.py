@@ -168,34 +168,36 @@ def _parse_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str,
         if eof and nwords:
             raise MilleError(f"{source}: truncated record {rec0 + 1} at end of file")
         return None, 0
-    # candidate record starts (word index p): length word even, header pair zero, record fits
-    nw = words[off: nwords].astype(np.int64)
-    p = np.arange(nw.size, dtype=np.int64)
-    n = np.abs(nw) // 2
-    fw = np.where(nw > 0, n, 2 * n)
+    # candidate record starts (word index p): header float word zero, length word even, record fits.
+    # The cheap int32 test on the header word comes first, so the rest runs on few candidates.
+    cidx = np.flatnonzero(words[off + 1:] == 0).astype(np.int64)
+    cnw = words[cidx + off].astype(np.int64)
+    good = (cnw != 0) & (cnw % 2 == 0) & (np.abs(cnw) < _MAX_NW)
+    cidx, cnw = cidx[good], cnw[good]
+    n = np.abs(cnw) // 2
+    fw = np.where(cnw > 0, n, 2 * n)
     body = 1 + fw + n  # words of the C record (length word, floats, ints)
     reclen = body + 2 * off
-    ok = (nw != 0) & (nw % 2 == 0) & (np.abs(nw) < _MAX_NW) & (p + reclen <= nwords)
-    cidx = np.flatnonzero(ok)
+    good = cidx + reclen <= nwords
     if fortran:
-        cidx = cidx[words[cidx] == 4 * body[cidx]]
-        cidx = cidx[words[cidx + reclen[cidx] - 1] == 4 * body[cidx]]
-    hdr_f = words[cidx + off + 1] == 0
-    dbl = nw[cidx] < 0
-    hdr_f &= ~dbl | (words[np.minimum(cidx + off + 2, nwords - 1)] == 0)
-    cidx = cidx[hdr_f]
-    cidx = cidx[words[cidx + off + 1 + fw[cidx]] == 0]  # header int word
-    if cidx.size == 0 or cidx[0] != 0:
+        good &= words[cidx] == 4 * body
+        good[good] &= words[(cidx + reclen - 1)[good]] == 4 * body[good]
+    dbl = cnw < 0
+    if dbl.any():
+        good[dbl] &= words[np.minimum(cidx[dbl] + off + 2, nwords - 1)] == 0
+    good[good] &= words[(cidx + off + 1 + fw)[good]] == 0  # header int word
+    cand, cnw, reclen = cidx[good], cnw[good], reclen[good]
+    if cand.size == 0 or cand[0] != 0:
         return _chunk_failure(words, fortran, eof, source, rec0, 0)
-    cand = cidx
-    nxt = cand + reclen[cand]
-    chain = cand[_chain(cand, nxt)]
-    end = int(chain[-1] + reclen[chain[-1]])
+    nxt = cand + reclen
+    ch = _chain(cand, nxt)
+    chain = cand[ch]
+    end = int(chain[-1] + reclen[ch[-1]])
     if end < nwords or (end * 4 < len(buf)):
         # stopped early: incomplete record at the end of the buffer (fine unless eof) or corruption
         _chunk_failure(words[end:], fortran, eof, source, rec0 + chain.size, end)
     starts = chain + off
-    recs = _decode(words, starts, nw[chain], source, rec0)
+    recs = _decode(words, starts, cnw[ch], source, rec0)
     recs.nbytes = end * 4
     return recs, end * 4
 
@@ -229,6 +231,84 @@ def _chunk_failure(words: np.ndarray, fortran: bool, eof: bool, source: str, rec
 
 def _decode(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: str, rec0: int) -> MilleRecords:
     """Decode records (C layout beginning at word ``starts``) into flat measurement arrays."""
+    if not np.any(nw < 0):
+        out = _decode_fast(words, starts, nw, source, rec0)
+        if out is not None:
+            return out
+    return _decode_general(words, starts, nw, source, rec0)
+
+
+def _corrupt(source: str, recno: int, what: str) -> MilleError:
+    return MilleError(f"{source}: corrupt record {recno}: {what}")
+
+
+def _decode_fast(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: str, rec0: int
+                 ) -> MilleRecords | None:
+    """float32 records without special blocks (the common case), in int32/float32 arithmetic.
+
+    A valid record has 1 + 2·n_meas zero-int pairs, so the zeros before record r number r (mod 2): the
+    parity of a pair's zero rank inside its record is (global zero count + r) mod 2 - no per-record base.
+    Returns None when a special block is present (handled by the general decoder).
+    """
+    nrec = starts.size
+    n = nw.astype(np.int64) // 2
+    pptr = np.zeros(nrec + 1, dtype=np.int64)
+    np.cumsum(n, out=pptr[1:])
+    npairs = int(pptr[-1])
+    idx = np.repeat(starts + 1 - pptr[:-1], n)
+    idx += np.arange(npairs, dtype=np.int64)
+    fl = words.view(np.float32)[idx]
+    idx += np.repeat(n, n)
+    ints = words[idx]
+    del idx
+    z = ints == 0
+    zz = np.flatnonzero(z[:-1] & z[1:])
+    if zz.size:
+        cand = zz[(fl[zz] == 0.0) & (fl[zz + 1] < 0)]
+        if cand.size and not np.all(np.isin(cand, pptr[:-1])):  # (0.0, 0), (-nsp, 0) not at a header
+            return None
+    cz = np.cumsum(z, dtype=np.int64)
+    par = (cz + np.repeat(np.arange(nrec, dtype=np.int64), n)) & 1
+    par0 = par == 0
+    hdr = pptr[:-1]
+    is_val = z & par0
+    is_sig = z & ~par0
+    is_sig[hdr] = False
+    is_loc = ~z & par0
+    is_glb = ~z & ~par0
+    # zeros per record must be odd (header + value/sigma pairs); the pair after the header is a value
+    czb = np.concatenate([[0], cz[pptr[1:] - 1]])
+    zc = np.diff(czb)
+    bad = (zc % 2 == 0)
+    two = n >= 2
+    bad[two] |= ints[hdr[two] + 1] != 0
+    if bad.any() or np.any(ints < 0):
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+        else:
+            r = int(np.searchsorted(pptr, np.flatnonzero(ints < 0)[0], side="right") - 1)
+        raise _corrupt(source, rec0 + r + 1, "malformed pair sequence (derivative before a measurement, "
+                       "negative index, or value without sigma)")
+    meas_id = np.cumsum(is_val) - 1
+    sigma = fl[is_sig].astype(np.float64)
+    if np.any(~(sigma > 0)):
+        m = int(np.flatnonzero(~(sigma > 0))[0])
+        nm = (zc - 1) // 2
+        r = int(np.searchsorted(np.cumsum(nm), m, side="right"))
+        raise _corrupt(source, rec0 + r + 1, f"non-positive sigma {sigma[m]}")
+    rec_ptr = np.zeros(nrec + 1, dtype=np.int64)
+    np.cumsum((zc - 1) // 2, out=rec_ptr[1:])
+    return MilleRecords(
+        rec_ptr=rec_ptr, value=fl[is_val].astype(np.float64), sigma=sigma,
+        loc_meas=meas_id[is_loc], loc_index=ints[is_loc] - 1, loc_der=fl[is_loc].astype(np.float64),
+        glb_meas=meas_id[is_glb], glb_label=ints[is_glb].astype(np.int64), glb_der=fl[is_glb].astype(np.float64),
+        source=source, first_record=rec0,
+    )
+
+
+def _decode_general(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: str, rec0: int
+                    ) -> MilleRecords:
+    """Any records (float64 words, special blocks)."""
     nrec = starts.size
     n = np.abs(nw) // 2
     dbl = nw < 0

@@ -21,7 +21,7 @@ So every exact method needs one Cholesky factorisation of G, 2m+1 solves and dia
 * ``dense``: LAPACK potrf/potri (scipy.linalg). Limited to n < 16000 (multithreaded OpenBLAS crashed in a
   dense Cholesky at n ≥ 16000 on this kind of machine);
 * ``sparse``: supernodal multifrontal Cholesky + selected inversion (:mod:`.sparse_chol`);
-* ``auto``: dense below 1500 free parameters, else sparse.
+* ``auto``: dense up to 6000 free parameters (faster there), else sparse.
 
 ``minres`` (not exact): MINRES (scipy) on H = C + ρAᵀA (positive definite on the whole space, equal to C
 on the constraint surface), Jacobi preconditioned, rtol 1e-12, m+1 right-hand sides, the constraints then
@@ -44,7 +44,7 @@ __all__ = ["LinearConstraints", "solve_system", "SolveOutput", "SolverError", "D
            "MINRES_RTOL"]
 
 DENSE_MAX = 15999
-AUTO_DENSE_MAX = 1500
+AUTO_DENSE_MAX = 6000
 MINRES_RTOL = 1e-12
 
 
@@ -138,35 +138,65 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
     t0 = time.perf_counter()
     diagC = C.diagonal()
     scale = float(np.mean(np.abs(diagC[diagC != 0]))) if np.any(diagC != 0) else 1.0
+    factor = _DenseFactor if method == "dense" else SupernodalCholesky
+    fac = None
     if m:
+        # preferred: m pivot parameters (keeps the sparsity of C)
         P = _pivots(A)
         gam = np.maximum(np.abs(diagC[P]), 1e-3 * scale)
         G = (C + sp.csr_matrix((gam, (P, P)), shape=(n, n))).tocsr()
+        try:
+            fac = factor(G)
+            info["regularisation"] = "pivots"
+        except (NotPositiveDefinite, la.LinAlgError):
+            fac = None
     else:
-        P, gam, G = np.zeros(0, np.int64), np.zeros(0), C
-    try:
-        fac = _DenseFactor(G) if method == "dense" else SupernodalCholesky(G)
-    except (NotPositiveDefinite, la.LinAlgError) as exc:
-        raise SolverError(
-            "the system is singular: the constraints (and fixed parameters) do not remove all weak modes "
-            f"({exc})") from exc
-    t["factorise"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    B = np.zeros((n, 2 * m))
-    if m:
-        B[P, np.arange(m)] = -1.0
-        B[:, m:] = A.T
-    W = fac.solve(np.column_stack([b, B]))
-    u, WB = W[:, 0], W[:, 1:]
-    if m:
-        Dp = np.zeros((2 * m, 2 * m))
-        Dp[np.arange(m), np.arange(m)] = 1.0 / gam
-        T = B.T @ WB - Dp
-        r = np.concatenate([np.zeros(m), c])
-        y = np.linalg.solve(T, B.T @ u - r)
-        x = u - WB @ y
+        try:
+            fac = factor(C)
+        except (NotPositiveDefinite, la.LinAlgError) as exc:
+            raise SolverError("the system is singular and there are no constraints: fix parameters, add "
+                              f"presigmas or constraints ({exc})") from exc
+    if fac is not None:
+        t["factorise"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        B = np.zeros((n, 2 * m))
+        if m:
+            B[P, np.arange(m)] = -1.0
+            B[:, m:] = A.T
+        W = fac.solve(np.column_stack([b, B]))
+        u, WB = W[:, 0], W[:, 1:]
+        if m:
+            Dp = np.zeros((2 * m, 2 * m))
+            Dp[np.arange(m), np.arange(m)] = 1.0 / gam
+            T = B.T @ WB - Dp
+            r = np.concatenate([np.zeros(m), c])
+            y = np.linalg.solve(T, B.T @ u - r)
+            x = u - WB @ y
+        else:
+            x = u
     else:
-        x = u
+        # the pivots do not pin the singular modes: augmented Lagrangian H = C + ρAᵀA (exact too, but
+        # AᵀA fills the rows/columns of all constrained parameters)
+        supp = np.flatnonzero(np.any(A != 0, axis=0))
+        if method == "sparse" and supp.size > 4000:
+            raise SolverError("the system is singular: the constraints do not remove all weak modes, or they "
+                              "do so only through parameters the pivot choice missed")
+        rho = scale / max(float(np.mean((A * A).sum(axis=0)[supp])), 1e-300)
+        As = sp.csr_matrix(A)
+        H = (C + rho * (As.T @ As)).tocsr()
+        try:
+            fac = factor(H)
+        except (NotPositiveDefinite, la.LinAlgError) as exc:
+            raise SolverError("the system is singular: the constraints (and fixed parameters) do not remove "
+                              f"all weak modes ({exc})") from exc
+        info["regularisation"] = "augmented Lagrangian"
+        t["factorise"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        W = fac.solve(np.column_stack([b + rho * (A.T @ c), A.T]))
+        u, WB = W[:, 0], W[:, 1:]
+        T = A @ WB
+        lam = np.linalg.solve(T, A @ u - c)
+        x = u - WB @ lam
     t["solve"] = time.perf_counter() - t0
     err = None
     if errors:

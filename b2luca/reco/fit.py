@@ -36,7 +36,7 @@ from .measurements import KIND_CDC, Constants, Measurements, cdc_global_derivati
 
 MUON_MASS = 0.1056584
 N_SCAT = 8  # beam pipe, 6 VXD layers, CDC inner wall
-_STEP = np.array([1e-4, 1e-7, 1e-9, 1e-4, 1e-7])
+_STEP = np.array([1e-5, 1e-8, 1e-10, 1e-5, 1e-8])
 LABEL_CDC_BASE = 1_000_000
 
 
@@ -58,6 +58,22 @@ class FitResult:
     local_derivs: np.ndarray  # (R, 5 + n_kinks) d(pred)/d(local)
     global_derivs: np.ndarray  # (R, 6) d(pred)/d(global)
     global_labels: np.ndarray  # (R, 6) int64, 0 = unused
+
+    @property
+    def kink_active(self) -> np.ndarray:
+        """(T, n_kinks) bool: the kink influences at least one measurement of the track."""
+        nk = self.kinks.shape[1]
+        if nk == 0:
+            return np.zeros((self.params.shape[0], 0), bool)
+        hit = np.abs(self.local_derivs[:, 5:]) > 0
+        return np.add.reduceat(hit, np.searchsorted(self.meas.track, np.arange(self.params.shape[0])), axis=0) > 0
+
+    def pseudo_measurements(self) -> dict[str, np.ndarray]:
+        """The kink priors as extra measurement rows for Mille records: for every active kink,
+        ``track``, local ``column`` (5 + kink index), ``residual`` = 0 - fitted kink, ``sigma``;
+        the local derivative of such a row is 1 on ``column`` and there are no global derivatives."""
+        t, k = np.nonzero(self.kink_active)
+        return {"track": t, "column": 5 + k, "residual": -self.kinks[t, k], "sigma": self.kink_sigma[t, k]}
 
     @property
     def n_local(self) -> int:
@@ -84,7 +100,7 @@ def seed_tracks(meas: Measurements, geom: G.Geometry, constants: Constants) -> t
     axial = np.where(meas.kind == KIND_CDC, geom.cdc_stereo[np.maximum(meas.layer, 0)] == 0, meas.kind == 0)
     # --- circle (Kasa): x^2 + y^2 + D x + E y + F = 0, least squares, rows restricted to "axial"
     x, y = pos[:, 0], pos[:, 1]
-    w = axial.astype(float)
+    w = np.where(meas.kind == KIND_CDC, 1.0, 10.0) * axial  # VXD clusters are precise and least scattered
     a_cols = np.stack([x, y, np.ones_like(x)], 1)
     rhs = -(x * x + y * y)
     st = _starts(t, nt)
@@ -99,21 +115,27 @@ def seed_tracks(meas: Measurements, geom: G.Geometry, constants: Constants) -> t
     h[:, 0] = cabs - rad
     h[:, 1] = np.arctan2(cx, -cy)
     h[:, 2] = 1.0 / rad
-    # --- sense of motion
-    p0 = H.position(h, np.zeros(nt))
-    proj = np.sum((pos[:, :2] - p0[t, :2]) * np.stack([np.cos(h[t, 1]), np.sin(h[t, 1])], 1), 1)
-    npos = np.bincount(t, proj > 0, nt)
-    nneg = np.bincount(t, proj <= 0, nt)
-    both = np.minimum(npos, nneg) >= 1  # hits on both sides of the perigee: a cosmic
-    flip = np.where(both, np.sin(h[:, 1]) > 0, nneg > npos)
+    # --- sense of motion: arc length of every point on the seed circle (clockwise candidate, omega > 0)
+    xcen = (h[:, 0] + rad)[:, None] * np.stack([np.sin(h[:, 1]), -np.cos(h[:, 1])], 1)
+    rel = pos[:, :2] - xcen[t]
+    phi_pt = np.arctan2(-rel[:, 0], rel[:, 1])  # direction azimuth at the point: n_r(phi) = -(X - C)/R
+    dphi = h[t, 1] - phi_pt
+    ang = np.arctan2(np.sin(dphi), np.cos(dphi))  # turning angle from the perigee, (-pi, pi]
+    flip = np.bincount(t, ang <= 0, nt) > np.bincount(t, ang > 0, nt)  # most hits must lie ahead
+    ang = np.where(flip[t], -ang, ang)
+    # wrap to (-pi/2, 3pi/2]: collision tracks reach up to half a turn (slightly more with a rough
+    # seed); cosmics are nearly straight with hits on both sides of the perigee
+    ang = np.mod(ang + np.pi / 2, 2 * np.pi) - np.pi / 2
+    both = (np.bincount(t, ang < 0, nt) > 0) & (np.bincount(t, ang > 0, nt) > 0)
+    phi_dir = np.where(flip, h[:, 1] + np.pi, h[:, 1])
+    cosmic_flip = both & (np.sin(phi_dir) > 0)  # cosmics point downwards
+    ang = np.where(cosmic_flip[t], -ang, ang)
+    flip ^= cosmic_flip
     h[flip] = h[flip] * np.array([-1, 1, -1, 1, -1])
     h[flip, 1] = np.arctan2(np.sin(h[flip, 1] + np.pi), np.cos(h[flip, 1] + np.pi))
-    proj = np.where(flip[t], -proj, proj)
-    arm = np.where(proj > 0, 1.0, -1.0)
+    s = ang * rad[t]
+    arm = np.where(s > 0, 1.0, -1.0)
     # --- z versus s
-    rho = np.hypot(x, y)
-    s = H.cylinder_crossing(h[t], np.where(meas.kind == KIND_CDC, geom.cdc_r[np.maximum(meas.layer, 0)], rho), arm)
-    s = np.where(np.isfinite(s), s, proj)
     lay = np.maximum(meas.layer, 0)
     stereo = (meas.kind == KIND_CDC) & (geom.cdc_stereo[lay] != 0)
     xc = H.position(h[t], s)
@@ -181,13 +203,14 @@ class _Predictor:
             self.cdc_x = xc
         return pred, s_all
 
-    def derivatives(self, h: np.ndarray) -> np.ndarray:
-        """Central-difference d(pred)/d(h), (R, 5)."""
+    def derivatives(self, h: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Forward-difference d(pred)/d(h), (R, 5), from the predictions ``base`` at h (the steps are
+        tiny compared with the curvature scales, the truncation error is < 1e-6 relative)."""
         out = np.empty((h.shape[0], 5))
         for i in range(5):
             dh = np.zeros(5)
             dh[i] = _STEP[i]
-            out[:, i] = (self(h + dh)[0] - self(h - dh)[0]) / (2 * _STEP[i])
+            out[:, i] = (self(h + dh)[0] - base) / _STEP[i]
         return out
 
 
@@ -235,7 +258,11 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     li = np.where(meas.kind[rows] == KIND_CDC, N_SCAT, geom.layer[np.maximum(meas.sensor[rows], 0)])
     before = np.arange(N_SCAT)[None, :] < li[:, None]  # (R, N_SCAT)
     eye = np.eye(nl)
-    for it in range(n_iter + 1):
+    chi2_prev = np.full(nt, np.inf)
+    ngood_prev = np.zeros(nt)
+    delta_prev = np.zeros((nt, nl))
+    it = 0
+    while True:
         p = H.momentum(h)
         if scattering:
             jac, sig = _kink_jacobians(h, arms, geom, p, mass[t0:t1])
@@ -245,7 +272,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         else:
             h_rows = h[track]
         pred, s = pr(h_rows, update=True)
-        d = pr.derivatives(h_rows)
+        d = pr.derivatives(h_rows, pred)
         good = np.isfinite(pred) & np.all(np.isfinite(d), axis=1)
         res = np.where(good, m - pred, 0.0)
         d = np.where(good[:, None], d, 0.0)
@@ -272,12 +299,23 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
             a[:, 5:, 5:] += ws[:, :, None] * np.eye(nk)
             b[:, 5:] -= ws * th
             chi2 = chi2 + np.sum(ws * th * th, axis=1)
-        scale = 1.0 / np.sqrt(np.maximum(np.diagonal(a, axis1=1, axis2=2), 1e-300))
+        diag = np.diagonal(a, axis1=1, axis2=2)
+        scale = np.where(diag > 0, 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0)), 1.0)
         a_s = a * scale[:, :, None] * scale[:, None, :]
-        if it == n_iter:
+        # unconstrained parameters get a unit diagonal (zero step); a tiny ridge guards rank deficiency
+        a_s = a_s + eye * np.where(diag > 0, 1e-12, 1.0)[:, None, :]
+        # step control: a step that raised chi2 (or lost measurements) is halved instead of taking a new one
+        ngood = np.bincount(track, weights=good, minlength=nt)
+        worse = (ngood < ngood_prev) | (chi2 > chi2_prev * (1 + 1e-6) + 1e-6)
+        if it >= n_iter:
             cov = np.linalg.solve(a_s, np.broadcast_to(eye, a_s.shape)) * scale[:, :, None] * scale[:, None, :]
             break
         delta = np.linalg.solve(a_s, (b * scale)[..., None])[..., 0] * scale
+        delta = np.where(worse[:, None], -0.5 * delta_prev, delta)
+        delta_prev = np.where(worse[:, None], 0.5 * delta_prev, delta)
+        chi2_prev = np.where(worse, chi2_prev, chi2)
+        ngood_prev = np.where(worse, ngood_prev, ngood)
+        it += 1
         h = h + delta[:, :5]
         h[:, 1] = np.arctan2(np.sin(h[:, 1]), np.cos(h[:, 1]))
         if scattering:
@@ -303,7 +341,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
 
 def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None = None,
                mass: float | np.ndarray = MUON_MASS, n_iter: int = 4, scattering: bool = True,
-               chunk_tracks: int = 2000) -> FitResult:
+               chunk_tracks: int = 2000, prefit: bool = True) -> FitResult:
     """Fit all track candidates of ``meas`` (batched Gauss-Newton, ``n_iter`` iterations from the seed).
 
     ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed
@@ -319,7 +357,10 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
     for t0 in range(0, nt, chunk_tracks):
         t1 = min(nt, t0 + chunk_tracks)
         rows = slice(starts[t0], starts[t1])
-        r = _fit_chunk(meas, rows, t0, t1, h0[t0:t1], arm[rows], geom, constants, mass, n_iter, scattering, arms)
+        h_start = h0[t0:t1]
+        if scattering and prefit:  # pre-fit without kinks: a robust start for low-momentum tracks
+            h_start = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, 2, False, arms)["params"]
+        r = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, n_iter, scattering, arms)
         for k, v in r.items():
             out.setdefault(k, []).append(v)
     cat = {k: np.concatenate(v) for k, v in out.items()}

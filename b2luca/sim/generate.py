@@ -106,13 +106,13 @@ def gen_pairs(rng: np.random.Generator, n_events: int, truth: Truth, kind: int) 
 
 
 def gen_hadron(rng: np.random.Generator, n_events: int, truth: Truth) -> Tracks:
-    """Hadronic events: 2 + Poisson(4) charged pions, pT = 0.1 GeV + Exp(0.35 GeV), |eta|-ish flat."""
+    """Hadronic events: 2 + Poisson(4) charged pions, pT = 0.1 GeV + Exp(0.35 GeV), cos(theta) flat in [-0.85, 0.95]."""
     ntrk = 2 + rng.poisson(4.0, n_events)
     event = np.repeat(np.arange(n_events), ntrk)
     n = event.size
     vtx = _beam_vertex(rng, n_events, truth)[event]
     pt = 0.1 + rng.exponential(0.35, n)
-    cth = rng.uniform(-0.8, 0.93, n)
+    cth = rng.uniform(-0.85, 0.95, n)
     ph = rng.uniform(-np.pi, np.pi, n)
     pz = pt * cth / np.sqrt(1 - cth ** 2)
     pvec = np.stack([pt * np.cos(ph), pt * np.sin(ph), pz], 1)
@@ -123,7 +123,7 @@ def gen_hadron(rng: np.random.Generator, n_events: int, truth: Truth) -> Tracks:
 
 def gen_cosmic(rng: np.random.Generator, n_events: int) -> Tracks:
     """Cosmic muons from above (-y direction), cos^2 zenith distribution, p = 2 GeV + Exp(8 GeV),
-    passing within |d0| < 25 mm, |z0| < 150 mm of the IP (so that they cross the VXD)."""
+    passing within |d0| < 25 mm and -200 < z0 < 300 mm of the IP (so that they cross the VXD)."""
     n = n_events
     lo = 0.45  # density ~ cos^2(zenith) on [0.45, 1]
     cz = (lo ** 3 + rng.random(n) * (1 - lo ** 3)) ** (1 / 3)
@@ -134,7 +134,7 @@ def gen_cosmic(rng: np.random.Generator, n_events: int) -> Tracks:
     pt = p * np.hypot(d[:, 0], d[:, 1])
     charge = np.where(rng.random(n) < 0.55, 1.0, -1.0)
     h = np.stack([rng.uniform(-25, 25, n), np.arctan2(d[:, 1], d[:, 0]), charge * C_B / pt,
-                  rng.uniform(-150, 150, n), d[:, 2] / np.hypot(d[:, 0], d[:, 1])], 1)
+                  rng.uniform(-200, 300, n), d[:, 2] / np.hypot(d[:, 0], d[:, 1])], 1)
     return Tracks(np.arange(n), h, p, np.full(n, KIND_MU, np.int8), True)
 
 
@@ -170,11 +170,13 @@ def _vxd_layer(h: np.ndarray, alive: np.ndarray, arm: float, li: int, geom: Geom
     okz = (j >= 0) & (j < nsen)
     idx = first + lad * nsen + np.clip(j, 0, nsen - 1)[:, None]
     c, rot = centers[idx], rots[idx]
-    s = H.plane_crossing(h[:, None, :], s_c[:, None], c, rot[..., :, 2])
+    s = H.plane_crossing(h[:, None, :], s_c[:, None], c, rot[..., :, 2], n_iter=6)
     x = H.position(h[:, None, :], s)
     loc = np.einsum("nkji,nkj->nki", rot, x - c)
+    # a far-away ladder's plane may have no nearby crossing: demand a converged Newton solution close
+    # to the layer cylinder, inside the sensor
     acc = ((okc & okz)[:, None] & (np.abs(loc[..., 0]) < geom.half_u[idx]) & (np.abs(loc[..., 1]) < geom.half_v[idx])
-           & (arm * s > 0) & np.isfinite(s))
+           & (np.abs(loc[..., 2]) < 1e-6) & (np.abs(s - s_c[:, None]) < r) & (arm * s > 0) & np.isfinite(s))
     trk, cand = np.nonzero(acc)
     return {"track": trk, "sensor_index": idx[trk, cand], "u_true": loc[trk, cand, 0], "v_true": loc[trk, cand, 1],
             "s": s[trk, cand], "h": h[trk]}

@@ -6,8 +6,8 @@ sorted run list when the list is long enough:
 * ``runs[2]``: cosmic-only run: ``run_type`` "cosmic", ``beam_energy`` "No Beam", no luminosity;
   only ``cosmic_calib`` data are written for it;
 * ``runs[4]``: bad quality: ``quality_expert.overall`` and ``.cdc`` "Bad" (data written normally);
-* ``runs[6]``: magnet off: ``detectors.magnet`` "Off"; no raw data are written for it (the toy
-  simulation needs the field), the record exists to exercise the ``Magnet`` filter.
+* ``runs[6]``: magnet off: ``detectors.magnet`` "Off"; all data tags are written, simulated without
+  field (straight tracks, ``omega = 0``).
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ def run_records(experiment: int, runs: list[int], seed: int) -> list[dict[str, A
 
 def data_tags_for_run(record: dict[str, Any], tags: list[str]) -> list[str]:
     """Which data tags get raw files for this run (see module docstring)."""
-    if record["detectors"]["magnet"] != "On":
-        return []
     if record["run_type"] == "cosmic":
         return [t for t in tags if t == "cosmic_calib"]
     return list(tags)

@@ -33,7 +33,9 @@ class SimulationSummary:
     files: list[Path] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)  # total per data tag
     hits: dict[str, int] = field(default_factory=dict)  # total per detector (pxd, svd, cdc, ecl, pxd_digits)
-    vxd_hits_per_sensor: np.ndarray | None = None  # (212,) tracking hits per VXD sensor (all tags)
+    vxd_hits_per_sensor: np.ndarray | None = None  # (212,) tracking hits per VXD sensor (all runs, all tags)
+    #: (run, tag) -> (212,) tracking hits per VXD sensor (in VxdID order, see nominal_geometry().sensor_id)
+    vxd_hits_by_run_tag: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     global_tags: dict[str, str] = field(default_factory=dict)  # role -> name
     runs_json: Path | None = None
     runs_csv: Path | None = None
@@ -56,10 +58,11 @@ def sample_seed(seed: int, experiment: int, run: int, tag: str) -> np.random.See
 
 def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Truth,
                     geom: Geometry | None = None, material_scale: float = 1.0, experiment: int = 0,
-                    run: int = 0) -> SampleResult:
+                    run: int = 0, magnet_on: bool = True) -> SampleResult:
     """Simulate ``n_events`` of data tag ``tag``; raw trees use event numbers 1..n_events.
 
-    ``material_scale`` scales all material (0 switches multiple scattering off; tests only)."""
+    ``material_scale`` scales all material (0 switches multiple scattering off; tests only).
+    ``magnet_on=False``: no field, tracks are straight lines with the same perigee (omega = 0)."""
     geom = geom or nominal_geometry()
     if tag not in DATA_TAGS:
         raise ValueError(f"unknown data tag {tag!r}; known: {', '.join(DATA_TAGS)}")
@@ -79,6 +82,8 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
         tracks = G.gen_pairs(rng, n_events, truth, G.KIND_E)
     else:
         tracks = G.gen_hadron(rng, n_events, truth)
+    if not magnet_on:
+        tracks.h[:, 2] = 0.0
     hits = G.propagate(tracks, geom, truth, rng, material_scale)
     digits = G.digitize(tracks, hits, geom, truth, rng)
     first = np.searchsorted(tracks.event, tracks.event)  # tracks sorted by event
@@ -168,18 +173,27 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
         run = rec["run"]
         for tag in data_tags_for_run(rec, tags):
             rng = np.random.default_rng(sample_seed(seed, experiment, run, tag))
-            res = simulate_sample(tag, int(events[tag]), rng, truth, geom, experiment=experiment, run=run)
+            res = simulate_sample(tag, int(events[tag]), rng, truth, geom, experiment=experiment, run=run,
+                                  magnet_on=rec["detectors"]["magnet"] == "On")
             summary.events[tag] = summary.events.get(tag, 0) + int(events[tag])
             for det in ("pxd", "svd", "cdc", "ecl", "pxd_digits"):
                 if det in res.raw:
                     summary.hits[det] = summary.hits.get(det, 0) + int(res.raw[det]["event"].size)
+            counts = np.zeros(geom.n_sensors, np.int64)
             for det in ("pxd", "svd"):
                 if det in res.raw:
-                    per_sensor += np.bincount(geom.sensor_index(res.raw[det]["sensor"]), minlength=geom.n_sensors)
+                    counts += np.bincount(geom.sensor_index(res.raw[det]["sensor"]), minlength=geom.n_sensors)
+            summary.vxd_hits_by_run_tag[(run, tag)] = counts
+            per_sensor += counts
+            tag_dir = data_dir / f"e{experiment:04d}" / f"r{run:05d}" / tag
+            written = []
             for i, part in enumerate(_split_events(res.raw, files_per_run)):
-                path = data_dir / f"e{experiment:04d}" / f"r{run:05d}" / tag / f"raw_{i}.root"
+                path = tag_dir / f"raw_{i}.root"
                 write_raw(path, part)
-                summary.files.append(path)
+                written.append(path)
+            for stale in set(tag_dir.glob("raw_*.root")) - set(written):  # from an earlier simulation
+                stale.unlink()
+            summary.files.extend(written)
     summary.vxd_hits_per_sensor = per_sensor
     summary.runs_json = data_dir / "runs.json"
     _write_json(summary.runs_json, records)

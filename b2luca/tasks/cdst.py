@@ -12,7 +12,7 @@ from pathlib import Path
 import luigi
 
 from ..config import BucketConfig
-from ..dataset import run_directory
+from ..dataset import run_root
 from ..iov import ExpRun
 from .base import BucketTask
 from .context import STAGE_PRODUCTION, write_json_atomic
@@ -20,10 +20,9 @@ from .context import STAGE_PRODUCTION, write_json_atomic
 
 def production_runs(cfg: BucketConfig) -> list[int]:
     """Runs of the bucket that have raw data on disk (every run is reconstructed, whatever its quality)."""
-    root = cfg.data.raw_directory / f"e{cfg.bucket.experiment:04d}"
     runs = []
     for run in range(cfg.bucket.first_run, cfg.bucket.last_run + 1):
-        directory = root / f"r{run:05d}"
+        directory = run_root(cfg.data.raw_directory, ExpRun(cfg.bucket.experiment, run))
         if directory.is_dir() and any(directory.glob("*/*.root")):
             runs.append(run)
     return runs
@@ -59,7 +58,7 @@ class CdstProduction(BucketTask):
         return manifest_is_current(self._cdst_run_dir(), self.ctx.chain(), self.exprun)
 
     def _cdst_run_dir(self) -> Path:
-        return run_directory(self.ctx.cfg.data.cdst_directory, self.exprun, "").parent
+        return run_root(self.ctx.cfg.data.cdst_directory, self.exprun)
 
     def run(self) -> None:
         from ..production import produce_run
@@ -67,7 +66,7 @@ class CdstProduction(BucketTask):
         ctx, cfg = self.ctx, self.ctx.cfg
         start = self.now()
         ctx.emit("task_started", self.task_name, stage=STAGE_PRODUCTION, group=STAGE_PRODUCTION)
-        raw_dir = run_directory(cfg.data.raw_directory, self.exprun, "").parent
+        raw_dir = run_root(cfg.data.raw_directory, self.exprun)
         try:
             summary = produce_run(raw_dir, self._cdst_run_dir(), ctx.chain(), self.exprun)
         except Exception as exc:

@@ -59,6 +59,14 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         both = np.isfinite(e0) & np.isfinite(e1) & calibrated
         diff = halves[0]["offset"] - halves[1]["offset"]
         pulls = np.where(both, diff / np.sqrt(np.where(both, e0 ** 2 + e1 ** 2, 1.0)), np.nan)
+        # the stored result against the even half (nested samples: var = e_full^2 (n_full/n_half - 1))
+        n_full = np.asarray(out["n_hits"], float)
+        n_half = np.asarray(halves[0]["n_hits"], float)
+        v = np.where(both, err ** 2 * (n_full / np.maximum(n_half, 1) - 1), np.nan)
+        stored = (np.asarray(out["offset"], float) - halves[0]["offset"]) / np.sqrt(np.where(v > 0, v, np.nan))
+        sf = pull_figures(stored, k)
+        figures.update({f"stored_{key}": value for key, value in sf.items()})
+        reasons += [f"stored result vs data: {r}" for r in pulls_ok(sf)[1]]
         figures["mode"] = "split-half"
         reference, ref_label = halves[1]["offset"], "odd-event offset [ns]"
     pf = pull_figures(pulls, k)

@@ -98,3 +98,32 @@ def load(name: str):
 @pytest.fixture
 def script():
     return load
+
+
+@pytest.fixture(scope="session")
+def cdst(bucket: Bucket) -> Path:
+    """cDSTs of the tiny bucket, produced with the truth constants (a perfect raw-stage calibration)."""
+    from b2luca.production import produce_run
+
+    root = bucket.data_dir.parent / "cdst"
+    for run in bucket.runs:
+        rel = Path(f"e{EXPERIMENT:04d}") / f"r{run:05d}"
+        # only the data tags the cDST calibrations read (keeps the fixture fast)
+        raw = bucket.data_dir.parent / "raw_cdst_tags" / rel
+        raw.mkdir(parents=True)
+        for tag in ("mumu_tight_or_highm_calib", "bhabha_all_calib"):
+            (raw / tag).symlink_to(bucket.data_dir / rel / tag, target_is_directory=True)
+        produce_run(raw, root / rel, bucket.truth, ExpRun(EXPERIMENT, run))
+    return root
+
+
+def cdst_entries(root: Path, runs: list[int], tag: str) -> list[tuple[Path, ExpRun]]:
+    """input_files entries of the cDST files of one data tag."""
+    return [(p, ExpRun(EXPERIMENT, run)) for run in runs
+            for p in sorted((root / f"e{EXPERIMENT:04d}" / f"r{run:05d}" / tag).glob("cdst_*.root"))]
+
+
+@pytest.fixture
+def cdst_files(cdst: Path, bucket: Bucket):
+    """cdst_files(tag) -> input_files entries of the session's cDSTs."""
+    return lambda tag: cdst_entries(cdst, bucket.runs, tag)

@@ -60,3 +60,6 @@ def test_validation_passes_good_and_fails_shifted(bucket, job_factory, script, t
                                  [26, 1, -1, -1], job.expert_config, reference_db=bucket.truth)
     assert not verdict.passed
     assert "pull mean" in verdict.message
+    verdict = val.run_validation(str(job.work_dir), str(job.work_dir / "input_data.json"),
+                                 [26, 1, -1, -1], job.expert_config)  # without truth: the data disagree
+    assert not verdict.passed and "stored result vs data" in verdict.message

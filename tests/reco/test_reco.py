@@ -118,6 +118,14 @@ def test_local_derivatives_predict_parameter_changes(setup, fits):
     moved = predict(meas, setup["c_true"], h0 + dh, fr0.arm, GEOM) - predict(meas, setup["c_true"], h0, fr0.arm, GEOM)
     assert np.allclose(moved, fr0.local_derivs @ dh, atol=1e-5)
     assert fr.local_derivs.shape[1] == 5 + 2 * 8 and h_rows.shape[1] == 5
+    # kink priors: every collision track scatters in the beam pipe and the 6 VXD layers before its CDC hits
+    pm = fr.pseudo_measurements()
+    per_track = np.bincount(pm["track"], minlength=meas.n_tracks)
+    assert np.median(per_track) == 2 * 8 and np.all(pm["sigma"] < 1e-2)
+    # chi2 = sum of measurement and kink-prior terms
+    chi2 = np.bincount(meas.track, np.nan_to_num(fr.pulls) ** 2, meas.n_tracks)
+    chi2 += np.bincount(pm["track"], (pm["residual"] / pm["sigma"]) ** 2, meas.n_tracks)
+    assert np.allclose(chi2, fr.chi2, rtol=1e-6)
 
 
 def test_calibration_helpers_apply_constants(setup):
@@ -143,3 +151,29 @@ def test_read_raw_names_bad_file(tmp_path):
         f["event"] = {"event": np.arange(3)}
     with pytest.raises(RawDataError, match="raw_0.root"):
         read_raw([bad])
+
+
+@pytest.mark.parametrize("tag,n,mass", [("cosmic_calib", 300, 0.1057), ("hadron_calib", 150, 0.1396)])
+def test_cosmic_and_hadron_fits(setup, tag, n, mass):
+    """Cosmics (one helix through both hemispheres, kinks on both arms) and low-momentum pions
+    (multiple scattering dominates) fit with chi2/ndf ~ 1 and unbiased, unit-width parameter pulls."""
+    truth = setup["truth"]
+    res = simulate_sample(tag, n, np.random.default_rng(8), truth, GEOM)
+    raw = {k: {**v, "gevent": v["event"] - 1} for k, v in res.raw.items()}
+    meas = build_measurements(raw, setup["c_true"], GEOM)
+    fr = fit_tracks(meas, setup["c_true"], GEOM, mass=mass)
+    chi2ndf = fr.chi2 / fr.ndf
+    good = fr.ok & (chi2ndf < 5)
+    assert good.mean() > 0.98
+    assert abs(np.median(chi2ndf) - 1) < 0.05
+    true = _true_params({"res": res}, fr)
+    d = fr.params - true
+    d[:, 1] = np.arctan2(np.sin(d[:, 1]), np.cos(d[:, 1]))
+    pull = (d / np.sqrt(np.diagonal(fr.cov, axis1=1, axis2=2)))[good]
+    # robust width (the few non-Gaussian tails of large-angle scatters are not the point here)
+    width = (np.percentile(pull, 84, axis=0) - np.percentile(pull, 16, axis=0)) / 2
+    assert np.all(np.abs(width - 1) < 0.15), width
+    assert np.all(np.abs(np.median(pull, axis=0)) < 0.2)
+    if tag == "cosmic_calib":
+        assert fr.kinks.shape[1] == 2 * 2 * 8  # two arms
+        assert np.mean(np.sin(fr.params[:, 1]) < 0) > 0.99  # cosmics point downwards

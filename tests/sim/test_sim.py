@@ -170,7 +170,17 @@ def test_rundb_has_flagged_runs(bucket):
     # data written accordingly
     e = tmp / "data" / "e0026"
     assert sorted(p.name for p in (e / "r00003").iterdir()) == ["cosmic_calib"]
-    assert not (e / "r00007").exists()
+    # magnet-off run: straight tracks (no curvature); the physics runs curve
+    straight = read_raw(e / "r00007" / "mumu_tight_or_highm_calib")
+    curved = read_raw(e / "r00001" / "mumu_tight_or_highm_calib")
+    from b2luca.reco.fit import fit_tracks
+    from b2luca.reco.measurements import Constants, build_measurements
+
+    nominal = Constants.nominal(GEOM)
+    omega = [np.abs(fit_tracks(build_measurements(r, nominal, GEOM), nominal, GEOM, scattering=False).params[:, 2])
+             for r in (straight, curved)]
+    assert omega[0].size >= 10 and omega[1].size >= 10
+    assert np.median(omega[0]) < 1e-5 < 4e-5 < omega[1].min()
     assert sorted(p.name for p in (e / "r00001" / "hadron_calib").iterdir()) == ["raw_0.root", "raw_1.root"]
 
 

@@ -1,0 +1,58 @@
+"""The ``align`` command seam (add_arguments/run) and the millepede.res writer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from b2luca.alignment import read_millepede_res, solve_steering
+from b2luca.alignment.cli import add_arguments, run
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_cli_writes_res_and_summary(toy, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(_args(str(toy.steering), "--method", "sparse", "--out", str(out))) == 0
+    printed = capsys.readouterr().out
+    assert "Sum(Chi^2)/Sum(Ndf)" in printed and "time per phase" in printed
+    res = read_millepede_res(out / "millepede.res")
+    direct = solve_steering(toy.steering, method="sparse")
+    assert np.array_equal(res["label"], direct.labels)
+    # 5 significant digits as pede prints
+    assert np.allclose(res["value"], direct.values, rtol=1e-4, atol=1e-12)
+    assert np.allclose(res["error"], direct.errors, rtol=1e-4)
+    summary = json.loads((out / "align_summary.json").read_text())
+    assert summary["exact"] and summary["records_used"] == direct.n_used
+
+
+def test_cli_minres_has_no_error_column(toy, tmp_path):
+    out = tmp_path / "m"
+    assert run(_args(str(toy.steering), "--method", "fullMINRES", "--out", str(out), "--quiet")) == 0
+    res = read_millepede_res(out / "millepede.res")
+    assert np.all(np.isnan(res["error"])) and np.all(np.isfinite(res["difference"]))
+
+
+def test_cli_bad_input_exit_2(tmp_path, capsys):
+    (tmp_path / "s.txt").write_text("Cfiles\nmissing.bin\nend\n")
+    assert run(_args(str(tmp_path / "s.txt"), "--out", str(tmp_path))) == 2
+    assert "missing.bin" in capsys.readouterr().err
+    (tmp_path / "bad.bin").write_bytes(b"\x07\x00\x00\x00" * 5)
+    (tmp_path / "s2.txt").write_text("Cfiles\nbad.bin\nend\n")
+    assert run(_args(str(tmp_path / "s2.txt"), "--out", str(tmp_path))) == 2
+    assert "bad.bin" in capsys.readouterr().err
+    (tmp_path / "s3.txt").write_text("method nonsense\n")
+    assert run(_args(str(tmp_path / "s3.txt"), "--out", str(tmp_path))) == 2
+
+
+def test_cli_singular_exit_1(toy, tmp_path):
+    # no constraints: the toy's null modes make the system singular
+    steer = tmp_path / "s.txt"
+    steer.write_text(f"Cfiles\n{toy.datafile}\nmethod inversion 1 0.1\nend\n")
+    assert run(_args(str(steer), "--out", str(tmp_path), "--quiet")) == 1
