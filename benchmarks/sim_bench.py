@@ -20,8 +20,8 @@ from b2luca.sim import make_truth, simulate_bucket, simulate_sample
 from b2luca.sim.runs import flagged_runs
 
 #: recommended events per run per data tag for configs/demo.yaml
-DEMO_EVENTS = {"cosmic_calib": 1000, "mumu_tight_or_highm_calib": 3000, "hadron_calib": 1000,
-               "bhabha_all_calib": 500, "random_calib": 100}
+DEMO_EVENTS = {"cosmic_calib": 1500, "mumu_tight_or_highm_calib": 4000, "hadron_calib": 1000,
+               "bhabha_all_calib": 2000, "random_calib": 100}
 ALIGNMENT_TAGS = ("cosmic_calib", "mumu_tight_or_highm_calib", "hadron_calib")
 
 

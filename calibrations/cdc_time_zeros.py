@@ -67,8 +67,10 @@ def _terms(x: np.ndarray, half_cell: np.ndarray, sigma: float):
 
 
 def fit_t0(board: np.ndarray, layer: np.ndarray, tdc: np.ndarray, previous_t0: np.ndarray, min_hits: int,
-           max_iterations: int = 30, sigma0: float = 0.15) -> dict[str, np.ndarray]:
-    """Per-board t0 (module docstring) from hit arrays; boards below ``min_hits`` keep ``previous_t0``."""
+           max_iterations: int = 30, sigma0: float = 0.15, start: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-board t0 (module docstring) from hit arrays; boards below ``min_hits`` keep ``previous_t0``.
+
+    ``start``: starting values (default: the cell-average estimate mean(tdc) - D/(2 v))."""
     from b2luca.reco.geometry import CDC_DRIFT_VELOCITY as V
     from b2luca.reco.geometry import nominal_geometry
 
@@ -83,6 +85,8 @@ def fit_t0(board: np.ndarray, layer: np.ndarray, tdc: np.ndarray, previous_t0: n
     n = np.bincount(board, minlength=nb)
     # start: the mean drift distance is D/2 for a uniform cell
     t0 = np.bincount(board, tdc - 0.5 * half / V, minlength=nb) / np.maximum(n, 1)
+    if start is not None:
+        t0 = np.where(np.isfinite(start), start, t0)
     sigma = float(sigma0)
     for _ in range(int(max_iterations)):
         x = V * (tdc - t0[board])

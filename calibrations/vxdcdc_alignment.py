@@ -28,11 +28,13 @@ quality_flags = [INPUT_DATA_FILTERS["Run Type"]["physics"],
                  "NOT " + INPUT_DATA_FILTERS["Data Quality Tag"]["Bad For Alignment"],
                  INPUT_DATA_FILTERS["Magnet"]["On"]]
 
-default_config = {"cosmic_calib.max_processed_events_per_file": 4000,
-                  "hadron_calib.max_processed_events_per_file": 1000,
-                  "mumu_tight_or_highm_calib.max_processed_events_per_file": 5000,
+# events per file (0: the collection is not used; hadron tracks are soft and the fit has no scattering
+# model; the solver's assembly time grows with the number of tracks)
+default_config = {"cosmic_calib.max_processed_events_per_file": 300,
+                  "hadron_calib.max_processed_events_per_file": 0,
+                  "mumu_tight_or_highm_calib.max_processed_events_per_file": 400,
                   "method": "sparse",
-                  "max_iterations": 2,
+                  "max_iterations": 1,
                   "outlier_chi2_cut": 50.0,
                   "min_momentum": 1.0,
                   "presigma_shift_mm": 0.1,
@@ -102,15 +104,16 @@ def calibrate(job) -> None:
     constants = load_constants(job.database_chain, exprun)
     inputs = {name: [p for p, _ in job.input_files.get(name, [])] for name in collection_names}
     require_files([f for v in inputs.values() for f in v], settings.name)
-    raws = {}
+    raws = []
     for name, files in inputs.items():
-        if files:
-            raw = read_raw(files)
-            limit = int(cfg.get(f"{name}.max_processed_events_per_file", 0)) * len(files)
-            if limit > 0 and raw["event"]["event"].size > limit:
-                keep = lambda cols: {k: v[cols["gevent"] < limit] for k, v in cols.items()}  # noqa: E731
-                raw = {t: keep(c) for t, c in raw.items()}
-            raws[name] = raw
+        limit = int(cfg.get(f"{name}.max_processed_events_per_file", -1))
+        if limit == 0:
+            continue
+        for f in files:
+            raw = read_raw([f])
+            if 0 < limit < raw["event"]["event"].size:
+                raw = {t: {k: v[c["gevent"] < limit] for k, v in c.items()} for t, c in raw.items()}
+            raws.append((name, raw))
     vxd_labels = geom.sensor_id.astype(np.int64)[:, None] * VXD_LABEL_FACTOR + np.arange(1, 7)
     cdc_labels = CDC_LABEL_BASE + np.arange(geom.n_cdc_layers)[:, None] * 10 + np.arange(1, 4)
     ps, pr = float(cfg["presigma_shift_mm"]), float(cfg["presigma_rotation"])
@@ -120,7 +123,7 @@ def calibrate(job) -> None:
     cdc_err = np.full((geom.n_cdc_layers, 3), np.nan)
     for iteration in range(int(cfg["max_iterations"])):
         records, used, chi2s = [], 0, []
-        for name, raw in raws.items():
+        for name, raw in raws:
             recs, n, c2 = mille_records(raw, constants, cfg, cosmic=name == "cosmic_calib")
             if recs is not None:
                 records.append(recs)

@@ -18,6 +18,10 @@ def test_payload_round_trip_exact(tmp_path):
         "cube": np.arange(24, dtype=np.int64).reshape(2, 3, 4).transpose(2, 0, 1),
     }
     write_payload(tmp_path / "p.root", data)
+    import uproot
+    with uproot.open(tmp_path / "p.root") as source:  # constants as named arrays in TTrees
+        assert {k.split(";")[0]: source[k].classname for k in source.keys()} == {
+            **{key: "TTree" for key in data}, "b2luca_meta": "TObjString"}
     back = read_payload(tmp_path / "p.root")
     assert set(back) == set(data)
     for key, value in data.items():

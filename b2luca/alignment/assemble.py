@@ -20,6 +20,7 @@ from typing import Iterable
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
 
 from .mille import MilleRecords
 
@@ -75,8 +76,10 @@ class Assembler:
         self.label_block = np.zeros(0, np.int64)
         self.label_pos = np.zeros(0, np.int64)
         self.block_members = np.zeros((0, 1), np.int64)
-        self.pair_keys = np.zeros(0, np.int64)
-        self.pair_vals = np.zeros((0, 1))
+        self.pair_keys = np.zeros(0, np.int64)  # sorted block-pair keys
+        self.pair_slot = np.zeros(0, np.int64)  # their rows in the value store
+        self._vals = np.zeros((0, 1))
+        self._nslots = 0
         self.bvec = np.zeros(0)
         self.entries = np.zeros(0, np.int64)
         self.chi2_0 = 0.0
@@ -142,6 +145,21 @@ class Assembler:
         sig = np.stack([cnt.astype(np.float64), s1, s2], axis=1)
         _, grp = np.unique(sig, axis=0, return_inverse=True)
         grp = grp.ravel()
+        # labels of different sensors hit by the very same tracks share a signature: split such groups
+        # into connected components of "appear together in one measurement"
+        gfull = np.full(nu, -1, np.int64)
+        gfull[new] = grp
+        e_lab = inv.ravel()
+        same_m = recs.glb_meas[1:] == recs.glb_meas[:-1]
+        la, lb_ = e_lab[:-1][same_m], e_lab[1:][same_m]
+        keep = (gfull[la] >= 0) & (gfull[la] == gfull[lb_])
+        pos_new = np.full(nu, -1, np.int64)
+        pos_new[new] = np.arange(new.size)
+        ia, ib = pos_new[la[keep]], pos_new[lb_[keep]]
+        graph = sp.coo_matrix((np.ones(ia.size), (ia, ib)), shape=(new.size, new.size)).tocsr()
+        _, comp = sp.csgraph.connected_components(graph, directed=False)
+        _, grp = np.unique(np.stack([grp, comp]), axis=1, return_inverse=True)
+        grp = grp.ravel()
         order = np.lexsort((new, grp))  # members of a group by label
         g_sorted = grp[order]
         gstart = np.searchsorted(g_sorted, g_sorted)
@@ -149,7 +167,7 @@ class Assembler:
         if self.stride is None:
             self.stride = int(min(16, max(1, rank.max() + 1 if rank.size else 1)))
             self.block_members = np.zeros((0, self.stride), np.int64)
-            self.pair_vals = np.zeros((0, self.stride * self.stride))
+            self._vals = np.zeros((0, self.stride * self.stride))
         S = self.stride
         sub = rank // S  # split groups larger than the stride
         bkey = g_sorted * (order.size + 1) + sub
@@ -288,18 +306,36 @@ class Assembler:
             self._merge(uk, sums)
 
     def _merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
-        if self.pair_keys.size == 0:
-            self.pair_keys, self.pair_vals = uk, sums
+        """Add per-chunk block-pair sums; values live in an append-only store, keys in a sorted index."""
+        n_old = self.pair_keys.size
+        if n_old:
+            pos = np.searchsorted(self.pair_keys, uk)
+            pc = np.minimum(pos, n_old - 1)
+            found = self.pair_keys[pc] == uk
+            self._vals[self.pair_slot[pc[found]]] += sums[found]
+        else:
+            found = np.zeros(uk.size, bool)
+        if found.all():
             return
-        pos = np.searchsorted(self.pair_keys, uk)
-        pc = np.minimum(pos, self.pair_keys.size - 1)
-        found = self.pair_keys[pc] == uk
-        self.pair_vals[pc[found]] += sums[found]
-        if not found.all():
-            keys = np.concatenate([self.pair_keys, uk[~found]])
-            vals = np.concatenate([self.pair_vals, sums[~found]])
-            o = np.argsort(keys, kind="stable")
-            self.pair_keys, self.pair_vals = keys[o], vals[o]
+        newk = uk[~found]
+        k = newk.size
+        if self._nslots + k > self._vals.shape[0]:
+            cap = max(2 * self._vals.shape[0], self._nslots + k, 1024)
+            grown = np.zeros((cap, sums.shape[1]))
+            grown[: self._nslots] = self._vals[: self._nslots]
+            self._vals = grown
+        slots = self._nslots + np.arange(k)
+        self._vals[slots] = sums[~found]
+        self._nslots += k
+        keys = np.concatenate([self.pair_keys, newk])
+        sl = np.concatenate([self.pair_slot, slots])
+        o = np.argsort(keys, kind="stable")
+        self.pair_keys, self.pair_slot = keys[o], sl[o]
+
+    @property
+    def pair_vals(self) -> np.ndarray:
+        """Block-pair sums in the order of ``pair_keys``."""
+        return self._vals[self.pair_slot]
 
     def add_all(self, chunks: Iterable[MilleRecords]) -> None:
         for c in chunks:
@@ -505,7 +541,9 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
             if nbg:
                 ta, tb = np.triu_indices(nbg)
                 F = M @ M.transpose(0, 2, 1)  # one batched product, then pick the upper block pairs
-                P = P - F.reshape(R, nbg, S, nbg, S).transpose(0, 1, 3, 2, 4)[:, ta, tb]
+                pick = np.arange(Kg * Kg).reshape(nbg, S, nbg, S).transpose(0, 2, 1, 3)[ta, tb].ravel()
+                P2 = P.reshape(R, -1)  # a view into Pbuf
+                P2 -= np.take(F.reshape(R, Kg * Kg), pick, axis=1)
             ok[rec] = good
             lpar = np.einsum("rqp,rp->rq", Vs, u)
         else:

@@ -1,6 +1,6 @@
 """Payload files: named numeric arrays in a ROOT file, written and read with uproot.
 
-Each array ``key`` is stored as a TTree ``key`` with one branch ``value`` whose entries run over the
+Each array ``key`` is stored as a TTree (not an RNTuple) ``key`` with one branch ``value`` whose entries run over the
 array's first axis (higher axes become fixed-size branch dimensions).  A ``TObjString`` named
 ``b2luca_meta`` keeps each array's dtype and exact shape (0-d arrays included), so a round trip gives
 identical arrays.  The content checksum covers names, dtypes, shapes and bytes, not the ROOT container
@@ -70,7 +70,11 @@ def write_payload(path: "str | os.PathLike[str]", data: Mapping[str, "np.typing.
             out[META_KEY] = json.dumps(meta, sort_keys=True)
             for key, array in arrays.items():
                 stored = array.reshape(1) if array.ndim == 0 else array
-                out[key] = {"value": stored}
+                # mktree, not ``out[key] = {...}``: uproot >= 5.7 writes an RNTuple for the latter.
+                kind = np.dtype((stored.dtype, stored.shape[1:])) if stored.ndim > 1 else stored.dtype
+                tree = out.mktree(key, {"value": kind})
+                if len(stored):
+                    tree.extend({"value": stored})
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

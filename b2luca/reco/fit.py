@@ -6,8 +6,10 @@ per arm (beam pipe, the 6 VXD layer cylinders, the CDC inner wall; cosmics have 
 arm's kinks are local parameters 21..36).  A kink changes the helix of everything further out by
 ``J @ theta`` (J = numerical Jacobian of :func:`b2luca.reco.helix.apply_kink`); each kink also gives
 a pseudo-measurement ``0 +- theta0`` (Highland, from the fitted momentum and ``mass``), so this is a
-General-Broken-Lines-like fit with exact multiple-scattering treatment at the layers -- the same
-material model the simulation uses.
+General-Broken-Lines-like fit (kinks linearised about the track) with the same material model as the
+simulation.  Alignment derivatives are taken w.r.t. an additional small rigid-body motion of the
+element in its current (aligned) frame; for mrad-scale rotations "new params = current params +
+correction" holds to first order.
 
 Measurements, predictions and residuals: see :mod:`b2luca.reco.measurements`.  Derivatives are
 derivatives of the *prediction* (what Mille records contain; the residual derivative is the
@@ -280,10 +282,14 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         loc = np.zeros((res.size, nl))
         loc[:, :5] = d
         if scattering:
-            dj = np.einsum("rk,rjkc->rjc", d, jac[track, slot]) * before[:, :, None]
-            lk = np.zeros((res.size, len(arms), N_SCAT, 2))
-            lk[np.arange(res.size), slot] = dj
-            loc[:, 5:] = lk.reshape(res.size, -1)
+            # d(pred)/d(kink) = d(pred)/d(h) . J(kink); J laid out as (T, arms, 5, N_SCAT * 2)
+            j2 = np.ascontiguousarray(jac.transpose(0, 1, 3, 2, 4)).reshape(nt, len(arms), 5, 2 * N_SCAT)
+            dj = (d[:, None, :] @ j2[track, slot])[:, 0, :] * np.repeat(before, 2, axis=1)
+            if len(arms) == 1:
+                loc[:, 5:] = dj
+            else:
+                loc[:, 5:5 + 2 * N_SCAT] = np.where((slot == 0)[:, None], dj, 0.0)
+                loc[:, 5 + 2 * N_SCAT:] = np.where((slot == 1)[:, None], dj, 0.0)
         sw = np.sqrt(w)
         padded = np.zeros((nt, mmax, nl))
         padded[track, slot_in] = loc * sw[:, None]
@@ -306,8 +312,9 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         a_s = a_s + eye * np.where(diag > 0, 1e-12, 1.0)[:, None, :]
         # step control: a step that raised chi2 (or lost measurements) is halved instead of taking a new one
         ngood = np.bincount(track, weights=good, minlength=nt)
-        worse = (ngood < ngood_prev) | (chi2 > chi2_prev * (1 + 1e-6) + 1e-6)
-        if it >= n_iter:
+        worse = (ngood < ngood_prev) | (chi2 > chi2_prev * (1 + 1e-3) + 1e-3)
+        settled = ~worse & (np.abs(chi2_prev - chi2) < 1e-3 * np.maximum(chi2, 1.0))
+        if it >= n_iter or (it >= 2 and settled.all()):
             cov = np.linalg.solve(a_s, np.broadcast_to(eye, a_s.shape)) * scale[:, :, None] * scale[:, None, :]
             break
         delta = np.linalg.solve(a_s, (b * scale)[..., None])[..., 0] * scale
@@ -340,15 +347,24 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
 
 
 def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None = None,
-               mass: float | np.ndarray = MUON_MASS, n_iter: int = 4, scattering: bool = True,
-               chunk_tracks: int = 2000, prefit: bool = True) -> FitResult:
-    """Fit all track candidates of ``meas`` (batched Gauss-Newton, ``n_iter`` iterations from the seed).
+               mass: float | np.ndarray = MUON_MASS, n_iter: int = 6, scattering: bool = True,
+               chunk_tracks: int = 2000, prefit: bool = False) -> FitResult:
+    """Fit all track candidates of ``meas`` (batched Gauss-Newton from the seed, at most ``n_iter``
+    iterations; a chunk stops early once every track's chi2 has settled; a step that raises a track's
+    chi2 is halved).  ``prefit``: first 2 helix-only iterations (rarely needed).
 
     ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed
     in chunks of ``chunk_tracks`` to bound memory; there is no Python loop per track or hit.
     """
     geom = geom or G.nominal_geometry()
     nt = meas.n_tracks
+    if nt == 0:
+        nl = 5 + (2 * N_SCAT if scattering else 0)
+        z = np.zeros(0)
+        return FitResult(meas=meas, params=np.zeros((0, 5)), cov=np.zeros((0, 5, 5)), chi2=z, ndf=z, ok=z.astype(bool),
+                         kinks=np.zeros((0, nl - 5)), kink_sigma=np.zeros((0, nl - 5)), arm=z, pred=z, residual=z,
+                         local_derivs=np.zeros((0, nl)), global_derivs=np.zeros((0, 6)),
+                         global_labels=np.zeros((0, 6), np.int64))
     mass = np.broadcast_to(np.asarray(mass, float), (nt,))
     h0, arm = seed_tracks(meas, geom, constants)
     arms = (1.0, -1.0) if np.any(arm < 0) else (1.0,)

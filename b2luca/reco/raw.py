@@ -21,11 +21,12 @@ tree            branches (dtype)
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from ..rootio import write_trees
 import uproot
 
 RAW_BRANCHES: dict[str, dict[str, str]] = {
@@ -44,24 +45,16 @@ class RawDataError(ValueError):
 
 
 def write_raw(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-    """Write raw trees (all of RAW_BRANCHES; missing trees are written empty) atomically."""
+    """Write raw trees as TTrees (all of RAW_BRANCHES; missing trees are written empty) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with uproot.recreate(tmp) as out:
-            for tree, branches in RAW_BRANCHES.items():
-                cols = trees.get(tree, {})
-                missing = [b for b in branches if b not in cols]
-                if cols and missing:
-                    raise RawDataError(f"{path}: tree {tree!r} lacks branch(es) {missing}")
-                out[tree] = {b: np.ascontiguousarray(np.asarray(cols.get(b, np.zeros(0)), dtype=dt))
-                             for b, dt in branches.items()}
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    columns: dict[str, dict[str, np.ndarray]] = {}
+    for tree, branches in RAW_BRANCHES.items():
+        cols = trees.get(tree, {})
+        missing = [b for b in branches if b not in cols]
+        if cols and missing:
+            raise RawDataError(f"{path}: tree {tree!r} lacks branch(es) {missing}")
+        columns[tree] = {b: np.asarray(cols.get(b, np.zeros(0)), dtype=dt) for b, dt in branches.items()}
+    write_trees(path, columns)
 
 
 def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]") -> dict[str, dict[str, np.ndarray]]:

@@ -57,7 +57,8 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         for parity in (0, 1):
             m = hits["event"] % 2 == parity
             halves.append(fit_t0(hits["board"][m], hits["layer"][m], hits["tdc"][m], np.asarray(out["t0"], float),
-                                 int(cfg["min_hits_per_board"]) // 2, int(cfg["max_iterations"]), sigma))
+                                 int(cfg["min_hits_per_board"]) // 2, int(cfg["max_iterations"]), sigma,
+                                 start=np.asarray(out["t0"], float)))
         e0, e1 = halves[0]["t0_error"], halves[1]["t0_error"]
         both = np.isfinite(e0) & np.isfinite(e1) & calibrated
         diff = halves[0]["t0"] - halves[1]["t0"]

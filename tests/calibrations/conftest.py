@@ -21,7 +21,8 @@ from b2luca.iov import ExpRun, IoV  # noqa: E402
 EXPERIMENT = 26
 RUNS = [1, 2]
 SEED = 424242
-EVENTS = {"hadron_calib": 1000, "mumu_tight_or_highm_calib": 1500, "random_calib": 200, "bhabha_all_calib": 1500}
+EVENTS = {"hadron_calib": 1000, "mumu_tight_or_highm_calib": 1500, "random_calib": 200, "bhabha_all_calib": 1500,
+          "cosmic_calib": 300}
 
 
 @dataclass

@@ -177,3 +177,15 @@ def test_cosmic_and_hadron_fits(setup, tag, n, mass):
     if tag == "cosmic_calib":
         assert fr.kinks.shape[1] == 2 * 2 * 8  # two arms
         assert np.mean(np.sin(fr.params[:, 1]) < 0) > 0.99  # cosmics point downwards
+
+
+def test_empty_input_gives_empty_fit():
+    from b2luca.reco.measurements import Constants
+    from b2luca.reco.raw import RAW_BRANCHES
+
+    raw = {t: {**{b: np.zeros(0, dt) for b, dt in br.items()}, "gevent": np.zeros(0, np.int64)}
+           for t, br in RAW_BRANCHES.items()}
+    c = Constants.nominal(GEOM)
+    meas = build_measurements(raw, c, GEOM)
+    fr = fit_tracks(meas, c, GEOM)
+    assert meas.n_tracks == 0 and fr.params.shape == (0, 5) and fr.local_derivs.shape == (0, 21)
