@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from b2luca.conditions import DatabaseChain, LocalDatabase
+from b2luca.conditions import DatabaseChain, LocalDatabase  # noqa: F401 (annotations)
 from b2luca.iov import ExpRun, IoV
 
 OUTPUT_DB_DIR = "caf_outputdb_results"

@@ -14,7 +14,7 @@ p(t) = v/D_l [Phi(x/sigma) - Phi((x - D_l)/sigma)], x = v (t - t0).  All boards 
 (Newton iterations vectorised over boards, one common sigma fitted alongside); errors from the
 observed Fisher information.  Boards with fewer than ``min_hits_per_board`` hits keep the t0 in force
 (database chain, nominal 0) and get a NaN error.  Extra payload keys: ``t0_error`` [ns], ``n_hits``,
-``sigma_mm`` (1,) the fitted resolution.
+``sigma_mm`` (1,) the fitted resolution.  ``payload_boundaries`` must be [] (one payload per bucket).
 """
 
 from __future__ import annotations
@@ -123,6 +123,9 @@ def calibrate(job) -> None:
     from b2luca.reco.geometry import nominal_geometry
 
     cfg = {**settings.expert_config, **job.expert_config}
+    if cfg.get("payload_boundaries"):
+        raise NotImplementedError(f"{settings.name}: payload_boundaries {cfg['payload_boundaries']} are not supported "
+                                  "yet (one payload per bucket); use []")
     files = []
     for name in settings.input_data_names:
         files += limit_files_per_run(job.input_files.get(name, []), cfg.get("max_files_per_run"))

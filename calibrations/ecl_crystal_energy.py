@@ -16,7 +16,9 @@ above 1), a sparse linear system solved exactly (sparse LU); c_prev are the cons
 uncalibrated constants) regularises the crystals and combinations the data do not constrain; with
 a prior of the right width the errors below are the exact posterior widths.  Marginal errors
 are the diagonal of the inverse normal matrix, computed by probing: columns of crystals at least
-``probe_spacing`` apart in theta and phi are solved together (the inverse decays with distance).
+``probe_spacing`` apart in theta and phi are solved together (the inverse decays with distance; at
+16 crystals the estimate agrees with exact solves to 2e-5 relative on the demo bucket, at 8 only to
+8 %); any non-positive estimate is replaced by an exact solve.
 Extra payload keys: ``constant_error``, ``n_entries`` (hits carrying >= 5 % of their cluster energy).
 """
 
@@ -40,13 +42,12 @@ settings = CalibrationSettings(name="ECLCrystalEnergy",
                                                     INPUT_DATA_FILTERS["Magnet"]["On"]]},
                                depends_on=[],
                                expert_config={"min_entries_per_crystal": 3,
-                                              "max_iterations": 5,
                                               "expected_energy": "beam",
                                               "containment": 0.96,
                                               "crystal_noise_gev": 0.001,
                                               "relative_resolution": 0.0,
                                               "prior_sigma": 0.03,
-                                              "probe_spacing": 8,
+                                              "probe_spacing": 16,
                                               "min_tracks": 500},
                                produced_payloads=["ECLCrystalEnergy"])
 
@@ -98,7 +99,7 @@ def solve_constants(cl, crystal, amp, e_exp, n_cr, prev: np.ndarray, cfg: dict) 
     import scipy.sparse as sp
     from scipy.sparse.linalg import splu
 
-    from b2luca.reco.geometry import ECL_NPHI, ECL_NTHETA, N_ECL_CRYSTALS
+    from b2luca.reco.geometry import ECL_NPHI, N_ECL_CRYSTALS
 
     n = N_ECL_CRYSTALS
     var_t = n_cr * float(cfg["crystal_noise_gev"]) ** 2 + (float(cfg["relative_resolution"]) * e_exp) ** 2
@@ -130,6 +131,12 @@ def solve_constants(cl, crystal, amp, e_exp, n_cr, prev: np.ndarray, cfg: dict) 
         if not v.any():
             continue
         diag[color == k] = lu.solve(v)[color == k]
+    # a probe contaminated by correlations beyond the spacing can come out non-positive: solve those exactly
+    bad = np.flatnonzero(~(diag > 0))
+    if bad.size:
+        unit = np.zeros((n, bad.size))
+        unit[bad, np.arange(bad.size)] = 1.0
+        diag[bad] = lu.solve(unit)[bad, np.arange(bad.size)]
     frac = amp / np.maximum(np.bincount(cl, amp, minlength=e_exp.size)[cl], 1e-12)
     n_entries = np.bincount(crystal[frac >= 0.05], minlength=n)
     return {"constant": c, "constant_error": np.sqrt(np.maximum(diag, 0)), "n_entries": n_entries.astype(np.int32),

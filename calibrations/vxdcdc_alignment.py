@@ -30,9 +30,9 @@ quality_flags = [INPUT_DATA_FILTERS["Run Type"]["physics"],
 
 # events per file (0: the collection is not used; hadron tracks are soft and the fit has no scattering
 # model; the solver's assembly time grows with the number of tracks)
-default_config = {"cosmic_calib.max_processed_events_per_file": 300,
+default_config = {"cosmic_calib.max_processed_events_per_file": 200,
                   "hadron_calib.max_processed_events_per_file": 0,
-                  "mumu_tight_or_highm_calib.max_processed_events_per_file": 400,
+                  "mumu_tight_or_highm_calib.max_processed_events_per_file": 250,
                   "method": "sparse",
                   "max_iterations": 1,
                   "outlier_chi2_cut": 50.0,

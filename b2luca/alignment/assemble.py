@@ -27,6 +27,7 @@ from .mille import MilleRecords
 __all__ = ["Assembler", "GlobalSystem", "DownWeighting"]
 
 _NBIG = np.int64(1 << 31)
+_TABLE_MAX = 1 << 26  # direct label lookup table up to this label value (512 MB at most)
 HUBER_C = 3.0  # Huber cut in units of the normalised residual (first down-weighting iteration)
 CAUCHY_C = 2.3849  # Cauchy scale (later iterations), as pede
 
@@ -73,6 +74,7 @@ class Assembler:
         self.lab_sorted = np.zeros(0, np.int64)
         self.idx_sorted = np.zeros(0, np.int64)
         self.labels = np.zeros(0, np.int64)  # discovery order
+        self._table = np.zeros(0, np.int64)  # label -> index lookup (when labels < _TABLE_MAX)
         self.label_block = np.zeros(0, np.int64)
         self.label_pos = np.zeros(0, np.int64)
         self.block_members = np.zeros((0, 1), np.int64)
@@ -108,7 +110,13 @@ class Assembler:
     # ---------------------------------------------------------------------------------- labels & blocks
     def _index_labels(self, recs: MilleRecords) -> np.ndarray:
         """Label index of every global entry; registers new labels and their blocks."""
-        ulab, inv = np.unique(recs.glb_label, return_inverse=True)
+        lab = recs.glb_label
+        # fast path: a direct label -> index table (labels are modest integers in practice)
+        if lab.size and self._table.size and lab.min() >= 0 and lab.max() < self._table.size:
+            idx = self._table[lab]
+            if np.all(idx >= 0):
+                return idx
+        ulab, inv = np.unique(lab, return_inverse=True)
         pos = np.searchsorted(self.lab_sorted, ulab)
         pc = np.minimum(pos, max(self.lab_sorted.size - 1, 0))
         known = (pos < self.lab_sorted.size) & (self.lab_sorted[pc] == ulab) if self.lab_sorted.size else \
@@ -127,7 +135,13 @@ class Assembler:
             self._new_blocks(recs, inv, new, uidx)
             self.bvec = np.concatenate([self.bvec, np.zeros(new.size)])
             self.entries = np.concatenate([self.entries, np.zeros(new.size, np.int64)])
-        return uidx[inv]
+            top = int(self.lab_sorted[-1]) + 1
+            if self.lab_sorted[0] >= 0 and top <= _TABLE_MAX:
+                self._table = np.full(top, -1, np.int64)
+                self._table[self.lab_sorted] = self.idx_sorted
+            else:
+                self._table = np.zeros(0, np.int64)
+        return uidx[inv.ravel()]
 
     def _new_blocks(self, recs: MilleRecords, inv: np.ndarray, new: np.ndarray, uidx: np.ndarray) -> None:
         """Group new labels that occur in exactly the same measurements into blocks."""
@@ -286,7 +300,8 @@ class Assembler:
             a = accept[rec]
             if not a.any() or nbg == 0:
                 continue
-            rec, P, br = rec[a], P[a], br[a]
+            if not a.all():
+                rec, P, br = rec[a], P[a], br[a]
             R = rec.size
             bl = ublk[ustart[rec][:, None] + np.arange(nbg)[None, :]]  # (R, nb) sorted block ids
             ta, tb = np.triu_indices(nbg)
@@ -300,10 +315,7 @@ class Assembler:
             vals = np.concatenate(vals_all)
             uk = np.unique(keys)
             kinv = np.searchsorted(uk, keys)
-            S2 = S * S
-            flat = (kinv.ravel()[:, None] * S2 + np.arange(S2)[None, :]).ravel()
-            sums = np.bincount(flat, weights=vals.ravel(), minlength=uk.size * S2).reshape(uk.size, S2)
-            self._merge(uk, sums)
+            self._merge(uk, _segsum(kinv, vals, uk.size))
 
     def _merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
         """Add per-chunk block-pair sums; values live in an append-only store, keys in a sorted index."""
@@ -386,6 +398,23 @@ def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
     return out
 
 
+def _segsum(seg: np.ndarray, vals: np.ndarray, nseg: int) -> np.ndarray:
+    """Row sums of ``vals`` (n, c) grouped by ``seg`` (n,) -> (nseg, c): a 0/1 CSR matrix times ``vals``.
+
+    scipy's CSR x dense kernel reads each row of ``vals`` once; much cheaper than a ``bincount`` over an
+    (n·c) index array.
+    """
+    n = seg.size
+    if n and np.any(seg[1:] < seg[:-1]):
+        order = np.argsort(seg, kind="stable")
+    else:
+        order = np.arange(n)
+    indptr = np.zeros(nseg + 1, np.int64)
+    np.cumsum(np.bincount(seg, minlength=nseg), out=indptr[1:])
+    A = sp.csr_matrix((np.ones(n), order, indptr), shape=(nseg, n))
+    return np.asarray(A @ vals.reshape(n, -1))
+
+
 def _pairs_within(seg_id: np.ndarray, seg_id2: np.ndarray | None = None):
     """All pairs (i, j) of entries with the same segment id (entries sorted by id).
 
@@ -394,7 +423,6 @@ def _pairs_within(seg_id: np.ndarray, seg_id2: np.ndarray | None = None):
     if seg_id2 is None:
         seg_id2 = seg_id
     nseg = int(max(seg_id.max(initial=-1), seg_id2.max(initial=-1))) + 1
-    c1 = np.bincount(seg_id, minlength=nseg)
     c2 = np.bincount(seg_id2, minlength=nseg)
     s2 = np.zeros(nseg + 1, np.int64)
     np.cumsum(c2, out=s2[1:])
@@ -402,7 +430,6 @@ def _pairs_within(seg_id: np.ndarray, seg_id2: np.ndarray | None = None):
     i = np.repeat(np.arange(seg_id.size), reps)
     base = np.repeat(np.cumsum(reps) - reps, reps)
     j = s2[seg_id][i] + (np.arange(i.size) - base)
-    _ = c1
     return i, j
 
 
@@ -448,31 +475,56 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
         nb_m = nb[r_m]
         blk_m = mblk if gm.size else np.zeros(nmeas, np.int64)
         q_m = q[r_m]
+        rstart = np.zeros(nrec + 1, np.int64)
+        np.cumsum(nb, out=rstart[1:])
+        n_rb = int(rstart[-1])
+        hg = has_g if gm.size else np.zeros(nmeas, bool)
+        if hg.all():
+            hg = slice(None)
+        rb_m = rstart[:-1][r_m] + blk_m  # (record, block) id of each measurement with globals
+        rb_r = np.repeat(np.arange(nrec), nb)  # record and block rank of each (record, block)
+        rb_a = np.arange(n_rb) - rstart[:-1][rb_r]
+        # D and γ per (record, block): segment sums as a sparse (0/1) x dense product, placed into Pbuf
+        D_rb = _segsum(rb_m[hg], (wd[hg, :, None] * d[hg, None, :]).reshape(-1, S2), n_rb)
+        gam_rb = _segsum(rb_m[hg], wd[hg] * y[hg, None], n_rb)
         o, tot = offs["P"]
-        base = o[r_m] + (blk_m * nb_m - blk_m * (blk_m - 1) // 2) * S2
-        idx = base[:, None] + np.arange(S2)[None, :]
-        Pbuf = np.bincount(idx.ravel(), weights=(wd[:, :, None] * d[:, None, :]).ravel(),
-                           minlength=tot)[:tot]
-        o, tot = offs["H"]
-        # entries with local index >= q_r carry exact zeros; their (aliased) index is harmless
-        base = o[r_m] + blk_m * S * q_m
-        idx = base[:, None, None] + np.arange(S)[None, :, None] * q_m[:, None, None] + \
-            np.arange(qmax)[None, None, :]
-        Hbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
-                           weights=(wd[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
-        o, tot = offs["G"]
-        idx = o[r_m][:, None, None] + np.arange(qmax)[None, :, None] * q_m[:, None, None] + \
-            np.arange(qmax)[None, None, :]
-        Gbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
-                           weights=(wa[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
-        oq, totq = offs["q"]
-        idx = oq[r_m][:, None] + np.arange(qmax)[None, :]
-        betabuf = np.bincount(np.minimum(idx, max(totq - 1, 0)).ravel(), weights=(wa * y[:, None]).ravel(),
-                              minlength=totq)[:totq]
+        Pbuf = np.zeros(tot)
+        pos = o[rb_r] + (rb_a * nb[rb_r] - rb_a * (rb_a - 1) // 2) * S2
+        Pbuf[pos[:, None] + np.arange(S2)[None, :]] = D_rb
         oK, totK = offs["K"]
-        idx = oK[r_m][:, None] + blk_m[:, None] * S + np.arange(S)[None, :]
-        gambuf = np.bincount(np.minimum(idx, max(totK - 1, 0)).ravel(), weights=(wd * y[:, None]).ravel(),
-                             minlength=totK)[:totK]
+        gambuf = np.zeros(totK)
+        gambuf[(oK[rb_r] + rb_a * S)[:, None] + np.arange(S)[None, :]] = gam_rb
+        uniform_q = bool(np.all(q == qmax))
+        if uniform_q:
+            H_rb = _segsum(rb_m[hg], (wd[hg, :, None] * a_l[hg, None, :]).reshape(-1, S * qmax), n_rb)
+            o, tot = offs["H"]
+            Hbuf = np.zeros(tot)
+            Hbuf[(o[rb_r] + rb_a * S * qmax)[:, None] + np.arange(S * qmax)[None, :]] = H_rb
+            G_r = _segsum(r_m, (wa[:, :, None] * a_l[:, None, :]).reshape(-1, qmax * qmax), nrec)
+            o, tot = offs["G"]
+            Gbuf = np.zeros(tot)
+            Gbuf[o[:, None] + np.arange(qmax * qmax)[None, :]] = G_r
+            b_r = _segsum(r_m, wa * y[:, None], nrec)
+            oq, totq = offs["q"]
+            betabuf = np.zeros(totq)
+            betabuf[oq[:, None] + np.arange(qmax)[None, :]] = b_r
+        else:
+            o, tot = offs["H"]
+            # entries with local index >= q_r carry exact zeros; their (aliased) index is harmless
+            base = o[r_m] + blk_m * S * q_m
+            idx = base[:, None, None] + np.arange(S)[None, :, None] * q_m[:, None, None] + \
+                np.arange(qmax)[None, None, :]
+            Hbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
+                               weights=(wd[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
+            o, tot = offs["G"]
+            idx = o[r_m][:, None, None] + np.arange(qmax)[None, :, None] * q_m[:, None, None] + \
+                np.arange(qmax)[None, None, :]
+            Gbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
+                               weights=(wa[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
+            oq, totq = offs["q"]
+            idx = oq[r_m][:, None] + np.arange(qmax)[None, :]
+            betabuf = np.bincount(np.minimum(idx, max(totq - 1, 0)).ravel(),
+                                  weights=(wa * y[:, None]).ravel(), minlength=totq)[:totq]
     else:
         # D = Σ w d dᵀ, upper block pairs only (pairs of global entries of one measurement)
         i, j = _pairs_within(gm)

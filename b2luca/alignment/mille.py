@@ -18,7 +18,6 @@ candidate record starts of a chunk, and the pairs are decoded with cumulative su
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -533,7 +532,6 @@ def records_from_dense(value: np.ndarray, sigma: np.ndarray, local: np.ndarray, 
     derivatives (label 0 or derivative 0 = absent); ``rec_ptr`` (n_rec+1) measurement offsets.
     """
     value = np.asarray(value, np.float64)
-    nm = value.size
     lm, li = np.nonzero(local)
     gm, gi = np.nonzero((glb_der != 0) & (glb_label > 0))
     return MilleRecords(
@@ -541,7 +539,5 @@ def records_from_dense(value: np.ndarray, sigma: np.ndarray, local: np.ndarray, 
         loc_meas=lm.astype(np.int64), loc_index=li.astype(np.int32), loc_der=local[lm, li].astype(np.float64),
         glb_meas=gm.astype(np.int64), glb_label=glb_label[gm, gi].astype(np.int64),
         glb_der=glb_der[gm, gi].astype(np.float64),
-    ) if nm >= 0 else None  # type: ignore[return-value]
+    )
 
-
-_ = io  # (kept for type hints of file-like objects)

@@ -15,7 +15,7 @@ from .assemble import Assembler, DownWeighting, GlobalSystem
 from .mille import MilleRecords, iter_mille
 from .result import AlignmentResult
 from .solve import LinearConstraints, SolverError, solve_system
-from .steering import EXACT_METHODS, PEDE_METHODS, Constraint, ParameterSpec, Steering, read_steering
+from .steering import PEDE_METHODS, Constraint, ParameterSpec, Steering, read_steering
 
 __all__ = ["AlignmentProblem", "solve", "solve_steering", "CHUNK_BYTES"]
 
@@ -170,7 +170,8 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
         fixed = presig < 0
         reason = {int(l): "presigma < 0" for l in labels[fixed]}
         few = (gs.entries < problem.entries) & ~fixed
-        reason.update({int(l): f"entries {int(e)} < {problem.entries}" for l, e in zip(labels[few], gs.entries[few])})
+        reason.update({int(lab): f"entries {int(e)} < {problem.entries}"
+                       for lab, e in zip(labels[few], gs.entries[few])})
         fixed |= few
         free = ~fixed
         fi = np.flatnonzero(free)
@@ -190,12 +191,9 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
         if Ms.nnz:
             C = (C + Ms).tocsr()
             b = b + bs
-        t0 = time.perf_counter()
         so = solve_system(C, b, cons, method=method, errors=problem.errors)
         for k, v in so.timings.items():
             timer[k] = timer.get(k, 0.0) + v
-        if "factorise" not in so.timings:
-            timer["solve"] = timer.get("solve", 0.0) + 0.0
         delta = np.zeros(n)
         delta[fi] = so.x
         chi2 = gs.chi2_0 - 2.0 * float(bdata @ so.x) + float(so.x @ (Cdata @ so.x))
@@ -205,9 +203,11 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
         if so.errors is not None:
             err = np.zeros(n)
             err[fi] = so.errors
+        # ndf: Σ (measurements − local parameters) − (free global parameters − constraints)
+        ndf = gs.ndf - (fi.size - int(so.info.get("constraints_used", 0)))
         out = AlignmentResult(
             labels=labels, corrections=cur.copy(), errors=err, initial=initial, presigma=presig, fixed=fixed,
-            fixed_reason=reason, chi2=chi2, ndf=gs.ndf - (fi.size - int(so.info.get("constraints_used", 0))), method=so.method, exact=so.exact, n_records=gs.n_records,
+            fixed_reason=reason, chi2=chi2, ndf=ndf, method=so.method, exact=so.exact, n_records=gs.n_records,
             n_used=gs.n_used, rejected=gs.rejected, timings={}, iterations=ipass + 1, n_meas=gs.n_meas,
             constraint_residual=float(so.info.get("constraint_residual", 0.0)),
             downweighted_fraction=gs.downweighted_fraction, info=so.info, warnings=warnings,
@@ -219,7 +219,6 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
         prev_chi2 = chi2
         if stop:
             break
-        _ = t0
     assert out is not None
     timer["total"] = time.perf_counter() - t_start
     order = ["read", "assemble", "factorise", "solve", "errors", "total"]
@@ -231,5 +230,3 @@ def solve_steering(path: str | os.PathLike, method: str | None = None) -> Alignm
     """Read a pede steering file and fit."""
     return solve(AlignmentProblem.from_steering(path), method=method)
 
-
-_ = EXACT_METHODS

@@ -269,20 +269,21 @@ class SupernodalCholesky:
             m = rws >= c0
             F[posmap[rws[m]], cols[m]] = dv[a:b][m]
             for c in kids[s]:
-                U = upd.pop(c)
-                pm = posmap[self.rows[c]]
-                F[np.ix_(pm, pm)] += U
-            try:
-                L11 = la.cholesky(F[:k, :k], lower=True, check_finite=False)
-            except la.LinAlgError as exc:
+                _extend_add(F, upd.pop(c), posmap[self.rows[c]])
+            # LAPACK/BLAS directly on the lower triangle (Fortran views, no copies): potrf, trsm, syrk
+            L11, info = la.lapack.dpotrf(F[:k, :k], lower=1, clean=1)
+            if info != 0:
                 raise NotPositiveDefinite(
                     f"matrix not positive definite (supernode {s}, columns {c0}..{c1 - 1} of the "
-                    f"permuted matrix)", column=int(self.perm[c0])) from exc
+                    f"permuted matrix)", column=int(self.perm[c0]))
+            L11 = np.asfortranarray(L11)
             if R.size:
-                L21 = la.solve_triangular(L11, F[k:, :k].T, lower=True, check_finite=False).T
-                U = F[k:, k:]
-                U -= L21 @ L21.T
+                B = np.ascontiguousarray(F[k:, :k])  # F21 (C order) == F21ᵀ in Fortran order
+                Xt = la.blas.dtrsm(1.0, L11, B.T, side=0, lower=1, trans_a=0, overwrite_b=1)  # L21ᵀ
+                L21 = Xt.T
                 if self.sn_parent[s] >= 0:
+                    U = F[k:, k:]
+                    U -= la.blas.dsyrk(1.0, Xt, trans=1, lower=1)  # lower triangle of L21 L21ᵀ
                     upd[s] = U
             else:
                 L21 = np.zeros((0, k))
@@ -320,7 +321,9 @@ class SupernodalCholesky:
         for s in range(self.nsuper - 1, -1, -1):
             c0, c1, R = int(self.c0[s]), int(self.c1[s]), self.rows[s]
             k = c1 - c0
-            L11inv = la.solve_triangular(self.L11[s], np.eye(k), lower=True, check_finite=False)
+            L11inv, info = la.lapack.dtrtri(self.L11[s], lower=1)
+            if info != 0:
+                raise NotPositiveDefinite(f"singular diagonal block in supernode {s}")
             Zjj = L11inv.T @ L11inv
             if R.size:
                 Lh = self.L21[s] @ L11inv
@@ -334,8 +337,9 @@ class SupernodalCholesky:
                     Zt = Z[t]
                     rowpos = np.searchsorted(idx[t], R[a:])
                     colpos = R[a:b] - self.c0[t]
-                    Zrr[a:, a:b] = Zt[np.ix_(rowpos, colpos)]
-                Zrr = np.tril(Zrr) + np.tril(Zrr, -1).T
+                    blk = Zt[np.ix_(rowpos, colpos)]
+                    Zrr[a:, a:b] = blk
+                    Zrr[a:b, a:] = blk.T
                 Zrj = -Zrr @ Lh
                 Zjj -= Lh.T @ Zrj
                 Z[s] = np.vstack([Zjj, Zrj])
@@ -346,6 +350,24 @@ class SupernodalCholesky:
         out = np.empty(n)
         out[self.perm] = d
         return out
+
+
+def _extend_add(F: np.ndarray, U: np.ndarray, pm: np.ndarray) -> None:
+    """F[pm, pm] += U on the lower triangle (pm increasing), by contiguous runs of ``pm``."""
+    brk = np.flatnonzero(np.diff(pm) != 1) + 1
+    if brk.size == 0:
+        p0 = int(pm[0])
+        F[p0:p0 + pm.size, p0:p0 + pm.size] += U
+        return
+    if brk.size > 64:
+        F[np.ix_(pm, pm)] += U
+        return
+    starts = np.concatenate([[0], brk])
+    ends = np.concatenate([brk, [pm.size]])
+    for a, b in zip(starts, ends):
+        # rows a..b of U go to F rows pm[a]..pm[a]+(b-a); only columns up to b are in the lower triangle
+        r0 = int(pm[a])
+        F[r0:r0 + (b - a), pm[:b]] += U[a:b, :b]
 
 
 def _postorder(parent: np.ndarray) -> np.ndarray:

@@ -6,7 +6,9 @@ probability ``p_false``; the largest single pull below the Gaussian limit for 3 
 The tracks are measured in the frame of the VXD alignment the cDSTs were made with (read from the
 cDST manifests): a residual misalignment moves the reconstructed beam spot.  The position covariance
 used against the truth therefore adds, per axis, the mean square displacement (true - used) of the
-PXD sensor centres as a systematic (zero when the cDSTs were made with the true alignment).
+PXD sensor centres as a systematic (zero when the cDSTs were made with the true alignment), and the
+size variances add the variance of those displacements about their mean (the extra spread of the
+impact parameters a residual misalignment causes).
 Always (self-consistency with the input cDSTs): the stored result must agree with a re-fit of the
 data (same chi2 criterion), and the fits of the even and odd events must agree within their errors;
 the x size must be significant and positive.  Writes beam_spot.png and beam_spot.csv.
@@ -31,6 +33,19 @@ def _chi2(delta: np.ndarray, cov: np.ndarray) -> float:
 def alignment_systematic(files, true_vxd) -> np.ndarray:
     """Diagonal covariance (3, 3) [mm^2]: per axis the mean square displacement (true - used) of the PXD
     sensor centres, the used alignment being the VXDAlignment recorded in the cDST manifests."""
+    return np.diag(np.mean(_pxd_displacements(files, true_vxd) ** 2, axis=(0, 1)))
+
+
+def alignment_size_systematic(files, true_vxd) -> np.ndarray:
+    """Per axis (3,) [mm^2]: the variance of the PXD sensor displacements (true - used) about their mean:
+    a residual misalignment spreads the track impact parameters by about that much, which the size
+    variances absorb."""
+    d = _pxd_displacements(files, true_vxd)
+    return np.mean(np.var(d, axis=1), axis=0)
+
+
+def _pxd_displacements(files, true_vxd) -> np.ndarray:
+    """(n_productions, n_pxd_sensors, 3) displacements true - used of the PXD sensor centres [mm]."""
     import json
     from pathlib import Path
 
@@ -39,7 +54,7 @@ def alignment_systematic(files, true_vxd) -> np.ndarray:
 
     geom = nominal_geometry()
     if true_vxd is None:
-        return np.zeros((3, 3))
+        return np.zeros((1, int(geom.is_pxd.sum()), 3))
     used = []
     for manifest in sorted({Path(f).resolve().parent.parent / "manifest.json" for f in files}):
         if not manifest.is_file():
@@ -59,11 +74,8 @@ def alignment_systematic(files, true_vxd) -> np.ndarray:
     true = np.zeros((geom.n_sensors, 6))
     true[geom.sensor_index(true_vxd["sensor_id"])] = true_vxd["params"]
     c_true, _ = aligned_frames(geom, true)
-    d2 = np.zeros(3)
-    for params in used:
-        c_used, _ = aligned_frames(geom, params)
-        d2 += np.mean((c_true - c_used)[geom.is_pxd] ** 2, axis=0)
-    return np.diag(d2 / max(len(used), 1))
+    out = [(c_true - aligned_frames(geom, params)[0])[geom.is_pxd] for params in used]
+    return np.stack(out) if out else np.zeros((1, int(geom.is_pxd.sum()), 3))
 
 
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
@@ -115,10 +127,12 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     if truth is not None:
         true_vxd = truth_or_none(kwargs.get("reference_db"), "VXDAlignment", requested_iov)
         syst = alignment_systematic(files, true_vxd)
+        size_syst = alignment_size_systematic(files, true_vxd)
         for i, ax in enumerate("xyz"):
             figures[f"alignment_systematic_{ax}_mm"] = float(np.sqrt(syst[i, i]))
+            figures[f"alignment_size_systematic_{ax}{ax}_mm2"] = float(size_syst[i])
         compare("truth", np.asarray(truth["position"], float), syst, np.asarray(truth["size"], float),
-                np.diag(size_e))
+                np.sqrt(np.diag(size_e) ** 2 + size_syst ** 2))
     # self-consistency with the data
     tracks = read_tracks(files)
     refit = fit_beamspot(tracks, cfg)

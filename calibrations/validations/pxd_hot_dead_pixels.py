@@ -26,7 +26,6 @@ settings = ValidationSettings(name="PXDHotDeadPixels",
 
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
     """Validate PXDMasks (see the module docstring); returns a Verdict."""
-    from scipy.stats import chi2 as chi2_dist
     from scipy.stats import poisson
 
     from b2luca.contract import Verdict

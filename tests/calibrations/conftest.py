@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from b2luca.iov import ExpRun, IoV  # noqa: E402
 
 EXPERIMENT = 26
 RUNS = [1, 2]
-SEED = 424242
+SEED = int(os.environ.get("B2LUCA_TEST_SEED", "424242"))  # other seeds: robustness checks
 EVENTS = {"hadron_calib": 1000, "mumu_tight_or_highm_calib": 1500, "random_calib": 200, "bhabha_all_calib": 1500,
           "cosmic_calib": 300}
 

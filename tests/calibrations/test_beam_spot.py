@@ -58,6 +58,7 @@ def test_alignment_systematic_from_the_manifest(bucket, script, cdst_files, tmp_
     true_vxd = bucket.truth.read("VXDAlignment", ExpRun(26, 1))
     # produced with the true alignment: no systematic
     assert np.allclose(val.alignment_systematic(files, true_vxd), 0.0)
+    assert np.allclose(val.alignment_size_systematic(files, true_vxd), 0.0)
     # a cDST made with the nominal geometry (manifest: VXDAlignment null): the true sensor displacements
     fake = tmp_path / "r00001" / "mumu_tight_or_highm_calib" / "cdst_0.root"
     fake.parent.mkdir(parents=True)
@@ -71,3 +72,5 @@ def test_alignment_systematic_from_the_manifest(bucket, script, cdst_files, tmp_
     c, _ = aligned_frames(g, true_vxd["params"])
     np.testing.assert_allclose(np.diag(syst), np.mean((c - g.center)[g.is_pxd] ** 2, axis=0))
     assert np.all(np.sqrt(np.diag(syst)) > 0.01)  # tens of micrometres: half-shell shifts of 50 um
+    d = (c - g.center)[g.is_pxd]
+    np.testing.assert_allclose(val.alignment_size_systematic([fake], true_vxd), np.var(d, axis=0))

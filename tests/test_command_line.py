@@ -40,15 +40,15 @@ def test_config_error_exit_2(tmp_path, capsys):
 def test_catalogue_error_exit_2(tmp_path, capsys):
     calibrations = tmp_path / "calibrations"
     shutil.copytree(REPO / "calibrations", calibrations, ignore=shutil.ignore_patterns("__pycache__"))
-    script = calibrations / "cdc_time_zeros.py"
-    script.write_text(script.read_text().replace('name="CDCTimeZeros"', 'name="SVDTimeOffsets"'))
+    # A second script declaring an existing calibration's name.
+    (calibrations / "svd_time_offsets_copy.py").write_text((calibrations / "svd_time_offsets.py").read_text())
     doc = yaml.safe_load(DEMO.read_text())
     doc["calibrations"]["directory"] = str(calibrations)
     cfg = tmp_path / "b.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     assert main(["check", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "SVDTimeOffsets" in err and "cdc_time_zeros.py" in err and "svd_time_offsets.py" in err
+    assert "SVDTimeOffsets" in err and "svd_time_offsets_copy.py" in err and "svd_time_offsets.py" in err
 
 
 def test_console_script_version_and_usage():
