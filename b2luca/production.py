@@ -8,7 +8,7 @@ groups*, each computed from the raw file and a set of payloads:
     the raw trees copied unchanged (``event``, ``pxd``, ``svd``, ``cdc``, ``pxd_digits``; same
     branches as raw, so :func:`b2luca.reco.raw.read_raw` reads a cDST too) plus the calibrated hit
     times in ``svd.time_corrected`` [ns] and ``cdc.drift_time`` [ns].
-``tracks`` (payloads VXDAlignment, CDCAlignment, CDCTimeZeros, PXDMasks)
+``tracks`` (payloads VXDAlignment, CDCAlignment, CDCTimeZeros, PXDMasks; and the fit options)
     ``tracks``: one row per fitted track: ``event``, ``cand``, perigee ``d0 phi0 omega z0 tanl``,
     covariance ``cov_ij`` (i <= j, 15 columns), ``chi2``, ``ndf``, ``p``, ``charge``, ``n_pxd``,
     ``n_svd``, ``n_cdc``; ``track_hits``: the hits -> track relation, one row per measurement:
@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .iov import ExpRun
+from .rootio import write_trees
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -54,9 +55,11 @@ GROUP_TREES: dict[str, tuple[str, ...]] = {
     "tracks": ("tracks", "track_hits"),
     "ecl": ("ecl", "ecl_clusters"),
 }
-#: fit settings: Gauss-Newton iterations from the algebraic seed (2 converge to < 1e-5 sigma for
-#: di-muons), no per-layer scattering kinks (a factor ~3 faster; errors from the hit resolution only)
-FIT_ITERATIONS = 2
+#: fit settings: at most this many Gauss-Newton iterations from the algebraic seed (the fit stops once
+#: chi2 settles; 2 already converge to < 1e-5 sigma for di-muons).  By default no per-layer scattering
+#: kinks: twice as fast, but the errors come from the hit resolution only (chi2/ndf ~1.07 for di-muons,
+#: ~10 for soft hadrons); ``produce_run(..., scattering=True)`` gives chi2/ndf ~1.0 for all.
+FIT_ITERATIONS = 4
 FIT_SCATTERING = False
 _COV_INDEX = [(i, j) for i in range(5) for j in range(i, 5)]
 _PARAM_NAMES = ("d0", "phi0", "omega", "z0", "tanl")
@@ -75,15 +78,16 @@ def _fingerprint(chain, name: str, exprun: ExpRun) -> dict[str, Any] | None:
     return {"database": str(Path(entry.path).parent.resolve()), "revision": entry.revision}
 
 
-def _group_fingerprints(chain, exprun: ExpRun) -> dict[str, dict[str, Any]]:
+def _group_fingerprints(chain, exprun: ExpRun, scattering: bool = FIT_SCATTERING) -> dict[str, dict[str, Any]]:
     cache: dict[str, Any] = {}
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for group, names in GROUP_PAYLOADS.items():
         out[group] = {}
         for name in names:
             if name not in cache:
                 cache[name] = _fingerprint(chain, name, exprun)
             out[group][name] = cache[name]
+    out["tracks"]["_fit"] = {"scattering": bool(scattering), "max_iterations": FIT_ITERATIONS}
     return out
 
 
@@ -106,16 +110,16 @@ def read_manifest(cdst_run_dir: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def manifest_is_current(cdst_run_dir: Path, chain, exprun: ExpRun) -> bool:
+def manifest_is_current(cdst_run_dir: Path, chain, exprun: ExpRun, scattering: bool = FIT_SCATTERING) -> bool:
     """True iff the manifest exists, its files exist, and every payload it records is still the one
-    ``chain.lookup`` returns for ``exprun``."""
+    ``chain.lookup`` returns for ``exprun`` (and the tracks were fitted with the same fit options)."""
     try:
         manifest = read_manifest(Path(cdst_run_dir))
     except ProductionError:
         return False
     if manifest is None or manifest.get("format_version") != FORMAT_VERSION:
         return False
-    if manifest.get("groups") != _group_fingerprints(chain, exprun):
+    if manifest.get("groups") != _group_fingerprints(chain, exprun, scattering):
         return False
     for files in manifest["files"].values():
         for record in files:
@@ -143,20 +147,7 @@ def _read_trees(path: Path, trees: tuple[str, ...]) -> dict[str, dict[str, np.nd
 
 
 def _write_trees_atomic(path: Path, trees: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-    import uproot
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with uproot.recreate(tmp) as out:
-            for name, cols in trees.items():
-                out[name] = {k: np.ascontiguousarray(v) for k, v in cols.items()}
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_trees(path, trees)  # TTrees, temporary name then rename
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -223,8 +214,8 @@ _TRACK_KEYS = ("params", "cov", "chi2", "ndf")
 _ROW_KEYS = ("residual",)
 
 
-def _fit_robust(meas, constants, chunk: int = 1000, row_keys: tuple[str, ...] = _ROW_KEYS
-                ) -> tuple[Any, dict[str, np.ndarray]]:
+def _fit_robust(meas, constants, chunk: int = 1000, row_keys: tuple[str, ...] = _ROW_KEYS,
+                scattering: bool = FIT_SCATTERING) -> tuple[Any, dict[str, np.ndarray]]:
     """Fit all candidates in chunks; a chunk whose fit fails (singular system) is bisected so that only
     the offending candidates are dropped.  Returns (measurements of the fitted tracks, arrays: the
     per-track ``params cov chi2 ndf``, the per-row ``row_keys`` of FitResult, and ``failed``)."""
@@ -234,7 +225,7 @@ def _fit_robust(meas, constants, chunk: int = 1000, row_keys: tuple[str, ...] = 
         sub = _subset(meas, idx)
         try:
             with np.errstate(all="ignore"):
-                return [(idx, fit_tracks(sub, constants, n_iter=FIT_ITERATIONS, scattering=FIT_SCATTERING))]
+                return [(idx, fit_tracks(sub, constants, n_iter=FIT_ITERATIONS, scattering=scattering))]
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             if idx.size == 1:
                 return []
@@ -259,7 +250,8 @@ def _fit_robust(meas, constants, chunk: int = 1000, row_keys: tuple[str, ...] = 
     return sub, arrays
 
 
-def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[str, dict[str, np.ndarray]]:
+def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants,
+                  scattering: bool = FIT_SCATTERING) -> dict[str, dict[str, np.ndarray]]:
     from .reco import helix as H
     from .reco.measurements import build_measurements
 
@@ -269,7 +261,7 @@ def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dic
     meas = build_measurements(raw, constants)
     if meas.n_tracks == 0:
         return _empty_tracks()
-    meas, fit = _fit_robust(meas, constants)
+    meas, fit = _fit_robust(meas, constants, scattering=scattering)
     fit = _FitArrays(**fit)
     nt = meas.n_tracks
     gevent = meas.track_key[:, 0]
@@ -336,7 +328,8 @@ def _cdst_name(raw_file: Path) -> str:
     return "cdst_" + raw_file.name[len("raw_"):]
 
 
-def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) -> dict[str, Any]:
+def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
+                scattering: bool = FIT_SCATTERING) -> dict[str, Any]:
     """Reconstruct every raw file of one run (all data tags) into cDST files; see the module docstring.
 
     Returns a JSON-able summary: ``tags``, ``files``, ``tracks`` (per tag), ``seconds``, ``payloads``
@@ -349,7 +342,7 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) ->
     start = time.perf_counter()
     raw_run_dir, cdst_run_dir = Path(raw_run_dir), Path(cdst_run_dir)
     tags = _raw_files(raw_run_dir)
-    fingerprints = _group_fingerprints(chain, exprun)
+    fingerprints = _group_fingerprints(chain, exprun, scattering)
     try:
         old = read_manifest(cdst_run_dir)
     except ProductionError as exc:  # never half-written (atomic), so foreign or damaged: start afresh
@@ -391,7 +384,8 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) ->
                 raw = read_raw([raw_file])
                 for group in GROUP_PAYLOADS:
                     if group in todo:
-                        trees.update(_BUILDERS[group](raw, constants))
+                        trees.update(_BUILDERS[group](raw, constants, scattering) if group == "tracks"
+                                     else _BUILDERS[group](raw, constants))
                 failed = trees.pop("_failed_fits", None)
                 if failed is not None:
                     failed_fits += int(failed["n"][0])
@@ -417,7 +411,8 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun) ->
     payloads = {}
     for group in fingerprints.values():
         for name, fp in group.items():
-            payloads[name] = "nominal" if fp is None else fp["revision"]
+            if not name.startswith("_"):
+                payloads[name] = "nominal" if fp is None else fp["revision"]
     return {"tags": sorted(tags), "files": sum(len(v) for v in files_out.values()), "tracks": n_tracks,
             "seconds": round(time.perf_counter() - start, 3), "payloads": payloads, "computed": computed,
             "copied": copied, "failed_fits": failed_fits}

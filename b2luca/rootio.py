@@ -35,6 +35,7 @@ def write_trees(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str,
                 tree = out.mktree(name, {b: _branch_type(a) for b, a in arrays.items()})
                 if lengths and lengths.pop() > 0:
                     tree.extend(arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; data files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -165,3 +165,20 @@ def test_changed_raw_file_is_recomputed_and_bad_input_is_named(sim, tmp_path):
     summary = produce_run(raw_src, cdst_dir, chain, exprun)
     assert summary["computed"] == {"hits": 5, "tracks": 5, "ecl": 5}
     assert manifest_is_current(cdst_dir, chain, exprun)
+
+
+def test_fit_options_are_part_of_the_tracks_fingerprint(sim):
+    root, tags = sim
+    raw_dir, cdst_dir = _dirs(root, "cdst_e")
+    chain, _ = _chain(root, tags, "prompt_e")
+    exprun = ExpRun(EXP, RUN)
+    produce_run(raw_dir, cdst_dir, chain, exprun)
+    plain = read_cdst(cdst_dir / "hadron_calib")["tracks"]
+    assert not manifest_is_current(cdst_dir, chain, exprun, scattering=True)
+    summary = produce_run(raw_dir, cdst_dir, chain, exprun, scattering=True)
+    assert summary["computed"] == {"hits": 0, "tracks": 5, "ecl": 0}
+    assert manifest_is_current(cdst_dir, chain, exprun, scattering=True)
+    assert not manifest_is_current(cdst_dir, chain, exprun)
+    kinks = read_cdst(cdst_dir / "hadron_calib")["tracks"]
+    # soft pions scatter: with the kinks in the fit the chi2/ndf comes down to ~1
+    assert np.median(kinks["chi2"] / kinks["ndf"]) < 1.3 < np.median(plain["chi2"] / plain["ndf"])

@@ -245,7 +245,11 @@ def invalidate(ctx: BucketContext, names: Iterable[str]) -> list[str]:
         stage, level = plan.group_of(name)
         groups.add(group_name(stage, level))
     if any(plan.group_of(n)[0] == STAGE_RAW for n in targets):
+        # luigi decides CdstProduction.complete() when it schedules, before the rerun stores new constants:
+        # forget the productions too; each one then recomputes only the branch groups whose constants changed.
         groups.add(STAGE_PRODUCTION)
+        for marker in (ctx.work_dir / "cdst_production").glob("r*.json"):
+            marker.unlink()
     for group in groups:
         (ctx.work_dir / "archive" / f"{group}.json").unlink(missing_ok=True)
     return targets
@@ -399,7 +403,8 @@ def _dry_run(ctx: BucketContext, tasks: list[luigi.Task], rerun: list[str], echo
             continue
         name, kind, stage, group = _describe(task, ctx)
         deps = _direct_work(task)
-        forced = kind == "calibration" and task.name in invalid
+        forced = (kind == "calibration" and task.name in invalid) or (
+            kind == "cdst_production" and any(ctx.plan.group_of(n)[0] == STAGE_RAW for n in rerun))
         if task.complete() and not forced:
             why, state = "complete (output exists)", "done"
         else:
