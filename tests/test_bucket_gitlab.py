@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 TOKEN_ENV = "B2LUCA_E2E_GITLAB_TOKEN"
 EVENTS = {"cosmic_calib": 150, "mumu_tight_or_highm_calib": 600, "hadron_calib": 300, "bhabha_all_calib": 300,
-          "random_calib": 30}
+          "random_calib": 50}
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,8 @@ So every exact method needs one Cholesky factorisation of G, 2m+1 solves and dia
 * ``dense``: LAPACK potrf/potri (scipy.linalg). Limited to n < 16000 (multithreaded OpenBLAS crashed in a
   dense Cholesky at n ≥ 16000 on this kind of machine);
 * ``sparse``: supernodal multifrontal Cholesky + selected inversion (:mod:`.sparse_chol`);
-* ``auto``: dense up to 4000 free parameters (faster there), else sparse.
+* ``auto``: dense up to 2000 free parameters, else sparse (dense LAPACK suffers most from OpenBLAS
+  thread contention on a shared machine).
 
 ``minres`` (not exact): MINRES (scipy) on H = C + ρAᵀA (positive definite on the whole space, equal to C
 on the constraint surface), Jacobi preconditioned, rtol 1e-12, m+1 right-hand sides, the constraints then
@@ -44,7 +45,7 @@ __all__ = ["LinearConstraints", "solve_system", "SolveOutput", "SolverError", "D
            "MINRES_RTOL"]
 
 DENSE_MAX = 15999
-AUTO_DENSE_MAX = 4000
+AUTO_DENSE_MAX = 2000
 MINRES_RTOL = 1e-12
 
 

@@ -1,8 +1,8 @@
 """CdstProduction: reconstruct one run's raw data with the constants produced so far, write cDST files.
 
-The task is complete when the run's cDST manifest exists *and* the constants it was made with are
-still the ones in force; after a raw calibration is re-run with new payloads, only the parts of the
-cDST that depend on the changed constants are recomputed (see :mod:`b2luca.production`).
+The task is complete when its marker exists.  After a raw calibration is re-run (``--rerun``), the
+markers are forgotten and production runs again, recomputing only the parts of the cDST that depend
+on the changed constants (see :mod:`b2luca.production`).
 """
 
 from __future__ import annotations
@@ -49,13 +49,11 @@ class CdstProduction(BucketTask):
 
         return RunRawCalibrations(config_path=self.config_path)
 
-    def complete(self) -> bool:
-        from ..production import manifest_is_current
-
-        path = self.output_path()
-        if not path.is_file():
-            return False
-        return manifest_is_current(self._cdst_run_dir(), self.ctx.chain(), self.exprun)
+    # complete() is luigi's default: the run's marker exists.  The marker is judged against the constants
+    # the production was scheduled with; the cdst stage later stores payloads (e.g. ECLCrystalEnergy) that
+    # the manifest also tracks, and those must not make a finished production look stale.  New raw-stage
+    # constants reach the cDSTs through ``--rerun`` (which forgets the markers); produce_run then
+    # recomputes only the branch groups whose constants changed (production.manifest_is_current).
 
     def _cdst_run_dir(self) -> Path:
         return run_root(self.ctx.cfg.data.cdst_directory, self.exprun)
