@@ -267,10 +267,11 @@ def plan_events(ctx: BucketContext) -> list[dict[str, Any]]:
                             "depends_on": [], "produced_payloads": list(names)})
     for stage in plan.stages:
         if stage.name == STAGE_PRODUCTION:
-            entries.append({"name": "CdstProduction", "stage": STAGE_PRODUCTION, "group": STAGE_PRODUCTION,
-                            "kind": "cdst_production", "expert": None, "description":
-                            f"reconstruct runs {', '.join(map(str, production_runs(cfg)))}", "depends_on": [],
-                            "produced_payloads": []})
+            for run in production_runs(cfg):  # named as the CdstProduction tasks report themselves
+                entries.append({"name": f"CdstProduction:r{run:05d}", "stage": STAGE_PRODUCTION,
+                                "group": STAGE_PRODUCTION, "kind": "cdst_production", "expert": None,
+                                "description": f"reconstruct run {run} with the raw-stage constants",
+                                "depends_on": [], "produced_payloads": []})
             continue
         for level, group in enumerate(stage.groups):
             for name in group:
