@@ -17,7 +17,7 @@ from b2luca.config import load_config
 from b2luca.tasks.context import context_for
 from b2luca.tasks.driver import run_bucket
 
-from conftest import copy_calibrations, make_bucket
+from bucket_helpers import copy_calibrations, make_bucket
 
 pytestmark = pytest.mark.slow
 

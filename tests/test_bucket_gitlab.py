@@ -15,7 +15,7 @@ from b2luca.report import outbox as outbox_mod
 from b2luca.tasks.context import context_for
 from b2luca.tasks.driver import plan_events, run_bucket
 
-from conftest import make_bucket
+from bucket_helpers import make_bucket
 from report.fake_gitlab import FakeGitLab
 
 pytestmark = pytest.mark.slow

@@ -102,3 +102,11 @@ def test_relative_paths_resolve_against_config_dir(tmp_path, demo_doc):
     del demo_doc["conditions"]["directory"]
     cfg = load_config(_write(tmp_path, demo_doc))
     assert cfg.work_dir == tmp_path / "w" and cfg.conditions.directory == tmp_path / "w" / "conditions"
+
+
+def test_site_example_validates():
+    cfg = load_config(REPO / "configs" / "example-site.yaml")
+    assert cfg.rundb.source == "rest" and cfg.rundb.api_key_env == "BELLE2_RUNDB_KEY"
+    assert cfg.report.gitlab.token_env == "B2LUCA_GITLAB_TOKEN" and cfg.runner.type == "basf2"
+    assert cfg.batch.resources_for("caf_vxdcdc_alignment").cpus == 8
+    assert cfg.batch.resources_for("caf_cdc").memory_mb == 4000

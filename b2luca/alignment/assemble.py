@@ -294,28 +294,41 @@ class Assembler:
         acc_e = accept[erec]
         self.entries += np.bincount(lidx[acc_e], minlength=self.entries.size)
         # accumulate the block pairs of accepted records, group by group
-        keys_all, vals_all = [], []
+        # the per-record block pairs stay in place in Pbuf (rows of S·S values): only their row numbers and
+        # block-pair keys are gathered, and one sparse (0/1) x dense product sums them per key
+        keys_all, rows_all, bm_all, bv_all = [], [], [], []
+        poff = sysd["Poff"]
         for g in sysd["groups"]:
-            rec, P, br, nbg = g["rec"], g["P"], g["b"], g["nb"]
+            rec, br, nbg = g["rec"], g["b"], g["nb"]
             a = accept[rec]
             if not a.any() or nbg == 0:
                 continue
             if not a.all():
-                rec, P, br = rec[a], P[a], br[a]
+                rec, br = rec[a], br[a]
             R = rec.size
             bl = ublk[ustart[rec][:, None] + np.arange(nbg)[None, :]]  # (R, nb) sorted block ids
             ta, tb = np.triu_indices(nbg)
             keys_all.append((bl[:, ta] * _NBIG + bl[:, tb]).ravel())
-            vals_all.append(P.reshape(-1, S * S))
+            rows_all.append((poff[rec][:, None] + np.arange(ta.size)[None, :]).ravel())
             members = self.block_members[bl].reshape(R, nbg * S)
             m = members >= 0
-            self.bvec += np.bincount(members[m], weights=br[m], minlength=self.bvec.size)
+            bm_all.append(members[m])
+            bv_all.append(br[m])
         if keys_all:
+            bm = np.concatenate(bm_all)
+            self.bvec += np.bincount(bm, weights=np.concatenate(bv_all), minlength=self.bvec.size)
             keys = np.concatenate(keys_all)
-            vals = np.concatenate(vals_all)
-            uk = np.unique(keys)
-            kinv = np.searchsorted(uk, keys)
-            self._merge(uk, _segsum(kinv, vals, uk.size))
+            rows = np.concatenate(rows_all)
+            o = np.argsort(keys, kind="stable")
+            sk = keys[o]
+            first = np.ones(sk.size, bool)
+            np.not_equal(sk[1:], sk[:-1], out=first[1:])
+            starts = np.flatnonzero(first)
+            uk = sk[starts]
+            indptr = np.append(starts, sk.size).astype(np.int64)
+            Pv = sysd["Pbuf"].reshape(-1, S * S)
+            A = sp.csr_matrix((np.ones(sk.size), rows[o], indptr), shape=(uk.size, Pv.shape[0]))
+            self._merge(uk, np.asarray(A @ Pv))
 
     def _merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
         """Add per-chunk block-pair sums; values live in an append-only store, keys in a sorted index."""
@@ -591,11 +604,15 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
             br = gam - np.einsum("rkp,rp->rk", M, u)
             c2 = ywy[rec] - np.einsum("rp,rp->r", u, u)
             if nbg:
-                ta, tb = np.triu_indices(nbg)
-                F = M @ M.transpose(0, 2, 1)  # one batched product, then pick the upper block pairs
-                pick = np.arange(Kg * Kg).reshape(nbg, S, nbg, S).transpose(0, 2, 1, 3)[ta, tb].ravel()
-                P2 = P.reshape(R, -1)  # a view into Pbuf
-                P2 -= np.take(F.reshape(R, Kg * Kg), pick, axis=1)
+                # M Mᵀ by block rows: row block a against blocks a..nb-1, subtracted in place from the
+                # upper block pairs (P is a view into Pbuf; pair order (0,0),(0,1),..,(1,1),.. = triu order)
+                Mt = M.transpose(0, 2, 1)
+                pp = 0
+                for a in range(nbg):
+                    n_ = nbg - a
+                    rowblk = M[:, a * S:(a + 1) * S] @ Mt[:, :, a * S:]  # (R, S, n_·S)
+                    P[:, pp:pp + n_] -= rowblk.reshape(R, S, n_, S).transpose(0, 2, 1, 3)
+                    pp += n_
             ok[rec] = good
             lpar = np.einsum("rqp,rp->rq", Vs, u)
         else:
@@ -603,7 +620,7 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
             lpar = np.zeros((R, 0))
         chi2[rec] = c2
         groups.append({"rec": rec, "P": P, "b": br, "nb": nbg, "lpar": lpar})
-    return {"chi2": chi2, "ok": ok, "groups": groups}
+    return {"chi2": chi2, "ok": ok, "groups": groups, "Pbuf": Pbuf, "Poff": offs["P"][0] // S2}
 
 
 def _residuals(recs: MilleRecords, y: np.ndarray, sysd: dict, meas_rec: np.ndarray) -> np.ndarray:

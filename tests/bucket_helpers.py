@@ -1,12 +1,11 @@
-"""Shared fixtures: a private copy of the demo bucket under tmp_path."""
+"""Test helpers: a private copy of the demo bucket (config, calibrations) under a temporary directory."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,9 +41,3 @@ def copy_calibrations(base: Path) -> Path:
     target = base / "calibrations"
     shutil.copytree(REPO / "calibrations", target, ignore=shutil.ignore_patterns("__pycache__"))
     return target
-
-
-@pytest.fixture()
-def bucket_factory(tmp_path: Path) -> Callable[..., Path]:
-    """``bucket_factory(**make_bucket kwargs) -> config path`` in this test's tmp_path."""
-    return lambda **kwargs: make_bucket(tmp_path, **kwargs)
