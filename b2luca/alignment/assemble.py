@@ -10,7 +10,13 @@ records are grouped by shape (number of local parameters, number of label blocks
 of a whole group are computed with batched numpy linear algebra. The global matrix is accumulated by label
 *blocks* (labels that always appear in the same measurements, e.g. the 6 rigid-body parameters of a sensor,
 found from a hash of the measurements they occur in), so each record contributes a few dense block pairs,
-summed per chunk with one ``bincount``. There is no Python loop over records anywhere.
+summed per chunk with one sparse x dense product. There is no Python loop over records anywhere.
+
+Fast path (every measurement touches one label block, the usual case): the per-record sums are sparse x dense
+products that never form per-measurement outer products (``_outer_segsum``), written straight into the
+shape-group buffers; D is summed per global block directly, and the upper block pairs of F = H Γ⁻¹ Hᵀ are
+picked out of the batched product by the column indices of a ±1 sparse matrix (``_pick_csc``), so no
+per-record block-pair array is gathered or copied.
 """
 
 from __future__ import annotations
@@ -234,8 +240,9 @@ class Assembler:
         chg = np.ones(ekey.size, bool)
         if ekey.size > 1:
             np.not_equal(ekey[1:], ekey[:-1], out=chg[1:])
-        ukey = np.unique(ekey[chg])
-        einv = np.searchsorted(ukey, ekey)
+        kc = ekey[chg]
+        ukey = _unique_int(kc)
+        einv = np.searchsorted(ukey, kc)[np.cumsum(chg) - 1]  # search the changes only, then spread
         urec = ukey // NB
         ublk = ukey % NB
         nb = np.bincount(urec, minlength=nrec)
@@ -314,6 +321,9 @@ class Assembler:
             m = members >= 0
             bm_all.append(members[m])
             bv_all.append(br[m])
+        if sysd["Pbuf"] is None:
+            self._accumulate_fd(sysd, accept, ublk, ustart, nb)
+            return
         if keys_all:
             bm = np.concatenate(bm_all)
             self.bvec += np.bincount(bm, weights=np.concatenate(bv_all), minlength=self.bvec.size)
@@ -329,6 +339,64 @@ class Assembler:
             Pv = sysd["Pbuf"].reshape(-1, S * S)
             A = sp.csr_matrix((np.ones(sk.size), rows[o], indptr), shape=(uk.size, Pv.shape[0]))
             self._merge(uk, np.asarray(A @ Pv))
+
+    def _accumulate_fd(self, sysd: dict, accept: np.ndarray, ublk: np.ndarray, ustart: np.ndarray,
+                       nb: np.ndarray) -> None:
+        """Single-block measurements: C_r = D_r − F_r with D per (record, block) and F = M Mᵀ per group.
+
+        Both are summed per block pair by sparse (±1) x dense products whose column indices pick the upper
+        block pairs straight out of F viewed as rows of S values (no gather copy).
+        """
+        S = self.stride
+        nrec = accept.size
+        NBIG = _NBIG
+        # D: per-measurement outer products of accepted records, keyed by the measurement's block (diagonal pair)
+        rb_rec = np.repeat(np.arange(nrec), nb)
+        rbm = sysd["rb_m"]
+        m_sel = np.flatnonzero(accept[rb_rec[rbm]])
+        bd = ublk[rbm[m_sel]]
+        keys_d = bd * NBIG + bd
+        parts = []  # (pair keys (n,), F row base (n,) with stride nb, F rows (m, S), group)
+        bm_all, bv_all = [], []
+        for g in sysd["groups"]:
+            rec, br, nbg, F = g["rec"], g["b"], g["nb"], g["F"]
+            a = accept[rec]
+            if not a.any() or nbg == 0:
+                continue
+            sel = np.flatnonzero(a)
+            rec_a = rec[sel]
+            R = rec_a.size
+            bl = ublk[ustart[rec_a][:, None] + np.arange(nbg)[None, :]]  # (R, nb) sorted block ids
+            members = self.block_members[bl].reshape(R, nbg * S)
+            m = members >= 0
+            bm_all.append(members[m])
+            bv_all.append(br[sel][m])
+            if F is None:
+                continue
+            ta, tb = np.triu_indices(nbg)
+            keys = (bl[:, ta] * NBIG + bl[:, tb]).ravel()
+            parts.append((keys, sel, nbg, F.reshape(-1, S)))
+        if bm_all:
+            self.bvec += np.bincount(np.concatenate(bm_all), weights=np.concatenate(bv_all),
+                                     minlength=self.bvec.size)
+        if not keys_d.size:
+            return
+        uk = _unique_int(np.concatenate([keys_d] + [p[0] for p in parts]))
+        nout = uk.size * S
+        sr = np.arange(S)
+        kd = np.searchsorted(uk, keys_d)
+        # D block (s, :) += w d_s dᵀ: a matrix with w·d[m, s] at row (key, s) of column m, times d
+        tot = np.asarray(_outer_segsum(kd, sysd["wd"][m_sel], sysd["d"][m_sel], uk.size)).reshape(nout, S)
+        for keys, sel, nbg, Fr in parts:
+            kf = np.searchsorted(uk, keys).reshape(sel.size, -1)  # (R, n_pairs)
+            # rows of S values of F[r].reshape(nb, S, nb, S) with b >= a, in ascending order (a, s, b)
+            ga, gs, gb = np.nonzero(np.arange(nbg)[None, None, :] >= np.arange(nbg)[:, None, None]
+                                    + np.zeros((1, S, 1), np.int64))
+            pid = ga * nbg - ga * (ga - 1) // 2 + (gb - ga)
+            rows = (kf[:, pid] * S + gs[None, :]).ravel()
+            cols = (sel[:, None] * (nbg * S * nbg) + ((ga * S + gs) * nbg + gb)[None, :]).ravel()
+            tot += _pick_csc(rows, cols, -1.0, nout, Fr.shape[0]) @ Fr
+        self._merge(uk, tot.reshape(uk.size, S * S))
 
     def _merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
         """Add per-chunk block-pair sums; values live in an append-only store, keys in a sorted index."""
@@ -411,21 +479,35 @@ def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
     return out
 
 
-def _segsum(seg: np.ndarray, vals: np.ndarray, nseg: int) -> np.ndarray:
-    """Row sums of ``vals`` (n, c) grouped by ``seg`` (n,) -> (nseg, c): a 0/1 CSR matrix times ``vals``.
+def _pick_csc(rows: np.ndarray, cols: np.ndarray, value: float, nrow: int, ncol: int) -> sp.csc_matrix:
+    """Sparse matrix with ``value`` at (rows[k], cols[k]); ``cols`` strictly ascending (one entry per column)."""
+    indptr = np.zeros(ncol + 1, np.int64)
+    indptr[cols + 1] = 1
+    np.cumsum(indptr, out=indptr)
+    return sp.csc_matrix((np.full(rows.size, value), rows, indptr), shape=(nrow, ncol))
 
-    scipy's CSR x dense kernel reads each row of ``vals`` once; much cheaper than a ``bincount`` over an
-    (n·c) index array.
+
+def _unique_int(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array (a stable sort: fast on the nearly sorted keys used here)."""
+    s = np.sort(x, kind="stable")
+    if s.size < 2:
+        return s
+    keep = np.empty(s.size, bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def _outer_segsum(seg: np.ndarray, left: np.ndarray, right: np.ndarray, nseg: int) -> np.ndarray:
+    """Σ over rows m with seg[m] = k of left[m] ⊗ right[m] -> (nseg, L·W), without forming the outer products.
+
+    A sparse (nseg·L, n) matrix holding left[m, i] at row seg[m]·L + i of column m, times ``right`` (n, W).
     """
-    n = seg.size
-    if n and np.any(seg[1:] < seg[:-1]):
-        order = np.argsort(seg, kind="stable")
-    else:
-        order = np.arange(n)
-    indptr = np.zeros(nseg + 1, np.int64)
-    np.cumsum(np.bincount(seg, minlength=nseg), out=indptr[1:])
-    A = sp.csr_matrix((np.ones(n), order, indptr), shape=(nseg, n))
-    return np.asarray(A @ vals.reshape(n, -1))
+    n, L = left.shape
+    indptr = np.arange(0, n * L + 1, L, dtype=np.int64)
+    idx = (seg[:, None] * L + np.arange(L)[None, :]).ravel()
+    A = sp.csc_matrix((np.ascontiguousarray(left).ravel(), idx, indptr), shape=(nseg * L, n))
+    return np.asarray(A @ right).reshape(nseg, -1)
 
 
 def _pairs_within(seg_id: np.ndarray, seg_id2: np.ndarray | None = None):
@@ -485,7 +567,6 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
         wd = d * w[:, None]
         wa = a_l * w[:, None]
         r_m = meas_rec
-        nb_m = nb[r_m]
         blk_m = mblk if gm.size else np.zeros(nmeas, np.int64)
         q_m = q[r_m]
         rstart = np.zeros(nrec + 1, np.int64)
@@ -495,32 +576,20 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
         if hg.all():
             hg = slice(None)
         rb_m = rstart[:-1][r_m] + blk_m  # (record, block) id of each measurement with globals
-        rb_r = np.repeat(np.arange(nrec), nb)  # record and block rank of each (record, block)
-        rb_a = np.arange(n_rb) - rstart[:-1][rb_r]
-        # D and γ per (record, block): segment sums as a sparse (0/1) x dense product, placed into Pbuf
-        D_rb = _segsum(rb_m[hg], (wd[hg, :, None] * d[hg, None, :]).reshape(-1, S2), n_rb)
-        gam_rb = _segsum(rb_m[hg], wd[hg] * y[hg, None], n_rb)
-        o, tot = offs["P"]
-        Pbuf = np.zeros(tot)
-        pos = o[rb_r] + (rb_a * nb[rb_r] - rb_a * (rb_a - 1) // 2) * S2
-        Pbuf[pos[:, None] + np.arange(S2)[None, :]] = D_rb
+        rb_mh = rb_m[hg]  # D = Σ w d dᵀ per block is summed by the caller (accepted records only)
+        Pbuf = None  # D stays per (record, block); the caller accumulates D and F = M Mᵀ separately
         oK, totK = offs["K"]
-        gambuf = np.zeros(totK)
-        gambuf[(oK[rb_r] + rb_a * S)[:, None] + np.arange(S)[None, :]] = gam_rb
+        # (record, block) slots in shape-group order: γ (S values) and H (S·q values) per slot are summed
+        # straight into their buffers (slot k of gambuf/Hbuf = k-th (record, block) in group order)
+        rbg_m = (oK[r_m] // S + blk_m)[hg]
+        gambuf = _outer_segsum(rbg_m, wd[hg], y[hg, None], n_rb).ravel()
         uniform_q = bool(np.all(q == qmax))
         if uniform_q:
-            H_rb = _segsum(rb_m[hg], (wd[hg, :, None] * a_l[hg, None, :]).reshape(-1, S * qmax), n_rb)
-            o, tot = offs["H"]
-            Hbuf = np.zeros(tot)
-            Hbuf[(o[rb_r] + rb_a * S * qmax)[:, None] + np.arange(S * qmax)[None, :]] = H_rb
-            G_r = _segsum(r_m, (wa[:, :, None] * a_l[:, None, :]).reshape(-1, qmax * qmax), nrec)
-            o, tot = offs["G"]
-            Gbuf = np.zeros(tot)
-            Gbuf[o[:, None] + np.arange(qmax * qmax)[None, :]] = G_r
-            b_r = _segsum(r_m, wa * y[:, None], nrec)
+            Hbuf = _outer_segsum(rbg_m, wd[hg], a_l[hg], n_rb).ravel()
+            rg_m = offs["G"][0][r_m] // (qmax * qmax)  # record position in group order
+            Gbuf = _outer_segsum(rg_m, wa, a_l, nrec).ravel()
             oq, totq = offs["q"]
-            betabuf = np.zeros(totq)
-            betabuf[oq[:, None] + np.arange(qmax)[None, :]] = b_r
+            betabuf = _outer_segsum(rg_m, wa, y[:, None], nrec).ravel()
         else:
             o, tot = offs["H"]
             # entries with local index >= q_r carry exact zeros; their (aliased) index is harmless
@@ -589,7 +658,8 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
         r0 = rec[0]
         nbg, qg = int(nb[r0]), int(q[r0])
         Kg, npg = nbg * S, nbg * (nbg + 1) // 2
-        P = Pbuf[offs["P"][0][r0]: offs["P"][0][r0] + R * npg * S2].reshape(R, npg, S, S)
+        P = None if Pbuf is None else Pbuf[offs["P"][0][r0]: offs["P"][0][r0] + R * npg * S2].reshape(R, npg, S, S)
+        F = None
         gam = gambuf[oK[r0]: oK[r0] + R * Kg].reshape(R, Kg)
         if qg:
             Gm = Gbuf[offs["G"][0][r0]: offs["G"][0][r0] + R * qg * qg].reshape(R, qg, qg)
@@ -603,7 +673,10 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
             u = np.einsum("rqp,rq->rp", Vs, beta)  # Vsᵀ β
             br = gam - np.einsum("rkp,rp->rk", M, u)
             c2 = ywy[rec] - np.einsum("rp,rp->r", u, u)
-            if nbg:
+            if nbg and P is None:
+                # one batched product; the caller picks the upper block pairs as rows of S values
+                F = M @ M.transpose(0, 2, 1)  # (R, K, K)
+            elif nbg:
                 # M Mᵀ by block rows: row block a against blocks a..nb-1, subtracted in place from the
                 # upper block pairs (P is a view into Pbuf; pair order (0,0),(0,1),..,(1,1),.. = triu order)
                 Mt = M.transpose(0, 2, 1)
@@ -619,8 +692,11 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
             br, c2 = gam.copy(), ywy[rec]
             lpar = np.zeros((R, 0))
         chi2[rec] = c2
-        groups.append({"rec": rec, "P": P, "b": br, "nb": nbg, "lpar": lpar})
-    return {"chi2": chi2, "ok": ok, "groups": groups, "Pbuf": Pbuf, "Poff": offs["P"][0] // S2}
+        groups.append({"rec": rec, "P": P, "F": F, "b": br, "nb": nbg, "lpar": lpar})
+    out = {"chi2": chi2, "ok": ok, "groups": groups, "Pbuf": Pbuf, "Poff": offs["P"][0] // S2}
+    if Pbuf is None:
+        out["wd"], out["d"], out["rb_m"] = wd[hg], d[hg], rb_mh
+    return out
 
 
 def _residuals(recs: MilleRecords, y: np.ndarray, sysd: dict, meas_rec: np.ndarray) -> np.ndarray:
