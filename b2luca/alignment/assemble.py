@@ -342,7 +342,7 @@ class Assembler:
 
     def _accumulate_fd(self, sysd: dict, accept: np.ndarray, ublk: np.ndarray, ustart: np.ndarray,
                        nb: np.ndarray) -> None:
-        """Single-block measurements: C_r = D_r − F_r with D per (record, block) and F = M Mᵀ per group.
+        """Single-block measurements: C_r = D_r − F_r, D summed per global block, F = M Mᵀ per shape group.
 
         Both are summed per block pair by sparse (±1) x dense products whose column indices pick the upper
         block pairs straight out of F viewed as rows of S values (no gather copy).
@@ -356,7 +356,7 @@ class Assembler:
         m_sel = np.flatnonzero(accept[rb_rec[rbm]])
         bd = ublk[rbm[m_sel]]
         keys_d = bd * NBIG + bd
-        parts = []  # (pair keys (n,), F row base (n,) with stride nb, F rows (m, S), group)
+        parts = []  # (upper block-pair keys (R·n_pairs,), accepted rows of the group, nb, F as rows of S)
         bm_all, bv_all = [], []
         for g in sysd["groups"]:
             rec, br, nbg, F = g["rec"], g["b"], g["nb"], g["F"]
