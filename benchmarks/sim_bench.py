@@ -14,14 +14,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from b2luca.reco.geometry import nominal_geometry
 from b2luca.sim import make_truth, simulate_bucket, simulate_sample
 from b2luca.sim.runs import flagged_runs
 
-#: recommended events per run per data tag for configs/demo.yaml
-DEMO_EVENTS = {"cosmic_calib": 1500, "mumu_tight_or_highm_calib": 4000, "hadron_calib": 1000,
-               "bhabha_all_calib": 2000, "random_calib": 100}
+#: events per run per data tag of configs/demo.yaml (the demo bucket this benchmark times)
+DEMO_EVENTS = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())[
+    "simulation"]["events"]
 ALIGNMENT_TAGS = ("cosmic_calib", "mumu_tight_or_highm_calib", "hadron_calib")
 
 
