@@ -73,7 +73,6 @@ def mille_records(raw, constants, cfg: dict, cosmic: bool):
         return None, 0, np.zeros(0)
     meas, arrays = _fit_robust(meas, constants, row_keys=("residual", "local_derivs", "global_derivs", "global_labels"))
     fit = _FitArrays(**arrays)
-    nt = meas.n_tracks
     chi2_ndf = fit.chi2 / np.maximum(fit.ndf, 1)
     good = (chi2_ndf < float(cfg["outlier_chi2_cut"])) & (fit.ndf > 5)
     if not cosmic:

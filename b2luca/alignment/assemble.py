@@ -383,7 +383,6 @@ class Assembler:
             return
         uk = _unique_int(np.concatenate([keys_d] + [p[0] for p in parts]))
         nout = uk.size * S
-        sr = np.arange(S)
         kd = np.searchsorted(uk, keys_d)
         # D block (s, :) += w d_s dᵀ: a matrix with w·d[m, s] at row (key, s) of column m, times d
         tot = np.asarray(_outer_segsum(kd, sysd["wd"][m_sel], sysd["d"][m_sel], uk.size)).reshape(nout, S)

@@ -320,7 +320,6 @@ class SupernodalCholesky:
         # of its descendants are done, i.e. never before the end for the root path; keep it simple.
         for s in range(self.nsuper - 1, -1, -1):
             c0, c1, R = int(self.c0[s]), int(self.c1[s]), self.rows[s]
-            k = c1 - c0
             L11inv, info = la.lapack.dtrtri(self.L11[s], lower=1)
             if info != 0:
                 raise NotPositiveDefinite(f"singular diagonal block in supernode {s}")

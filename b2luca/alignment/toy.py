@@ -67,7 +67,6 @@ def barrel_geometry(n_params: int, n_layers: int = 6, r_min: float = 40.0, r_max
 def generate_tracks(geo: BarrelGeometry, n_tracks: int, truth: np.ndarray, rng: np.random.Generator,
                     sig_u: float = 0.02, sig_v: float = 0.04, min_hits: int = 4) -> MilleRecords:
     """Records for ``n_tracks`` tracks (fewer hits than ``min_hits`` -> track dropped)."""
-    L = geo.layer_radius.size
     d0 = rng.normal(0, 0.05, n_tracks)
     phi0 = rng.uniform(0, 2 * np.pi, n_tracks)
     kappa = rng.uniform(-1e-3, 1e-3, n_tracks)

@@ -12,7 +12,6 @@ delivered to GitLab.  Each transport has its own delivery cursor in the one outb
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

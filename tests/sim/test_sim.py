@@ -205,7 +205,7 @@ def test_conditions_tags(bucket):
 def test_same_seed_same_arrays(bucket, tmp_path):
     tmp, first = bucket
     second = _simulate(tmp_path, 11)
-    other = _simulate(tmp_path / "other", 12, runs=[1])
+    _simulate(tmp_path / "other", 12, runs=[1])  # a different seed, compared below
     rel = sorted(p.relative_to(tmp / "data") for p in first.files)
     assert rel == sorted(p.relative_to(tmp_path / "data") for p in second.files)
     a, b = (read_raw([root / "data" / r for r in rel]) for root in (tmp, tmp_path))
