@@ -56,3 +56,24 @@ def test_console_script_version_and_usage():
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"b2luca {__version__}"
     assert subprocess.run([str(exe), "frobnicate"], capture_output=True, text=True).returncode == 2
+
+
+def test_run_dry_run_changes_nothing(tmp_path, capsys):
+    from bucket_helpers import make_bucket
+
+    config = make_bucket(tmp_path)
+    assert main(["run", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for name in ("CDCTimeZeros", "VXDCDCAlignment", "BeamSpot", "MakeRunDB", "ArchiveLogs:raw-0"):
+        assert any(line.startswith("would run") and name in line for line in out.splitlines()), name
+    assert "after CDCTimeZeros" in out  # the alignment waits for the CDC time zeros it depends on
+    assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()
+
+
+def test_run_rerun_of_unknown_calibration_is_a_usage_error(tmp_path, capsys):
+    from bucket_helpers import make_bucket
+
+    config = make_bucket(tmp_path)
+    assert main(["run", str(config), "--rerun", "NoSuchCalibration", "--dry-run"]) == 2
+    assert "NoSuchCalibration" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
