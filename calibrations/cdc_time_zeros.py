@@ -124,8 +124,8 @@ def calibrate(job) -> None:
 
     cfg = {**settings.expert_config, **job.expert_config}
     if cfg.get("payload_boundaries"):
-        raise NotImplementedError(f"{settings.name}: payload_boundaries {cfg['payload_boundaries']} are not supported "
-                                  "yet (one payload per bucket); use []")
+        raise ValueError(f"{settings.name}: expert_config.payload_boundaries = {cfg['payload_boundaries']!r}: this "
+                         "calibration writes one payload per bucket; expected []")
     files = []
     for name in settings.input_data_names:
         files += limit_files_per_run(job.input_files.get(name, []), cfg.get("max_files_per_run"))

@@ -48,3 +48,14 @@ def test_validation(bucket, job_factory, script, tmp_path, monkeypatch):
     assert not verdict.passed and "pull mean" in verdict.message
     verdict = val.run_validation(*args)  # without truth the data themselves disagree with the stored t0
     assert not verdict.passed and "stored result vs data" in verdict.message
+
+
+def test_payload_boundaries_are_rejected_clearly(bucket, job_factory, script, tmp_path):
+    import pytest
+
+    cal = script("cdc_time_zeros")
+    job = job_factory(cal, bucket, tmp_path / "job", {n: bucket.raw_entries(n) for n in cal.settings.input_data_names},
+                      overrides={"payload_boundaries": [[26, 4]]})
+    with pytest.raises(ValueError, match=r"expert_config\.payload_boundaries = \[\[26, 4\]\].*expected \[\]"):
+        cal.calibrate(job)
+    assert not job.output_db.entries()  # nothing half-written
