@@ -21,12 +21,11 @@ import json
 import logging
 import math
 import numbers
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from b2luca.atomic import write_json_atomic
 from b2luca.iov import ExpRun, IoV
 
 if TYPE_CHECKING:  # b2luca.conditions is imported lazily so this module never depends on it at runtime
@@ -123,16 +122,7 @@ class Verdict:
 
     def save(self, path: Path) -> None:
         """Write the verdict as JSON atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path) -> "Verdict":

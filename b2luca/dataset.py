@@ -9,12 +9,11 @@ and a half-finished one is never mistaken for complete.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json_atomic
 from .config import BucketConfig
 from .iov import ExpRun
 
@@ -83,12 +82,8 @@ def simulate_config(cfg: BucketConfig, force: bool = False) -> str:
         events=dict(cfg.simulation.events), data_dir=cfg.data.raw_directory,
         conditions_dir=cfg.conditions.directory, files_per_run=cfg.simulation.files_per_run)
     seconds = time.perf_counter() - start
-    cfg.data.raw_directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".marker.", dir=cfg.data.raw_directory)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"key": _simulation_key(cfg), "seconds": seconds, "summary": describe_summary(summary)}, handle,
-                  indent=1)
-    os.replace(tmp, marker)
+    write_json_atomic(marker, {"key": _simulation_key(cfg), "seconds": seconds,
+                               "summary": describe_summary(summary)})
     return f"simulated bucket {cfg.name} in {seconds:.1f} s: {describe_summary(summary)}"
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,6 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .iov import ExpRun
+from .atomic import write_json_atomic
 from .rootio import write_trees
 
 MANIFEST = "manifest.json"
@@ -151,16 +151,7 @@ def _write_trees_atomic(path: Path, trees: Mapping[str, Mapping[str, np.ndarray]
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, obj, indent=1)
 
 
 def _strip(tree: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 
+from .atomic import atomic_path
 from .iov import ExpRun, IoV
 
 SNAPSHOT_COLUMNS = ["experiment", "run", "run_type", "beam_energy", "time_start", "time_stop",
@@ -62,16 +62,8 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 def write_snapshot(records: Iterable[Mapping[str, Any]], path: "str | Path") -> pd.DataFrame:
     """Write the CSV snapshot of ``records`` to ``path`` atomically and return the frame."""
     frame = records_to_frame(records)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return frame
 
 

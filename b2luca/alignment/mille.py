@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 __all__ = [
     "MilleError",
@@ -509,19 +510,12 @@ def write_mille(path: str | os.PathLike, recs: MilleRecords, *, fortran: bool = 
     if compress is None:
         compress = path.suffix == ".gz"
     data = _encode(recs, fortran, double)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if compress:
-                with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1) as gz:
-                    gz.write(data)
-            else:
-                fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        if compress:
+            with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1) as gz:
+                gz.write(data)
+        else:
+            fh.write(data)
 
 
 def records_from_dense(value: np.ndarray, sigma: np.ndarray, local: np.ndarray, glb_label: np.ndarray,

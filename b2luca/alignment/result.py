@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import write_text_atomic
 
 __all__ = ["AlignmentResult", "write_millepede_res", "read_millepede_res"]
 
@@ -106,15 +107,7 @@ def write_millepede_res(path: str | os.PathLike, result: AlignmentResult) -> Non
                 line += f" {_g(err[i])}"
         out.append(line.rstrip())
     text = "\n".join(out) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, text)
 
 
 def read_millepede_res(path: str | os.PathLike) -> dict[str, np.ndarray]:

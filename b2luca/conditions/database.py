@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from ..iov import ExpRun, IoV
 from .payload import PayloadError, payload_checksum, read_checksum, read_payload, write_payload
 
@@ -178,11 +178,7 @@ class LocalDatabase:
         return max(revisions, default=0) + 1
 
     def _write_lines(self, lines: Sequence[str]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".database.", suffix=".tmp", dir=self.path)
-        with os.fdopen(fd, "w") as handle:
-            handle.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, self.database_txt)
+        write_text_atomic(self.database_txt, "".join(line + "\n" for line in lines))
 
 
 class DatabaseChain:

@@ -6,13 +6,13 @@ import enum
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..iov import ExpRun, IoV
 from .database import DatabaseChain, DatabaseError, LocalDatabase, PayloadEntry
 
@@ -128,11 +128,7 @@ class GlobalTag:
             raise GlobalTagError(f"global tag {self.name} is {state.value}: only an OPEN global tag accepts payloads")
 
     def _write_state(self, state: GlobalTagState, history: list[dict]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".globaltag.", suffix=".tmp", dir=self.path)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"name": self.name, "state": state.value, "history": history}, handle, indent=1)
-        os.replace(tmp, self.state_file)
+        write_json_atomic(self.state_file, {"name": self.name, "state": state.value, "history": history}, indent=1)
 
 
 def copy_payloads(source: "GlobalTag | LocalDatabase", target: GlobalTag, names: Sequence[str], iov: IoV,

@@ -13,12 +13,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import uproot
+
+from ..atomic import atomic_path
 
 META_KEY = "b2luca_meta"
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -59,26 +60,17 @@ def payload_checksum(data: Mapping[str, "np.typing.ArrayLike"]) -> str:
 def write_payload(path: "str | os.PathLike[str]", data: Mapping[str, "np.typing.ArrayLike"]) -> str:
     """Write ``data`` to the ROOT file ``path`` atomically; return the content checksum."""
     arrays = _normalise(data)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {key: {"dtype": a.dtype.str, "shape": list(a.shape)} for key, a in arrays.items()}
     meta["__checksum__"] = payload_checksum(arrays)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with uproot.recreate(tmp) as out:
-            out[META_KEY] = json.dumps(meta, sort_keys=True)
-            for key, array in arrays.items():
-                stored = array.reshape(1) if array.ndim == 0 else array
-                # mktree, not ``out[key] = {...}``: uproot >= 5.7 writes an RNTuple for the latter.
-                kind = np.dtype((stored.dtype, stored.shape[1:])) if stored.ndim > 1 else stored.dtype
-                tree = out.mktree(key, {"value": kind})
-                if len(stored):
-                    tree.extend({"value": stored})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, uproot.recreate(tmp) as out:
+        out[META_KEY] = json.dumps(meta, sort_keys=True)
+        for key, array in arrays.items():
+            stored = array.reshape(1) if array.ndim == 0 else array
+            # mktree, not ``out[key] = {...}``: uproot >= 5.7 writes an RNTuple for the latter.
+            kind = np.dtype((stored.dtype, stored.shape[1:])) if stored.ndim > 1 else stored.dtype
+            tree = out.mktree(key, {"value": kind})
+            if len(stored):
+                tree.extend({"value": stored})
     return meta["__checksum__"]
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..iov import IoV
 from ..reco.geometry import Geometry, nominal_geometry
 from ..reco.raw import write_raw
@@ -116,11 +114,7 @@ def _split_events(raw: Mapping[str, Mapping[str, np.ndarray]], n_files: int) -> 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1)
 
 
 def write_conditions(conditions_dir: Path, bucket: str, experiment: int, runs: list[int], seed: int,

@@ -17,7 +17,8 @@ from typing import Iterable
 import luigi
 
 from .base import BucketTask
-from .context import STAGE_LOCAL, STAGE_PRODUCTION, write_json_atomic
+from ..atomic import write_json_atomic
+from .context import STAGE_LOCAL, STAGE_PRODUCTION
 
 
 def _small_files(directory: Path, limit_bytes: float) -> Iterable[tuple[Path, Path]]:

@@ -21,7 +21,8 @@ from ..dataset import build_input_data
 from ..rundb import read_snapshot
 from ..runners import log_tail, output_database, runner_for
 from .base import BucketTask, BucketWrapperTask
-from .context import STAGE_CDST, STAGE_RAW, read_json, write_json_atomic
+from ..atomic import write_json_atomic
+from .context import STAGE_CDST, STAGE_RAW, read_json
 from .local import LocalCalibrations
 from .setup import MakeRunDB, PullSettings
 

@@ -15,7 +15,8 @@ from ..config import BucketConfig
 from ..dataset import run_root
 from ..iov import ExpRun
 from .base import BucketTask
-from .context import STAGE_PRODUCTION, write_json_atomic
+from ..atomic import write_json_atomic
+from .context import STAGE_PRODUCTION
 
 
 def production_runs(cfg: BucketConfig) -> list[int]:

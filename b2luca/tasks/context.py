@@ -7,8 +7,6 @@ and rebuilds what it needs from it here (cached once per process).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -19,19 +17,6 @@ from ..conditions import DatabaseChain, GlobalTag, LocalDatabase
 from ..config import BucketConfig, load_config
 
 STAGE_LOCAL, STAGE_RAW, STAGE_PRODUCTION, STAGE_CDST = "local", "raw", "cdst_production", "cdst"
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> Any:

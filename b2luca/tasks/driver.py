@@ -21,13 +21,14 @@ import luigi.interface
 import luigi.scheduler
 import luigi.worker
 
+from ..atomic import write_json_atomic
 from ..config import BucketConfig
 from ..dataset import ensure_data
 from ..report import local_issue_path, open_reporter
 from .calibration import STATUS_VALIDATION_FAILED, CalibrationTask
 from .cdst import production_runs
 from .context import (STAGE_CDST, STAGE_LOCAL, STAGE_PRODUCTION, STAGE_RAW, BucketContext, context_for,
-                      group_name, read_json, write_json_atomic)
+                      group_name, read_json)
 from .stages import Bucket
 
 log = logging.getLogger("b2luca.driver")

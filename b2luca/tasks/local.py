@@ -8,7 +8,8 @@ import luigi
 
 from ..conditions import GlobalTag, copy_payloads
 from .base import BucketTask, BucketWrapperTask
-from .context import STAGE_LOCAL, write_json_atomic
+from ..atomic import write_json_atomic
+from .context import STAGE_LOCAL
 
 
 class CopyLocalPayloads(BucketTask):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..rundb import snapshot_for_config
 from .base import BucketTask
-from .context import write_json_atomic
+from ..atomic import write_json_atomic
 
 
 class PullSettings(BucketTask):
