@@ -22,15 +22,15 @@ per-record block-pair array is gathered or copied.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
 
-from .mille import MilleRecords
+from .mille import MilleRecords, RawChunk
 
-__all__ = ["Assembler", "GlobalSystem", "DownWeighting"]
+__all__ = ["Assembler", "GlobalSystem", "DownWeighting", "merge_systems"]
 
 _NBIG = np.int64(1 << 31)
 _TABLE_MAX = 1 << 26  # direct label lookup table up to this label value (512 MB at most)
@@ -64,6 +64,8 @@ class GlobalSystem:
     n_meas: int = 0
     downweighted_fraction: float = 0.0
     bytes_read: int = 0
+    dw_sum: float = 0.0  # Σ (1 − weight factor) over down-weighted measurements
+    dw_n: int = 0  # measurements that went through down-weighting
 
 
 class Assembler:
@@ -100,6 +102,8 @@ class Assembler:
         self.rejected: dict[str, int] = {"singular": 0, "chiscut": 0, "hugecut": 0, "dwfraction": 0,
                                          "no_globals": 0}
         self.bytes_read = 0
+        self._buf = np.zeros(0)
+        self._dblk = np.zeros((0, 1))  # Σ w d dᵀ per label block (single-block measurements)
         if corrections is None:
             self.corr_labels = np.zeros(0, np.int64)
             self.corr_values = np.zeros(0)
@@ -112,6 +116,12 @@ class Assembler:
             lab, val = corrections
             o = np.argsort(lab)
             self.corr_labels, self.corr_values = np.asarray(lab, np.int64)[o], np.asarray(val, float)[o]
+
+    def _scratch(self, n: int) -> np.ndarray:
+        """A reused float64 work buffer of at least ``n`` values (valid until the next call)."""
+        if self._buf.size < n:
+            self._buf = np.empty(max(n, int(1.25 * self._buf.size)))
+        return self._buf[:n]
 
     # ---------------------------------------------------------------------------------- labels & blocks
     def _index_labels(self, recs: MilleRecords) -> np.ndarray:
@@ -153,8 +163,11 @@ class Assembler:
         """Group new labels that occur in exactly the same measurements into blocks."""
         # signature: the set of records a label occurs in (distinct (label, record) pairs, hashed)
         nu = int(inv.max()) + 1 if inv.size else 0
-        erec = recs.meas_record()[recs.glb_meas]
-        lr = np.unique(inv.ravel().astype(np.int64) * (recs.n_records + 1) + erec)
+        is_new = np.zeros(nu, bool)
+        is_new[new] = True
+        sel = is_new[inv.ravel()]  # entries of new labels only (later chunks bring few new labels)
+        erec = recs.meas_record()[recs.glb_meas[sel]]
+        lr = np.unique(inv.ravel()[sel].astype(np.int64) * (recs.n_records + 1) + erec)
         lab_u = lr // (recs.n_records + 1)
         m = (lr % (recs.n_records + 1)).astype(np.uint64)
         h1 = ((m * np.uint64(2654435761) + np.uint64(97)) % np.uint64(1 << 31)).astype(np.float64)
@@ -188,6 +201,7 @@ class Assembler:
             self.stride = int(min(16, max(1, rank.max() + 1 if rank.size else 1)))
             self.block_members = np.zeros((0, self.stride), np.int64)
             self._vals = np.zeros((0, self.stride * self.stride))
+            self._dblk = np.zeros((0, self.stride * self.stride))
         S = self.stride
         sub = rank // S  # split groups larger than the stride
         bkey = g_sorted * (order.size + 1) + sub
@@ -204,8 +218,10 @@ class Assembler:
         self.label_pos = np.concatenate([self.label_pos, lp])
 
     # ---------------------------------------------------------------------------------------- chunks
-    def add(self, recs: MilleRecords) -> None:
+    def add(self, recs: MilleRecords | RawChunk) -> None:
         """Eliminate the local parameters of all records in ``recs`` and accumulate."""
+        if isinstance(recs, RawChunk):
+            recs = recs.decode()
         nrec = recs.n_records
         self.n_records += nrec
         self.bytes_read += recs.nbytes
@@ -257,7 +273,7 @@ class Assembler:
         nmeas_r = np.diff(recs.rec_ptr)
 
         def system(wm: np.ndarray):
-            return _local_systems(recs, y, wm, meas_rec, eslot, K, q, S)
+            return _local_systems(recs, y, wm, meas_rec, eslot, K, q, S, self._scratch)
 
         sysd = system(w)
         chi2_r, ok = sysd["chi2"], sysd["ok"]
@@ -355,7 +371,11 @@ class Assembler:
         rbm = sysd["rb_m"]
         m_sel = np.flatnonzero(accept[rb_rec[rbm]])
         bd = ublk[rbm[m_sel]]
-        keys_d = bd * NBIG + bd
+        # D block (s, :) += w d_s dᵀ, summed per global block (a diagonal block pair), added in finish()
+        nblk = self.block_members.shape[0]
+        if self._dblk.shape[0] < nblk:
+            self._dblk = np.concatenate([self._dblk, np.zeros((nblk - self._dblk.shape[0], S * S))])
+        self._dblk[:nblk] += _outer_segsum(bd, sysd["wd"][m_sel], sysd["d"][m_sel], nblk)
         parts = []  # (upper block-pair keys (R·n_pairs,), accepted rows of the group, nb, F as rows of S)
         bm_all, bv_all = [], []
         for g in sysd["groups"]:
@@ -379,13 +399,11 @@ class Assembler:
         if bm_all:
             self.bvec += np.bincount(np.concatenate(bm_all), weights=np.concatenate(bv_all),
                                      minlength=self.bvec.size)
-        if not keys_d.size:
+        if not parts:
             return
-        uk = _unique_int(np.concatenate([keys_d] + [p[0] for p in parts]))
+        uk = _unique_int(np.concatenate([p[0] for p in parts]))
         nout = uk.size * S
-        kd = np.searchsorted(uk, keys_d)
-        # D block (s, :) += w d_s dᵀ: a matrix with w·d[m, s] at row (key, s) of column m, times d
-        tot = np.asarray(_outer_segsum(kd, sysd["wd"][m_sel], sysd["d"][m_sel], uk.size)).reshape(nout, S)
+        tot = np.zeros((nout, S))
         for keys, sel, nbg, Fr in parts:
             kf = np.searchsorted(uk, keys).reshape(sel.size, -1)  # (R, n_pairs)
             # rows of S values of F[r].reshape(nb, S, nb, S) with b >= a, in ascending order (a, s, b)
@@ -438,6 +456,10 @@ class Assembler:
         """The global system over the labels seen, sorted by label (CSR, symmetric, both triangles)."""
         n = self.labels.size
         S = self.stride or 1
+        if self._dblk.shape[0]:
+            blocks = np.flatnonzero(np.any(self._dblk != 0, axis=1))
+            self._merge(blocks * _NBIG + blocks, self._dblk[blocks])
+            self._dblk = np.zeros((0, S * S))
         bi = self.pair_keys // _NBIG
         bj = self.pair_keys % _NBIG
         p = np.arange(S)
@@ -462,8 +484,46 @@ class Assembler:
             entries=self.entries[order], n_records=self.n_records, n_used=self.n_used,
             rejected={k: v for k, v in self.rejected.items() if v}, n_meas=self.n_meas,
             downweighted_fraction=self.dw_sum / self.dw_n if self.dw_n else 0.0,
-            bytes_read=self.bytes_read,
+            bytes_read=self.bytes_read, dw_sum=self.dw_sum, dw_n=self.dw_n,
         )
+
+
+def merge_systems(parts: list[GlobalSystem]) -> GlobalSystem:
+    """Sum the normal equations of disjoint record sets (e.g. assembled by different threads).
+
+    The parts are added in the given order, so a fixed order gives bit-identical results.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    labels = np.unique(np.concatenate([p.labels for p in parts]))
+    n = labels.size
+    C = sp.csr_matrix((n, n))
+    b = np.zeros(n)
+    entries = np.zeros(n, np.int64)
+    rejected: dict[str, int] = {}
+    for p in parts:
+        idx = np.searchsorted(labels, p.labels)
+        if p.labels.size == n:
+            Cp = p.C
+        else:
+            P = sp.csr_matrix((np.ones(idx.size), (idx, np.arange(idx.size))), shape=(n, idx.size))
+            Cp = (P @ p.C @ P.T).tocsr()
+        C = C + Cp
+        b[idx] += p.b
+        entries[idx] += p.entries
+        for k, v in p.rejected.items():
+            rejected[k] = rejected.get(k, 0) + v
+    dw_sum = sum(p.dw_sum for p in parts)
+    dw_n = sum(p.dw_n for p in parts)
+    C = C.tocsr()
+    C.sort_indices()
+    return GlobalSystem(
+        labels=labels, C=C, b=b, chi2_0=sum(p.chi2_0 for p in parts), ndf=sum(p.ndf for p in parts),
+        entries=entries, n_records=sum(p.n_records for p in parts), n_used=sum(p.n_used for p in parts),
+        rejected=rejected, n_meas=sum(p.n_meas for p in parts),
+        downweighted_fraction=dw_sum / dw_n if dw_n else 0.0, bytes_read=sum(p.bytes_read for p in parts),
+        dw_sum=dw_sum, dw_n=dw_n,
+    )
 
 
 def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
@@ -480,10 +540,16 @@ def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
 
 def _pick_csc(rows: np.ndarray, cols: np.ndarray, value: float, nrow: int, ncol: int) -> sp.csc_matrix:
     """Sparse matrix with ``value`` at (rows[k], cols[k]); ``cols`` strictly ascending (one entry per column)."""
-    indptr = np.zeros(ncol + 1, np.int64)
+    it = _index_type(nrow, ncol, rows.size)
+    indptr = np.zeros(ncol + 1, it)
     indptr[cols + 1] = 1
     np.cumsum(indptr, out=indptr)
-    return sp.csc_matrix((np.full(rows.size, value), rows, indptr), shape=(nrow, ncol))
+    return sp.csc_matrix((np.full(rows.size, value), rows.astype(it, copy=False), indptr), shape=(nrow, ncol))
+
+
+def _index_type(*sizes: int) -> type:
+    """int32 sparse indices when every size fits (scipy would otherwise check and convert int64 ones)."""
+    return np.int32 if max(sizes) < 2**31 - 1 else np.int64
 
 
 def _unique_int(x: np.ndarray) -> np.ndarray:
@@ -503,8 +569,9 @@ def _outer_segsum(seg: np.ndarray, left: np.ndarray, right: np.ndarray, nseg: in
     A sparse (nseg·L, n) matrix holding left[m, i] at row seg[m]·L + i of column m, times ``right`` (n, W).
     """
     n, L = left.shape
-    indptr = np.arange(0, n * L + 1, L, dtype=np.int64)
-    idx = (seg[:, None] * L + np.arange(L)[None, :]).ravel()
+    it = _index_type(nseg * L, n * L)
+    indptr = np.arange(0, n * L + 1, L, dtype=it)
+    idx = (seg.astype(it, copy=False)[:, None] * L + np.arange(L, dtype=it)[None, :]).ravel()
     A = sp.csc_matrix((np.ascontiguousarray(left).ravel(), idx, indptr), shape=(nseg * L, n))
     return np.asarray(A @ right).reshape(nseg, -1)
 
@@ -528,7 +595,8 @@ def _pairs_within(seg_id: np.ndarray, seg_id2: np.ndarray | None = None):
 
 
 def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np.ndarray,
-                   eslot: np.ndarray, K: np.ndarray, q: np.ndarray, S: int) -> dict:
+                   eslot: np.ndarray, K: np.ndarray, q: np.ndarray, S: int,
+                   scratch: Callable[[int], np.ndarray] | None = None) -> dict:
     """Per-record local fits and Schur complements, batched by shape (number of blocks, q).
 
     The Schur complement C_r = D − M Mᵀ (M = H V Λ^-1/2 from Γ = V Λ Vᵀ) is produced directly in
@@ -651,7 +719,12 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
     bounds = np.flatnonzero(np.diff(sk)) + 1
     starts = np.concatenate([[0], bounds]).astype(np.int64)
     ends = np.concatenate([bounds, [nrec]]).astype(np.int64)
-    for s, e in zip(starts, ends):
+    if Pbuf is None and scratch is not None:
+        # F = M Mᵀ of all groups goes into one reused buffer (fresh large arrays are slow to touch)
+        fsize = np.where(q[order[starts]] > 0, (ends - starts) * K[order[starts]] ** 2, 0)
+        fbuf = scratch(int(fsize.sum()))
+        foff = np.concatenate([[0], np.cumsum(fsize)])
+    for ig, (s, e) in enumerate(zip(starts, ends)):
         rec = order[s:e]
         R = rec.size
         r0 = rec[0]
@@ -664,17 +737,18 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
             Gm = Gbuf[offs["G"][0][r0]: offs["G"][0][r0] + R * qg * qg].reshape(R, qg, qg)
             H = Hbuf[offs["H"][0][r0]: offs["H"][0][r0] + R * Kg * qg].reshape(R, Kg, qg)
             beta = betabuf[oq[r0]: oq[r0] + R * qg].reshape(R, qg)
-            lam, V = np.linalg.eigh(Gm)
-            good = (lam[:, -1] > 0) & (lam[:, 0] > 1e-12 * lam[:, -1])
-            inv_sq = np.where(good[:, None], 1.0 / np.sqrt(np.where(lam > 0, lam, 1.0)), 0.0)
-            Vs = V * inv_sq[:, None, :]  # Γ⁻¹ = Vs Vsᵀ
+            Vs, good = _inverse_root(Gm)  # Γ⁻¹ = Vs Vsᵀ
             M = H @ Vs  # (R, K, q)
             u = np.einsum("rqp,rq->rp", Vs, beta)  # Vsᵀ β
             br = gam - np.einsum("rkp,rp->rk", M, u)
             c2 = ywy[rec] - np.einsum("rp,rp->r", u, u)
             if nbg and P is None:
                 # one batched product; the caller picks the upper block pairs as rows of S values
-                F = M @ M.transpose(0, 2, 1)  # (R, K, K)
+                if scratch is not None:
+                    F = fbuf[foff[ig]: foff[ig + 1]].reshape(R, Kg, Kg)
+                    np.matmul(M, np.ascontiguousarray(M.transpose(0, 2, 1)), out=F)  # BLAS needs contiguous
+                else:
+                    F = M @ M.transpose(0, 2, 1)  # (R, K, K)
             elif nbg:
                 # M Mᵀ by block rows: row block a against blocks a..nb-1, subtracted in place from the
                 # upper block pairs (P is a view into Pbuf; pair order (0,0),(0,1),..,(1,1),.. = triu order)
@@ -696,6 +770,38 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
     if Pbuf is None:
         out["wd"], out["d"], out["rb_m"] = wd[hg], d[hg], rb_mh
     return out
+
+
+def _inverse_root(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """V with V Vᵀ = G⁻¹ for a stack of symmetric (R, q, q) matrices, and which of them are regular.
+
+    Small q: Cholesky G = L Lᵀ vectorised over the stack (loops over the q² entries only), V = L⁻ᵀ; a
+    matrix is singular when a pivot falls below 1e-12 of its diagonal element. Large q: eigendecomposition
+    (singular when the eigenvalue ratio is below 1e-12). Singular matrices get V = 0.
+    """
+    R, q, _ = G.shape
+    if q > 8:
+        lam, V = np.linalg.eigh(G)
+        good = (lam[:, -1] > 0) & (lam[:, 0] > 1e-12 * lam[:, -1])
+        inv_sq = np.where(good[:, None], 1.0 / np.sqrt(np.where(lam > 0, lam, 1.0)), 0.0)
+        return V * inv_sq[:, None, :], good
+    L = np.zeros_like(G)
+    good = np.ones(R, bool)
+    for j in range(q):
+        piv = G[:, j, j] - np.einsum("rk,rk->r", L[:, j, :j], L[:, j, :j])
+        okj = piv > 1e-12 * np.abs(G[:, j, j])
+        good &= okj
+        d = np.sqrt(np.where(okj, piv, 1.0))
+        L[:, j, j] = d
+        for i in range(j + 1, q):
+            L[:, i, j] = (G[:, i, j] - np.einsum("rk,rk->r", L[:, i, :j], L[:, j, :j])) / d
+    X = np.zeros_like(G)  # X = L⁻¹ (lower), column by column
+    for j in range(q):
+        X[:, j, j] = 1.0 / L[:, j, j]
+        for i in range(j + 1, q):
+            X[:, i, j] = -np.einsum("rk,rk->r", L[:, i, j:i], X[:, j:i, j]) / L[:, i, i]
+    X[~good] = 0.0
+    return X.transpose(0, 2, 1), good
 
 
 def _residuals(recs: MilleRecords, y: np.ndarray, sysd: dict, meas_rec: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ candidate record starts of a chunk, and the pairs are decoded with cumulative su
 from __future__ import annotations
 
 import gzip
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ __all__ = [
     "MilleError",
     "MilleRecords",
     "iter_mille",
+    "iter_raw_chunks",
+    "RawChunk",
     "read_mille",
     "write_mille",
     "records_from_dense",
@@ -157,9 +160,30 @@ def _chain(cand: np.ndarray, nxt: np.ndarray) -> np.ndarray:
     return np.flatnonzero(reached)
 
 
-def _parse_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str, rec0: int,
-                 ) -> tuple[MilleRecords | None, int]:
-    """Parse whole records at the start of ``buf``; return (records, bytes consumed)."""
+@dataclass
+class RawChunk:
+    """Whole records of one file chunk, framed but not decoded (decoding can run in a worker thread)."""
+
+    words: np.ndarray  # int32 view of the chunk
+    starts: np.ndarray  # word index of each record's C length word
+    nw: np.ndarray  # each record's word count (negative: float64 words)
+    source: str
+    first_record: int  # 0-based number of the first record in its file
+    nbytes: int  # bytes of the file covered
+
+    @property
+    def n_records(self) -> int:
+        return int(self.starts.size)
+
+    def decode(self) -> MilleRecords:
+        """The records as flat arrays (see :class:`MilleRecords`)."""
+        recs = _decode(self.words, self.starts, self.nw, self.source, self.first_record)
+        recs.nbytes = self.nbytes
+        return recs
+
+
+def _frame_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str, rec0: int) -> RawChunk | None:
+    """Find the whole records at the start of ``buf`` (None: not even one complete record yet)."""
     nb = len(buf) // 4 * 4
     words = np.frombuffer(buf, dtype="<i4", count=nb // 4)
     nwords = words.size
@@ -167,13 +191,15 @@ def _parse_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str,
     if nwords < 1 + off:
         if eof and nwords:
             raise MilleError(f"{source}: truncated record {rec0 + 1} at end of file")
-        return None, 0
+        return None
     # candidate record starts (word index p): header float word zero, length word even, record fits.
     # The cheap int32 test on the header word comes first, so the rest runs on few candidates.
-    cidx = np.flatnonzero(words[off + 1:] == 0).astype(np.int64)
-    cnw = words[cidx + off].astype(np.int64)
-    good = (cnw != 0) & (cnw % 2 == 0) & (np.abs(cnw) < _MAX_NW)
-    cidx, cnw = cidx[good], cnw[good]
+    cidx = np.flatnonzero(words[off + 1:] == 0)
+    cnw = words[cidx + off]
+    good = (cnw > 0) & (cnw % 2 == 0) & (cnw < _MAX_NW)
+    if np.any(cnw < 0):  # float64 records
+        good |= (cnw < 0) & (cnw % 2 == 0) & (cnw > -_MAX_NW)
+    cidx, cnw = cidx[good].astype(np.int64), cnw[good].astype(np.int64)
     n = np.abs(cnw) // 2
     fw = np.where(cnw > 0, n, 2 * n)
     body = 1 + fw + n  # words of the C record (length word, floats, ints)
@@ -188,18 +214,24 @@ def _parse_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str,
     good[good] &= words[(cidx + off + 1 + fw)[good]] == 0  # header int word
     cand, cnw, reclen = cidx[good], cnw[good], reclen[good]
     if cand.size == 0 or cand[0] != 0:
-        return _chunk_failure(words, fortran, eof, source, rec0, 0)
-    nxt = cand + reclen
-    ch = _chain(cand, nxt)
+        _chunk_failure(words, fortran, eof, source, rec0, 0)
+        return None
+    ch = _chain(cand, cand + reclen)
     chain = cand[ch]
     end = int(chain[-1] + reclen[ch[-1]])
     if end < nwords or (end * 4 < len(buf)):
         # stopped early: incomplete record at the end of the buffer (fine unless eof) or corruption
         _chunk_failure(words[end:], fortran, eof, source, rec0 + chain.size, end)
-    starts = chain + off
-    recs = _decode(words, starts, cnw[ch], source, rec0)
-    recs.nbytes = end * 4
-    return recs, end * 4
+    return RawChunk(words, chain + off, cnw[ch], source, rec0, end * 4)
+
+
+def _parse_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str, rec0: int,
+                 ) -> tuple[MilleRecords | None, int]:
+    """Parse whole records at the start of ``buf``; return (records, bytes consumed)."""
+    raw = _frame_chunk(buf, fortran, eof, source, rec0)
+    if raw is None:
+        return None, 0
+    return raw.decode(), raw.nbytes
 
 
 def _chunk_failure(words: np.ndarray, fortran: bool, eof: bool, source: str, recno: int, at: int):
@@ -385,14 +417,21 @@ def _decode_general(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, sourc
     )
 
 
-def iter_mille(path: str | os.PathLike, fortran: bool | None = None,
-               chunk_bytes: int = 32 << 20) -> Iterator[MilleRecords]:
-    """Yield the records of a Mille file in chunks (plain or gzipped; C or Fortran; float32/float64).
+def iter_raw_chunks(path: str | os.PathLike, fortran: bool | None = None,
+                    chunk_bytes: int = 32 << 20) -> Iterator[RawChunk]:
+    """Yield the framed (not yet decoded) records of a Mille file in chunks of about ``chunk_bytes``.
 
-    ``fortran=None`` detects the record framing from the first record.
+    Plain or gzipped; ``fortran=None`` detects the record framing from the first record.
     """
     path = Path(path)
     source = str(path)
+    try:
+        mapped = _map(path)
+    except OSError as exc:
+        raise MilleError(f"{source}: cannot open: {exc}") from exc
+    if mapped is not None:
+        yield from _iter_mapped(mapped, fortran, chunk_bytes, source)
+        return
     try:
         fh = _open(path)
     except OSError as exc:
@@ -416,19 +455,64 @@ def iter_mille(path: str | os.PathLike, fortran: bool | None = None,
                 first = False
             if not buf:
                 return
-            recs, used = _parse_chunk(buf, bool(fortran), eof, source, rec0)
-            if recs is None or used == 0:
+            raw = _frame_chunk(buf, bool(fortran), eof, source, rec0)
+            if raw is None:
                 if eof:
                     raise MilleError(f"{source}: truncated record {rec0 + 1} at end of file")
                 carry = buf
                 want = max(want, 2 * len(buf))  # one record larger than the chunk: read more
                 continue
-            carry = buf[used:]
+            carry = buf[raw.nbytes:]
             want = chunk_bytes
-            rec0 += recs.n_records
-            yield recs
+            rec0 += raw.n_records
+            yield raw
             if eof and not carry:
                 return
+
+
+def _map(path: Path) -> mmap.mmap | None:
+    """The file memory-mapped read-only (None for gzipped or empty files, which are streamed)."""
+    with open(path, "rb") as fh:
+        if fh.read(2) == b"\x1f\x8b":
+            return None
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return None
+        # the map stays valid after the file is closed; it is released with the last array viewing it
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _iter_mapped(mm: mmap.mmap, fortran: bool | None, chunk_bytes: int, source: str) -> Iterator[RawChunk]:
+    """Chunks of a memory-mapped file: views into the page cache, no copy."""
+    size = len(mm)
+    view = memoryview(mm)
+    if fortran is None:
+        fortran = _detect_fortran(bytes(view[: 1 << 16]))
+    pos = 0
+    rec0 = 0
+    want = chunk_bytes
+    while pos < size:
+        stop = min(size, pos + want)
+        raw = _frame_chunk(view[pos:stop], bool(fortran), stop == size, source, rec0)
+        if raw is None:
+            if stop == size:
+                raise MilleError(f"{source}: truncated record {rec0 + 1} at end of file")
+            want *= 2  # one record larger than the chunk
+            continue
+        pos += raw.nbytes
+        rec0 += raw.n_records
+        want = chunk_bytes
+        yield raw
+
+
+def iter_mille(path: str | os.PathLike, fortran: bool | None = None,
+               chunk_bytes: int = 32 << 20) -> Iterator[MilleRecords]:
+    """Yield the records of a Mille file in chunks (plain or gzipped; C or Fortran; float32/float64).
+
+    ``fortran=None`` detects the record framing from the first record.
+    """
+    for raw in iter_raw_chunks(path, fortran=fortran, chunk_bytes=chunk_bytes):
+        yield raw.decode()
 
 
 def read_mille(path: str | os.PathLike, fortran: bool | None = None) -> MilleRecords:

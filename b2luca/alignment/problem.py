@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
 
-from .assemble import Assembler, DownWeighting, GlobalSystem
-from .mille import MilleRecords, iter_mille
+from .assemble import Assembler, DownWeighting, GlobalSystem, merge_systems
+from .mille import MilleRecords, RawChunk, iter_raw_chunks
 from .result import AlignmentResult
 from .solve import LinearConstraints, SolverError, solve_system
 from .steering import PEDE_METHODS, Constraint, ParameterSpec, Steering, read_steering
 
-__all__ = ["AlignmentProblem", "solve", "solve_steering", "CHUNK_BYTES"]
+__all__ = ["AlignmentProblem", "assemble", "solve", "solve_steering", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 6 << 20  # file bytes per chunk: keeps the temporaries of one chunk in the allocator's heap
 
@@ -43,6 +45,7 @@ class AlignmentProblem:
     dwfractioncut: float = 0.0
     hugecut: float | None = None
     errors: bool = True
+    threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
@@ -53,14 +56,16 @@ class AlignmentProblem:
                    parameters=dict(st.parameters), method=st.method, iterations=st.iterations,
                    dchi2=st.dchi2, entries=st.entries, chiscut=st.chiscut,
                    outlierdownweighting=st.outlierdownweighting, dwfractioncut=st.dwfractioncut,
-                   hugecut=st.hugecut, warnings=list(st.warnings))
+                   hugecut=st.hugecut, threads=st.threads[0] if st.threads else 0,
+                   warnings=list(st.warnings))
 
-    def chunks(self, timer: dict[str, float]) -> Iterator[MilleRecords]:
-        """All records, chunk by chunk; the time spent reading is added to ``timer['read']``."""
+    def chunks(self, timer: dict[str, float]) -> Iterator[MilleRecords | RawChunk]:
+        """All records, chunk by chunk: in-memory record sets, then the files' chunks framed but not
+        decoded (``RawChunk.decode()``); the time spent reading and framing is added to ``timer['read']``."""
         yield from self.records
         for files, fortran in ((self.cfiles, False), (self.ffiles, True)):
             for f in files:
-                it = iter_mille(f, fortran=fortran, chunk_bytes=CHUNK_BYTES)
+                it = iter_raw_chunks(f, fortran=fortran, chunk_bytes=CHUNK_BYTES)
                 while True:
                     t0 = time.perf_counter()
                     try:
@@ -70,6 +75,63 @@ class AlignmentProblem:
                         break
                     timer["read"] = timer.get("read", 0.0) + time.perf_counter() - t0
                     yield c
+
+    def n_threads(self) -> int:
+        """Assembly threads to use (``threads``, or one per core this process may run on)."""
+        if self.threads > 0:
+            return self.threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+
+
+def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: dict[str, float]) -> GlobalSystem:
+    """One pass over the data: the normal equations of all records.
+
+    With several threads, chunk k goes to worker k mod T (each with its own :class:`Assembler`), and the
+    workers' systems are summed in worker order, so the result does not depend on timing. numpy and BLAS
+    release the GIL in the heavy operations, so the workers run in parallel; this thread reads and frames.
+    """
+    nt = problem.n_threads()
+    if nt <= 1:
+        asm = make()
+        for c in problem.chunks(timer):
+            asm.add(c)
+        return asm.finish()
+    asms = [make() for _ in range(nt)]
+    queues: list[queue.Queue] = [queue.Queue(maxsize=2) for _ in range(nt)]
+    failures: list[BaseException] = []
+
+    def work(k: int) -> None:
+        while True:
+            item = queues[k].get()
+            if item is None:
+                return
+            if failures:
+                continue  # drain without work after a failure
+            try:
+                asms[k].add(item)
+            except BaseException as exc:  # re-raised in the calling thread
+                failures.append(exc)
+
+    workers = [threading.Thread(target=work, args=(k,), name=f"b2luca-assemble-{k}", daemon=True)
+               for k in range(nt)]
+    for w in workers:
+        w.start()
+    try:
+        for i, c in enumerate(problem.chunks(timer)):
+            if failures:
+                break
+            queues[i % nt].put(c)
+    finally:
+        for q in queues:
+            q.put(None)
+        for w in workers:
+            w.join()
+    if failures:
+        raise failures[0]
+    return merge_systems([a.finish() for a in asms])
 
 
 def _pass(problem: AlignmentProblem, corr: tuple[np.ndarray, np.ndarray] | None, ipass: int,
@@ -82,12 +144,10 @@ def _pass(problem: AlignmentProblem, corr: tuple[np.ndarray, np.ndarray] | None,
         dw.chi2_factor = problem.chiscut[0] if ipass == 0 else (problem.chiscut[1] if ipass == 1 else 1.0)
     if ipass == 0 and problem.hugecut is not None:
         dw.hugecut = problem.hugecut
-    asm = Assembler(corrections=corr, downweight=dw)
     t_read0 = timer.get("read", 0.0)
     t0 = time.perf_counter()
-    for c in problem.chunks(timer):
-        asm.add(c)
-    gs = asm.finish()
+    gs = assemble(problem, lambda: Assembler(corrections=corr, downweight=dw), timer)
+    # with threads, reading overlaps the assembly: 'assemble' is the rest of the pass's wall time
     timer["assemble"] = timer.get("assemble", 0.0) + time.perf_counter() - t0 - (timer.get("read", 0.0) - t_read0)
     return gs
 
