@@ -167,7 +167,7 @@ class Assembler:
         is_new[new] = True
         sel = is_new[inv.ravel()]  # entries of new labels only (later chunks bring few new labels)
         erec = recs.meas_record()[recs.glb_meas[sel]]
-        lr = np.unique(inv.ravel()[sel].astype(np.int64) * (recs.n_records + 1) + erec)
+        lr = _unique_int(inv.ravel()[sel].astype(np.int64) * (recs.n_records + 1) + erec)
         lab_u = lr // (recs.n_records + 1)
         m = (lr % (recs.n_records + 1)).astype(np.uint64)
         h1 = ((m * np.uint64(2654435761) + np.uint64(97)) % np.uint64(1 << 31)).astype(np.float64)
@@ -495,7 +495,7 @@ def merge_systems(parts: list[GlobalSystem]) -> GlobalSystem:
     """
     if len(parts) == 1:
         return parts[0]
-    labels = np.unique(np.concatenate([p.labels for p in parts]))
+    labels = _unique_int(np.concatenate([p.labels for p in parts]))
     n = labels.size
     C = sp.csr_matrix((n, n))
     b = np.zeros(n)
@@ -626,6 +626,7 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
         mblk = np.zeros(nmeas, np.int64)
         mblk[has_g] = gblk[gptr[:-1][has_g]]
         single = bool(np.all(gblk == mblk[gm]))
+    Hg = Gb = None
     if single:
         # fast path: every measurement touches one label block -> dense per-measurement vectors
         qmax = max(int(q.max(initial=0)), 1)
@@ -649,15 +650,19 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
         # (record, block) slots in shape-group order: γ (S values) and H (S·q values) per slot are summed
         # straight into their buffers (slot k of gambuf/Hbuf = k-th (record, block) in group order)
         rbg_m = (oK[r_m] // S + blk_m)[hg]
-        gambuf = _outer_segsum(rbg_m, wd[hg], y[hg, None], n_rb).ravel()
         uniform_q = bool(np.all(q == qmax))
         if uniform_q:
-            Hbuf = _outer_segsum(rbg_m, wd[hg], a_l[hg], n_rb).ravel()
+            # one product per segment kind with [a | y] on the right: (H | γ) per slot, (Γ | β) per record
+            ay = np.empty((nmeas, qmax + 1))
+            ay[:, :qmax] = a_l
+            ay[:, qmax] = y
+            # (the groups below take strided views of these, no copies)
+            Hg = _outer_segsum(rbg_m, wd[hg], ay[hg], n_rb).reshape(n_rb, S, qmax + 1)
             rg_m = offs["G"][0][r_m] // (qmax * qmax)  # record position in group order
-            Gbuf = _outer_segsum(rg_m, wa, a_l, nrec).ravel()
+            Gb = _outer_segsum(rg_m, wa, ay, nrec).reshape(nrec, qmax, qmax + 1)
             oq, totq = offs["q"]
-            betabuf = _outer_segsum(rg_m, wa, y[:, None], nrec).ravel()
         else:
+            gambuf = _outer_segsum(rbg_m, wd[hg], y[hg, None], n_rb).ravel()
             o, tot = offs["H"]
             # entries with local index >= q_r carry exact zeros; their (aliased) index is harmless
             base = o[r_m] + blk_m * S * q_m
@@ -732,15 +737,24 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
         Kg, npg = nbg * S, nbg * (nbg + 1) // 2
         P = None if Pbuf is None else Pbuf[offs["P"][0][r0]: offs["P"][0][r0] + R * npg * S2].reshape(R, npg, S, S)
         F = None
-        gam = gambuf[oK[r0]: oK[r0] + R * Kg].reshape(R, Kg)
+        if Hg is not None:
+            s0, g0 = oK[r0] // S, offs["G"][0][r0] // (qg * qg) if qg else 0
+            gam = Hg[s0: s0 + R * nbg, :, -1].reshape(R, Kg)
+        else:
+            gam = gambuf[oK[r0]: oK[r0] + R * Kg].reshape(R, Kg)
         if qg:
-            Gm = Gbuf[offs["G"][0][r0]: offs["G"][0][r0] + R * qg * qg].reshape(R, qg, qg)
-            H = Hbuf[offs["H"][0][r0]: offs["H"][0][r0] + R * Kg * qg].reshape(R, Kg, qg)
-            beta = betabuf[oq[r0]: oq[r0] + R * qg].reshape(R, qg)
+            if Hg is not None:
+                Gm = Gb[g0: g0 + R, :, :qg]
+                H = Hg[s0: s0 + R * nbg, :, :qg].reshape(R, Kg, qg)
+                beta = Gb[g0: g0 + R, :, qg]
+            else:
+                Gm = Gbuf[offs["G"][0][r0]: offs["G"][0][r0] + R * qg * qg].reshape(R, qg, qg)
+                H = Hbuf[offs["H"][0][r0]: offs["H"][0][r0] + R * Kg * qg].reshape(R, Kg, qg)
+                beta = betabuf[oq[r0]: oq[r0] + R * qg].reshape(R, qg)
             Vs, good = _inverse_root(Gm)  # Γ⁻¹ = Vs Vsᵀ
             M = H @ Vs  # (R, K, q)
             u = np.einsum("rqp,rq->rp", Vs, beta)  # Vsᵀ β
-            br = gam - np.einsum("rkp,rp->rk", M, u)
+            br = gam - np.matmul(M, u[:, :, None])[:, :, 0]
             c2 = ywy[rec] - np.einsum("rp,rp->r", u, u)
             if nbg and P is None:
                 # one batched product; the caller picks the upper block pairs as rows of S values

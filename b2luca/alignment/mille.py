@@ -294,22 +294,21 @@ def _decode_fast(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: 
     ints = words[idx]
     del idx
     z = ints == 0
+    hdr = pptr[:-1]
     zz = np.flatnonzero(z[:-1] & z[1:])
     if zz.size:
         cand = zz[(fl[zz] == 0.0) & (fl[zz + 1] < 0)]
-        if cand.size and not np.all(np.isin(cand, pptr[:-1])):  # (0.0, 0), (-nsp, 0) not at a header
-            return None
-    cz = np.cumsum(z, dtype=np.int64)
-    par = (cz + np.repeat(np.arange(nrec, dtype=np.int64), n)) & 1
-    par0 = par == 0
-    hdr = pptr[:-1]
-    is_val = z & par0
-    is_sig = z & ~par0
-    is_sig[hdr] = False
-    is_loc = ~z & par0
-    is_glb = ~z & ~par0
+        if cand.size:
+            at_hdr = np.zeros(npairs, bool)
+            at_hdr[hdr] = True
+            if not at_hdr[cand].all():  # (0.0, 0), (-nsp, 0) not at a header: a special block
+                return None
+    i32 = np.int32 if npairs < 2**31 - 1 else np.int64
+    cz = np.cumsum(z, dtype=i32)
+    par0 = ((cz + np.repeat(np.arange(nrec, dtype=i32), n)) & 1) == 0
     # zeros per record must be odd (header + value/sigma pairs); the pair after the header is a value
-    czb = np.concatenate([[0], cz[pptr[1:] - 1]])
+    czb = np.zeros(nrec + 1, np.int64)
+    czb[1:] = cz[pptr[1:] - 1]
     zc = np.diff(czb)
     bad = (zc % 2 == 0)
     two = n >= 2
@@ -321,8 +320,17 @@ def _decode_fast(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: 
             r = int(np.searchsorted(pptr, np.flatnonzero(ints < 0)[0], side="right") - 1)
         raise _corrupt(source, rec0 + r + 1, "malformed pair sequence (derivative before a measurement, "
                        "negative index, or value without sigma)")
-    meas_id = np.cumsum(is_val) - 1
-    sigma = fl[is_sig].astype(np.float64)
+    nz = ~z
+    is_val = z & par0
+    i_val = np.flatnonzero(is_val)
+    is_sig = z ^ is_val
+    is_sig[hdr] = False
+    i_sig = np.flatnonzero(is_sig)
+    i_loc = np.flatnonzero(nz & par0)
+    i_glb = np.flatnonzero(nz & ~par0)
+    meas_id = np.cumsum(is_val, dtype=i32)
+    meas_id -= 1
+    sigma = fl[i_sig].astype(np.float64)
     if np.any(~(sigma > 0)):
         m = int(np.flatnonzero(~(sigma > 0))[0])
         nm = (zc - 1) // 2
@@ -331,10 +339,10 @@ def _decode_fast(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: 
     rec_ptr = np.zeros(nrec + 1, dtype=np.int64)
     np.cumsum((zc - 1) // 2, out=rec_ptr[1:])
     return MilleRecords(
-        rec_ptr=rec_ptr, value=fl[is_val].astype(np.float64), sigma=sigma,
-        loc_meas=meas_id[is_loc], loc_index=ints[is_loc] - 1, loc_der=fl[is_loc].astype(np.float64),
-        glb_meas=meas_id[is_glb], glb_label=ints[is_glb].astype(np.int64), glb_der=fl[is_glb].astype(np.float64),
-        source=source, first_record=rec0,
+        rec_ptr=rec_ptr, value=fl[i_val].astype(np.float64), sigma=sigma,
+        loc_meas=meas_id[i_loc].astype(np.int64), loc_index=ints[i_loc] - 1, loc_der=fl[i_loc].astype(np.float64),
+        glb_meas=meas_id[i_glb].astype(np.int64), glb_label=ints[i_glb].astype(np.int64),
+        glb_der=fl[i_glb].astype(np.float64), source=source, first_record=rec0,
     )
 
 
