@@ -127,37 +127,51 @@ class Assembler:
     def _index_labels(self, recs: MilleRecords) -> np.ndarray:
         """Label index of every global entry; registers new labels and their blocks."""
         lab = recs.glb_label
-        # fast path: a direct label -> index table (labels are modest integers in practice)
-        if lab.size and self._table.size and lab.min() >= 0 and lab.max() < self._table.size:
-            idx = self._table[lab]
-            if np.all(idx >= 0):
-                return idx
-        ulab, inv = np.unique(lab, return_inverse=True)
-        pos = np.searchsorted(self.lab_sorted, ulab)
-        pc = np.minimum(pos, max(self.lab_sorted.size - 1, 0))
-        known = (pos < self.lab_sorted.size) & (self.lab_sorted[pc] == ulab) if self.lab_sorted.size else \
-            np.zeros(ulab.size, bool)
-        uidx = np.empty(ulab.size, np.int64)
-        uidx[known] = self.idx_sorted[pc[known]]
-        new = np.flatnonzero(~known)
-        if new.size:
-            n0 = self.labels.size
-            uidx[new] = n0 + np.arange(new.size)
-            self.labels = np.concatenate([self.labels, ulab[new]])
-            allab = np.concatenate([self.lab_sorted, ulab[new]])
-            allidx = np.concatenate([self.idx_sorted, uidx[new]])
-            o = np.argsort(allab)
-            self.lab_sorted, self.idx_sorted = allab[o], allidx[o]
-            self._new_blocks(recs, inv, new, uidx)
-            self.bvec = np.concatenate([self.bvec, np.zeros(new.size)])
-            self.entries = np.concatenate([self.entries, np.zeros(new.size, np.int64)])
-            top = int(self.lab_sorted[-1]) + 1
-            if self.lab_sorted[0] >= 0 and top <= _TABLE_MAX:
-                self._table = np.full(top, -1, np.int64)
-                self._table[self.lab_sorted] = self.idx_sorted
-            else:
-                self._table = np.zeros(0, np.int64)
-        return uidx[inv.ravel()]
+        idx = self._lookup(lab)
+        unk = idx < 0
+        if not unk.any():
+            return idx
+        # new labels: local ids 0..k-1 for them, k for every known label (only new ones form blocks)
+        lu = lab[unk]
+        newlab = _unique_int(lu)
+        k = newlab.size
+        n0 = self.labels.size
+        loc = np.full(lab.size, k, np.int64)
+        loc[unk] = np.searchsorted(newlab, lu)
+        gidx = n0 + np.arange(k)
+        self.labels = np.concatenate([self.labels, newlab])
+        allab = np.concatenate([self.lab_sorted, newlab])
+        allidx = np.concatenate([self.idx_sorted, gidx])
+        o = np.argsort(allab, kind="stable")
+        self.lab_sorted, self.idx_sorted = allab[o], allidx[o]
+        self._new_blocks(recs, loc, np.arange(k), np.append(gidx, -1))
+        self.bvec = np.concatenate([self.bvec, np.zeros(k)])
+        self.entries = np.concatenate([self.entries, np.zeros(k, np.int64)])
+        top = int(self.lab_sorted[-1]) + 1
+        if self.lab_sorted[0] >= 0 and top <= _TABLE_MAX:
+            self._table = np.full(top, -1, np.int64)
+            self._table[self.lab_sorted] = self.idx_sorted
+        else:
+            self._table = np.zeros(0, np.int64)
+        idx[unk] = gidx[loc[unk]]
+        return idx
+
+    def _lookup(self, lab: np.ndarray) -> np.ndarray:
+        """Index of each label (−1: not seen yet); a direct table when labels are modest integers."""
+        if not lab.size:
+            return np.zeros(0, np.int64)
+        if self._table.size and lab.min() >= 0:
+            if lab.max() < self._table.size:
+                return self._table[lab]
+            idx = np.full(lab.size, -1, np.int64)
+            inside = lab < self._table.size
+            idx[inside] = self._table[lab[inside]]
+            return idx
+        n = self.lab_sorted.size
+        if not n:
+            return np.full(lab.size, -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.lab_sorted, lab), n - 1)
+        return np.where(self.lab_sorted[pos] == lab, self.idx_sorted[pos], -1)
 
     def _new_blocks(self, recs: MilleRecords, inv: np.ndarray, new: np.ndarray, uidx: np.ndarray) -> None:
         """Group new labels that occur in exactly the same measurements into blocks."""
@@ -437,10 +451,9 @@ class Assembler:
         slots = self._nslots + np.arange(k)
         self._vals[slots] = sums[~found]
         self._nslots += k
-        keys = np.concatenate([self.pair_keys, newk])
-        sl = np.concatenate([self.pair_slot, slots])
-        o = np.argsort(keys, kind="stable")
-        self.pair_keys, self.pair_slot = keys[o], sl[o]
+        ins = np.searchsorted(self.pair_keys, newk)  # both sorted: a linear merge, no re-sort
+        self.pair_keys = np.insert(self.pair_keys, ins, newk)
+        self.pair_slot = np.insert(self.pair_slot, ins, slots)
 
     @property
     def pair_vals(self) -> np.ndarray:
