@@ -194,11 +194,10 @@ def _frame_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str,
         return None
     # candidate record starts (word index p): header float word zero, length word even, record fits.
     # The cheap int32 test on the header word comes first, so the rest runs on few candidates.
-    cidx = np.flatnonzero(words[off + 1:] == 0)
+    head = words[off: nwords - 1]
+    cidx = np.flatnonzero((words[off + 1:] == 0) & ((head & 1) == 0) & (head != 0))  # even, non-zero
     cnw = words[cidx + off]
-    good = (cnw > 0) & (cnw % 2 == 0) & (cnw < _MAX_NW)
-    if np.any(cnw < 0):  # float64 records
-        good |= (cnw < 0) & (cnw % 2 == 0) & (cnw > -_MAX_NW)
+    good = (cnw < _MAX_NW) & (cnw > -_MAX_NW)
     cidx, cnw = cidx[good].astype(np.int64), cnw[good].astype(np.int64)
     n = np.abs(cnw) // 2
     fw = np.where(cnw > 0, n, 2 * n)
@@ -212,6 +211,8 @@ def _frame_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str,
     if dbl.any():
         good[dbl] &= words[np.minimum(cidx[dbl] + off + 2, nwords - 1)] == 0
     good[good] &= words[(cidx + off + 1 + fw)[good]] == 0  # header int word
+    two = good & (n >= 2)
+    good[two] &= words[(cidx + off + 2 + fw)[two]] == 0  # the first pair after the header is a value
     cand, cnw, reclen = cidx[good], cnw[good], reclen[good]
     if cand.size == 0 or cand[0] != 0:
         _chunk_failure(words, fortran, eof, source, rec0, 0)
@@ -287,12 +288,19 @@ def _decode_fast(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: 
     pptr = np.zeros(nrec + 1, dtype=np.int64)
     np.cumsum(n, out=pptr[1:])
     npairs = int(pptr[-1])
-    idx = np.repeat(starts + 1 - pptr[:-1], n)
-    idx += np.arange(npairs, dtype=np.int64)
-    fl = words.view(np.float32)[idx]
-    idx += np.repeat(n, n)
-    ints = words[idx]
-    del idx
+    # word classes by run lengths: (gap before the record: 0)(length word: 0)(floats: 1)(ints: 2), then two
+    # compressions, instead of computing a word index for every pair
+    ends = starts + 1 + 2 * n
+    runs = np.empty(4 * nrec, np.int64)
+    runs[0] = starts[0]
+    runs[4::4] = starts[1:] - ends[:-1]  # Fortran record markers
+    runs[1::4] = 1
+    runs[2::4] = n
+    runs[3::4] = n
+    cls = np.repeat(np.tile(np.array([0, 0, 1, 2], np.int8), nrec), runs)
+    w = words[: int(ends[-1])]
+    fl = w.view(np.float32)[cls == 1]
+    ints = w[cls == 2]
     z = ints == 0
     hdr = pptr[:-1]
     zz = np.flatnonzero(z[:-1] & z[1:])
