@@ -4,7 +4,9 @@
 For each size it writes real Mille files (float32 C binary, several files of 100k tracks) plus the
 constraints removing the 5 exact weak modes of the toy, then, for each method, runs the full fit in a fresh
 subprocess (read + assemble + solve + errors) and reports the wall time per phase and the peak resident
-memory of that process.
+memory of that process. The data pass runs one worker thread per core, so "read" (framing, in the main
+thread) overlaps "assemble" (decoding, local fits, accumulation); their sum is the pass's wall time.
+After the fit, the same process measures reading alone (framing + decoding, files in the page cache).
 
     python benchmarks/align_bench.py                       # sizes 3k,20k,60k, methods sparse,dense,minres
     python benchmarks/align_bench.py --sizes 3k,20k --methods sparse
@@ -79,6 +81,8 @@ def run_one(steer: str, method: str) -> dict:
     out = {"method": method, "exact": res.exact, "n_params": int(res.labels.size), "records": res.n_records,
            "wall_s": wall, "timings": res.timings, "peak_rss_gb": peak_kb / 1024**2, "chi2_ndf": res.chi2_ndf,
            "fixed": int(res.fixed.sum()), "bytes": sum(p.stat().st_size for p in folder.glob("data_*.bin"))}
+    out["threads"] = res.info.get("threads")
+    out.update(read_speed(sorted(folder.glob("data_*.bin"))))
     if res.errors is not None:
         # pulls against the truth projected onto the constraint surface (weak modes removed)
         from b2luca.alignment import AlignmentProblem
@@ -94,6 +98,29 @@ def run_one(steer: str, method: str) -> dict:
         pull = (res.corrections[ok] - tp[ok]) / res.errors[ok]
         out["pull_rms"] = float(np.sqrt(np.mean(pull**2)))
     return out
+
+
+def read_speed(files: list[Path]) -> dict:
+    """Reading alone (framing + decoding every record into flat arrays), files in the page cache:
+    MB/s with one thread and with one thread per core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from b2luca.alignment.mille import iter_raw_chunks
+    from b2luca.alignment.problem import CHUNK_BYTES
+
+    nbytes = sum(f.stat().st_size for f in files)
+    t0 = time.perf_counter()
+    for f in files:
+        for raw in iter_raw_chunks(f, chunk_bytes=CHUNK_BYTES):
+            raw.decode()
+    one = nbytes / (time.perf_counter() - t0) / 1e6
+    nt = len(os.sched_getaffinity(0))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(nt) as pool:
+        for f in files:
+            for _ in pool.map(lambda r: r.decode().n_records, iter_raw_chunks(f, chunk_bytes=CHUNK_BYTES)):
+                pass
+    return {"read_MBps_1": one, "read_MBps_n": nbytes / (time.perf_counter() - t0) / 1e6, "read_threads": nt}
 
 
 def main() -> int:
@@ -139,7 +166,9 @@ def main() -> int:
             t = r["timings"]
             print(f"[{size}] {method:7s} n={r['n_params']} records={r['records']} file={r['bytes'] / 1e6:.0f} MB "
                   + " ".join(f"{k}={v:.2f}s" for k, v in t.items())
-                  + f" peak={r['peak_rss_gb']:.2f} GB chi2/ndf={r['chi2_ndf']:.4f}"
+                  + f" peak={r['peak_rss_gb']:.2f} GB chi2/ndf={r['chi2_ndf']:.4f} threads={r['threads']}"
+                  + f" | reading alone {r['read_MBps_1']:.0f} MB/s (1 thread),"
+                  f" {r['read_MBps_n']:.0f} MB/s ({r['read_threads']} threads)"
                   + (f" pull_rms={r['pull_rms']:.3f}" if "pull_rms" in r else ""), flush=True)
     if args.keep is None:
         import shutil

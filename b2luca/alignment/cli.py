@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from .mille import MilleError
 from .problem import AlignmentProblem, solve
 from .result import write_millepede_res
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder for millepede.res and align_summary.json (default: the current "
                              "folder, as pede)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="threads for the data pass (default: the steering's 'threads', else one per core)")
     parser.add_argument("--no-errors", action="store_true", help="skip the parameter errors (saves time)")
     parser.add_argument("--quiet", action="store_true", help="no summary printout")
 
@@ -46,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {args.steering}: Mille file(s) not found: {', '.join(missing)}", file=sys.stderr)
             return 2
         problem.errors = not getattr(args, "no_errors", False)
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                print(f"error: --threads must be at least 1 (got {args.threads})", file=sys.stderr)
+                return 2
+            problem.threads = args.threads
         result = solve(problem, method=args.method)
     except (SteeringError, MilleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -65,9 +73,7 @@ def run(args: argparse.Namespace) -> int:
             "iterations": result.iterations, "constraint_residual": result.constraint_residual,
             "warnings": result.warnings,
         }
-        tmp = out / "align_summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1, default=float))
-        tmp.replace(out / "align_summary.json")
+        write_text_atomic(out / "align_summary.json", json.dumps(summary, indent=1, default=float))
     except OSError as exc:
         print(f"error: cannot write results to {out}: {exc}", file=sys.stderr)
         return 1

@@ -297,7 +297,8 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
             fixed_reason=reason, chi2=chi2, ndf=ndf, method=so.method, exact=so.exact, n_records=gs.n_records,
             n_used=gs.n_used, rejected=gs.rejected, timings={}, iterations=ipass + 1, n_meas=gs.n_meas,
             constraint_residual=float(so.info.get("constraint_residual", 0.0)),
-            downweighted_fraction=gs.downweighted_fraction, info=so.info, warnings=warnings,
+            downweighted_fraction=gs.downweighted_fraction, info={**so.info, "threads": problem.n_threads()},
+            warnings=warnings,
         )
         if so.info.get("constraints_dropped"):
             warnings.append(f"linearly dependent or empty constraints dropped: {so.info['constraints_dropped']}")

@@ -70,7 +70,9 @@ class AlignmentResult:
         ]
         if self.constraint_residual:
             lines.append(f"  max constraint residual {self.constraint_residual:.3g}")
-        lines.append("  time per phase [s]: " + ", ".join(f"{k} {v:.3f}" for k, v in self.timings.items()))
+        threads = f" ({self.info['threads']} thread(s) for the data pass)" if self.info.get("threads") else ""
+        lines.append("  time per phase [s]: " + ", ".join(f"{k} {v:.3f}" for k, v in self.timings.items())
+                     + threads)
         for w in self.warnings:
             lines.append(f"  warning: {w}")
         return "\n".join(lines)
