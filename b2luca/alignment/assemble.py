@@ -479,6 +479,8 @@ class Assembler:
         rows = self.block_members[bi][:, :, None] * np.ones(S, np.int64)[None, None, :]
         cols = self.block_members[bj][:, None, :] * np.ones(S, np.int64)[None, :, None]
         vals = self.pair_vals.reshape(-1, S, S)
+        diag = bi == bj  # diagonal blocks: symmetric up to round-off, made exactly symmetric
+        vals[diag] = 0.5 * (vals[diag] + vals[diag].transpose(0, 2, 1))
         _ = p
         m = (rows >= 0) & (cols >= 0)
         off = (bi != bj)[:, None, None] & m
@@ -489,9 +491,7 @@ class Assembler:
         order = np.argsort(self.labels)
         newidx = np.empty(n, np.int64)
         newidx[order] = np.arange(n)
-        C = sp.csr_matrix((v, (newidx[r], newidx[c])), shape=(n, n))
-        C.sum_duplicates()
-        C = ((C + C.T) * 0.5).tocsr()  # remove round-off asymmetry of the diagonal blocks
+        C = sp.csr_matrix((v, (newidx[r], newidx[c])), shape=(n, n))  # each label in one block: no duplicates
         return GlobalSystem(
             labels=self.labels[order], C=C, b=self.bvec[order], chi2_0=self.chi2_0, ndf=self.ndf,
             entries=self.entries[order], n_records=self.n_records, n_used=self.n_used,

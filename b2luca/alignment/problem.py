@@ -100,6 +100,7 @@ def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: di
             asm.add(c)
         return asm.finish()
     asms = [make() for _ in range(nt)]
+    systems: list[GlobalSystem | None] = [None] * nt
     queues: list[queue.Queue] = [queue.Queue(maxsize=2) for _ in range(nt)]
     failures: list[BaseException] = []
 
@@ -107,12 +108,17 @@ def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: di
         while True:
             item = queues[k].get()
             if item is None:
-                return
+                break
             if failures:
                 continue  # drain without work after a failure
             try:
                 asms[k].add(item)
             except BaseException as exc:  # re-raised in the calling thread
+                failures.append(exc)
+        if not failures:
+            try:
+                systems[k] = asms[k].finish()
+            except BaseException as exc:
                 failures.append(exc)
 
     workers = [threading.Thread(target=work, args=(k,), name=f"b2luca-assemble-{k}", daemon=True)
@@ -131,7 +137,7 @@ def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: di
             w.join()
     if failures:
         raise failures[0]
-    return merge_systems([a.finish() for a in asms])
+    return merge_systems([gs for gs in systems if gs is not None])
 
 
 _MALLOC_TUNED = False
