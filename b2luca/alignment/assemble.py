@@ -22,7 +22,7 @@ per-record block-pair array is gathered or copied.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +33,7 @@ from .mille import MilleRecords, RawChunk
 __all__ = ["Assembler", "GlobalSystem", "DownWeighting", "merge_systems"]
 
 _NBIG = np.int64(1 << 31)
+_F_BATCH_BYTES = 1 << 20  # records per F = M Mᵀ batch: about this many bytes of F (fits the L2 cache)
 _TABLE_MAX = 1 << 26  # direct label lookup table up to this label value (512 MB at most)
 HUBER_C = 3.0  # Huber cut in units of the normalised residual (first down-weighting iteration)
 CAUCHY_C = 2.3849  # Cauchy scale (later iterations), as pede
@@ -287,7 +288,7 @@ class Assembler:
         nmeas_r = np.diff(recs.rec_ptr)
 
         def system(wm: np.ndarray):
-            return _local_systems(recs, y, wm, meas_rec, eslot, K, q, S, self._scratch)
+            return _local_systems(recs, y, wm, meas_rec, eslot, K, q, S)
 
         sysd = system(w)
         chi2_r, ok = sysd["chi2"], sysd["ok"]
@@ -393,7 +394,7 @@ class Assembler:
         parts = []  # (upper block-pair keys (R·n_pairs,), accepted rows of the group, nb, F as rows of S)
         bm_all, bv_all = [], []
         for g in sysd["groups"]:
-            rec, br, nbg, F = g["rec"], g["b"], g["nb"], g["F"]
+            rec, br, nbg, M = g["rec"], g["b"], g["nb"], g["M"]
             a = accept[rec]
             if not a.any() or nbg == 0:
                 continue
@@ -405,11 +406,11 @@ class Assembler:
             m = members >= 0
             bm_all.append(members[m])
             bv_all.append(br[sel][m])
-            if F is None:
+            if M is None:
                 continue
             ta, tb = np.triu_indices(nbg)
             keys = (bl[:, ta] * NBIG + bl[:, tb]).ravel()
-            parts.append((keys, sel, nbg, F.reshape(-1, S)))
+            parts.append((keys, nbg, M[sel] if sel.size < M.shape[0] else M))
         if bm_all:
             self.bvec += np.bincount(np.concatenate(bm_all), weights=np.concatenate(bv_all),
                                      minlength=self.bvec.size)
@@ -418,15 +419,24 @@ class Assembler:
         uk = _unique_int(np.concatenate([p[0] for p in parts]))
         nout = uk.size * S
         tot = np.zeros((nout, S))
-        for keys, sel, nbg, Fr in parts:
-            kf = np.searchsorted(uk, keys).reshape(sel.size, -1)  # (R, n_pairs)
+        for keys, nbg, M in parts:
+            R, K = M.shape[0], nbg * S
+            kf = np.searchsorted(uk, keys).reshape(R, -1)  # (R, n_pairs)
             # rows of S values of F[r].reshape(nb, S, nb, S) with b >= a, in ascending order (a, s, b)
             ga, gs, gb = np.nonzero(np.arange(nbg)[None, None, :] >= np.arange(nbg)[:, None, None]
                                     + np.zeros((1, S, 1), np.int64))
             pid = ga * nbg - ga * (ga - 1) // 2 + (gb - ga)
-            rows = (kf[:, pid] * S + gs[None, :]).ravel()
-            cols = (sel[:, None] * (nbg * S * nbg) + ((ga * S + gs) * nbg + gb)[None, :]).ravel()
-            tot += _pick_csc(rows, cols, -1.0, nout, Fr.shape[0]) @ Fr
+            col_in_rec = (ga * S + gs) * nbg + gb
+            Mt = np.ascontiguousarray(M.transpose(0, 2, 1))  # BLAS wants contiguous operands
+            # F = M Mᵀ in batches small enough to stay in cache until they are picked
+            B = max(1, _F_BATCH_BYTES // (8 * K * K))
+            for r0 in range(0, R, B):
+                r1 = min(R, r0 + B)
+                F = self._scratch((r1 - r0) * K * K).reshape(r1 - r0, K, K)
+                np.matmul(M[r0:r1], Mt[r0:r1], out=F)
+                rows = (kf[r0:r1, pid] * S + gs[None, :]).ravel()
+                cols = (np.arange(r1 - r0)[:, None] * (K * nbg) + col_in_rec[None, :]).ravel()
+                tot += _pick_csc(rows, cols, -1.0, nout, (r1 - r0) * K * nbg) @ F.reshape(-1, S)
         self._merge(uk, tot.reshape(uk.size, S * S))
 
     def _merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
@@ -608,8 +618,7 @@ def _pairs_within(seg_id: np.ndarray, seg_id2: np.ndarray | None = None):
 
 
 def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np.ndarray,
-                   eslot: np.ndarray, K: np.ndarray, q: np.ndarray, S: int,
-                   scratch: Callable[[int], np.ndarray] | None = None) -> dict:
+                   eslot: np.ndarray, K: np.ndarray, q: np.ndarray, S: int) -> dict:
     """Per-record local fits and Schur complements, batched by shape (number of blocks, q).
 
     The Schur complement C_r = D − M Mᵀ (M = H V Λ^-1/2 from Γ = V Λ Vᵀ) is produced directly in
@@ -737,19 +746,14 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
     bounds = np.flatnonzero(np.diff(sk)) + 1
     starts = np.concatenate([[0], bounds]).astype(np.int64)
     ends = np.concatenate([bounds, [nrec]]).astype(np.int64)
-    if Pbuf is None and scratch is not None:
-        # F = M Mᵀ of all groups goes into one reused buffer (fresh large arrays are slow to touch)
-        fsize = np.where(q[order[starts]] > 0, (ends - starts) * K[order[starts]] ** 2, 0)
-        fbuf = scratch(int(fsize.sum()))
-        foff = np.concatenate([[0], np.cumsum(fsize)])
-    for ig, (s, e) in enumerate(zip(starts, ends)):
+    for s, e in zip(starts, ends):
         rec = order[s:e]
         R = rec.size
         r0 = rec[0]
         nbg, qg = int(nb[r0]), int(q[r0])
         Kg, npg = nbg * S, nbg * (nbg + 1) // 2
         P = None if Pbuf is None else Pbuf[offs["P"][0][r0]: offs["P"][0][r0] + R * npg * S2].reshape(R, npg, S, S)
-        F = None
+        Mg = None
         if Hg is not None:
             s0, g0 = oK[r0] // S, offs["G"][0][r0] // (qg * qg) if qg else 0
             gam = Hg[s0: s0 + R * nbg, :, -1].reshape(R, Kg)
@@ -770,12 +774,7 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
             br = gam - np.matmul(M, u[:, :, None])[:, :, 0]
             c2 = ywy[rec] - np.einsum("rp,rp->r", u, u)
             if nbg and P is None:
-                # one batched product; the caller picks the upper block pairs as rows of S values
-                if scratch is not None:
-                    F = fbuf[foff[ig]: foff[ig + 1]].reshape(R, Kg, Kg)
-                    np.matmul(M, np.ascontiguousarray(M.transpose(0, 2, 1)), out=F)  # BLAS needs contiguous
-                else:
-                    F = M @ M.transpose(0, 2, 1)  # (R, K, K)
+                Mg = M  # the caller forms F = M Mᵀ of the accepted records, batch by batch
             elif nbg:
                 # M Mᵀ by block rows: row block a against blocks a..nb-1, subtracted in place from the
                 # upper block pairs (P is a view into Pbuf; pair order (0,0),(0,1),..,(1,1),.. = triu order)
@@ -792,7 +791,7 @@ def _local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: n
             br, c2 = gam.copy(), ywy[rec]
             lpar = np.zeros((R, 0))
         chi2[rec] = c2
-        groups.append({"rec": rec, "P": P, "F": F, "b": br, "nb": nbg, "lpar": lpar})
+        groups.append({"rec": rec, "P": P, "M": Mg, "b": br, "nb": nbg, "lpar": lpar})
     out = {"chi2": chi2, "ok": ok, "groups": groups, "Pbuf": Pbuf, "Poff": offs["P"][0] // S2}
     if Pbuf is None:
         out["wd"], out["d"], out["rb_m"] = wd[hg], d[hg], rb_mh
