@@ -4,30 +4,50 @@ Why our own: scipy ships no sparse Cholesky (SuperLU is a general LU; on a 60k a
 10 minutes and 16 GB), and CHOLMOD (scikit-sparse) is only an sdist needing a system SuiteSparse. The
 alignment matrix is made of dense label blocks (a sensor's parameters share one sparsity pattern), so a
 supernodal factorisation spends almost all its time in dense BLAS-3 kernels and the Python overhead is one
-loop iteration per *supernode* (a few thousand), never per column or record.
+loop iteration per *supernode* (a few hundred), never per column or record.
 
 Steps
-1. supervariables: columns with identical pattern are merged (hash of the column's row set);
-2. fill-reducing ordering of the compressed graph: nested dissection with BFS level-set separators
-   (George's automatic nested dissection), reverse Cuthill-McKee inside small leaves;
-3. symbolic factorisation on the compressed graph (elimination tree, column structures), postordering,
-   fundamental + lightly relaxed supernodes;
-4. numeric multifrontal factorisation: front = dense (cols ∪ rows) matrix, LAPACK potrf/trsm, update
-   matrix = Schur complement passed to the parent (extend-add);
-5. triangular solves per supernode (several right-hand sides at once);
-6. selected inversion (Takahashi recurrences, supernodal form) for diag(A⁻¹): for supernode J with
-   rows R, Z_RJ = −Z_RR L_RJ L_JJ⁻¹ and Z_JJ = L_JJ⁻ᵀL_JJ⁻¹ − (L_RJ L_JJ⁻¹)ᵀ Z_RJ, where Z_RR is gathered
-   from the already computed blocks of the ancestors. Cost is of the order of the factorisation itself,
-   whereas diag(A⁻¹) by n solves would cost n·nnz(L) (about 100x more at 60k parameters), and the dense
-   inverse would need n² memory (29 GB at 60k).
+1. supervariables: columns with identical pattern are merged (exact integer hash of the row set) into the
+   nodes of a compressed graph (one node per sensor block);
+2. nested dissection of the compressed graph with spectral separators: the nodes are sorted by each of the
+   two lowest non-trivial eigenvectors of the graph Laplacian (ARPACK, or dense LAPACK for small
+   subgraphs), every split point of that order is scored at once (separator weight / √(weight A · weight B),
+   both sides ≥ 10 % of the weight), the separator is the boundary of one side, minus the nodes that have
+   no neighbour in the rest of that side; BFS level sets are the fallback. On the barrel alignment
+   matrices this needs ~5x fewer flops than the BFS level-set dissection used before (20k parameters:
+   8 GF instead of 48 GF, nnz(L) 11M instead of 32M). The dissection tree *is* the supernode tree:
+   every separator, and every leaf subdomain of ≤ ``leaf`` nodes, is one supernode, eliminated as a dense
+   block (relaxed supernodes: the few explicit zeros cost far less than finer supernodes' overhead);
+3. symbolic factorisation on the compressed graph: the row structure of a supernode is the union of its
+   columns' adjacency and its children's row structures, beyond its own columns;
+4. numeric multifrontal factorisation: per supernode a panel [L11; L21] and an update matrix U are
+   assembled from A and the children's update matrices (extend-add through flat index maps, ``np.add.at``
+   on contiguous data; work buffers come from a pool, since first touches of fresh memory are slow),
+   then LAPACK potrf, BLAS trsm and syrk (in place) give L11, L21 and U = −L21 L21ᵀ + the children's
+   contributions, passed to the parent. The symbolic part (steps 1-3) is reused when the next matrix has
+   exactly the same pattern (the passes of one fit);
+5. triangular solves per supernode, all right-hand sides at once;
+6. selected inversion (Takahashi recurrences, supernodal form) for diag(A⁻¹): for supernode J with rows R
+   and Lh = L21 L11⁻¹, Z_RJ = −Z_RR Lh and Z_JJ = (L11 L11ᵀ)⁻¹ + Lhᵀ Z_RR Lh, where Z_RR (lower triangle)
+   is gathered from the already computed panels of the ancestors (``np.take`` with flat index maps; BLAS
+   trsm/symm/gemm, LAPACK potri, into reused buffers). Cost is
+   about twice the factorisation, whereas diag(A⁻¹) by n solves would cost n·nnz(L) and the dense inverse
+   would need n² memory (29 GB at 60k parameters).
+
+Only lower triangles are ever read; upper triangles of the dense blocks may hold stale values.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import scipy.linalg as la
+import scipy.linalg.blas as blas
+import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 import scipy.sparse.csgraph as csg
+import scipy.sparse.linalg as spla
 
 __all__ = ["SupernodalCholesky", "NotPositiveDefinite", "nested_dissection"]
 
@@ -43,269 +63,495 @@ class NotPositiveDefinite(np.linalg.LinAlgError):
 # ---------------------------------------------------------------------------------------- ordering
 
 
-def _supervariables(A: sp.csr_matrix) -> np.ndarray:
-    """Group index of every column; columns with identical pattern (incl. the diagonal) share one."""
+def _supervariables(A: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Group index of every column (columns with identical pattern share one), and the first column of
+    every group. The diagonal must be structurally present (it is for a positive definite matrix).
+
+    The pattern of a row is hashed by its length and a sum of random 64-bit integers over its columns
+    (wrap-around integer addition is exact, so the hash does not depend on the order of the indices).
+    """
     n = A.shape[0]
-    rng = np.random.default_rng(12345)
-    r1, r2 = rng.random(n), rng.random(n)
-    row = np.repeat(np.arange(n), np.diff(A.indptr))
-    h1 = np.bincount(row, weights=r1[A.indices], minlength=n)
-    h2 = np.bincount(row, weights=r2[A.indices], minlength=n)
-    cnt = np.diff(A.indptr).astype(np.float64)
-    _, grp = np.unique(np.stack([cnt, h1, h2], axis=1), axis=0, return_inverse=True)
-    return grp.ravel()
+    rnd = np.random.default_rng(12345).integers(0, np.iinfo(np.int64).max, size=n, dtype=np.int64)
+    ip = A.indptr
+    h = np.zeros((2, n), np.uint64)
+    h[0] = np.add.reduceat(rnd.view(np.uint64)[A.indices], ip[:-1])  # every row holds its diagonal
+    h[1] = np.diff(ip)
+    _, first, grp = np.unique(h.T, axis=0, return_index=True, return_inverse=True)
+    # number the groups by their first column (keeps the original order of the blocks)
+    o = np.argsort(first, kind="stable")
+    relabel = np.empty(o.size, np.int64)
+    relabel[o] = np.arange(o.size)
+    return relabel[grp.ravel()], first[o]
 
 
-def nested_dissection(Q: sp.csr_matrix, weights: np.ndarray, leaf: int = 48) -> np.ndarray:
-    """Fill-reducing elimination order of the nodes of graph ``Q`` (symmetric pattern, no diagonal)."""
+def _level_separator(sub: sp.csr_matrix, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(part A, part B, separator) index arrays of a connected graph from BFS level sets (None: too small)."""
+    d = csg.shortest_path(sub, unweighted=True, directed=False, indices=0)
+    u = int(np.argmax(d))
+    d = csg.shortest_path(sub, unweighted=True, directed=False, indices=u)
+    lev = d.astype(np.int64)
+    nlev = int(lev.max()) + 1
+    if nlev < 3:
+        return None
+    wl = np.bincount(lev, weights=w, minlength=nlev)
+    cum = np.cumsum(wl)
+    tot = cum[-1]
+    ks = np.arange(1, nlev - 1)
+    before = cum[ks - 1]
+    after = tot - cum[ks]
+    bal = np.minimum(before, after) / tot
+    good = bal >= 0.2
+    if good.any():
+        cand = ks[good]
+        k = int(cand[np.argmin(wl[cand] + 1e-9 * np.abs(before[good] - after[good]))])
+    else:
+        k = int(ks[np.argmax(bal)])
+    # separator: the nodes of level k with a neighbour in level k+1
+    rows = np.repeat(np.arange(lev.size), np.diff(sub.indptr))
+    touch = np.zeros(lev.size, bool)
+    m = (lev[rows] == k) & (lev[sub.indices] == k + 1)
+    touch[rows[m]] = True
+    part_a = (lev < k) | ((lev == k) & ~touch)
+    part_b = lev > k
+    return np.flatnonzero(part_a), np.flatnonzero(part_b), np.flatnonzero(touch)
+
+
+#: subgraphs up to this many nodes get their Fiedler vector from a dense eigensolver
+_DENSE_FIEDLER = 200
+_FIEDLER_TOL = 1e-2
+#: number of low Laplacian modes tried as sweep directions
+_NVEC = 2
+#: split score: separator weight / (weight A · weight B) ** _SCORE_POW
+_SCORE_POW = 0.5
+#: least weight fraction on either side of a spectral split
+_BALANCE = 0.1
+
+
+def _fiedler(sub: sp.csr_matrix, nvec: int) -> np.ndarray | None:
+    """The Fiedler vector and the next ``nvec - 1`` low modes of the (normalised) Laplacian of a connected
+    graph, as columns (None if ARPACK fails)."""
+    m = sub.shape[0]
+    nvec = max(1, min(nvec, m - 2))
+    deg = np.diff(sub.indptr).astype(np.float64)
+    if m <= _DENSE_FIEDLER:
+        lap = np.diag(deg)
+        lap[np.repeat(np.arange(m), np.diff(sub.indptr)), sub.indices] -= 1.0
+        _, v = la.eigh(lap, subset_by_index=[1, nvec], driver="evr", check_finite=False)
+        return v
+    dih = 1.0 / np.sqrt(deg)
+    nadj = sp.csr_matrix((dih[np.repeat(np.arange(m), np.diff(sub.indptr))] * dih[sub.indices], sub.indices,
+                          sub.indptr), shape=(m, m))
+    # the top eigenvector of D^-1/2 A D^-1/2 is sqrt(deg) (eigenvalue 1); the next ones are the low modes
+    v0 = np.sqrt(deg) * (1.0 + 0.1 * np.cos(np.arange(m) * 0.618))
+    try:
+        val, vec = spla.eigsh(nadj, k=nvec + 1, which="LA", tol=_FIEDLER_TOL, ncv=min(m - 1, 16 + 2 * nvec),
+                              v0=v0)
+    except spla.ArpackError:
+        return None
+    o = np.argsort(val)[::-1][1:]
+    return vec[:, o] * dih[:, None]
+
+
+def _sweep(sub: sp.csr_matrix, w: np.ndarray, f: np.ndarray,
+           rows: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Best vertex separator among the splits of the nodes sorted by ``f``: (score, A, B, S) or None.
+
+    Every split point with both sides holding at least ``_BALANCE`` of the weight is scored at once; the
+    separator is the boundary of either side (its nodes with no neighbour in the rest of their side move
+    to the other side), and the split with the smallest separator weight / (weight A · weight B)^p wins
+    (p = ``_SCORE_POW``).
+    """
+    m = sub.shape[0]
+    o = np.argsort(f, kind="stable")
+    pos = np.empty(m, np.int64)
+    pos[o] = np.arange(m)
+    npos = pos[sub.indices]
+    maxp = np.full(m, -1, np.int64)
+    minp = np.full(m, m, np.int64)
+    np.maximum.at(maxp, rows, npos)
+    np.minimum.at(minp, rows, npos)
+    # boundary weights for the split "positions <= c | > c", all c at once (difference arrays)
+    wa_b = np.zeros(m + 1)
+    sel = maxp > pos
+    np.add.at(wa_b, pos[sel], w[sel])
+    np.add.at(wa_b, maxp[sel], -w[sel])
+    wb_b = np.zeros(m + 1)
+    sel = minp < pos
+    np.add.at(wb_b, minp[sel], w[sel])
+    np.add.at(wb_b, pos[sel], -w[sel])
+    sep_a = np.cumsum(wa_b)[: m - 1]
+    sep_b = np.cumsum(wb_b)[: m - 1]
+    cw = np.cumsum(w[o])[: m - 1]
+    tot = float(w.sum())
+    ok = (np.minimum(cw, tot - cw) >= _BALANCE * tot)
+    if not ok.any():
+        ok = np.ones(m - 1, bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sa = np.where(ok, sep_a / ((cw - sep_a) * (tot - cw)) ** _SCORE_POW, np.inf)
+        sb = np.where(ok, sep_b / (cw * (tot - cw - sep_b)) ** _SCORE_POW, np.inf)
+    sa[~np.isfinite(sa) | (sa < 0)] = np.inf
+    sb[~np.isfinite(sb) | (sb < 0)] = np.inf
+    ca, cb = int(np.argmin(sa)), int(np.argmin(sb))
+    if not np.isfinite(min(sa[ca], sb[cb])):
+        return None
+    if sa[ca] <= sb[cb]:
+        side = pos <= ca  # the separator is this side's boundary
+        sep = side & (maxp > ca)
+    else:
+        side = pos > cb
+        sep = side & (minp <= cb)
+    inner = side & ~sep
+    has = np.zeros(m, bool)
+    has[rows[inner[sub.indices]]] = True
+    a = inner
+    b = ~side | (sep & ~has)
+    sep &= has
+    wa, wb = float(w[a].sum()), float(w[b].sum())
+    if wa == 0 or wb == 0:
+        return None
+    return float(w[sep].sum()) / (wa * wb) ** _SCORE_POW, o[a[o]], o[b[o]], o[sep[o]]
+
+
+def _spectral_separator(sub: sp.csr_matrix, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(part A, part B, separator) of a connected graph from sweeps of its low Laplacian modes (the best
+    of the ``_NVEC`` lowest); index arrays in the order of the winning mode."""
+    m = sub.shape[0]
+    if m < 4:
+        return None
+    F = _fiedler(sub, _NVEC)
+    if F is None or not np.all(np.isfinite(F)):
+        return None
+    rows = np.repeat(np.arange(m), np.diff(sub.indptr))
+    best = None
+    for i in range(F.shape[1]):
+        res = _sweep(sub, w, F[:, i], rows)
+        if res is not None and (best is None or res[0] < best[0]):
+            best = res
+    return None if best is None else best[1:]
+
+
+def _separator(sub: sp.csr_matrix, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Spectral separator, BFS level sets as the fallback."""
+    split = _spectral_separator(sub, w)
+    if split is None or split[0].size == 0 or split[1].size == 0:
+        split = _level_separator(sub, w)
+    return split
+
+
+def _nd_tree(Q: sp.csr_matrix, weights: np.ndarray, leaf: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Nested dissection tree of graph ``Q``: node sets of the tree nodes in postorder, and their parents.
+
+    Leaves are subdomains of at most ``leaf`` graph nodes; inner tree nodes are separators; the
+    components of a disconnected subgraph become siblings.
+    """
     Q = sp.csr_matrix(Q)
-    out: list[np.ndarray] = []
+    loc = np.full(Q.shape[0], -1, np.int64)
+    blocks: list[np.ndarray] = []
+    parent: list[int] = []
+    limit = max(sys.getrecursionlimit() - 200, 100)
 
-    def rec(nodes: np.ndarray) -> None:
-        if nodes.size <= leaf:
-            sub = Q[nodes][:, nodes]
-            if nodes.size > 2:
-                p = csg.reverse_cuthill_mckee(sub.tocsr(), symmetric_mode=True)
-                out.append(nodes[p[::-1]])
-            else:
-                out.append(nodes)
-            return
-        sub = Q[nodes][:, nodes].tocsr()
+    def emit(nodes: np.ndarray, kids: list[int]) -> int:
+        i = len(blocks)
+        blocks.append(nodes)
+        parent.append(-1)
+        for c in kids:
+            parent[c] = i
+        return i
+
+    def rec(nodes: np.ndarray, depth: int) -> list[int]:
+        if nodes.size <= leaf or depth > limit:
+            return [emit(nodes, [])]
+        loc[nodes] = np.arange(nodes.size)
+        sub = _subgraph(Q, nodes, loc)
+        loc[nodes] = -1
         ncomp, lab = csg.connected_components(sub, directed=False)
         if ncomp > 1:
-            for c in range(ncomp):
-                rec(nodes[lab == c])
-            return
-        # pseudo-peripheral start: two BFS sweeps
-        d = csg.shortest_path(sub, unweighted=True, directed=False, indices=0)
-        u = int(np.argmax(d))
-        d = csg.shortest_path(sub, unweighted=True, directed=False, indices=u)
-        lev = d.astype(np.int64)
-        nlev = int(lev.max()) + 1
-        if nlev < 3:
-            out.append(nodes)
-            return
-        w = weights[nodes]
-        wl = np.bincount(lev, weights=w, minlength=nlev)
-        cum = np.cumsum(wl)
-        tot = cum[-1]
-        ks = np.arange(1, nlev - 1)
-        before = cum[ks - 1]
-        after = tot - cum[ks]
-        bal = np.minimum(before, after) / tot
-        good = bal >= 0.2
-        if good.any():
-            cand = ks[good]
-            k = int(cand[np.argmin(wl[cand] + 1e-9 * np.abs(before[good] - after[good]))])
-        else:
-            k = int(ks[np.argmax(bal)])
-        # separator: nodes of level k with a neighbour in level k+1
-        ind = sub.indptr
-        rows = np.repeat(np.arange(nodes.size), np.diff(ind))
-        touch = np.zeros(nodes.size, bool)
-        m = (lev[rows] == k) & (lev[sub.indices] == k + 1)
-        touch[rows[m]] = True
-        sep = touch
-        part_a = (lev < k) | ((lev == k) & ~touch)
-        part_b = lev > k
-        rec(nodes[part_a])
-        rec(nodes[part_b])
-        out.append(nodes[sep])
+            # large components recursively; small ones packed together into leaves of <= leaf nodes
+            o = np.argsort(lab, kind="stable")
+            cnt = np.bincount(lab, minlength=ncomp)
+            bounds = np.concatenate([[0], np.cumsum(cnt)])
+            roots: list[int] = []
+            pack: list[np.ndarray] = []
+            npack = 0
+            for c in np.argsort(cnt, kind="stable"):
+                comp = nodes[o[bounds[c]:bounds[c + 1]]]
+                if comp.size > leaf:
+                    roots += rec(comp, depth + 1)
+                    continue
+                if npack + comp.size > leaf:
+                    roots.append(emit(np.concatenate(pack), []))
+                    pack, npack = [], 0
+                pack.append(comp)
+                npack += comp.size
+            if pack:
+                roots.append(emit(np.concatenate(pack), []))
+            return roots
+        split = _separator(sub, weights[nodes])
+        if split is None:
+            return [emit(nodes, [])]
+        part_a, part_b, sep = split
+        kids = rec(nodes[part_a], depth + 1) + rec(nodes[part_b], depth + 1)
+        return [emit(nodes[sep], kids)]
 
-    rec(np.arange(Q.shape[0]))
-    order = np.concatenate(out) if out else np.zeros(0, np.int64)
-    assert order.size == Q.shape[0]
-    return order
+    if Q.shape[0]:
+        rec(np.arange(Q.shape[0]), 0)
+    return blocks, np.asarray(parent, np.int64)
+
+
+def nested_dissection(Q: sp.csr_matrix, weights: np.ndarray, leaf: int = 32) -> np.ndarray:
+    """Fill-reducing elimination order of the nodes of graph ``Q`` (symmetric pattern, no diagonal)."""
+    blocks, _ = _nd_tree(Q, weights, leaf)
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+
+
+def _subgraph(Q: sp.csr_matrix, nodes: np.ndarray, loc: np.ndarray) -> sp.csr_matrix:
+    """Rows ``nodes`` of ``Q`` with the columns renumbered by ``loc`` (−1: dropped) and the diagonal
+    dropped, as a square CSR pattern with unit values (``Q`` without duplicates; columns left unsorted)."""
+    m = nodes.size
+    deg = np.diff(Q.indptr)[nodes]
+    idx = _expand(Q.indptr[nodes], deg)
+    cols = loc[Q.indices[idx]]
+    rows = np.repeat(np.arange(m), deg)
+    keep = (cols >= 0) & (cols != rows)
+    indptr = np.zeros(m + 1, np.int64)
+    np.cumsum(np.bincount(rows[keep], minlength=m), out=indptr[1:])
+    return sp.csr_matrix((np.ones(int(indptr[-1])), cols[keep], indptr), shape=(m, m))
+
+
+def _unique_ints(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (sort-based; numpy's hash-based unique is slow on these arrays)."""
+    x = np.sort(x)
+    if x.size:
+        x = x[np.concatenate([[True], x[1:] != x[:-1]])]
+    return x
+
+
+def _expand(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of the ranges [starts[i], starts[i] + lens[i])."""
+    tot = int(lens.sum())
+    if tot == 0:
+        return np.zeros(0, np.int64)
+    off = np.cumsum(lens) - lens
+    return np.repeat(starts - off, lens) + np.arange(tot)
 
 
 # ---------------------------------------------------------------------------------------- factor
 
 
-class SupernodalCholesky:
-    """A = L Lᵀ for a symmetric positive definite sparse ``A`` (both triangles stored)."""
+class _Pool:
+    """Reusable float64 work buffers: touching fresh memory is several times slower than reusing it."""
 
-    def __init__(self, A: sp.spmatrix, leaf: int = 48, relax: float = 0.15):
-        A = sp.csr_matrix(A)
+    def __init__(self) -> None:
+        self.free: list[np.ndarray] = []
+
+    def get(self, size: int) -> np.ndarray:
+        """A 1-d buffer of at least ``size`` elements (contents undefined); give it back with ``put``."""
+        best = -1
+        for i, b in enumerate(self.free):
+            if b.size >= size and (best < 0 or b.size < self.free[best].size):
+                best = i
+        if best >= 0:
+            return self.free.pop(best)
+        return np.empty(max(size, 1))
+
+    def put(self, buf: np.ndarray) -> None:
+        self.free.append(buf)
+
+
+def _fview(buf: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The first rows*cols elements of ``buf`` as a Fortran-ordered matrix."""
+    return buf[: rows * cols].reshape((rows, cols), order="F")
+
+
+class _Analysis:
+    """The symbolic factorisation: permutation, supernodes (column ranges, rows, tree), sizes."""
+
+    def __init__(self, A: sp.csr_matrix, leaf: int):
         n = A.shape[0]
-        self.n = n
-        A = (A + sp.identity(n, format="csr") * 0.0).tocsr()  # make the diagonal structural
-        A.sum_duplicates()
-        A.sort_indices()
-        # 1. supervariables and compressed graph
-        sv = _supervariables(A)
-        ns = int(sv.max()) + 1 if n else 0
+        # 1. supervariables and compressed graph (from the first row of every group)
+        if n:
+            sv, rep = _supervariables(A)
+        else:
+            sv, rep = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        ns = rep.size
         size = np.bincount(sv, minlength=ns)
-        row = np.repeat(np.arange(n), np.diff(A.indptr))
-        Qc = sp.csr_matrix((np.ones(row.size), (sv[row], sv[A.indices])), shape=(ns, ns))
-        Qc.sum_duplicates()
-        Qc.setdiag(0)
-        Qc.eliminate_zeros()
-        # 2. ordering
-        order = nested_dissection(Qc, size.astype(np.float64), leaf=leaf)
+        loc = np.full(n, -1, np.int64)
+        loc[rep] = np.arange(ns)
+        Qc = _subgraph(A, rep, loc)  # the representatives' rows and columns
+        # 2. nested dissection tree = supernode tree (postorder)
+        blocks, sn_parent = _nd_tree(Qc, size.astype(np.float64), leaf)
+        nsn = len(blocks)
+        order = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
         rank = np.empty(ns, np.int64)
         rank[order] = np.arange(ns)
-        Qp = Qc[order][:, order].tocsr()
-        Qp.sort_indices()
-        # 3. symbolic factorisation on nodes (new numbering)
-        struct: list[np.ndarray] = [None] * ns  # type: ignore[list-item]
-        parent = np.full(ns, -1, np.int64)
-        children: list[list[int]] = [[] for _ in range(ns)]
-        ip, ix = Qp.indptr, Qp.indices
-        for j in range(ns):
-            adj = ix[ip[j]:ip[j + 1]]
-            parts = [adj[adj > j]]
-            for c in children[j]:
-                s = struct[c]
-                parts.append(s[s > j])
-                struct[c] = None  # type: ignore[call-overload]  # only needed once
-            s = np.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0]
-            struct[j] = s
-            if s.size:
-                parent[j] = s[0]
-                children[s[0]].append(j)
-        # recompute kept structures are consumed; store row counts and rebuild with postorder
-        # (we need each node's structure again: redo the pass storing all, but in postorder numbering)
-        post = _postorder(parent)
-        prank = np.empty(ns, np.int64)
-        prank[post] = np.arange(ns)
-        node_old = order[post]  # compressed node id for each postordered position
-        Qpp = Qc[node_old][:, node_old].tocsr()
-        Qpp.sort_indices()
-        parent_p = np.where(parent[post] >= 0, prank[np.maximum(parent[post], 0)], -1)
-        struct = [None] * ns  # type: ignore[list-item]
-        ch2: list[list[int]] = [[] for _ in range(ns)]
-        for j in range(ns):
-            p = parent_p[j]
-            if p >= 0:
-                ch2[p].append(j)
-        ip, ix = Qpp.indptr, Qpp.indices
-        nsize = size[node_old]
-        # 4. supernodes: chains j -> j+1 where j+1 has the single child j (relaxed by `relax`)
-        snode_of_node = np.empty(ns, np.int64)
-        sn_first: list[int] = []
-        for j in range(ns):
-            adj = ix[ip[j]:ip[j + 1]]
-            parts = [adj[adj > j]]
-            for c in ch2[j]:
-                s = struct[c]
-                parts.append(s[s > j])
-            struct[j] = np.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0]
-        # free children structures not needed: keep all (needed for rows of supernodes)
-        nvar_struct = np.array([int(nsize[s].sum()) for s in struct], np.int64)
-        cur = -1
-        for j in range(ns):
-            merged = False
-            if j > 0 and cur >= 0 and parent_p[j - 1] == j and len(ch2[j]) == 1:
-                # extra zeros if j-1's supernode is merged with j
-                cols = int(nsize[sn_first[cur]: j].sum())
-                extra = cols * (nvar_struct[j] + nsize[j] - nvar_struct[j - 1])
-                total = cols * (nvar_struct[j - 1] + cols)
-                if extra <= relax * total or extra == 0:
-                    merged = True
-            if not merged:
-                sn_first.append(j)
-                cur = len(sn_first) - 1
-            snode_of_node[j] = cur
-        nsn = len(sn_first)
-        sn_last = np.array(sn_first[1:] + [ns], np.int64) - 1
-        # scalar ordering: vars of nodes in postorder
-        var_node_rank = prank[rank[sv]]  # postorder position of each variable's node
-        perm = np.argsort(var_node_rank, kind="stable")
-        self.perm = perm
+        nsize = size[order]
         node_start = np.zeros(ns + 1, np.int64)
         np.cumsum(nsize, out=node_start[1:])
-        self.c0 = node_start[np.array(sn_first, np.int64)]
-        self.c1 = node_start[sn_last + 1]
+        bl = np.array([b.size for b in blocks], np.int64)
+        b_end = np.cumsum(bl)
+        b_start = b_end - bl
+        self.perm = np.argsort(rank[sv], kind="stable")
+        self.c0 = node_start[b_start]
+        self.c1 = node_start[b_end]
+        self.sn_parent = sn_parent
+        # 3. symbolic: row structures on the compressed graph (node ranks), then in variables
+        Qp = Qc[order][:, order].tocsr()
+        Qp.sort_indices()
+        ip, ix = Qp.indptr, Qp.indices
+        kids: list[list[int]] = [[] for _ in range(nsn)]
+        for s in range(nsn):
+            if sn_parent[s] >= 0:
+                kids[int(sn_parent[s])].append(s)
+        self.kids = kids
+        rnodes: list[np.ndarray] = [None] * nsn  # type: ignore[list-item]
         self.rows: list[np.ndarray] = []
         for s in range(nsn):
-            st = struct[sn_last[s]]
-            # union over the members of the supernode (relaxed merges), beyond the supernode's columns
-            mem = range(sn_first[s], sn_last[s] + 1)
-            if len(mem) > 1:
-                st = np.unique(np.concatenate([struct[m] for m in mem]))
-                st = st[st > sn_last[s]]
-            if st.size:
-                lens = nsize[st]
-                rr = np.repeat(node_start[st], lens) + (np.arange(int(lens.sum())) -
-                                                       np.repeat(np.cumsum(lens) - lens, lens))
-            else:
-                rr = np.zeros(0, np.int64)
-            self.rows.append(rr)
-        self.sn_parent = np.full(nsn, -1, np.int64)
-        snode_of_var = np.repeat(np.arange(nsn), self.c1 - self.c0)
-        self.snode_of_var = snode_of_var
-        for s in range(nsn):
-            if self.rows[s].size:
-                self.sn_parent[s] = snode_of_var[self.rows[s][0]]
+            e = int(b_end[s])
+            adj = ix[ip[b_start[s]]:ip[e]]
+            parts = [adj[adj >= e]] + [r[r >= e] for r in (rnodes[c] for c in kids[s])]
+            for c in kids[s]:  # dissection invariant: a child's rows lie in this front (else: a bug)
+                rc = rnodes[c]
+                if np.any(rc[rc < e] < b_start[s]):
+                    raise RuntimeError(f"invalid dissection tree at supernode {s}")
+            rn = _unique_ints(np.concatenate(parts))
+            rnodes[s] = rn
+            self.rows.append(_expand(node_start[rn], nsize[rn]))
         self.nsuper = nsn
-        self.nnz_L = int(sum((c1 - c0) * (c1 - c0 + r.size) for c0, c1, r in zip(self.c0, self.c1, self.rows)))
+        k = self.c1 - self.c0
+        r = np.array([x.size for x in self.rows], np.int64)
+        self.nnz_L = int((k * (k + 1) // 2 + k * r).sum())
+        self.flops = float((k.astype(float) ** 3 / 3 + k.astype(float) ** 2 * r + k * r.astype(float) ** 2).sum())
+
+
+#: the last analysis with the pattern it belongs to (the passes of one fit share the pattern)
+_last_analysis: list[tuple[int, np.ndarray, np.ndarray, _Analysis]] = []
+
+
+def _analyse(A: sp.csr_matrix, leaf: int, reuse: bool) -> _Analysis:
+    """The symbolic factorisation of A, reused when the previous call had exactly the same pattern."""
+    if reuse and _last_analysis:
+        lf, ip, ix, an = _last_analysis[0]
+        if lf == leaf and np.array_equal(ip, A.indptr) and np.array_equal(ix, A.indices):
+            return an
+    an = _Analysis(A, leaf)
+    _last_analysis[:] = [(leaf, A.indptr.copy(), A.indices.copy(), an)]
+    return an
+
+
+class SupernodalCholesky:
+    """A = L Lᵀ for a symmetric positive definite sparse ``A`` (both triangles stored, symmetric pattern).
+
+    ``leaf``: largest subdomain (in supervariables) that nested dissection does not split further.
+    ``reuse_analysis``: take the symbolic factorisation (ordering, supernodes) of the previous
+    factorisation if its matrix had exactly the same sparsity pattern (as in the passes of one fit).
+    Attributes: ``nsuper`` supernodes, ``nnz_L`` stored entries of L (lower triangles of the diagonal
+    blocks included), ``flops`` of the numeric factorisation, ``perm`` the elimination order.
+    """
+
+    def __init__(self, A: sp.spmatrix, leaf: int = 32, reuse_analysis: bool = True):
+        A = sp.csr_matrix(A, dtype=np.float64)
+        n = A.shape[0]
+        self.n = n
+        if not A.has_canonical_format:
+            A = A.copy()
+            A.sum_duplicates()
+        if np.any(A.data == 0):  # explicit zeros would only blur the block structure
+            A = A.copy()
+            A.eliminate_zeros()
+        dg = A.diagonal()
+        if np.any(~(dg > 0)):
+            j = int(np.flatnonzero(~(dg > 0))[0])
+            raise NotPositiveDefinite(f"matrix not positive definite (diagonal element {j} is {dg[j]})", column=j)
+        an = _analyse(A, leaf, reuse_analysis)
+        self.perm, self.c0, self.c1, self.rows = an.perm, an.c0, an.c1, an.rows
+        self.sn_parent, self.kids, self.nsuper = an.sn_parent, an.kids, an.nsuper
+        self.nnz_L, self.flops = an.nnz_L, an.flops
         self._factor(A)
 
     # ---------------------------------------------------------------------------------- numeric
     def _factor(self, A: sp.csr_matrix) -> None:
         n = self.n
-        Ap = A[self.perm][:, self.perm].tocsc()
-        Ap.sort_indices()
-        ip, ix, dv = Ap.indptr, Ap.indices, Ap.data
+        inv = np.empty(n, np.int64)
+        inv[self.perm] = np.arange(n)
+        aip, aix, adv = A.indptr, A.indices, A.data
+        alen = np.diff(aip)
         posmap = np.zeros(n, np.int64)
-        kids: list[list[int]] = [[] for _ in range(self.nsuper)]
-        for s in range(self.nsuper):
-            p = self.sn_parent[s]
-            if p >= 0:
-                kids[p].append(s)
-        upd: dict[int, np.ndarray] = {}
+        upd: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        pool = _Pool()
         self.L11: list[np.ndarray] = []
         self.L21: list[np.ndarray] = []
         for s in range(self.nsuper):
             c0, c1, R = int(self.c0[s]), int(self.c1[s]), self.rows[s]
             k = c1 - c0
-            f = k + R.size
+            r = R.size
+            f = k + r
             posmap[c0:c1] = np.arange(k)
             posmap[R] = np.arange(k, f)
-            F = np.zeros((f, f))
-            a, b = ip[c0], ip[c1]
-            rws = ix[a:b]
-            cols = np.repeat(np.arange(k), np.diff(ip[c0:c1 + 1]))
-            m = rws >= c0
-            F[posmap[rws[m]], cols[m]] = dv[a:b][m]
-            for c in kids[s]:
-                _extend_add(F, upd.pop(c), posmap[self.rows[c]])
-            # LAPACK/BLAS directly on the lower triangle (Fortran views, no copies): potrf, trsm, syrk
-            L11, info = la.lapack.dpotrf(F[:k, :k], lower=1, clean=1)
+            Pbuf = pool.get(f * k)
+            Pf = Pbuf[: f * k]
+            Pf.fill(0.0)
+            P = _fview(Pbuf, f, k)  # panel [A11; A21] (lower; the upper part of A11 too)
+            # the supernode's columns of A = its rows (A symmetric), entries at or below row c0
+            src = self.perm[c0:c1]
+            idx = _expand(aip[src], alen[src])
+            ii = inv[aix[idx]]
+            keep = ii >= c0
+            lc = np.repeat(np.arange(k), alen[src])[keep]
+            Pf[lc * f + posmap[ii[keep]]] = adv[idx[keep]]
+            Ub = None
+            if r and self.sn_parent[s] >= 0:
+                Ubuf = pool.get(r * r + 1)
+                Ub = Ubuf[: r * r + 1]  # last slot: sink for junk
+                Ub.fill(0.0)
+            for c in self.kids[s]:
+                Uc, cbuf = upd.pop(c)
+                pm = posmap[self.rows[c]]
+                rc = pm.size
+                nb = int(np.searchsorted(pm, k))
+                Ucf = Uc.reshape(-1, order="F")
+                # flat F-order targets, laid out like Uc's columns (C order of the transposed map)
+                if nb:
+                    np.add.at(Pf, (pm[:nb, None] * f + pm[None, :]).ravel(), Ucf[: rc * nb])
+                if nb < rc:
+                    q = pm - k
+                    lin = q[nb:, None] * r + q[None, :]
+                    lin[:, :nb] = r * r  # rows above the block: upper triangle, to the sink
+                    np.add.at(Ub, lin.ravel(), Ucf[rc * nb:])
+                pool.put(cbuf)
+            L11, info = lapack.dpotrf(P[:k], lower=1, clean=1, overwrite_a=0)  # copies: P is reused
             if info != 0:
                 raise NotPositiveDefinite(
                     f"matrix not positive definite (supernode {s}, columns {c0}..{c1 - 1} of the "
-                    f"permuted matrix)", column=int(self.perm[c0]))
-            L11 = np.asfortranarray(L11)
-            if R.size:
-                B = np.ascontiguousarray(F[k:, :k])  # F21 (C order) == F21ᵀ in Fortran order
-                Xt = la.blas.dtrsm(1.0, L11, B.T, side=0, lower=1, trans_a=0, overwrite_b=1)  # L21ᵀ
-                L21 = Xt.T
-                if self.sn_parent[s] >= 0:
-                    U = F[k:, k:]
-                    U -= la.blas.dsyrk(1.0, Xt, trans=1, lower=1)  # lower triangle of L21 L21ᵀ
-                    upd[s] = U
+                    f"permuted matrix)", column=int(self.perm[c0 + max(info, 1) - 1]))
+            if r:
+                L21 = blas.dtrsm(1.0, L11, P[k:], side=1, lower=1, trans_a=1, overwrite_b=0)
+                if Ub is not None:
+                    U = _fview(Ub, r, r)
+                    blas.dsyrk(-1.0, L21, beta=1.0, c=U, trans=0, lower=1, overwrite_c=1)
+                    upd[s] = (U, Ubuf)
             else:
-                L21 = np.zeros((0, k))
+                L21 = np.zeros((0, k), order="F")
+            pool.put(Pbuf)
             self.L11.append(L11)
-            self.L21.append(np.ascontiguousarray(L21))
+            self.L21.append(L21)
 
     def solve(self, b: np.ndarray) -> np.ndarray:
-        """x = A⁻¹ b (b: (n,) or (n, k))."""
+        """x = A⁻¹ b (b: (n,) or (n, k)); all columns at once, per supernode BLAS."""
         b = np.asarray(b, np.float64)
         one = b.ndim == 1
-        x = (b[:, None] if one else b)[self.perm].copy()
+        x = np.asfortranarray((b[:, None] if one else b)[self.perm])
         for s in range(self.nsuper):
             c0, c1, R = self.c0[s], self.c1[s], self.rows[s]
-            xs = la.solve_triangular(self.L11[s], x[c0:c1], lower=True, check_finite=False)
+            xs = blas.dtrsm(1.0, self.L11[s], x[c0:c1], lower=1)
             x[c0:c1] = xs
             if R.size:
                 x[R] -= self.L21[s] @ xs
         for s in range(self.nsuper - 1, -1, -1):
             c0, c1, R = self.c0[s], self.c1[s], self.rows[s]
+            xs = x[c0:c1]
             if R.size:
-                x[c0:c1] -= self.L21[s].T @ x[R]
-            x[c0:c1] = la.solve_triangular(self.L11[s], x[c0:c1], lower=True, trans="T", check_finite=False)
+                xs = xs - self.L21[s].T @ x[R]
+            x[c0:c1] = blas.dtrsm(1.0, self.L11[s], xs, lower=1, trans_a=1)
         out = np.empty_like(x)
         out[self.perm] = x
         return out[:, 0] if one else out
@@ -314,80 +560,48 @@ class SupernodalCholesky:
         """diag(A⁻¹) by supernodal selected inversion (see module docstring)."""
         n = self.n
         d = np.empty(n)
-        Z: list[np.ndarray | None] = [None] * self.nsuper
-        idx: list[np.ndarray | None] = [None] * self.nsuper
-        # supernodes whose Z is still needed: ancestors of unprocessed ones; we free a block once all
-        # of its descendants are done, i.e. never before the end for the root path; keep it simple.
+        Zp: list[np.ndarray | None] = [None] * self.nsuper  # [Z_JJ; Z_RJ] panels, F order
+        front: list[np.ndarray | None] = [None] * self.nsuper
+        snode_of_var = np.repeat(np.arange(self.nsuper), self.c1 - self.c0)
+        r_all = np.array([x.size for x in self.rows], np.int64)
+        k_all = self.c1 - self.c0
+        rmax = int(r_all.max()) if self.nsuper else 0
+        zbuf = np.empty(max(rmax * rmax, 1))  # Z_RR
+        lbuf = np.empty(max(int((r_all * k_all).max()) if self.nsuper else 1, 1))  # Lh
+        wbuf = np.empty_like(lbuf)  # Z_RR Lh
         for s in range(self.nsuper - 1, -1, -1):
             c0, c1, R = int(self.c0[s]), int(self.c1[s]), self.rows[s]
-            L11inv, info = la.lapack.dtrtri(self.L11[s], lower=1)
+            k, r = c1 - c0, R.size
+            L11 = self.L11[s]
+            Zjj, info = lapack.dpotri(L11, lower=1)
             if info != 0:
                 raise NotPositiveDefinite(f"singular diagonal block in supernode {s}")
-            Zjj = L11inv.T @ L11inv
-            if R.size:
-                Lh = self.L21[s] @ L11inv
-                Zrr = np.zeros((R.size, R.size))
-                sn = self.snode_of_var[R]
+            Z = np.empty((k + r, k), order="F")
+            if r:
+                Zrr = _fview(zbuf, r, r)  # lower triangle gathered from the ancestors
+                sn = snode_of_var[R]
                 brk = np.flatnonzero(np.diff(sn)) + 1
                 starts = np.concatenate([[0], brk])
-                ends = np.concatenate([brk, [R.size]])
+                ends = np.concatenate([brk, [r]])
                 for a, b in zip(starts, ends):
                     t = int(sn[a])
-                    Zt = Z[t]
-                    rowpos = np.searchsorted(idx[t], R[a:])
+                    ft = front[t]
+                    rowpos = np.searchsorted(ft, R[a:])
                     colpos = R[a:b] - self.c0[t]
-                    blk = Zt[np.ix_(rowpos, colpos)]
-                    Zrr[a:, a:b] = blk
-                    Zrr[a:b, a:] = blk.T
-                Zrj = -Zrr @ Lh
-                Zjj -= Lh.T @ Zrj
-                Z[s] = np.vstack([Zjj, Zrj])
-            else:
-                Z[s] = Zjj
-            idx[s] = np.concatenate([np.arange(c0, c1), R])
+                    lin = colpos[:, None] * ft.size + rowpos[None, :]  # (b-a, r-a): C order = F of the block
+                    blk = np.take(Zp[t].reshape(-1, order="F"), lin, mode="clip")
+                    Zrr[a:, a:b] = blk.T
+                Lh = _fview(lbuf, r, k)
+                Lh[...] = self.L21[s]
+                blas.dtrsm(1.0, L11, Lh, side=1, lower=1, overwrite_b=1)  # L21 L11⁻¹
+                W = blas.dsymm(1.0, Zrr, Lh, beta=0.0, c=_fview(wbuf, r, k), side=0, lower=1,
+                               overwrite_c=1)  # Z_RR Lh = −Z_RJ
+                Zjj = blas.dgemm(1.0, Lh, W, beta=1.0, c=Zjj, trans_a=1, overwrite_c=1)
+                np.negative(W, out=Z[k:])
+            Z[:k] = Zjj
+            Zp[s] = Z
+            front[s] = np.concatenate([np.arange(c0, c1), R])
             d[c0:c1] = np.diag(Zjj)
         out = np.empty(n)
         out[self.perm] = d
         return out
-
-
-def _extend_add(F: np.ndarray, U: np.ndarray, pm: np.ndarray) -> None:
-    """F[pm, pm] += U on the lower triangle (pm increasing), by contiguous runs of ``pm``."""
-    brk = np.flatnonzero(np.diff(pm) != 1) + 1
-    if brk.size == 0:
-        p0 = int(pm[0])
-        F[p0:p0 + pm.size, p0:p0 + pm.size] += U
-        return
-    if brk.size > 64:
-        F[np.ix_(pm, pm)] += U
-        return
-    starts = np.concatenate([[0], brk])
-    ends = np.concatenate([brk, [pm.size]])
-    for a, b in zip(starts, ends):
-        # rows a..b of U go to F rows pm[a]..pm[a]+(b-a); only columns up to b are in the lower triangle
-        r0 = int(pm[a])
-        F[r0:r0 + (b - a), pm[:b]] += U[a:b, :b]
-
-
-def _postorder(parent: np.ndarray) -> np.ndarray:
-    """Postorder of a forest given by ``parent`` (-1 for roots); children visited in index order."""
-    n = parent.size
-    order = np.argsort(np.where(parent < 0, n, parent), kind="stable")
-    # children lists via CSR
-    cnt = np.bincount(parent[parent >= 0], minlength=n)
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(cnt, out=ptr[1:])
-    kids = order[: int(cnt.sum())]
-    roots = np.flatnonzero(parent < 0)
-    out = np.empty(n, np.int64)
-    k = 0
-    stack: list[tuple[int, int]] = [(int(r), 0) for r in roots[::-1]]
-    while stack:
-        v, i = stack.pop()
-        if i < cnt[v]:
-            stack.append((v, i + 1))
-            stack.append((int(kids[ptr[v] + i]), 0))
-        else:
-            out[k] = v
-            k += 1
-    return out
