@@ -410,7 +410,7 @@ class Assembler:
                 continue
             ta, tb = np.triu_indices(nbg)
             keys = (bl[:, ta] * NBIG + bl[:, tb]).ravel()
-            parts.append((keys, nbg, M[sel] if sel.size < M.shape[0] else M))
+            parts.append((keys, nbg, M[sel] if sel.size < M.shape[0] else M, bl))
         if bm_all:
             self.bvec += np.bincount(np.concatenate(bm_all), weights=np.concatenate(bv_all),
                                      minlength=self.bvec.size)
@@ -419,24 +419,28 @@ class Assembler:
         uk = _unique_int(np.concatenate([p[0] for p in parts]))
         nout = uk.size * S
         tot = np.zeros((nout, S))
-        for keys, nbg, M in parts:
+        for keys, nbg, M, bl in parts:
             R, K = M.shape[0], nbg * S
+            # batches of records along similar tracks (sorted by their blocks): their block pairs
+            # repeat, so the sums they are added to stay in the cache
+            order = np.lexsort(bl.T[::-1])
             kf = np.searchsorted(uk, keys).reshape(R, -1)  # (R, n_pairs)
             # rows of S values of F[r].reshape(nb, S, nb, S) with b >= a, in ascending order (a, s, b)
             ga, gs, gb = np.nonzero(np.arange(nbg)[None, None, :] >= np.arange(nbg)[:, None, None]
                                     + np.zeros((1, S, 1), np.int64))
             pid = ga * nbg - ga * (ga - 1) // 2 + (gb - ga)
             col_in_rec = (ga * S + gs) * nbg + gb
-            Mt = np.ascontiguousarray(M.transpose(0, 2, 1))  # BLAS wants contiguous operands
             # F = M Mᵀ in batches small enough to stay in cache until they are picked
             B = max(1, _F_BATCH_BYTES // (8 * K * K))
             for r0 in range(0, R, B):
                 r1 = min(R, r0 + B)
+                batch = order[r0:r1]
+                Mb = M[batch]
                 F = self._scratch((r1 - r0) * K * K).reshape(r1 - r0, K, K)
-                np.matmul(M[r0:r1], Mt[r0:r1], out=F)
-                rows = (kf[r0:r1, pid] * S + gs[None, :]).ravel()
+                np.matmul(Mb, np.ascontiguousarray(Mb.transpose(0, 2, 1)), out=F)  # BLAS: contiguous operands
+                rows = (kf[batch][:, pid] * S + gs[None, :]).ravel()
                 cols = (np.arange(r1 - r0)[:, None] * (K * nbg) + col_in_rec[None, :]).ravel()
-                tot += _pick_csc(rows, cols, -1.0, nout, (r1 - r0) * K * nbg) @ F.reshape(-1, S)
+                _add_product(tot, _pick_csc(rows, cols, -1.0, nout, (r1 - r0) * K * nbg), F.reshape(-1, S))
         self._merge(uk, tot.reshape(uk.size, S * S))
 
     def _merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
@@ -559,6 +563,21 @@ def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
         u, inv = np.unique(ndf[good], return_inverse=True)
         out[good] = chi2.isf(0.0027, u)[inv]
     return out
+
+
+try:  # scipy's compiled y += A x (CSC A, several vectors); public `A @ x` would allocate and zero a new y
+    from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
+except ImportError:  # pragma: no cover - private scipy API; fall back to the public product
+    _csc_matvecs = None
+
+
+def _add_product(out: np.ndarray, A: sp.csc_matrix, x: np.ndarray) -> None:
+    """out += A @ x in place (out: C-contiguous (A.shape[0], x.shape[1]) float64)."""
+    if _csc_matvecs is None or A.data.dtype != np.float64 or not out.flags.c_contiguous:
+        out += A @ x
+        return
+    _csc_matvecs(A.shape[0], A.shape[1], x.shape[1], A.indptr, A.indices, A.data,
+                 np.ascontiguousarray(x, np.float64).ravel(), out.reshape(-1))
 
 
 def _pick_csc(rows: np.ndarray, cols: np.ndarray, value: float, nrow: int, ncol: int) -> sp.csc_matrix:

@@ -71,3 +71,21 @@ def test_thread_count_from_steering(tmp_path):
     assert AlignmentProblem.from_steering(tmp_path / "steer.txt").n_threads() == 3
     (tmp_path / "steer.txt").write_text("end\n")
     assert AlignmentProblem.from_steering(tmp_path / "steer.txt").n_threads() >= 1
+
+
+def test_in_place_sparse_product_matches_public_product(monkeypatch):
+    import scipy.sparse as sp
+
+    from b2luca.alignment import assemble as asm_mod
+
+    rng = np.random.default_rng(3)
+    A = sp.random(300, 200, density=0.05, format="csc", random_state=4)
+    x = rng.random((200, 6))
+    base = rng.random((300, 6))
+    fast = base.copy()
+    asm_mod._add_product(fast, A, x)
+    monkeypatch.setattr(asm_mod, "_csc_matvecs", None)
+    public = base.copy()
+    asm_mod._add_product(public, A, x)
+    assert np.allclose(fast, base + A @ x, rtol=1e-14, atol=1e-14)
+    assert np.array_equal(public, base + A @ x)
