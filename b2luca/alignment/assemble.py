@@ -242,10 +242,10 @@ class Assembler:
         self.bytes_read += recs.nbytes
         if nrec == 0:
             return
-        if recs.glb_meas.size > 1 and np.any(np.diff(recs.glb_meas) < 0):
+        if recs.glb_meas.size > 1 and not recs.meas_sorted and np.any(np.diff(recs.glb_meas) < 0):
             o = np.argsort(recs.glb_meas, kind="stable")
             recs.glb_meas, recs.glb_label, recs.glb_der = recs.glb_meas[o], recs.glb_label[o], recs.glb_der[o]
-        if recs.loc_meas.size > 1 and np.any(np.diff(recs.loc_meas) < 0):
+        if recs.loc_meas.size > 1 and not recs.meas_sorted and np.any(np.diff(recs.loc_meas) < 0):
             o = np.argsort(recs.loc_meas, kind="stable")
             recs.loc_meas, recs.loc_index, recs.loc_der = recs.loc_meas[o], recs.loc_index[o], recs.loc_der[o]
         lidx = self._index_labels(recs)
@@ -261,7 +261,10 @@ class Assembler:
         w = 1.0 / recs.sigma ** 2
         nloc = np.zeros(nrec, np.int64)
         if recs.loc_index.size:
-            np.maximum.at(nloc, meas_rec[recs.loc_meas], recs.loc_index.astype(np.int64) + 1)
+            # highest local index per record: entries are in measurement (so record) order
+            lrec = meas_rec[recs.loc_meas]
+            first = np.flatnonzero(np.r_[True, lrec[1:] != lrec[:-1]])
+            nloc[lrec[first]] = np.maximum.reduceat(recs.loc_index, first).astype(np.int64) + 1
         # record-block structure
         blk = self.label_block[lidx]
         erec = meas_rec[recs.glb_meas]

@@ -67,6 +67,7 @@ class MilleRecords:
     source: str = "<memory>"
     first_record: int = 0  # 0-based number, in its file, of the first record here
     nbytes: int = field(default=0)
+    meas_sorted: bool = False  # loc_meas and glb_meas are known to be non-decreasing (as decoded)
 
     @property
     def n_records(self) -> int:
@@ -102,6 +103,7 @@ def concat_records(parts: list[MilleRecords]) -> MilleRecords:
         source=parts[0].source,
         first_record=parts[0].first_record,
         nbytes=sum(p.nbytes for p in parts),
+        meas_sorted=all(p.meas_sorted for p in parts),
     )
 
 
@@ -350,7 +352,7 @@ def _decode_fast(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: 
         rec_ptr=rec_ptr, value=fl[i_val].astype(np.float64), sigma=sigma,
         loc_meas=meas_id[i_loc].astype(np.int64), loc_index=ints[i_loc] - 1, loc_der=fl[i_loc].astype(np.float64),
         glb_meas=meas_id[i_glb].astype(np.int64), glb_label=ints[i_glb].astype(np.int64),
-        glb_der=fl[i_glb].astype(np.float64), source=source, first_record=rec0,
+        glb_der=fl[i_glb].astype(np.float64), source=source, first_record=rec0, meas_sorted=True,
     )
 
 
@@ -429,7 +431,7 @@ def _decode_general(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, sourc
         rec_ptr=rec_ptr, value=value, sigma=sigma,
         loc_meas=meas_id[is_loc], loc_index=(ints[is_loc] - 1).astype(np.int32), loc_der=floats[is_loc],
         glb_meas=meas_id[is_glb], glb_label=ints[is_glb], glb_der=floats[is_glb],
-        source=source, first_record=rec0,
+        source=source, first_record=rec0, meas_sorted=True,
     )
 
 
