@@ -34,6 +34,7 @@ __all__ = ["Assembler", "GlobalSystem", "DownWeighting", "merge_systems"]
 
 _NBIG = np.int64(1 << 31)
 _F_BATCH_BYTES = 1 << 20  # records per F = M Mᵀ batch: about this many bytes of F (fits the L2 cache)
+_PAIR_TABLE_BLOCKS = 1500  # up to this many label blocks, a dense block-pair table (<= 9 MB) finds store rows
 _TABLE_MAX = 1 << 26  # direct label lookup table up to this label value (512 MB at most)
 HUBER_C = 3.0  # Huber cut in units of the normalised residual (first down-weighting iteration)
 CAUCHY_C = 2.3849  # Cauchy scale (later iterations), as pede
@@ -105,6 +106,8 @@ class Assembler:
         self.bytes_read = 0
         self._buf = np.zeros(0)
         self._dblk = np.zeros((0, 1))  # Σ w d dᵀ per label block (single-block measurements)
+        self._ptab = np.zeros(0, np.int32)  # block pair -> store row (see _table_slots)
+        self._ptab_n = -1
         if corrections is None:
             self.corr_labels = np.zeros(0, np.int64)
             self.corr_values = np.zeros(0)
@@ -419,15 +422,25 @@ class Assembler:
                                      minlength=self.bvec.size)
         if not parts:
             return
-        uk = _unique_int(np.concatenate([p[0] for p in parts]))
-        nout = uk.size * S
-        tot = np.zeros((nout, S))
+        allkeys = np.concatenate([p[0] for p in parts])
+        direct = self.block_members.shape[0] <= _PAIR_TABLE_BLOCKS
+        if direct:
+            # few blocks: block pair -> store row by a direct table, summed straight into the store
+            slots = self._table_slots(allkeys)
+            tot = self._vals.reshape(-1, S)
+        else:
+            # many blocks: sum per distinct block pair of the chunk, then merge into the store
+            uk = _unique_int(allkeys)
+            tot = np.zeros((uk.size * S, S))
+        nout = tot.shape[0]
+        k0 = 0
         for keys, nbg, M, bl in parts:
             R, K = M.shape[0], nbg * S
             # batches of records along similar tracks (sorted by their blocks): their block pairs
             # repeat, so the sums they are added to stay in the cache
             order = np.lexsort(bl.T[::-1])
-            kf = np.searchsorted(uk, keys).reshape(R, -1)  # (R, n_pairs)
+            kf = (slots[k0: k0 + keys.size] if direct else np.searchsorted(uk, keys)).reshape(R, -1)
+            k0 += keys.size
             # rows of S values of F[r].reshape(nb, S, nb, S) with b >= a, in ascending order (a, s, b)
             ga, gs, gb = np.nonzero(np.arange(nbg)[None, None, :] >= np.arange(nbg)[:, None, None]
                                     + np.zeros((1, S, 1), np.int64))
@@ -444,7 +457,25 @@ class Assembler:
                 rows = (kf[batch][:, pid] * S + gs[None, :]).ravel()
                 cols = (np.arange(r1 - r0)[:, None] * (K * nbg) + col_in_rec[None, :]).ravel()
                 _add_product(tot, _pick_csc(rows, cols, -1.0, nout, (r1 - r0) * K * nbg), F.reshape(-1, S))
-        self._merge(uk, tot.reshape(uk.size, S * S))
+        if not direct:
+            self._merge(uk, tot.reshape(uk.size, S * S))
+
+    def _table_slots(self, keys: np.ndarray) -> np.ndarray:
+        """Store rows of block-pair ``keys`` through a dense (blocks x blocks) table; new pairs get zero rows."""
+        nblk = self.block_members.shape[0]
+        if self._ptab_n != nblk:  # blocks were added: rebuild the table from the sorted index
+            self._ptab = np.full(nblk * nblk, -1, np.int32)
+            self._ptab[(self.pair_keys // _NBIG) * nblk + self.pair_keys % _NBIG] = self.pair_slot
+            self._ptab_n = nblk
+        idx = (keys // _NBIG) * nblk + keys % _NBIG
+        out = self._ptab[idx]
+        miss = out < 0
+        if miss.any():
+            newk = _unique_int(keys[miss])
+            self._merge(newk, np.zeros((newk.size, self._vals.shape[1])))
+            self._ptab[(newk // _NBIG) * nblk + newk % _NBIG] = self.pair_slot[np.searchsorted(self.pair_keys, newk)]
+            out = self._ptab[idx]
+        return out
 
     def _merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
         """Add per-chunk block-pair sums; values live in an append-only store, keys in a sorted index."""
