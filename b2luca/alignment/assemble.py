@@ -13,10 +13,12 @@ found from a hash of the measurements they occur in), so each record contributes
 summed per chunk with one sparse x dense product. There is no Python loop over records anywhere.
 
 Fast path (every measurement touches one label block, the usual case): the per-record sums are sparse x dense
-products that never form per-measurement outer products (``_outer_segsum``), written straight into the
-shape-group buffers; D is summed per global block directly, and the upper block pairs of F = H Γ⁻¹ Hᵀ are
-picked out of the batched product by the column indices of a ±1 sparse matrix (``_pick_csc``), so no
-per-record block-pair array is gathered or copied.
+products that never form per-measurement outer products (``_outer_segsum``); D is summed per global block
+directly; F = M Mᵀ (M = H Γ^-½, Γ factorised by a Cholesky vectorised over the records) is formed in
+cache-sized batches of records sorted by their blocks, and its upper block pairs are added in place to the
+block-pair sums by a −1 sparse pattern whose columns pick rows of F (``_add_picked``), so no per-record
+block-pair array is gathered or copied. With few blocks a dense pair table sends the sums straight into the
+store; otherwise they are summed per distinct pair of the chunk and merged.
 """
 
 from __future__ import annotations
@@ -447,16 +449,22 @@ class Assembler:
             pid = ga * nbg - ga * (ga - 1) // 2 + (gb - ga)
             col_in_rec = (ga * S + gs) * nbg + gb
             # F = M Mᵀ in batches small enough to stay in cache until they are picked
-            B = max(1, _F_BATCH_BYTES // (8 * K * K))
+            B = min(R, max(1, _F_BATCH_BYTES // (8 * K * K)))
+            # the pick matrix: one −1 per selected row of S values of F (its columns); its column pointer is
+            # the same pattern for every record, so it is built once and sliced for a shorter last batch
+            it = _index_type(nout, B * K * nbg)
+            picked = np.zeros(K * nbg, it)
+            picked[col_in_rec] = 1
+            indptr = np.zeros(B * K * nbg + 1, it)
+            np.cumsum(np.tile(picked, B), out=indptr[1:])
             for r0 in range(0, R, B):
                 r1 = min(R, r0 + B)
                 batch = order[r0:r1]
                 Mb = M[batch]
                 F = self._scratch((r1 - r0) * K * K).reshape(r1 - r0, K, K)
                 np.matmul(Mb, np.ascontiguousarray(Mb.transpose(0, 2, 1)), out=F)  # BLAS: contiguous operands
-                rows = (kf[batch][:, pid] * S + gs[None, :]).ravel()
-                cols = (np.arange(r1 - r0)[:, None] * (K * nbg) + col_in_rec[None, :]).ravel()
-                _add_product(tot, _pick_csc(rows, cols, -1.0, nout, (r1 - r0) * K * nbg), F.reshape(-1, S))
+                rows = (kf[batch][:, pid] * S + gs[None, :]).ravel().astype(it, copy=False)
+                _add_picked(tot, indptr[: (r1 - r0) * K * nbg + 1], rows, F.reshape(-1, S))
         if not direct:
             self._merge(uk, tot.reshape(uk.size, S * S))
 
@@ -600,27 +608,23 @@ def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
 
 
 try:  # scipy's compiled y += A x (CSC A, several vectors); public `A @ x` would allocate and zero a new y
+    # (private API, present in every scipy since sparsetools; the public product is the fallback)
     from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
 except ImportError:  # pragma: no cover - private scipy API; fall back to the public product
     _csc_matvecs = None
 
 
-def _add_product(out: np.ndarray, A: sp.csc_matrix, x: np.ndarray) -> None:
-    """out += A @ x in place (out: C-contiguous (A.shape[0], x.shape[1]) float64)."""
-    if _csc_matvecs is None or A.data.dtype != np.float64 or not out.flags.c_contiguous:
-        out += A @ x
+def _add_picked(out: np.ndarray, indptr: np.ndarray, rows: np.ndarray, x: np.ndarray) -> None:
+    """out[rows[k]] −= x[j] for the k-th entry, column j (CSC pattern ``indptr``, at most one per column)."""
+    if _csc_matvecs is None or not out.flags.c_contiguous:
+        out += sp.csc_matrix((np.full(rows.size, -1.0), rows, indptr), shape=(out.shape[0], x.shape[0])) @ x
         return
-    _csc_matvecs(A.shape[0], A.shape[1], x.shape[1], A.indptr, A.indices, A.data,
+    ones = _MINUS_ONES if _MINUS_ONES.size >= rows.size else np.full(rows.size, -1.0)
+    _csc_matvecs(out.shape[0], x.shape[0], x.shape[1], indptr, rows, ones[: rows.size],
                  np.ascontiguousarray(x, np.float64).ravel(), out.reshape(-1))
 
 
-def _pick_csc(rows: np.ndarray, cols: np.ndarray, value: float, nrow: int, ncol: int) -> sp.csc_matrix:
-    """Sparse matrix with ``value`` at (rows[k], cols[k]); ``cols`` strictly ascending (one entry per column)."""
-    it = _index_type(nrow, ncol, rows.size)
-    indptr = np.zeros(ncol + 1, it)
-    indptr[cols + 1] = 1
-    np.cumsum(indptr, out=indptr)
-    return sp.csc_matrix((np.full(rows.size, value), rows.astype(it, copy=False), indptr), shape=(nrow, ncol))
+_MINUS_ONES = np.full(1 << 16, -1.0)
 
 
 def _index_type(*sizes: int) -> type:
