@@ -141,3 +141,35 @@ def test_singular_local_fit_rejected_and_outliers(tmp_path):
     assert res_dw.iterations >= 2
     assert 0.5 * hit.sum() / recs.n_meas < res_dw.downweighted_fraction < 0.5
     assert res_dw.chi2_ndf < 0.5 * res.chi2_ndf
+
+
+def test_minres_enforces_constraints_on_determined_directions(toy):
+    """An extra constraint on a direction the data determine: the first MINRES solution violates it, the
+    correction solves must enforce it exactly and land on the exact constrained optimum."""
+    problem = AlignmentProblem.from_steering(read_steering(toy.steering))
+    from b2luca.alignment.steering import Constraint
+
+    problem.constraints.append(Constraint(0.01, np.array([11, 12]), np.array([1.0, 1.0]), origin="test"))
+    exact = solve(problem, method="dense")
+    rm = solve(problem, method="minres")
+    i11, i12 = np.searchsorted(rm.labels, [11, 12])
+    assert abs(rm.corrections[i11] + rm.corrections[i12] - 0.01) < 1e-9
+    assert np.abs((rm.corrections - exact.corrections) / exact.errors).max() < 1e-3
+
+
+def test_minres_correction_solves_when_the_penalty_is_not_enough():
+    """A stiff parameter under a constraint: the penalised minimum misses the constraint by about half,
+    the m correction solves must restore it exactly (and agree with the exact method)."""
+    n = 40
+    rng = np.random.default_rng(2)
+    Q = rng.normal(size=(n, n)) * 0.1
+    C = sp.csr_matrix(np.diag(np.r_[1e6, np.ones(n - 1)]) + Q @ Q.T)
+    b = rng.normal(size=n)
+    A = np.zeros((1, n))
+    A[0, 0] = 1.0
+    cons = LinearConstraints(A, np.array([0.5]))
+    exact = solve_system(C, b, cons, method="dense")
+    it = solve_system(C, b, cons, method="minres")
+    assert len(it.info["minres_iterations"]) == 2  # the first solve missed the constraint: one correction
+    assert abs(it.x[0] - 0.5) < 1e-10
+    assert np.allclose(it.x, exact.x, rtol=1e-8, atol=1e-8)
