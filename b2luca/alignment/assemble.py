@@ -30,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
 
+from ._arrays import unique_ints
 from .mille import MilleRecords, RawChunk
 
 __all__ = ["Assembler", "GlobalSystem", "DownWeighting", "merge_systems"]
@@ -139,7 +140,7 @@ class Assembler:
             return idx
         # new labels: local ids 0..k-1 for them, k for every known label (only new ones form blocks)
         lu = lab[unk]
-        newlab = _unique_int(lu)
+        newlab = unique_ints(lu)
         k = newlab.size
         n0 = self.labels.size
         loc = np.full(lab.size, k, np.int64)
@@ -187,7 +188,7 @@ class Assembler:
         is_new[new] = True
         sel = is_new[inv.ravel()]  # entries of new labels only (later chunks bring few new labels)
         erec = recs.meas_record()[recs.glb_meas[sel]]
-        lr = _unique_int(inv.ravel()[sel].astype(np.int64) * (recs.n_records + 1) + erec)
+        lr = unique_ints(inv.ravel()[sel].astype(np.int64) * (recs.n_records + 1) + erec)
         lab_u = lr // (recs.n_records + 1)
         m = (lr % (recs.n_records + 1)).astype(np.uint64)
         h1 = ((m * np.uint64(2654435761) + np.uint64(97)) % np.uint64(1 << 31)).astype(np.float64)
@@ -280,7 +281,7 @@ class Assembler:
         if ekey.size > 1:
             np.not_equal(ekey[1:], ekey[:-1], out=chg[1:])
         kc = ekey[chg]
-        ukey = _unique_int(kc)
+        ukey = unique_ints(kc)
         einv = np.searchsorted(ukey, kc)[np.cumsum(chg) - 1]  # search the changes only, then spread
         urec = ukey // NB
         ublk = ukey % NB
@@ -432,7 +433,7 @@ class Assembler:
             tot = self._vals.reshape(-1, S)
         else:
             # many blocks: sum per distinct block pair of the chunk, then merge into the store
-            uk = _unique_int(allkeys)
+            uk = unique_ints(allkeys)
             tot = np.zeros((uk.size * S, S))
         nout = tot.shape[0]
         k0 = 0
@@ -479,7 +480,7 @@ class Assembler:
         out = self._ptab[idx]
         miss = out < 0
         if miss.any():
-            newk = _unique_int(keys[miss])
+            newk = unique_ints(keys[miss])
             self._merge(newk, np.zeros((newk.size, self._vals.shape[1])))
             self._ptab[(newk // _NBIG) * nblk + newk % _NBIG] = self.pair_slot[np.searchsorted(self.pair_keys, newk)]
             out = self._ptab[idx]
@@ -564,7 +565,7 @@ def merge_systems(parts: list[GlobalSystem]) -> GlobalSystem:
     """
     if len(parts) == 1:
         return parts[0]
-    labels = _unique_int(np.concatenate([p.labels for p in parts]))
+    labels = unique_ints(np.concatenate([p.labels for p in parts]))
     n = labels.size
     C = sp.csr_matrix((n, n))
     b = np.zeros(n)
@@ -630,17 +631,6 @@ _MINUS_ONES = np.full(1 << 16, -1.0)
 def _index_type(*sizes: int) -> type:
     """int32 sparse indices when every size fits (scipy would otherwise check and convert int64 ones)."""
     return np.int32 if max(sizes) < 2**31 - 1 else np.int64
-
-
-def _unique_int(x: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of an integer array (a stable sort: fast on the nearly sorted keys used here)."""
-    s = np.sort(x, kind="stable")
-    if s.size < 2:
-        return s
-    keep = np.empty(s.size, bool)
-    keep[0] = True
-    np.not_equal(s[1:], s[:-1], out=keep[1:])
-    return s[keep]
 
 
 def _outer_segsum(seg: np.ndarray, left: np.ndarray, right: np.ndarray, nseg: int) -> np.ndarray:

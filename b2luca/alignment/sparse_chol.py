@@ -50,6 +50,8 @@ import scipy.sparse.csgraph as csg
 import scipy.sparse.linalg as spla
 from threadpoolctl import threadpool_limits
 
+from ._arrays import unique_ints
+
 __all__ = ["SupernodalCholesky", "NotPositiveDefinite", "nested_dissection"]
 
 
@@ -319,14 +321,6 @@ def _subgraph(Q: sp.csr_matrix, nodes: np.ndarray, loc: np.ndarray) -> sp.csr_ma
     return sp.csr_matrix((np.ones(int(indptr[-1])), cols[keep], indptr), shape=(m, m))
 
 
-def _unique_ints(x: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (sort-based; numpy's hash-based unique is slow on these arrays)."""
-    x = np.sort(x)
-    if x.size:
-        x = x[np.concatenate([[True], x[1:] != x[:-1]])]
-    return x
-
-
 def _expand(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Concatenation of the ranges [starts[i], starts[i] + lens[i])."""
     tot = int(lens.sum())
@@ -414,7 +408,7 @@ class _Analysis:
                 rc = rnodes[c]
                 if np.any(rc[rc < e] < b_start[s]):
                     raise RuntimeError(f"invalid dissection tree at supernode {s}")
-            rn = _unique_ints(np.concatenate(parts))
+            rn = unique_ints(np.concatenate(parts), stable=False)
             rnodes[s] = rn
             self.rows.append(_expand(node_start[rn], nsize[rn]))
         self.nsuper = nsn
