@@ -400,7 +400,7 @@ class Assembler:
         if self._dblk.shape[0] < nblk:
             self._dblk = np.concatenate([self._dblk, np.zeros((nblk - self._dblk.shape[0], S * S))])
         self._dblk[:nblk] += _outer_segsum(bd, sysd["wd"][m_sel], sysd["d"][m_sel], nblk)
-        parts = []  # (upper block-pair keys (R·n_pairs,), accepted rows of the group, nb, F as rows of S)
+        parts = []  # (upper block-pair keys (R·n_pairs,), nb, M of the accepted records, their block ids)
         bm_all, bv_all = [], []
         for g in sysd["groups"]:
             rec, br, nbg, M = g["rec"], g["b"], g["nb"], g["M"]
@@ -532,13 +532,11 @@ class Assembler:
             self._dblk = np.zeros((0, S * S))
         bi = self.pair_keys // _NBIG
         bj = self.pair_keys % _NBIG
-        p = np.arange(S)
         rows = self.block_members[bi][:, :, None] * np.ones(S, np.int64)[None, None, :]
         cols = self.block_members[bj][:, None, :] * np.ones(S, np.int64)[None, :, None]
         vals = self.pair_vals.reshape(-1, S, S)
         diag = bi == bj  # diagonal blocks: symmetric up to round-off, made exactly symmetric
         vals[diag] = 0.5 * (vals[diag] + vals[diag].transpose(0, 2, 1))
-        _ = p
         m = (rows >= 0) & (cols >= 0)
         off = (bi != bj)[:, None, None] & m
         r = np.concatenate([rows[m], cols[off]])

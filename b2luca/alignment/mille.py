@@ -12,7 +12,9 @@ Pairs ``(f[k], i[k])``: k = 0 is the header (0.0, 0); then per measurement (valu
 ``(0.0, 0), (-nsp, 0)`` followed by nsp pairs is skipped.
 
 Reading never loops over records in Python: record boundaries are found by pointer doubling over the
-candidate record starts of a chunk, and the pairs are decoded with cumulative sums.
+candidate record starts of a chunk, and the pairs are decoded with cumulative sums. Plain files are
+memory-mapped (chunks are views of the page cache), gzipped ones are streamed. Framing (``iter_raw_chunks``)
+and decoding (``RawChunk.decode``) are separate steps, so decoding can run in worker threads.
 """
 
 from __future__ import annotations
