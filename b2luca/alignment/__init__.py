@@ -6,7 +6,7 @@ Public API::
     res = solve_steering("steer.txt", method="sparse")   # AlignmentResult
     write_millepede_res("millepede.res", res); print(res.summary())
 
-This package depends on numpy and scipy only (no luigi / task graph).
+This package depends on numpy, scipy and threadpoolctl only (no luigi / task graph).
 """
 
 from .assemble import Assembler, GlobalSystem
@@ -15,11 +15,11 @@ from .problem import AlignmentProblem, solve, solve_steering
 from .result import AlignmentResult, read_millepede_res, write_millepede_res
 from .solve import LinearConstraints, SolverError, solve_system
 from .sparse_chol import SupernodalCholesky
-from .steering import (EXACT_METHODS, PEDE_METHODS, Constraint, ParameterSpec, Steering, SteeringError,
-                       read_steering, read_text_file)
+from .steering import (EXACT_METHODS, PEDE_METHODS, Constraint, FitOptions, ParameterSpec, Steering,
+                       SteeringError, read_steering, read_text_file)
 
 __all__ = [
-    "AlignmentProblem", "AlignmentResult", "Assembler", "Constraint", "EXACT_METHODS", "GlobalSystem",
+    "AlignmentProblem", "AlignmentResult", "Assembler", "Constraint", "EXACT_METHODS", "FitOptions", "GlobalSystem",
     "LinearConstraints", "MilleError", "MilleRecords", "PEDE_METHODS", "ParameterSpec", "SolverError", "Steering",
     "SteeringError", "SupernodalCholesky", "concat_records", "iter_mille", "read_mille", "read_millepede_res",
     "read_steering", "read_text_file", "records_from_dense", "solve", "solve_steering", "solve_system",

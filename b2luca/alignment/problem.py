@@ -6,7 +6,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,7 +17,7 @@ from .assemble import Assembler, DownWeighting, GlobalSystem, merge_systems
 from .mille import MilleRecords, RawChunk, iter_raw_chunks
 from .result import AlignmentResult
 from .solve import LinearConstraints, SolverError, solve_system
-from .steering import PEDE_METHODS, Constraint, ParameterSpec, Steering, read_steering
+from .steering import PEDE_METHODS, Constraint, FitOptions, ParameterSpec, Steering, read_steering
 
 __all__ = ["AlignmentProblem", "assemble", "solve", "solve_steering", "CHUNK_BYTES"]
 
@@ -25,7 +25,7 @@ CHUNK_BYTES = 4 << 20  # file bytes per chunk: keeps the temporaries of one chun
 
 
 @dataclass
-class AlignmentProblem:
+class AlignmentProblem(FitOptions):
     """Everything needed for a fit: Mille input, constraints, parameter settings and pede's options.
 
     ``records``: in-memory record sets used instead of / in addition to files (handy in tests).
@@ -36,14 +36,6 @@ class AlignmentProblem:
     records: list[MilleRecords] = field(default_factory=list)
     constraints: list[Constraint] = field(default_factory=list)
     parameters: dict[int, ParameterSpec] = field(default_factory=dict)
-    method: str = "auto"
-    iterations: int = 1
-    dchi2: float = 0.1
-    entries: int = 0
-    chiscut: tuple[float, float] | None = None
-    outlierdownweighting: int = 0
-    dwfractioncut: float = 0.0
-    hugecut: float | None = None
     errors: bool = True
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     warnings: list[str] = field(default_factory=list)
@@ -52,12 +44,10 @@ class AlignmentProblem:
     def from_steering(cls, st: Steering | str | os.PathLike) -> "AlignmentProblem":
         if not isinstance(st, Steering):
             st = read_steering(st)
+        options = {f.name: getattr(st, f.name) for f in fields(FitOptions)}
         return cls(cfiles=list(st.cfiles), ffiles=list(st.ffiles), constraints=list(st.constraints),
-                   parameters=dict(st.parameters), method=st.method, iterations=st.iterations,
-                   dchi2=st.dchi2, entries=st.entries, chiscut=st.chiscut,
-                   outlierdownweighting=st.outlierdownweighting, dwfractioncut=st.dwfractioncut,
-                   hugecut=st.hugecut, threads=st.threads[0] if st.threads else 0,
-                   warnings=list(st.warnings))
+                   parameters=dict(st.parameters), threads=st.threads[0] if st.threads else 0,
+                   warnings=list(st.warnings), **options)
 
     def chunks(self, timer: dict[str, float]) -> Iterator[MilleRecords | RawChunk]:
         """All records, chunk by chunk: in-memory record sets, then the files' chunks framed but not

@@ -65,15 +65,10 @@ class ParameterSpec:
 
 
 @dataclass
-class Steering:
-    """Everything a steering file sets (defaults are pede's)."""
+class FitOptions:
+    """pede's fit options (defaults are pede's), shared by a steering file and a problem to solve."""
 
-    cfiles: list[Path] = field(default_factory=list)
-    ffiles: list[Path] = field(default_factory=list)
-    constraints: list[Constraint] = field(default_factory=list)
-    parameters: dict[int, ParameterSpec] = field(default_factory=dict)
-    method: str = "auto"
-    pede_method: str = "inversion"
+    method: str = "auto"  # ours: auto|sparse|dense|minres (see PEDE_METHODS)
     iterations: int = 1
     dchi2: float = 0.1
     entries: int = 0
@@ -81,6 +76,17 @@ class Steering:
     outlierdownweighting: int = 0
     dwfractioncut: float = 0.0
     hugecut: float | None = None
+
+
+@dataclass
+class Steering(FitOptions):
+    """Everything a steering file sets."""
+
+    cfiles: list[Path] = field(default_factory=list)
+    ffiles: list[Path] = field(default_factory=list)
+    constraints: list[Constraint] = field(default_factory=list)
+    parameters: dict[int, ParameterSpec] = field(default_factory=dict)
+    pede_method: str = "inversion"
     threads: tuple[int, ...] = ()
     source: str = "<memory>"
     warnings: list[str] = field(default_factory=list)
