@@ -56,3 +56,14 @@ def test_cli_singular_exit_1(toy, tmp_path):
     steer = tmp_path / "s.txt"
     steer.write_text(f"Cfiles\n{toy.datafile}\nmethod inversion 1 0.1\nend\n")
     assert run(_args(str(steer), "--out", str(tmp_path), "--quiet")) == 1
+
+
+def test_alignment_library_does_not_import_the_task_graph():
+    """b2luca.alignment must stay usable without luigi (issue 4): importing it loads no task-graph module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, b2luca.alignment, b2luca.alignment.cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('luigi', 'b2luigi', 'gitlab')]; "
+            "sys.exit(repr(bad) if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
