@@ -1,4 +1,5 @@
-"""Writing ROOT files of flat numpy columns as TTrees, atomically (temporary name, then rename).
+"""ROOT files of flat numpy columns: written as TTrees atomically (temporary name, then rename), and read
+back branch by branch with errors that name the file, tree and branch.
 
 uproot >= 5.7 writes an RNTuple for ``file[name] = {...}``; Belle II raw and cDST files are TTrees, so
 trees are created explicitly with ``mktree``.
@@ -30,3 +31,32 @@ def write_trees(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str,
             tree = out.mktree(name, {b: _branch_type(a) for b, a in arrays.items()})
             if lengths and lengths.pop() > 0:
                 tree.extend(arrays)
+
+
+class RootReadError(ValueError):
+    """A ROOT file that cannot be read, or lacks a tree or branch (the message names the file)."""
+
+
+def read_trees(path: "str | os.PathLike[str]", trees: Mapping[str, "list[str] | tuple[str, ...]"]
+               ) -> dict[str, dict[str, np.ndarray]]:
+    """Read only the given ``branches`` of each tree: ``{tree: {branch: array}}``.
+
+    A missing tree or branch, or a file that is not readable ROOT, raises :class:`RootReadError` naming
+    the file and the tree/branch.
+    """
+    try:
+        with uproot.open(path) as src:
+            out = {}
+            for tree, branches in trees.items():
+                if tree not in src:
+                    raise RootReadError(f"{path}: tree {tree!r} is missing")
+                t = src[tree]
+                missing = [b for b in branches if b not in t.keys()]
+                if missing:
+                    raise RootReadError(f"{path}: tree {tree!r} lacks branch(es) {missing}")
+                out[tree] = t.arrays(list(branches), library="np")
+            return out
+    except RootReadError:
+        raise
+    except Exception as exc:  # unreadable / not ROOT
+        raise RootReadError(f"{path}: cannot read trees {list(trees)} ({exc})") from exc

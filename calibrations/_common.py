@@ -182,23 +182,11 @@ def read_branches(files: Sequence["str | os.PathLike[str]"], tree: str, branches
 
     A missing file, tree or branch raises ValueError naming the file and the tree/branch.
     """
-    import uproot
+    from b2luca.rootio import read_trees
 
     parts: dict[str, list[np.ndarray]] = {b: [] for b in branches}
     for f in files:
-        try:
-            with uproot.open(f) as src:
-                if tree not in src:
-                    raise ValueError(f"{f}: tree {tree!r} is missing")
-                t = src[tree]
-                missing = [b for b in branches if b not in t.keys()]
-                if missing:
-                    raise ValueError(f"{f}: tree {tree!r} lacks branch(es) {missing}")
-                arrays = t.arrays(list(branches), library="np")
-        except ValueError:
-            raise
-        except Exception as exc:  # unreadable / not ROOT
-            raise ValueError(f"{f}: cannot read tree {tree!r} ({exc})") from exc
+        arrays = read_trees(f, {tree: list(branches)})[tree]  # RootReadError (a ValueError) names the file
         for b in branches:
             parts[b].append(np.asarray(arrays[b]))
     return {b: (np.concatenate(v) if v else np.zeros(0)) for b, v in parts.items()}

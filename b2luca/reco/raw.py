@@ -26,8 +26,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ..rootio import write_trees
-import uproot
+from ..rootio import RootReadError, read_trees, write_trees
 
 RAW_BRANCHES: dict[str, dict[str, str]] = {
     "event": {"event": "i8", "n_cand": "i4", "exp": "i4", "run": "i4"},
@@ -74,20 +73,9 @@ def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]")
     offset = 0
     for f in files:
         try:
-            with uproot.open(f) as src:
-                data = {}
-                for tree, branches in RAW_BRANCHES.items():
-                    if tree not in src:
-                        raise RawDataError(f"{f}: tree {tree!r} is missing")
-                    t = src[tree]
-                    missing = [b for b in branches if b not in t.keys()]
-                    if missing:
-                        raise RawDataError(f"{f}: tree {tree!r} lacks branch(es) {missing}")
-                    data[tree] = t.arrays(list(branches), library="np")
-        except RawDataError:
-            raise
-        except Exception as exc:
-            raise RawDataError(f"{f}: not a readable raw file ({exc})") from exc
+            data = read_trees(f, RAW_BRANCHES)
+        except RootReadError as exc:
+            raise RawDataError(f"{exc} (not a usable raw file)") from exc
         ev = data["event"]["event"]
         for tree, cols in data.items():
             if tree == "event":
