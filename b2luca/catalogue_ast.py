@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from .errors import CatalogueError
 
 __all__ = ["CatalogueError", "DependencyRef", "ParsedScript", "read_script"]
 
@@ -37,10 +38,6 @@ _CALIBRATION_MODULE = re.compile(r"^(?:(?:[A-Za-z_]\w*\.)*calibrations|)\.([A-Za
 _SUPPORTED = ("only literals, __doc__, INPUT_DATA_FILTERS[...][...], '+' of strings/lists/tuples, "
               "module-level names bound to these, and other scripts' imported settings can be read "
               "without running the script")
-
-
-class CatalogueError(ValueError):
-    """A calibration catalogue problem; the message names the script(s) and, where known, the line."""
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,9 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .config import BucketConfig, ConfigError, load_config
-
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A command-line or configuration problem (exit code 2)."""
+from .config import BucketConfig, load_config
+from .errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, B2lucaError, ConfigError, ReportConfigError, TransportError
+from .errors import UsageError
 
 
 def _load(path: str) -> BucketConfig:
@@ -107,7 +103,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         from .report import read_signoffs
 
         signoffs = read_signoffs(cfg.report, cfg.work_dir, cfg.name)
-    except Exception as exc:  # GitLab unreachable: the table above still stands
+    except (ReportConfigError, TransportError) as exc:  # GitLab unreachable: the table above still stands
         print(f"\nexpert sign-off: not available ({exc})")
         return EXIT_OK
     if signoffs:
@@ -193,27 +189,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         return args.func(args)
-    except (ConfigError, UsageError) as exc:
+    except B2lucaError as exc:
         print(f"b2luca: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except Exception as exc:
-        from .catalogue import CatalogueError
-        from .dataset import DataError
-        from .report import ReportConfigError
-        from .rundb import RunDBError
-        from .settings_repo import SettingsRepoError
+        return exc.exit_code
+    except Exception as exc:  # a bug: one line here, the whole traceback in a file
+        where = _write_traceback(exc)
+        print(f"b2luca: internal error: {type(exc).__name__}: {exc} (traceback written to {where})", file=sys.stderr)
+        return EXIT_FAILURE
 
-        if isinstance(exc, (ReportConfigError, SettingsRepoError)):
-            print(f"b2luca: error: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        if isinstance(exc, CatalogueError):
-            print(f"b2luca: calibration catalogue error: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        if isinstance(exc, (DataError, RunDBError)):
-            print(f"b2luca: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        raise
 
+def _write_traceback(exc: BaseException) -> str:
+    """Write ``exc``'s traceback to a new file in the temporary folder; return its path."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="b2luca-traceback-", suffix=".txt")
+    with open(fd, "w", encoding="utf-8") as handle:
+        handle.write("".join(traceback.format_exception(exc)))
+    return path
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -18,13 +18,10 @@ import jsonschema
 import yaml
 
 from .iov import IoV
+from .errors import ConfigError
 
 SCHEMA_VERSION = 1
 TOKEN_KEYS = {"token", "private_token", "oauth_token", "job_token", "api_key", "password"}
-
-
-class ConfigError(ValueError):
-    """A bucket configuration mistake, with the file and the key path in the message."""
 
 
 # --- typed configuration --------------------------------------------------------------------------

@@ -16,12 +16,9 @@ from typing import Any
 from .atomic import write_json_atomic
 from .config import BucketConfig
 from .iov import ExpRun
+from .errors import DataError
 
 MARKER = ".b2luca-simulation.json"
-
-
-class DataError(RuntimeError):
-    """Input data is missing or unusable."""
 
 
 def run_root(root: "str | Path", exprun: ExpRun) -> Path:

@@ -39,6 +39,7 @@ import numpy as np
 from .iov import ExpRun
 from .atomic import write_json_atomic
 from .rootio import write_trees
+from .errors import ProductionError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -63,10 +64,6 @@ FIT_ITERATIONS = 4
 FIT_SCATTERING = False
 _COV_INDEX = [(i, j) for i in range(5) for j in range(i, 5)]
 _PARAM_NAMES = ("d0", "phi0", "omega", "z0", "tanl")
-
-
-class ProductionError(RuntimeError):
-    """The cDST production of a run cannot be done (missing/unreadable input, bad manifest)."""
 
 
 # --- payload fingerprints ---------------------------------------------------------------------------

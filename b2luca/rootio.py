@@ -14,6 +14,7 @@ import numpy as np
 import uproot
 
 from .atomic import atomic_path
+from .errors import RootReadError
 
 
 def _branch_type(array: np.ndarray) -> np.dtype:
@@ -31,10 +32,6 @@ def write_trees(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str,
             tree = out.mktree(name, {b: _branch_type(a) for b, a in arrays.items()})
             if lengths and lengths.pop() > 0:
                 tree.extend(arrays)
-
-
-class RootReadError(ValueError):
-    """A ROOT file that cannot be read, or lacks a tree or branch (the message names the file)."""
 
 
 def read_trees(path: "str | os.PathLike[str]", trees: Mapping[str, "list[str] | tuple[str, ...]"]

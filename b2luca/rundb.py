@@ -18,13 +18,10 @@ import pandas as pd
 
 from .atomic import atomic_path
 from .iov import ExpRun, IoV
+from .errors import RunDBError
 
 SNAPSHOT_COLUMNS = ["experiment", "run", "run_type", "beam_energy", "time_start", "time_stop",
                     "detectors.magnet", "quality_expert.overall", "statistics.lumi_recorded"]
-
-
-class RunDBError(RuntimeError):
-    """The run database could not be read (the message never contains the API key)."""
 
 
 # --- records -> CSV -------------------------------------------------------------------------------

@@ -17,12 +17,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from .errors import SettingsRepoError
 
 GIT_TIMEOUT_S = 300.0
-
-
-class SettingsRepoError(RuntimeError):
-    """The settings repository cannot be used (clone failed, dirty, diverged, bad JSON ...)."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from ..atomic import atomic_path
+from .errors import MilleError
 
 __all__ = [
     "MilleError",
@@ -43,10 +44,6 @@ __all__ = [
 ]
 
 _MAX_NW = 1 << 28  # sanity limit on one record (2^27 pairs)
-
-
-class MilleError(ValueError):
-    """Corrupt, truncated or inconsistent Mille data (the message names file and record)."""
 
 
 @dataclass

@@ -41,6 +41,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .sparse_chol import NotPositiveDefinite, SupernodalCholesky
+from .errors import SolverError
 
 __all__ = ["LinearConstraints", "solve_system", "SolveOutput", "SolverError", "DENSE_MAX", "AUTO_DENSE_MAX",
            "MINRES_RTOL"]
@@ -48,10 +49,6 @@ __all__ = ["LinearConstraints", "solve_system", "SolveOutput", "SolverError", "D
 DENSE_MAX = 15999
 AUTO_DENSE_MAX = 2000
 MINRES_RTOL = 1e-12
-
-
-class SolverError(RuntimeError):
-    """The system cannot be solved (singular with the given constraints, bad method, ...)."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from .errors import SteeringError
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ PEDE_METHODS = {
     "minres": "minres",
 }
 EXACT_METHODS = {"auto", "sparse", "dense"}
-
-
-class SteeringError(ValueError):
-    """Bad steering / constraint / parameter text (message names file and line)."""
 
 
 @dataclass

@@ -25,14 +25,11 @@ import numpy as np
 from ..atomic import write_text_atomic
 from ..iov import ExpRun, IoV
 from .payload import PayloadError, payload_checksum, read_checksum, read_payload, write_payload
+from ..errors import DatabaseError
 
 DATABASE_FILE = "database.txt"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FILE_RE = re.compile(r"^dbstore_(?P<name>.+)_rev_(?P<rev>[^_]+)\.root$")
-
-
-class DatabaseError(ValueError):
-    """A database directory or one of its lines is not usable."""
 
 
 @dataclass(frozen=True)

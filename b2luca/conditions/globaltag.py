@@ -15,6 +15,7 @@ import numpy as np
 from ..atomic import write_json_atomic
 from ..iov import ExpRun, IoV
 from .database import DatabaseChain, DatabaseError, LocalDatabase, PayloadEntry
+from ..errors import GlobalTagError
 
 STATE_FILE = "globaltag.json"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -39,10 +40,6 @@ ALLOWED_TRANSITIONS: dict[GlobalTagState, frozenset[GlobalTagState]] = {
     GlobalTagState.RUNNING: frozenset(),
     GlobalTagState.INVALID: frozenset(),
 }
-
-
-class GlobalTagError(DatabaseError):
-    """A global-tag operation that its state does not allow."""
 
 
 class GlobalTag:

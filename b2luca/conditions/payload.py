@@ -20,14 +20,11 @@ import numpy as np
 import uproot
 
 from ..atomic import atomic_path
+from ..errors import PayloadError
 
 META_KEY = "b2luca_meta"
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ALLOWED_KINDS = "biuf"  # bool, signed, unsigned, float
-
-
-class PayloadError(ValueError):
-    """A payload file or payload content is not usable."""
 
 
 def _normalise(data: Mapping[str, "np.typing.ArrayLike"]) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..rootio import RootReadError, read_trees, write_trees
+from ..errors import RawDataError
 
 RAW_BRANCHES: dict[str, dict[str, str]] = {
     "event": {"event": "i8", "n_cand": "i4", "exp": "i4", "run": "i4"},
@@ -37,10 +38,6 @@ RAW_BRANCHES: dict[str, dict[str, str]] = {
     "ecl": {"event": "i8", "cand": "i2", "crystal": "i4", "amplitude": "f4"},
     "pxd_digits": {"event": "i8", "sensor": "i4", "pixel": "i4", "adc": "f4"},
 }
-
-
-class RawDataError(ValueError):
-    """A raw file is missing a tree/branch or is unreadable."""
 
 
 def write_raw(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str, np.ndarray]]) -> None:

@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from ..errors import EventError
 
 #: Every event kind the reporting layer understands (see issue 5/6 and DESIGN §7).
 EVENT_KINDS: frozenset[str] = frozenset(
@@ -34,10 +35,6 @@ STEP_STATES: frozenset[str] = frozenset({"running", "done", "failed", "skipped"}
 
 #: Kinds that must name a task.
 _TASK_KINDS = EVENT_KINDS - {"bucket_started", "bucket_finished"}
-
-
-class EventError(ValueError):
-    """An event that cannot be recorded (unknown kind, missing task, not JSON)."""
 
 
 def _json_safe(value: Any) -> Any:

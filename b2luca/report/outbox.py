@@ -28,25 +28,13 @@ from typing import Any, Protocol
 
 from ._io import atomic_write_json, file_lock, read_json
 from .events import ReportEvent
+from ..errors import ReportConfigError, TransportError
 
 log = logging.getLogger("b2luca.report")
 
 #: Back-off after a failed delivery, before emit() tries again (flush() ignores it unless rate limited).
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
-
-
-class ReportConfigError(RuntimeError):
-    """The report configuration is unusable (no token, project missing or no access ...)."""
-
-
-class TransportError(Exception):
-    """A delivery failed for a transient reason (network, 5xx, 429 ...); try again later."""
-
-    def __init__(self, message: str, retry_after: float | None = None, rate_limited: bool = False) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.rate_limited = rate_limited
 
 
 @dataclass

@@ -9,12 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+from ..errors import RunnerError
 
 OUTPUT_DB_DIR = "caf_outputdb_results"
-
-
-class RunnerError(RuntimeError):
-    """A calibration or validation script could not be run or failed."""
 
 
 @dataclass(frozen=True)

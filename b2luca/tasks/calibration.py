@@ -25,12 +25,9 @@ from ..atomic import write_json_atomic
 from .context import STAGE_CDST, STAGE_RAW, read_json
 from .local import LocalCalibrations
 from .setup import MakeRunDB, PullSettings
+from ..errors import CalibrationFailed
 
 STATUS_SUCCESS, STATUS_VALIDATION_FAILED = "success", "validation-failed"
-
-
-class CalibrationFailed(RuntimeError):
-    """A calibration step failed; the message says which and why."""
 
 
 def calibration_result(ctx, name: str) -> dict[str, Any] | None:
