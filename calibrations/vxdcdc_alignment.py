@@ -64,15 +64,17 @@ CDC_LABEL_BASE = 1_000_000
 def mille_records(raw, constants, cfg: dict, cosmic: bool):
     """Fit the track candidates of ``raw`` and return (MilleRecords, number of tracks used, chi2/ndf array)."""
     from b2luca.alignment import records_from_dense
-    from b2luca.production import _FitArrays, _fit_robust
     from b2luca.reco import helix as H
     from b2luca.reco.measurements import build_measurements
+    from b2luca.reco.robust import fit_robust
 
     meas = build_measurements(raw, constants)
     if meas.n_tracks == 0:
         return None, 0, np.zeros(0)
-    meas, arrays = _fit_robust(meas, constants, row_keys=("residual", "local_derivs", "global_derivs", "global_labels"))
-    fit = _FitArrays(**arrays)
+    fit = fit_robust(meas, constants, row_keys=("residual", "local_derivs", "global_derivs", "global_labels"))
+    meas = fit.meas
+    assert fit.residual is not None and fit.local_derivs is not None
+    assert fit.global_labels is not None and fit.global_derivs is not None
     chi2_ndf = fit.chi2 / np.maximum(fit.ndf, 1)
     good = (chi2_ndf < float(cfg["outlier_chi2_cut"])) & (fit.ndf > 5)
     if not cosmic:

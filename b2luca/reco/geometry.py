@@ -46,6 +46,7 @@ _VXD_LAYERS = (
 )
 #: toy PXD pixel matrix (each toy pixel stands for a block of real pixels)
 PXD_NU, PXD_NV = 50, 150
+N_PXD_PIXELS = PXD_NU * PXD_NV  # toy pixels per PXD sensor
 
 # --- CDC
 _CDC_SL_LAYERS = (8, 6, 6, 6, 6, 6, 6, 6, 6)
