@@ -32,7 +32,8 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -155,12 +156,12 @@ def _group_hits(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[
 
 
 def _empty_tracks() -> dict[str, dict[str, np.ndarray]]:
-    tracks = {"event": np.zeros(0, np.int64), "cand": np.zeros(0, np.int16)}
+    tracks: dict[str, np.ndarray] = {"event": np.zeros(0, np.int64), "cand": np.zeros(0, np.int16)}
     tracks.update({n: np.zeros(0) for n in _PARAM_NAMES})
     tracks.update({f"cov_{i}{j}": np.zeros(0) for i, j in _COV_INDEX})
     tracks.update(chi2=np.zeros(0), ndf=np.zeros(0, np.int32), p=np.zeros(0), charge=np.zeros(0, np.int8),
                   n_pxd=np.zeros(0, np.int32), n_svd=np.zeros(0, np.int32), n_cdc=np.zeros(0, np.int32))
-    rel = {"track": np.zeros(0, np.int32), "det": np.zeros(0, np.int8), "hit": np.zeros(0, np.int64),
+    rel: dict[str, np.ndarray] = {"track": np.zeros(0, np.int32), "det": np.zeros(0, np.int8), "hit": np.zeros(0, np.int64),
            "kind": np.zeros(0, np.int8), "residual": np.zeros(0), "sigma": np.zeros(0)}
     return {"tracks": tracks, "track_hits": rel}
 
@@ -192,7 +193,7 @@ def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants,
     tracks.update(chi2=fit.chi2.astype(np.float64), ndf=fit.ndf.astype(np.int32), p=H.momentum(fit.params),
                   charge=np.sign(fit.params[:, 2]).astype(np.int8), n_pxd=(counts[:, 0] // 2).astype(np.int32),
                   n_svd=(counts[:, 1] // 2).astype(np.int32), n_cdc=counts[:, 2].astype(np.int32))
-    rel = {"track": meas.track.astype(np.int32), "det": meas.det.astype(np.int8), "hit": meas.hit.astype(np.int64),
+    rel: dict[str, np.ndarray] = {"track": meas.track.astype(np.int32), "det": meas.det.astype(np.int8), "hit": meas.hit.astype(np.int64),
            "kind": meas.kind.astype(np.int8), "residual": fit.residual.astype(np.float64),
            "sigma": meas.sigma.astype(np.float64)}
     return {"tracks": tracks, "track_hits": rel, "_failed_fits": {"n": np.array([int(fit.failed)])}}
@@ -223,7 +224,7 @@ def _group_ecl(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[s
     return {"ecl": ecl, "ecl_clusters": ecl_clusters(ecl["event"], ecl["cand"], ecl["crystal"], ecl["energy"])}
 
 
-_BUILDERS = {"hits": _group_hits, "tracks": _group_tracks, "ecl": _group_ecl}
+_BUILDERS: dict[str, Callable[..., dict[str, dict[str, np.ndarray]]]] = {"hits": _group_hits, "tracks": _group_tracks, "ecl": _group_ecl}
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -285,6 +286,7 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
             reusable = (previous is not None and previous.get("raw") == identity and cdst_file.is_file())
             todo = set(GROUP_PAYLOADS) if not reusable else stale
             if not todo:  # everything current: the file stays as it is
+                assert previous is not None
                 for g in GROUP_PAYLOADS:
                     copied[g] += 1
                 n_tracks[tag] += int(previous.get("tracks", 0))
@@ -325,8 +327,8 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
                 "files": files_out, "history": history}
     _write_json_atomic(cdst_run_dir / MANIFEST, manifest)
     payloads = {}
-    for group in fingerprints.values():
-        for name, fp in group.items():
+    for used in fingerprints.values():
+        for name, fp in used.items():
             if not name.startswith("_"):
                 payloads[name] = "nominal" if fp is None else fp["revision"]
     return {"tags": sorted(tags), "files": sum(len(v) for v in files_out.values()), "tracks": n_tracks,
@@ -350,7 +352,7 @@ def read_cdst(paths, trees: tuple[str, ...] = ("tracks",)) -> dict[str, dict[str
         data = _read_trees(f, trees)
         for t in trees:
             parts[t].append(data[t])
-    out = {}
+    out: dict[str, dict[str, np.ndarray]] = {}
     for t in trees:
         if not parts[t]:
             out[t] = {}

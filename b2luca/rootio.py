@@ -8,7 +8,7 @@ trees are created explicitly with ``mktree``.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import uproot
@@ -34,7 +34,7 @@ def write_trees(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str,
                 tree.extend(arrays)
 
 
-def read_trees(path: "str | os.PathLike[str]", trees: Mapping[str, "list[str] | tuple[str, ...] | None"]
+def read_trees(path: "str | os.PathLike[str]", trees: Mapping[str, "Collection[str] | None"]
                ) -> dict[str, dict[str, np.ndarray]]:
     """Read only the given ``branches`` of each tree (None: all of them): ``{tree: {branch: array}}``.
 

@@ -90,7 +90,13 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
         mblk = np.zeros(nmeas, np.int64)
         mblk[has_g] = gblk[gptr[:-1][has_g]]
         single = bool(np.all(gblk == mblk[gm]))
-    Hg = Gb = None
+    Hg: np.ndarray | None = None  # fast path with uniform q: (H | γ) per (record, block) slot
+    Gb: np.ndarray | None = None  # and (Γ | β) per record
+    Pbuf: np.ndarray | None
+    Hbuf: np.ndarray
+    Gbuf: np.ndarray
+    betabuf: np.ndarray
+    gambuf: np.ndarray
     if single:
         # fast path: every measurement touches one label block -> dense per-measurement vectors
         qmax = max(int(q.max(initial=0)), 1)
@@ -104,9 +110,8 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
         rstart = np.zeros(nrec + 1, np.int64)
         np.cumsum(nb, out=rstart[1:])
         n_rb = int(rstart[-1])
-        hg = has_g if gm.size else np.zeros(nmeas, bool)
-        if hg.all():
-            hg = slice(None)
+        hg_mask = has_g if gm.size else np.zeros(nmeas, bool)
+        hg: np.ndarray | slice = slice(None) if hg_mask.all() else hg_mask
         rb_m = rstart[:-1][r_m] + blk_m  # (record, block) id of each measurement with globals
         rb_mh = rb_m[hg]  # D = Σ w d dᵀ per block is summed by the caller (accepted records only)
         Pbuf = None  # D stays per (record, block); the caller accumulates D and F = M Mᵀ separately
@@ -203,6 +208,7 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
             gam = gambuf[oK[r0]: oK[r0] + R * Kg].reshape(R, Kg)
         if qg:
             if Hg is not None:
+                assert Gb is not None
                 Gm = Gb[g0: g0 + R, :, :qg]
                 H = Hg[s0: s0 + R * nbg, :, :qg].reshape(R, Kg, qg)
                 beta = Gb[g0: g0 + R, :, qg]
@@ -220,6 +226,7 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
             elif nbg:
                 # M Mᵀ by block rows: row block a against blocks a..nb-1, subtracted in place from the
                 # upper block pairs (P is a view into Pbuf; pair order (0,0),(0,1),..,(1,1),.. = triu order)
+                assert P is not None
                 Mt = M.transpose(0, 2, 1)
                 pp = 0
                 for a in range(nbg):

@@ -464,7 +464,7 @@ def read_signoffs(gcfg: Any, bucket: str) -> dict[str, dict[str, Any]]:
     gl = make_client(gcfg)
     guard_http_debug()
     try:
-        project = gl.projects.get(getattr(gcfg, "project"))
+        project = gl.projects.get(gcfg.project)
         out: dict[str, dict[str, Any]] = {}
         for issue in project.issues.list(labels=["b2luca", f"bucket::{bucket}"], iterator=True):
             marker = parse_marker(issue.description)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 from ..contract import OUTPUT_DB_DIR
-from ..errors import RunnerError
+from ..errors import RunnerError as RunnerError  # re-exported by b2luca.runners
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..reco.geometry import (N_ECL_CRYSTALS, N_PXD_PIXELS, NOMINAL_BEAMSPOT_SIZE, Geometry, aligned_frames,
                              nominal_geometry, rotation_angles, rotation_matrix)
-from ..reco.nominal import nominal_payloads
+from ..reco.nominal import nominal_payloads as nominal_payloads  # re-exported (moved to b2luca.reco)
 
 # truth scales
 SIGMA_SENSOR_SHIFT = 0.020  # mm
