@@ -77,10 +77,22 @@ def test_typical_mistakes_name_file_key_and_expectation(tmp_path, demo_doc, key,
     with pytest.raises(ConfigError) as info:
         load_config(path)
     text = str(info.value)
-    assert text.startswith(str(path)), text
-    assert text.count("\n") == 0  # one message
+    assert all(line.startswith(f"{path}: ") for line in text.splitlines()), text  # one line per problem
     import re
     assert re.search(message, text), text
+
+
+def test_every_cross_field_problem_is_reported_in_one_run(tmp_path, demo_doc):
+    _set(demo_doc, "bucket.last_run", 0)
+    _set(demo_doc, "rundb.source", "rest")
+    _set(demo_doc, "conditions.database_chain", ["nominal_demo", "prompt_demo"])
+    path = _write(tmp_path, demo_doc)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    lines = str(info.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["bucket.last_run", "rundb.url", "rundb.api_key_env",
+                                                      "conditions.database_chain"], lines
+    assert all(line.startswith(f"{path}: ") for line in lines)
 
 
 def test_yaml_syntax_error_names_line(tmp_path):
