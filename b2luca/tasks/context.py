@@ -7,6 +7,7 @@ and rebuilds what it needs from it here (cached once per process).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -16,6 +17,7 @@ from ..catalogue import Catalogue, Plan, build_plan, discover
 from ..conditions import DatabaseChain, GlobalTag, LocalDatabase
 from ..config import BucketConfig, load_config
 from ..enums import Stage
+from ..report import Reporter, open_reporter
 
 # The stage names as they were before the Stage enum (the same objects), for code that imports them from here.
 STAGE_LOCAL, STAGE_RAW, STAGE_PRODUCTION, STAGE_CDST = Stage.LOCAL, Stage.RAW, Stage.PRODUCTION, Stage.CDST
@@ -115,9 +117,7 @@ class BucketContext:
 
     # --- reporting ----------------------------------------------------------------------------
     @cached_property
-    def reporter(self) -> Any:
-        from ..report import open_reporter
-
+    def reporter(self) -> Reporter:
         # The driver did the pre-flight check (and stopped on a bad GitLab config); workers must not.
         return open_reporter(self.cfg.report, self.work_dir, self.cfg.name, preflight=False)
 
@@ -126,8 +126,6 @@ class BucketContext:
         try:
             self.reporter.emit(kind, task=task, **data)
         except Exception as exc:  # the transport layer should not raise; belt and braces
-            import logging
-
             logging.getLogger("b2luca.report").warning("report event %s for %s not recorded: %s", kind, task, exc)
 
 
