@@ -198,7 +198,8 @@ def read_signoffs(report_cfg: ReportConfig | None, work_dir: Path, bucket: str) 
     if report_cfg is not None and kind == TransportKind.GITLAB:
         from .gitlab import read_signoffs as _gl_read
 
-        _gitlab_transport(report_cfg, bucket)  # config check
+        _gitlab_transport(report_cfg, bucket)  # config check (report.gitlab is set, a token is found)
+        assert report_cfg.gitlab is not None
         raw = _gl_read(report_cfg.gitlab, bucket)
     else:
         raw = LocalTransport(report_dir(work_dir)).read_signoffs(bucket)

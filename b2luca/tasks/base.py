@@ -14,7 +14,7 @@ from .context import BucketContext, context_for
 T = TypeVar("T", bound=luigi.Task)
 
 
-class _BucketParameters:
+class _BucketParameters(luigi.Task):
     """What every task of a bucket shares: the config path, the context built from it, ``req``."""
 
     config_path = luigi.Parameter(description="path of the bucket YAML")

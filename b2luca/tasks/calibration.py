@@ -13,7 +13,8 @@ import fcntl
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..atomic import write_json_atomic
 from ..catalogue import CalibrationInfo

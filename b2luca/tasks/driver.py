@@ -170,18 +170,19 @@ _STATE_NAMES = {"DONE": TaskStatus.SUCCESS, "FAILED": TaskStatus.FAILED, "PENDIN
 def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str, TaskRecord] | None) -> list[TaskRow]:
     """Every non-wrapper task's state: from this run's records when given, else from the outputs on disk."""
     rows = []
+    seen = records or {}
     for task in _walk(tasks):
         if isinstance(task, luigi.WrapperTask):
             continue
         name, kind, stage, group = _describe(task, ctx)
-        record = (records or {}).get(task.task_id)
+        record = seen.get(task.task_id)
         duration = record.duration if record else None
         state: TaskStatus
         if record is not None:
             state = (TaskStatus.DONE_BEFORE if record.complete_at_start
                      else _STATE_NAMES.get(record.status, TaskStatus.NOT_RUN))
             if record.status == "PENDING" and any(
-                    (records or {}).get(d.task_id) is not None and records[d.task_id].status == "FAILED"
+                    getattr(seen.get(d.task_id), "status", None) == "FAILED"
                     for d in _walk(luigi.task.flatten(task.requires()))):
                 state = TaskStatus.UPSTREAM_FAILED
         elif records is not None:  # under a wrapper luigi found complete: never scheduled this time
@@ -189,7 +190,7 @@ def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str,
         else:
             state = TaskStatus.SUCCESS if task.complete() else TaskStatus.PENDING
         report = ""
-        if kind == "calibration":
+        if isinstance(task, CalibrationTask):
             result_path = ctx.result_path(task.name)
             if result_path.is_file():
                 result = read_json(result_path)
@@ -199,7 +200,7 @@ def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str,
                 if duration is None:
                     duration = result.get("duration")
             report = str(local_issue_path(ctx.work_dir, task.name))
-        elif kind in ("local", "cdst_production", "archive") and Path(task.output_path()).is_file():
+        elif isinstance(task, (CopyLocalPayloads, CdstProduction, ArchiveLogs)) and Path(task.output_path()).is_file():
             document = read_json(Path(task.output_path()))
             if duration is None:
                 duration = document.get("duration")
@@ -425,7 +426,8 @@ def _dry_run(ctx: BucketContext, tasks: list[luigi.Task], rerun: list[str], echo
             continue
         name, kind, stage, group = _describe(task, ctx)
         deps = _direct_work(task)
-        forced = (kind == "calibration" and task.name in invalid) or (kind == "cdst_production" and production_forced)
+        forced = ((isinstance(task, CalibrationTask) and task.name in invalid)
+                  or (isinstance(task, CdstProduction) and production_forced))
         if task.complete() and not forced:
             why, state = "complete (output exists)", TaskStatus.DONE
         else:
