@@ -1,4 +1,4 @@
-"""Reporting layer: the DAG emits events, transports deliver them (DESIGN §7, issues 5 and 6).
+"""Reporting layer: the DAG emits events, transports deliver them (DESIGN §7).
 
 The task graph only calls :func:`open_reporter` and :meth:`Reporter.emit`; it never imports python-gitlab
 (the GitLab transport is imported lazily, only when the configuration asks for it).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,10 +51,6 @@ class BucketTask(_BucketParameters, b2luigi.Task):
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.output_path()))
-
-    @staticmethod
-    def now() -> float:
-        return time.time()
 
 
 class BucketWrapperTask(_BucketParameters, b2luigi.WrapperTask):

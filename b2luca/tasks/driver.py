@@ -161,10 +161,11 @@ def _describe(task: luigi.Task, ctx: BucketContext) -> tuple[str, str, str, str]
     return name, "setup", "setup", "-"
 
 
-#: The row state of a task luigi last saw in each scheduler status.
+#: The row state of a task luigi last saw in each scheduler status (when luigi.build has returned: a task
+#: still running then was interrupted; any other status means it did not run).
 _STATE_NAMES = {"DONE": TaskStatus.SUCCESS, "FAILED": TaskStatus.FAILED, "PENDING": TaskStatus.NOT_RUN,
-                "RUNNING": TaskStatus.INTERRUPTED, "DISABLED": TaskStatus.DISABLED,
-                "UNKNOWN": TaskStatus.SCHEDULING_FAILED}
+                "RUNNING": TaskStatus.INTERRUPTED, "BATCH_RUNNING": TaskStatus.INTERRUPTED,
+                "DISABLED": TaskStatus.DISABLED, "UNKNOWN": TaskStatus.SCHEDULING_FAILED}
 
 
 def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str, TaskRecord] | None) -> list[TaskRow]:
