@@ -139,11 +139,12 @@ def _walk(tasks: Iterable[luigi.Task]) -> list[luigi.Task]:
 
 
 def _direct_work(task: luigi.Task) -> list[luigi.Task]:
-    """The non-wrapper tasks ``task`` requires, looking through wrapper tasks."""
-    out: list[luigi.Task] = []
+    """The non-wrapper tasks ``task`` requires, looking through wrapper tasks (each once, in order)."""
+    out: dict[str, luigi.Task] = {}
     for dep in luigi.task.flatten(task.requires()):
-        out.extend(_direct_work(dep) if isinstance(dep, luigi.WrapperTask) else [dep])
-    return out
+        for work in (_direct_work(dep) if isinstance(dep, luigi.WrapperTask) else [dep]):
+            out.setdefault(work.task_id, work)
+    return list(out.values())
 
 
 def _describe(task: luigi.Task, ctx: BucketContext) -> tuple[str, str, str, str]:

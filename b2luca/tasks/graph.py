@@ -84,6 +84,9 @@ class CalibrationTask(BucketTask):
         info = ctx.catalogue[self.name]
         required: list[luigi.Task] = [PullSettings.req(self), MakeRunDB.req(self), LocalCalibrations.req(self)]
         required += [CalibrationTask.req(self, name=dep) for dep in info.depends_on]
+        stage, level = ctx.plan.group_of(self.name)
+        if level > 0:  # the groups of a stage run in series: every payload of the group before is in the prompt tag
+            required.append(GroupTask.req(self, stage=stage, level=level - 1))
         if info.stage == Stage.CDST:
             required += [CdstProduction.req(self, run_number=run) for run in production_runs(ctx.cfg)]
         return required

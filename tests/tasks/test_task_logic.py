@@ -219,6 +219,20 @@ def test_cdst_calibrations_wait_for_every_production_which_waits_for_the_raw_sta
     assert CalibrationTask(config_path=config, name="CDCTimeZeros") in raw.requires()
 
 
+def test_groups_of_a_stage_run_in_series(ctx):
+    """A calibration of group n waits for all of group n-1, not only for what it depends on: it reads the
+    prompt global tag, which must hold every payload of the groups before (PXDMasks for the alignment)."""
+    _complete_everything(ctx)
+    config = str(ctx.cfg.path)
+    align = CalibrationTask(config_path=config, name="VXDCDCAlignment")
+    assert GroupTask(config_path=config, stage="raw", level=0) in align.requires()
+    assert not any(isinstance(t, GroupTask) for t in CalibrationTask(config_path=config, name="BeamSpot").requires())
+    for name in ["PXDHotDeadPixels", "VXDCDCAlignment"]:
+        ctx.result_path(name).unlink()
+    rows = _dry(ctx)
+    assert rows["VXDCDCAlignment"] == (TaskStatus.WOULD_RUN, "output missing; after PXDHotDeadPixels")
+
+
 def test_req_copies_the_shared_parameters(ctx):
     config = str(ctx.cfg.path)
     archive = ArchiveLogs(config_path=config, group="local")
