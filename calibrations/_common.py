@@ -111,8 +111,8 @@ def pulls_ok(fig: Mapping[str, float]) -> tuple[bool, list[str]]:
 class SplitHalf:
     """Even-half versus odd-half fits of the same constants, and the stored result against the even half.
 
-    ``pulls``: (even - odd) / combined error per element (NaN where either half or the stored result
-    has no error); ``stored_figures``: :func:`pull_figures` of (stored - even) / error of that
+    ``pulls``: (even - odd) / combined error per element (NaN where an element is not calibrated or
+    either half has no finite error); ``stored_figures``: :func:`pull_figures` of (stored - even) / error of that
     difference, keys prefixed ``stored_``; ``reasons``: why those fail :func:`pulls_ok`;
     ``reference``: the odd half's values (for plots and CSV).
     """
