@@ -5,7 +5,7 @@ and ``<cdst_run_dir>/manifest.json`` (written last).  A cDST file holds flat TTr
 groups*, each computed from the raw file and a set of payloads:
 
 ``hits`` (payloads SVDTimeOffsets, CDCTimeZeros)
-    the raw trees copied unchanged (``event``, ``pxd``, ``svd``, ``cdc``, ``pxd_digits``; same
+    the raw trees copied unchanged (``event``, ``pxd``, ``svd``, ``cdc``, ``pxd_digits``, ``ecl_full``; same
     branches as raw, so :func:`b2luca.reco.raw.read_raw` reads a cDST too) plus the calibrated hit
     times in ``svd.time_corrected`` [ns] and ``cdc.drift_time`` [ns].
 ``tracks`` (payloads VXDAlignment, CDCAlignment, CDCTimeZeros, PXDMasks; and the fit options)
@@ -52,7 +52,7 @@ GROUP_PAYLOADS: dict[str, tuple[str, ...]] = {
 }
 #: branch group -> trees it owns in a cDST file
 GROUP_TREES: dict[str, tuple[str, ...]] = {
-    "hits": ("event", "pxd", "svd", "cdc", "pxd_digits"),
+    "hits": ("event", "pxd", "svd", "cdc", "pxd_digits", "ecl_full"),
     "tracks": ("tracks", "track_hits"),
     "ecl": ("ecl", "ecl_clusters"),
 }
@@ -165,7 +165,7 @@ def _group_hits(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[
     cdc = _strip(raw["cdc"])
     cdc["drift_time"] = cdc_drift_time(raw["cdc"], constants).astype(np.float32)
     return {"event": _strip(raw["event"]), "pxd": _strip(raw["pxd"]), "svd": svd, "cdc": cdc,
-            "pxd_digits": _strip(raw["pxd_digits"])}
+            "pxd_digits": _strip(raw["pxd_digits"]), "ecl_full": _strip(raw["ecl_full"])}
 
 
 class _FitArrays:

@@ -15,6 +15,8 @@ tree            branches (dtype)
                 lr (i1, left/right sign from the track finder: drift distance sign)
 ``ecl``         event, cand (i2, -1 if not matched), crystal (i4), amplitude (f4)
 ``pxd_digits``  event, sensor (i4), pixel (i4), adc (f4)   (random_calib: pixel occupancy)
+``ecl_full``    event, crystal (i4), amplitude (f4): detailed ECL showers + beam background, all crystal
+                hits above the readout threshold (b2luca/sim/ecl_showers.py; mumu, hadron, radmumu)
 ==============  ===================================================================================
 """
 
@@ -37,6 +39,7 @@ RAW_BRANCHES: dict[str, dict[str, str]] = {
             "lr": "i1"},
     "ecl": {"event": "i8", "cand": "i2", "crystal": "i4", "amplitude": "f4"},
     "pxd_digits": {"event": "i8", "sensor": "i4", "pixel": "i4", "adc": "f4"},
+    "ecl_full": {"event": "i8", "crystal": "i4", "amplitude": "f4"},
 }
 
 
