@@ -11,7 +11,8 @@ cross-entropy, batch 512, best epoch by validation loss, thresholds 1/2/5 MeV dr
 epoch (robustness against beam background).  Events are split by a hash of (exp, run, event):
 60 % training, 20 % validation (epoch choice), 20 % test (the validation script).
 The payload ECLMuPiCNN holds both state dicts and the hyper-parameters as plain arrays (no pickle),
-plus the crystal constants the images were made with (``ecl_constant``).
+plus the crystal constants the images were made with (``ecl_constant``), ``best_epoch`` and
+``validation_loss`` per charge (pos, neg).
 expert_config: ``device`` (auto: CUDA when present), ``threads`` (CPU threads), ``epochs``, ``seed``.
 """
 
@@ -32,15 +33,15 @@ settings = CalibrationSettings(name="ECLMuPiCNN",
                                description=__doc__,
                                input_data_formats=["cdst"],
                                input_data_names=["radmumu_calib", "hadron_calib"],
-                               input_data_filters={"radmumu_calib": [INPUT_DATA_FILTERS["Data Tag"]["radmumu_calib"],
-                                                                     *_GOOD_PHYSICS],
-                                                   "hadron_calib": [INPUT_DATA_FILTERS["Data Tag"]["hadron_calib"],
-                                                                    *_GOOD_PHYSICS]},
+                               input_data_filters={"radmumu_calib": [INPUT_DATA_FILTERS["Data Tag"]["radmumu_calib"]]
+                                                   + _GOOD_PHYSICS,
+                                                   "hadron_calib": [INPUT_DATA_FILTERS["Data Tag"]["hadron_calib"]]
+                                                   + _GOOD_PHYSICS},
                                depends_on=[ecl_crystal_energy],
                                expert_config={"device": "auto",
                                               "threads": 2,
                                               "seed": 16,
-                                              "epochs": 12,
+                                              "epochs": 30,
                                               "batch_size": 512,
                                               "learning_rate": 0.001,
                                               "n_maps": 64,
@@ -94,5 +95,7 @@ def calibrate(job) -> None:
     arrays, figures = train(mu, pi, cfg, job.log)
     job.log.info("%s: %s", settings.name, ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
     arrays["ecl_constant"] = constants.astype(np.float64)
-    arrays["training_seconds"] = np.array([figures["pos_seconds"] + figures["neg_seconds"]])
+    # deterministic training figures only (no timings): a rerun stores an identical payload
+    arrays["best_epoch"] = np.array([figures["pos_best_epoch"], figures["neg_best_epoch"]], np.int32)
+    arrays["validation_loss"] = np.array([figures["pos_val_loss"], figures["neg_val_loss"]])
     job.output_db.store(PAYLOAD, arrays, job.output_iov)

@@ -17,6 +17,8 @@ tree            branches (dtype)
 ``pxd_digits``  event, sensor (i4), pixel (i4), adc (f4)   (random_calib: pixel occupancy)
 ``ecl_full``    event, crystal (i4), amplitude (f4): detailed ECL showers + beam background, all crystal
                 hits above the readout threshold (b2luca/sim/ecl_showers.py; mumu, hadron, radmumu)
+``pxd_bkg``     event, sensor (i4), pixel (i4), adc (f4): PXD beam background, clustered, ~1 % occupancy
+                (b2luca/sim/pxd_background.py; random_calib)
 ==============  ===================================================================================
 """
 
@@ -40,6 +42,7 @@ RAW_BRANCHES: dict[str, dict[str, str]] = {
     "ecl": {"event": "i8", "cand": "i2", "crystal": "i4", "amplitude": "f4"},
     "pxd_digits": {"event": "i8", "sensor": "i4", "pixel": "i4", "adc": "f4"},
     "ecl_full": {"event": "i8", "crystal": "i4", "amplitude": "f4"},
+    "pxd_bkg": {"event": "i8", "sensor": "i4", "pixel": "i4", "adc": "f4"},
 }
 
 

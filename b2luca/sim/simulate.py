@@ -15,6 +15,7 @@ from ..reco.geometry import Geometry, nominal_geometry
 from ..reco.raw import write_raw
 from . import generate as G
 from .ecl_showers import ecl_full_hits, gen_radmumu
+from .pxd_background import pxd_background
 from .runs import data_tags_for_run, run_records
 from .truth import Truth, make_truth, nominal_payloads, staging_payloads, truth_payloads
 
@@ -22,6 +23,8 @@ DATA_TAGS = ("cosmic_calib", "mumu_tight_or_highm_calib", "hadron_calib", "bhabh
              "radmumu_calib")  # new tags go at the end: the index seeds each sample
 #: samples that also get the detailed ECL shower tree ``ecl_full`` (b2luca/sim/ecl_showers.py)
 ECL_FULL_TAGS = ("mumu_tight_or_highm_calib", "hadron_calib", "radmumu_calib")
+#: samples that also get the PXD beam-background tree ``pxd_bkg`` (b2luca/sim/pxd_background.py)
+PXD_BKG_TAGS = ("random_calib",)
 
 
 @dataclass
@@ -75,6 +78,9 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
         raw = {"event": {"event": ev_numbers, "n_cand": np.zeros(n_events, np.int32),
                          "exp": np.full(n_events, experiment, np.int32), "run": np.full(n_events, run, np.int32)},
                "pxd_digits": d}
+        if tag in PXD_BKG_TAGS:  # a separate stream, drawn after the digits: those stay unchanged
+            bkg = pxd_background(np.random.default_rng(int(rng.integers(0, 2 ** 63))), n_events, geom)
+            raw["pxd_bkg"] = {**bkg, "event": bkg["event"] + 1}
         return SampleResult(raw, None, None)
     if tag == "cosmic_calib":
         tracks = G.gen_cosmic(rng, n_events)
@@ -184,7 +190,7 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
             res = simulate_sample(tag, int(events[tag]), rng, truth, geom, experiment=experiment, run=run,
                                   magnet_on=rec["detectors"]["magnet"] == "On")
             summary.events[tag] = summary.events.get(tag, 0) + int(events[tag])
-            for det in ("pxd", "svd", "cdc", "ecl", "pxd_digits", "ecl_full"):
+            for det in ("pxd", "svd", "cdc", "ecl", "pxd_digits", "ecl_full", "pxd_bkg"):
                 if det in res.raw:
                     summary.hits[det] = summary.hits.get(det, 0) + int(res.raw[det]["event"].size)
             counts = np.zeros(geom.n_sensors, np.int64)
