@@ -39,10 +39,12 @@ def mupi(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("mupi")
     summary = simulate_bucket(bucket="mupi", experiment=EXPERIMENT, runs=RUNS, seed=1616, events=EVENTS,
                               data_dir=root / "raw", conditions_dir=root / "conditions")
+    # cDSTs made with the truth constants (a perfect raw-stage calibration, as in tests/calibrations/conftest.py)
+    truth = DatabaseChain([LocalDatabase(root / "conditions" / summary.global_tags["truth"])])
     nominal = DatabaseChain([LocalDatabase(root / "conditions" / summary.global_tags["nominal"])])
     for run in RUNS:
         rel = Path(f"e{EXPERIMENT:04d}") / f"r{run:05d}"
-        produce_run(root / "raw" / rel, root / "cdst" / rel, nominal, ExpRun(EXPERIMENT, run))
+        produce_run(root / "raw" / rel, root / "cdst" / rel, truth, ExpRun(EXPERIMENT, run))
     inputs = {tag: [(p, ExpRun(EXPERIMENT, run)) for run in RUNS
                     for p in sorted((root / "cdst" / f"e{EXPERIMENT:04d}" / f"r{run:05d}" / tag).glob("cdst_*.root"))]
               for tag in EVENTS}
