@@ -46,3 +46,17 @@ def test_random_calib_gets_the_background_tree_and_keeps_its_digits(monkeypatch)
         for branch, values in cols.items():
             np.testing.assert_array_equal(with_bkg.raw[tree][branch], values, err_msg=f"{tree}.{branch}")
     assert with_bkg.raw["pxd_bkg"]["event"].min() >= 1  # event numbers 1..n like the other trees
+
+
+def test_raw_files_written_before_the_new_trees_still_read(tmp_path):
+    """Raw data simulated before issue 16 lack ecl_full and pxd_bkg: they read as empty trees."""
+    from b2luca.reco.raw import OPTIONAL_TREES, RAW_BRANCHES, read_raw
+    from b2luca.rootio import write_trees
+
+    old = {t: {b: np.zeros(0, dt) for b, dt in br.items()} for t, br in RAW_BRANCHES.items() if t not in OPTIONAL_TREES}
+    old["event"] = {"event": np.arange(1, 4), "n_cand": np.zeros(3, np.int32), "exp": np.full(3, 26, np.int32),
+                    "run": np.ones(3, np.int32)}
+    write_trees(tmp_path / "raw_0.root", old)
+    data = read_raw(tmp_path)
+    assert data["event"]["event"].tolist() == [1, 2, 3]
+    assert all(data[t]["event"].size == 0 and "gevent" in data[t] for t in OPTIONAL_TREES)
