@@ -116,6 +116,8 @@ def manifest_is_current(cdst_run_dir: Path, chain, exprun: ExpRun, scattering: b
         return False
     if manifest is None or manifest.get("format_version") != FORMAT_VERSION:
         return False
+    if manifest.get("group_trees") != _current_group_trees():
+        return False
     if manifest.get("groups") != _group_fingerprints(chain, exprun, scattering):
         return False
     for files in manifest["files"].values():
@@ -123,6 +125,11 @@ def manifest_is_current(cdst_run_dir: Path, chain, exprun: ExpRun, scattering: b
             if not (Path(cdst_run_dir) / record["cdst"]).is_file():
                 return False
     return True
+
+
+def _current_group_trees() -> dict[str, list[str]]:
+    """GROUP_TREES as the manifest records it."""
+    return {g: list(t) for g, t in GROUP_TREES.items()}
 
 
 # --- I/O ------------------------------------------------------------------------------------------
@@ -338,6 +345,8 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
         old = None
     if old is not None and old.get("format_version") != FORMAT_VERSION:
         old = None
+    if old is not None and old.get("group_trees") != _current_group_trees():
+        old = None  # written when a group had other trees (e.g. before ecl_full): nothing can be copied from it
     old_files = {(tag, rec["raw_name"]): rec for tag, recs in (old or {}).get("files", {}).items() for rec in recs}
     stale = {g for g in GROUP_PAYLOADS if old is None or old.get("groups", {}).get(g) != fingerprints[g]}
     constants = None
