@@ -24,6 +24,7 @@ __all__ = [
     "UsageError", "ConfigError", "CatalogueError", "SettingsRepoError", "ReportConfigError",
     "DataError", "RawDataError", "RootReadError", "ProductionError", "RunDBError", "RunnerError",
     "CalibrationFailed", "DatabaseError", "GlobalTagError", "PayloadError", "EventError", "TransportError",
+    "MLDependencyError",
 ]
 
 
@@ -118,3 +119,8 @@ class TransportError(WorkError):
         super().__init__(message)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
+
+
+# --- machine-learned calibrations (issue 16) ---------------------------------------------------------
+class MLDependencyError(UserError, ImportError):
+    """PyTorch (the ``ml`` extra) is not installed but an ML calibration needs it."""

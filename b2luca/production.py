@@ -5,7 +5,7 @@ and ``<cdst_run_dir>/manifest.json`` (written last).  A cDST file holds flat TTr
 groups*, each computed from the raw file and a set of payloads:
 
 ``hits`` (payloads SVDTimeOffsets, CDCTimeZeros)
-    the raw trees copied unchanged (``event``, ``pxd``, ``svd``, ``cdc``, ``pxd_digits``; same
+    the raw trees copied unchanged (``event``, ``pxd``, ``svd``, ``cdc``, ``pxd_digits``, ``ecl_full``; same
     branches as raw, so :func:`b2luca.reco.raw.read_raw` reads a cDST too) plus the calibrated hit
     times in ``svd.time_corrected`` [ns] and ``cdc.drift_time`` [ns].
 ``tracks`` (payloads VXDAlignment, CDCAlignment, CDCTimeZeros, PXDMasks; and the fit options)
@@ -54,7 +54,7 @@ GROUP_PAYLOADS: dict[str, tuple[str, ...]] = {
 }
 #: branch group -> trees it owns in a cDST file
 GROUP_TREES: dict[str, tuple[str, ...]] = {
-    "hits": ("event", "pxd", "svd", "cdc", "pxd_digits"),
+    "hits": ("event", "pxd", "svd", "cdc", "pxd_digits", "ecl_full"),
     "tracks": ("tracks", "track_hits"),
     "ecl": ("ecl", "ecl_clusters"),
 }
@@ -112,6 +112,8 @@ def manifest_is_current(cdst_run_dir: Path, chain, exprun: ExpRun, scattering: b
         return False
     if manifest is None or manifest.get("format_version") != FORMAT_VERSION:
         return False
+    if manifest.get("group_trees") != _current_group_trees():
+        return False
     if manifest.get("groups") != _group_fingerprints(chain, exprun, scattering):
         return False
     for files in manifest["files"].values():
@@ -119,6 +121,11 @@ def manifest_is_current(cdst_run_dir: Path, chain, exprun: ExpRun, scattering: b
             if not (Path(cdst_run_dir) / record["cdst"]).is_file():
                 return False
     return True
+
+
+def _current_group_trees() -> dict[str, list[str]]:
+    """GROUP_TREES as the manifest records it."""
+    return {g: list(t) for g, t in GROUP_TREES.items()}
 
 
 # --- I/O ------------------------------------------------------------------------------------------
@@ -152,7 +159,7 @@ def _group_hits(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[
     cdc = _strip(raw["cdc"])
     cdc["drift_time"] = cdc_drift_time(raw["cdc"], constants).astype(np.float32)
     return {"event": _strip(raw["event"]), "pxd": _strip(raw["pxd"]), "svd": svd, "cdc": cdc,
-            "pxd_digits": _strip(raw["pxd_digits"])}
+            "pxd_digits": _strip(raw["pxd_digits"]), "ecl_full": _strip(raw["ecl_full"])}
 
 
 def _empty_tracks() -> dict[str, dict[str, np.ndarray]]:
@@ -267,6 +274,8 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
         old = None
     if old is not None and old.get("format_version") != FORMAT_VERSION:
         old = None
+    if old is not None and old.get("group_trees") != _current_group_trees():
+        old = None  # written when a group had other trees (e.g. before ecl_full): nothing can be copied from it
     old_files = {(tag, rec["raw_name"]): rec for tag, recs in (old or {}).get("files", {}).items() for rec in recs}
     stale = {g for g in GROUP_PAYLOADS if old is None or old.get("groups", {}).get(g) != fingerprints[g]}
     constants = None

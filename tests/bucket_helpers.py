@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+#: calibrations that need a data tag a test's small ``events`` may not simulate; left out of the selection then
+NEEDS_DATA_TAG = {"ECLMuPiCNN": "radmumu_calib"}
 
 
 def make_bucket(base: Path, *, events: dict[str, int] | None = None, calibrations: Path | None = None,
@@ -23,6 +25,13 @@ def make_bucket(base: Path, *, events: dict[str, int] | None = None, calibration
     doc["calibrations"]["directory"] = str(calibrations or REPO / "calibrations")
     if events is not None:
         doc["simulation"]["events"] = events
+        unfed = [name for name, tag in NEEDS_DATA_TAG.items() if not events.get(tag)]
+        if unfed and select is None:
+            from b2luca.catalogue import discover
+
+            select = [n for n in discover(calibrations or REPO / "calibrations").names if n not in unfed]
+        for name in unfed:
+            doc["calibrations"].get("expert_config", {}).pop(name, None)
     if select is not None:
         doc["calibrations"]["select"] = select
     for key, value in (changes or {}).items():

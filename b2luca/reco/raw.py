@@ -15,6 +15,10 @@ tree            branches (dtype)
                 lr (i1, left/right sign from the track finder: drift distance sign)
 ``ecl``         event, cand (i2, -1 if not matched), crystal (i4), amplitude (f4)
 ``pxd_digits``  event, sensor (i4), pixel (i4), adc (f4)   (random_calib: pixel occupancy)
+``ecl_full``    event, crystal (i4), amplitude (f4): detailed ECL showers + beam background, all crystal
+                hits above the readout threshold (b2luca/sim/ecl_showers.py; mumu, hadron, radmumu)
+``pxd_bkg``     event, sensor (i4), pixel (i4), adc (f4): PXD beam background, clustered, ~1 % occupancy
+                (b2luca/sim/pxd_background.py; random_calib)
 ==============  ===================================================================================
 """
 
@@ -37,7 +41,11 @@ RAW_BRANCHES: dict[str, dict[str, str]] = {
             "lr": "i1"},
     "ecl": {"event": "i8", "cand": "i2", "crystal": "i4", "amplitude": "f4"},
     "pxd_digits": {"event": "i8", "sensor": "i4", "pixel": "i4", "adc": "f4"},
+    "ecl_full": {"event": "i8", "crystal": "i4", "amplitude": "f4"},
+    "pxd_bkg": {"event": "i8", "sensor": "i4", "pixel": "i4", "adc": "f4"},
 }
+#: trees added after the first data were written (issue 16): a raw file without them reads as empty trees
+OPTIONAL_TREES = ("ecl_full", "pxd_bkg")
 
 
 def write_raw(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str, np.ndarray]]) -> None:
@@ -51,6 +59,17 @@ def write_raw(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str, n
             raise RawDataError(f"{path}: tree {tree!r} lacks branch(es) {missing}")
         columns[tree] = {b: np.asarray(cols.get(b, np.zeros(0)), dtype=dt) for b, dt in branches.items()}
     write_trees(path, columns)
+
+
+def _has_tree(path: Path, tree: str) -> bool:
+    """Whether the ROOT file holds ``tree`` (an unreadable file answers True: read_trees then names the problem)."""
+    import uproot
+
+    try:
+        with uproot.open(path) as src:
+            return tree in src
+    except Exception:  # noqa: BLE001 - reported by read_trees with the file name
+        return True
 
 
 def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]") -> dict[str, dict[str, np.ndarray]]:
@@ -70,9 +89,11 @@ def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]")
     offset = 0
     for f in files:
         try:
-            data = read_trees(f, RAW_BRANCHES)
+            data = read_trees(f, {t: b for t, b in RAW_BRANCHES.items() if t not in OPTIONAL_TREES or _has_tree(f, t)})
         except RootReadError as exc:
             raise RawDataError(f"{exc} (not a usable raw file)") from exc
+        for t in OPTIONAL_TREES:
+            data.setdefault(t, {b: np.zeros(0, dt) for b, dt in RAW_BRANCHES[t].items()})
         ev = data["event"]["event"]
         for tree, cols in data.items():
             if tree == "event":

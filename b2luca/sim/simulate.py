@@ -14,10 +14,17 @@ from ..iov import IoV
 from ..reco.geometry import Geometry, nominal_geometry
 from ..reco.raw import write_raw
 from . import generate as G
+from .ecl_showers import ecl_full_hits, gen_radmumu
+from .pxd_background import pxd_background
 from .runs import data_tags_for_run, run_records
 from .truth import Truth, make_truth, nominal_payloads, staging_payloads, truth_payloads
 
-DATA_TAGS = ("cosmic_calib", "mumu_tight_or_highm_calib", "hadron_calib", "bhabha_all_calib", "random_calib")
+DATA_TAGS = ("cosmic_calib", "mumu_tight_or_highm_calib", "hadron_calib", "bhabha_all_calib", "random_calib",
+             "radmumu_calib")  # new tags go at the end: the index seeds each sample
+#: samples that also get the detailed ECL shower tree ``ecl_full`` (b2luca/sim/ecl_showers.py)
+ECL_FULL_TAGS = ("mumu_tight_or_highm_calib", "hadron_calib", "radmumu_calib")
+#: samples that also get the PXD beam-background tree ``pxd_bkg`` (b2luca/sim/pxd_background.py)
+PXD_BKG_TAGS = ("random_calib",)
 
 
 @dataclass
@@ -72,6 +79,9 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
             "event": {"event": ev_numbers, "n_cand": np.zeros(n_events, np.int32),
                       "exp": np.full(n_events, experiment, np.int32), "run": np.full(n_events, run, np.int32)},
             "pxd_digits": d}
+        if tag in PXD_BKG_TAGS:  # a separate stream, drawn after the digits: those stay unchanged
+            bkg = pxd_background(np.random.default_rng(int(rng.integers(0, 2 ** 63))), n_events, geom)
+            digits_only["pxd_bkg"] = {**bkg, "event": bkg["event"] + 1}
         return SampleResult(digits_only, None, None)
     if tag == "cosmic_calib":
         tracks = G.gen_cosmic(rng, n_events)
@@ -79,6 +89,9 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
         tracks = G.gen_pairs(rng, n_events, truth, G.KIND_MU)
     elif tag == "bhabha_all_calib":
         tracks = G.gen_pairs(rng, n_events, truth, G.KIND_E)
+    elif tag == "radmumu_calib":
+        mu_event, mu_h, mu_p = gen_radmumu(rng, n_events, truth.beam_position, truth.beam_size)[:3]
+        tracks = G.Tracks(mu_event, mu_h, mu_p, np.full(2 * n_events, G.KIND_MU, np.int8), False)
     else:
         tracks = G.gen_hadron(rng, n_events, truth)
     if not magnet_on:
@@ -96,6 +109,13 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
         out.update({k: v for k, v in cols.items() if k != "track" and not k.startswith("true_")})
         order = np.argsort(out["event"], kind="stable")
         raw[det] = {k: v[order] for k, v in out.items()}
+    if tag in ECL_FULL_TAGS:  # a separate stream, drawn after everything above: existing arrays unchanged
+        ecl_rng = np.random.default_rng(int(rng.integers(0, 2 ** 63)))
+        e = hits["ecl"]
+        trk = e["track"]
+        full = ecl_full_hits(tracks.event[trk], tracks.kind[trk], tracks.p[trk], tracks.h[trk], e["theta"], e["phi"],
+                             truth.ecl_gain, ecl_rng)
+        raw["ecl_full"] = {**full, "event": full["event"] + 1}
     return SampleResult(raw, tracks, digits)
 
 
@@ -171,7 +191,7 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
             res = simulate_sample(tag, int(events[tag]), rng, truth, geom, experiment=experiment, run=run,
                                   magnet_on=rec["detectors"]["magnet"] == "On")
             summary.events[tag] = summary.events.get(tag, 0) + int(events[tag])
-            for det in ("pxd", "svd", "cdc", "ecl", "pxd_digits"):
+            for det in ("pxd", "svd", "cdc", "ecl", "pxd_digits", "ecl_full", "pxd_bkg"):
                 if det in res.raw:
                     summary.hits[det] = summary.hits.get(det, 0) + int(res.raw[det]["event"].size)
             counts = np.zeros(geom.n_sensors, np.int64)

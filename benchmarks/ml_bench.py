@@ -1,0 +1,56 @@
+"""Time the ECLMuPiCNN training on the demo bucket's cDSTs (run `b2luca run configs/demo.yaml` first).
+
+    python benchmarks/ml_bench.py [--work work/demo] [--config configs/demo.yaml]
+
+Prints the number of candidates, the seconds to read the images and to train both charge models with the
+demo's expert_config (wall and CPU time: on an idle machine the wall time is about the CPU time divided by
+the threads used), and the load average before and after (the machine is shared: say how busy it was).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=str(REPO / "work" / "demo"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    args = parser.parse_args()
+    import numpy as np
+    import yaml
+
+    from b2luca.ml.ecl_cnn import train
+    from calibrations._common import read_input_data
+    from calibrations.ecl_mupi_cnn import samples, settings
+
+    job = Path(args.work) / "calibrations" / "ECLMuPiCNN"
+    overrides = yaml.safe_load(Path(args.config).read_text())["calibrations"].get("expert_config", {}).get(settings.name, {})
+    cfg = {**settings.expert_config, **overrides}
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    mu, pi = samples(read_input_data(job / "input_data.json"), np.ones(6624), cfg)
+    t1 = time.perf_counter()
+    cpu1 = time.process_time()
+    _, figures = train(mu, pi, cfg, logging.getLogger("bench"))
+    t2 = time.perf_counter()
+    cpu2 = time.process_time()
+    print(json.dumps({"config": {k: cfg[k] for k in ("n_maps", "hidden", "epochs", "threads", "device")},
+                      "muon_candidates": len(mu), "pion_candidates": len(pi), "read_images_s": round(t1 - t0, 1),
+                      "train_s": round(t2 - t1, 1),
+                      "train_cpu_s": round(cpu2 - cpu1, 1), "best_epochs": [figures["pos_best_epoch"], figures["neg_best_epoch"]],
+                      "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpus": os.cpu_count()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
