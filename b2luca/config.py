@@ -63,11 +63,24 @@ class SimulationConfig:
 
 
 @dataclass(frozen=True)
+class CentralConditionsConfig:
+    """``conditions.central``: the Belle II conditions-DB REST service (token from a file or env var)."""
+
+    url: str
+    token_env: str | None = None
+    token_file: Path | None = None
+    timeout: float = 30.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
 class ConditionsConfig:
     directory: Path
     database_chain: tuple[str, ...]
     prompt_global_tag: str
     reference_global_tag: str | None = None
+    backend: str = "local"  # local | central
+    central: CentralConditionsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class CalibrationsConfig:
     select: tuple[str, ...] = ()
     expert_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_validation_failure: str = "stop"
+    upload: dict[str, dict[str, Any]] = field(default_factory=dict)  # update/veto rules: default + per name
 
 
 @dataclass(frozen=True)
@@ -252,6 +266,13 @@ def _check_semantics(doc: Mapping[str, Any], source: "str | Path") -> None:
         if "token_env" not in gitlab and "config_section" not in gitlab:
             raise ConfigError(f"{source}: report.gitlab: needs token_env (an environment variable holding the "
                               "token) or config_section (a section of ~/.python-gitlab.cfg)")
+    if doc["conditions"].get("backend") == "central":
+        central = doc["conditions"].get("central")
+        if central is None:
+            raise ConfigError(f"{source}: conditions.central: is required when conditions.backend is 'central'")
+        if "token_env" not in central and "token_file" not in central:
+            raise ConfigError(f"{source}: conditions.central: needs token_env (an environment variable holding the "
+                              "token) or token_file (a file holding it)")
     chain = doc["conditions"]["database_chain"]
     prompt = doc["conditions"]["prompt_global_tag"]
     if prompt in chain:
@@ -307,13 +328,18 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
         conditions=ConditionsConfig(
             directory=resolve(cond["directory"]) if "directory" in cond else work_dir / "conditions",
             database_chain=tuple(cond["database_chain"]), prompt_global_tag=cond["prompt_global_tag"],
-            reference_global_tag=cond.get("reference_global_tag")),
+            reference_global_tag=cond.get("reference_global_tag"),
+            **({"backend": cond["backend"]} if "backend" in cond else {}),
+            central=CentralConditionsConfig(**{**cond["central"], **(
+                {"token_file": resolve(cond["central"]["token_file"])} if "token_file" in cond["central"] else {})})
+            if cond.get("central") else None),
         local_calibrations={sub: {gt: tuple(names) for gt, names in tags.items()}
                             for sub, tags in document.get("local_calibrations", {}).items()},
         calibrations=CalibrationsConfig(
             directory=resolve(cal["directory"]), select=tuple(cal.get("select", ())),
             expert_config={k: dict(v) for k, v in cal.get("expert_config", {}).items()},
-            on_validation_failure=cal.get("on_validation_failure", "stop")),
+            on_validation_failure=cal.get("on_validation_failure", "stop"),
+            upload={k: dict(v) for k, v in cal.get("upload", {}).items()}),
         runner=RunnerConfig(type=runner.get("type", "native"), backend=runner.get("backend", "Local"),
                             command=runner.get("command", "b2caf-prompt-run"), timeout_min=runner.get("timeout_min")),
         report=ReportConfig(transport=report.get("transport", "local"),

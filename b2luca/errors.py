@@ -24,6 +24,7 @@ __all__ = [
     "UsageError", "ConfigError", "CatalogueError", "SettingsRepoError", "ReportConfigError",
     "DataError", "RawDataError", "RootReadError", "ProductionError", "RunDBError", "RunnerError",
     "CalibrationFailed", "DatabaseError", "GlobalTagError", "PayloadError", "EventError", "TransportError",
+    "ConditionsDBError", "ConditionsConfigError", "PublishRefused",
 ]
 
 
@@ -118,3 +119,16 @@ class TransportError(WorkError):
         super().__init__(message)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
+
+
+# --- central conditions DB, global-tag lifecycle and sign-off (issue 12) ----------------------------
+class ConditionsDBError(WorkError, RuntimeError):
+    """A request to the central conditions database failed (the message never contains the token)."""
+
+
+class ConditionsConfigError(UserError, ValueError):
+    """The conditions backend cannot be used as configured (no token, bad rule ...)."""
+
+
+class PublishRefused(WorkError, RuntimeError):
+    """``b2luca publish`` cannot publish the prompt global tag (sign-offs missing, wrong state)."""

@@ -17,6 +17,7 @@ import luigi
 
 from ..contract import Verdict
 from ..conditions import LocalDatabase
+from ..conditions.promote import promote_payloads
 from ..dataset import build_input_data
 from ..rundb import read_snapshot
 from ..runners import log_tail, output_database, runner_for
@@ -27,7 +28,7 @@ from .local import LocalCalibrations
 from .setup import MakeRunDB, PullSettings
 from ..errors import CalibrationFailed
 
-STATUS_SUCCESS, STATUS_VALIDATION_FAILED = "success", "validation-failed"
+STATUS_SUCCESS, STATUS_VALIDATION_FAILED, STATUS_VETOED = "success", "validation-failed", "vetoed"
 
 
 def calibration_result(ctx, name: str) -> dict[str, Any] | None:
@@ -92,8 +93,9 @@ class CalibrationTask(BucketTask):
             verdict = self._step(steps, current, lambda: self._validate(info, work, input_data))
             current = "import_payloads"
             passed = verdict is None or verdict.passed
+            veto = ""
             if passed:
-                payloads = self._step(steps, current, lambda: self._import_payloads(work))
+                payloads, veto = self._step(steps, current, lambda: self._import_payloads(work))
             else:
                 payloads = []
                 steps[current] = {"state": "skipped", "start": self.now(), "duration": 0.0}
@@ -109,9 +111,12 @@ class CalibrationTask(BucketTask):
                      log_tail=log_tail(tail_source) if tail_source else "", log_path=str(tail_source or ""),
                      duration=self.now() - start, validation_failed=False)
             raise
-        status = STATUS_SUCCESS if passed else STATUS_VALIDATION_FAILED
+        status = STATUS_VETOED if veto else STATUS_SUCCESS if passed else STATUS_VALIDATION_FAILED
         duration = self.now() - start
-        if passed:
+        if veto:
+            ctx.emit("task_failed", self.name, reason=f"vetoed: {veto}", log_tail="", log_path="", duration=duration,
+                     validation_failed=False, vetoed=True)
+        elif passed:
             ctx.emit("task_succeeded", self.name, duration=duration)
         else:
             ctx.emit("task_failed", self.name, reason="validation failed: " + (verdict.message if verdict else ""),
@@ -136,9 +141,10 @@ class CalibrationTask(BucketTask):
             return
         for dep in info.depends_on:
             result = calibration_result(self.ctx, dep)
-            if result and result["status"] == STATUS_VALIDATION_FAILED:
+            if result and result["status"] in (STATUS_VALIDATION_FAILED, STATUS_VETOED):
+                what = "was vetoed" if result["status"] == STATUS_VETOED else "failed its validation"
                 raise CalibrationFailed(
-                    f"upstream calibration {dep} failed its validation, so its payloads are not in the prompt "
+                    f"upstream calibration {dep} {what}, so its payloads are not in the prompt "
                     f"global tag; not running {self.name} (calibrations.on_validation_failure: stop)")
 
     def _write_caf_config(self, info, work: Path) -> Path:
@@ -209,20 +215,17 @@ class CalibrationTask(BucketTask):
                       message=verdict.message)
         return verdict
 
-    def _import_payloads(self, work: Path) -> list[dict[str, Any]]:
-        """Copy the runner's output payloads into the prompt global tag, IoV open-ended from the bucket start."""
+    def _import_payloads(self, work: Path) -> tuple[list[dict[str, Any]], str]:
+        """Update/veto rule, then the payloads to the prompt global tag (and the central DB with that backend).
+
+        Returns (payloads now in the prompt tag, veto reason or "")."""
         ctx, cfg = self.ctx, self.ctx.cfg
         source = LocalDatabase(output_database(work, self.name))
-        prompt = ctx.prompt_tag
-        latest = {}
-        for entry in source.entries():  # the last line of each payload is the result
-            latest[entry.name] = entry
-        imported = []
-        for name, entry in latest.items():
-            stored = prompt.store(name, source.read(entry), cfg.prompt_iov)
-            imported.append({"name": stored.name, "revision": stored.revision, "iov": str(stored.iov)})
-        ctx.emit("payloads", self.name, global_tag=cfg.conditions.prompt_global_tag, payloads=imported)
-        return imported
+        result = promote_payloads(cfg, self.name, source, ctx.prompt_tag)
+        ctx.emit("upload", self.name, **result.event(cfg.conditions.backend, cfg.conditions.prompt_global_tag))
+        if not result.vetoed:
+            ctx.emit("payloads", self.name, global_tag=cfg.conditions.prompt_global_tag, payloads=result.payloads)
+        return result.payloads, result.veto_reason
 
 
 class GroupTask(BucketWrapperTask):

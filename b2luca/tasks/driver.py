@@ -22,10 +22,12 @@ import luigi.scheduler
 import luigi.worker
 
 from ..atomic import write_json_atomic
+from ..conditions.backend import backend_for
+from ..conditions.lifecycle import begin_run, finish_run
 from ..config import BucketConfig
 from ..dataset import ensure_data
 from ..report import local_issue_path, open_reporter
-from .calibration import STATUS_VALIDATION_FAILED, CalibrationTask
+from .calibration import STATUS_VALIDATION_FAILED, STATUS_VETOED, CalibrationTask
 from .cdst import production_runs
 from .context import (STAGE_CDST, STAGE_LOCAL, STAGE_PRODUCTION, STAGE_RAW, BucketContext, context_for,
                       group_name, read_json)
@@ -190,8 +192,8 @@ def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str,
             result_path = ctx.result_path(task.name)
             if result_path.is_file():
                 result = read_json(result_path)
-                if result["status"] == STATUS_VALIDATION_FAILED:
-                    state = "validation-failed" if state != "done before" else "done before (validation-failed)"
+                if result["status"] in (STATUS_VALIDATION_FAILED, STATUS_VETOED):
+                    state = result["status"] if state != "done before" else f"done before ({result['status']})"
                 if duration is None:
                     duration = result.get("duration")
             report = str(local_issue_path(ctx.work_dir, task.name))
@@ -338,6 +340,8 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     message = ensure_data(cfg)
     if message:
         echo(message)
+    tag_backend = backend_for(cfg)
+    begin_run(tag_backend, ctx.emit, rerun)  # the prompt tag OPEN (reopened for --rerun) before invalidating
     if rerun:
         echo("invalidated: " + ", ".join(invalidate(ctx, rerun)))
     configure_luigi(cfg.work_dir / "luigi.log")
@@ -353,7 +357,7 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     rows = collect_rows(ctx, tasks, records)
     failed = [r for r in rows if r.state in ("failed", "interrupted", "not run", "not run (upstream failed)",
                                              "not run (scheduling failed)")]
-    validation_failed = [r for r in rows if "validation-failed" in r.state]
+    validation_failed = [r for r in rows if "validation-failed" in r.state or "vetoed" in r.state]
     ok = result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY") and not failed and not validation_failed
     counts: dict[str, int] = {}
     for row in rows:
@@ -362,6 +366,7 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     write_json_atomic(cfg.work_dir / "status.json", {
         "bucket": cfg.name, "finished": time.time(), "success": ok, "luigi_status": result.status.name,
         "seconds": seconds, "rows": [r.__dict__ for r in rows]})
+    state = finish_run(tag_backend, ctx.emit, all_passed=ok and only is None)
     ctx.emit("bucket_finished", None, success=ok, counts=counts)
     pending = ctx.reporter.flush()
     echo(format_table(rows))
@@ -369,6 +374,7 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
         echo(f"\n{pending} report event(s) could not be delivered yet; they wait in "
              f"{cfg.work_dir / 'report'}; deliver them with: b2luca report --flush {cfg.path}")
     verdict = "SUCCESS" if ok else "FAILED"
+    echo(f"\nprompt global tag {cfg.conditions.prompt_global_tag} ({tag_backend.kind}): {state.value if state else '-'}")
     echo(f"\nbucket {cfg.name}: {verdict} in {seconds:.1f} s ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
          f"luigi: {result.status.name}")
     if not ok:
