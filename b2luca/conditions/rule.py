@@ -7,7 +7,9 @@ calibration (``calibrations.upload`` in the bucket YAML: ``default`` plus one en
 bucket's database chain (``conditions.database_chain``, without the prompt tag) resolves for the bucket's
 first run.  Every array ``X`` of the new payload that has an error array ``X_error`` of the same shape,
 and exists with that shape in the payload in force, contributes its elements with a finite value and a
-finite, positive error (elements a calibration could not determine carry a NaN error and are left out):
+finite, positive error (elements a calibration could not determine carry a NaN error and are left out);
+a vector ``X`` of length ``n`` whose ``X_error`` is an ``(n, n)`` matrix contributes with that covariance
+(``chi2 = d^T C^-1 d``, e.g. the beam-spot position):
 
 - ``chi2 = sum(((new - old) / error)**2)`` over the ``n`` elements; the change's **significance** is the
   one-sided Gaussian equivalent of its chi-square probability, ``z = Phi^-1(1 - P(chi2_n >= chi2))``
@@ -97,7 +99,17 @@ def compare(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]) -> dic
         if key.endswith(ERROR_SUFFIX) or errors is None or key not in old:
             continue
         values, errors, before = (np.asarray(a, dtype=float) for a in (values, errors, old[key]))
-        if values.shape != errors.shape or values.shape != before.shape:
+        if values.shape != before.shape:
+            continue
+        if values.ndim == 1 and errors.shape == (values.size, values.size):  # a covariance matrix
+            part = _covariance_chi2(values - before, errors)
+            if part is not None:
+                chi2, ndf = chi2 + part[0], ndf + values.size
+                max_change = max(max_change, float(np.max(np.abs(values - before))))
+                max_error = max(max_error, part[1])
+                keys.append(key)
+            continue
+        if values.shape != errors.shape:
             continue
         ok = np.isfinite(values) & np.isfinite(errors) & (errors > 0) & np.isfinite(before)
         if not ok.any():
@@ -112,6 +124,18 @@ def compare(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]) -> dic
         return None
     return {"compared": keys, "n": ndf, "chi2": chi2, "significance": significance(chi2, ndf),
             "max_change": max_change, "max_error": max_error}
+
+
+def _covariance_chi2(change: np.ndarray, cov: np.ndarray) -> tuple[float, float] | None:
+    """(change^T cov^-1 change, largest error) for a positive-definite covariance; None otherwise."""
+    if not (np.all(np.isfinite(cov)) and np.all(np.isfinite(change))):
+        return None
+    try:
+        factor = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        return None
+    solved = np.linalg.solve(factor, change)
+    return float(solved @ solved), float(np.sqrt(np.max(np.diag(cov))))
 
 
 def decide(name: str, new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray] | None,

@@ -114,7 +114,7 @@ class CalibrationTask(BucketTask):
         status = STATUS_VETOED if veto else STATUS_SUCCESS if passed else STATUS_VALIDATION_FAILED
         duration = self.now() - start
         if veto:
-            ctx.emit("task_failed", self.name, reason=f"vetoed: {veto}", log_tail="", log_path="", duration=duration,
+            ctx.emit("task_failed", self.name, reason=veto, log_tail="", log_path="", duration=duration,
                      validation_failed=False, vetoed=True)
         elif passed:
             ctx.emit("task_succeeded", self.name, duration=duration)

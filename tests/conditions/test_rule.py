@@ -41,6 +41,16 @@ def test_no_change_is_rarely_significant_and_a_one_sigma_shift_always_is():
     assert min(z_shift) > 5
 
 
+def test_a_vector_with_a_covariance_matrix_is_compared_with_it():
+    cov = np.array([[4.0, 3.0], [3.0, 4.0]])  # strongly correlated errors of 2
+    old = {"position": np.zeros(2)}
+    along = compare({"position": np.array([3.0, 3.0]), "position_error": cov}, old)  # along the correlation
+    across = compare({"position": np.array([3.0, -3.0]), "position_error": cov}, old)
+    assert along["chi2"] == pytest.approx(18 / 7) and across["chi2"] == pytest.approx(18.0)
+    assert along["n"] == 2 and along["max_error"] == pytest.approx(2.0) and along["max_change"] == 3.0
+    assert compare({"position": np.ones(2), "position_error": -cov}, old) is None  # not a covariance
+
+
 def _payloads(shift: float, error: float = 0.1, n: int = 50):
     rng = np.random.default_rng(1)
     old = {"offset": rng.normal(size=n)}
