@@ -47,6 +47,17 @@ def test_mistakes_name_the_key(tmp_path, changes, message):
         load_config(make_bucket(tmp_path, changes=changes))
 
 
+def test_the_conditions_db_token_variable_never_reaches_calibration_scripts(tmp_path, monkeypatch):
+    from b2luca.runners import runner_for
+    from b2luca.runners.base import child_environment
+
+    monkeypatch.setenv("CONDDB_JWT", "secret-jwt")  # a name the generic secret filter would not catch
+    cfg = load_config(make_bucket(tmp_path, changes={
+        "conditions.backend": "central", "conditions.central": {"url": "https://x", "token_env": "CONDDB_JWT"}}))
+    runner = runner_for(cfg)
+    assert "CONDDB_JWT" in runner.secret_names and "CONDDB_JWT" not in child_environment(runner.secret_names)
+
+
 def test_missing_token_and_unknown_calibration_in_the_rule(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("B2LUCA_NO_SUCH_TOKEN", raising=False)
     cfg = load_config(make_bucket(tmp_path, changes={
