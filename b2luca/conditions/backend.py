@@ -6,8 +6,9 @@ Two implementations of one interface (:class:`ConditionsBackend`):
   database directory ``<conditions.directory>/<prompt_global_tag>``; its state is in ``globaltag.json``.
 - :class:`CentralBackend` (``conditions.backend: central``): the prompt global tag is a tag of the central
   conditions database, reached through :class:`~b2luca.conditions.rest.CondDBClient`.  The local prompt
-  tag directory stays the bucket's working copy (the calibrations' database chain reads it); only
-  validated payloads that pass the update/veto rule are uploaded.
+  tag directory stays the bucket's working copy (the calibrations' database chain reads it); what is
+  uploaded is what enters it: the local calibrations' copies and the validated payloads that pass the
+  update/veto rule.
 
 Both enforce the same state machine (:data:`~b2luca.conditions.globaltag.ALLOWED_TRANSITIONS`): payloads
 only go into an OPEN tag, and a forbidden transition raises :class:`~b2luca.errors.GlobalTagError`.
@@ -21,8 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from ..errors import ConditionsConfigError, GlobalTagError
-from ..iov import IoV
+from ..errors import ConditionsConfigError, ConditionsDBError, GlobalTagError
 from .database import PayloadEntry
 from .globaltag import ALLOWED_TRANSITIONS, GlobalTag, GlobalTagState
 from .rest import CondDBClient
@@ -146,8 +146,15 @@ class CentralBackend:
         current = self.state()
         if current is None:
             raise GlobalTagError(f"global tag {self.tag} does not exist on the conditions DB")
-        _check_transition(self.tag, current, GlobalTagState(target))
-        self.client.set_state(self.tag, GlobalTagState(target).value)
+        target = GlobalTagState(target)
+        _check_transition(self.tag, current, target)
+        try:
+            self.client.set_state(self.tag, target.value)
+        except ConditionsDBError:
+            # The answer may have been lost after the server changed the state (a retried PUT is then refused):
+            # what counts is the state now.
+            if self.state() is not target:
+                raise
 
     def upload(self, entries: Sequence[PayloadEntry]) -> list[UploadRecord]:
         """checkPayloads by md5, upload what is missing, list the tag's IoVs, create what is missing.

@@ -7,6 +7,7 @@ from pathlib import Path
 import luigi
 
 from ..conditions import GlobalTag, copy_payloads
+from ..conditions.backend import backend_for
 from .base import BucketTask, BucketWrapperTask
 from ..atomic import write_json_atomic
 from .context import STAGE_LOCAL
@@ -33,6 +34,7 @@ class CopyLocalPayloads(BucketTask):
         try:
             source = GlobalTag.open(cfg.conditions.directory, self.source_tag)
             entries = copy_payloads(source, ctx.prompt_tag, names, cfg.prompt_iov)
+            backend_for(cfg).upload(entries)  # central backend: into the central prompt tag too (idempotent)
         except Exception as exc:
             ctx.emit("task_failed", self.task_name, reason=str(exc), log_tail="", log_path="",
                      duration=self.now() - start, validation_failed=False)

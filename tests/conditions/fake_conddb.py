@@ -14,8 +14,8 @@ Written from the documented contract (``shared/belle2-interfaces.md``), independ
 
 It does not deduplicate: two uploads of the same file make two payloads, two IoV requests two IoVs —
 exactly what the client must avoid.  Faults: :meth:`crash_after` handles request k and then drops the
-connection without answering it and every later request (a client killed at that point), and
-:meth:`inject` answers the next requests with a status (503 ...).
+connection without answering it and every later request (a client killed at that point),
+:meth:`lose_answer` drops one answer only, and :meth:`inject` answers the next requests with a status.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class FakeCondDB:
         self._server: ThreadingHTTPServer | None = None
         self._next_id = 100
         self._crash_after: int | None = None
+        self._lose: int | None = None
         self.handled = 0
 
     @property
@@ -80,6 +81,11 @@ class FakeCondDB:
         """Handle ``k`` more requests, drop the answer to the k-th and every later request (None: heal)."""
         with self.lock:
             self._crash_after = None if k is None else self.handled + k
+
+    def lose_answer(self, k: int = 1) -> None:
+        """Process the k-th next request but drop its answer; serve normally afterwards."""
+        with self.lock:
+            self._lose = self.handled + k
 
     def inject(self, status: int, n: int = 1) -> None:
         """Answer the next ``n`` requests with ``status``."""
@@ -157,8 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             status, answer = self._route(method, [unquote(p) for p in path[4:].split("/")], body, parts)
             fake.handled += 1
-            if fake._crash_after is not None and fake.handled >= fake._crash_after:
+            if (fake._crash_after is not None and fake.handled >= fake._crash_after) or fake._lose == fake.handled:
                 self.close_connection = True  # processed, but the answer never reaches the client
+                fake._lose = None
                 return
             self._send(status, answer)
 

@@ -95,6 +95,12 @@ def test_state_machine_on_the_server_and_in_the_client(conddb, staged):
         backend.client.set_state(TAG, "INVALID")
     backend.transition(GlobalTagState.OPEN)
     assert backend.state() is GlobalTagState.OPEN
+    # the answer to the state change is lost and the retried PUT refused (409): the state that counts is the
+    # one on the server, so the transition succeeds
+    conddb.lose_answer(2)  # 1: GET the state, 2: PUT
+    backend.transition(GlobalTagState.TESTING)
+    assert conddb.tags[TAG]["globalTagStatus"] == "TESTING"
+    assert [r for r in conddb.requests if r[0] == "PUT"][-2:] == [("PUT", f"/v2/globalTag/{TAG}/updateGlobalTagStatus/TESTING")] * 2
 
 
 def test_token_from_env_or_file_and_never_in_messages(conddb, tmp_path, monkeypatch, caplog):
