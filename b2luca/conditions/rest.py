@@ -4,6 +4,10 @@ Paths, fields and states follow what ``b2conditionsdb`` uses (see ``shared/belle
 ``GET globalTag/{name}``, ``POST globalTag/DEV``, ``PUT globalTag/{name}/updateGlobalTagStatus/{state}``,
 ``POST checkPayloads``, ``POST package/dbstore/module/{name}/payload`` (multipart), ``GET
 globalTag/{name}/globalTagPayloads`` and ``POST globalTagPayload/{gtId},{payloadId}/payloadIov/{e1},{r1},{e2},{r2}``.
+Not confirmed by a public source here (guesses, kept in this one module): the state-change path, the
+multipart field names (``payloadFile``, ``json``), the answer of ``checkPayloads`` (the existing payload
+objects) and the nesting of ``globalTagPayloads`` (``payloadId`` object + ``payloadIovs`` with
+``expStart, runStart, expEnd, runEnd``).
 
 Transport: one :class:`requests.Session` with urllib3's :class:`~urllib3.util.retry.Retry` mounted, so
 connection failures, 429 and 5xx answers are retried with exponential back-off (``Retry-After`` honoured).
