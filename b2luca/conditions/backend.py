@@ -20,12 +20,16 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
+from ..enums import ConditionsBackend as BackendKind
 from ..errors import ConditionsConfigError, ConditionsDBError, GlobalTagError
 from .database import PayloadEntry
 from .globaltag import ALLOWED_TRANSITIONS, GlobalTag, GlobalTagState
 from .rest import CondDBClient
+
+if TYPE_CHECKING:
+    from ..config import BucketConfig
 
 log = logging.getLogger("b2luca.conditions")
 
@@ -196,12 +200,12 @@ class CentralBackend:
         return records
 
 
-def backend_for(cfg: Any) -> ConditionsBackend:
+def backend_for(cfg: BucketConfig) -> ConditionsBackend:
     """The backend of a bucket config (``conditions.backend``)."""
     cond = cfg.conditions
-    if cond.backend == "local":
+    if cond.backend == BackendKind.LOCAL:
         return LocalBackend(cond.directory, cond.prompt_global_tag)
-    if cond.backend == "central":
+    if cond.backend == BackendKind.CENTRAL:
         if cond.central is None:
             raise ConditionsConfigError(f"{cfg.path}: conditions.central: is required when conditions.backend "
                                         "is 'central'")

@@ -46,6 +46,11 @@ class PromoteResult:
                 "decisions": [d.to_dict() for d in self.decisions], "uploads": self.uploads}
 
 
+def _is_new(before: PayloadEntry | None, stored: PayloadEntry) -> bool:
+    """Whether storing gave the prompt tag a new revision (not the one it already held)."""
+    return before is None or before.revision != stored.revision
+
+
 def in_force_chain(cfg: Any) -> DatabaseChain:
     """The constants in force: the configured database chain, without the bucket's prompt tag."""
     root = cfg.conditions.directory
@@ -73,8 +78,8 @@ def promote_payloads(cfg: Any, calibration: str, source: LocalDatabase, prompt: 
     kept = [d.name for d in decisions if d.upload]
     before = {name: prompt.lookup(name, cfg.prompt_iov.first) for name in kept}
     stored = [prompt.store(name, data[name], cfg.prompt_iov) for name in kept]
-    result.payloads = [{"name": e.name, "revision": e.revision, "iov": str(e.iov),
-                        "new": before[e.name] is None or before[e.name].revision != e.revision} for e in stored]
+    result.payloads = [{"name": e.name, "revision": e.revision, "iov": str(e.iov), "new": _is_new(before[e.name], e)}
+                       for e in stored]
     backend = backend if backend is not None else backend_for(cfg)
     result.uploads = [r.to_dict() for r in backend.upload(stored)]
     return result
