@@ -9,6 +9,7 @@ import pytest
 from b2luca.cli import main
 from b2luca.conditions.backend import CentralBackend, LocalBackend, backend_for
 from b2luca.config import load_config
+from b2luca.enums import ConditionsBackend
 from b2luca.errors import ConditionsConfigError, ConfigError
 
 from bucket_helpers import make_bucket
@@ -16,7 +17,7 @@ from bucket_helpers import make_bucket
 
 def test_defaults_are_local_and_an_empty_rule(tmp_path):
     cfg = load_config(make_bucket(tmp_path))
-    assert cfg.conditions.backend == "local" and cfg.conditions.central is None
+    assert cfg.conditions.backend is ConditionsBackend.LOCAL and cfg.conditions.central is None
     assert isinstance(backend_for(cfg), LocalBackend)
 
 
