@@ -33,6 +33,11 @@ def _load_plan(cfg: BucketConfig) -> tuple[Catalogue, Plan]:
     if unknown:
         raise ConfigError(f"{cfg.path}: calibrations.expert_config.{unknown[0]}: no calibration of that name in "
                           f"{cfg.calibrations.directory} (known: {', '.join(sorted(catalogue.calibrations))})")
+    unknown = sorted(set(cfg.calibrations.upload) - set(catalogue.calibrations) - {"default"})
+    if unknown:
+        raise ConfigError(f"{cfg.path}: calibrations.upload.{unknown[0]}: no calibration of that name in "
+                          f"{cfg.calibrations.directory} (use 'default' or one of: "
+                          f"{', '.join(sorted(catalogue.calibrations))})")
     return catalogue, ctx.plan
 
 
@@ -96,12 +101,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print every task's state, duration and report; calibrations' expert sign-off."""
+    """Print every task's state, duration and report; the prompt tag's state; calibrations' expert sign-off."""
+    from .conditions.backend import backend_for
     from .tasks.driver import format_table, status_rows
 
     cfg = _load(args.config)
     rows = status_rows(cfg)
     print(format_table(rows))
+    try:
+        backend = backend_for(cfg)
+        state = backend.state()
+        print(f"\nprompt global tag {backend.tag} ({backend.kind}): {state.value if state else 'not created yet'}")
+    except B2lucaError as exc:  # conditions DB unreachable: the rest still stands
+        print(f"\nprompt global tag {cfg.conditions.prompt_global_tag}: state not available ({exc})")
     try:
         from .report import read_signoffs
 
@@ -113,6 +125,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\nexpert sign-off:")
         for name, signoff in sorted(signoffs.items()):
             print(f"  {name}: {signoff}")
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish the prompt global tag (TESTING -> VALIDATED -> PUBLISHED) once every calibration is signed off."""
+    from .conditions.backend import backend_for
+    from .conditions.lifecycle import publish
+    from .report import open_reporter, read_signoffs
+
+    cfg = _load(args.config)
+    catalogue, _ = _load_plan(cfg)
+    signoffs = read_signoffs(cfg.report, cfg.work_dir, cfg.name)
+    reporter = open_reporter(cfg.report, cfg.work_dir, cfg.name, preflight=False)
+    backend = backend_for(cfg)
+    state = publish(backend, reporter.emit, sorted(catalogue.calibrations), signoffs)
+    pending = reporter.flush()
+    print(f"prompt global tag {backend.tag} ({backend.kind}): {state.value}")
+    if pending:
+        print(f"{pending} report event(s) wait in the outbox; deliver them with: b2luca report --flush {cfg.path}")
     return EXIT_OK
 
 
@@ -172,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", metavar="NAME", action="append",
                    help="invalidate this calibration and what depends on it, then run (repeatable)")
     p = add("status", cmd_status, "print every task's state, duration and report location")
+    p.add_argument("config")
+    p = add("publish", cmd_publish, "publish the prompt global tag once every calibration is signed off")
     p.add_argument("config")
     p = add("report", cmd_report, "deliver pending report events")
     p.add_argument("config")

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import jsonschema
 import yaml
 
-from .enums import DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
+from .enums import ConditionsBackend, DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
 from .errors import ConfigError
 from .iov import IoV
 
@@ -75,11 +75,27 @@ class SimulationConfig:
 
 
 @dataclass(frozen=True)
+class CentralConditionsConfig:
+    """``conditions.central``: the Belle II conditions-DB REST service (token from a file or env var)."""
+
+    url: str
+    token_env: str | None = None
+    token_file: Path | None = None
+    timeout: float = 30.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
 class ConditionsConfig:
     directory: Path
     database_chain: tuple[str, ...]
     prompt_global_tag: str
     reference_global_tag: str | None = None
+    backend: ConditionsBackend = ConditionsBackend.LOCAL
+    central: CentralConditionsConfig | None = None
+
+    def __post_init__(self) -> None:
+        _coerce(self, "backend", ConditionsBackend)
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,7 @@ class CalibrationsConfig:
     select: tuple[str, ...] = ()
     expert_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_validation_failure: OnValidationFailure = OnValidationFailure.STOP
+    upload: dict[str, dict[str, Any]] = field(default_factory=dict)  # update/veto rules: default + per name
 
     def __post_init__(self) -> None:
         _coerce(self, "on_validation_failure", OnValidationFailure)
@@ -279,6 +296,13 @@ def config_problems(cfg: BucketConfig) -> list[str]:
         elif gitlab.token_env is None and gitlab.config_section is None:
             problems.append("report.gitlab: needs token_env (an environment variable holding the token) or "
                             "config_section (a section of ~/.python-gitlab.cfg)")
+    if cfg.conditions.backend == ConditionsBackend.CENTRAL:
+        central = cfg.conditions.central
+        if central is None:
+            problems.append("conditions.central: is required when conditions.backend is 'central'")
+        elif central.token_env is None and central.token_file is None:
+            problems.append("conditions.central: needs token_env (an environment variable holding the token) or "
+                            "token_file (a file holding it)")
     prompt = cfg.conditions.prompt_global_tag
     if prompt in cfg.conditions.database_chain:
         problems.append(f"conditions.database_chain: must not contain the prompt global tag {prompt!r} "
@@ -325,6 +349,7 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
     data = document.get("data", {})
     sim = document.get("simulation")
     cond = document["conditions"]
+    central = cond.get("central")
     cal = document["calibrations"]
     report = document.get("report", {})
     archive = document.get("archive", {})
@@ -345,12 +370,16 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
         conditions=ConditionsConfig(
             directory=path_or(cond, "directory", work_dir / "conditions"),
             database_chain=tuple(cond["database_chain"]), prompt_global_tag=cond["prompt_global_tag"],
-            **_present(cond, "reference_global_tag")),
+            **_present(cond, "reference_global_tag", "backend"),
+            central=CentralConditionsConfig(**{**central, **(
+                {"token_file": resolve(central["token_file"])} if "token_file" in central else {})})
+            if central else None),
         local_calibrations={sub: {gt: tuple(names) for gt, names in tags.items()}
                             for sub, tags in document.get("local_calibrations", {}).items()},
         calibrations=CalibrationsConfig(
             directory=resolve(cal["directory"]), select=tuple(cal.get("select", ())),
             expert_config={k: dict(v) for k, v in cal.get("expert_config", {}).items()},
+            upload={k: dict(v) for k, v in cal.get("upload", {}).items()},
             **_present(cal, "on_validation_failure")),
         runner=RunnerConfig(**document.get("runner", {})),
         report=ReportConfig(**_present(report, "transport"), gitlab=GitLabConfig(**gitlab) if gitlab else None),

@@ -28,7 +28,7 @@ class Stage(StrEnum):
 class TaskStatus(StrEnum):
     """The state of one task, as ``result.json``, the report, ``b2luca status`` and the final table say it.
 
-    ``SUCCESS``/``VALIDATION_FAILED`` are the two outcomes a finished calibration records; the report
+    ``SUCCESS``/``VALIDATION_FAILED``/``VETOED`` are the three outcomes a finished calibration records; the report
     adds ``PENDING``/``RUNNING``/``FAILED``; the driver's table adds what it saw of a luigi run
     (``DONE_BEFORE``, ``NOT_RUN`` ...) and ``--dry-run`` says ``WOULD_RUN`` or ``DONE``.
     """
@@ -38,9 +38,11 @@ class TaskStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     VALIDATION_FAILED = "validation-failed"
+    VETOED = "vetoed"  # the update/veto rule kept the payloads out of the prompt global tag
     # what the driver saw of one luigi run
     DONE_BEFORE = "done before"
     DONE_BEFORE_VALIDATION_FAILED = "done before (validation-failed)"
+    DONE_BEFORE_VETOED = "done before (vetoed)"
     NOT_RUN = "not run"
     UPSTREAM_FAILED = "not run (upstream failed)"
     SCHEDULING_FAILED = "not run (scheduling failed)"
@@ -53,7 +55,7 @@ class TaskStatus(StrEnum):
 
 #: The states a report (and a GitLab ``status::`` label) can show.
 REPORT_STATES: tuple[TaskStatus, ...] = (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCESS, TaskStatus.FAILED,
-                                        TaskStatus.VALIDATION_FAILED)
+                                        TaskStatus.VALIDATION_FAILED, TaskStatus.VETOED)
 
 
 # --- choices of the bucket YAML (the schema's enums are checked against these by a test) -----------
@@ -85,6 +87,13 @@ class RunnerType(StrEnum):
     BASF2 = "basf2"
 
 
+class ConditionsBackend(StrEnum):
+    """``conditions.backend``: the prompt global tag only on disk, or also in the central conditions DB."""
+
+    LOCAL = "local"
+    CENTRAL = "central"
+
+
 class OnValidationFailure(StrEnum):
     """``calibrations.on_validation_failure``: whether dependents of a failed validation still run."""
 
@@ -92,5 +101,5 @@ class OnValidationFailure(StrEnum):
     CONTINUE = "continue"
 
 
-__all__ = ["DataSource", "OnValidationFailure", "REPORT_STATES", "RunDBSource", "RunnerType", "Stage", "TaskStatus",
+__all__ = ["ConditionsBackend", "DataSource", "OnValidationFailure", "REPORT_STATES", "RunDBSource", "RunnerType", "Stage", "TaskStatus",
            "Transport"]

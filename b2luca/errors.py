@@ -25,6 +25,7 @@ __all__ = [
     "DataError", "RawDataError", "RootReadError", "ProductionError", "RunDBError", "RunnerError",
     "CalibrationFailed", "DatabaseError", "GlobalTagError", "PayloadError", "EventError", "TransportError",
     "MLDependencyError",
+    "ConditionsDBError", "ConditionsConfigError", "PublishRefused",
 ]
 
 
@@ -124,3 +125,16 @@ class TransportError(WorkError):
 # --- machine-learned calibrations (issue 16) ---------------------------------------------------------
 class MLDependencyError(UserError, ImportError):
     """PyTorch (the ``ml`` extra) is not installed but an ML calibration needs it."""
+
+
+# --- central conditions DB, global-tag lifecycle and sign-off (issue 12) ----------------------------
+class ConditionsDBError(WorkError, RuntimeError):
+    """A request to the central conditions database failed (the message never contains the token)."""
+
+
+class ConditionsConfigError(UserError, ValueError):
+    """The conditions backend cannot be used as configured (no token, bad rule ...)."""
+
+
+class PublishRefused(WorkError, RuntimeError):
+    """``b2luca publish`` cannot publish the prompt global tag (sign-offs missing, wrong state)."""

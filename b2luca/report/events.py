@@ -26,6 +26,8 @@ EVENT_KINDS: frozenset[str] = frozenset(
         "task_failed",
         "archived",
         "bucket_finished",
+        "upload",  # the update/veto decision of a calibration's payloads (issue 12)
+        "global_tag",  # a state change of the prompt global tag (issue 12)
     }
 )
 
@@ -34,7 +36,7 @@ STEPS: tuple[str, ...] = ("caf_config", "input_data", "calibrate", "validate", "
 STEP_STATES: frozenset[str] = frozenset({"running", "done", "failed", "skipped"})
 
 #: Kinds that must name a task.
-_TASK_KINDS = EVENT_KINDS - {"bucket_started", "bucket_finished"}
+_TASK_KINDS = EVENT_KINDS - {"bucket_started", "bucket_finished", "global_tag"}
 
 
 def _json_safe(value: Any) -> Any:

@@ -32,6 +32,7 @@ from ..config import GitLabConfig
 from .markdown import (
     carry_checklist,
     event_note,
+    global_tag_note,
     issue_title,
     marker_bucket,
     parse_checklist,
@@ -289,8 +290,10 @@ class GitLabTransport:
 
     def _keys_for(self, ev: Any, final: BucketState) -> list[str]:
         keys: list[str] = []
-        if ev.kind == "bucket_started":
-            keys = [t.name for t in final.calibrations()]
+        if ev.kind == "bucket_started" or (ev.kind == "global_tag" and ev.data.get("state") == "PUBLISHED"):
+            keys = [t.name for t in final.calibrations()]  # a publication closes every issue
+        elif ev.kind == "global_tag":
+            keys = [n for n in ev.data.get("tasks") or [] if n in final.tasks and final.tasks[n].has_issue]
         elif ev.task is not None and ev.task in final.tasks and final.tasks[ev.task].has_issue:
             keys = [ev.task]
         if ev.kind in SUMMARY_EVENTS or (ev.task is not None and not keys):
@@ -411,8 +414,10 @@ class GitLabTransport:
             assigned = [a["id"] for a in (issue.assignees or [])]
             if uid is not None and assigned != [uid]:
                 data["assignee_ids"] = [uid]
-            if issue.state == "closed" and t.status in ("running", "failed", "validation-failed"):
+            if issue.state == "closed" and t.status in ("running", "failed", "validation-failed", "vetoed"):
                 data["state_event"] = "reopen"
+        if state.published and issue.state != "closed":
+            data["state_event"] = "close"
         if data:
             project.issues.update(issue.iid, data)
         cur["urls"][key] = issue.web_url
@@ -439,6 +444,11 @@ class GitLabTransport:
             text = event_note(ev, now.tasks[ev.task])
             if text:
                 notes.append((ev.task, text))
+        if ev.kind == "global_tag":
+            text = global_tag_note(ev)
+            for name in ev.data.get("tasks") or []:
+                if text and name in now.tasks and now.tasks[name].has_issue and name in cur["issues"]:
+                    notes.append((name, text))
         if ev.task is None or ev.kind == "archived":
             text = summary_note(ev)
             if text:

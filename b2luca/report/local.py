@@ -48,7 +48,7 @@ class LocalTransport:
             return
         state = fold(ctx.bucket, ctx.events)
         names: set[str] = set()
-        all_tasks = any(e.kind == "bucket_started" for e in pending)
+        all_tasks = any(e.kind in ("bucket_started", "global_tag") for e in pending)
         for t in state.calibrations():
             if all_tasks or any(e.task == t.name for e in pending):
                 names.add(t.name)

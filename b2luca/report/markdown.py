@@ -184,6 +184,9 @@ def render_calibration(
         + (f" · **Attempt:** {t.attempt}" if t.attempt > 1 else "")
     )
     out.append("")
+    if state.published:
+        out += [f"**Closed:** global tag `{state.global_tag.get('tag')}` published "  # type: ignore[union-attr]
+                f"{fmt_time(state.global_tag.get('time'))}.", ""]  # type: ignore[union-attr]
     if t.description:
         out += [t.description, ""]
     meta = [f"Bucket `{state.bucket}`"]
@@ -242,9 +245,12 @@ def render_calibration(
             out += [_plot_link(p, plot_links) for p in v["plots"]]
     out.append("")
 
+    out += render_upload(t)
+
     if t.failure is not None:
         f = t.failure
-        out += ["## Failure", "", f"**{'Validation failed' if f['validation_failed'] else 'Failed'}:** "
+        what = "Vetoed" if f.get("vetoed") else "Validation failed" if f["validation_failed"] else "Failed"
+        out += ["## Failure", "", f"**{what}:** "
                 f"{f['reason'] or 'no reason given'}", ""]
         if f["log_tail"]:
             label = f"log tail ({f['log_path']})" if f["log_path"] else "log tail"
@@ -258,6 +264,28 @@ def render_calibration(
     return "\n".join(out)
 
 
+def render_upload(t: TaskState) -> list[str]:
+    """The ``## Upload`` section: the update/veto rule, its figures and the decision per payload."""
+    u = t.upload
+    if u is None:
+        return []
+    out = ["## Upload", "", f"Global tag `{u.get('global_tag')}` ({u.get('backend')} conditions DB). "
+           f"Rule: {u.get('rule')}.", "",
+           "| payload | decision | significance | max \\|change\\| | max error | reason |", "|---|---|---|---|---|---|"]
+    for x in u.get("decisions") or []:
+        fig = x.get("figures") or {}
+        values = [_fmt_value(fig[k]) if k in fig else "—" for k in ("significance", "max_change", "max_error")]
+        out.append(f"| {_cell(x.get('name'))} | **{_cell(x.get('outcome'))}** | {values[0]} | {values[1]} | "
+                   f"{values[2]} | {_cell(x.get('reason'))} |")
+    uploads = u.get("uploads") or []
+    if uploads and u.get("backend") == "central":
+        new = sum(1 for r in uploads if r.get("new_payload"))
+        out += ["", f"Conditions DB: {new} new payload(s), {sum(1 for r in uploads if r.get('new_iov'))} new IoV(s), "
+                f"{len(uploads) - new} already there."]
+    out.append("")
+    return out
+
+
 def render_summary(state: BucketState, links: Mapping[str, str] | None = None) -> str:
     """Full body of the bucket summary issue."""
     links = links or {}
@@ -269,6 +297,9 @@ def render_summary(state: BucketState, links: Mapping[str, str] | None = None) -
     out.append(f"- Started: {fmt_time(state.started)}; finished: {fmt_time(state.finished)}")
     if state.work_dir:
         out.append(f"- Work dir: `{state.work_dir}`")
+    if state.global_tag:
+        g = state.global_tag
+        out.append(f"- Prompt global tag: `{g.get('tag')}` ({g.get('backend')}): **{g.get('state')}** — {g.get('reason')}")
     out.append("")
     out += ["## Tasks", "", "| stage | group | task | state | duration | report |", "|---|---|---|---|---|---|"]
     for t in state.tasks.values():
@@ -327,37 +358,68 @@ def carry_checklist(old: str | None, new: str) -> str:
 
 
 def event_note(ev: ReportEvent, t: TaskState | None, link: str | None = None) -> str | None:
-    """Progress note for one event on its calibration issue (None: no note for this event)."""
+    """Note for one event on its calibration issue, only where the expert should know or act.
+
+    Notes notify the expert, so progress (started, steps, runs, payload imports) stays in the description's
+    status table.  Notes: finished (with the validation verdict and the upload decision), failed,
+    validation failed, vetoed; the tag's reopening and publication come from :func:`global_tag_note`.
+    """
     d = ev.data
     mention = f"@{t.expert} " if t is not None and t.expert else ""
-    if ev.kind == "task_started":
-        return f"Started (attempt {t.attempt if t else 1})."
-    if ev.kind == "step":
-        text = f"Step `{d['step']}`: **{d['state']}**"
-        if d.get("detail"):
-            text += f" — {d['detail']}"
-        return text
-    if ev.kind == "validation":
-        return f"Validation **{'passed' if d.get('passed') else 'FAILED'}**" + (
-            f": {d['message']}" if d.get("message") else ""
-        )
     if ev.kind == "task_succeeded":
         if t is not None and t.validation is not None and not t.validation["passed"]:
-            return f"{mention}validation failed: payloads were not published. Please have a look."
-        return f"{mention}ready for review: the calibration succeeded; please review the payloads and sign off."
+            return None  # the task_failed(validation_failed) note says it
+        verdict = ""
+        if t is not None and t.validation is not None:
+            verdict = " Validation **passed**" + (f": {t.validation['message']}" if t.validation["message"] else "") + "."
+        uploaded = ""
+        if t is not None and t.upload is not None:
+            decisions = t.upload.get("decisions") or []
+            done = [x["name"] for x in decisions if x.get("outcome") == "uploaded"]
+            kept = [x["name"] for x in decisions if x.get("outcome") == "not uploaded"]
+            uploaded = (f" Uploaded to `{t.upload.get('global_tag')}`: {', '.join(done) or 'nothing'}"
+                        + (f"; not uploaded (below threshold): {', '.join(kept)}" if kept else "") + ".")
+        return f"{mention}finished.{verdict}{uploaded} Please review the payloads and sign off."
     if ev.kind == "task_failed":
-        what = "validation failed" if d.get("validation_failed") else "failed"
-        return f"{mention}the calibration {what}: {d.get('reason') or 'no reason given'} (log tail in the description)."
+        if d.get("vetoed"):
+            return (f"{mention}**vetoed** by the update/veto rule: {d.get('reason') or 'no reason given'}. Nothing was "
+                    "uploaded; please look at the figures in the description (rerun with adjusted thresholds in "
+                    "calibrations.upload, or fix the calibration).")
+        if d.get("validation_failed"):
+            message = (t.validation or {}).get("message") if t is not None else ""
+            return (f"{mention}validation **FAILED**" + (f": {message}" if message else "")
+                    + ". The payloads were not published. Please have a look.")
+        return f"{mention}the calibration failed: {d.get('reason') or 'no reason given'} (log tail in the description)."
+    return None
+
+
+def global_tag_note(ev: ReportEvent) -> str | None:
+    """Note for a state change of the prompt global tag (summary issue and the issues it names)."""
+    d = ev.data
+    state = d.get("state")
+    tag = f"`{d.get('tag')}`"
+    if state == "OPEN":
+        return f"Prompt global tag {tag} **reopened** (was {d.get('previous')}): {d.get('reason')}. Sign-offs of the " \
+               "rerun calibrations are reset."
+    if state == "TESTING":
+        return f"Prompt global tag {tag} is now **TESTING**: every calibration passed. Experts: please sign off."
+    if state == "PUBLISHED":
+        return f"Prompt global tag {tag} **PUBLISHED**: the constants are ready for reconstruction. Closing."
     return None
 
 
 def summary_note(ev: ReportEvent) -> str | None:
-    """Progress note for one event on the summary issue (None: no note)."""
+    """Note for one event on the summary issue (None: no note).
+
+    Only the end of a run that did something, and the tag's state changes; a rerun in which every task
+    was already done posts nothing.
+    """
     d = ev.data
-    if ev.kind == "bucket_started":
-        return f"Bucket run started ({len(d.get('plan') or [])} tasks planned)."
-    if ev.kind == "archived":
-        return f"Group `{d.get('group', ev.task)}` archived to `{d.get('location')}`."
     if ev.kind == "bucket_finished":
+        counts = d.get("counts") or {}
+        if counts and all(str(k).startswith("done before") for k in counts) and d.get("success"):
+            return None
         return f"Bucket run finished: **{'SUCCESS' if d.get('success') else 'FAILED'}**."
+    if ev.kind == "global_tag":
+        return global_tag_note(ev)
     return None

@@ -63,6 +63,7 @@ class TaskState:
     validation: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
     archive_location: str | None = None
+    upload: dict[str, Any] | None = None  # the update/veto decision (``upload`` event)
 
     @property
     def has_issue(self) -> bool:
@@ -80,6 +81,7 @@ class TaskState:
         self.payloads = []
         self.validation = None
         self.failure = None
+        self.upload = None
 
 
 @dataclass
@@ -96,6 +98,12 @@ class BucketState:
     counts: dict[str, int] = field(default_factory=dict)
     archives: dict[str, str] = field(default_factory=dict)
     tasks: dict[str, TaskState] = field(default_factory=dict)
+    global_tag: dict[str, Any] | None = None  # last ``global_tag`` event: tag, backend, state, reason
+
+    @property
+    def published(self) -> bool:
+        """The prompt global tag was published (the issues are closed)."""
+        return bool(self.global_tag and self.global_tag.get("state") == "PUBLISHED")
 
     def calibrations(self) -> list[TaskState]:
         """Tasks that get an issue, in plan order."""
@@ -155,6 +163,10 @@ def apply_event(state: BucketState, ev: ReportEvent) -> None:
         state.success = bool(d.get("success"))
         state.counts = {str(a): int(b) for a, b in (d.get("counts") or {}).items()}
         return
+    if k == "global_tag":
+        state.global_tag = {key: d.get(key) for key in ("tag", "backend", "previous", "state", "reason")}
+        state.global_tag["time"] = ev.time
+        return
     if k == "archived":
         group = str(d.get("group", ev.task))
         state.archives[group] = str(d.get("location", ""))
@@ -193,6 +205,8 @@ def apply_event(state: BucketState, ev: ReportEvent) -> None:
     elif k == "payloads":
         t.global_tag = d.get("global_tag")
         t.payloads = [dict(p) for p in d.get("payloads") or []]
+    elif k == "upload":
+        t.upload = dict(d)
     elif k == "validation":
         t.validation = {
             "passed": bool(d.get("passed")),
@@ -213,8 +227,10 @@ def apply_event(state: BucketState, ev: ReportEvent) -> None:
             "log_tail": str(d.get("log_tail") or ""),
             "log_path": str(d.get("log_path") or ""),
             "validation_failed": bool(d.get("validation_failed")),
+            "vetoed": bool(d.get("vetoed")),
         }
-        t.status = TaskStatus.VALIDATION_FAILED if t.failure["validation_failed"] else TaskStatus.FAILED
+        t.status = (TaskStatus.VETOED if t.failure["vetoed"] else
+                    TaskStatus.VALIDATION_FAILED if t.failure["validation_failed"] else TaskStatus.FAILED)
 
 
 def _duration(d: dict[str, Any], t: TaskState, ev: ReportEvent) -> float | None:

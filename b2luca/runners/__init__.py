@@ -9,6 +9,8 @@ def runner_for(cfg) -> NativeRunner:
     """The runner a bucket config selects; it never passes the bucket's secrets to scripts."""
     runner_cfg = cfg.runner
     secrets = tuple(n for n in (cfg.report.gitlab.token_env if cfg.report.gitlab else None, cfg.rundb.api_key_env) if n)
+    central = cfg.conditions.central
+    secrets += (central.token_env,) if central is not None and central.token_env else ()  # conditions-DB token
     if runner_cfg.type == RunnerType.NATIVE:
         return NativeRunner(timeout_min=runner_cfg.timeout_min, secret_names=secrets)
     raise RunnerError(f"runner type '{runner_cfg.type}' is not available in this installation "

@@ -4,7 +4,7 @@
 Steps, each visible in the calibration's work dir and in its report:
 (a) ``caf_config.json``, (b) ``input_data.json``, (c) the calibration script through the runner,
 (d) its validation script, then the payloads go to the prompt global tag (only when the validation
-passed), and (e) ``result.json`` — the task's output, written last and atomically.
+passed and the update/veto rule of :mod:`b2luca.conditions.promote` lets them), and (e) ``result.json`` — the task's output, written last and atomically.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from ..atomic import write_json_atomic
 from ..catalogue import CalibrationInfo
 from ..conditions import LocalDatabase
+from ..conditions.promote import promote_payloads
 from ..contract import Verdict
 from ..dataset import build_input_data
 from ..enums import OnValidationFailure, Stage, TaskStatus
@@ -28,8 +29,9 @@ from ..runners import output_database, runner_for
 from .context import BucketContext, read_json
 from .reporting import Report, reported
 
-# The two outcomes a finished calibration records in result.json (names kept for code that imports them).
+# The outcomes a finished calibration records in result.json (names kept for code that imports them).
 STATUS_SUCCESS, STATUS_VALIDATION_FAILED = TaskStatus.SUCCESS, TaskStatus.VALIDATION_FAILED
+STATUS_VETOED = TaskStatus.VETOED
 
 T = TypeVar("T")
 
@@ -79,8 +81,11 @@ def _run_steps(ctx: BucketContext, name: str) -> None:
         verdict = step(report, "validate", lambda: validate(ctx, info, work, input_data))
         report.log_path = None
         passed = verdict is None or verdict.passed
+        veto = ""
         if passed:
-            payloads = step(report, "import_payloads", lambda: import_payloads(ctx, name, work))
+            payloads, veto = step(report, "import_payloads", lambda: import_payloads(ctx, name, work))
+            if veto:
+                report.vetoed(veto)
         else:
             payloads = []
             steps["import_payloads"] = {"state": "skipped", "start": time.time(), "duration": 0.0}
@@ -88,7 +93,7 @@ def _run_steps(ctx: BucketContext, name: str) -> None:
                      detail="validation failed: payloads not published to the prompt global tag")
             report.validation_failed("validation failed: " + (verdict.message if verdict else ""),
                                      work / "validate.log")
-    status = TaskStatus.SUCCESS if passed else TaskStatus.VALIDATION_FAILED
+    status = TaskStatus.VETOED if veto else TaskStatus.SUCCESS if passed else TaskStatus.VALIDATION_FAILED
     write_json_atomic(ctx.result_path(name), {
         "name": name, "status": status, "stage": stage, "group": level, "start": report.start,
         "duration": report.duration, "steps": steps, "payloads": payloads,
@@ -101,9 +106,10 @@ def check_upstream(ctx: BucketContext, name: str, info: CalibrationInfo) -> None
         return
     for dep in info.depends_on:
         result = calibration_result(ctx, dep)
-        if result and result["status"] == TaskStatus.VALIDATION_FAILED:
+        if result and result["status"] in (TaskStatus.VALIDATION_FAILED, TaskStatus.VETOED):
+            what = "was vetoed" if result["status"] == TaskStatus.VETOED else "failed its validation"
             raise CalibrationFailed(
-                f"upstream calibration {dep} failed its validation, so its payloads are not in the prompt "
+                f"upstream calibration {dep} {what}, so its payloads are not in the prompt "
                 f"global tag; not running {name} (calibrations.on_validation_failure: stop)")
 
 
@@ -185,17 +191,15 @@ def validate(ctx: BucketContext, info: CalibrationInfo, work: Path, input_data: 
     return verdict
 
 
-def import_payloads(ctx: BucketContext, name: str, work: Path) -> list[dict[str, Any]]:
-    """Copy the runner's output payloads into the prompt global tag, IoV open-ended from the bucket start."""
+def import_payloads(ctx: BucketContext, name: str, work: Path) -> tuple[list[dict[str, Any]], str]:
+    """After a passed validation: update/veto rule, then the payloads to the prompt global tag (and the central DB with that
+    backend), IoV open-ended from the bucket start.
+
+    Returns (payloads now in the prompt tag, veto reason or "")."""
     cfg = ctx.cfg
     source = LocalDatabase(output_database(work, name))
-    prompt = ctx.prompt_tag
-    latest = {}
-    for entry in source.entries():  # the last line of each payload is the result
-        latest[entry.name] = entry
-    imported = []
-    for payload, entry in latest.items():
-        stored = prompt.store(payload, source.read(entry), cfg.prompt_iov)
-        imported.append({"name": stored.name, "revision": stored.revision, "iov": str(stored.iov)})
-    ctx.emit("payloads", name, global_tag=cfg.conditions.prompt_global_tag, payloads=imported)
-    return imported
+    result = promote_payloads(cfg, name, source, ctx.prompt_tag)
+    ctx.emit("upload", name, **result.event(cfg.conditions.backend, cfg.conditions.prompt_global_tag))
+    if not result.vetoed:
+        ctx.emit("payloads", name, global_tag=cfg.conditions.prompt_global_tag, payloads=result.payloads)
+    return result.payloads, result.veto_reason

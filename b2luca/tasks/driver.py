@@ -23,6 +23,8 @@ import luigi.worker
 
 from ..atomic import write_json_atomic
 from ..catalogue import Plan
+from ..conditions.backend import backend_for
+from ..conditions.lifecycle import begin_run, finish_run
 from ..config import BucketConfig
 from ..dataset import ensure_data, production_runs
 from ..enums import Stage, TaskStatus
@@ -199,6 +201,8 @@ def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str,
                 if result["status"] == TaskStatus.VALIDATION_FAILED:
                     state = (TaskStatus.DONE_BEFORE_VALIDATION_FAILED if state == TaskStatus.DONE_BEFORE
                              else TaskStatus.VALIDATION_FAILED)
+                elif result["status"] == TaskStatus.VETOED:
+                    state = TaskStatus.DONE_BEFORE_VETOED if state == TaskStatus.DONE_BEFORE else TaskStatus.VETOED
                 if duration is None:
                     duration = result.get("duration")
             report = str(local_issue_path(ctx.work_dir, task.name))
@@ -281,8 +285,10 @@ def invalidate(ctx: BucketContext, names: Iterable[str]) -> list[str]:
 #: Row states of tasks that should have run and did not finish (the run failed).
 _NOT_FINISHED = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.NOT_RUN, TaskStatus.UPSTREAM_FAILED,
                            TaskStatus.SCHEDULING_FAILED})
-#: Row states of calibrations that finished but failed their validation (the run failed too).
-_VALIDATION_FAILED = frozenset({TaskStatus.VALIDATION_FAILED, TaskStatus.DONE_BEFORE_VALIDATION_FAILED})
+#: Row states of calibrations that finished but failed their validation or were vetoed by the update/veto rule
+#: (the run failed too).
+_VALIDATION_FAILED = frozenset({TaskStatus.VALIDATION_FAILED, TaskStatus.DONE_BEFORE_VALIDATION_FAILED,
+                                TaskStatus.VETOED, TaskStatus.DONE_BEFORE_VETOED})
 
 
 def plan_events(ctx: BucketContext) -> list[dict[str, Any]]:
@@ -367,6 +373,8 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     message = ensure_data(cfg)
     if message:
         echo(message)
+    tag_backend = backend_for(cfg)
+    begin_run(tag_backend, ctx.emit, rerun)  # the prompt tag OPEN (reopened for --rerun) before invalidating
     if rerun:
         echo("invalidated: " + ", ".join(invalidate(ctx, rerun)))
     configure_luigi(cfg.work_dir / "luigi.log")
@@ -390,6 +398,7 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     write_json_atomic(cfg.work_dir / "status.json", {
         "bucket": cfg.name, "finished": time.time(), "success": ok, "luigi_status": result.status.name,
         "seconds": seconds, "rows": [r.__dict__ for r in rows]})
+    state = finish_run(tag_backend, ctx.emit, all_passed=ok and only is None)
     ctx.emit("bucket_finished", None, success=ok, counts=counts)
     pending = ctx.reporter.flush()
     echo(format_table(rows))
@@ -397,6 +406,7 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
         echo(f"\n{pending} report event(s) could not be delivered yet; they wait in "
              f"{cfg.work_dir / 'report'}; deliver them with: b2luca report --flush {cfg.path}")
     verdict = "SUCCESS" if ok else "FAILED"
+    echo(f"\nprompt global tag {cfg.conditions.prompt_global_tag} ({tag_backend.kind}): {state.value if state else '-'}")
     echo(f"\nbucket {cfg.name}: {verdict} in {seconds:.1f} s ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
          f"luigi: {result.status.name}")
     if not ok:

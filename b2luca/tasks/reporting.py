@@ -28,12 +28,18 @@ class Report:
     log_path: Path | None = None
     #: set by :meth:`validation_failed`: the work finished, but its validation failed
     validation_failure: tuple[str, Path] | None = None
+    #: set by :meth:`vetoed`: validation passed, but the update/veto rule kept the payloads out
+    veto: str | None = None
     #: seconds from start to the final event (set when the block ends)
     duration: float | None = None
 
     def validation_failed(self, reason: str, log_path: Path) -> None:
         """End as ``task_failed`` with ``validation_failed=True`` instead of ``task_succeeded``."""
         self.validation_failure = (reason, log_path)
+
+    def vetoed(self, reason: str) -> None:
+        """End as ``task_failed`` with ``vetoed=True``: nothing of the task went into the prompt global tag."""
+        self.veto = reason
 
     def elapsed(self) -> float:
         """Seconds since the task started."""
@@ -62,7 +68,10 @@ def reported(ctx: BucketContext, task: str, stage: str, group: Any) -> Iterator[
                  log_path=str(log or ""), duration=report.duration, validation_failed=False)
         raise
     report.duration = report.elapsed()
-    if report.validation_failure is None:
+    if report.veto is not None:
+        ctx.emit("task_failed", task, reason=report.veto, log_tail="", log_path="", duration=report.duration,
+                 validation_failed=False, vetoed=True)
+    elif report.validation_failure is None:
         ctx.emit("task_succeeded", task, duration=report.duration)
     else:
         reason, log = report.validation_failure

@@ -1,4 +1,4 @@
-"""``reported(...)``: the events around a task's work, for success, failure and a failed validation."""
+"""``reported(...)``: the events around a task's work, for success, failure, a failed validation and a veto."""
 
 from __future__ import annotations
 
@@ -68,3 +68,13 @@ def test_validation_failure_ends_as_task_failed_without_raising(tmp_path: Path):
     data = ctx.events[-1][2]
     assert data["validation_failed"] is True and data["reason"] == "validation failed: chi2 too large"
     assert "chi2 too large" in data["log_tail"]
+
+
+def test_veto_ends_as_task_failed_marked_vetoed_without_raising():
+    ctx = RecordingContext()
+    with reported(ctx, "CDCTimeZeros", stage="raw", group=0) as report:  # type: ignore[arg-type]
+        report.vetoed("CDCTimeZeros: change above max_change")
+    assert ctx.kinds() == ["task_started", "task_failed"]
+    data = ctx.events[-1][2]
+    assert data["vetoed"] is True and data["validation_failed"] is False
+    assert data["reason"] == "CDCTimeZeros: change above max_change" and data["log_path"] == ""

@@ -162,6 +162,7 @@ def test_status_rows_from_outputs_on_disk_and_the_last_run(ctx):
 
     _finish(ctx, "CDCTimeZeros", duration=4.0)
     _finish(ctx, "PXDHotDeadPixels", status=TaskStatus.VALIDATION_FAILED)
+    _finish(ctx, "ECLCrystalEnergy", status=TaskStatus.VETOED)
     _write(ctx.work_dir / "status.json", {"rows": [
         {"name": "SVDTimeOffsets", "state": "failed", "duration": 7.0},
         {"name": "VXDCDCAlignment", "state": "not run (upstream failed)", "duration": None}]})
@@ -169,6 +170,7 @@ def test_status_rows_from_outputs_on_disk_and_the_last_run(ctx):
     assert (rows["CDCTimeZeros"].state, rows["CDCTimeZeros"].duration) == (TaskStatus.SUCCESS, 4.0)
     assert rows["CDCTimeZeros"].report.endswith(".md")
     assert rows["PXDHotDeadPixels"].state == TaskStatus.VALIDATION_FAILED
+    assert rows["ECLCrystalEnergy"].state == TaskStatus.VETOED
     assert (rows["SVDTimeOffsets"].state, rows["SVDTimeOffsets"].duration) == (TaskStatus.FAILED, 7.0)
     assert rows["VXDCDCAlignment"].state == TaskStatus.UPSTREAM_FAILED
     assert rows["BeamSpot"].state == TaskStatus.PENDING
@@ -177,8 +179,10 @@ def test_status_rows_from_outputs_on_disk_and_the_last_run(ctx):
 def test_collect_rows_of_a_run_that_found_everything_done(ctx):
     _complete_everything(ctx)
     _finish(ctx, "BeamSpot", status=TaskStatus.VALIDATION_FAILED)
+    _finish(ctx, "ECLCrystalEnergy", status=TaskStatus.VETOED)
     rows = {row.name: row for row in collect_rows(ctx, [Bucket(config_path=str(ctx.cfg.path))], records={})}
     assert rows["CDCTimeZeros"].state == TaskStatus.DONE_BEFORE
+    assert rows["ECLCrystalEnergy"].state == TaskStatus.DONE_BEFORE_VETOED
     assert rows["BeamSpot"].state == TaskStatus.DONE_BEFORE_VALIDATION_FAILED
     assert rows["ArchiveLogs:raw-0"].report == "somewhere"
 
