@@ -23,7 +23,7 @@ def _load(path: str) -> BucketConfig:
 def _load_plan(cfg: BucketConfig):
     from .catalogue import build_plan, discover
 
-    catalogue = discover(cfg.calibrations.directory)
+    catalogue = discover(cfg.calibrations.directory, cfg.calibrations.extra_input_data_filters)
     if cfg.calibrations.select:
         catalogue = catalogue.select(cfg.calibrations.select)
     unknown = sorted(set(cfg.calibrations.expert_config) - set(catalogue.calibrations))
@@ -50,6 +50,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for tag, names in tags.items():
             print(f"  {subsystem}: {tag} -> {', '.join(names)}")
     print(plan.as_text())
+    for skipped in catalogue.skipped:
+        print(f"notice: {skipped}")
     return EXIT_OK
 
 

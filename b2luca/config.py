@@ -68,6 +68,7 @@ class ConditionsConfig:
     database_chain: tuple[str, ...]
     prompt_global_tag: str
     reference_global_tag: str | None = None
+    backend: str = "local"  # local | central (conditions-DB service through b2conditionsdb)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,18 @@ class CalibrationsConfig:
     select: tuple[str, ...] = ()
     expert_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_validation_failure: str = "stop"
+    extra_input_data_filters: dict[str, tuple[str, ...]] = field(default_factory=dict)  # {category: [values]}
+    subsystem_responsibles: dict[str, str] = field(default_factory=dict)  # {subsystem: GitLab username}
+
+
+@dataclass(frozen=True)
+class Basf2RunnerConfig:
+    """``runner.basf2``: the basf2 environment and what b2caf-prompt-run / b2val-prompt-run get."""
+
+    setup: str = ""  # shell text run through ``bash -c`` first, e.g. "source b2setup release-09-00-00"
+    heartbeat: int = 60
+    validation_command: str = "b2val-prompt-run"
+    backend_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # {calibration: {CAF backend arg: value}}
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,7 @@ class RunnerConfig:
     backend: str = "Local"
     command: str = "b2caf-prompt-run"
     timeout_min: float | None = None
+    basf2: Basf2RunnerConfig = Basf2RunnerConfig()
 
 
 @dataclass(frozen=True)
@@ -307,15 +321,20 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
         conditions=ConditionsConfig(
             directory=resolve(cond["directory"]) if "directory" in cond else work_dir / "conditions",
             database_chain=tuple(cond["database_chain"]), prompt_global_tag=cond["prompt_global_tag"],
-            reference_global_tag=cond.get("reference_global_tag")),
+            reference_global_tag=cond.get("reference_global_tag"),
+            **({"backend": cond["backend"]} if "backend" in cond else {})),
         local_calibrations={sub: {gt: tuple(names) for gt, names in tags.items()}
                             for sub, tags in document.get("local_calibrations", {}).items()},
         calibrations=CalibrationsConfig(
             directory=resolve(cal["directory"]), select=tuple(cal.get("select", ())),
             expert_config={k: dict(v) for k, v in cal.get("expert_config", {}).items()},
-            on_validation_failure=cal.get("on_validation_failure", "stop")),
+            on_validation_failure=cal.get("on_validation_failure", "stop"),
+            extra_input_data_filters={k: tuple(v) for k, v in cal.get("extra_input_data_filters", {}).items()},
+            subsystem_responsibles=dict(cal.get("subsystem_responsibles", {}))),
         runner=RunnerConfig(type=runner.get("type", "native"), backend=runner.get("backend", "Local"),
-                            command=runner.get("command", "b2caf-prompt-run"), timeout_min=runner.get("timeout_min")),
+                            command=runner.get("command", "b2caf-prompt-run"), timeout_min=runner.get("timeout_min"),
+                            basf2=Basf2RunnerConfig(**{k: ({n: dict(a) for n, a in v.items()} if k == "backend_args"
+                                                           else v) for k, v in runner.get("basf2", {}).items()})),
         report=ReportConfig(transport=report.get("transport", "local"),
                             gitlab=GitLabConfig(**report["gitlab"]) if report.get("gitlab") else None),
         archive=ArchiveConfig(directory=resolve(archive["directory"]) if "directory" in archive

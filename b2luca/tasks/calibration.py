@@ -15,6 +15,7 @@ from typing import Any
 
 import luigi
 
+from ..catalogue.prompt_api import FilterVocabulary, using_vocabulary
 from ..contract import Verdict
 from ..conditions import LocalDatabase
 from ..dataset import build_input_data
@@ -157,7 +158,9 @@ class CalibrationTask(BucketTask):
             "testing_payloads": str(ctx.prompt_tag.db.database_txt),
             # b2luca's own additions (ignored by b2caf-prompt-run): where local global tags live, provenance.
             "b2luca": {"bucket": cfg.name, "conditions_directory": str(cfg.conditions.directory),
-                       "settings_commit": settings.get("commit")},
+                       "settings_commit": settings.get("commit"),
+                       "extra_input_data_filters": {k: list(v) for k, v in
+                                                    cfg.calibrations.extra_input_data_filters.items()}},
         }
         path = work / "caf_config.json"
         write_json_atomic(path, document)
@@ -166,7 +169,8 @@ class CalibrationTask(BucketTask):
     def _write_input_data(self, info, work: Path) -> Path:
         ctx, cfg = self.ctx, self.ctx.cfg
         root = cfg.data.raw_directory if info.stage == STAGE_RAW else cfg.data.cdst_directory
-        document = build_input_data(info.settings, read_snapshot(cfg.rundb.snapshot), root)
+        with using_vocabulary(FilterVocabulary().extended(cfg.calibrations.extra_input_data_filters)):
+            document = build_input_data(info.settings, read_snapshot(cfg.rundb.snapshot), root)
         empty = [name for name, entries in document.items() if not entries]
         if empty:
             raise CalibrationFailed(f"no input data for {', '.join(empty)} in {root} after the input_data_filters "
