@@ -151,8 +151,7 @@ class CalibrationTask(BucketTask):
         document = {
             "caf_script": str(info.script_path),
             "database_chain": list(cfg.conditions.database_chain),
-            "backend_args": {"queue": resources.queue, "cpus": resources.cpus, "memory_mb": resources.memory_mb,
-                             "walltime_min": resources.walltime_min},
+            "backend_args": runner_for(cfg).backend_args(self.name, resources),
             "requested_iov": cfg.requested_iov.as_list(),
             "expert_config": info.merged_expert_config(overrides),
             "testing_payloads": str(ctx.prompt_tag.db.database_txt),
@@ -188,8 +187,12 @@ class CalibrationTask(BucketTask):
             shutil.rmtree(out)
         log_path.unlink(missing_ok=True)
         result = runner_for(self.ctx.cfg).calibrate(caf_config, input_data, work, log_path)
+        caf = "; ".join(map(str, result.caf_state))
+        if caf:
+            self.ctx.emit("step", self.name, step="calibrate", state="running", detail=f"CAF state: {caf}")
         if not result.ok:
-            raise CalibrationFailed(f"calibration script exited with code {result.returncode} (log {log_path})")
+            raise CalibrationFailed(f"calibration script exited with code {result.returncode}"
+                                    + (f", CAF state {caf}" if caf else "") + f" (log {log_path})")
 
     def _validate(self, info, work: Path, input_data: Path) -> Verdict | None:
         if info.validation_path is None:

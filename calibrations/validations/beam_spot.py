@@ -83,12 +83,13 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     from scipy.stats import chi2 as chi2_dist
 
     from b2luca.contract import Verdict
+    from calibrations._common import expert_config_dict
     from calibrations._common import calibration_output, max_abs_pull_limit, pyplot, read_input_data, save_figure, \
         truth_or_none, write_csv
     from calibrations.beam_spot import fit_beamspot, read_tracks, select_pairs
     from calibrations.beam_spot import settings as cal_settings
 
-    cfg = {**cal_settings.expert_config, **settings.expert_config, **(expert_config or {})}
+    cfg = {**cal_settings.expert_config, **settings.expert_config, **expert_config_dict(expert_config)}
     p_false = float(cfg["p_false"])
     limit3 = float(chi2_dist.isf(p_false, 3))
     limit_pull = max_abs_pull_limit(3, p_false)
