@@ -39,9 +39,7 @@ class _Problems:
 
     def raise_if_any(self, directory: Path) -> None:
         if self.lines:
-            count = len(self.lines)
-            head = f"{count} problem{'s' if count > 1 else ''} in the calibration scripts of {directory}:"
-            raise CatalogueError("\n".join([head, *self.lines]))
+            raise CatalogueError("\n".join(self.lines))
 
 
 def _settings_name(parsed: ParsedScript) -> str:
