@@ -22,6 +22,7 @@ import luigi.scheduler
 import luigi.worker
 
 from ..atomic import write_json_atomic
+from ..catalogue.responsibles import subsystem_responsibles
 from ..config import BucketConfig
 from ..dataset import ensure_data
 from ..report import local_issue_path, open_reporter
@@ -261,10 +262,11 @@ def plan_events(ctx: BucketContext) -> list[dict[str, Any]]:
     """The plan as the report layer wants it in ``bucket_started``."""
     cfg, plan = ctx.cfg, ctx.plan
     entries: list[dict[str, Any]] = []
+    responsibles = subsystem_responsibles(cfg.calibrations.subsystem_responsibles)
     for sub, tags in cfg.local_calibrations.items():
         for tag, names in tags.items():
             entries.append({"name": f"Local{sub}:{tag}", "stage": STAGE_LOCAL, "group": STAGE_LOCAL, "kind": "local",
-                            "expert": None, "description": f"copy {', '.join(names)} from {tag}",
+                            "expert": responsibles.get(sub.lower()), "description": f"copy {', '.join(names)} from {tag}",
                             "depends_on": [], "produced_payloads": list(names)})
     for stage in plan.stages:
         if stage.name == STAGE_PRODUCTION:

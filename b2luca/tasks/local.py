@@ -7,6 +7,7 @@ from pathlib import Path
 import luigi
 
 from ..conditions import GlobalTag, copy_payloads
+from ..runners.conditionsdb import copy_iovs
 from .base import BucketTask, BucketWrapperTask
 from ..atomic import write_json_atomic
 from .context import STAGE_LOCAL
@@ -31,13 +32,17 @@ class CopyLocalPayloads(BucketTask):
         ctx.emit("task_started", self.task_name, stage=STAGE_LOCAL, group=STAGE_LOCAL)
         names = cfg.local_calibrations[self.subsystem][self.source_tag]
         try:
-            source = GlobalTag.open(cfg.conditions.directory, self.source_tag)
-            entries = copy_payloads(source, ctx.prompt_tag, names, cfg.prompt_iov)
+            if cfg.conditions.backend == "central":  # the conditions-DB service copies (b2conditionsdb)
+                copy_iovs(cfg, names, self.source_tag, self.output_path().with_suffix(".log"))
+                payloads = [{"name": name, "revision": None, "iov": str(cfg.prompt_iov)} for name in names]
+            else:
+                source = GlobalTag.open(cfg.conditions.directory, self.source_tag)
+                entries = copy_payloads(source, ctx.prompt_tag, names, cfg.prompt_iov)
+                payloads = [{"name": e.name, "revision": e.revision, "iov": str(e.iov)} for e in entries]
         except Exception as exc:
             ctx.emit("task_failed", self.task_name, reason=str(exc), log_tail="", log_path="",
                      duration=self.now() - start, validation_failed=False)
             raise
-        payloads = [{"name": e.name, "revision": e.revision, "iov": str(e.iov)} for e in entries]
         ctx.emit("payloads", self.task_name, global_tag=cfg.conditions.prompt_global_tag, payloads=payloads)
         ctx.emit("task_succeeded", self.task_name, duration=self.now() - start)
         write_json_atomic(self.output_path(), {"status": "success", "source_tag": self.source_tag,
