@@ -62,7 +62,7 @@ def basf2_prompt() -> ModuleType | None:
     """basf2's ``prompt`` package when basf2 is installed (an unrelated package named ``prompt`` is ignored)."""
     try:
         module = importlib.import_module("prompt")
-    except Exception:  # ImportError, or basf2 failing to start: behave as without basf2
+    except (Exception, SystemExit):  # ImportError, or basf2 failing to start: behave as without basf2
         return None
     if not isinstance(getattr(module, "INPUT_DATA_FILTERS", None), Mapping) \
             or not hasattr(module, "CalibrationSettings"):

@@ -18,7 +18,7 @@ def basf2_responsibles() -> dict[str, str]:
     """``{subsystem: gitlab_username}`` from basf2, or empty when basf2 is not importable."""
     try:
         module = importlib.import_module("prompt.subsystem_responsibles")
-    except Exception:  # no basf2 (or an unrelated 'prompt' package)
+    except (Exception, SystemExit):  # no basf2 (or an unrelated 'prompt' package)
         return {}
     table = getattr(module, "calibration_responsibles", None)
     if not isinstance(table, Mapping):

@@ -266,7 +266,8 @@ def plan_events(ctx: BucketContext) -> list[dict[str, Any]]:
     for sub, tags in cfg.local_calibrations.items():
         for tag, names in tags.items():
             entries.append({"name": f"Local{sub}:{tag}", "stage": STAGE_LOCAL, "group": STAGE_LOCAL, "kind": "local",
-                            "expert": responsibles.get(sub.lower()), "description": f"copy {', '.join(names)} from {tag}",
+                            "expert": responsibles.get(sub.lower()),
+                            "description": f"copy {', '.join(names)} from {tag}",
                             "depends_on": [], "produced_payloads": list(names)})
     for stage in plan.stages:
         if stage.name == STAGE_PRODUCTION:

@@ -596,7 +596,8 @@ def script(name: str, fmt: str = "raw", deps: tuple[str, ...] = ()) -> str:
     """A minimal basf2-style script; ``deps`` are script stems it depends on."""
     imports = "\n".join(f"from prompt.calibrations.{d} import settings as {d}_settings" for d in deps)
     return (f'"""{name}."""\nfrom prompt import CalibrationSettings\n{imports}\n'
-            f'settings = CalibrationSettings(name="{name}", expert_username="x", subsystem="example", description=__doc__,\n'
+            f'settings = CalibrationSettings(name="{name}", expert_username="x", subsystem="example",\n'
+            f'                               description=__doc__,\n'
             f'                               input_data_formats=["{fmt}"], input_data_names=["a"],\n'
             f'                               depends_on=[{", ".join(d + "_settings" for d in deps)}])\n')
 
@@ -774,7 +775,8 @@ def test_calibration_job(tmp_path):
 def test_misplaced_scripts_and_star_import(tmp_path):
     d = tmp_path / "cals"
     write(d, "star.py", '"""Star."""\nfrom prompt import *\n'
-                        'settings = CalibrationSettings(name="Star", expert_username="x", subsystem="example", description=__doc__,\n'
+                        'settings = CalibrationSettings(name="Star", expert_username="x", subsystem="example",\n'
+                        '                               description=__doc__,\n'
                         '    input_data_formats=["raw"], input_data_names=["a"],\n'
                         '    input_data_filters={"a": [INPUT_DATA_FILTERS["Run Type"]["cosmic"]]})\n')
     assert discover(d)["Star"].settings.input_data_filters == {"a": ("cosmic",)}
