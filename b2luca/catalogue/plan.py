@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import enums
 from ..errors import CatalogueError
 from .prompt_api import CDST, RAW
 from .records import Catalogue, find_cycles
 
 __all__ = ["CDST", "CDST_PRODUCTION", "RAW", "Plan", "Stage", "build_plan", "plan_as_dot", "plan_as_text"]
 
-CDST_PRODUCTION = "cdst_production"
+CDST_PRODUCTION = enums.Stage.PRODUCTION
 _STAGE_TITLES = {RAW: "raw calibrations", CDST_PRODUCTION: "cDST production", CDST: "cDST calibrations"}
 
 

@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from .. import enums
+
 __all__ = [
     "ALLOWED_DATA_FORMATS", "BUILTIN_INPUT_DATA_FILTERS", "BUILTIN_SUBSYSTEMS", "INPUT_DATA_FILTERS", "SUBSYSTEMS",
     "CalibrationSettings", "FilterVocabulary", "ValidationSettings", "basf2_prompt", "split_filter",
     "using_vocabulary", "RAW", "CDST",
 ]
 
-RAW = "raw"
-CDST = "cdst"
+RAW, CDST = enums.Stage.RAW, enums.Stage.CDST
 
 #: The input-data filters of the current basf2 release (category -> {key: value}; keys and values coincide).
 #: Since older releases: ``hlt_skim`` removed, ``delayedbhabha_calib`` added.

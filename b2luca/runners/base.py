@@ -9,12 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
-from ..errors import RunnerError
+from ..contract import OUTPUT_DB_DIR
+from ..errors import RunnerError as RunnerError  # re-exported by b2luca.runners
 
 if TYPE_CHECKING:
     from .caf_state import CafState
-
-OUTPUT_DB_DIR = "caf_outputdb_results"
 
 
 @dataclass(frozen=True)

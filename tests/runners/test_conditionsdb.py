@@ -13,7 +13,7 @@ from b2luca.config import load_config
 from b2luca.errors import RunnerError
 from b2luca.iov import ExpRun, IoV
 from b2luca.tasks.context import context_for
-from b2luca.tasks.local import CopyLocalPayloads
+from b2luca.tasks.graph import CopyLocalPayloads
 
 from bucket_helpers import make_bucket
 
