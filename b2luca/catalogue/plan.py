@@ -13,7 +13,7 @@ from .records import Catalogue, find_cycles
 __all__ = ["CDST", "CDST_PRODUCTION", "RAW", "Plan", "Stage", "build_plan", "plan_as_dot", "plan_as_text"]
 
 CDST_PRODUCTION = enums.Stage.PRODUCTION
-_STAGE_TITLES = {RAW: "raw calibrations", CDST_PRODUCTION: "cDST production", CDST: "cDST calibrations"}
+_STAGE_TITLES: dict[str, str] = {RAW: "raw calibrations", CDST_PRODUCTION: "cDST production", CDST: "cDST calibrations"}
 
 
 @dataclass

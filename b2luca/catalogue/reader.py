@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,7 @@ class _Reader:
             elif isinstance(stmt, ast.Import):
                 self._import(stmt)
             elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
-                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                targets: list[ast.expr] = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
                 if stmt.value is None:  # bare annotation ``x: int``
                     continue
                 if any(isinstance(t, ast.Name) and t.id == "settings" for t in targets):
@@ -170,7 +170,7 @@ class _Reader:
         self.env = settings_env
         if not isinstance(call, ast.Call):
             if result.imports_settings_class:
-                raise self.unsupported(call, "'settings' must be assigned a CalibrationSettings(...) "
+                raise self.unsupported(call or settings_node, "'settings' must be assigned a CalibrationSettings(...) "
                                              "or ValidationSettings(...) call")
             return result
         func = self._eval_callee(call.func)
@@ -195,7 +195,7 @@ class _Reader:
         return result
 
     @staticmethod
-    def _callee_name(call: ast.expr) -> str:
+    def _callee_name(call: ast.expr | None) -> str:
         if isinstance(call, ast.Call):
             return call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
         return ""
@@ -240,7 +240,7 @@ class _Reader:
         for name in names:
             self.env[name] = val
 
-    def _mark_stores(self, nodes: list[ast.AST], lineno: int, reason: str) -> None:
+    def _mark_stores(self, nodes: Sequence[ast.AST], lineno: int, reason: str) -> None:
         for node in nodes:
             for sub in ast.walk(node):
                 if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
@@ -310,9 +310,10 @@ class _Reader:
             raise self.unsupported(node, f"{type(node.value).__name__} constant")
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
                 and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
-            return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+            number: float = node.operand.value  # type: ignore[assignment]  # int or float, checked above
+            return -number if isinstance(node.op, ast.USub) else number
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-            items = []
+            items: list[Any] = []
             for elt in node.elts:
                 if isinstance(elt, ast.Starred):
                     spread = self.eval(elt.value)
@@ -345,9 +346,8 @@ class _Reader:
             if not isinstance(node.op, ast.Add):
                 raise self.unsupported(node, f"operator {type(node.op).__name__}")
             left, right = self.eval(node.left), self.eval(node.right)
-            for kind in (str, list, tuple):
-                if isinstance(left, kind) and isinstance(right, kind):
-                    return left + right
+            if type(left) is type(right) and isinstance(left, (str, list, tuple)):
+                return left + right
             raise self.unsupported(node, f"'+' of {type(left).__name__} and {type(right).__name__}")
         if isinstance(node, (ast.Name, ast.Attribute)):
             value = self._eval_ref(node)
@@ -384,7 +384,7 @@ class _Reader:
         inner = node.value
         base = self._eval_ref(inner.value) if isinstance(inner, ast.Subscript) \
             and isinstance(inner.value, (ast.Name, ast.Attribute)) else None
-        if not (isinstance(base, _Symbol) and base.name == "INPUT_DATA_FILTERS"):
+        if not (isinstance(inner, ast.Subscript) and isinstance(base, _Symbol) and base.name == "INPUT_DATA_FILTERS"):
             return self._eval_index(node)
         category = self.eval(inner.slice)
         key = self.eval(node.slice)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ def find_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
     for root in graph:
         if root in state:
             continue
-        stack: list[tuple[str, Iterable[str]]] = [(root, iter(graph.get(root, ())))]
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(graph.get(root, ())))]
         path = [root]
         state[root] = 1
         while stack:
