@@ -58,6 +58,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for tag, names in tags.items():
             print(f"  {subsystem}: {tag} -> {', '.join(names)}")
     print(plan.as_text())
+    for skipped in catalogue.skipped:
+        print(f"notice: {skipped}")
     return EXIT_OK
 
 

@@ -105,9 +105,27 @@ class CalibrationsConfig:
     expert_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_validation_failure: OnValidationFailure = OnValidationFailure.STOP
     upload: dict[str, dict[str, Any]] = field(default_factory=dict)  # update/veto rules: default + per name
+    extra_input_data_filters: dict[str, tuple[str, ...]] = field(default_factory=dict)  # {category: [values]}
+    subsystem_responsibles: dict[str, str] = field(default_factory=dict)  # {subsystem: GitLab username}
 
     def __post_init__(self) -> None:
         _coerce(self, "on_validation_failure", OnValidationFailure)
+        object.__setattr__(self, "extra_input_data_filters",
+                           {k: tuple(v) for k, v in self.extra_input_data_filters.items()})
+        object.__setattr__(self, "subsystem_responsibles", dict(self.subsystem_responsibles))
+
+
+@dataclass(frozen=True)
+class Basf2RunnerConfig:
+    """``runner.basf2``: the basf2 environment and what b2caf-prompt-run / b2val-prompt-run get."""
+
+    setup: str = ""  # shell text run through ``bash -c`` first, e.g. "source b2setup release-09-00-00"
+    heartbeat: int = 60
+    validation_command: str = "b2val-prompt-run"
+    backend_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # {calibration: {CAF backend arg: value}}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend_args", {n: dict(a) for n, a in self.backend_args.items()})
 
 
 @dataclass(frozen=True)
@@ -116,9 +134,12 @@ class RunnerConfig:
     backend: str = "Local"
     command: str = "b2caf-prompt-run"
     timeout_min: float | None = None
+    basf2: Basf2RunnerConfig = Basf2RunnerConfig()
 
     def __post_init__(self) -> None:
         _coerce(self, "type", RunnerType)
+        if isinstance(self.basf2, Mapping):  # the YAML's runner.basf2 mapping
+            object.__setattr__(self, "basf2", Basf2RunnerConfig(**self.basf2))
 
 
 @dataclass(frozen=True)
@@ -380,7 +401,7 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
             directory=resolve(cal["directory"]), select=tuple(cal.get("select", ())),
             expert_config={k: dict(v) for k, v in cal.get("expert_config", {}).items()},
             upload={k: dict(v) for k, v in cal.get("upload", {}).items()},
-            **_present(cal, "on_validation_failure")),
+            **_present(cal, "on_validation_failure", "extra_input_data_filters", "subsystem_responsibles")),
         runner=RunnerConfig(**document.get("runner", {})),
         report=ReportConfig(**_present(report, "transport"), gitlab=GitLabConfig(**gitlab) if gitlab else None),
         archive=ArchiveConfig(directory=path_or(archive, "directory", work_dir / "archive"),

@@ -88,7 +88,8 @@ class RunnerType(StrEnum):
 
 
 class ConditionsBackend(StrEnum):
-    """``conditions.backend``: the prompt global tag only on disk, or also in the central conditions DB."""
+    """``conditions.backend``: local database folders only, or also the central conditions-DB service
+    (payloads uploaded after validation; local calibrations copied with ``b2conditionsdb iovs copy``)."""
 
     LOCAL = "local"
     CENTRAL = "central"
@@ -101,5 +102,5 @@ class OnValidationFailure(StrEnum):
     CONTINUE = "continue"
 
 
-__all__ = ["ConditionsBackend", "DataSource", "OnValidationFailure", "REPORT_STATES", "RunDBSource", "RunnerType", "Stage", "TaskStatus",
-           "Transport"]
+__all__ = ["ConditionsBackend", "DataSource", "OnValidationFailure", "REPORT_STATES", "RunDBSource", "RunnerType",
+           "Stage", "TaskStatus", "Transport"]

@@ -173,12 +173,12 @@ _QUALITY_GROUPS = {"Good Or Recoverable": {"Good", "Recoverable"}, "Good Shifter
 
 
 def _filter_category(value: str) -> str:
-    from .catalogue import INPUT_DATA_FILTERS  # the catalogue owns the filter vocabulary
+    from .catalogue.prompt_api import current_vocabulary  # the catalogue owns the filter vocabulary
 
-    for category, options in INPUT_DATA_FILTERS.items():
-        if value in options.values():
-            return category
-    raise ValueError(f"unknown input data filter {value!r}")
+    category = current_vocabulary().category_of(value)
+    if category is None:
+        raise ValueError(f"unknown input data filter {value!r}")
+    return category
 
 
 def _column(frame: pd.DataFrame, *names: str) -> pd.Series | None:

@@ -6,6 +6,7 @@ Files whose name starts with ``_`` are not discovered by :mod:`b2luca.catalogue`
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,8 @@ def first_exprun(requested_iov: "IoV | Sequence[int]") -> ExpRun:
     """The first run of a requested IoV (an IoV or ``[exp_low, run_low, exp_high, run_high]``)."""
     if isinstance(requested_iov, IoV):
         return ExpRun(requested_iov.exp_low, requested_iov.run_low)
+    if isinstance(requested_iov, str):  # b2val-prompt-run passes every argument as text
+        requested_iov = json.loads(requested_iov)
     values = list(requested_iov)
     if len(values) != 4:
         raise ValueError(f"requested_iov must be [exp_low, run_low, exp_high, run_high], got {requested_iov!r}")
@@ -49,6 +52,13 @@ def require_files(files: Sequence[Path], what: str) -> None:
 
 
 # --- validation side -------------------------------------------------------------------------------
+def expert_config_dict(expert_config: "Mapping[str, Any] | str | None") -> dict[str, Any]:
+    """run_validation's expert_config as a dict: b2luca passes a dict, basf2's b2val-prompt-run JSON text."""
+    if isinstance(expert_config, str):
+        return dict(json.loads(expert_config or "{}"))
+    return dict(expert_config or {})
+
+
 def calibration_output(job_path: "str | os.PathLike[str]", calibration: str, payload: str) -> dict[str, np.ndarray]:
     """Read the newest revision of ``payload`` from ``<job_path>/caf_outputdb_results/<calibration>/``."""
     db = LocalDatabase(Path(job_path) / OUTPUT_DB_DIR / calibration)

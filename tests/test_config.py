@@ -132,7 +132,8 @@ def test_schema_choices_are_the_enums():
     for section, key, enum in [("data", "source", DataSource), ("rundb", "source", RunDBSource),
                                ("conditions", "backend", ConditionsBackend),
                                ("report", "transport", Transport), ("runner", "type", RunnerType),
-                               ("calibrations", "on_validation_failure", OnValidationFailure)]:
+                               ("calibrations", "on_validation_failure", OnValidationFailure),
+                               ("conditions", "backend", ConditionsBackend)]:
         assert props[section]["properties"][key]["enum"] == [m.value for m in enum], (section, key)
 
 

@@ -98,9 +98,11 @@ def test_rundb_failure(bucket_config, capsys):
 
 
 def test_runner_failure_fails_the_calibration_and_the_run(simulated_bucket, tmp_path, capsys):
-    config = simulated_bucket.config(tmp_path, changes={"runner.type": "basf2"})
+    # the basf2 runner with a b2caf-prompt-run that is not there: the shell's "command not found" (exit 127)
+    config = simulated_bucket.config(tmp_path, changes={"runner.type": "basf2",
+                                                        "runner.command": "no-such-b2caf-prompt-run"})
     assert main(["run", str(config), "--only", "PXDHotDeadPixels"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"PXDHotDeadPixels\s.*\sfailed", out), out
-    issue = (tmp_path / "work" / "report").rglob("*PXDHotDeadPixels*.md")
-    assert any("runner type 'basf2' is not available" in p.read_text() for p in issue)
+    issues = [p.read_text() for p in (tmp_path / "work" / "report").rglob("*PXDHotDeadPixels*.md")]
+    assert any("exited with code 127" in text and "no-such-b2caf-prompt-run" in text for text in issues), issues

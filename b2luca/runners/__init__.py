@@ -1,11 +1,13 @@
-"""Runners: how one calibration script is executed (native Python now; basf2's b2caf-prompt-run plugs in here)."""
+"""Runners: how one calibration script is executed: native Python, or basf2's b2caf-prompt-run."""
 
 from ..enums import RunnerType
 from .base import OUTPUT_DB_DIR, RunnerError, RunResult, log_tail, output_database
+from .basf2 import Basf2Runner
+from .caf_state import CafState, read_caf_state
 from .native import NativeRunner
 
 
-def runner_for(cfg) -> NativeRunner:
+def runner_for(cfg) -> NativeRunner | Basf2Runner:
     """The runner a bucket config selects; it never passes the bucket's secrets to scripts."""
     runner_cfg = cfg.runner
     secrets = tuple(n for n in (cfg.report.gitlab.token_env if cfg.report.gitlab else None, cfg.rundb.api_key_env) if n)
@@ -13,8 +15,10 @@ def runner_for(cfg) -> NativeRunner:
     secrets += (central.token_env,) if central is not None and central.token_env else ()  # conditions-DB token
     if runner_cfg.type == RunnerType.NATIVE:
         return NativeRunner(timeout_min=runner_cfg.timeout_min, secret_names=secrets)
-    raise RunnerError(f"runner type '{runner_cfg.type}' is not available in this installation "
-                      "(the basf2 runner needs b2caf-prompt-run)")
+    if runner_cfg.type == RunnerType.BASF2:
+        return Basf2Runner(runner_cfg, secret_names=secrets)
+    raise RunnerError(f"{cfg.path}: runner.type: {runner_cfg.type!r} is not a runner (native or basf2)")
 
 
-__all__ = ["NativeRunner", "OUTPUT_DB_DIR", "RunResult", "RunnerError", "log_tail", "output_database", "runner_for"]
+__all__ = ["Basf2Runner", "CafState", "NativeRunner", "OUTPUT_DB_DIR", "RunResult", "RunnerError", "log_tail",
+           "output_database", "read_caf_state", "runner_for"]

@@ -8,9 +8,12 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 from ..contract import OUTPUT_DB_DIR
 from ..errors import RunnerError as RunnerError  # re-exported by b2luca.runners
+
+if TYPE_CHECKING:
+    from .caf_state import CafState
 
 
 @dataclass(frozen=True)
@@ -21,10 +24,13 @@ class RunResult:
     log_path: Path
     duration: float
     command: tuple[str, ...]
+    #: the CAF's calibrations after the run (basf2 runner; empty for the native one)
+    caf_state: tuple["CafState", ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0
+        """Exit code 0 and no calibration in a failed CAF state."""
+        return self.returncode == 0 and not any(s.failed for s in self.caf_state)
 
 
 def output_database(work_dir: Path, calibration_name: str) -> Path:

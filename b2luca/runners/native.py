@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from .base import RunResult, child_environment, run_logged
 
@@ -21,6 +22,11 @@ class NativeRunner:
     def __init__(self, timeout_min: float | None = None, secret_names: tuple[str, ...] = ()) -> None:
         self.timeout = timeout_min * 60 if timeout_min else None
         self.secret_names = secret_names
+
+    def backend_args(self, calibration: str, resources: Any) -> dict[str, Any]:
+        """caf_config.json ``backend_args``: b2luca's batch resources of the calibration."""
+        return {"queue": resources.queue, "cpus": resources.cpus, "memory_mb": resources.memory_mb,
+                "walltime_min": resources.walltime_min}
 
     def calibrate(self, caf_config: Path, input_data: Path, work_dir: Path, log_path: Path) -> RunResult:
         """Run the calibration script named in ``caf_config`` on ``input_data``."""

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
+from ..catalogue.prompt_api import FilterVocabulary, using_vocabulary
 from ..conditions import DatabaseChain, LocalDatabase
 from ..contract import CALIBRATE, RUN_VALIDATION, CalibrationJob, Verdict, chain_from_caf_config, read_input_data
 from ..iov import IoV
@@ -42,7 +43,9 @@ def load_script(path: Path) -> ModuleType:
 def do_calibrate(caf_config: Path, input_data: Path) -> None:
     """Run one native calibration as b2caf-prompt-run would."""
     config = json.loads(caf_config.read_text())
-    module = load_script(Path(config["caf_script"]))
+    extra = config.get("b2luca", {}).get("extra_input_data_filters")
+    with using_vocabulary(FilterVocabulary().extended(extra)):
+        module = load_script(Path(config["caf_script"]))
     settings = module.settings
     function = getattr(module, CALIBRATE, None)
     if function is None:

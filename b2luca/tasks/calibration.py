@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from ..atomic import write_json_atomic
 from ..catalogue import CalibrationInfo
+from ..catalogue.prompt_api import FilterVocabulary, using_vocabulary
 from ..conditions import LocalDatabase
 from ..conditions.promote import promote_payloads
 from ..contract import Verdict
@@ -124,14 +125,15 @@ def write_caf_config(ctx: BucketContext, info: CalibrationInfo, work: Path) -> P
     document = {
         "caf_script": str(info.script_path),
         "database_chain": list(cfg.conditions.database_chain),
-        "backend_args": {"queue": resources.queue, "cpus": resources.cpus, "memory_mb": resources.memory_mb,
-                         "walltime_min": resources.walltime_min},
+        "backend_args": runner_for(cfg).backend_args(name, resources),
         "requested_iov": cfg.requested_iov.as_list(),
         "expert_config": info.merged_expert_config(overrides),
         "testing_payloads": str(ctx.prompt_tag.db.database_txt),
         # b2luca's own additions (ignored by b2caf-prompt-run): where local global tags live, provenance.
         "b2luca": {"bucket": cfg.name, "conditions_directory": str(cfg.conditions.directory),
-                   "settings_commit": settings.get("commit")},
+                   "settings_commit": settings.get("commit"),
+                   "extra_input_data_filters": {k: list(v) for k, v in
+                                                cfg.calibrations.extra_input_data_filters.items()}},
     }
     path = work / "caf_config.json"
     write_json_atomic(path, document)
@@ -142,7 +144,8 @@ def write_input_data(ctx: BucketContext, info: CalibrationInfo, work: Path) -> P
     """Step (b): ``input_data.json`` from the RunDB snapshot and the data on disk."""
     cfg = ctx.cfg
     root = cfg.data.raw_directory if info.stage == Stage.RAW else cfg.data.cdst_directory
-    document = build_input_data(info.settings, read_snapshot(cfg.rundb.snapshot), root)
+    with using_vocabulary(FilterVocabulary().extended(cfg.calibrations.extra_input_data_filters)):
+        document = build_input_data(info.settings, read_snapshot(cfg.rundb.snapshot), root)
     empty = [name for name, entries in document.items() if not entries]
     if empty:
         raise CalibrationFailed(f"no input data for {', '.join(empty)} in {root} after the input_data_filters "
@@ -163,8 +166,12 @@ def calibrate(ctx: BucketContext, name: str, caf_config: Path, input_data: Path,
         shutil.rmtree(out)
     log_path.unlink(missing_ok=True)
     result = runner_for(ctx.cfg).calibrate(caf_config, input_data, work, log_path)
+    caf = "; ".join(map(str, result.caf_state))
+    if caf:
+        ctx.emit("step", name, step="calibrate", state="running", detail=f"CAF state: {caf}")
     if not result.ok:
-        raise CalibrationFailed(f"calibration script exited with code {result.returncode} (log {log_path})")
+        raise CalibrationFailed(f"calibration script exited with code {result.returncode}"
+                                + (f", CAF state {caf}" if caf else "") + f" (log {log_path})")
 
 
 def validate(ctx: BucketContext, info: CalibrationInfo, work: Path, input_data: Path) -> Verdict | None:

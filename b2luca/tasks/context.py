@@ -65,7 +65,7 @@ class BucketContext:
 
     @cached_property
     def catalogue(self) -> Catalogue:
-        catalogue = discover(self.cfg.calibrations.directory)
+        catalogue = discover(self.cfg.calibrations.directory, self.cfg.calibrations.extra_input_data_filters)
         if self.cfg.calibrations.select:
             catalogue = catalogue.select(self.cfg.calibrations.select)
         return catalogue

@@ -25,6 +25,7 @@ from ..atomic import write_json_atomic
 from ..catalogue import Plan
 from ..conditions.backend import backend_for
 from ..conditions.lifecycle import begin_run, finish_run
+from ..catalogue.responsibles import subsystem_responsibles
 from ..config import BucketConfig
 from ..dataset import ensure_data, production_runs
 from ..enums import Stage, TaskStatus
@@ -295,11 +296,12 @@ def plan_events(ctx: BucketContext) -> list[dict[str, Any]]:
     """The plan as the report layer wants it in ``bucket_started``."""
     cfg, plan = ctx.cfg, ctx.plan
     entries: list[dict[str, Any]] = []
+    responsibles = subsystem_responsibles(cfg.calibrations.subsystem_responsibles)
     for sub, tags in cfg.local_calibrations.items():
         for tag, names in tags.items():
             entries.append({"name": local_task_name(sub, tag), "stage": Stage.LOCAL, "group": Stage.LOCAL,
-                            "kind": "local",
-                            "expert": None, "description": f"copy {', '.join(names)} from {tag}",
+                            "kind": "local", "expert": responsibles.get(sub.lower()),
+                            "description": f"copy {', '.join(names)} from {tag}",
                             "depends_on": [], "produced_payloads": list(names)})
     for stage in plan.stages:
         if stage.name == Stage.PRODUCTION:

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..atomic import write_json_atomic
 from ..conditions import GlobalTag, copy_payloads
-from ..conditions.backend import backend_for
-from ..enums import Stage, TaskStatus
+from ..enums import ConditionsBackend, Stage, TaskStatus
+from ..runners.conditionsdb import copy_iovs
 from .context import BucketContext, local_task_name
 from .reporting import reported
 
@@ -16,16 +17,21 @@ from .reporting import reported
 def copy_local_payloads(ctx: BucketContext, subsystem: str, source_tag: str, output: Path) -> None:
     """Copy one subsystem's payloads from ``source_tag`` (IoV set to the bucket's); write ``output`` last.
 
-    With the central backend the copies go into the central prompt tag too (the upload is idempotent).
+    With ``conditions.backend: central`` the conditions-DB service copies them (``b2conditionsdb iovs copy``
+    in the basf2 setup, log next to ``output``); the revisions are then the service's, not known here.
     """
     cfg = ctx.cfg
     name = local_task_name(subsystem, source_tag)
     with reported(ctx, name, stage=Stage.LOCAL, group=Stage.LOCAL) as report:
         names = cfg.local_calibrations[subsystem][source_tag]
-        source = GlobalTag.open(cfg.conditions.directory, source_tag)
-        entries = copy_payloads(source, ctx.prompt_tag, names, cfg.prompt_iov)
-        backend_for(cfg).upload(entries)
-        payloads = [{"name": e.name, "revision": e.revision, "iov": str(e.iov)} for e in entries]
+        payloads: list[dict[str, Any]]
+        if cfg.conditions.backend == ConditionsBackend.CENTRAL:
+            copy_iovs(cfg, names, source_tag, output.with_suffix(".log"))
+            payloads = [{"name": n, "revision": None, "iov": str(cfg.prompt_iov)} for n in names]
+        else:
+            source = GlobalTag.open(cfg.conditions.directory, source_tag)
+            entries = copy_payloads(source, ctx.prompt_tag, names, cfg.prompt_iov)
+            payloads = [{"name": e.name, "revision": e.revision, "iov": str(e.iov)} for e in entries]
         ctx.emit("payloads", name, global_tag=cfg.conditions.prompt_global_tag, payloads=payloads)
     write_json_atomic(output, {"status": TaskStatus.SUCCESS, "source_tag": source_tag, "payloads": payloads,
                                "start": report.start, "duration": report.elapsed()})

@@ -85,10 +85,11 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     from b2luca.contract import Verdict, read_input_data
     from calibrations._common import calibration_output, max_abs_pull_limit, pyplot, save_figure, truth_or_none, \
         write_csv
+    from calibrations._common import expert_config_dict
     from calibrations.beam_spot import fit_beamspot, read_tracks, select_pairs
     from calibrations.beam_spot import settings as cal_settings
 
-    cfg = {**cal_settings.expert_config, **settings.expert_config, **(expert_config or {})}
+    cfg = {**cal_settings.expert_config, **settings.expert_config, **expert_config_dict(expert_config)}
     p_false = float(cfg["p_false"])
     limit3 = float(chi2_dist.isf(p_false, 3))
     limit_pull = max_abs_pull_limit(3, p_false)

@@ -25,12 +25,13 @@ settings = ValidationSettings(name="CDCTimeZeros",
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
     """Validate CDCTimeZeros (see the module docstring); returns a Verdict."""
     from b2luca.contract import Verdict, read_input_data
+    from calibrations._common import expert_config_dict
     from calibrations._common import (calibration_output, limit_files_per_run, pull_figures, pull_histogram, pulls_ok,
                                       pyplot, read_branches, save_figure, split_half, truth_or_none, write_csv)
     from calibrations.cdc_time_zeros import fit_t0
     from calibrations.cdc_time_zeros import settings as cal_settings
 
-    cfg = {**cal_settings.expert_config, **settings.expert_config, **(expert_config or {})}
+    cfg = {**cal_settings.expert_config, **settings.expert_config, **expert_config_dict(expert_config)}
     k = float(cfg["pull_tolerance_sigma"])
     out = calibration_output(job_path, "CDCTimeZeros", "CDCTimeZeros")
     err = np.asarray(out["t0_error"], float)

@@ -25,12 +25,13 @@ settings = ValidationSettings(name="ECLCrystalEnergy",
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
     """Validate ECLCrystalEnergy (see the module docstring); returns a Verdict."""
     from b2luca.contract import Verdict, read_input_data
+    from calibrations._common import expert_config_dict
     from calibrations._common import calibration_output, pull_figures, pull_histogram, pulls_ok, pyplot, \
         save_figure, truth_or_none, write_csv
     from calibrations.ecl_crystal_energy import build_system, read_bhabha
     from calibrations.ecl_crystal_energy import settings as cal_settings
 
-    cfg = {**cal_settings.expert_config, **settings.expert_config, **(expert_config or {})}
+    cfg = {**cal_settings.expert_config, **settings.expert_config, **expert_config_dict(expert_config)}
     k = float(cfg["pull_tolerance_sigma"])
     out = calibration_output(job_path, "ECLCrystalEnergy", "ECLCrystalEnergy")
     c = np.asarray(out["constant"], float)

@@ -29,11 +29,12 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     from scipy.stats import poisson
 
     from b2luca.contract import Verdict
+    from calibrations._common import expert_config_dict
     from calibrations._common import calibration_output, pyplot, save_figure, truth_or_none, write_csv
     from calibrations.pxd_hot_dead_pixels import DEAD, GOOD, HOT
     from calibrations.pxd_hot_dead_pixels import settings as cal_settings
 
-    cfg = {**cal_settings.expert_config, **settings.expert_config, **(expert_config or {})}
+    cfg = {**cal_settings.expert_config, **settings.expert_config, **expert_config_dict(expert_config)}
     p_false = float(cfg["p_false"])
     out = calibration_output(job_path, "PXDHotDeadPixels", "PXDMasks")
     status = np.asarray(out["status"])

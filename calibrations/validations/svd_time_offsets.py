@@ -25,11 +25,12 @@ settings = ValidationSettings(name="SVDTimeOffsets",
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
     """Validate SVDTimeOffsets (see the module docstring); returns a Verdict."""
     from b2luca.contract import Verdict, read_input_data
+    from calibrations._common import expert_config_dict
     from calibrations._common import (calibration_output, limit_files_per_run, pull_figures, pull_histogram, pulls_ok,
                                       pyplot, read_branches, save_figure, split_half, truth_or_none, write_csv)
     from calibrations.svd_time_offsets import fit_offsets
 
-    cfg = {**settings.expert_config, **(expert_config or {})}
+    cfg = {**settings.expert_config, **expert_config_dict(expert_config)}
     k = float(cfg.get("pull_tolerance_sigma", 5.0))
     out = calibration_output(job_path, "SVDTimeOffsets", "SVDTimeOffsets")
     err = np.asarray(out["offset_error"], dtype=float)

@@ -56,13 +56,14 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     from pathlib import Path
 
     from b2luca.contract import Verdict, chain_from_caf_config, read_input_data
+    from calibrations._common import expert_config_dict
     from b2luca.reco.geometry import aligned_frames, nominal_geometry
     from b2luca.reco.measurements import load_constants
     from b2luca.reco.raw import read_raw
     from calibrations._common import (calibration_output, first_exprun, pull_figures, pyplot, save_figure,
                                       truth_or_none, write_csv)
 
-    cfg = {**settings.expert_config, **(expert_config or {})}
+    cfg = {**settings.expert_config, **expert_config_dict(expert_config)}
     k = float(cfg["pull_tolerance_sigma"])
     geom = nominal_geometry()
     vxd = calibration_output(job_path, "VXDCDCAlignment", "VXDAlignment")

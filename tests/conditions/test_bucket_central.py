@@ -4,7 +4,9 @@ reporting to the GitLab test server (python-gitlab over HTTP); sign-off, publish
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +21,11 @@ from b2luca.tasks.driver import run_bucket
 from bucket_helpers import make_bucket
 from report.fake_gitlab import FakeGitLab
 
+from runners.conftest import standin_path
+
 from .fake_conddb import FakeCondDB
+
+REPO = str(Path(__file__).resolve().parents[2])
 
 pytestmark = pytest.mark.slow
 
@@ -55,15 +61,21 @@ def _issue(gitlab: FakeGitLab, name: str) -> dict:
     return next(i for i in gitlab.issues if i["title"] == f"[demo] {name}")
 
 
-def test_demo_bucket_central_upload_testing_signoff_publish(tmp_path, servers, capsys):
+def test_demo_bucket_central_upload_testing_signoff_publish(tmp_path, servers, capsys, monkeypatch):
     gitlab, conddb = servers
     config = make_bucket(tmp_path, events=EVENTS, changes={
         "conditions.backend": "central",
         "conditions.central": {"url": conddb.url, "token_env": CONDDB_TOKEN_ENV, "timeout": 5.0, "retries": 1},
+        "runner.basf2": {"setup": "true"},
         "report.transport": "gitlab",
         "report.gitlab": {"url": gitlab.url, "project": gitlab.project_path, "token_env": GITLAB_TOKEN_ENV,
                           "timeout": 2.0}})
     cfg = load_config(config)
+    # Local calibrations are copied by the service (`b2conditionsdb iovs copy`): the stand-in's "service" is the
+    # bucket's conditions folder, so the copies also land in the local working copy the database chain reads.
+    monkeypatch.setenv("PATH", standin_path())
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("B2CONDB_STANDIN_DIR", str(cfg.conditions.directory))
     outcome = run_bucket(cfg, workers=2, echo=lambda _: None)
     assert outcome.exit_code == 0, [(r.name, r.state) for r in outcome.rows]
     ctx = context_for(str(config))
@@ -73,13 +85,14 @@ def test_demo_bucket_central_upload_testing_signoff_publish(tmp_path, servers, c
     # revisions the calibrations put into the bucket's local prompt tag.
     staging = LocalDatabase(cfg.conditions.directory / cfg.conditions.prompt_global_tag)
     uploaded = [p for n in calibrations for p in json.loads(ctx.result_path(n).read_text())["payloads"]]
-    uploaded += [p for f in (cfg.work_dir / "local").glob("*.json") for p in json.loads(f.read_text())["payloads"]]
     entries = {(e.name, e.revision): e for e in staging.entries()}
     expected = Counter((p["name"], tuple(entries[p["name"], p["revision"]].iov.as_list()),
                         file_md5(entries[p["name"], p["revision"]].path)) for p in uploaded)
     produced = {p for n in calibrations for p in ctx.catalogue[n].settings.produced_payloads}
-    assert len(expected) == len(produced) + 2, expected  # the demo's constants all differ significantly from the
-    # nominal ones; + the two local calibrations' copies
+    assert len(expected) == len(produced), expected  # the demo's constants all differ significantly from the
+    # nominal ones; the two local calibrations were copied by the service, one `iovs copy` each:
+    copies = [json.loads(line) for line in (cfg.conditions.directory / "commands.log").read_text().splitlines()]
+    assert sorted(c[-2] for c in copies) == ["staging_pxd_demo", "staging_svd_demo"], copies
     assert Counter(conddb.tag_iovs("prompt_demo")) == expected
     assert len(conddb.payloads) == len(expected)
     assert conddb.tags["prompt_demo"]["globalTagStatus"] == "TESTING"

@@ -1,4 +1,4 @@
-"""Static reading of basf2-style calibration and validation scripts (helper of :mod:`b2luca.catalogue`).
+"""Static reading of basf2-style calibration and validation scripts (used by :mod:`b2luca.catalogue.discovery`).
 
 A prompt calibration script declares ``settings = CalibrationSettings(...)`` at module level. To learn
 its settings we must not import it: the script imports basf2 (and ROOT, and other scripts) at the top.
@@ -9,6 +9,8 @@ Instead we parse its source with :mod:`ast` and evaluate a small, safe subset of
 * ``INPUT_DATA_FILTERS[category][key]`` where ``INPUT_DATA_FILTERS`` is imported from ``prompt``
   or ``b2luca.catalogue``,
 * ``+`` of two strings, two lists or two tuples (``"NOT " + INPUT_DATA_FILTERS["Magnet"]["Off"]``),
+* f-strings of such values (``f"NOT {INPUT_DATA_FILTERS['Data Tag']['random_calib']}"``), ``*`` unpacking
+  of lists inside lists, and indexing of module-level lists/dicts with constant keys,
 * names bound earlier at module level by a simple assignment to such a value,
 * another script's settings imported as ``from prompt.calibrations.<script> import settings as alias``
   (also ``from calibrations.<script> ...``, ``from .<script> ...``, or a module imported from such a
@@ -21,11 +23,11 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from .errors import CatalogueError
+from ..errors import CatalogueError
 
 __all__ = ["CatalogueError", "DependencyRef", "ParsedScript", "read_script"]
 
@@ -35,7 +37,7 @@ _SYMBOLS = ("CalibrationSettings", "ValidationSettings", "INPUT_DATA_FILTERS")
 #: ``<anything.>calibrations.<stem>`` or a relative ``.<stem>``: a sibling calibration script.
 _CALIBRATION_MODULE = re.compile(r"^(?:(?:[A-Za-z_]\w*\.)*calibrations|)\.([A-Za-z_]\w*)$")
 
-_SUPPORTED = ("only literals, __doc__, INPUT_DATA_FILTERS[...][...], '+' of strings/lists/tuples, "
+_SUPPORTED = ("only literals, __doc__, INPUT_DATA_FILTERS[...][...], '+' of strings/lists/tuples, f-strings, "
               "module-level names bound to these, and other scripts' imported settings can be read "
               "without running the script")
 
@@ -78,7 +80,6 @@ class ParsedScript:
     kind: str | None  # "calibration", "validation" or None (no settings)
     kwargs: dict[str, Any] = field(default_factory=dict)
     lineno: int = 0  # line of ``settings = ...``
-    docstring: str | None = None
     functions: frozenset[str] = frozenset()  # module-level ``def`` names
     #: "CalibrationSettings" / "ValidationSettings" when the script imports them (from prompt or b2luca)
     settings_classes: frozenset[str] = frozenset()
@@ -132,7 +133,7 @@ class _Reader:
         except SyntaxError as exc:
             raise CatalogueError(f"{self.path}:{exc.lineno}: syntax error: {exc.msg}") from None
         self.docstring = ast.get_docstring(tree, clean=False)
-        result = ParsedScript(path=self.path, kind=None, docstring=self.docstring)
+        result = ParsedScript(path=self.path, kind=None)
         functions: set[str] = set()
         settings_node: ast.Assign | ast.AnnAssign | None = None
         settings_env: dict[str, Any] = {}
@@ -143,7 +144,7 @@ class _Reader:
             elif isinstance(stmt, ast.Import):
                 self._import(stmt)
             elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
-                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                targets: list[ast.expr] = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
                 if stmt.value is None:  # bare annotation ``x: int``
                     continue
                 if any(isinstance(t, ast.Name) and t.id == "settings" for t in targets):
@@ -169,7 +170,7 @@ class _Reader:
         self.env = settings_env
         if not isinstance(call, ast.Call):
             if result.imports_settings_class:
-                raise self.unsupported(call, "'settings' must be assigned a CalibrationSettings(...) "
+                raise self.unsupported(call or settings_node, "'settings' must be assigned a CalibrationSettings(...) "
                                              "or ValidationSettings(...) call")
             return result
         func = self._eval_callee(call.func)
@@ -194,7 +195,7 @@ class _Reader:
         return result
 
     @staticmethod
-    def _callee_name(call: ast.expr) -> str:
+    def _callee_name(call: ast.expr | None) -> str:
         if isinstance(call, ast.Call):
             return call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
         return ""
@@ -239,7 +240,7 @@ class _Reader:
         for name in names:
             self.env[name] = val
 
-    def _mark_stores(self, nodes: list[ast.AST], lineno: int, reason: str) -> None:
+    def _mark_stores(self, nodes: Sequence[ast.AST], lineno: int, reason: str) -> None:
         for node in nodes:
             for sub in ast.walk(node):
                 if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
@@ -309,12 +310,17 @@ class _Reader:
             raise self.unsupported(node, f"{type(node.value).__name__} constant")
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
                 and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
-            return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+            number: float = node.operand.value  # type: ignore[assignment]  # int or float, checked above
+            return -number if isinstance(node.op, ast.USub) else number
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-            items = []
+            items: list[Any] = []
             for elt in node.elts:
                 if isinstance(elt, ast.Starred):
-                    raise self.unsupported(elt, "'*' unpacking")
+                    spread = self.eval(elt.value)
+                    if not isinstance(spread, (list, tuple)):
+                        raise self.unsupported(elt, f"'*' unpacking of {type(spread).__name__}")
+                    items.extend(spread)
+                    continue
                 items.append(self.eval(elt))
             if isinstance(node, ast.List):
                 return items
@@ -340,9 +346,8 @@ class _Reader:
             if not isinstance(node.op, ast.Add):
                 raise self.unsupported(node, f"operator {type(node.op).__name__}")
             left, right = self.eval(node.left), self.eval(node.right)
-            for kind in (str, list, tuple):
-                if isinstance(left, kind) and isinstance(right, kind):
-                    return left + right
+            if type(left) is type(right) and isinstance(left, (str, list, tuple)):
+                return left + right
             raise self.unsupported(node, f"'+' of {type(left).__name__} and {type(right).__name__}")
         if isinstance(node, (ast.Name, ast.Attribute)):
             value = self._eval_ref(node)
@@ -357,16 +362,30 @@ class _Reader:
         if isinstance(node, ast.Call):
             raise self.unsupported(node, "function call")
         if isinstance(node, ast.JoinedStr):
-            raise self.unsupported(node, "f-string")
+            return self._eval_fstring(node)
         raise self.unsupported(node, f"{type(node).__name__} expression")
 
-    def _eval_filter(self, node: ast.Subscript) -> str:
+    def _eval_fstring(self, node: ast.JoinedStr) -> str:
+        parts = []
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                parts.append(str(value.value))
+                continue
+            assert isinstance(value, ast.FormattedValue)
+            if value.format_spec is not None:
+                raise self.unsupported(node, "f-string with a format specification")
+            item = self.eval(value.value)
+            if not isinstance(item, (str, int, float, bool)):
+                raise self.unsupported(node, f"f-string of a {type(item).__name__}")
+            parts.append(repr(item) if value.conversion == ord("r") else str(item))
+        return "".join(parts)
+
+    def _eval_filter(self, node: ast.Subscript) -> Any:
         inner = node.value
-        if not isinstance(inner, ast.Subscript):
-            raise self.unsupported(node, "subscript (only INPUT_DATA_FILTERS[category][key] is read)")
-        base = self._eval_ref(inner.value) if isinstance(inner.value, (ast.Name, ast.Attribute)) else None
-        if not (isinstance(base, _Symbol) and base.name == "INPUT_DATA_FILTERS"):
-            raise self.unsupported(node, "subscript (only INPUT_DATA_FILTERS[category][key] is read)")
+        base = self._eval_ref(inner.value) if isinstance(inner, ast.Subscript) \
+            and isinstance(inner.value, (ast.Name, ast.Attribute)) else None
+        if not (isinstance(inner, ast.Subscript) and isinstance(base, _Symbol) and base.name == "INPUT_DATA_FILTERS"):
+            return self._eval_index(node)
         category = self.eval(inner.slice)
         key = self.eval(node.slice)
         if category not in self.filters:
@@ -377,6 +396,17 @@ class _Reader:
             raise self.error(node, f"unknown filter {key!r} in INPUT_DATA_FILTERS[{category!r}]; known: "
                                    f"{', '.join(repr(v) for v in values)}")
         return values[key]
+
+
+    def _eval_index(self, node: ast.Subscript) -> Any:
+        """``name[key]`` on a module-level list/tuple/dict with a constant key."""
+        container = self.eval(node.value)
+        key = self.eval(node.slice)
+        if isinstance(container, dict) and key in container:
+            return container[key]
+        if isinstance(container, (list, tuple)) and isinstance(key, int) and -len(container) <= key < len(container):
+            return container[key]
+        raise self.unsupported(node, f"subscript [{key!r}] of a {type(container).__name__} that has no such item")
 
 
 def read_script(path: Path, filters: Mapping[str, Mapping[str, str]]) -> ParsedScript:

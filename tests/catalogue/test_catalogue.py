@@ -20,7 +20,7 @@ from b2luca.catalogue import (
 from b2luca.contract import CalibrationJob, Verdict
 from b2luca.iov import ExpRun, IoV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------------------------------
 # basf2-style scripts, in the style of basf2's calibration/scripts/prompt/calibrations/*.py
@@ -110,7 +110,7 @@ def get_calibrations(input_data, **kwargs):
     return []
 '''
 
-# old-style (no subsystem / produced_payloads), module-level names, list '+', as in caf_vxdcdc_alignment.py
+# no produced_payloads, module-level names, list '+', as in caf_vxdcdc_alignment.py
 CAF_VXDCDC = '''\
 # -*- coding: utf-8 -*-
 
@@ -144,6 +144,7 @@ quality_flags = [INPUT_DATA_FILTERS["Run Type"]["physics"],
 #: Tells the automated system some details of this script
 settings = CalibrationSettings(name="Full VXD and CDC Alignment",
                                expert_username="bilkat",
+                               subsystem="alignment",
                                description=__doc__,
                                input_data_formats=["raw"],
                                input_data_names=collection_names,
@@ -181,7 +182,7 @@ from prompt.calibrations.caf_vxdcdc_alignment import settings as caf_vxdcdc_alig
 settings = CalibrationSettings(
     name="BeamSpot Calibrations",
     expert_username="zlatko",
-    subsystem="beamspot",
+    subsystem="beam",
     description=__doc__,
     input_data_formats=["cdst"],
     input_data_names=["mumu_tight_or_highm_calib"],
@@ -212,7 +213,7 @@ from prompt.calibrations.caf_beamspot import settings as caf_beamspot
 settings = CalibrationSettings(
     name="Ecms Calibrations",
     expert_username="zlatko",
-    subsystem="ecms",
+    subsystem="beam",
     description=__doc__,
     input_data_formats=["cdst"],
     input_data_names=["hadron_calib", "mumu_tight_or_highm_calib"],
@@ -353,7 +354,8 @@ def test_settings_normalised_like_basf2():
     (dict(expert_config={"s": {1, 2}}), r"expert_config\['s'\] is not JSON-serialisable"),
     (dict(expert_config=[1, 2]), "expert_config must be a dict"),
     (dict(depends_on=["CDC"]), "depends_on must contain CalibrationSettings"),
-    (dict(produced_payloads=["bad name"]), "produced_payloads must be payload names"),
+    (dict(produced_payloads=[""]), "produced_payloads must contain non-empty strings"),
+    (dict(subsystem="beamspot"), "subsystem 'beamspot' is not one of basf2's subsystems"),
 ])
 def test_settings_checks(over, message):
     with pytest.raises(ValueError, match=message) as info:
@@ -387,7 +389,7 @@ def test_basf2_scripts_read_without_basf2_and_ordered(basf2_dir):
     assert cat["CDC Tracking"].functions >= {"get_calibrations"}
 
     align = cat["Full VXD and CDC Alignment"]
-    assert align.settings.subsystem == "" and align.settings.produced_payloads == ()
+    assert align.settings.subsystem == "alignment" and align.settings.produced_payloads == ()
     assert align.settings.input_data_names == {"cosmic", "hadron", "mumu", "offip"}
     assert align.settings.input_data_filters["offip"] == ("offip_calib", "physics", "Good Or Recoverable", "On")
     assert align.settings.expert_config["stage1.method"] == "fullLAPACK"
@@ -422,7 +424,7 @@ def test_static_reading_equals_running_a_native_script(tmp_path, monkeypatch):
     write(d, "first.py", '''\
         """First calibration."""
         from b2luca.catalogue import CalibrationSettings, INPUT_DATA_FILTERS
-        settings = CalibrationSettings(name="First", expert_username="a", description=__doc__,
+        settings = CalibrationSettings(name="First", expert_username="a", subsystem="example", description=__doc__,
                                        input_data_formats=["raw"], input_data_names=["x"],
                                        input_data_filters={"x": [INPUT_DATA_FILTERS["Data Tag"]["random_calib"]]},
                                        produced_payloads=["FirstPayload"])
@@ -472,7 +474,7 @@ def test_dependency_import_forms(tmp_path, import_line, alias):
         """Dependent."""
         from prompt import CalibrationSettings
         {import_line}
-        settings = CalibrationSettings(name="Dep", expert_username="x", description=__doc__,
+        settings = CalibrationSettings(name="Dep", expert_username="x", subsystem="example", description=__doc__,
                                        input_data_formats=["raw"], input_data_names=["a"], depends_on=[{alias}])
         ''')
     cat = discover(d)
@@ -483,12 +485,12 @@ def test_dependency_import_forms(tmp_path, import_line, alias):
 UNSUPPORTED = [
     ("expert_config=make_config()", "function call", 6),
     ("expert_config=dict(a=1)", "function call", 6),
-    ("expert_config={'when': f'{__doc__}'}", "f-string", 6),
+    ("expert_config={'when': f'{3:4d}'}", "f-string with a format specification", 6),
     ("expert_config=np.zeros", "'numpy.zeros' is imported from another module", 6),
-    ("expert_config={'k': [*LIST]}", "'\\*' unpacking", 6),
+    ("expert_config={'k': [*LIST[0]]}", "'\\*' unpacking of int", 6),
     ("expert_config={'k': 2 * 3}", "operator Mult", 6),
     ("expert_config={'k': 'a' + 1}", "'\\+' of str and int", 6),
-    ("expert_config={'k': LIST[0]}", "subscript", 6),
+    ("expert_config={'k': LIST[2]}", "subscript \\[2\\] of a list that has no such item", 6),
     ("expert_config=INPUT_DATA_FILTERS", "INPUT_DATA_FILTERS used without", 6),
 ]
 
@@ -501,7 +503,7 @@ def test_unsupported_construct_names_script_and_line(tmp_path, argument, what, l
         import numpy as np
         from prompt import CalibrationSettings, INPUT_DATA_FILTERS
         LIST = [1, 2]
-        settings = CalibrationSettings(name="Odd", expert_username="x", description=__doc__,
+        settings = CalibrationSettings(name="Odd", expert_username="x", subsystem="example", description=__doc__,
                                        {argument},
                                        input_data_formats=["raw"], input_data_names=["a"])
         ''')
@@ -521,7 +523,7 @@ def test_unreadable_module_level_name_points_at_both_lines(tmp_path):
         flags = quality("Good")
         extra = [1]
         extra += [2]
-        settings = CalibrationSettings(name="N", expert_username="x", description=__doc__,
+        settings = CalibrationSettings(name="N", expert_username="x", subsystem="example", description=__doc__,
                                        input_data_formats=["raw"], input_data_names=["a"],
                                        input_data_filters={"a": flags})
         ''')
@@ -552,7 +554,7 @@ def test_unknown_filter_key_names_line_and_known_keys(tmp_path):
     lines = CAF_VXDCDC.splitlines()
     line = 1 + lines.index(next(text for text in lines if "mumu_tight_or_highm_calib" in text))
     assert str(info.value).startswith(f"{path}:{line}: unknown filter 'mumutight_calib' in "
-                                      f"INPUT_DATA_FILTERS['Data Tag']; known: 'hlt_skim'")
+                                      f"INPUT_DATA_FILTERS['Data Tag']; known: 'bhabha_all_calib'")
 
 
 def test_invalid_settings_in_script_names_script_and_line(tmp_path):
@@ -561,7 +563,7 @@ def test_invalid_settings_in_script_names_script_and_line(tmp_path):
         """Bad."""
         from prompt import CalibrationSettings, INPUT_DATA_FILTERS
 
-        settings = CalibrationSettings(name="Bad", expert_username="x", description=__doc__,
+        settings = CalibrationSettings(name="Bad", expert_username="x", subsystem="example", description=__doc__,
                                        input_data_formats=["raw"], input_data_names=["a", "b"],
                                        input_data_filters={"a": [INPUT_DATA_FILTERS["Magnet"]["On"]]})
         ''')
@@ -594,7 +596,8 @@ def script(name: str, fmt: str = "raw", deps: tuple[str, ...] = ()) -> str:
     """A minimal basf2-style script; ``deps`` are script stems it depends on."""
     imports = "\n".join(f"from prompt.calibrations.{d} import settings as {d}_settings" for d in deps)
     return (f'"""{name}."""\nfrom prompt import CalibrationSettings\n{imports}\n'
-            f'settings = CalibrationSettings(name="{name}", expert_username="x", description=__doc__,\n'
+            f'settings = CalibrationSettings(name="{name}", expert_username="x", subsystem="example",\n'
+            f'                               description=__doc__,\n'
             f'                               input_data_formats=["{fmt}"], input_data_names=["a"],\n'
             f'                               depends_on=[{", ".join(d + "_settings" for d in deps)}])\n')
 
@@ -607,9 +610,9 @@ def test_cycle_is_printed_with_scripts(tmp_path):
     write(d, "d.py", script("D", deps=("a",)))
     with pytest.raises(CatalogueError) as info:
         discover(d)
-    assert str(info.value) == f"dependency cycle: A ({a}) -> B ({b}) -> C ({c}) -> A ({a})"
+    assert str(info.value) == f"dependency cycle: A ({a}:3) -> B ({b}:3) -> C ({c}:3) -> A"  # D is not blamed
     write(d, "e.py", script("E", deps=("e",)))
-    with pytest.raises(CatalogueError, match=r"dependency cycle: E \(.*e\.py\) -> E"):
+    with pytest.raises(CatalogueError, match=r"dependency cycle: E \(.*e\.py:3\) -> E"):
         discover(d)
 
 
@@ -629,7 +632,7 @@ def test_missing_dependency(tmp_path):
     with pytest.raises(CatalogueError) as info:
         discover(d)
     message = str(info.value)
-    assert message.startswith(f"missing dependency: {a}:3 ('A') depends on "
+    assert message.startswith(f"{a}:3: missing dependency: 'A' depends on "
                               f"`from prompt.calibrations.caf_nope import settings as caf_nope_settings`")
     assert f"{d / 'caf_nope.py'} does not exist" in message
     write(d, "helper.py", '"""no settings"""\nimport basf2\n')
@@ -650,7 +653,7 @@ def test_duplicate_name_names_both_scripts(tmp_path):
     two = write(d, "two.py", script("Same", fmt="cdst"))
     with pytest.raises(CatalogueError) as info:
         discover(d)
-    assert str(info.value) == f"duplicate calibration name 'Same': {one} and {two}"
+    assert str(info.value) == f"duplicate calibration name 'Same': {one}:4 and {two}:4"
 
 
 def test_raw_depending_on_cdst(tmp_path):
@@ -772,7 +775,8 @@ def test_calibration_job(tmp_path):
 def test_misplaced_scripts_and_star_import(tmp_path):
     d = tmp_path / "cals"
     write(d, "star.py", '"""Star."""\nfrom prompt import *\n'
-                        'settings = CalibrationSettings(name="Star", expert_username="x", description=__doc__,\n'
+                        'settings = CalibrationSettings(name="Star", expert_username="x", subsystem="example",\n'
+                        '                               description=__doc__,\n'
                         '    input_data_formats=["raw"], input_data_names=["a"],\n'
                         '    input_data_filters={"a": [INPUT_DATA_FILTERS["Run Type"]["cosmic"]]})\n')
     assert discover(d)["Star"].settings.input_data_filters == {"a": ("cosmic",)}
@@ -789,8 +793,8 @@ def test_misplaced_scripts_and_star_import(tmp_path):
 def test_plan_text_shows_experts_validation_and_dependencies(basf2_dir):
     text = build_plan(discover(basf2_dir)).as_text()
     assert "stage 1/3: raw calibrations\n  group 0: CDC Tracking, SVD Time\n" in text
-    assert "    Full VXD and CDC Alignment: @bilkat; input cosmic, hadron, mumu, offip; after CDC Tracking; " \
-           "no validation" in text
-    assert "    BeamSpot Calibrations: @zlatko; subsystem beamspot; input mumu_tight_or_highm_calib; payloads " \
+    assert "    Full VXD and CDC Alignment: @bilkat; subsystem alignment; input cosmic, hadron, mumu, offip; " \
+           "after CDC Tracking; no validation" in text
+    assert "    BeamSpot Calibrations: @zlatko; subsystem beam; input mumu_tight_or_highm_calib; payloads " \
            "BeamSpot; after Full VXD and CDC Alignment; validation beamspot.py" in text
     assert "stage 2/3: cDST production" in text and "stage 3/3: cDST calibrations\n  group 0: BeamSpot" in text

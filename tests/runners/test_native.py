@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent('''
     from b2luca.catalogue import CalibrationSettings, INPUT_DATA_FILTERS
 
     settings = CalibrationSettings(
-        name="CountFiles", expert_username="someone", subsystem="test", description=__doc__,
+        name="CountFiles", expert_username="someone", subsystem="example", description=__doc__,
         input_data_formats=["raw"], input_data_names=["hadron_calib"],
         input_data_filters={"hadron_calib": [INPUT_DATA_FILTERS["Data Tag"]["hadron_calib"]]},
         depends_on=[], expert_config={"scale": 1.0, "fail": False}, produced_payloads=["CountFiles"])
