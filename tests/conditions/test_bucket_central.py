@@ -76,6 +76,7 @@ def test_demo_bucket_central_upload_testing_signoff_publish(tmp_path, servers, c
     monkeypatch.setenv("PATH", standin_path())
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("B2CONDB_STANDIN_DIR", str(cfg.conditions.directory))
+    GlobalTag.create(cfg.conditions.directory, cfg.conditions.prompt_global_tag)  # the stand-in service's tag
     outcome = run_bucket(cfg, workers=2, echo=lambda _: None)
     assert outcome.exit_code == 0, [(r.name, r.state) for r in outcome.rows]
     ctx = context_for(str(config))
