@@ -30,6 +30,10 @@ def _load_plan(cfg: BucketConfig):
     if unknown:
         raise ConfigError(f"{cfg.path}: calibrations.expert_config.{unknown[0]}: no calibration of that name in "
                           f"{cfg.calibrations.directory} (known: {', '.join(sorted(catalogue.calibrations))})")
+    from .config_checks import expert_config_problems, raise_problems
+
+    raise_problems(expert_config_problems(cfg.path, cfg.calibrations.expert_config, {
+        name: info.settings.expert_config for name, info in catalogue.calibrations.items()}))
     return catalogue, build_plan(catalogue)
 
 

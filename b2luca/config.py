@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jsonschema
-import yaml
 
 from .iov import IoV
 from .errors import ConfigError
+from .config_checks import non_finite_problems, parse_config_yaml, raise_problems, read_config_text
 
 SCHEMA_VERSION = 1
 TOKEN_KEYS = {"token", "private_token", "oauth_token", "job_token", "api_key", "password"}
@@ -224,11 +224,13 @@ def validate_document(document: Any, source: "str | Path") -> None:
     except FileNotFoundError:
         raise ConfigError(f"{source}: schema_version: must be {SCHEMA_VERSION}, got {version!r}") from None
     validator = jsonschema.Draft202012Validator(schema)
-    errors = list(validator.iter_errors(document))
-    if errors:
-        error = jsonschema.exceptions.best_match(errors)
-        key, expected = _describe(error)
-        raise ConfigError(f"{source}: {key}: {expected}")
+    by_path: dict[tuple, list[jsonschema.ValidationError]] = {}
+    for error in validator.iter_errors(document):  # every problem of the file, one line per key path
+        by_path.setdefault(tuple(map(str, error.absolute_path)), []).append(error)
+    problems = [f"{source}: {': '.join(_describe(jsonschema.exceptions.best_match(errs)))}"
+                for errs in by_path.values()]
+    problems += non_finite_problems(document, source)
+    raise_problems(problems)
     _check_semantics(document, source)
 
 
@@ -329,15 +331,9 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
 
 
 def parse_yaml(text: str, source: "str | Path") -> Any:
-    """Parse YAML text; a syntax error names the file, line and column."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError(f"{source}: {where}: not valid YAML ({exc.problem})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+    """Parse YAML text; a syntax error names the file, line and column; nesting, alias expansion and
+    duplicate keys are checked (see :mod:`b2luca.config_checks`)."""
+    return parse_config_yaml(text, source)
 
 
 def load_config(path: "str | Path", overrides: Mapping[str, Any] | None = None) -> BucketConfig:
@@ -349,7 +345,7 @@ def load_config(path: "str | Path", overrides: Mapping[str, Any] | None = None) 
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
-    document = parse_yaml(path.read_text(), path)
+    document = parse_yaml(read_config_text(path), path)
     if overrides and isinstance(document, dict):
         document = {**document, **overrides}
     validate_document(document, path)
