@@ -100,21 +100,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print every task's state, duration and report; calibrations' expert sign-off."""
     from .tasks.driver import format_table, status_rows
 
+    from .conditions.verify import bucket_databases, damage_report, verify_databases
+
     cfg = _load(args.config)
     rows = status_rows(cfg)
     print(format_table(rows))
+    damage = verify_databases(bucket_databases(cfg))  # every payload in force checked against its checksum
+    print("\n" + "\n".join(damage_report(damage)) if damage else "\nconditions database: every payload intact")
+    code = EXIT_FAILURE if damage else EXIT_OK
     try:
         from .report import read_signoffs
 
         signoffs = read_signoffs(cfg.report, cfg.work_dir, cfg.name)
     except (ReportConfigError, TransportError) as exc:  # GitLab unreachable: the table above still stands
         print(f"\nexpert sign-off: not available ({exc})")
-        return EXIT_OK
+        return code
     if signoffs:
         print("\nexpert sign-off:")
         for name, signoff in sorted(signoffs.items()):
             print(f"  {name}: {signoff}")
-    return EXIT_OK
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:

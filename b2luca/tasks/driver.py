@@ -355,6 +355,10 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
                                              "not run (scheduling failed)")]
     validation_failed = [r for r in rows if "validation-failed" in r.state]
     ok = result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY") and not failed and not validation_failed
+    from ..conditions.verify import bucket_databases, damage_report, verify_databases
+
+    damage = verify_databases(bucket_databases(cfg))  # no SUCCESS on a damaged conditions database
+    ok = ok and not damage
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
@@ -377,6 +381,8 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
         skipped = [r for r in failed if r.state.startswith("not run")]
         if skipped:
             echo(f"  {len(skipped)} task(s) not run because of these.")
+        if damage:
+            echo("\n".join(damage_report(damage)))
     return RunOutcome(0 if ok else 1, rows, result.status.name, seconds)
 
 
