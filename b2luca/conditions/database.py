@@ -22,7 +22,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import write_text_atomic
+from ..atomic import write_bytes_atomic, write_text_atomic
 from ..iov import ExpRun, IoV
 from .payload import PayloadError, payload_checksum, read_payload, write_payload
 from ..errors import DatabaseError
@@ -195,6 +195,31 @@ class LocalDatabase:
     def store_file(self, name: str, source: Path, iov: IoV) -> PayloadEntry:
         """Store the content of an existing payload file (same rules as :meth:`store`)."""
         return self.store(name, read_payload(source), iov)
+
+    def retire_damaged(self, names: "set[str] | Sequence[str]", reason: str) -> list[str]:
+        """Comment out the lines of payloads ``names`` whose file is missing or damaged; return those lines.
+
+        Look-ups then fall back to the earlier lines (or the next database of a chain) and a new store
+        writes a new revision; the damaged file stays (its revision number stays reserved). Every other
+        line, even an unparseable one, is kept byte for byte.
+        """
+        if not self.database_txt.exists():
+            return []
+        retired: list[str] = []
+        with self.locked():
+            out: list[bytes] = []
+            for data in self.database_txt.read_bytes().splitlines():
+                text = data.decode("utf-8", errors="replace").split("#", 1)[0].split()
+                if len(text) == 3 and text[0].startswith("dbstore/") and text[0][8:] in names \
+                        and _NAME_RE.match(text[0][8:]) and _REV_RE.match(text[1]):
+                    path = self.path / payload_filename(text[0][8:], text[1])
+                    if check_payload_file(path)[1] is not None:
+                        retired.append(" ".join(text))
+                        data = f"# {reason}: ".encode() + data
+                out.append(data)
+            if retired:
+                write_bytes_atomic(self.database_txt, b"".join(line + b"\n" for line in out))
+        return retired
 
     def _next_revision(self, name: str, entries: Sequence[PayloadEntry]) -> int:
         revisions = [e.revision for e in entries if e.name == name and isinstance(e.revision, int)]

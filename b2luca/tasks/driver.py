@@ -340,6 +340,9 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
         echo(message)
     if rerun:
         echo("invalidated: " + ", ".join(invalidate(ctx, rerun)))
+        payloads = {p for name in rerun for p in ctx.catalogue[name].settings.produced_payloads}
+        for line in ctx.prompt_tag.db.retire_damaged(payloads, "damaged, retired by --rerun"):
+            echo(f"retired damaged line of the prompt global tag: {line}")
     configure_luigi(cfg.work_dir / "luigi.log")
     settings_commit = _pull_settings(ctx, config_path)
     ctx.emit("bucket_started", None, requested_iov=cfg.requested_iov.as_list(), settings_commit=settings_commit,

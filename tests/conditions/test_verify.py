@@ -88,3 +88,24 @@ def test_damaged_revision_superseded_by_storing_again(db):
     assert verify_database(db.path) == []  # the damaged line is covered by the new one
     assert payload_checksum(db.read("CDCTimeZeros", ExpRun(26, 2))) == payload_checksum(DATA)
     assert db.store("CDCTimeZeros", DATA, IOV).revision == 2  # intact now: no further revision
+
+
+def test_retire_damaged_lines_keeps_everything_else(db):
+    older = db.lookup("CDCTimeZeros", ExpRun(26, 1))
+    db.store("CDCTimeZeros", {"t0": np.ones(10), "ok": np.array(False)}, IOV)  # revision 2, in force
+    newer = db.lookup("CDCTimeZeros", ExpRun(26, 1))
+    newer.path.write_bytes(b"not root")
+    with open(db.database_txt, "ab") as handle:
+        handle.write(b"dbstore/Gar bage \xff\n")
+    before = db.database_txt.read_bytes().splitlines()
+    retired = db.retire_damaged({"CDCTimeZeros", "BeamSpot"}, "damaged, retired by a test")
+    assert retired == ["dbstore/CDCTimeZeros 2 26,1,-1,-1"]
+    after = db.database_txt.read_bytes().splitlines()
+    assert after[:2] == before[:2] and after[3:] == before[3:]
+    assert after[2] == b"# damaged, retired by a test: " + before[2]
+    assert verify_database(db.path) == [f"{db.database_txt}:4: not valid UTF-8 (byte 0xff at column 18)"]
+    with open(db.database_txt, "wb") as handle:  # drop the garbage line again
+        handle.write(b"\n".join(after[:3]) + b"\n")
+    assert db.lookup("CDCTimeZeros", ExpRun(26, 1)) == older  # the earlier revision is in force again
+    assert db.store("CDCTimeZeros", {"t0": np.ones(10), "ok": np.array(False)}, IOV).revision == 3
+    assert verify_database(db.path) == []
