@@ -69,7 +69,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate the bucket's synthetic data, truth and run list."""
     from .dataset import simulate_config
 
+    from .atomic import clean_bucket_temp_files
+
     cfg = _load(args.config)
+    clean_bucket_temp_files(cfg)  # leftovers of a killed earlier simulation (.raw_*.root.*.tmp)
     summary = simulate_config(cfg, force=args.force)
     print(summary)
     return EXIT_OK

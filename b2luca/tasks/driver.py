@@ -335,6 +335,9 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     # Pre-flight of the report transport (GitLab: token, project, access) before anything runs;
     # a ReportConfigError ends the run with its message (exit code 2).
     open_reporter(cfg.report, cfg.work_dir, cfg.name, preflight=True)
+    from ..atomic import clean_bucket_temp_files
+
+    clean_bucket_temp_files(cfg, echo)  # leftovers of a killed earlier run (e.g. .raw_*.root.*.tmp)
     message = ensure_data(cfg)
     if message:
         echo(message)
