@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
 
 from .errors import ConfigError
 
@@ -72,8 +75,23 @@ def read_config_text(path: Path) -> str:
                           "the file must be UTF-8") from None
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader whose composer refuses nesting deeper than MAX_DEPTH (before Python's recursion limit)."""
+try:  # libyaml scans and parses (fast); the Python composer below builds the node graph with our limits
+    from yaml._yaml import CParser as _CParser
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    _Base: type = yaml.SafeLoader
+else:
+    class _Base(Composer, _CParser, SafeConstructor, Resolver):  # type: ignore[misc]
+        """libyaml's event parser with PyYAML's Python composer and safe constructor."""
+
+        def __init__(self, stream: str) -> None:
+            _CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+
+class _BoundedLoader(_Base):  # type: ignore[valid-type,misc]
+    """A safe loader whose composer refuses nesting deeper than MAX_DEPTH (before Python's recursion limit)."""
 
     def __init__(self, stream: str, source: str) -> None:
         super().__init__(stream)
