@@ -9,6 +9,8 @@ row per run (nested keys joined with dots, e.g. ``detectors.magnet``), written a
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -64,6 +66,23 @@ def write_snapshot(records: Iterable[Mapping[str, Any]], path: "str | Path") -> 
     return frame
 
 
+def _field_count_problems(text: str, path: Path) -> list[str]:
+    """Rows whose number of fields differs from the header's (pandas would drop or invent cells)."""
+    problems: list[str] = []
+    try:
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, None)
+        if header is None:
+            return [f"{path}: empty RunDB snapshot (not even a header)"]
+        for row in reader:
+            if row and len(row) != len(header):
+                problems.append(f"{path}: line {reader.line_num}: expected {len(header)} fields like the header, "
+                                f"got {len(row)}")
+    except csv.Error as exc:
+        problems.append(f"{path}: line {reader.line_num}: not valid CSV ({exc})")
+    return problems
+
+
 MAX_SNAPSHOT_PROBLEMS = 20  # problems listed for one snapshot (then "... and N more")
 
 
@@ -75,9 +94,22 @@ def read_snapshot(path: "str | Path") -> pd.DataFrame:
     """
     path = Path(path)
     try:
-        frame = pd.read_csv(path, dtype={"experiment": str, "run": str}, skip_blank_lines=False)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RunDBError(f"{path}: RunDB snapshot not found (run `b2luca rundb CONFIG` first)") from None
+    except OSError as exc:
+        raise RunDBError(f"{path}: cannot read the RunDB snapshot ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise RunDBError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
+    problems = _field_count_problems(text, path)
+    if problems:
+        raise RunDBError("\n".join(problems[:MAX_SNAPSHOT_PROBLEMS]))
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype={"experiment": str, "run": str}, skip_blank_lines=False,
+                            index_col=False)
     except Exception as exc:
         raise RunDBError(f"{path}: not a readable RunDB snapshot ({' '.join(str(exc).split())})") from None
     for column in ("experiment", "run"):
