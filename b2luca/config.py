@@ -215,7 +215,7 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
 
 
 def validate_document(document: Any, source: "str | Path") -> None:
-    """Validate a parsed bucket document; raise one ConfigError for the most relevant mistake."""
+    """Validate a parsed bucket document; raise one ConfigError listing every mistake (one line per key)."""
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: (top level): must be a mapping of keys, got {type(document).__name__}")
     version = document.get("schema_version", SCHEMA_VERSION)
@@ -235,35 +235,38 @@ def validate_document(document: Any, source: "str | Path") -> None:
 
 
 def _check_semantics(doc: Mapping[str, Any], source: "str | Path") -> None:
+    """Rules across keys that the schema cannot say; every broken rule is reported."""
+    problems: list[str] = []
     bucket = doc["bucket"]
     if bucket["last_run"] < bucket["first_run"]:
-        raise ConfigError(f"{source}: bucket.last_run: must be >= bucket.first_run ({bucket['first_run']}), "
-                          f"got {bucket['last_run']}")
+        problems.append(f"{source}: bucket.last_run: must be >= bucket.first_run ({bucket['first_run']}), "
+                        f"got {bucket['last_run']}")
     rundb = doc.get("rundb", {})
     if rundb.get("source") == "rest":
         for key in ("url", "api_key_env"):
             if key not in rundb:
-                raise ConfigError(f"{source}: rundb.{key}: is required when rundb.source is 'rest'")
+                problems.append(f"{source}: rundb.{key}: is required when rundb.source is 'rest'")
     if doc.get("data", {}).get("source", "synthetic") == "synthetic" and "simulation" not in doc:
-        raise ConfigError(f"{source}: simulation: is required when data.source is 'synthetic' (the default)")
+        problems.append(f"{source}: simulation: is required when data.source is 'synthetic' (the default)")
     report = doc.get("report", {})
     if report.get("transport") == "gitlab":
         gitlab = report.get("gitlab")
         if gitlab is None:
-            raise ConfigError(f"{source}: report.gitlab: is required when report.transport is 'gitlab'")
-        if "token_env" not in gitlab and "config_section" not in gitlab:
-            raise ConfigError(f"{source}: report.gitlab: needs token_env (an environment variable holding the "
-                              "token) or config_section (a section of ~/.python-gitlab.cfg)")
+            problems.append(f"{source}: report.gitlab: is required when report.transport is 'gitlab'")
+        elif "token_env" not in gitlab and "config_section" not in gitlab:
+            problems.append(f"{source}: report.gitlab: needs token_env (an environment variable holding the "
+                            "token) or config_section (a section of ~/.python-gitlab.cfg)")
     chain = doc["conditions"]["database_chain"]
     prompt = doc["conditions"]["prompt_global_tag"]
     if prompt in chain:
-        raise ConfigError(f"{source}: conditions.database_chain: must not contain the prompt global tag "
-                          f"{prompt!r} (it is put first in the chain automatically)")
+        problems.append(f"{source}: conditions.database_chain: must not contain the prompt global tag "
+                        f"{prompt!r} (it is put first in the chain automatically)")
     cal = doc["calibrations"]
     for name in cal.get("expert_config", {}):
         if cal.get("select") and name not in cal["select"]:
-            raise ConfigError(f"{source}: calibrations.expert_config.{name}: is not a selected calibration "
-                              f"(select: {', '.join(cal['select'])})")
+            problems.append(f"{source}: calibrations.expert_config.{name}: is not a selected calibration "
+                            f"(select: {', '.join(cal['select'])})")
+    raise_problems(problems)
 
 
 def _resources(doc: Mapping[str, Any] | None) -> Resources:
