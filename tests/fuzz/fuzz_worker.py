@@ -322,7 +322,9 @@ def main(argv: list[str]) -> int:
         out["slowest_s"] = max(out["slowest_s"], time.process_time() - start)  # CPU seconds
 
     RUNNERS[kind](random.Random(seed), n, work, record)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process image's peak RSS (ru_maxrss would carry over the parent's peak through fork/exec)
+    with open("/proc/self/status") as handle:
+        out["peak_rss_mb"] = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:")) / 1024
     print(json.dumps(out))
     return 0
 
