@@ -9,10 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+PROCESS_START = time.time()  # when b2luca was imported: temporary files older than this are not ours to wait for
+# ``.<target name>.<8 characters of tempfile's random name>.tmp``, as atomic_path names them
+TEMP_NAME_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def _file_mode() -> int:
@@ -56,3 +62,49 @@ def write_text_atomic(path: "str | os.PathLike[str]", text: str) -> None:
 def write_json_atomic(path: "str | os.PathLike[str]", document: Any, *, indent: int = 2) -> None:
     """Write ``document`` as sorted, indented JSON atomically (non-JSON values via ``str``)."""
     write_text_atomic(path, json.dumps(document, indent=indent, sort_keys=True, default=str) + "\n")
+
+
+def stale_temp_files(roots: Iterable["str | os.PathLike[str]"], before: float = PROCESS_START) -> list[Path]:
+    """Temporary files of :func:`atomic_path`'s naming under ``roots`` last modified before ``before``.
+
+    Such a file is left behind when a writer is killed (``kill -9``) between creating and renaming it;
+    nothing ever reads it. A writer that is still alive keeps touching its file, and every temporary
+    file a run creates is younger than the process, so only leftovers of earlier processes match.
+    """
+    found: set[Path] = set()
+    for root in roots:
+        for folder, _, names in os.walk(root):
+            for name in names:
+                if TEMP_NAME_RE.match(name):
+                    path = Path(folder) / name
+                    with contextlib.suppress(OSError):
+                        if path.is_file() and not path.is_symlink() and path.stat().st_mtime < before:
+                            found.add(path)
+    return sorted(found)
+
+
+def remove_stale_temp_files(roots: Iterable["str | os.PathLike[str]"], before: float = PROCESS_START) -> list[Path]:
+    """Remove :func:`stale_temp_files` (one that vanished meanwhile is skipped); return the removed paths."""
+    removed = []
+    for path in stale_temp_files(roots, before):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def bucket_roots(cfg: Any) -> list[Path]:
+    """The folders a bucket (a ``BucketConfig``) writes into: where its stale temporary files can lie."""
+    roots = [cfg.work_dir, cfg.data.raw_directory, cfg.data.cdst_directory, cfg.conditions.directory,
+             cfg.archive.directory, cfg.rundb.snapshot.parent]
+    return [Path(r) for r in dict.fromkeys(roots) if Path(r).is_dir()]
+
+
+def clean_bucket_temp_files(cfg: Any, echo: Any = print) -> list[Path]:
+    """Remove the bucket's stale temporary files (older than this process) and say so."""
+    removed = remove_stale_temp_files(bucket_roots(cfg))
+    if removed:
+        shown = ", ".join(str(p) for p in removed[:5]) + (f" and {len(removed) - 5} more" if len(removed) > 5 else "")
+        echo(f"removed {len(removed)} stale temporary file(s) left by an interrupted run (older than this "
+             f"process): {shown}")
+    return removed

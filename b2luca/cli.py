@@ -38,6 +38,10 @@ def _load_plan(cfg: BucketConfig) -> tuple[Catalogue, Plan]:
         raise ConfigError(f"{cfg.path}: calibrations.upload.{unknown[0]}: no calibration of that name in "
                           f"{cfg.calibrations.directory} (use 'default' or one of: "
                           f"{', '.join(sorted(catalogue.calibrations))})")
+    from .config_checks import expert_config_problems, raise_problems
+
+    raise_problems(expert_config_problems(cfg.path, cfg.calibrations.expert_config, {
+        name: info.settings.expert_config for name, info in catalogue.calibrations.items()}))
     return catalogue, ctx.plan
 
 
@@ -75,7 +79,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate the bucket's synthetic data, truth and run list."""
     from .dataset import simulate_config
 
+    from .atomic import clean_bucket_temp_files
+
     cfg = _load(args.config)
+    clean_bucket_temp_files(cfg)  # leftovers of a killed earlier simulation (.raw_*.root.*.tmp)
     summary = simulate_config(cfg, force=args.force)
     print(summary)
     return EXIT_OK
@@ -107,9 +114,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .conditions.backend import backend_for
     from .tasks.driver import format_table, status_rows
 
+    from .conditions.verify import bucket_databases, damage_report, verify_databases
+
     cfg = _load(args.config)
     rows = status_rows(cfg)
     print(format_table(rows))
+    damage = verify_databases(bucket_databases(cfg))  # every payload in force checked against its checksum
+    print("\n" + "\n".join(damage_report(damage)) if damage else "\nconditions database: every payload intact")
+    code = EXIT_FAILURE if damage else EXIT_OK
     try:
         backend = backend_for(cfg)
         state = backend.state()
@@ -122,12 +134,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         signoffs = read_signoffs(cfg.report, cfg.work_dir, cfg.name)
     except (ReportConfigError, TransportError) as exc:  # GitLab unreachable: the table above still stands
         print(f"\nexpert sign-off: not available ({exc})")
-        return EXIT_OK
+        return code
     if signoffs:
         print("\nexpert sign-off:")
         for name, signoff in sorted(signoffs.items()):
             print(f"  {name}: {signoff}")
-    return EXIT_OK
+    return code
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jsonschema
-import yaml
 
 from .enums import ConditionsBackend, DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
 from .errors import ConfigError
+from .config_checks import non_finite_problems, parse_config_yaml, raise_problems, read_config_text
 from .iov import IoV
 
 SCHEMA_VERSION = 1
@@ -280,10 +280,7 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
 
 
 def validate_document(document: Any, source: "str | Path") -> None:
-    """Validate a parsed bucket document against its schema; raise one ConfigError for the most relevant mistake.
-
-    The cross-field rules are checked on the typed config by :func:`check_config` (``load_config`` does both).
-    """
+    """Validate a parsed bucket document; raise one ConfigError listing every mistake (one line per key)."""
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: (top level): must be a mapping of keys, got {type(document).__name__}")
     version = document.get("schema_version", SCHEMA_VERSION)
@@ -292,11 +289,13 @@ def validate_document(document: Any, source: "str | Path") -> None:
     except FileNotFoundError:
         raise ConfigError(f"{source}: schema_version: must be {SCHEMA_VERSION}, got {version!r}") from None
     validator = jsonschema.Draft202012Validator(schema)
-    errors = list(validator.iter_errors(document))
-    if errors:
-        error = jsonschema.exceptions.best_match(errors)
-        key, expected = _describe(error)
-        raise ConfigError(f"{source}: {key}: {expected}")
+    by_path: dict[tuple, list[jsonschema.ValidationError]] = {}
+    for error in validator.iter_errors(document):  # every problem of the file, one line per key path
+        by_path.setdefault(tuple(map(str, error.absolute_path)), []).append(error)
+    problems = [f"{source}: {': '.join(_describe(jsonschema.exceptions.best_match(errs)))}"
+                for errs in by_path.values()]
+    problems += non_finite_problems(document, source)
+    raise_problems(problems)
 
 
 def config_problems(cfg: BucketConfig) -> list[str]:
@@ -413,15 +412,9 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
 
 
 def parse_yaml(text: str, source: "str | Path") -> Any:
-    """Parse YAML text; a syntax error names the file, line and column."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError(f"{source}: {where}: not valid YAML ({exc.problem})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+    """Parse YAML text; a syntax error names the file, line and column; nesting, alias expansion and
+    duplicate keys are checked (see :mod:`b2luca.config_checks`)."""
+    return parse_config_yaml(text, source)
 
 
 def load_config(path: "str | Path") -> BucketConfig:
@@ -429,7 +422,7 @@ def load_config(path: "str | Path") -> BucketConfig:
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
-    document = parse_yaml(path.read_text(), path)
+    document = parse_yaml(read_config_text(path), path)
     validate_document(document, path)
     cfg = build_config(document, path)
     check_config(cfg)

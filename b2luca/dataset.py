@@ -37,11 +37,16 @@ def run_directory(root: "str | Path", exprun: ExpRun, data_tag: str) -> Path:
 def production_runs(cfg: BucketConfig) -> list[int]:
     """Runs of the bucket that have raw data on disk (every run is reconstructed, whatever its quality)."""
     runs = []
-    for run in range(cfg.bucket.first_run, cfg.bucket.last_run + 1):
-        directory = run_root(cfg.data.raw_directory, ExpRun(cfg.bucket.experiment, run))
+    # the run directories that exist (not every number of the range: a range may hold a million runs)
+    exp_dir = run_root(cfg.data.raw_directory, ExpRun(cfg.bucket.experiment, 0)).parent
+    names = sorted(p.name for p in exp_dir.glob("r*")) if exp_dir.is_dir() else []
+    for name in names:
+        if not (name[1:].isdigit() and cfg.bucket.first_run <= int(name[1:]) <= cfg.bucket.last_run):
+            continue
+        directory = run_root(cfg.data.raw_directory, ExpRun(cfg.bucket.experiment, int(name[1:])))
         if directory.is_dir() and any(directory.glob("*/*.root")):
-            runs.append(run)
-    return runs
+            runs.append(int(name[1:]))
+    return sorted(runs)
 
 
 def expand_input(path: "str | Path") -> list[Path]:

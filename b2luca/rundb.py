@@ -9,6 +9,8 @@ row per run (nested keys joined with dots, e.g. ``detectors.magnet``), written a
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -64,18 +66,79 @@ def write_snapshot(records: Iterable[Mapping[str, Any]], path: "str | Path") -> 
     return frame
 
 
+def _field_count_problems(text: str, path: Path) -> list[str]:
+    """Rows whose number of fields differs from the header's (pandas would drop or invent cells)."""
+    problems: list[str] = []
+    try:
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, None)
+        if header is None:
+            return [f"{path}: empty RunDB snapshot (not even a header)"]
+        for row in reader:
+            if row and len(row) != len(header):
+                problems.append(f"{path}: line {reader.line_num}: expected {len(header)} fields like the header, "
+                                f"got {len(row)}")
+    except csv.Error as exc:
+        problems.append(f"{path}: line {reader.line_num}: not valid CSV ({exc})")
+    return problems
+
+
+MAX_SNAPSHOT_PROBLEMS = 20  # problems listed for one snapshot (then "... and N more")
+
+
 def read_snapshot(path: "str | Path") -> pd.DataFrame:
-    """Read a CSV snapshot; a missing column or bad row names the file."""
+    """Read a CSV snapshot; every bad row is named by file, line and column, all in one error.
+
+    ``experiment`` and ``run`` must be non-negative integers on every row, each (experiment, run) may
+    appear once, and a snapshot with a header but no rows is an error of its own (an empty run range).
+    """
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RunDBError(f"{path}: RunDB snapshot not found (run `b2luca rundb CONFIG` first)") from None
+    except OSError as exc:
+        raise RunDBError(f"{path}: cannot read the RunDB snapshot ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise RunDBError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
+    problems = _field_count_problems(text, path)
+    if problems:
+        raise RunDBError("\n".join(problems[:MAX_SNAPSHOT_PROBLEMS]))
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype={"experiment": str, "run": str}, skip_blank_lines=False,
+                            index_col=False)
     except Exception as exc:
-        raise RunDBError(f"{path}: not a readable RunDB snapshot ({exc})") from exc
+        raise RunDBError(f"{path}: not a readable RunDB snapshot ({' '.join(str(exc).split())})") from None
     for column in ("experiment", "run"):
         if column not in frame:
             raise RunDBError(f"{path}: column {column!r} is missing")
+    if frame.empty:
+        raise RunDBError(f"{path}: RunDB snapshot has a header but no run rows (no runs in the bucket's range when it "
+                         "was written; write it again with `b2luca rundb CONFIG`)")
+    problems = []
+    line = pd.Series(range(2, len(frame) + 2), index=frame.index)  # line 1 is the header
+    for column in ("experiment", "run"):
+        text = frame[column].fillna("").astype(str).str.strip()
+        number = pd.to_numeric(text.where(text.str.fullmatch(r"\d{1,9}"), None), errors="coerce")
+        for i in frame.index[number.isna()]:
+            problems.append(f"{path}: line {line[i]}, column {frame.columns.get_loc(column) + 1} ({column}): expected "
+                            f"a non-negative integer, got {text[i]!r}")
+        frame[column] = number
+    if not problems:
+        frame = frame.astype({"experiment": "int64", "run": "int64"})
+        keys = frame[["experiment", "run"]]
+        for _, group in frame[keys.duplicated(keep=False)].groupby(["experiment", "run"]):
+            kind = "repeated" if (group.astype(str).nunique() <= 1).all() else "conflicting"
+            where = ", ".join(str(line[i]) for i in group.index)
+            problems.append(f"{path}: lines {where}: {kind} rows for experiment {group['experiment'].iloc[0]} run "
+                            f"{group['run'].iloc[0]}")
+    if problems:
+        more = len(problems) - MAX_SNAPSHOT_PROBLEMS
+        raise RunDBError("\n".join(problems[:MAX_SNAPSHOT_PROBLEMS]) + (f"\n{path}: ... and {more} more" if more > 0
+                                                                        else ""))
     return frame
 
 

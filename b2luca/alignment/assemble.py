@@ -119,7 +119,8 @@ class Assembler:
         if isinstance(recs, RawChunk):
             recs = recs.decode()
         nrec = recs.n_records
-        self.n_records += nrec
+        self.n_records += nrec + recs.n_nonfinite  # records with NaN/inf were dropped by the decoder
+        self.rejected["nonfinite"] = self.rejected.get("nonfinite", 0) + recs.n_nonfinite
         self.bytes_read += recs.nbytes
         if nrec == 0:
             return

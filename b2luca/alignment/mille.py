@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import mmap
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -67,6 +68,7 @@ class MilleRecords:
     first_record: int = 0  # 0-based number, in its file, of the first record here
     nbytes: int = field(default=0)
     meas_sorted: bool = False  # loc_meas and glb_meas are known to be non-decreasing (as decoded)
+    n_nonfinite: int = 0  # records dropped while decoding because a value, sigma or derivative was NaN/inf
 
     @property
     def n_records(self) -> int:
@@ -103,6 +105,7 @@ def concat_records(parts: list[MilleRecords]) -> MilleRecords:
         first_record=parts[0].first_record,
         nbytes=sum(p.nbytes for p in parts),
         meas_sorted=all(p.meas_sorted for p in parts),
+        n_nonfinite=sum(p.n_nonfinite for p in parts),
     )
 
 
@@ -255,12 +258,72 @@ def _chunk_failure(words: np.ndarray, fortran: bool, eof: bool, source: str, rec
 
 
 def _decode(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: str, rec0: int) -> MilleRecords:
-    """Decode records (C layout beginning at word ``starts``) into flat measurement arrays."""
+    """Decode records (C layout beginning at word ``starts``) into flat measurement arrays.
+
+    Records holding a NaN or infinite value, sigma or derivative are dropped and counted in
+    ``n_nonfinite`` (the assembler reports them as rejected 'nonfinite').
+    """
+    out = None
     if not np.any(nw < 0):
         out = _decode_fast(words, starts, nw, source, rec0)
-        if out is not None:
-            return out
-    return _decode_general(words, starts, nw, source, rec0)
+    if out is None:
+        out = _decode_general(words, starts, nw, source, rec0)
+    bad = _nonfinite_records(out)
+    if bad is not None:
+        out = _drop_records(out, bad)
+    _check_local_indices(out, source, rec0)
+    return out
+
+
+def _nonfinite_records(recs: MilleRecords) -> np.ndarray | None:
+    """Boolean mask of the records with a non-finite float (None when every float is finite)."""
+    arrays = ((recs.value, None), (recs.sigma, None), (recs.loc_der, recs.loc_meas), (recs.glb_der, recs.glb_meas))
+    if all(np.isfinite(a).all() for a, _ in arrays):
+        return None
+    bad_meas = ~(np.isfinite(recs.value) & np.isfinite(recs.sigma))
+    for a, meas in arrays[2:]:
+        bad_meas[meas[~np.isfinite(a)]] = True
+    bad = np.zeros(recs.n_records, bool)
+    bad[recs.meas_record()[bad_meas]] = True
+    return bad
+
+
+def _drop_records(recs: MilleRecords, bad: np.ndarray) -> MilleRecords:
+    """``recs`` without the records flagged in ``bad`` (measurement ids renumbered); counts them."""
+    keep_m = ~bad[recs.meas_record()]
+    new_id = np.cumsum(keep_m) - 1
+    keep_l, keep_g = keep_m[recs.loc_meas], keep_m[recs.glb_meas]
+    counts = np.diff(recs.rec_ptr)[~bad]
+    rec_ptr = np.zeros(counts.size + 1, np.int64)
+    np.cumsum(counts, out=rec_ptr[1:])
+    return MilleRecords(
+        rec_ptr=rec_ptr, value=recs.value[keep_m], sigma=recs.sigma[keep_m],
+        loc_meas=new_id[recs.loc_meas[keep_l]], loc_index=recs.loc_index[keep_l], loc_der=recs.loc_der[keep_l],
+        glb_meas=new_id[recs.glb_meas[keep_g]], glb_label=recs.glb_label[keep_g], glb_der=recs.glb_der[keep_g],
+        source=recs.source, first_record=recs.first_record, nbytes=recs.nbytes, meas_sorted=recs.meas_sorted,
+        n_nonfinite=recs.n_nonfinite + int(bad.sum()))
+
+
+def _check_local_indices(recs: MilleRecords, source: str, rec0: int) -> None:
+    """A record's local parameter indices must not exceed its number of local derivatives.
+
+    Every local parameter of a record needs at least one derivative to be determined, so the highest
+    index is bounded by the record's local-derivative count; a larger index (a flipped bit) would
+    otherwise size the local fits of the whole chunk (``n_meas × max index``) before anything fails.
+    """
+    if not recs.loc_index.size:
+        return
+    per_meas = np.bincount(recs.loc_meas, minlength=recs.n_meas)
+    cs = np.zeros(recs.n_meas + 1, np.int64)
+    np.cumsum(per_meas, out=cs[1:])
+    per_rec = np.diff(cs[recs.rec_ptr])  # local derivatives of each record
+    limit = np.repeat(per_rec, per_rec) if recs.meas_sorted else per_rec[recs.meas_record()[recs.loc_meas]]
+    over = recs.loc_index >= limit
+    if over.any():
+        k = int(np.flatnonzero(over)[0])
+        r = int(recs.meas_record()[recs.loc_meas[k]])
+        raise _corrupt(source, rec0 + r + 1, f"local parameter index {int(recs.loc_index[k]) + 1} exceeds the "
+                       f"record's {int(limit[k])} local derivative(s)")
 
 
 def _corrupt(source: str, recno: int, what: str) -> MilleError:
@@ -331,8 +394,8 @@ def _decode_fast(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: 
     meas_id = np.cumsum(is_val, dtype=i32)
     meas_id -= 1
     sigma = fl[i_sig].astype(np.float64)
-    if np.any(~(sigma > 0)):
-        m = int(np.flatnonzero(~(sigma > 0))[0])
+    if np.any(sigma <= 0):  # NaN: a non-finite record, dropped and counted by _decode
+        m = int(np.flatnonzero(sigma <= 0)[0])
         nm = (zc - 1) // 2
         r = int(np.searchsorted(np.cumsum(nm), m, side="right"))
         raise _corrupt(source, rec0 + r + 1, f"non-positive sigma {sigma[m]}")
@@ -377,7 +440,15 @@ def _decode_general(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, sourc
     z = ints == 0
     sp = np.flatnonzero(z[:-1] & z[1:] & (floats[:-1] == 0.0) & (floats[1:] < 0.0) & keep[:-1])
     if sp.size:
-        nsp = np.rint(-floats[sp + 1]).astype(np.int64)
+        # the block length must fit in what is left of its record before anything is sized by it
+        room = pptr[1:][rec_of[sp]] - sp - 2
+        nspf = -floats[sp + 1]
+        over = ~(nspf <= room)  # NaN too
+        if over.any():
+            bad = int(rec_of[sp[np.flatnonzero(over)[0]]])
+            raise MilleError(f"{source}: corrupt record {rec0 + bad + 1}: special block of {nspf[over][0]:g} pairs "
+                             "overruns the record")
+        nsp = np.rint(nspf).astype(np.int64)
         ln = nsp + 2
         rel = np.arange(int(ln.sum())) - np.repeat(np.cumsum(ln) - ln, ln)
         drop = np.repeat(sp, ln) + rel
@@ -410,8 +481,8 @@ def _decode_general(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, sourc
     meas_id = np.cumsum(is_val) - 1
     value = floats[is_val]
     sigma = floats[is_sig]
-    if np.any(~(sigma > 0)):
-        m = int(np.flatnonzero(~(sigma > 0))[0])
+    if np.any(sigma <= 0):  # NaN: a non-finite record, dropped and counted by _decode
+        m = int(np.flatnonzero(sigma <= 0)[0])
         r = int(rec_of[is_sig][m])
         raise MilleError(f"{source}: corrupt record {rec0 + r + 1}: non-positive sigma {sigma[m]}")
     nmeas_rec = np.bincount(rec_of[is_val], minlength=nrec)
@@ -440,6 +511,8 @@ def iter_raw_chunks(path: str | os.PathLike, fortran: bool | None = None,
     if mapped is not None:
         yield from _iter_mapped(mapped, fortran, chunk_bytes, source)
         return
+    if path.stat().st_size == 0:
+        raise MilleError(f"{source}: empty Mille file (no records)")
     try:
         fh = _open(path)
     except OSError as exc:
@@ -451,13 +524,13 @@ def iter_raw_chunks(path: str | os.PathLike, fortran: bool | None = None,
         want = chunk_bytes
         first = True
         while not eof or carry:
-            data = fh.read(max(want - len(carry), 1 << 16)) if not eof else b""
+            data = _read_gzip(fh, max(want - len(carry), 1 << 16), source, rec0) if not eof else b""
             if not data:
                 eof = True
             buf = carry + data if carry else data
             if first:
                 if not buf and eof:
-                    return
+                    raise MilleError(f"{source}: empty Mille file (no records after decompression)")
                 if fortran is None:
                     fortran = _detect_fortran(bytes(buf[:1 << 16]))
                 first = False
@@ -476,6 +549,18 @@ def iter_raw_chunks(path: str | os.PathLike, fortran: bool | None = None,
             yield raw
             if eof and not carry:
                 return
+
+
+def _read_gzip(fh: BinaryIO, size: int, source: str, rec0: int) -> bytes:
+    """Read from a (gzip) stream; a damaged stream becomes a MilleError naming the file and position."""
+    try:
+        return fh.read(size)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        at = getattr(getattr(fh, "fileobj", None), "tell", lambda: None)()
+        where = f" near compressed byte {at}" if isinstance(at, int) else ""
+        kind = "truncated" if isinstance(exc, EOFError) else "corrupt"
+        raise MilleError(f"{source}: {kind} gzip stream{where}, after record {rec0} ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split()) or 'no detail'})") from None
 
 
 def _map(path: Path) -> mmap.mmap | None:

@@ -22,9 +22,9 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import write_text_atomic
+from ..atomic import write_bytes_atomic, write_text_atomic
 from ..iov import ExpRun, IoV
-from .payload import PayloadError, payload_checksum, read_checksum, read_payload, write_payload
+from .payload import PayloadError, payload_checksum, read_payload, write_payload
 from ..errors import DatabaseError
 
 DATABASE_FILE = "database.txt"
@@ -51,25 +51,55 @@ def payload_filename(name: str, revision: int | str) -> str:
     return f"dbstore_{name}_rev_{revision}.root"
 
 
-def parse_database_txt(path: Path) -> list[PayloadEntry]:
-    """Parse a database.txt; a malformed line raises naming the file and the line number."""
-    entries: list[PayloadEntry] = []
+_REV_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def parse_database_lines(path: Path) -> tuple[list[tuple[int, PayloadEntry]], list[str]]:
+    """Parse a database.txt leniently: ``([(line number, entry)], [problem, ...])``.
+
+    A problem line (not UTF-8, not ``dbstore/<Name> <revision> e1,r1,e2,r2``, a name or revision that is
+    not a plain identifier, e.g. ``dbstore/../../x``) is reported with its line number and skipped.
+    """
+    entries: list[tuple[int, PayloadEntry]] = []
+    problems: list[str] = []
     directory = path.parent
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    for number, data in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            raw = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {exc.start + 1})")
+            continue
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         fields = line.split()
         if len(fields) != 3 or not fields[0].startswith("dbstore/"):
-            raise DatabaseError(f"{path}:{number}: expected 'dbstore/<Name> <revision> e1,r1,e2,r2', got {raw!r}")
+            problems.append(f"{path}:{number}: expected 'dbstore/<Name> <revision> e1,r1,e2,r2', got {raw[:120]!r}")
+            continue
         name = fields[0][len("dbstore/"):]
+        if not _NAME_RE.match(name):
+            problems.append(f"{path}:{number}: payload name {name[:80]!r} must be an identifier (letters, digits, _)")
+            continue
+        if not _REV_RE.match(fields[1]):
+            problems.append(f"{path}:{number}: revision {fields[1][:80]!r} must be a number or a plain word")
+            continue
         revision: int | str = int(fields[1]) if fields[1].isdigit() else fields[1]
         try:
             iov = IoV.parse(fields[2])
         except (ValueError, TypeError) as exc:
-            raise DatabaseError(f"{path}:{number}: {exc}") from exc
-        entries.append(PayloadEntry(name, revision, iov, directory / payload_filename(name, revision)))
-    return entries
+            problems.append(f"{path}:{number}: {' '.join(str(exc).split())}")
+            continue
+        entries.append((number, PayloadEntry(name, revision, iov, directory / payload_filename(name, revision))))
+    return entries, problems
+
+
+def parse_database_txt(path: Path) -> list[PayloadEntry]:
+    """Parse a database.txt; malformed lines raise one DatabaseError naming the file and every bad line."""
+    entries, problems = parse_database_lines(path)
+    if problems:
+        raise DatabaseError("\n".join(problems) + f"\n{path}: fix or remove the line(s) above "
+                            "(`b2luca status CONFIG` checks the whole conditions directory)")
+    return [entry for _, entry in entries]
 
 
 class LocalDatabase:
@@ -125,7 +155,7 @@ class LocalDatabase:
         assert isinstance(entry, PayloadEntry)
         if not entry.path.is_file():
             raise DatabaseError(f"{self.database_txt}: payload file {entry.path.name} of {entry.line()!r} is missing")
-        return read_payload(entry.path)
+        return read_verified(entry.path)
 
     # --- writing ------------------------------------------------------------------------------
     @contextmanager
@@ -152,7 +182,8 @@ class LocalDatabase:
             entries = self.entries()
             for entry in reversed(entries):
                 if entry.name == name and entry.iov == iov:
-                    if entry.path.is_file() and read_checksum(entry.path) == checksum:
+                    # a damaged revision (unreadable, checksum mismatch) is superseded by a new one
+                    if check_payload_file(entry.path)[0] == checksum:
                         return entry
                     break
             revision = self._next_revision(name, entries)
@@ -164,6 +195,31 @@ class LocalDatabase:
     def store_file(self, name: str, source: Path, iov: IoV) -> PayloadEntry:
         """Store the content of an existing payload file (same rules as :meth:`store`)."""
         return self.store(name, read_payload(source), iov)
+
+    def retire_damaged(self, names: "set[str] | Sequence[str]", reason: str) -> list[str]:
+        """Comment out the lines of payloads ``names`` whose file is missing or damaged; return those lines.
+
+        Look-ups then fall back to the earlier lines (or the next database of a chain) and a new store
+        writes a new revision; the damaged file stays (its revision number stays reserved). Every other
+        line, even an unparseable one, is kept byte for byte.
+        """
+        if not self.database_txt.exists():
+            return []
+        retired: list[str] = []
+        with self.locked():
+            out: list[bytes] = []
+            for data in self.database_txt.read_bytes().splitlines():
+                text = data.decode("utf-8", errors="replace").split("#", 1)[0].split()
+                if len(text) == 3 and text[0].startswith("dbstore/") and text[0][8:] in names \
+                        and _NAME_RE.match(text[0][8:]) and _REV_RE.match(text[1]):
+                    path = self.path / payload_filename(text[0][8:], text[1])
+                    if check_payload_file(path)[1] is not None:
+                        retired.append(" ".join(text))
+                        data = f"# {reason}: ".encode() + data
+                out.append(data)
+            if retired:
+                write_bytes_atomic(self.database_txt, b"".join(line + b"\n" for line in out))
+        return retired
 
     def _next_revision(self, name: str, entries: Sequence[PayloadEntry]) -> int:
         revisions = [e.revision for e in entries if e.name == name and isinstance(e.revision, int)]
@@ -206,13 +262,30 @@ class DatabaseChain:
         entry = self.lookup(name, exprun)
         if entry is None:
             raise KeyError(f"no payload {name} valid for run {exprun} in {self!r}")
-        return read_payload(entry.path)
+        return read_verified(entry.path)
 
     def read_or_none(self, name: str, exprun: ExpRun) -> dict[str, np.ndarray] | None:
         """Like :meth:`read`, but None when no database has the payload."""
         entry = self.lookup(name, exprun)
-        return None if entry is None else read_payload(entry.path)
+        return None if entry is None else read_verified(entry.path)
+
+
+def read_verified(path: Path) -> dict[str, np.ndarray]:
+    """Read a payload file after checking its content against the checksum stored in it."""
+    from .verify import check_payload_file
+
+    _, problem = check_payload_file(path)
+    if problem:
+        raise PayloadError(f"{path}: damaged payload: {problem}")
+    return read_payload(path)
+
+
+def check_payload_file(path: Path) -> tuple[str | None, str | None]:
+    """See :func:`b2luca.conditions.verify.check_payload_file`."""
+    from .verify import check_payload_file as check
+
+    return check(path)
 
 
 __all__ = ["DatabaseChain", "DatabaseError", "LocalDatabase", "PayloadEntry", "PayloadError",
-           "parse_database_txt", "payload_filename"]
+           "parse_database_lines", "parse_database_txt", "payload_filename", "read_verified"]

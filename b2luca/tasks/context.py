@@ -68,6 +68,10 @@ class BucketContext:
         catalogue = discover(self.cfg.calibrations.directory, self.cfg.calibrations.extra_input_data_filters)
         if self.cfg.calibrations.select:
             catalogue = catalogue.select(self.cfg.calibrations.select)
+        from ..config_checks import expert_config_problems, raise_problems  # overrides vs. the scripts' defaults
+
+        raise_problems(expert_config_problems(self.cfg.path, self.cfg.calibrations.expert_config, {
+            name: info.settings.expert_config for name, info in catalogue.calibrations.items()}))
         return catalogue
 
     @cached_property

@@ -372,6 +372,9 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     # Pre-flight of the report transport (GitLab: token, project, access) before anything runs;
     # a ReportConfigError ends the run with its message (exit code 2).
     open_reporter(cfg.report, cfg.work_dir, cfg.name, preflight=True)
+    from ..atomic import clean_bucket_temp_files
+
+    clean_bucket_temp_files(cfg, echo)  # leftovers of a killed earlier run (e.g. .raw_*.root.*.tmp)
     message = ensure_data(cfg)
     if message:
         echo(message)
@@ -379,6 +382,9 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     begin_run(tag_backend, ctx.emit, rerun)  # the prompt tag OPEN (reopened for --rerun) before invalidating
     if rerun:
         echo("invalidated: " + ", ".join(invalidate(ctx, rerun)))
+        payloads = {p for name in rerun for p in ctx.catalogue[name].settings.produced_payloads}
+        for line in ctx.prompt_tag.db.retire_damaged(payloads, "damaged, retired by --rerun"):
+            echo(f"retired damaged line of the prompt global tag: {line}")
     configure_luigi(cfg.work_dir / "luigi.log")
     settings_commit = _pull_settings(ctx, config_path)
     ctx.emit("bucket_started", None, requested_iov=cfg.requested_iov.as_list(), settings_commit=settings_commit,
@@ -393,6 +399,10 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     failed = [r for r in rows if r.state in _NOT_FINISHED]
     validation_failed = [r for r in rows if r.state in _VALIDATION_FAILED]
     ok = result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY") and not failed and not validation_failed
+    from ..conditions.verify import bucket_databases, damage_report, verify_databases
+
+    damage = verify_databases(bucket_databases(cfg))  # no SUCCESS on a damaged conditions database
+    ok = ok and not damage
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
@@ -417,6 +427,8 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
         skipped = [r for r in failed if r.state not in (TaskStatus.FAILED, TaskStatus.INTERRUPTED)]
         if skipped:
             echo(f"  {len(skipped)} task(s) not run because of these.")
+        if damage:
+            echo("\n".join(damage_report(damage)))
     return RunOutcome(0 if ok else 1, rows, result.status.name, seconds)
 
 
