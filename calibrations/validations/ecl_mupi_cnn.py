@@ -51,14 +51,14 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     """Validate ECLMuPiCNN (see the module docstring); returns a Verdict."""
     from scipy.stats import chi2 as chi2_dist
 
-    from b2luca.contract import Verdict
+    from b2luca.contract import Verdict, read_input_data
     from b2luca.ml.ecl_cnn import load_models, muon_probability
     from b2luca.ml.ecl_images import TEST, THRESHOLDS_GEV, e_over_p, threshold
-    from calibrations._common import calibration_output, pyplot, read_input_data, save_figure, write_csv
+    from calibrations._common import calibration_output, expert_config_dict, pyplot, save_figure, write_csv
     from calibrations.ecl_mupi_cnn import samples
     from calibrations.ecl_mupi_cnn import settings as cal_settings
 
-    cfg = {**cal_settings.expert_config, **settings.expert_config, **(expert_config or {})}
+    cfg = {**cal_settings.expert_config, **settings.expert_config, **expert_config_dict(expert_config)}
     eff_wp, p_low = float(cfg["muon_efficiency"]), float(cfg["p_low"])
     arrays = calibration_output(job_path, "ECLMuPiCNN", "ECLMuPiCNN")
     models = load_models(arrays)

@@ -31,6 +31,8 @@ def central(tmp_path, basf2_standins, monkeypatch):
     prompt.store("SVDNoise", {"noise": np.array([9.9])}, IoV(26, 1, -1, -1))  # an older copy: replaced
     config = make_bucket(tmp_path, changes={
         "conditions.backend": "central",
+        # the REST client is needed for uploads only; the local copies here go through b2conditionsdb
+        "conditions.central": {"url": "http://127.0.0.1:9", "token_env": "B2LUCA_TEST_CONDDB_TOKEN"},
         "local_calibrations": {"SVD": {"staging_svd_demo": ["SVDNoise", "SVDLocalConfigParameters"]}},
         "runner.basf2": {"setup": "echo basf2 environment ready"},
         "report.transport": "local"})
