@@ -20,7 +20,8 @@ from b2luca.tasks.driver import (_dry_run, _walk, collect_rows, invalidate, reru
                                  status_rows)
 
 RAW = ["CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets", "VXDCDCAlignment"]
-CDST = ["BeamSpot", "ECLCrystalEnergy"]
+CDST_GROUPS = [["BeamSpot", "ECLCrystalEnergy"], ["ECLMuPiCNN"]]  # ECLMuPiCNN needs ECLCrystalEnergy
+CDST = [name for group in CDST_GROUPS for name in group]
 RUNS = [1, 2, 3]
 
 
@@ -75,7 +76,7 @@ def test_rerun_closure_raw_calibration_takes_its_dependents_and_the_whole_cdst_s
     assert rerun_closure(plan, ["PXDHotDeadPixels"]) == ["PXDHotDeadPixels", *CDST]
     assert rerun_closure(plan, ["BeamSpot"]) == ["BeamSpot"]
     assert rerun_closure(plan, ["BeamSpot", "CDCTimeZeros", "BeamSpot"]) == [
-        "BeamSpot", "CDCTimeZeros", "VXDCDCAlignment", "ECLCrystalEnergy"]
+        "BeamSpot", "CDCTimeZeros", "VXDCDCAlignment", "ECLCrystalEnergy", "ECLMuPiCNN"]
     assert reruns_raw(plan, ["BeamSpot", "SVDTimeOffsets"]) and not reruns_raw(plan, CDST)
     with pytest.raises(CatalogueError):
         rerun_closure(plan, ["NoSuchCalibration"])
@@ -98,8 +99,9 @@ def test_invalidate_raw_calibration_keeps_history_and_forgets_production_and_arc
 
 def test_invalidate_cdst_calibration_leaves_production_alone(ctx):
     _complete_everything(ctx)
-    assert invalidate(ctx, ["ECLCrystalEnergy"]) == ["ECLCrystalEnergy"]
+    assert invalidate(ctx, ["ECLCrystalEnergy"]) == ["ECLCrystalEnergy", "ECLMuPiCNN"]
     assert ctx.result_path("BeamSpot").is_file() and not ctx.result_path("ECLCrystalEnergy").exists()
+    assert not ctx.result_path("ECLMuPiCNN").exists()
     assert len(list((ctx.work_dir / "cdst_production").glob("r*.json"))) == len(RUNS)
     assert {p.stem for p in (ctx.work_dir / "archive").glob("*.json")} == {"local", "raw-0", "raw-1",
                                                                           "cdst_production"}
@@ -193,7 +195,7 @@ def test_groups_run_in_dependency_order_and_requirements_come_first(ctx):
     plan = ctx.plan
     assert plan.stage(Stage.RAW).groups == [["CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets"],
                                             ["VXDCDCAlignment"]]
-    assert plan.stage(Stage.CDST).groups == [CDST]
+    assert plan.stage(Stage.CDST).groups == CDST_GROUPS
     for stage in (Stage.RAW, Stage.CDST):
         for level, group in enumerate(plan.stage(stage).groups):
             task = GroupTask(config_path=config, stage=stage, level=level)
