@@ -123,6 +123,10 @@ class BatchConfig:
     workers: int = 1
     default_resources: Resources = Resources()
     per_task: dict[str, Resources] = field(default_factory=dict)
+    # batch clusters (issue 13): retries after a failed job, b2luigi's job-status cache, progress lines
+    retries: int = 1
+    status_cache_ttl: float = 2.0
+    progress_interval: float = 10.0
 
     def resources_for(self, task_name: str) -> Resources:
         """Resources of one task: its own entry or the default."""
@@ -323,7 +327,8 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
                               max_file_size_mb=float(archive.get("max_file_size_mb", 5.0))),
         batch=BatchConfig(system=batch.get("system", "local"), workers=int(batch.get("workers", 1)),
                           default_resources=_resources(batch_res.get("default")),
-                          per_task={k: _resources(v) for k, v in batch_res.get("per_task", {}).items()}),
+                          per_task={k: _resources(v) for k, v in batch_res.get("per_task", {}).items()},
+                          **{k: batch[k] for k in ("retries", "status_cache_ttl", "progress_interval") if k in batch}),
         raw=dict(document),
     )
 

@@ -345,8 +345,20 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     ctx.emit("bucket_started", None, requested_iov=cfg.requested_iov.as_list(), settings_commit=settings_commit,
              work_dir=str(cfg.work_dir), plan=plan_events(ctx))
     factory = RecordingFactory()
-    result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
-                         detailed_summary=True, worker_scheduler_factory=factory)
+    from . import batch, progress  # batch clusters and live progress (issue 13)
+
+    build_factory = batch.worker_factory(factory, cfg)
+    ledger = getattr(build_factory, "ledger", None)
+    labels = {t.task_id: _describe(t, ctx)[::2] for t in _walk(tasks) if not isinstance(t, luigi.WrapperTask)}
+    try:
+        with progress.Progress(cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
+                               (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval):
+            result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
+                                 detailed_summary=True, worker_scheduler_factory=build_factory)
+    except KeyboardInterrupt:
+        cancelled = batch.cancel_live_jobs(cfg)
+        echo(f"interrupted; cancelled {len(cancelled)} batch job(s)" if cancelled else "interrupted")
+        raise
     records = factory.scheduler.records if factory.scheduler else {}
     context_for.cache_clear()
     ctx = context_for(config_path)
@@ -361,10 +373,14 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     seconds = time.perf_counter() - start
     write_json_atomic(cfg.work_dir / "status.json", {
         "bucket": cfg.name, "finished": time.time(), "success": ok, "luigi_status": result.status.name,
-        "seconds": seconds, "rows": [r.__dict__ for r in rows]})
+        "seconds": seconds, "rows": [r.__dict__ for r in rows], "batch_jobs": ledger.tasks if ledger else {}})
     ctx.emit("bucket_finished", None, success=ok, counts=counts)
     pending = ctx.reporter.flush()
     echo(format_table(rows))
+    if ledger and ledger.tasks:
+        from .ledger import format_ledger
+
+        echo(f"\nbatch jobs ({cfg.batch.system}; ledger {ledger.path}):\n" + format_ledger(ledger.tasks))
     if pending:
         echo(f"\n{pending} report event(s) could not be delivered yet; they wait in "
              f"{cfg.work_dir / 'report'}; deliver them with: b2luca report --flush {cfg.path}")
