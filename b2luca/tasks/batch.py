@@ -329,10 +329,17 @@ def cancel_live_jobs(cfg: BucketConfig) -> list[str]:
 def run_job(config_path: str, task_id: str) -> None:
     """Run one task of the bucket in this process (the job side of ``--batch-runner --task-id``)."""
     from b2luigi.cli import runner
+    from b2luigi.core.utils import task_iterator
 
+    from ..errors import UsageError
     from .stages import Bucket
 
-    runner.run_as_batch_worker([Bucket(config_path=config_path)], types.SimpleNamespace(task_id=task_id))
+    for task in task_iterator(Bucket(config_path=config_path)):
+        if task.task_id == task_id:
+            runner.run_as_batch_worker([task], types.SimpleNamespace(task_id=task_id))
+            return
+    raise UsageError(f"{config_path}: no task {task_id} in this bucket's task graph "
+                     "(was the YAML changed after the job was submitted?)")
 
 
 __all__ = ["BATCH_SYSTEMS", "JOB_FAMILIES", "BatchWorker", "CombinedFactory", "JobProcess", "cancel_live_jobs",
