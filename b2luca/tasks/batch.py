@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -234,6 +235,16 @@ class JobProcess(BatchProcess):
         ids = [str(j) for j in getattr(self.inner, "_batch_job_ids", [])]
         self.ledger.submitted(self.task.task_id, task_label(self.task), self.system, ids, log_dir)
 
+    def _keep_task_logs(self) -> None:
+        """Copy the calibration's own logs (rewritten by the next attempt) into this attempt's log dir."""
+        if self.task.get_task_family() != "CalibrationTask":
+            return
+        attempt_dir = Path(self.task.get_log_file_dir())
+        for name in ("calibrate.log", "validate.log"):
+            source = self.cfg.work_dir / "calibrations" / str(self.task.name) / name
+            if source.is_file() and attempt_dir.is_dir():
+                shutil.copy2(source, attempt_dir / name)
+
     def get_job_status(self) -> JobStatus:
         if self.inner is None:
             return JobStatus.aborted
@@ -244,6 +255,7 @@ class JobProcess(BatchProcess):
             queued = bool(ids) and all(_is_queued(self.system, j) for j in ids)
             self.ledger.set_state(tid, "queued" if queued else "running")
             return status
+        self._keep_task_logs()
         if status == JobStatus.successful:
             self.ledger.set_state(tid, "done")
             return status
@@ -325,6 +337,14 @@ def cancel_live_jobs(cfg: BucketConfig) -> list[str]:
     return cancelled
 
 
+def settle(ledger: JobLedger, tasks: list[luigi.Task]) -> None:
+    """After a run: a job the ledger still calls live whose task is complete finished while no driver
+    watched it (the driver was killed): record it as done."""
+    for task in tasks:
+        if ledger.live_job(task.task_id) is not None and task.complete():
+            ledger.set_state(task.task_id, "done", note="finished while no driver was watching")
+
+
 # --- inside a job -------------------------------------------------------------------------------------
 def run_job(config_path: str, task_id: str) -> None:
     """Run one task of the bucket in this process (the job side of ``--batch-runner --task-id``)."""
@@ -344,4 +364,4 @@ def run_job(config_path: str, task_id: str) -> None:
 
 __all__ = ["BATCH_SYSTEMS", "JOB_FAMILIES", "BatchWorker", "CombinedFactory", "JobProcess", "cancel_live_jobs",
            "job_environment", "open_ledger", "resources_for", "run_job", "runs_as_job", "secret_names",
-           "task_settings", "worker_factory"]
+           "settle", "task_settings", "worker_factory"]

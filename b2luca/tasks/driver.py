@@ -360,6 +360,8 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
         echo(f"interrupted; cancelled {len(cancelled)} batch job(s)" if cancelled else "interrupted")
         raise
     records = factory.scheduler.records if factory.scheduler else {}
+    if ledger:
+        batch.settle(ledger, [t for t in _walk(tasks) if t.task_id in labels])
     context_for.cache_clear()
     ctx = context_for(config_path)
     rows = collect_rows(ctx, tasks, records)
