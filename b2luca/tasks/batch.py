@@ -50,7 +50,8 @@ BATCH_SYSTEMS = ("slurm", "lsf", "htcondor")
 #: Task families that run as batch jobs; everything else runs in the driver.
 JOB_FAMILIES = ("CalibrationTask", "CdstProduction")
 #: Environment variables a job may inherit (besides b2luca's own); nothing else reaches a job.
-JOB_ENV_ALLOWED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "USER", "LOGNAME")
+JOB_ENV_ALLOWED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "USER", "LOGNAME",
+                   "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
 _MODULES = {"slurm": "b2luigi.batch.processes.slurm", "lsf": "b2luigi.batch.processes.lsf",
             "htcondor": "b2luigi.batch.processes.htcondor"}
@@ -84,7 +85,8 @@ def job_environment(cfg: BucketConfig, resources: Resources) -> dict[str, str]:
     secret_values = {os.environ[k] for k in secrets if os.environ.get(k)}
     env = {k: os.environ[k] for k in JOB_ENV_ALLOWED
            if k in os.environ and k not in secrets and os.environ[k] not in secret_values}
-    env["OMP_NUM_THREADS"] = str(resources.cpus)
+    # No thread count of our own: a job computes with the same BLAS threading as a local run, so its
+    # payloads are bit-identical (set OMP_NUM_THREADS in the driver's environment to limit it).
     env["B2LUCA_BATCH_JOB"] = "1"
     return env
 

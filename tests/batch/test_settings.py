@@ -77,7 +77,7 @@ def test_job_environment_holds_no_secret(slurm_cfg, monkeypatch):
     names = secret_names(slurm_cfg)
     assert {"GITLAB_TOKEN", "MY_GL_ACCESS"} <= names  # by pattern and by the configured token_env
     env = job_environment(slurm_cfg, slurm_cfg.batch.default_resources)
-    assert env["PYTHONPATH"] == "/opt/x" and env["OMP_NUM_THREADS"] == "1"
+    assert env["PYTHONPATH"] == "/opt/x" and env["B2LUCA_BATCH_JOB"] == "1"
     assert not any(SECRET in v for v in env.values()) and not names & set(env)
     wrapper_task = CalibrationTask(config_path=str(slurm_cfg.path), name="CDCTimeZeros")
     apply_settings(wrapper_task, task_settings(slurm_cfg, wrapper_task, 1))
