@@ -56,7 +56,7 @@ MISTAKES = [
     ("bucket.last_run", 0, r"bucket\.last_run: must be >= bucket\.first_run"),
     ("runner.type", "slurm", r"runner\.type: must be one of 'native', 'basf2'"),
     ("batch.workers", 0, r"batch\.workers: must be >= 1"),
-    ("batch.wrokers", 3, r"batch\.wrokers: is not a known key here; expected one of: resources, system, workers"),
+    ("batch.wrokers", 3, r"batch\.wrokers: is not a known key here; expected one of: progress_interval, resources, retries, status_cache_ttl, system, workers"),
     ("conditions.database_chain", [], r"conditions\.database_chain: must not be empty"),
     ("conditions.database_chain", ["nominal_demo", "prompt_demo"], r"must not contain the prompt global tag"),
     ("calibrations.on_validation_failure", "ignore", r"on_validation_failure: must be one of 'stop', 'continue'"),

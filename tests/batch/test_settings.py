@@ -96,3 +96,21 @@ def test_batch_runner_entry_runs_one_task(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "b2luca", "--batch-runner", "--task-id", "NoSuchTask_123",
                           "--config", str(path)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "NoSuchTask_123" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_batch_keys_defaults_values_and_mistakes(tmp_path):
+    from b2luca.errors import ConfigError
+
+    for name in ("a", "b", "batch_retries", "batch_status_cache_ttl", "batch_system"):
+        (tmp_path / name).mkdir()
+    cfg = load_config(make_bucket(tmp_path / "a"))
+    assert (cfg.batch.retries, cfg.batch.status_cache_ttl, cfg.batch.progress_interval) == (1, 2.0, 10.0)
+    cfg = load_config(make_bucket(tmp_path / "b", changes={"batch.system": "htcondor", "batch.retries": 3,
+                                                           "batch.status_cache_ttl": 0.5,
+                                                           "batch.progress_interval": 30}))
+    assert (cfg.batch.system, cfg.batch.retries, cfg.batch.status_cache_ttl, cfg.batch.progress_interval) == (
+        "htcondor", 3, 0.5, 30)
+    for key, value in (("batch.retries", -1), ("batch.status_cache_ttl", 0), ("batch.system", "pbs")):
+        path = make_bucket(tmp_path / key.replace(".", "_"), changes={key: value})
+        with pytest.raises(ConfigError, match=rf"{path}.*{key.replace('.', '[.]')}"):
+            load_config(path)
