@@ -42,6 +42,7 @@ from b2luigi.batch.workers import BatchSystems, SendJobWorker, SendJobWorkerSche
 from b2luigi.core.settings import set_setting
 
 from ..config import BucketConfig, Resources
+from ..errors import ConfigError
 from .ledger import JobLedger, ledger_path
 
 log = logging.getLogger("b2luca.batch")
@@ -53,6 +54,8 @@ JOB_FAMILIES = ("CalibrationTask", "CdstProduction")
 JOB_ENV_ALLOWED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "USER", "LOGNAME",
                    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
+SUBMIT_COMMANDS = {"slurm": ("sbatch", "squeue", "scancel"), "lsf": ("bsub", "bjobs", "bkill"),
+                   "htcondor": ("condor_submit", "condor_q", "condor_rm")}
 _MODULES = {"slurm": "b2luigi.batch.processes.slurm", "lsf": "b2luigi.batch.processes.lsf",
             "htcondor": "b2luigi.batch.processes.htcondor"}
 
@@ -318,6 +321,10 @@ def worker_factory(scheduler_factory: luigi.interface._WorkerSchedulerFactory, c
     worker for a batch system (then also sets b2luigi's global status-cache TTL from the YAML)."""
     if cfg.batch.system not in BATCH_SYSTEMS:
         return scheduler_factory
+    missing = [c for c in SUBMIT_COMMANDS[cfg.batch.system] if shutil.which(c) is None]
+    if missing:
+        raise ConfigError(f"{cfg.path}: batch.system: {cfg.batch.system}, but {', '.join(missing)} is not on PATH "
+                          "(run on a submit node of the cluster, or use batch.system: local)")
     set_setting("batch_status_cache_ttl", cfg.batch.status_cache_ttl)
     return CombinedFactory(scheduler_factory, cfg, open_ledger(cfg))
 

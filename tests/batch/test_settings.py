@@ -114,3 +114,14 @@ def test_batch_keys_defaults_values_and_mistakes(tmp_path):
         path = make_bucket(tmp_path / key.replace(".", "_"), changes={key: value})
         with pytest.raises(ConfigError, match=rf"{path}.*{key.replace('.', '[.]')}"):
             load_config(path)
+
+
+def test_missing_batch_commands_stop_the_run_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    path = make_bucket(tmp_path, changes={"batch.system": "lsf"})
+    cfg = load_config(path)
+    from b2luca.errors import ConfigError
+    from b2luca.tasks.batch import worker_factory
+
+    with pytest.raises(ConfigError, match=rf"{path}: batch.system: lsf, but bsub, bjobs, bkill is not on PATH"):
+        worker_factory(object(), cfg)

@@ -66,8 +66,8 @@ def _squeue_ids() -> set[str]:
 
 @pytest.fixture(scope="module")
 def flow(slurm, simulated, tmp_path_factory):
-    # The calibrations are bit-reproducible only with single-threaded BLAS (multi-threaded OpenBLAS sums in
-    # a load-dependent order: 1e-14 differences between two local runs); jobs inherit these variables.
+    # Single-threaded BLAS in both runs (jobs inherit these variables), so threading is not one more source
+    # of rounding differences between the local and the Slurm run.
     with pytest.MonkeyPatch.context() as mp:
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             mp.setenv(name, "1")
@@ -167,11 +167,20 @@ def test_payloads_identical_to_the_local_run_without_duplicate_revisions(flow):
     local_entries, slurm_entries = sorted(local.entries(), key=key), sorted(slurm.entries(), key=key)
     assert [key(e) for e in slurm_entries] == [key(e) for e in local_entries]  # no extra revision
     assert len({key(e)[:2] for e in local_entries}) == len(local_entries)
+    # Integer arrays (ids, counts, masks) are equal; floating-point ones agree to 1e-6 of their scale. They are
+    # not bit-identical even between two local runs: numpy's SIMD reductions depend on memory alignment, and
+    # the 1e-15 differences in CDCTimeZeros grow to ~1e-7 through the alignment fit downstream.
     for mine, theirs in zip(slurm_entries, local_entries):
         a, b = slurm.read(mine), local.read(theirs)
         assert sorted(a) == sorted(b), mine.name
-        for key in a:
-            assert np.array_equal(a[key], b[key]), (mine.name, key)
+        for name in a:
+            assert a[name].shape == b[name].shape and a[name].dtype == b[name].dtype, (mine.name, name)
+            if a[name].dtype.kind != "f":
+                assert np.array_equal(a[name], b[name]), (mine.name, name)
+            elif a[name].size:
+                scale = max(float(np.nanmax(np.abs(b[name]))), 1e-300)
+                assert np.array_equal(np.isnan(a[name]), np.isnan(b[name])), (mine.name, name)
+                assert float(np.nanmax(np.abs(a[name] - b[name]))) <= 1e-6 * scale, (mine.name, name)
 
 
 def test_ctrl_c_cancels_the_buckets_jobs(flow):
