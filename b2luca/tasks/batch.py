@@ -29,6 +29,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Iterator
 
 import luigi
 import luigi.interface
+import luigi.scheduler
 import luigi.worker
 from b2luigi.batch.processes import BatchProcess, JobStatus
 from b2luigi.batch.workers import BatchSystems, SendJobWorker, SendJobWorkerSchedulerFactory
@@ -234,8 +236,14 @@ class JobProcess(BatchProcess):
         log_dir = Path(settings["get_log_file_dir"]())
         log_dir.mkdir(parents=True, exist_ok=True)
         self.inner = self._new_inner()
-        with scrubbed_environ(secret_names(self.cfg)):
-            self.inner.start_job()
+        try:
+            with scrubbed_environ(secret_names(self.cfg)):
+                self.inner.start_job()
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:  # sbatch/bsub/condor_submit refused
+            log.error("submission of %s failed: %s", self.task.task_id, exc)
+            self._put_to_result_queue(status=luigi.scheduler.FAILED, explanation=f"batch submission failed: {exc}")
+            self._terminated = True
+            return
         self.attempts_here += 1
         ids = [str(j) for j in getattr(self.inner, "_batch_job_ids", [])]
         self.ledger.submitted(self.task.task_id, task_label(self.task), self.system, ids, log_dir)
@@ -336,8 +344,6 @@ def cancel_live_jobs(cfg: BucketConfig) -> list[str]:
     ledger = open_ledger(cfg)
     command = {"slurm": "scancel", "lsf": "bkill", "htcondor": "condor_rm"}[cfg.batch.system]
     cancelled: list[str] = []
-    import subprocess
-
     for task_id, attempt in ledger.live_jobs():
         subprocess.run([command, *attempt["job_ids"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        check=False)

@@ -74,6 +74,9 @@ def _all_ids() -> list[str]:
 
 
 def bsub(args: list[str]) -> None:
+    if os.environ.get("FAKEBATCH_REFUSE"):  # a queue that refuses jobs, as an esub would
+        print("Request aborted by esub. Job not submitted.", file=sys.stderr)
+        raise SystemExit(255)
     opts, i = {}, 0
     while i < len(args) - 1:
         if args[i] in ("-q", "-n", "-J", "-eo", "-oo", "-M", "-W"):

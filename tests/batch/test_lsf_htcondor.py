@@ -64,3 +64,14 @@ def test_calibration_runs_as_a_job(system, bucket_copy, fake_batch, monkeypatch)
         assert SECRET not in json.dumps(call), call["tool"]
     for path in (fake_batch / "jobs").rglob("*"):
         assert not path.is_file() or SECRET not in path.read_text(errors="replace"), path
+
+
+def test_refused_submission_fails_the_task_not_the_driver(bucket_copy, fake_batch, monkeypatch):
+    monkeypatch.setenv("FAKEBATCH_REFUSE", "1")
+    config = bucket_copy("refused", {"batch.system": "lsf"})
+    context_for.cache_clear()
+    lines: list[str] = []
+    outcome = run_bucket(load_config(config), workers=2, only="SVDTimeOffsets", echo=lines.append)
+    assert outcome.exit_code == 1
+    assert [r.state for r in outcome.rows if r.name == "SVDTimeOffsets"] == ["failed"]
+    assert "SVDTimeOffsets: failed" in "\n".join(lines)
