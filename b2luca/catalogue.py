@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from b2luca.catalogue_ast import CatalogueError, DependencyRef, ParsedScript, read_script
+from b2luca import enums
 
 __all__ = [
     "ALLOWED_DATA_FORMATS", "INPUT_DATA_FILTERS", "CalibrationInfo", "CalibrationSettings", "Catalogue",
@@ -53,9 +54,7 @@ INPUT_DATA_FILTERS: dict[str, dict[str, str]] = {
 #: Input data formats a calibration may read (basf2's ``CalibrationSettings.allowed_data_formats``).
 ALLOWED_DATA_FORMATS = frozenset({"raw", "cdst", "mdst", "udst"})
 
-RAW = "raw"
-CDST_PRODUCTION = "cdst_production"
-CDST = "cdst"
+RAW, CDST_PRODUCTION, CDST = enums.Stage.RAW, enums.Stage.PRODUCTION, enums.Stage.CDST
 _STAGE_TITLES = {RAW: "raw calibrations", CDST_PRODUCTION: "cDST production", CDST: "cDST calibrations"}
 
 _NOT = re.compile(r"^NOT\s+")

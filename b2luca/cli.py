@@ -8,29 +8,32 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .config import BucketConfig, load_config
 from .errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, B2lucaError, ConfigError, ReportConfigError, TransportError
 from .errors import UsageError
 
+if TYPE_CHECKING:
+    from .catalogue import Catalogue, Plan
+
 
 def _load(path: str) -> BucketConfig:
     return load_config(path)
 
 
-def _load_plan(cfg: BucketConfig):
-    from .catalogue import build_plan, discover
+def _load_plan(cfg: BucketConfig) -> tuple[Catalogue, Plan]:
+    """The bucket's catalogue (as its tasks see it) and plan; expert_config must name known calibrations."""
+    from .tasks.context import BucketContext
 
-    catalogue = discover(cfg.calibrations.directory)
-    if cfg.calibrations.select:
-        catalogue = catalogue.select(cfg.calibrations.select)
+    ctx = BucketContext(cfg)
+    catalogue = ctx.catalogue
     unknown = sorted(set(cfg.calibrations.expert_config) - set(catalogue.calibrations))
     if unknown:
         raise ConfigError(f"{cfg.path}: calibrations.expert_config.{unknown[0]}: no calibration of that name in "
                           f"{cfg.calibrations.directory} (known: {', '.join(sorted(catalogue.calibrations))})")
-    return catalogue, build_plan(catalogue)
+    return catalogue, ctx.plan
 
 
 # --- subcommands ----------------------------------------------------------------------------------

@@ -17,14 +17,20 @@ from typing import Any, Mapping
 import jsonschema
 import yaml
 
-from .iov import IoV
+from .enums import BatchSystem, DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
 from .errors import ConfigError
+from .iov import IoV
 
 SCHEMA_VERSION = 1
 TOKEN_KEYS = {"token", "private_token", "oauth_token", "job_token", "api_key", "password"}
 
 
 # --- typed configuration --------------------------------------------------------------------------
+def _coerce(section: Any, key: str, choice: type) -> None:
+    """Turn a choice given as its word (YAML, tests) into its enum member, on a frozen dataclass."""
+    object.__setattr__(section, key, choice(getattr(section, key)))
+
+
 @dataclass(frozen=True)
 class BucketSection:
     name: str
@@ -41,18 +47,24 @@ class SettingsRepoConfig:
 
 @dataclass(frozen=True)
 class RunDBConfig:
-    source: str  # synthetic | rest
     snapshot: Path
+    source: RunDBSource = RunDBSource.SYNTHETIC
     url: str | None = None
     api_key_env: str | None = None
     timeout: float = 30.0
 
+    def __post_init__(self) -> None:
+        _coerce(self, "source", RunDBSource)
+
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str  # synthetic | files
     raw_directory: Path
     cdst_directory: Path
+    source: DataSource = DataSource.SYNTHETIC
+
+    def __post_init__(self) -> None:
+        _coerce(self, "source", DataSource)
 
 
 @dataclass(frozen=True)
@@ -75,32 +87,48 @@ class CalibrationsConfig:
     directory: Path
     select: tuple[str, ...] = ()
     expert_config: dict[str, dict[str, Any]] = field(default_factory=dict)
-    on_validation_failure: str = "stop"
+    on_validation_failure: OnValidationFailure = OnValidationFailure.STOP
+
+    def __post_init__(self) -> None:
+        _coerce(self, "on_validation_failure", OnValidationFailure)
 
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    type: str = "native"  # native | basf2
+    type: RunnerType = RunnerType.NATIVE
     backend: str = "Local"
     command: str = "b2caf-prompt-run"
     timeout_min: float | None = None
 
+    def __post_init__(self) -> None:
+        _coerce(self, "type", RunnerType)
+
 
 @dataclass(frozen=True)
 class GitLabConfig:
-    url: str
-    project: str
+    """``report.gitlab``: where issues go and how the token is found (never the token itself)."""
+
+    url: str | None  # None only when config_section's python-gitlab config names it
+    project: str | int
     token_env: str | None = None
     config_section: str | None = None
     config_file: str | None = None
     timeout: float = 30.0
     ssl_verify: bool = True
+    max_retries: int = 2  # transient HTTP errors, per request
+    max_retry_after: float = 60.0  # longest Retry-After (s) slept through inside one delivery
+    rate_limit_retries: int = 3  # 429 answers in a row before the delivery gives up for now
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    transport: str = "local"  # local | gitlab
+    """``report``: the transport of report events (the local Markdown files are always written)."""
+
+    transport: Transport = Transport.LOCAL
     gitlab: GitLabConfig | None = None
+
+    def __post_init__(self) -> None:
+        _coerce(self, "transport", Transport)
 
 
 @dataclass(frozen=True)
@@ -119,7 +147,7 @@ class Resources:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    system: str = "local"
+    system: BatchSystem = BatchSystem.LOCAL
     workers: int = 1
     default_resources: Resources = Resources()
     per_task: dict[str, Resources] = field(default_factory=dict)
@@ -127,6 +155,9 @@ class BatchConfig:
     retries: int = 1
     status_cache_ttl: float = 2.0
     progress_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        _coerce(self, "system", BatchSystem)
 
     def resources_for(self, task_name: str) -> Resources:
         """Resources of one task: its own entry or the default."""
@@ -151,7 +182,6 @@ class BucketConfig:
     report: ReportConfig
     archive: ArchiveConfig
     batch: BatchConfig
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -219,7 +249,10 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
 
 
 def validate_document(document: Any, source: "str | Path") -> None:
-    """Validate a parsed bucket document; raise one ConfigError for the most relevant mistake."""
+    """Validate a parsed bucket document against its schema; raise one ConfigError for the most relevant mistake.
+
+    The cross-field rules are checked on the typed config by :func:`check_config` (``load_config`` does both).
+    """
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: (top level): must be a mapping of keys, got {type(document).__name__}")
     version = document.get("schema_version", SCHEMA_VERSION)
@@ -233,52 +266,64 @@ def validate_document(document: Any, source: "str | Path") -> None:
         error = jsonschema.exceptions.best_match(errors)
         key, expected = _describe(error)
         raise ConfigError(f"{source}: {key}: {expected}")
-    _check_semantics(document, source)
 
 
-def _check_semantics(doc: Mapping[str, Any], source: "str | Path") -> None:
-    bucket = doc["bucket"]
-    if bucket["last_run"] < bucket["first_run"]:
-        raise ConfigError(f"{source}: bucket.last_run: must be >= bucket.first_run ({bucket['first_run']}), "
-                          f"got {bucket['last_run']}")
-    rundb = doc.get("rundb", {})
-    if rundb.get("source") == "rest":
-        for key in ("url", "api_key_env"):
-            if key not in rundb:
-                raise ConfigError(f"{source}: rundb.{key}: is required when rundb.source is 'rest'")
-    if doc.get("data", {}).get("source", "synthetic") == "synthetic" and "simulation" not in doc:
-        raise ConfigError(f"{source}: simulation: is required when data.source is 'synthetic' (the default)")
-    report = doc.get("report", {})
-    if report.get("transport") == "gitlab":
-        gitlab = report.get("gitlab")
+def config_problems(cfg: BucketConfig) -> list[str]:
+    """The cross-field rules the schema cannot express, checked on the typed config: one line per problem."""
+    problems: list[str] = []
+    b = cfg.bucket
+    if b.last_run < b.first_run:
+        problems.append(f"bucket.last_run: must be >= bucket.first_run ({b.first_run}), got {b.last_run}")
+    if cfg.rundb.source == RunDBSource.REST:
+        problems += [f"rundb.{key}: is required when rundb.source is 'rest'"
+                     for key in ("url", "api_key_env") if getattr(cfg.rundb, key) is None]
+    if cfg.data.source == DataSource.SYNTHETIC and cfg.simulation is None:
+        problems.append("simulation: is required when data.source is 'synthetic' (the default)")
+    if cfg.report.transport == Transport.GITLAB:
+        gitlab = cfg.report.gitlab
         if gitlab is None:
-            raise ConfigError(f"{source}: report.gitlab: is required when report.transport is 'gitlab'")
-        if "token_env" not in gitlab and "config_section" not in gitlab:
-            raise ConfigError(f"{source}: report.gitlab: needs token_env (an environment variable holding the "
-                              "token) or config_section (a section of ~/.python-gitlab.cfg)")
-    chain = doc["conditions"]["database_chain"]
-    prompt = doc["conditions"]["prompt_global_tag"]
-    if prompt in chain:
-        raise ConfigError(f"{source}: conditions.database_chain: must not contain the prompt global tag "
-                          f"{prompt!r} (it is put first in the chain automatically)")
-    cal = doc["calibrations"]
-    for name in cal.get("expert_config", {}):
-        if cal.get("select") and name not in cal["select"]:
-            raise ConfigError(f"{source}: calibrations.expert_config.{name}: is not a selected calibration "
-                              f"(select: {', '.join(cal['select'])})")
+            problems.append("report.gitlab: is required when report.transport is 'gitlab'")
+        elif gitlab.token_env is None and gitlab.config_section is None:
+            problems.append("report.gitlab: needs token_env (an environment variable holding the token) or "
+                            "config_section (a section of ~/.python-gitlab.cfg)")
+    prompt = cfg.conditions.prompt_global_tag
+    if prompt in cfg.conditions.database_chain:
+        problems.append(f"conditions.database_chain: must not contain the prompt global tag {prompt!r} "
+                        "(it is put first in the chain automatically)")
+    select = cfg.calibrations.select
+    for name in cfg.calibrations.expert_config:
+        if select and name not in select:
+            problems.append(f"calibrations.expert_config.{name}: is not a selected calibration "
+                            f"(select: {', '.join(select)})")
+    return problems
 
 
-def _resources(doc: Mapping[str, Any] | None) -> Resources:
-    return Resources(**(doc or {}))
+def check_config(cfg: BucketConfig) -> None:
+    """Raise one ConfigError listing every cross-field problem of ``cfg`` (each line names file and key)."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(f"{cfg.path}: {line}" for line in problems))
+
+
+def _present(section: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    """The keys of ``section`` that the YAML sets: absent keys take the dataclass default."""
+    return {key: section[key] for key in keys if key in section}
 
 
 def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
-    """Turn a validated document into a :class:`BucketConfig` (paths resolved against ``path``'s folder)."""
+    """Turn a schema-valid document into a :class:`BucketConfig` (paths resolved against ``path``'s folder).
+
+    Defaults live in the dataclasses above; a key the YAML leaves out is not passed at all.  Only defaults
+    that depend on other keys (paths under ``work_dir``) are computed here.
+    """
     base = path.parent
 
     def resolve(value: str) -> Path:
         p = Path(value).expanduser()
         return (p if p.is_absolute() else base / p).resolve()
+
+    def path_or(section: Mapping[str, Any], key: str, default: Path) -> Path:
+        return resolve(section[key]) if key in section else default
 
     bucket = BucketSection(**document["bucket"])
     work_dir = resolve(document["work_dir"])
@@ -288,48 +333,39 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
     sim = document.get("simulation")
     cond = document["conditions"]
     cal = document["calibrations"]
-    runner = document.get("runner", {})
     report = document.get("report", {})
     archive = document.get("archive", {})
     batch = document.get("batch", {})
     batch_res = batch.get("resources", {})
+    gitlab = report.get("gitlab")
     return BucketConfig(
         path=path,
         bucket=bucket,
         work_dir=work_dir,
-        settings_repository=SettingsRepoConfig(repo["url"], repo.get("branch")) if repo else None,
-        rundb=RunDBConfig(
-            source=rundb.get("source", "synthetic"),
-            snapshot=resolve(rundb["snapshot"]) if "snapshot" in rundb else work_dir / "rundb" / f"{bucket.name}.csv",
-            url=rundb.get("url"), api_key_env=rundb.get("api_key_env"), timeout=float(rundb.get("timeout", 30.0))),
-        data=DataConfig(
-            source=data.get("source", "synthetic"),
-            raw_directory=resolve(data["raw_directory"]) if "raw_directory" in data else work_dir / "data",
-            cdst_directory=resolve(data["cdst_directory"]) if "cdst_directory" in data else work_dir / "cdst"),
-        simulation=SimulationConfig(int(sim["seed"]), dict(sim["events"]), int(sim.get("files_per_run", 1)))
+        settings_repository=SettingsRepoConfig(**repo) if repo else None,
+        rundb=RunDBConfig(snapshot=path_or(rundb, "snapshot", work_dir / "rundb" / f"{bucket.name}.csv"),
+                          **_present(rundb, "source", "url", "api_key_env", "timeout")),
+        data=DataConfig(raw_directory=path_or(data, "raw_directory", work_dir / "data"),
+                        cdst_directory=path_or(data, "cdst_directory", work_dir / "cdst"), **_present(data, "source")),
+        simulation=SimulationConfig(seed=sim["seed"], events=dict(sim["events"]), **_present(sim, "files_per_run"))
         if sim else None,
         conditions=ConditionsConfig(
-            directory=resolve(cond["directory"]) if "directory" in cond else work_dir / "conditions",
+            directory=path_or(cond, "directory", work_dir / "conditions"),
             database_chain=tuple(cond["database_chain"]), prompt_global_tag=cond["prompt_global_tag"],
-            reference_global_tag=cond.get("reference_global_tag")),
+            **_present(cond, "reference_global_tag")),
         local_calibrations={sub: {gt: tuple(names) for gt, names in tags.items()}
                             for sub, tags in document.get("local_calibrations", {}).items()},
         calibrations=CalibrationsConfig(
             directory=resolve(cal["directory"]), select=tuple(cal.get("select", ())),
             expert_config={k: dict(v) for k, v in cal.get("expert_config", {}).items()},
-            on_validation_failure=cal.get("on_validation_failure", "stop")),
-        runner=RunnerConfig(type=runner.get("type", "native"), backend=runner.get("backend", "Local"),
-                            command=runner.get("command", "b2caf-prompt-run"), timeout_min=runner.get("timeout_min")),
-        report=ReportConfig(transport=report.get("transport", "local"),
-                            gitlab=GitLabConfig(**report["gitlab"]) if report.get("gitlab") else None),
-        archive=ArchiveConfig(directory=resolve(archive["directory"]) if "directory" in archive
-                              else work_dir / "archive",
-                              max_file_size_mb=float(archive.get("max_file_size_mb", 5.0))),
-        batch=BatchConfig(system=batch.get("system", "local"), workers=int(batch.get("workers", 1)),
-                          default_resources=_resources(batch_res.get("default")),
-                          per_task={k: _resources(v) for k, v in batch_res.get("per_task", {}).items()},
-                          **{k: batch[k] for k in ("retries", "status_cache_ttl", "progress_interval") if k in batch}),
-        raw=dict(document),
+            **_present(cal, "on_validation_failure")),
+        runner=RunnerConfig(**document.get("runner", {})),
+        report=ReportConfig(**_present(report, "transport"), gitlab=GitLabConfig(**gitlab) if gitlab else None),
+        archive=ArchiveConfig(directory=path_or(archive, "directory", work_dir / "archive"),
+                              **_present(archive, "max_file_size_mb")),
+        batch=BatchConfig(**_present(batch, "system", "workers", "retries", "status_cache_ttl", "progress_interval"),
+                          default_resources=Resources(**batch_res.get("default", {})),
+                          per_task={k: Resources(**v) for k, v in batch_res.get("per_task", {}).items()}),
     )
 
 
@@ -345,17 +381,13 @@ def parse_yaml(text: str, source: "str | Path") -> Any:
         raise ConfigError(f"{source}: not valid YAML ({exc})") from None
 
 
-def load_config(path: "str | Path", overrides: Mapping[str, Any] | None = None) -> BucketConfig:
-    """Read, validate and type a bucket YAML file.
-
-    ``overrides`` (optional) is a mapping merged section-wise over the file (used when the bucket
-    YAML of the settings repository refines the local one).
-    """
+def load_config(path: "str | Path") -> BucketConfig:
+    """Read, validate and type a bucket YAML file (schema first, then the cross-field rules)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
     document = parse_yaml(path.read_text(), path)
-    if overrides and isinstance(document, dict):
-        document = {**document, **overrides}
     validate_document(document, path)
-    return build_config(document, path)
+    cfg = build_config(document, path)
+    check_config(cfg)
+    return cfg

@@ -13,6 +13,9 @@ and defines (the basf2 signature plus keyword extras)::
 
 where ``kwargs`` may hold ``reference_db``: a :class:`b2luca.conditions.DatabaseChain` with the truth
 (simulation) or None. Plots and CSV go to the current working directory; the verdict says pass/fail.
+
+The files both sides read: ``input_data.json`` (:func:`read_input_data`), ``caf_config.json``
+(:func:`chain_from_caf_config`) and the output databases under ``OUTPUT_DB_DIR`` of the job directory.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -31,13 +35,16 @@ from b2luca.iov import ExpRun, IoV
 if TYPE_CHECKING:  # b2luca.conditions is imported lazily so this module never depends on it at runtime
     from b2luca.conditions import DatabaseChain, LocalDatabase
 
-__all__ = ["CALIBRATE", "RUN_VALIDATION", "CalibrationJob", "Verdict", "CalibrateFunction",
-           "ValidationFunction"]
+__all__ = ["CALIBRATE", "OUTPUT_DB_DIR", "RUN_VALIDATION", "CalibrationJob", "Verdict", "CalibrateFunction",
+           "ValidationFunction", "chain_from_caf_config", "read_input_data"]
 
 #: Name of the function a native calibration script defines.
 CALIBRATE = "calibrate"
 #: Name of the function a validation script defines.
 RUN_VALIDATION = "run_validation"
+#: Folder of a job directory holding one output database per calibration (``<OUTPUT_DB_DIR>/<name>/``),
+#: the layout b2caf-prompt-run leaves.
+OUTPUT_DB_DIR = "caf_outputdb_results"
 
 
 @dataclass
@@ -132,6 +139,45 @@ class Verdict:
             return cls.from_dict(data)
         except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f"{path}: not a valid verdict: {exc}") from None
+
+
+def read_input_data(path: "str | os.PathLike[str]") -> dict[str, list[tuple[Path, ExpRun]]]:
+    """input_data.json -> ``{name: [(file, ExpRun), ...]}`` with directories expanded to their ROOT files.
+
+    A malformed entry raises ValueError naming the file, the input data name and the entry's index.
+    """
+    from .dataset import expand_input
+
+    document = json.loads(Path(path).read_text())
+    files: dict[str, list[tuple[Path, ExpRun]]] = {}
+    for name, entries in document.items():
+        files[name] = []
+        for index, entry in enumerate(entries):
+            try:
+                location, (exp, run) = entry
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: {name}[{index}]: expected [path, [exp, run]], got {entry!r}") from None
+            files[name].extend((f, ExpRun(int(exp), int(run))) for f in expand_input(location))
+    return files
+
+
+def chain_from_caf_config(config: dict[str, Any]) -> "DatabaseChain":
+    """The database chain of a caf_config.json: testing payloads first, then the chain in order."""
+    from .conditions import DatabaseChain, LocalDatabase
+
+    databases = []
+    if config.get("testing_payloads"):
+        databases.append(LocalDatabase(Path(config["testing_payloads"]).parent))
+    directory = config.get("b2luca", {}).get("conditions_directory")
+    for entry in config.get("database_chain", []):
+        path = Path(entry)
+        if path.name == "database.txt":
+            databases.append(LocalDatabase(path.parent))
+        elif directory:
+            databases.append(LocalDatabase(Path(directory) / entry))
+        else:
+            raise ValueError(f"global tag {entry!r} in database_chain cannot be resolved locally")
+    return DatabaseChain(databases)
 
 
 CalibrateFunction = Callable[[CalibrationJob], None]

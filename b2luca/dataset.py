@@ -15,6 +15,7 @@ from typing import Any
 
 from .atomic import write_json_atomic
 from .config import BucketConfig
+from .enums import DataSource
 from .iov import ExpRun
 from .errors import DataError
 
@@ -31,6 +32,16 @@ def run_directory(root: "str | Path", exprun: ExpRun, data_tag: str) -> Path:
     if not data_tag:
         raise ValueError("run_directory needs a data tag (use run_root for the run itself)")
     return run_root(root, exprun) / data_tag
+
+
+def production_runs(cfg: BucketConfig) -> list[int]:
+    """Runs of the bucket that have raw data on disk (every run is reconstructed, whatever its quality)."""
+    runs = []
+    for run in range(cfg.bucket.first_run, cfg.bucket.last_run + 1):
+        directory = run_root(cfg.data.raw_directory, ExpRun(cfg.bucket.experiment, run))
+        if directory.is_dir() and any(directory.glob("*/*.root")):
+            runs.append(run)
+    return runs
 
 
 def expand_input(path: "str | Path") -> list[Path]:
@@ -64,8 +75,8 @@ def simulation_is_complete(cfg: BucketConfig) -> bool:
 
 def simulate_config(cfg: BucketConfig, force: bool = False) -> str:
     """Simulate the bucket's data, truth and run list unless an identical simulation exists."""
-    if cfg.data.source != "synthetic" or cfg.simulation is None:
-        raise DataError(f"{cfg.path}: data.source is {cfg.data.source!r}: nothing to simulate")
+    if cfg.data.source != DataSource.SYNTHETIC or cfg.simulation is None:
+        raise DataError(f"{cfg.path}: data.source is '{cfg.data.source}': nothing to simulate")
     if simulation_is_complete(cfg) and not force:
         return f"simulation of bucket {cfg.name} already complete in {cfg.data.raw_directory}"
     from .sim import simulate_bucket
@@ -101,7 +112,7 @@ def describe_summary(summary: Any) -> str:
 
 def ensure_data(cfg: BucketConfig) -> str | None:
     """Make sure the input data exists: simulate a synthetic bucket if needed; check real data."""
-    if cfg.data.source == "synthetic":
+    if cfg.data.source == DataSource.SYNTHETIC:
         if simulation_is_complete(cfg):
             return None
         return simulate_config(cfg)

@@ -32,14 +32,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from .iov import ExpRun
 from .atomic import write_json_atomic
-from .rootio import write_trees
-from .errors import ProductionError
+from .rootio import read_trees, write_trees
+from .errors import ProductionError, RootReadError
+from .reco.robust import FIT_ITERATIONS, FIT_SCATTERING, fit_robust
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -56,12 +58,6 @@ GROUP_TREES: dict[str, tuple[str, ...]] = {
     "tracks": ("tracks", "track_hits"),
     "ecl": ("ecl", "ecl_clusters"),
 }
-#: fit settings: at most this many Gauss-Newton iterations from the algebraic seed (the fit stops once
-#: chi2 settles; 2 already converge to < 1e-5 sigma for di-muons).  By default no per-layer scattering
-#: kinks: twice as fast, but the errors come from the hit resolution only (chi2/ndf ~1.07 for di-muons,
-#: ~10 for soft hadrons); ``produce_run(..., scattering=True)`` gives chi2/ndf ~1.0 for all.
-FIT_ITERATIONS = 4
-FIT_SCATTERING = False
 _COV_INDEX = [(i, j) for i in range(5) for j in range(i, 5)]
 _PARAM_NAMES = ("d0", "phi0", "omega", "z0", "tanl")
 
@@ -127,20 +123,11 @@ def manifest_is_current(cdst_run_dir: Path, chain, exprun: ExpRun, scattering: b
 
 # --- I/O ------------------------------------------------------------------------------------------
 def _read_trees(path: Path, trees: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
-    import uproot
-
-    out = {}
+    """Every branch of ``trees`` in a cDST file; a missing file/tree raises ProductionError naming it."""
     try:
-        with uproot.open(path) as src:
-            for tree in trees:
-                if tree not in src:
-                    raise ProductionError(f"{path}: tree {tree!r} is missing")
-                out[tree] = src[tree].arrays(library="np")
-    except ProductionError:
-        raise
-    except Exception as exc:
-        raise ProductionError(f"{path}: cannot read cDST trees {list(trees)} ({exc})") from exc
-    return out
+        return read_trees(path, {tree: None for tree in trees})
+    except RootReadError as exc:
+        raise ProductionError(str(exc)) from exc
 
 
 def _write_trees_atomic(path: Path, trees: Mapping[str, Mapping[str, np.ndarray]]) -> None:
@@ -168,74 +155,15 @@ def _group_hits(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[
             "pxd_digits": _strip(raw["pxd_digits"])}
 
 
-class _FitArrays:
-    """Attribute access to the fitted arrays of :func:`_fit_robust`."""
-
-    def __init__(self, **arrays: np.ndarray) -> None:
-        self.__dict__.update(arrays)
-
-
 def _empty_tracks() -> dict[str, dict[str, np.ndarray]]:
-    tracks = {"event": np.zeros(0, np.int64), "cand": np.zeros(0, np.int16)}
+    tracks: dict[str, np.ndarray] = {"event": np.zeros(0, np.int64), "cand": np.zeros(0, np.int16)}
     tracks.update({n: np.zeros(0) for n in _PARAM_NAMES})
     tracks.update({f"cov_{i}{j}": np.zeros(0) for i, j in _COV_INDEX})
     tracks.update(chi2=np.zeros(0), ndf=np.zeros(0, np.int32), p=np.zeros(0), charge=np.zeros(0, np.int8),
                   n_pxd=np.zeros(0, np.int32), n_svd=np.zeros(0, np.int32), n_cdc=np.zeros(0, np.int32))
-    rel = {"track": np.zeros(0, np.int32), "det": np.zeros(0, np.int8), "hit": np.zeros(0, np.int64),
+    rel: dict[str, np.ndarray] = {"track": np.zeros(0, np.int32), "det": np.zeros(0, np.int8), "hit": np.zeros(0, np.int64),
            "kind": np.zeros(0, np.int8), "residual": np.zeros(0), "sigma": np.zeros(0)}
     return {"tracks": tracks, "track_hits": rel}
-
-
-def _subset(meas, tracks: np.ndarray):
-    """The Measurements of the track candidates ``tracks`` (sorted indices), renumbered 0..n-1."""
-    import dataclasses
-
-    keep = np.isin(meas.track, tracks)
-    remap = np.full(meas.n_tracks, -1, np.int64)
-    remap[tracks] = np.arange(tracks.size)
-    cols = {f.name: getattr(meas, f.name)[keep] for f in dataclasses.fields(meas)
-            if f.name not in ("track_key", "track")}
-    return dataclasses.replace(meas, track_key=meas.track_key[tracks], track=remap[meas.track[keep]], **cols)
-
-
-_TRACK_KEYS = ("params", "cov", "chi2", "ndf")
-_ROW_KEYS = ("residual",)
-
-
-def _fit_robust(meas, constants, chunk: int = 1000, row_keys: tuple[str, ...] = _ROW_KEYS,
-                scattering: bool = FIT_SCATTERING) -> tuple[Any, dict[str, np.ndarray]]:
-    """Fit all candidates in chunks; a chunk whose fit fails (singular system) is bisected so that only
-    the offending candidates are dropped.  Returns (measurements of the fitted tracks, arrays: the
-    per-track ``params cov chi2 ndf``, the per-row ``row_keys`` of FitResult, and ``failed``)."""
-    from .reco.fit import fit_tracks
-
-    def fit(idx: np.ndarray) -> list[tuple[np.ndarray, Any]]:
-        sub = _subset(meas, idx)
-        try:
-            with np.errstate(all="ignore"):
-                return [(idx, fit_tracks(sub, constants, n_iter=FIT_ITERATIONS, scattering=scattering))]
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-            if idx.size == 1:
-                return []
-            half = idx.size // 2
-            return fit(idx[:half]) + fit(idx[half:])
-
-    parts = []
-    for start in range(0, meas.n_tracks, chunk):
-        parts += fit(np.arange(start, min(start + chunk, meas.n_tracks)))
-    idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    cat = {k: np.concatenate([getattr(p[1], k) for p in parts]) if parts else np.zeros(0)
-           for k in _TRACK_KEYS + tuple(row_keys)}
-    ok = (np.all(np.isfinite(cat["params"]), axis=1) & np.all(np.isfinite(cat["cov"]), axis=(1, 2))
-          & np.isfinite(cat["chi2"])) if parts else np.zeros(0, bool)
-    good = idx[ok]
-    sub = _subset(meas, good)
-    row_ok = np.repeat(ok, np.concatenate([np.bincount(p[1].meas.track, minlength=p[1].meas.n_tracks) for p in parts])) \
-        if parts else np.zeros(0, bool)
-    arrays = {k: cat[k][ok] for k in _TRACK_KEYS}
-    arrays.update({k: cat[k][row_ok] for k in row_keys})
-    arrays["failed"] = np.array(meas.n_tracks - good.size)
-    return sub, arrays
 
 
 def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants,
@@ -249,8 +177,9 @@ def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants,
     meas = build_measurements(raw, constants)
     if meas.n_tracks == 0:
         return _empty_tracks()
-    meas, fit = _fit_robust(meas, constants, scattering=scattering)
-    fit = _FitArrays(**fit)
+    fit = fit_robust(meas, constants, scattering=scattering)
+    meas = fit.meas
+    assert fit.residual is not None  # requested by default
     nt = meas.n_tracks
     gevent = meas.track_key[:, 0]
     tracks: dict[str, np.ndarray] = {"event": np.asarray(raw["event"]["event"])[gevent].astype(np.int64),
@@ -264,7 +193,7 @@ def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants,
     tracks.update(chi2=fit.chi2.astype(np.float64), ndf=fit.ndf.astype(np.int32), p=H.momentum(fit.params),
                   charge=np.sign(fit.params[:, 2]).astype(np.int8), n_pxd=(counts[:, 0] // 2).astype(np.int32),
                   n_svd=(counts[:, 1] // 2).astype(np.int32), n_cdc=counts[:, 2].astype(np.int32))
-    rel = {"track": meas.track.astype(np.int32), "det": meas.det.astype(np.int8), "hit": meas.hit.astype(np.int64),
+    rel: dict[str, np.ndarray] = {"track": meas.track.astype(np.int32), "det": meas.det.astype(np.int8), "hit": meas.hit.astype(np.int64),
            "kind": meas.kind.astype(np.int8), "residual": fit.residual.astype(np.float64),
            "sigma": meas.sigma.astype(np.float64)}
     return {"tracks": tracks, "track_hits": rel, "_failed_fits": {"n": np.array([int(fit.failed)])}}
@@ -295,7 +224,7 @@ def _group_ecl(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[s
     return {"ecl": ecl, "ecl_clusters": ecl_clusters(ecl["event"], ecl["cand"], ecl["crystal"], ecl["energy"])}
 
 
-_BUILDERS = {"hits": _group_hits, "tracks": _group_tracks, "ecl": _group_ecl}
+_BUILDERS: dict[str, Callable[..., dict[str, dict[str, np.ndarray]]]] = {"hits": _group_hits, "tracks": _group_tracks, "ecl": _group_ecl}
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -357,6 +286,7 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
             reusable = (previous is not None and previous.get("raw") == identity and cdst_file.is_file())
             todo = set(GROUP_PAYLOADS) if not reusable else stale
             if not todo:  # everything current: the file stays as it is
+                assert previous is not None
                 for g in GROUP_PAYLOADS:
                     copied[g] += 1
                 n_tracks[tag] += int(previous.get("tracks", 0))
@@ -397,8 +327,8 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
                 "files": files_out, "history": history}
     _write_json_atomic(cdst_run_dir / MANIFEST, manifest)
     payloads = {}
-    for group in fingerprints.values():
-        for name, fp in group.items():
+    for used in fingerprints.values():
+        for name, fp in used.items():
             if not name.startswith("_"):
                 payloads[name] = "nominal" if fp is None else fp["revision"]
     return {"tags": sorted(tags), "files": sum(len(v) for v in files_out.values()), "tracks": n_tracks,
@@ -422,7 +352,7 @@ def read_cdst(paths, trees: tuple[str, ...] = ("tracks",)) -> dict[str, dict[str
         data = _read_trees(f, trees)
         for t in trees:
             parts[t].append(data[t])
-    out = {}
+    out: dict[str, dict[str, np.ndarray]] = {}
     for t in trees:
         if not parts[t]:
             out[t] = {}

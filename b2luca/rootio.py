@@ -8,7 +8,7 @@ trees are created explicitly with ``mktree``.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import uproot
@@ -34,9 +34,9 @@ def write_trees(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str,
                 tree.extend(arrays)
 
 
-def read_trees(path: "str | os.PathLike[str]", trees: Mapping[str, "list[str] | tuple[str, ...]"]
+def read_trees(path: "str | os.PathLike[str]", trees: Mapping[str, "Collection[str] | None"]
                ) -> dict[str, dict[str, np.ndarray]]:
-    """Read only the given ``branches`` of each tree: ``{tree: {branch: array}}``.
+    """Read only the given ``branches`` of each tree (None: all of them): ``{tree: {branch: array}}``.
 
     A missing tree or branch, or a file that is not readable ROOT, raises :class:`RootReadError` naming
     the file and the tree/branch.
@@ -48,6 +48,9 @@ def read_trees(path: "str | os.PathLike[str]", trees: Mapping[str, "list[str] | 
                 if tree not in src:
                     raise RootReadError(f"{path}: tree {tree!r} is missing")
                 t = src[tree]
+                if branches is None:
+                    out[tree] = t.arrays(library="np")
+                    continue
                 missing = [b for b in branches if b not in t.keys()]
                 if missing:
                     raise RootReadError(f"{path}: tree {tree!r} lacks branch(es) {missing}")

@@ -60,7 +60,7 @@ def generate(folder: Path, n_params: int, n_tracks: int, seed: int = 1) -> Path:
                    (2, R / R.mean())):
         lines.append("Constraint 0.0")
         lab = 10 * (np.arange(geo.n_sensors) + 1) + p
-        lines += [f"{l} {f:.12e}" for l, f in zip(lab, fac / np.linalg.norm(fac))]
+        lines += [f"{label} {f:.12e}" for label, f in zip(lab, fac / np.linalg.norm(fac))]
     (folder / "constraints.txt").write_text("\n".join(lines) + "\n")
     np.save(folder / "truth.npy", truth)
     steer = folder / "steer.txt"

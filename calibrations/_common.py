@@ -8,16 +8,17 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from b2luca.conditions import DatabaseChain, LocalDatabase  # noqa: F401 (annotations)
+from b2luca.atomic import atomic_path
+from b2luca.conditions import DatabaseChain, LocalDatabase
+from b2luca.contract import OUTPUT_DB_DIR
 from b2luca.iov import ExpRun, IoV
-
-OUTPUT_DB_DIR = "caf_outputdb_results"
 
 
 # --- calibration side ------------------------------------------------------------------------------
@@ -36,7 +37,7 @@ def previous_payload(chain: "DatabaseChain | None", name: str, exprun: ExpRun) -
     data = chain.read_or_none(name, exprun) if chain is not None else None
     if data is not None:
         return data
-    from b2luca.sim.truth import nominal_payloads
+    from b2luca.reco.nominal import nominal_payloads
 
     return nominal_payloads()[name]
 
@@ -106,6 +107,41 @@ def pulls_ok(fig: Mapping[str, float]) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
+@dataclass(frozen=True)
+class SplitHalf:
+    """Even-half versus odd-half fits of the same constants, and the stored result against the even half.
+
+    ``pulls``: (even - odd) / combined error per element (NaN where either half or the stored result
+    has no error); ``stored_figures``: :func:`pull_figures` of (stored - even) / error of that
+    difference, keys prefixed ``stored_``; ``reasons``: why those fail :func:`pulls_ok`;
+    ``reference``: the odd half's values (for plots and CSV).
+    """
+
+    pulls: np.ndarray
+    stored_figures: dict[str, float]
+    reasons: list[str]
+    reference: np.ndarray
+
+
+def split_half(stored: Mapping[str, np.ndarray], halves: Sequence[Mapping[str, np.ndarray]], key: str,
+               error_key: str, calibrated: np.ndarray, k: float) -> SplitHalf:
+    """Compare the fits of the even and odd events (``halves``) of the values ``key`` with errors
+    ``error_key``; both and ``stored`` carry ``n_hits`` per element.  For nested samples the
+    difference stored - even half has variance ``e_full^2 (n_full / n_half - 1)``."""
+    e0, e1 = halves[0][error_key], halves[1][error_key]
+    both = np.isfinite(e0) & np.isfinite(e1) & calibrated
+    diff = halves[0][key] - halves[1][key]
+    pulls = np.where(both, diff / np.sqrt(np.where(both, e0 ** 2 + e1 ** 2, 1.0)), np.nan)
+    err = np.asarray(stored[error_key], float)
+    n_full = np.asarray(stored["n_hits"], float)
+    n_half = np.asarray(halves[0]["n_hits"], float)
+    v = np.where(both, err ** 2 * (n_full / np.maximum(n_half, 1) - 1), np.nan)
+    stored_pulls = (np.asarray(stored[key], float) - halves[0][key]) / np.sqrt(np.where(v > 0, v, np.nan))
+    sf = pull_figures(stored_pulls, k)
+    return SplitHalf(pulls=pulls, stored_figures={f"stored_{name}": value for name, value in sf.items()},
+                     reasons=[f"stored result vs data: {r}" for r in pulls_ok(sf)[1]], reference=halves[1][key])
+
+
 def write_csv(path: "str | os.PathLike[str]", columns: Mapping[str, Iterable[Any]]) -> str:
     """Write equal-length columns to a CSV file atomically; returns the file name."""
     path = Path(path)
@@ -114,12 +150,10 @@ def write_csv(path: "str | os.PathLike[str]", columns: Mapping[str, Iterable[Any
     lengths = {len(c) for c in cols}
     if len(lengths) > 1:
         raise ValueError(f"{path}: CSV columns have different lengths {sorted(lengths)}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    with os.fdopen(fd, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(names)
         writer.writerows(zip(*cols))
-    os.replace(tmp, path)
     return str(path)
 
 
@@ -127,15 +161,11 @@ def save_figure(fig: Any, path: "str | os.PathLike[str]") -> str:
     """Save a matplotlib figure atomically as PNG and close it; returns the file name."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return str(path)
 
 
@@ -190,25 +220,6 @@ def read_branches(files: Sequence["str | os.PathLike[str]"], tree: str, branches
         for b in branches:
             parts[b].append(np.asarray(arrays[b]))
     return {b: (np.concatenate(v) if v else np.zeros(0)) for b, v in parts.items()}
-
-
-def read_input_data(path: "str | os.PathLike[str]") -> dict[str, list[tuple[Path, ExpRun]]]:
-    """input_data.json -> ``{name: [(file, ExpRun), ...]}`` (directories expanded to their ``*.root``)."""
-    import json
-
-    document = json.loads(Path(path).read_text())
-    out: dict[str, list[tuple[Path, ExpRun]]] = {}
-    for name, entries in document.items():
-        out[name] = []
-        for index, entry in enumerate(entries):
-            try:
-                location, (exp, run) = entry
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: {name}[{index}]: expected [path, [exp, run]], got {entry!r}") from None
-            location = Path(location)
-            files = sorted(location.rglob("*.root")) if location.is_dir() else [location]
-            out[name].extend((f, ExpRun(int(exp), int(run))) for f in files)
-    return out
 
 
 def group_mean(index: np.ndarray, values: np.ndarray, n_groups: int, outlier_sigma: float = 0.0,

@@ -68,7 +68,7 @@ def classify(counts: np.ndarray, n_events: int, previous_status: np.ndarray, cfg
 
 def pixel_counts(files, sensor_ids: np.ndarray) -> tuple[np.ndarray, int]:
     """(counts (sensors, pixels) int64, number of events) from the pxd_digits of random_calib raw files."""
-    from b2luca.sim.truth import N_PXD_PIXELS
+    from b2luca.reco.geometry import N_PXD_PIXELS
     from calibrations._common import read_branches
 
     n_events = int(read_branches(files, "event", ["event"])["event"].size)

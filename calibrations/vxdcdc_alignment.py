@@ -64,15 +64,17 @@ CDC_LABEL_BASE = 1_000_000
 def mille_records(raw, constants, cfg: dict, cosmic: bool):
     """Fit the track candidates of ``raw`` and return (MilleRecords, number of tracks used, chi2/ndf array)."""
     from b2luca.alignment import records_from_dense
-    from b2luca.production import _FitArrays, _fit_robust
     from b2luca.reco import helix as H
     from b2luca.reco.measurements import build_measurements
+    from b2luca.reco.robust import fit_robust
 
     meas = build_measurements(raw, constants)
     if meas.n_tracks == 0:
         return None, 0, np.zeros(0)
-    meas, arrays = _fit_robust(meas, constants, row_keys=("residual", "local_derivs", "global_derivs", "global_labels"))
-    fit = _FitArrays(**arrays)
+    fit = fit_robust(meas, constants, row_keys=("residual", "local_derivs", "global_derivs", "global_labels"))
+    meas = fit.meas
+    assert fit.residual is not None and fit.local_derivs is not None
+    assert fit.global_labels is not None and fit.global_derivs is not None
     chi2_ndf = fit.chi2 / np.maximum(fit.ndf, 1)
     good = (chi2_ndf < float(cfg["outlier_chi2_cut"])) & (fit.ndf > 5)
     if not cosmic:
@@ -116,8 +118,8 @@ def calibrate(job) -> None:
     vxd_labels = geom.sensor_id.astype(np.int64)[:, None] * VXD_LABEL_FACTOR + np.arange(1, 7)
     cdc_labels = CDC_LABEL_BASE + np.arange(geom.n_cdc_layers)[:, None] * 10 + np.arange(1, 4)
     ps, pr = float(cfg["presigma_shift_mm"]), float(cfg["presigma_rotation"])
-    presig = {**{int(l): ps if k < 3 else pr for row in vxd_labels for k, l in enumerate(row)},
-              **{int(l): ps if k < 2 else pr for row in cdc_labels for k, l in enumerate(row)}}
+    presig = {**{int(lab): ps if k < 3 else pr for row in vxd_labels for k, lab in enumerate(row)},
+              **{int(lab): ps if k < 2 else pr for row in cdc_labels for k, lab in enumerate(row)}}
     vxd_err = np.full((geom.n_sensors, 6), np.nan)
     cdc_err = np.full((geom.n_cdc_layers, 3), np.nan)
     for iteration in range(int(cfg["max_iterations"])):
@@ -131,15 +133,15 @@ def calibrate(job) -> None:
         if not records:
             raise RuntimeError(f"{settings.name}: no usable tracks in {sum(map(len, inputs.values()))} files")
         problem = AlignmentProblem(records=records, method=str(cfg["method"]), iterations=1,
-                                   parameters={l: ParameterSpec(l, 0.0, s) for l, s in presig.items()})
+                                   parameters={lab: ParameterSpec(lab, 0.0, s) for lab, s in presig.items()})
         result = solve(problem)
         corr = dict(zip(result.labels.tolist(), result.corrections.tolist()))
         errs = dict(zip(result.labels.tolist(), (result.errors if result.errors is not None
                                                  else np.full(result.labels.size, np.nan)).tolist()))
-        dv = np.array([[corr.get(int(l), 0.0) for l in row] for row in vxd_labels])
-        dc = np.array([[corr.get(int(l), 0.0) for l in row] for row in cdc_labels])
-        vxd_err = np.array([[errs.get(int(l), np.nan) for l in row] for row in vxd_labels])
-        cdc_err = np.array([[errs.get(int(l), np.nan) for l in row] for row in cdc_labels])
+        dv = np.array([[corr.get(int(lab), 0.0) for lab in row] for row in vxd_labels])
+        dc = np.array([[corr.get(int(lab), 0.0) for lab in row] for row in cdc_labels])
+        vxd_err = np.array([[errs.get(int(lab), np.nan) for lab in row] for row in vxd_labels])
+        cdc_err = np.array([[errs.get(int(lab), np.nan) for lab in row] for row in cdc_labels])
         constants.vxd_params = constants.vxd_params + dv
         constants.cdc_params = constants.cdc_params + dc
         job.log.info("%s iteration %d: %d tracks, median chi2/ndf %.3f before, solver chi2/ndf %.3f, "

@@ -227,15 +227,6 @@ def _frame_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str,
     return RawChunk(words, chain + off, cnw[ch], source, rec0, end * 4)
 
 
-def _parse_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str, rec0: int,
-                 ) -> tuple[MilleRecords | None, int]:
-    """Parse whole records at the start of ``buf``; return (records, bytes consumed)."""
-    raw = _frame_chunk(buf, fortran, eof, source, rec0)
-    if raw is None:
-        return None, 0
-    return raw.decode(), raw.nbytes
-
-
 def _chunk_failure(words: np.ndarray, fortran: bool, eof: bool, source: str, recno: int, at: int):
     """Decide whether the data at ``words[0]`` is an incomplete record (return) or corrupt (raise)."""
     off = 1 if fortran else 0

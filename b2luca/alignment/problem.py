@@ -246,12 +246,12 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
             pc = np.minimum(pos, corr_labels.size - 1)
             hit = corr_labels[pc] == labels
             cur[hit] = corr_values[pc[hit]]
-        initial = np.array([problem.parameters[int(l)].initial if int(l) in problem.parameters else 0.0
-                            for l in labels]) if problem.parameters else np.zeros(n)
-        presig = np.array([problem.parameters[int(l)].presigma if int(l) in problem.parameters else 0.0
-                           for l in labels]) if problem.parameters else np.zeros(n)
+        initial = np.array([problem.parameters[int(lab)].initial if int(lab) in problem.parameters else 0.0
+                            for lab in labels]) if problem.parameters else np.zeros(n)
+        presig = np.array([problem.parameters[int(lab)].presigma if int(lab) in problem.parameters else 0.0
+                           for lab in labels]) if problem.parameters else np.zeros(n)
         fixed = presig < 0
-        reason = {int(l): "presigma < 0" for l in labels[fixed]}
+        reason = {int(lab): "presigma < 0" for lab in labels[fixed]}
         few = (gs.entries < problem.entries) & ~fixed
         reason.update({int(lab): f"entries {int(e)} < {problem.entries}"
                        for lab, e in zip(labels[few], gs.entries[few])})

@@ -120,7 +120,7 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
                  errors: bool = True) -> SolveOutput:
     """Solve C Δg = b subject to A Δg = c (exactly, or by MINRES); see the module docstring."""
     n = C.shape[0]
-    t = {}
+    t: dict[str, float] = {}
     if method == "auto":
         method = "dense" if n <= AUTO_DENSE_MAX else "sparse"
     if method not in ("dense", "sparse", "minres"):

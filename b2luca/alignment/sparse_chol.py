@@ -511,6 +511,7 @@ class SupernodalCholesky:
                     q = pm - k
                     lin = q[nb:, None] * r + q[None, :]
                     lin[:, :nb] = r * r  # rows above the block: upper triangle, to the sink
+                    assert Ub is not None  # a child's rows below the block: this supernode has a parent
                     np.add.at(Ub, lin.ravel(), Ucf[rc * nb:])
                 pool.put(cbuf)
             L11, info = lapack.dpotrf(P[:k], lower=1, clean=1, overwrite_a=0)  # copies: P is reused
@@ -588,11 +589,12 @@ class SupernodalCholesky:
                 ends = np.concatenate([brk, [r]])
                 for a, b in zip(starts, ends):
                     t = int(sn[a])
-                    ft = front[t]
+                    ft, zt = front[t], Zp[t]
+                    assert ft is not None and zt is not None  # ancestors are done first
                     rowpos = np.searchsorted(ft, R[a:])
                     colpos = R[a:b] - self.c0[t]
                     lin = colpos[:, None] * ft.size + rowpos[None, :]  # (b-a, r-a): C order = F of the block
-                    blk = np.take(Zp[t].reshape(-1, order="F"), lin, mode="clip")
+                    blk = np.take(zt.reshape(-1, order="F"), lin, mode="clip")
                     Zrr[a:, a:b] = blk.T
                 Lh = _fview(lbuf, r, k)
                 Lh[...] = self.L21[s]

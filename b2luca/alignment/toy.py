@@ -53,12 +53,12 @@ def barrel_geometry(n_params: int, n_layers: int = 6, r_min: float = 40.0, r_max
     nphi = np.maximum(3, np.round(np.sqrt(per * 2 * np.pi * radii / (2 * half_z) * aspect))).astype(int)
     nz = np.maximum(1, np.round(per / nphi)).astype(int)
     rs, ph, zs, ly = [], [], [], []
-    for l in range(n_layers):
-        ip, iz = np.meshgrid(np.arange(nphi[l]), np.arange(nz[l]), indexing="ij")
-        rs.append(np.full(ip.size, radii[l]))
-        ph.append((ip.ravel() + 0.5) * 2 * np.pi / nphi[l])
-        zs.append(-half_z[l] + (iz.ravel() + 0.5) * 2 * half_z[l] / nz[l])
-        ly.append(np.full(ip.size, l))
+    for layer in range(n_layers):
+        ip, iz = np.meshgrid(np.arange(nphi[layer]), np.arange(nz[layer]), indexing="ij")
+        rs.append(np.full(ip.size, radii[layer]))
+        ph.append((ip.ravel() + 0.5) * 2 * np.pi / nphi[layer])
+        zs.append(-half_z[layer] + (iz.ravel() + 0.5) * 2 * half_z[layer] / nz[layer])
+        ly.append(np.full(ip.size, layer))
     first = np.concatenate([[0], np.cumsum(nphi * nz)[:-1]])
     return BarrelGeometry(np.concatenate(rs), np.concatenate(ph), np.concatenate(zs), np.concatenate(ly),
                           radii, nphi, nz, first, half_z)

@@ -115,7 +115,7 @@ class LocalDatabase:
 
     def read(self, name_or_entry: "str | PayloadEntry", exprun: ExpRun | None = None) -> dict[str, np.ndarray]:
         """Read a payload given its entry, or its name and the run it must be valid for."""
-        entry = name_or_entry
+        entry: "str | PayloadEntry | None" = name_or_entry
         if isinstance(name_or_entry, str):
             if exprun is None:
                 raise TypeError("LocalDatabase.read(name) needs the exprun to look up")

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..atomic import write_json_atomic
 from ..iov import ExpRun, IoV
-from .database import DatabaseChain, DatabaseError, LocalDatabase, PayloadEntry
+from .database import DatabaseChain, LocalDatabase, PayloadEntry
+from .database import DatabaseError as DatabaseError  # re-exported
 from ..errors import GlobalTagError
 
 STATE_FILE = "globaltag.json"

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import uproot
@@ -57,8 +57,8 @@ def payload_checksum(data: Mapping[str, "np.typing.ArrayLike"]) -> str:
 def write_payload(path: "str | os.PathLike[str]", data: Mapping[str, "np.typing.ArrayLike"]) -> str:
     """Write ``data`` to the ROOT file ``path`` atomically; return the content checksum."""
     arrays = _normalise(data)
-    meta = {key: {"dtype": a.dtype.str, "shape": list(a.shape)} for key, a in arrays.items()}
-    meta["__checksum__"] = payload_checksum(arrays)
+    meta: dict[str, Any] = {key: {"dtype": a.dtype.str, "shape": list(a.shape)} for key, a in arrays.items()}
+    checksum = meta["__checksum__"] = payload_checksum(arrays)
     with atomic_path(path) as tmp, uproot.recreate(tmp) as out:
         out[META_KEY] = json.dumps(meta, sort_keys=True)
         for key, array in arrays.items():
@@ -68,7 +68,7 @@ def write_payload(path: "str | os.PathLike[str]", data: Mapping[str, "np.typing.
             tree = out.mktree(key, {"value": kind})
             if len(stored):
                 tree.extend({"value": stored})
-    return meta["__checksum__"]
+    return checksum
 
 
 def read_payload(path: "str | os.PathLike[str]") -> dict[str, np.ndarray]:

@@ -1,1 +1,2 @@
-"""Small vectorised reconstruction library for the toy detector (shared geometry, raw reader, fit)."""
+"""Small vectorised reconstruction library for the toy detector: geometry, nominal constants, raw reader,
+measurements, the track fit and its robust batch driver (:mod:`b2luca.reco.robust`)."""

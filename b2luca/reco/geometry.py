@@ -46,6 +46,7 @@ _VXD_LAYERS = (
 )
 #: toy PXD pixel matrix (each toy pixel stands for a block of real pixels)
 PXD_NU, PXD_NV = 50, 150
+N_PXD_PIXELS = PXD_NU * PXD_NV  # toy pixels per PXD sensor
 
 # --- CDC
 _CDC_SL_LAYERS = (8, 6, 6, 6, 6, 6, 6, 6, 6)
@@ -241,7 +242,7 @@ def nominal_geometry() -> Geometry:
             boff.append(board)
             li += 1
         board += nwire // CDC_WIRES_PER_BOARD
-    cdc_r = np.array(cdc_r)
+    cdc_radius = np.array(cdc_r)
     return Geometry(
         sensor_id=np.array(cols["sid"], dtype=np.int32),
         layer=np.array(cols["lay"], dtype=np.int32),
@@ -260,12 +261,12 @@ def nominal_geometry() -> Geometry:
         layer_nsensors=np.array([t[3] for t in _VXD_LAYERS]),
         layer_zoffset=np.array([t[10] for t in _VXD_LAYERS]),
         layer_first=np.array(layer_first),
-        cdc_r=cdc_r,
+        cdc_r=cdc_radius,
         cdc_nwires=np.array(nw),
         cdc_stereo=np.array(stereo),
         cdc_phi_offset=np.array(phioff),
-        cdc_zmin=-(0.45 * cdc_r + 250.0),
-        cdc_zmax=0.8 * cdc_r + 400.0,
+        cdc_zmin=-(0.45 * cdc_radius + 250.0),
+        cdc_zmax=0.8 * cdc_radius + 400.0,
         cdc_superlayer=np.array(sl),
         cdc_board_offset=np.array(boff),
         n_cdc_boards=board,

@@ -1,4 +1,4 @@
-"""Reporting layer: the DAG emits events, transports deliver them (DESIGN §7, issues 5 and 6).
+"""Reporting layer: the DAG emits events, transports deliver them (DESIGN §7).
 
 The task graph only calls :func:`open_reporter` and :meth:`Reporter.emit`; it never imports python-gitlab
 (the GitLab transport is imported lazily, only when the configuration asks for it).
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import GitLabConfig, ReportConfig
+from ..enums import Transport as TransportKind
 from .events import EVENT_KINDS, STEPS, EventError, ReportEvent
 from ._secrets import has_secrets, redact
 from .local import LocalTransport
@@ -31,25 +33,9 @@ __all__ = [
 ]
 
 
-@dataclass
-class GitLabSettings:
-    """``report.gitlab`` of the bucket YAML (any object with these attributes is accepted)."""
-
-    url: str | None = None
-    project: str | int | None = None
-    token_env: str | None = None
-    config_section: str | None = None
-    config_file: str | None = None
-    timeout: float = 30.0
-    ssl_verify: bool = True
-
-
-@dataclass
-class ReportSettings:
-    """``report`` of the bucket YAML (any object with ``transport`` and ``gitlab`` is accepted)."""
-
-    transport: str = "local"
-    gitlab: GitLabSettings | None = None
+# The report layer is configured by the bucket YAML's typed ``report`` section; the old names stay usable.
+ReportSettings = ReportConfig
+GitLabSettings = GitLabConfig
 
 
 @dataclass(frozen=True)
@@ -84,26 +70,27 @@ def report_dir(work_dir: Path) -> Path:
     return Path(work_dir) / "report"
 
 
-def _gitlab_transport(report_cfg: Any, bucket: str) -> Transport:
+def _gitlab_transport(report_cfg: ReportConfig, bucket: str) -> Transport:
     from .gitlab import GitLabTransport
 
-    gcfg = getattr(report_cfg, "gitlab", None)
+    gcfg = report_cfg.gitlab
     if gcfg is None:
         raise ReportConfigError("report.transport is 'gitlab' but report.gitlab is not configured")
     return GitLabTransport(gcfg, bucket)
 
 
-def _transports(report_cfg: Any, work_dir: Path, bucket: str, strict: bool = True) -> list[Transport]:
-    kind = getattr(report_cfg, "transport", "local") if report_cfg is not None else "local"
+def _transports(report_cfg: ReportConfig | None, work_dir: Path, bucket: str, strict: bool = True) -> list[Transport]:
+    kind = report_cfg.transport if report_cfg is not None else TransportKind.LOCAL
     out: list[Transport] = [LocalTransport(report_dir(work_dir))]
-    if kind == "gitlab":
+    if kind == TransportKind.GITLAB:
+        assert report_cfg is not None
         try:
             out.append(_gitlab_transport(report_cfg, bucket))
         except ReportConfigError as exc:
             if strict:
                 raise
             log.warning("report: GitLab delivery disabled in this process (%s); events wait in the outbox", exc)
-    elif kind != "local":
+    elif kind != TransportKind.LOCAL:
         raise ReportConfigError(f"report.transport must be 'local' or 'gitlab', not {kind!r}")
     return out
 
@@ -111,7 +98,7 @@ def _transports(report_cfg: Any, work_dir: Path, bucket: str, strict: bool = Tru
 class Reporter:
     """Emits report events for one bucket run; picklable, usable from several processes at once."""
 
-    def __init__(self, report_cfg: Any, work_dir: Path, bucket: str,
+    def __init__(self, report_cfg: ReportConfig | None, work_dir: Path, bucket: str,
                  transports: list[Transport] | None = None, deliver_on_emit: bool = True,
                  strict: bool = True) -> None:
         self.report_cfg = report_cfg
@@ -171,7 +158,7 @@ class Reporter:
         return sum(self.outbox.pending_count(t) for t in self.transports)
 
 
-def open_reporter(report_cfg: Any, work_dir: Path, bucket: str, preflight: bool = True,
+def open_reporter(report_cfg: ReportConfig | None, work_dir: Path, bucket: str, preflight: bool = True,
                   deliver_on_emit: bool = True) -> Reporter:
     """Reporter for ``bucket`` writing its outbox under ``<work_dir>/report``.
 
@@ -196,22 +183,23 @@ def open_reporter(report_cfg: Any, work_dir: Path, bucket: str, preflight: bool 
     return reporter
 
 
-def flush(report_cfg: Any, work_dir: Path, bucket: str) -> int:
+def flush(report_cfg: ReportConfig | None, work_dir: Path, bucket: str) -> int:
     """``b2luca report --flush``: deliver the outbox of ``work_dir``; returns the pending count after."""
     return Reporter(report_cfg, work_dir, bucket).flush()
 
 
-def read_signoffs(report_cfg: Any, work_dir: Path, bucket: str) -> dict[str, SignOff]:
+def read_signoffs(report_cfg: ReportConfig | None, work_dir: Path, bucket: str) -> dict[str, SignOff]:
     """Per calibration: checklist ticked? ``signed-off`` label? issue URL (GitLab, else the local file).
 
     Raises :class:`TransportError` if GitLab cannot be reached (the caller may fall back to local files
     with ``report_cfg=None``).
     """
-    kind = getattr(report_cfg, "transport", "local") if report_cfg is not None else "local"
-    if kind == "gitlab":
+    kind = report_cfg.transport if report_cfg is not None else TransportKind.LOCAL
+    if report_cfg is not None and kind == TransportKind.GITLAB:
         from .gitlab import read_signoffs as _gl_read
 
-        _gitlab_transport(report_cfg, bucket)  # config check
+        _gitlab_transport(report_cfg, bucket)  # config check (report.gitlab is set, a token is found)
+        assert report_cfg.gitlab is not None
         raw = _gl_read(report_cfg.gitlab, bucket)
     else:
         raw = LocalTransport(report_dir(work_dir)).read_signoffs(bucket)

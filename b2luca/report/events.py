@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from ..errors import EventError
 
-#: Every event kind the reporting layer understands (see issue 5/6 and DESIGN §7).
+#: Every event kind the reporting layer understands (DESIGN §7).
 EVENT_KINDS: frozenset[str] = frozenset(
     {
         "bucket_started",

@@ -1,10 +1,10 @@
 """GitLab transport (python-gitlab 8.x): one issue per calibration + one summary issue per bucket.
 
-Configuration (``report.gitlab`` in the bucket YAML, duck-typed here): ``url``, ``project`` (path or id),
-``token_env`` (name of an environment variable holding the token) or ``config_section`` (+ optional
-``config_file``; otherwise ``PYTHON_GITLAB_CFG`` / ``~/.python-gitlab.cfg``), ``timeout``, ``ssl_verify``.
-Optional tuning attributes: ``max_retries`` (transient errors, default 2), ``max_retry_after`` (longest
-Retry-After we sleep through inside one delivery, default 60 s), ``rate_limit_retries`` (default 3).
+Configuration: :class:`b2luca.config.GitLabConfig` (``report.gitlab`` in the bucket YAML): ``url``,
+``project`` (path or id), ``token_env`` (name of an environment variable holding the token) or
+``config_section`` (+ optional ``config_file``; otherwise ``PYTHON_GITLAB_CFG`` / ``~/.python-gitlab.cfg``),
+``timeout``, ``ssl_verify``, and the tuning keys ``max_retries`` (transient errors), ``max_retry_after``
+(longest Retry-After slept through inside one delivery) and ``rate_limit_retries``.
 The token is never read from the YAML, never logged (log records are redacted) and never written to disk.
 
 Issues are found again by the hidden marker in their description (listing the issues labelled
@@ -28,6 +28,7 @@ import gitlab.exceptions
 import requests
 
 from .. import __version__
+from ..config import GitLabConfig
 from .markdown import (
     carry_checklist,
     event_note,
@@ -109,11 +110,11 @@ class _B2Gitlab(gitlab.Gitlab):
                 time.sleep(wait)
 
 
-def _token_from(gcfg: Any) -> tuple[str | None, dict[str, Any]]:
+def _token_from(gcfg: GitLabConfig) -> tuple[str | None, dict[str, Any]]:
     """(url, auth kwargs) from the env var or the python-gitlab config section; never from YAML."""
-    token_env = getattr(gcfg, "token_env", None)
-    section = getattr(gcfg, "config_section", None)
-    url = getattr(gcfg, "url", None)
+    token_env = gcfg.token_env
+    section = gcfg.config_section
+    url = gcfg.url
     if token_env:
         token = os.environ.get(token_env)
         if not token:
@@ -122,7 +123,7 @@ def _token_from(gcfg: Any) -> tuple[str | None, dict[str, Any]]:
             )
         return url, {"private_token": token}
     if section:
-        cfg_file = getattr(gcfg, "config_file", None)
+        cfg_file = gcfg.config_file
         try:
             parsed = gitlab.config.GitlabConfigParser(
                 gitlab_id=section, config_files=[str(cfg_file)] if cfg_file else None
@@ -140,7 +141,7 @@ def _token_from(gcfg: Any) -> tuple[str | None, dict[str, Any]]:
     )
 
 
-def make_client(gcfg: Any) -> _B2Gitlab:
+def make_client(gcfg: GitLabConfig) -> _B2Gitlab:
     """A configured python-gitlab client (no request made yet)."""
     url, auth = _token_from(gcfg)
     if not url:
@@ -149,14 +150,14 @@ def make_client(gcfg: Any) -> _B2Gitlab:
         register_secret(str(secret))
     return _B2Gitlab(
         url,
-        ssl_verify=getattr(gcfg, "ssl_verify", True),
-        timeout=float(getattr(gcfg, "timeout", 30.0) or 30.0),
+        ssl_verify=gcfg.ssl_verify,
+        timeout=float(gcfg.timeout),
         user_agent=USER_AGENT,
         retry_transient_errors=True,
         per_page=100,
-        b2_max_retries=int(getattr(gcfg, "max_retries", 2)),
-        b2_max_retry_after=float(getattr(gcfg, "max_retry_after", 60.0)),
-        b2_rate_limit_retries=int(getattr(gcfg, "rate_limit_retries", 3)),
+        b2_max_retries=gcfg.max_retries,
+        b2_max_retry_after=gcfg.max_retry_after,
+        b2_rate_limit_retries=gcfg.rate_limit_retries,
         **auth,
     )
 
@@ -179,10 +180,10 @@ class GitLabTransport:
 
     name = "gitlab"
 
-    def __init__(self, gcfg: Any, bucket: str) -> None:
+    def __init__(self, gcfg: GitLabConfig, bucket: str) -> None:
         self.gcfg = gcfg
         self.bucket = bucket
-        self.project_ref = getattr(gcfg, "project", None)
+        self.project_ref = gcfg.project
         if not self.project_ref:
             raise ReportConfigError("report.gitlab.project is not set")
         self._gl: _B2Gitlab | None = None
@@ -459,12 +460,12 @@ class GitLabTransport:
 
 
 # --------------------------------------------------------------------------- sign-off read back
-def read_signoffs(gcfg: Any, bucket: str) -> dict[str, dict[str, Any]]:
+def read_signoffs(gcfg: GitLabConfig, bucket: str) -> dict[str, dict[str, Any]]:
     """Checklist ticks, labels and URL of every calibration issue of ``bucket`` on GitLab."""
     gl = make_client(gcfg)
     guard_http_debug()
     try:
-        project = gl.projects.get(getattr(gcfg, "project"))
+        project = gl.projects.get(gcfg.project)
         out: dict[str, dict[str, Any]] = {}
         for issue in project.issues.list(labels=["b2luca", f"bucket::{bucket}"], iterator=True):
             marker = parse_marker(issue.description)

@@ -17,6 +17,7 @@ never raises into the caller.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -28,7 +29,8 @@ from typing import Any, Protocol
 
 from ._io import atomic_write_json, file_lock, read_json
 from .events import ReportEvent
-from ..errors import ReportConfigError, TransportError
+from ..errors import ReportConfigError as ReportConfigError  # re-exported
+from ..errors import TransportError
 
 log = logging.getLogger("b2luca.report")
 
@@ -214,7 +216,7 @@ class Outbox:
                 cpath = self.cursor_path(transport.name)
                 ctx = DeliveryContext(
                     bucket=bucket, outbox_id=self.outbox_id, events=self.read_events(), cursor=cursor,
-                    commit=lambda: atomic_write_json(cpath, cursor),
+                    commit=functools.partial(atomic_write_json, cpath, cursor),
                 )
                 try:
                     transport.deliver(ctx)

@@ -11,10 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..enums import REPORT_STATES, TaskStatus
 from .events import STEPS, ReportEvent
 
 #: Values of the ``status::`` label / report state of a task.
-STATUSES: tuple[str, ...] = ("pending", "running", "success", "failed", "validation-failed")
+STATUSES: tuple[str, ...] = REPORT_STATES
 #: Plan kinds that get an issue of their own.
 ISSUE_KINDS: frozenset[str] = frozenset({"calibration", "local"})
 
@@ -48,7 +49,7 @@ class TaskState:
     description: str = ""
     depends_on: list[str] = field(default_factory=list)
     planned_payloads: list[str] = field(default_factory=list)
-    status: str = "pending"
+    status: str = TaskStatus.PENDING
     attempt: int = 0
     started: float | None = None
     finished: float | None = None
@@ -117,8 +118,8 @@ class BucketState:
     def verdict(self) -> str:
         """running | success | failed."""
         if self.success is None:
-            return "running" if self.started is not None else "pending"
-        return "success" if self.success else "failed"
+            return TaskStatus.RUNNING if self.started is not None else TaskStatus.PENDING
+        return TaskStatus.SUCCESS if self.success else TaskStatus.FAILED
 
 
 def _apply_plan(state: BucketState, plan: list[dict[str, Any]]) -> None:
@@ -165,7 +166,7 @@ def apply_event(state: BucketState, ev: ReportEvent) -> None:
     if k == "task_started":
         t.reset_attempt()
         t.attempt += 1
-        t.status = "running"
+        t.status = TaskStatus.RUNNING
         t.started = ev.time
         if "stage" in d:
             t.stage = str(d["stage"])
@@ -183,8 +184,8 @@ def apply_event(state: BucketState, ev: ReportEvent) -> None:
         s.state = new
         if d.get("detail"):
             s.detail = str(d["detail"])
-        if t.status == "pending":
-            t.status = "running"
+        if t.status == TaskStatus.PENDING:
+            t.status = TaskStatus.RUNNING
     elif k == "input_runs":
         t.requested_iov = list(d.get("requested_iov") or []) or t.requested_iov
         t.runs = [list(r) for r in d.get("runs") or []]
@@ -203,7 +204,7 @@ def apply_event(state: BucketState, ev: ReportEvent) -> None:
         t.finished = ev.time
         t.duration = _duration(d, t, ev)
         validation_failed = t.validation is not None and not t.validation["passed"]
-        t.status = "validation-failed" if validation_failed else "success"
+        t.status = TaskStatus.VALIDATION_FAILED if validation_failed else TaskStatus.SUCCESS
     elif k == "task_failed":
         t.finished = ev.time
         t.duration = _duration(d, t, ev)
@@ -213,7 +214,7 @@ def apply_event(state: BucketState, ev: ReportEvent) -> None:
             "log_path": str(d.get("log_path") or ""),
             "validation_failed": bool(d.get("validation_failed")),
         }
-        t.status = "validation-failed" if t.failure["validation_failed"] else "failed"
+        t.status = TaskStatus.VALIDATION_FAILED if t.failure["validation_failed"] else TaskStatus.FAILED
 
 
 def _duration(d: dict[str, Any], t: TaskState, ev: ReportEvent) -> float | None:

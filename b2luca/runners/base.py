@@ -9,9 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
-from ..errors import RunnerError
-
-OUTPUT_DB_DIR = "caf_outputdb_results"
+from ..contract import OUTPUT_DB_DIR
+from ..errors import RunnerError as RunnerError  # re-exported by b2luca.runners
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ from pathlib import Path
 from types import ModuleType
 
 from ..conditions import DatabaseChain, LocalDatabase
-from ..contract import CALIBRATE, RUN_VALIDATION, CalibrationJob, Verdict
-from ..dataset import expand_input
-from ..iov import ExpRun, IoV
+from ..contract import CALIBRATE, RUN_VALIDATION, CalibrationJob, Verdict, chain_from_caf_config, read_input_data
+from ..iov import IoV
 from .base import output_database
 
 
@@ -38,38 +37,6 @@ def load_script(path: Path) -> ModuleType:
             break
     spec.loader.exec_module(module)
     return module
-
-
-def read_input_data(path: Path) -> dict[str, list[tuple[Path, ExpRun]]]:
-    """input_data.json -> ``{name: [(file, ExpRun), ...]}`` with directories expanded to their ROOT files."""
-    document = json.loads(Path(path).read_text())
-    files: dict[str, list[tuple[Path, ExpRun]]] = {}
-    for name, entries in document.items():
-        files[name] = []
-        for index, entry in enumerate(entries):
-            try:
-                location, (exp, run) = entry
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: {name}[{index}]: expected [path, [exp, run]], got {entry!r}") from None
-            files[name].extend((f, ExpRun(int(exp), int(run))) for f in expand_input(location))
-    return files
-
-
-def chain_from_caf_config(config: dict) -> DatabaseChain:
-    """The database chain of a caf_config.json: testing payloads first, then the chain in order."""
-    databases = []
-    if config.get("testing_payloads"):
-        databases.append(LocalDatabase(Path(config["testing_payloads"]).parent))
-    directory = config.get("b2luca", {}).get("conditions_directory")
-    for entry in config.get("database_chain", []):
-        path = Path(entry)
-        if path.name == "database.txt":
-            databases.append(LocalDatabase(path.parent))
-        elif directory:
-            databases.append(LocalDatabase(Path(directory) / entry))
-        else:
-            raise ValueError(f"global tag {entry!r} in database_chain cannot be resolved locally")
-    return DatabaseChain(databases)
 
 
 def do_calibrate(caf_config: Path, input_data: Path) -> None:

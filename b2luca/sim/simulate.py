@@ -68,10 +68,11 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
     if tag == "random_calib":
         d = G.random_pxd_digits(rng, n_events, geom, truth)
         d["event"] = d["event"] + 1
-        raw = {"event": {"event": ev_numbers, "n_cand": np.zeros(n_events, np.int32),
-                         "exp": np.full(n_events, experiment, np.int32), "run": np.full(n_events, run, np.int32)},
-               "pxd_digits": d}
-        return SampleResult(raw, None, None)
+        digits_only: dict[str, dict[str, np.ndarray]] = {
+            "event": {"event": ev_numbers, "n_cand": np.zeros(n_events, np.int32),
+                      "exp": np.full(n_events, experiment, np.int32), "run": np.full(n_events, run, np.int32)},
+            "pxd_digits": d}
+        return SampleResult(digits_only, None, None)
     if tag == "cosmic_calib":
         tracks = G.gen_cosmic(rng, n_events)
     elif tag == "mumu_tight_or_highm_calib":
@@ -91,7 +92,7 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
                   "exp": np.full(n_events, experiment, np.int32), "run": np.full(n_events, run, np.int32)}}
     for det, cols in digits.items():
         trk = cols["track"]
-        out = {"event": tracks.event[trk] + 1, "cand": cand_of_track[trk]}
+        out: dict[str, np.ndarray] = {"event": tracks.event[trk] + 1, "cand": cand_of_track[trk]}
         out.update({k: v for k, v in cols.items() if k != "track" and not k.startswith("true_")})
         order = np.argsort(out["event"], kind="stable")
         raw[det] = {k: v[order] for k, v in out.items()}
@@ -191,13 +192,10 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
     summary.vxd_hits_per_sensor = per_sensor
     summary.runs_json = data_dir / "runs.json"
     _write_json(summary.runs_json, records)
-    try:
-        from ..rundb import write_snapshot
-    except ImportError:  # pragma: no cover - the lead's module is part of the package
-        write_snapshot = None
-    if write_snapshot is not None:
-        summary.runs_csv = data_dir / "runs.csv"
-        write_snapshot(records, summary.runs_csv)
+    from ..rundb import write_snapshot
+
+    summary.runs_csv = data_dir / "runs.csv"
+    write_snapshot(records, summary.runs_csv)
     summary.global_tags = write_conditions(conditions_dir, bucket, experiment, list(runs), seed, truth, geom)
     summary.wall_time_s = time.perf_counter() - t_start
     return summary

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..reco.geometry import (N_ECL_CRYSTALS, NOMINAL_BEAMSPOT_SIZE, PXD_NU, PXD_NV, Geometry, aligned_frames,
+from ..reco.geometry import (N_ECL_CRYSTALS, N_PXD_PIXELS, NOMINAL_BEAMSPOT_SIZE, Geometry, aligned_frames,
                              nominal_geometry, rotation_angles, rotation_matrix)
+from ..reco.nominal import nominal_payloads as nominal_payloads  # re-exported (moved to b2luca.reco)
 
 # truth scales
 SIGMA_SENSOR_SHIFT = 0.020  # mm
@@ -52,7 +53,6 @@ SIGMA_SVD_T0 = 5.0  # ns
 SIGMA_ECL_GAIN = 0.03
 PXD_HOT_FRACTION = 0.001
 PXD_DEAD_FRACTION = 0.005
-N_PXD_PIXELS = PXD_NU * PXD_NV
 
 
 @dataclass(frozen=True)
@@ -131,28 +131,6 @@ def make_truth(seed: int, geom: Geometry | None = None) -> Truth:
 # --- payloads ------------------------------------------------------------------------------------
 def _vxd(geom: Geometry, params: np.ndarray) -> dict[str, np.ndarray]:
     return {"sensor_id": geom.sensor_id.astype(np.int32), "params": np.asarray(params, dtype=np.float64)}
-
-
-def nominal_payloads(geom: Geometry | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Starting constants: nominal geometry, zero offsets, unit ECL constants, nominal beam spot, no masks."""
-    geom = geom or nominal_geometry()
-    n_pxd = int(geom.is_pxd.sum())
-    return {
-        "VXDAlignment": _vxd(geom, np.zeros((geom.n_sensors, 6))),
-        "CDCAlignment": {"layer": np.arange(geom.n_cdc_layers, dtype=np.int32),
-                         "params": np.zeros((geom.n_cdc_layers, 3))},
-        "CDCTimeZeros": {"board": np.arange(geom.n_cdc_boards, dtype=np.int32), "t0": np.zeros(geom.n_cdc_boards)},
-        "SVDTimeOffsets": {"sensor_id": geom.svd_sensor_ids.astype(np.int32),
-                           "offset": np.zeros(geom.svd_sensor_ids.size)},
-        "ECLCrystalEnergy": {"crystal": np.arange(N_ECL_CRYSTALS, dtype=np.int32), "constant": np.ones(N_ECL_CRYSTALS)},
-        "BeamSpot": {"position": np.zeros(3), "position_error": np.eye(3),
-                     "size": np.diag(NOMINAL_BEAMSPOT_SIZE ** 2)},
-        "PXDMasks": {"sensor_id": geom.pxd_sensor_ids.astype(np.int32),
-                     "status": np.zeros((n_pxd, N_PXD_PIXELS), dtype=np.uint8)},
-        "SVDNoise": {"sensor_id": geom.svd_sensor_ids.astype(np.int32),
-                     "noise_u": np.full(geom.svd_sensor_ids.size, 4.0),
-                     "noise_v": np.full(geom.svd_sensor_ids.size, 4.0)},
-    }
 
 
 def truth_payloads(truth: Truth, geom: Geometry | None = None) -> dict[str, dict[str, np.ndarray]]:

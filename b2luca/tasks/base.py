@@ -1,38 +1,57 @@
-"""The base of every bucket task: one parameter (the config path), file outputs, timing."""
+"""The base of every bucket task: one parameter (the config path), file outputs, ``req``."""
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
+from typing import Any, TypeVar
+
 import b2luigi
 import luigi
 
 from .context import BucketContext, context_for
 
+T = TypeVar("T", bound=luigi.Task)
 
-class BucketTask(b2luigi.Task):
-    """A task of one bucket; everything else is derived from the bucket config."""
+
+class _BucketParameters(luigi.Task):
+    """What every task of a bucket shares: the config path, the context built from it, ``req``."""
 
     config_path = luigi.Parameter(description="path of the bucket YAML")
 
     @property
     def ctx(self) -> BucketContext:
+        """The (per-process cached) context of this task's bucket."""
         return context_for(self.config_path)
 
-    # Concrete tasks define ``output_path() -> Path``: the file whose existence marks the task
-    # complete, written last and atomically.
+    @property
+    def task_name(self) -> str:
+        """The name the task has in tables, report events and issues (the class name unless overridden)."""
+        return type(self).__name__
+
+    @classmethod
+    def req(cls: type[T], other: luigi.Task, **params: Any) -> T:
+        """An instance of this class with every parameter it shares with ``other`` copied (like law's ``req``).
+
+        ``CalibrationTask.req(self, name=dep)`` is ``CalibrationTask(config_path=self.config_path, name=dep)``.
+        """
+        shared = {name: getattr(other, name) for name in cls.get_param_names(include_significant=True)
+                  if name not in params and hasattr(other, name)}
+        return cls(**shared, **params)
+
+
+class BucketTask(_BucketParameters, b2luigi.Task):
+    """A task of one bucket; everything else is derived from the bucket config.
+
+    Concrete tasks define ``output_path() -> Path``: the file whose existence marks the task
+    complete, written last and atomically.
+    """
+
+    def output_path(self) -> Path:
+        raise NotImplementedError(f"{type(self).__name__} must define output_path()")
+
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(str(self.output_path()))  # type: ignore[attr-defined]
-
-    @staticmethod
-    def now() -> float:
-        return time.time()
+        return luigi.LocalTarget(str(self.output_path()))
 
 
-class BucketWrapperTask(b2luigi.WrapperTask):
+class BucketWrapperTask(_BucketParameters, b2luigi.WrapperTask):
     """A wrapper task of one bucket (complete when its requirements are)."""
-
-    config_path = luigi.Parameter(description="path of the bucket YAML")
-
-    @property
-    def ctx(self) -> BucketContext:
-        return context_for(self.config_path)

@@ -44,22 +44,25 @@ from b2luigi.batch.workers import BatchSystems, SendJobWorker, SendJobWorkerSche
 from b2luigi.core.settings import set_setting
 
 from ..config import BucketConfig, Resources
-from ..errors import ConfigError
+from ..enums import BatchSystem
+from ..errors import ConfigError, UsageError
+from .graph import Bucket, CalibrationTask, CdstProduction
 from .ledger import JobLedger, ledger_path
 
 log = logging.getLogger("b2luca.batch")
 
-BATCH_SYSTEMS = ("slurm", "lsf", "htcondor")
-#: Task families that run as batch jobs; everything else runs in the driver.
-JOB_FAMILIES = ("CalibrationTask", "CdstProduction")
+BATCH_SYSTEMS = tuple(s for s in BatchSystem if s.is_cluster)
+#: The task classes (of :mod:`.graph`) that run as batch jobs; everything else runs in the driver.
+JOB_CLASSES: tuple[type[luigi.Task], ...] = (CalibrationTask, CdstProduction)
+JOB_FAMILIES = tuple(c.get_task_family() for c in JOB_CLASSES)
 #: Environment variables a job may inherit (besides b2luca's own); nothing else reaches a job.
 JOB_ENV_ALLOWED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "USER", "LOGNAME",
                    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
-SUBMIT_COMMANDS = {"slurm": ("sbatch", "squeue", "scancel"), "lsf": ("bsub", "bjobs", "bkill"),
-                   "htcondor": ("condor_submit", "condor_q", "condor_rm")}
-_MODULES = {"slurm": "b2luigi.batch.processes.slurm", "lsf": "b2luigi.batch.processes.lsf",
-            "htcondor": "b2luigi.batch.processes.htcondor"}
+SUBMIT_COMMANDS = {BatchSystem.SLURM: ("sbatch", "squeue", "scancel"), BatchSystem.LSF: ("bsub", "bjobs", "bkill"),
+                   BatchSystem.HTCONDOR: ("condor_submit", "condor_q", "condor_rm")}
+_MODULES = {BatchSystem.SLURM: "b2luigi.batch.processes.slurm", BatchSystem.LSF: "b2luigi.batch.processes.lsf",
+            BatchSystem.HTCONDOR: "b2luigi.batch.processes.htcondor"}
 
 
 # --- secrets ----------------------------------------------------------------------------------------
@@ -99,15 +102,14 @@ def job_environment(cfg: BucketConfig, resources: Resources) -> dict[str, str]:
 # --- per-task settings --------------------------------------------------------------------------------
 def task_label(task: luigi.Task) -> str:
     """The name a person knows a task by: the calibration name, ``CdstProduction:r00003``, or its family."""
-    if task.get_task_family() == "CalibrationTask":
+    if isinstance(task, CalibrationTask):
         return str(task.name)
     return str(getattr(task, "task_name", task.get_task_family()))
 
 
 def runs_as_job(cfg: BucketConfig, task: luigi.Task) -> bool:
     """Whether the task is submitted to the batch system (else it runs in the driver)."""
-    return (cfg.batch.system in BATCH_SYSTEMS and not isinstance(task, luigi.WrapperTask)
-            and task.get_task_family() in JOB_FAMILIES)
+    return cfg.batch.system.is_cluster and isinstance(task, JOB_CLASSES)
 
 
 def job_dir(cfg: BucketConfig, task: luigi.Task) -> Path:
@@ -134,7 +136,7 @@ def task_settings(cfg: BucketConfig, task: luigi.Task, attempt: int) -> dict[str
     res = resources_for(cfg, task)
     name = f"b2luca-{cfg.name}-{task_label(task)}"
     settings: dict[str, Any] = {
-        "batch_system": system,
+        "batch_system": str(system),
         "executable": [shlex.quote(sys.executable), "-m", "b2luca"],
         "add_filename_to_cmd": False,
         "task_cmd_additional_args": ["--config", shlex.quote(str(cfg.path))],
@@ -143,17 +145,17 @@ def task_settings(cfg: BucketConfig, task: luigi.Task, attempt: int) -> dict[str
         "env": job_environment(cfg, res),
         "job_name": name,
     }
-    if system == "slurm":
+    if system is BatchSystem.SLURM:
         slurm = {"job-name": name, "export": "NIL", "cpus-per-task": res.cpus, "mem": f"{res.memory_mb}M",
                  "time": res.walltime_min}
         if res.queue:
             slurm["partition"] = res.queue
         settings["slurm_settings"] = slurm
-    elif system == "lsf":
+    elif system is BatchSystem.LSF:
         settings["job_slots"] = res.cpus
         if res.queue:
             settings["queue"] = res.queue
-    elif system == "htcondor":
+    elif system is BatchSystem.HTCONDOR:
         condor = {"getenv": "false", "request_cpus": res.cpus, "request_memory": res.memory_mb,
                   "+MaxRuntime": res.walltime_min * 60}
         if res.queue:
@@ -172,22 +174,22 @@ def apply_settings(task: luigi.Task, settings: dict[str, Any]) -> None:
 
 
 # --- the process of one task: submit, watch, retry, adopt, cancel -----------------------------------
-def _status_cache(system: str):
+def _status_cache(system: BatchSystem):
     return importlib.import_module(_MODULES[system])._batch_job_status_cache
 
 
-def _job_ids(system: str, ids: list[str]) -> list:
-    return [str(i) if system == "lsf" else int(i) for i in ids]
+def _job_ids(system: BatchSystem, ids: list[str]) -> list:
+    return [str(i) if system is BatchSystem.LSF else int(i) for i in ids]
 
 
-def _is_queued(system: str, job_id: Any) -> bool:
+def _is_queued(system: BatchSystem, job_id: Any) -> bool:
     """Whether b2luigi's last status query saw the job waiting in the queue (not yet running)."""
     value = _status_cache(system).get(job_id)
     if value is None:
         return False
-    if system == "slurm":
+    if system is BatchSystem.SLURM:
         return str(value) == "PENDING"
-    if system == "lsf":
+    if system is BatchSystem.LSF:
         return value in ("PEND", "PSUSP")
     return int(value[0]) == 1  # HTCondor idle
 
@@ -250,7 +252,7 @@ class JobProcess(BatchProcess):
 
     def _keep_task_logs(self) -> None:
         """Copy the calibration's own logs (rewritten by the next attempt) into this attempt's log dir."""
-        if self.task.get_task_family() != "CalibrationTask":
+        if not isinstance(self.task, CalibrationTask):
             return
         attempt_dir = Path(self.task.get_log_file_dir())
         for name in ("calibrate.log", "validate.log"):
@@ -296,7 +298,7 @@ class BatchWorker(SendJobWorker):
     def _create_task_process(self, task):
         if not runs_as_job(self.cfg, task):
             return luigi.worker.Worker._create_task_process(self, task)
-        inner_class = BatchSystems(self.cfg.batch.system).load_process_class()
+        inner_class = BatchSystems(str(self.cfg.batch.system)).load_process_class()
         return JobProcess(task, self._scheduler, self._task_result_queue, self._config.timeout,
                           cfg=self.cfg, ledger=self.ledger, inner_class=inner_class)
 
@@ -327,7 +329,7 @@ def open_ledger(cfg: BucketConfig) -> JobLedger:
 def worker_factory(scheduler_factory: luigi.interface._WorkerSchedulerFactory, cfg: BucketConfig):
     """The factory ``luigi.build`` gets: the driver's own one for local runs, combined with b2luigi's batch
     worker for a batch system (then also sets b2luigi's global status-cache TTL from the YAML)."""
-    if cfg.batch.system not in BATCH_SYSTEMS:
+    if not cfg.batch.system.is_cluster:
         return scheduler_factory
     missing = [c for c in SUBMIT_COMMANDS[cfg.batch.system] if shutil.which(c) is None]
     if missing:
@@ -339,10 +341,10 @@ def worker_factory(scheduler_factory: luigi.interface._WorkerSchedulerFactory, c
 
 def cancel_live_jobs(cfg: BucketConfig) -> list[str]:
     """Cancel every job the ledger says may still be queued or running (Ctrl-C); return their ids."""
-    if cfg.batch.system not in BATCH_SYSTEMS:
+    if not cfg.batch.system.is_cluster:
         return []
     ledger = open_ledger(cfg)
-    command = {"slurm": "scancel", "lsf": "bkill", "htcondor": "condor_rm"}[cfg.batch.system]
+    command = SUBMIT_COMMANDS[cfg.batch.system][2]
     cancelled: list[str] = []
     for task_id, attempt in ledger.live_jobs():
         subprocess.run([command, *attempt["job_ids"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -366,9 +368,6 @@ def run_job(config_path: str, task_id: str) -> None:
     from b2luigi.cli import runner
     from b2luigi.core.utils import task_iterator
 
-    from ..errors import UsageError
-    from .stages import Bucket
-
     for task in task_iterator(Bucket(config_path=config_path)):
         if task.task_id == task_id:
             runner.run_as_batch_worker([task], types.SimpleNamespace(task_id=task_id))
@@ -377,6 +376,6 @@ def run_job(config_path: str, task_id: str) -> None:
                      "(was the YAML changed after the job was submitted?)")
 
 
-__all__ = ["BATCH_SYSTEMS", "JOB_FAMILIES", "BatchWorker", "CombinedFactory", "JobProcess", "cancel_live_jobs",
+__all__ = ["BATCH_SYSTEMS", "JOB_CLASSES", "JOB_FAMILIES", "BatchWorker", "CombinedFactory", "JobProcess", "cancel_live_jobs",
            "job_environment", "open_ledger", "resources_for", "run_job", "runs_as_job", "secret_names",
            "settle", "task_settings", "worker_factory"]

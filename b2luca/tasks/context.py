@@ -7,6 +7,7 @@ and rebuilds what it needs from it here (cached once per process).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -15,17 +16,45 @@ from typing import Any
 from ..catalogue import Catalogue, Plan, build_plan, discover
 from ..conditions import DatabaseChain, GlobalTag, LocalDatabase
 from ..config import BucketConfig, load_config
+from ..enums import Stage
+from ..report import Reporter, open_reporter
 
-STAGE_LOCAL, STAGE_RAW, STAGE_PRODUCTION, STAGE_CDST = "local", "raw", "cdst_production", "cdst"
+# The stage names as they were before the Stage enum (the same objects), for code that imports them from here.
+STAGE_LOCAL, STAGE_RAW, STAGE_PRODUCTION, STAGE_CDST = Stage.LOCAL, Stage.RAW, Stage.PRODUCTION, Stage.CDST
 
 
 def read_json(path: Path) -> Any:
+    """The parsed content of a JSON file."""
     return json.loads(Path(path).read_text())
 
 
-def group_name(stage: str, level: int | str) -> str:
+def group_name(stage: str, level: int | str | None) -> str:
     """The name of a group: ``raw-0``, ``cdst-1``, ``local``, ``cdst_production``."""
-    return stage if stage in (STAGE_LOCAL, STAGE_PRODUCTION) else f"{stage}-{level}"
+    return f"{stage}-{level}" if Stage(stage).has_levels else str(stage)
+
+
+def parse_group(group: str) -> tuple[Stage, int | None]:
+    """``raw-1`` -> (Stage.RAW, 1); ``local`` -> (Stage.LOCAL, None): the inverse of :func:`group_name`."""
+    if group in (Stage.LOCAL, Stage.PRODUCTION):
+        return Stage(group), None
+    stage, _, level = group.rpartition("-")
+    return Stage(stage), int(level)
+
+
+# --- display names: the one place that builds the name a task shows in tables, events and reports ----
+def local_task_name(subsystem: str, source_tag: str) -> str:
+    """``LocalPXD:staging_pxd_demo``: the copy of one subsystem's payloads from one global tag."""
+    return f"Local{subsystem}:{source_tag}"
+
+
+def production_task_name(run: int) -> str:
+    """``CdstProduction:r00003``: the cDST production of one run."""
+    return f"CdstProduction:r{int(run):05d}"
+
+
+def archive_task_name(group: str) -> str:
+    """``ArchiveLogs:raw-0``: the archiving of one group."""
+    return f"ArchiveLogs:{group}"
 
 
 @dataclass
@@ -88,9 +117,7 @@ class BucketContext:
 
     # --- reporting ----------------------------------------------------------------------------
     @cached_property
-    def reporter(self):
-        from ..report import open_reporter
-
+    def reporter(self) -> Reporter:
         # The driver did the pre-flight check (and stopped on a bad GitLab config); workers must not.
         return open_reporter(self.cfg.report, self.work_dir, self.cfg.name, preflight=False)
 
@@ -99,8 +126,6 @@ class BucketContext:
         try:
             self.reporter.emit(kind, task=task, **data)
         except Exception as exc:  # the transport layer should not raise; belt and braces
-            import logging
-
             logging.getLogger("b2luca.report").warning("report event %s for %s not recorded: %s", kind, task, exc)
 
 

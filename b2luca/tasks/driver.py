@@ -22,14 +22,15 @@ import luigi.scheduler
 import luigi.worker
 
 from ..atomic import write_json_atomic
+from ..catalogue import Plan
 from ..config import BucketConfig
-from ..dataset import ensure_data
+from ..dataset import ensure_data, production_runs
+from ..enums import Stage, TaskStatus
 from ..report import local_issue_path, open_reporter
-from .calibration import STATUS_VALIDATION_FAILED, CalibrationTask
-from .cdst import production_runs
-from .context import (STAGE_CDST, STAGE_LOCAL, STAGE_PRODUCTION, STAGE_RAW, BucketContext, context_for,
-                      group_name, read_json)
-from .stages import Bucket
+from . import batch, progress  # batch clusters and live progress (issue 13)
+from .context import BucketContext, context_for, group_name, local_task_name, production_task_name, read_json
+from .graph import ArchiveLogs, Bucket, CalibrationTask, CdstProduction, CopyLocalPayloads, PullSettings
+from .ledger import format_ledger
 
 log = logging.getLogger("b2luca.driver")
 
@@ -118,7 +119,7 @@ class TaskRow:
     kind: str
     stage: str
     group: str
-    state: str
+    state: TaskStatus
     duration: float | None
     report: str
 
@@ -140,62 +141,70 @@ def _walk(tasks: Iterable[luigi.Task]) -> list[luigi.Task]:
 
 
 def _direct_work(task: luigi.Task) -> list[luigi.Task]:
-    """The non-wrapper tasks ``task`` requires, looking through wrapper tasks."""
-    out: list[luigi.Task] = []
+    """The non-wrapper tasks ``task`` requires, looking through wrapper tasks (each once, in order)."""
+    out: dict[str, luigi.Task] = {}
     for dep in luigi.task.flatten(task.requires()):
-        out.extend(_direct_work(dep) if isinstance(dep, luigi.WrapperTask) else [dep])
-    return out
+        for work in (_direct_work(dep) if isinstance(dep, luigi.WrapperTask) else [dep]):
+            out.setdefault(work.task_id, work)
+    return list(out.values())
 
 
 def _describe(task: luigi.Task, ctx: BucketContext) -> tuple[str, str, str, str]:
     """(display name, kind, stage, group) of a task."""
-    family = task.get_task_family()
-    if family == "CalibrationTask":
+    name = getattr(task, "task_name", task.get_task_family())
+    if isinstance(task, CalibrationTask):
         stage, level = ctx.plan.group_of(task.name)
-        return task.name, "calibration", stage, group_name(stage, level)
-    if family == "CopyLocalPayloads":
-        return f"Local{task.subsystem}:{task.source_tag}", "local", STAGE_LOCAL, STAGE_LOCAL
-    if family == "CdstProduction":
-        return f"CdstProduction:r{task.run_number:05d}", "cdst_production", STAGE_PRODUCTION, STAGE_PRODUCTION
-    if family == "ArchiveLogs":
-        return f"ArchiveLogs:{task.group}", "archive", "archive", task.group
-    return family, "setup", "setup", "-"
+        return name, "calibration", stage, group_name(stage, level)
+    if isinstance(task, CopyLocalPayloads):
+        return name, "local", Stage.LOCAL, Stage.LOCAL
+    if isinstance(task, CdstProduction):
+        return name, "cdst_production", Stage.PRODUCTION, Stage.PRODUCTION
+    if isinstance(task, ArchiveLogs):
+        return name, "archive", "archive", task.group
+    return name, "setup", "setup", "-"
 
 
-_STATE_NAMES = {"DONE": "success", "FAILED": "failed", "PENDING": "not run", "RUNNING": "interrupted",
-                "DISABLED": "disabled", "UNKNOWN": "not run (scheduling failed)"}
+#: The row state of a task luigi last saw in each scheduler status (when luigi.build has returned: a task
+#: still running then was interrupted; any other status means it did not run).
+_STATE_NAMES = {"DONE": TaskStatus.SUCCESS, "FAILED": TaskStatus.FAILED, "PENDING": TaskStatus.NOT_RUN,
+                "RUNNING": TaskStatus.INTERRUPTED, "BATCH_RUNNING": TaskStatus.INTERRUPTED,
+                "DISABLED": TaskStatus.DISABLED, "UNKNOWN": TaskStatus.SCHEDULING_FAILED}
 
 
 def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str, TaskRecord] | None) -> list[TaskRow]:
     """Every non-wrapper task's state: from this run's records when given, else from the outputs on disk."""
     rows = []
+    seen = records or {}
     for task in _walk(tasks):
         if isinstance(task, luigi.WrapperTask):
             continue
         name, kind, stage, group = _describe(task, ctx)
-        record = (records or {}).get(task.task_id)
+        record = seen.get(task.task_id)
         duration = record.duration if record else None
+        state: TaskStatus
         if record is not None:
-            state = "done before" if record.complete_at_start else _STATE_NAMES.get(record.status, record.status.lower())
+            state = (TaskStatus.DONE_BEFORE if record.complete_at_start
+                     else _STATE_NAMES.get(record.status, TaskStatus.NOT_RUN))
             if record.status == "PENDING" and any(
-                    (records or {}).get(d.task_id) is not None and records[d.task_id].status == "FAILED"
+                    getattr(seen.get(d.task_id), "status", None) == "FAILED"
                     for d in _walk(luigi.task.flatten(task.requires()))):
-                state = "not run (upstream failed)"
+                state = TaskStatus.UPSTREAM_FAILED
         elif records is not None:  # under a wrapper luigi found complete: never scheduled this time
-            state = "done before" if task.complete() else "not run"
+            state = TaskStatus.DONE_BEFORE if task.complete() else TaskStatus.NOT_RUN
         else:
-            state = "success" if task.complete() else "pending"
+            state = TaskStatus.SUCCESS if task.complete() else TaskStatus.PENDING
         report = ""
-        if kind == "calibration":
+        if isinstance(task, CalibrationTask):
             result_path = ctx.result_path(task.name)
             if result_path.is_file():
                 result = read_json(result_path)
-                if result["status"] == STATUS_VALIDATION_FAILED:
-                    state = "validation-failed" if state != "done before" else "done before (validation-failed)"
+                if result["status"] == TaskStatus.VALIDATION_FAILED:
+                    state = (TaskStatus.DONE_BEFORE_VALIDATION_FAILED if state == TaskStatus.DONE_BEFORE
+                             else TaskStatus.VALIDATION_FAILED)
                 if duration is None:
                     duration = result.get("duration")
             report = str(local_issue_path(ctx.work_dir, task.name))
-        elif kind in ("local", "cdst_production", "archive") and Path(task.output_path()).is_file():
+        elif isinstance(task, (CopyLocalPayloads, CdstProduction, ArchiveLogs)) and Path(task.output_path()).is_file():
             document = read_json(Path(task.output_path()))
             if duration is None:
                 duration = document.get("duration")
@@ -220,21 +229,35 @@ def format_table(rows: list[TaskRow]) -> str:
 
 
 # --- invalidation (--rerun) -----------------------------------------------------------------------
+def rerun_closure(plan: Plan, names: Iterable[str]) -> list[str]:
+    """The calibrations a ``--rerun`` of ``names`` invalidates, in order: each name, then its dependents.
+
+    A raw calibration also invalidates every cdst calibration (they read cDST files made with the raw
+    constants).  An unknown name raises the plan's error.
+    """
+    targets: list[str] = []
+    for name in names:
+        closure = [name] + plan.dependents(name)
+        if plan.group_of(name)[0] == Stage.RAW:
+            closure += plan.stage(Stage.CDST).calibrations
+        targets += [n for n in closure if n not in targets]
+    return targets
+
+
+def reruns_raw(plan: Plan, names: Iterable[str]) -> bool:
+    """Whether a ``--rerun`` of ``names`` changes raw-stage constants (so cDST production must run again)."""
+    return any(plan.group_of(n)[0] == Stage.RAW for n in names)
+
+
 def invalidate(ctx: BucketContext, names: Iterable[str]) -> list[str]:
     """Forget the results of ``names`` and of everything that depends on them; return what was invalidated.
 
-    A raw calibration also invalidates every cdst calibration (they read cDST files made with the raw
-    constants); cDST production itself notices changed constants by itself.  Payload revisions already
-    in the prompt global tag stay (payloads are immutable); a rerun with new content adds a revision.
+    See :func:`rerun_closure`; the cDST production markers go too when raw constants change.  Payload
+    revisions already in the prompt global tag stay (payloads are immutable); a rerun with new content
+    adds a revision.
     """
     plan = ctx.plan
-    targets: list[str] = []
-    for name in names:
-        plan.group_of(name)  # raises for an unknown name
-        closure = [name] + plan.dependents(name)
-        if plan.group_of(name)[0] == STAGE_RAW:
-            closure += plan.stage(STAGE_CDST).calibrations
-        targets += [n for n in closure if n not in targets]
+    targets = rerun_closure(plan, names)
     stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     groups = set()
     for name in targets:
@@ -245,10 +268,10 @@ def invalidate(ctx: BucketContext, names: Iterable[str]) -> list[str]:
             os.replace(result, history / f"result-{stamp}.json")
         stage, level = plan.group_of(name)
         groups.add(group_name(stage, level))
-    if any(plan.group_of(n)[0] == STAGE_RAW for n in targets):
+    if reruns_raw(plan, targets):
         # luigi decides CdstProduction.complete() when it schedules, before the rerun stores new constants:
         # forget the productions too; each one then recomputes only the branch groups whose constants changed.
-        groups.add(STAGE_PRODUCTION)
+        groups.add(Stage.PRODUCTION)
         for marker in (ctx.work_dir / "cdst_production").glob("r*.json"):
             marker.unlink()
     for group in groups:
@@ -257,20 +280,28 @@ def invalidate(ctx: BucketContext, names: Iterable[str]) -> list[str]:
 
 
 # --- the run --------------------------------------------------------------------------------------
+#: Row states of tasks that should have run and did not finish (the run failed).
+_NOT_FINISHED = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.NOT_RUN, TaskStatus.UPSTREAM_FAILED,
+                           TaskStatus.SCHEDULING_FAILED})
+#: Row states of calibrations that finished but failed their validation (the run failed too).
+_VALIDATION_FAILED = frozenset({TaskStatus.VALIDATION_FAILED, TaskStatus.DONE_BEFORE_VALIDATION_FAILED})
+
+
 def plan_events(ctx: BucketContext) -> list[dict[str, Any]]:
     """The plan as the report layer wants it in ``bucket_started``."""
     cfg, plan = ctx.cfg, ctx.plan
     entries: list[dict[str, Any]] = []
     for sub, tags in cfg.local_calibrations.items():
         for tag, names in tags.items():
-            entries.append({"name": f"Local{sub}:{tag}", "stage": STAGE_LOCAL, "group": STAGE_LOCAL, "kind": "local",
+            entries.append({"name": local_task_name(sub, tag), "stage": Stage.LOCAL, "group": Stage.LOCAL,
+                            "kind": "local",
                             "expert": None, "description": f"copy {', '.join(names)} from {tag}",
                             "depends_on": [], "produced_payloads": list(names)})
     for stage in plan.stages:
-        if stage.name == STAGE_PRODUCTION:
-            for run in production_runs(cfg):  # named as the CdstProduction tasks report themselves
-                entries.append({"name": f"CdstProduction:r{run:05d}", "stage": STAGE_PRODUCTION,
-                                "group": STAGE_PRODUCTION, "kind": "cdst_production", "expert": None,
+        if stage.name == Stage.PRODUCTION:
+            for run in production_runs(cfg):
+                entries.append({"name": production_task_name(run), "stage": Stage.PRODUCTION,
+                                "group": Stage.PRODUCTION, "kind": "cdst_production", "expert": None,
                                 "description": f"reconstruct run {run} with the raw-stage constants",
                                 "depends_on": [], "produced_payloads": []})
             continue
@@ -345,8 +376,6 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     ctx.emit("bucket_started", None, requested_iov=cfg.requested_iov.as_list(), settings_commit=settings_commit,
              work_dir=str(cfg.work_dir), plan=plan_events(ctx))
     factory = RecordingFactory()
-    from . import batch, progress  # batch clusters and live progress (issue 13)
-
     build_factory = batch.worker_factory(factory, cfg)
     ledger = getattr(build_factory, "ledger", None)
     labels = {t.task_id: _describe(t, ctx)[::2] for t in _walk(tasks) if not isinstance(t, luigi.WrapperTask)}
@@ -365,9 +394,8 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     context_for.cache_clear()
     ctx = context_for(config_path)
     rows = collect_rows(ctx, tasks, records)
-    failed = [r for r in rows if r.state in ("failed", "interrupted", "not run", "not run (upstream failed)",
-                                             "not run (scheduling failed)")]
-    validation_failed = [r for r in rows if "validation-failed" in r.state]
+    failed = [r for r in rows if r.state in _NOT_FINISHED]
+    validation_failed = [r for r in rows if r.state in _VALIDATION_FAILED]
     ok = result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY") and not failed and not validation_failed
     counts: dict[str, int] = {}
     for row in rows:
@@ -380,8 +408,6 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     pending = ctx.reporter.flush()
     echo(format_table(rows))
     if ledger and ledger.tasks:
-        from .ledger import format_ledger
-
         echo(f"\nbatch jobs ({cfg.batch.system}; ledger {ledger.path}):\n" + format_ledger(ledger.tasks))
     if pending:
         echo(f"\n{pending} report event(s) could not be delivered yet; they wait in "
@@ -390,9 +416,9 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     echo(f"\nbucket {cfg.name}: {verdict} in {seconds:.1f} s ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
          f"luigi: {result.status.name}")
     if not ok:
-        for row in [r for r in failed if r.state in ("failed", "interrupted")] + validation_failed:
+        for row in [r for r in failed if r.state in (TaskStatus.FAILED, TaskStatus.INTERRUPTED)] + validation_failed:
             echo(f"  {row.name}: {row.state}" + (f" — see {row.report}" if row.report else ""))
-        skipped = [r for r in failed if r.state.startswith("not run")]
+        skipped = [r for r in failed if r.state not in (TaskStatus.FAILED, TaskStatus.INTERRUPTED)]
         if skipped:
             echo(f"  {len(skipped)} task(s) not run because of these.")
     return RunOutcome(0 if ok else 1, rows, result.status.name, seconds)
@@ -400,8 +426,6 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
 
 def _pull_settings(ctx: BucketContext, config_path: str) -> str | None:
     """Fetch the settings repository afresh for every run (finished calibrations stay finished)."""
-    from .setup import PullSettings
-
     # Run in the driver, not through luigi, so a dirty/diverged checkout or a bad bucket.yaml in the
     # repository stops the run with its own message (exit code 2).
     PullSettings(config_path=config_path).run()
@@ -411,11 +435,8 @@ def _pull_settings(ctx: BucketContext, config_path: str) -> str | None:
 def _dry_run(ctx: BucketContext, tasks: list[luigi.Task], rerun: list[str], echo: Callable[[str], None],
              start: float) -> RunOutcome:
     """Say what would run and why, without running or changing anything."""
-    invalid = set()
-    for name in rerun:
-        invalid |= {name, *ctx.plan.dependents(name)}
-        if ctx.plan.group_of(name)[0] == STAGE_RAW:
-            invalid |= set(ctx.plan.stage(STAGE_CDST).calibrations)
+    invalid = set(rerun_closure(ctx.plan, rerun))
+    production_forced = reruns_raw(ctx.plan, rerun)
     will_run: set[str] = set()
     rows = []
     for task in _walk(tasks):
@@ -423,10 +444,10 @@ def _dry_run(ctx: BucketContext, tasks: list[luigi.Task], rerun: list[str], echo
             continue
         name, kind, stage, group = _describe(task, ctx)
         deps = _direct_work(task)
-        forced = (kind == "calibration" and task.name in invalid) or (
-            kind == "cdst_production" and any(ctx.plan.group_of(n)[0] == STAGE_RAW for n in rerun))
+        forced = ((isinstance(task, CalibrationTask) and task.name in invalid)
+                  or (isinstance(task, CdstProduction) and production_forced))
         if task.complete() and not forced:
-            why, state = "complete (output exists)", "done"
+            why, state = "complete (output exists)", TaskStatus.DONE
         else:
             upstream = [_describe(d, ctx)[0] for d in deps if d.task_id in will_run]
             if forced:
@@ -436,7 +457,7 @@ def _dry_run(ctx: BucketContext, tasks: list[luigi.Task], rerun: list[str], echo
             else:
                 out = getattr(task, "output_path", None)
                 why = f"output missing: {out()}" if out else "not complete"
-            state = "would run"
+            state = TaskStatus.WOULD_RUN
             will_run.add(task.task_id)
         echo(f"{state:9s}  {name:32s} {stage:16s} {why}")
         rows.append(TaskRow(name, kind, stage, group, state, None, why))
@@ -454,12 +475,13 @@ def status_rows(cfg: BucketConfig) -> list[TaskRow]:
         last = {r["name"]: r for r in read_json(status_file)["rows"]}
         for row in rows:
             previous = last.get(row.name)
-            if previous and row.state == "pending" and previous["state"] in ("failed", "not run (upstream failed)"):
-                row.state = previous["state"]
+            if previous and row.state == TaskStatus.PENDING and previous["state"] in (TaskStatus.FAILED,
+                                                                                      TaskStatus.UPSTREAM_FAILED):
+                row.state = TaskStatus(previous["state"])
             if row.duration is None and previous:
                 row.duration = previous.get("duration")
     return rows
 
 
 __all__ = ["RecordingScheduler", "RunOutcome", "TaskRow", "collect_rows", "format_table", "invalidate",
-           "run_bucket", "status_rows"]
+           "rerun_closure", "run_bucket", "status_rows"]

@@ -1,52 +1,26 @@
-"""Local calibrations: copy the experts' offline payloads into the prompt global tag."""
+"""Local calibrations: copy the experts' offline payloads into the prompt global tag (the work of
+:class:`~b2luca.tasks.graph.CopyLocalPayloads`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import luigi
-
-from ..conditions import GlobalTag, copy_payloads
-from .base import BucketTask, BucketWrapperTask
 from ..atomic import write_json_atomic
-from .context import STAGE_LOCAL
+from ..conditions import GlobalTag, copy_payloads
+from ..enums import Stage, TaskStatus
+from .context import BucketContext, local_task_name
+from .reporting import reported
 
 
-class CopyLocalPayloads(BucketTask):
-    """Copy the payloads of one subsystem from one source global tag, IoV set to the bucket."""
-
-    subsystem = luigi.Parameter()
-    source_tag = luigi.Parameter()
-
-    @property
-    def task_name(self) -> str:
-        return f"Local{self.subsystem}:{self.source_tag}"
-
-    def output_path(self) -> Path:
-        return self.ctx.work_dir / "local" / f"{self.subsystem}_{self.source_tag}.json"
-
-    def run(self) -> None:
-        ctx, cfg = self.ctx, self.ctx.cfg
-        start = self.now()
-        ctx.emit("task_started", self.task_name, stage=STAGE_LOCAL, group=STAGE_LOCAL)
-        names = cfg.local_calibrations[self.subsystem][self.source_tag]
-        try:
-            source = GlobalTag.open(cfg.conditions.directory, self.source_tag)
-            entries = copy_payloads(source, ctx.prompt_tag, names, cfg.prompt_iov)
-        except Exception as exc:
-            ctx.emit("task_failed", self.task_name, reason=str(exc), log_tail="", log_path="",
-                     duration=self.now() - start, validation_failed=False)
-            raise
+def copy_local_payloads(ctx: BucketContext, subsystem: str, source_tag: str, output: Path) -> None:
+    """Copy one subsystem's payloads from ``source_tag`` (IoV set to the bucket's); write ``output`` last."""
+    cfg = ctx.cfg
+    name = local_task_name(subsystem, source_tag)
+    with reported(ctx, name, stage=Stage.LOCAL, group=Stage.LOCAL) as report:
+        names = cfg.local_calibrations[subsystem][source_tag]
+        source = GlobalTag.open(cfg.conditions.directory, source_tag)
+        entries = copy_payloads(source, ctx.prompt_tag, names, cfg.prompt_iov)
         payloads = [{"name": e.name, "revision": e.revision, "iov": str(e.iov)} for e in entries]
-        ctx.emit("payloads", self.task_name, global_tag=cfg.conditions.prompt_global_tag, payloads=payloads)
-        ctx.emit("task_succeeded", self.task_name, duration=self.now() - start)
-        write_json_atomic(self.output_path(), {"status": "success", "source_tag": self.source_tag,
-                                               "payloads": payloads, "start": start, "duration": self.now() - start})
-
-
-class LocalCalibrations(BucketWrapperTask):
-    """All local calibrations of the bucket (one copy task per subsystem and source global tag)."""
-
-    def requires(self):
-        return [CopyLocalPayloads(config_path=self.config_path, subsystem=sub, source_tag=tag)
-                for sub, tags in self.ctx.cfg.local_calibrations.items() for tag in tags]
+        ctx.emit("payloads", name, global_tag=cfg.conditions.prompt_global_tag, payloads=payloads)
+    write_json_atomic(output, {"status": TaskStatus.SUCCESS, "source_tag": source_tag, "payloads": payloads,
+                               "start": report.start, "duration": report.elapsed()})

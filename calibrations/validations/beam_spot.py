@@ -82,9 +82,9 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     """Validate BeamSpot (see the module docstring); returns a Verdict."""
     from scipy.stats import chi2 as chi2_dist
 
-    from b2luca.contract import Verdict
-    from calibrations._common import calibration_output, max_abs_pull_limit, pyplot, read_input_data, save_figure, \
-        truth_or_none, write_csv
+    from b2luca.contract import Verdict, read_input_data
+    from calibrations._common import calibration_output, max_abs_pull_limit, pyplot, save_figure, truth_or_none, \
+        write_csv
     from calibrations.beam_spot import fit_beamspot, read_tracks, select_pairs
     from calibrations.beam_spot import settings as cal_settings
 

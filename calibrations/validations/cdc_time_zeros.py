@@ -24,9 +24,9 @@ settings = ValidationSettings(name="CDCTimeZeros",
 
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
     """Validate CDCTimeZeros (see the module docstring); returns a Verdict."""
-    from b2luca.contract import Verdict
+    from b2luca.contract import Verdict, read_input_data
     from calibrations._common import (calibration_output, limit_files_per_run, pull_figures, pull_histogram, pulls_ok,
-                                      pyplot, read_branches, read_input_data, save_figure, truth_or_none, write_csv)
+                                      pyplot, read_branches, save_figure, split_half, truth_or_none, write_csv)
     from calibrations.cdc_time_zeros import fit_t0
     from calibrations.cdc_time_zeros import settings as cal_settings
 
@@ -59,20 +59,12 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
             halves.append(fit_t0(hits["board"][m], hits["layer"][m], hits["tdc"][m], np.asarray(out["t0"], float),
                                  int(cfg["min_hits_per_board"]) // 2, int(cfg["max_iterations"]), sigma,
                                  start=np.asarray(out["t0"], float)))
-        e0, e1 = halves[0]["t0_error"], halves[1]["t0_error"]
-        both = np.isfinite(e0) & np.isfinite(e1) & calibrated
-        diff = halves[0]["t0"] - halves[1]["t0"]
-        pulls = np.where(both, diff / np.sqrt(np.where(both, e0 ** 2 + e1 ** 2, 1.0)), np.nan)
-        # the stored result against the even half (nested samples: var = e_full^2 (n_full/n_half - 1))
-        n_full = np.asarray(out["n_hits"], float)
-        n_half = np.asarray(halves[0]["n_hits"], float)
-        v = np.where(both, err ** 2 * (n_full / np.maximum(n_half, 1) - 1), np.nan)
-        stored = (np.asarray(out["t0"], float) - halves[0]["t0"]) / np.sqrt(np.where(v > 0, v, np.nan))
-        sf = pull_figures(stored, k)
-        figures.update({f"stored_{key}": value for key, value in sf.items()})
-        reasons += [f"stored result vs data: {r}" for r in pulls_ok(sf)[1]]
+        sh = split_half(out, halves, "t0", "t0_error", calibrated, k)
+        pulls = sh.pulls
+        figures.update(sh.stored_figures)
+        reasons += sh.reasons
         figures["mode"] = "split-half"
-        reference, label = halves[1]["t0"], "odd-event t0 [ns]"
+        reference, label = sh.reference, "odd-event t0 [ns]"
         lo, hi = cfg["sigma_range_mm"]
         if not lo <= sigma <= hi:
             reasons.append(f"fitted resolution {sigma:.3f} mm outside [{lo}, {hi}]")

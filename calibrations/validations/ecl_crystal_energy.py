@@ -24,9 +24,9 @@ settings = ValidationSettings(name="ECLCrystalEnergy",
 
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
     """Validate ECLCrystalEnergy (see the module docstring); returns a Verdict."""
-    from b2luca.contract import Verdict
+    from b2luca.contract import Verdict, read_input_data
     from calibrations._common import calibration_output, pull_figures, pull_histogram, pulls_ok, pyplot, \
-        read_input_data, save_figure, truth_or_none, write_csv
+        save_figure, truth_or_none, write_csv
     from calibrations.ecl_crystal_energy import build_system, read_bhabha
     from calibrations.ecl_crystal_energy import settings as cal_settings
 

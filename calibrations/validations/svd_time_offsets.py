@@ -24,9 +24,9 @@ settings = ValidationSettings(name="SVDTimeOffsets",
 
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
     """Validate SVDTimeOffsets (see the module docstring); returns a Verdict."""
-    from b2luca.contract import Verdict
+    from b2luca.contract import Verdict, read_input_data
     from calibrations._common import (calibration_output, limit_files_per_run, pull_figures, pull_histogram, pulls_ok,
-                                      pyplot, read_branches, read_input_data, save_figure, truth_or_none, write_csv)
+                                      pyplot, read_branches, save_figure, split_half, truth_or_none, write_csv)
     from calibrations.svd_time_offsets import fit_offsets
 
     cfg = {**settings.expert_config, **(expert_config or {})}
@@ -55,20 +55,12 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         halves = [fit_offsets(hits["sensor"][m], hits["time"][m], min_hits, float(cfg.get("outlier_sigma", 5.0)),
                               {"sensor_id": out["sensor_id"], "offset": out["offset"]})
                   for m in (hits["event"] % 2 == 0, hits["event"] % 2 == 1)]
-        e0, e1 = halves[0]["offset_error"], halves[1]["offset_error"]
-        both = np.isfinite(e0) & np.isfinite(e1) & calibrated
-        diff = halves[0]["offset"] - halves[1]["offset"]
-        pulls = np.where(both, diff / np.sqrt(np.where(both, e0 ** 2 + e1 ** 2, 1.0)), np.nan)
-        # the stored result against the even half (nested samples: var = e_full^2 (n_full/n_half - 1))
-        n_full = np.asarray(out["n_hits"], float)
-        n_half = np.asarray(halves[0]["n_hits"], float)
-        v = np.where(both, err ** 2 * (n_full / np.maximum(n_half, 1) - 1), np.nan)
-        stored = (np.asarray(out["offset"], float) - halves[0]["offset"]) / np.sqrt(np.where(v > 0, v, np.nan))
-        sf = pull_figures(stored, k)
-        figures.update({f"stored_{key}": value for key, value in sf.items()})
-        reasons += [f"stored result vs data: {r}" for r in pulls_ok(sf)[1]]
+        sh = split_half(out, halves, "offset", "offset_error", calibrated, k)
+        pulls = sh.pulls
+        figures.update(sh.stored_figures)
+        reasons += sh.reasons
         figures["mode"] = "split-half"
-        reference, ref_label = halves[1]["offset"], "odd-event offset [ns]"
+        reference, ref_label = sh.reference, "odd-event offset [ns]"
     pf = pull_figures(pulls, k)
     figures.update(pf)
     figures["chi2_ndf"] = float(np.nanmean(pulls ** 2)) if np.isfinite(pulls).any() else np.nan

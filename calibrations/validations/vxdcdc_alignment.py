@@ -42,12 +42,11 @@ def rigid_body_fit(center: np.ndarray, displacement: np.ndarray) -> tuple[np.nda
 
 
 def _median_chi2(raw, constants) -> float:
-    from b2luca.production import _fit_robust
     from b2luca.reco.measurements import build_measurements
+    from b2luca.reco.robust import fit_robust
 
-    meas = build_measurements(raw, constants)
-    _m, fit = _fit_robust(meas, constants)
-    return float(np.median(fit["chi2"] / np.maximum(fit["ndf"], 1)))
+    fit = fit_robust(build_measurements(raw, constants), constants)
+    return float(np.median(fit.chi2 / np.maximum(fit.ndf, 1)))
 
 
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
@@ -56,13 +55,12 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     import json
     from pathlib import Path
 
-    from b2luca.contract import Verdict
+    from b2luca.contract import Verdict, chain_from_caf_config, read_input_data
     from b2luca.reco.geometry import aligned_frames, nominal_geometry
     from b2luca.reco.measurements import load_constants
     from b2luca.reco.raw import read_raw
-    from b2luca.runners.native_job import chain_from_caf_config
-    from calibrations._common import (calibration_output, first_exprun, pull_figures, pyplot, read_input_data,
-                                      save_figure, truth_or_none, write_csv)
+    from calibrations._common import (calibration_output, first_exprun, pull_figures, pyplot, save_figure,
+                                      truth_or_none, write_csv)
 
     cfg = {**settings.expert_config, **(expert_config or {})}
     k = float(cfg["pull_tolerance_sigma"])

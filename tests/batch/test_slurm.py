@@ -9,7 +9,6 @@ One flow per session (the data is simulated once): a local run for reference, th
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from b2luca.report import GitLabSettings, ReportSettings, Reporter
+from b2luca.config import GitLabConfig, ReportConfig
+from b2luca.report import Reporter
 from b2luca.report import outbox as outbox_mod
 
 from .fake_gitlab import FakeGitLab
@@ -32,9 +33,9 @@ def fake_gitlab() -> Any:
     server.stop()
 
 
-@dataclass
-class FastGitLabSettings(GitLabSettings):
-    """GitLabSettings with small retry numbers for the tests."""
+@dataclass(frozen=True)
+class FastGitLabConfig(GitLabConfig):
+    """GitLabConfig with small retry numbers for the tests."""
 
     max_retries: int = 1
     max_retry_after: float = 5.0
@@ -42,11 +43,11 @@ class FastGitLabSettings(GitLabSettings):
 
 
 @pytest.fixture
-def gitlab_cfg(fake_gitlab: FakeGitLab, monkeypatch: pytest.MonkeyPatch) -> ReportSettings:
+def gitlab_cfg(fake_gitlab: FakeGitLab, monkeypatch: pytest.MonkeyPatch) -> ReportConfig:
     monkeypatch.setenv(TOKEN_ENV, fake_gitlab.token)
-    return ReportSettings(
+    return ReportConfig(
         transport="gitlab",
-        gitlab=FastGitLabSettings(url=fake_gitlab.url, project=fake_gitlab.project_path, token_env=TOKEN_ENV,
+        gitlab=FastGitLabConfig(url=fake_gitlab.url, project=fake_gitlab.project_path, token_env=TOKEN_ENV,
                                   timeout=2.0),
     )
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from b2luca import __version__
+from b2luca.config import ReportConfig
 from b2luca.report import (
     ReportConfigError,
-    ReportSettings,
     flush,
     open_reporter,
     read_signoffs,
@@ -49,7 +49,7 @@ def note_seqs(fake: FakeGitLab, iid: int) -> list[int]:
     return [int(NOTE_RE.search(n["body"]).group(2)) for n in sorted(fake.notes[iid], key=lambda n: n["id"])]
 
 
-def test_full_bucket_one_issue_per_calibration(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings,
+def test_full_bucket_one_issue_per_calibration(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig,
                                                tmp_path: Path) -> None:
     rep = open_reporter(gitlab_cfg, tmp_path, BUCKET)
     emit_bucket(rep, tmp_path, fail={"BeamSpot": "calibrate", "CDCDedx": "validation"})
@@ -101,7 +101,7 @@ def test_full_bucket_one_issue_per_calibration(fake_gitlab: FakeGitLab, gitlab_c
     assert strip(local).replace("- \n", "") == strip(cdc["description"]).replace("- \n", "")
 
 
-def test_rerun_with_new_outbox_creates_no_issue(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings,
+def test_rerun_with_new_outbox_creates_no_issue(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig,
                                                 tmp_path: Path) -> None:
     first = open_reporter(gitlab_cfg, tmp_path / "run1", BUCKET)
     emit_bucket(first, tmp_path / "run1", fail={"BeamSpot": "calibrate"})
@@ -119,7 +119,7 @@ def test_rerun_with_new_outbox_creates_no_issue(fake_gitlab: FakeGitLab, gitlab_
     assert "**SUCCESS**" in issues[None]["description"]
 
 
-def test_issues_found_across_pages(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings, tmp_path: Path) -> None:
+def test_issues_found_across_pages(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig, tmp_path: Path) -> None:
     rep = open_reporter(gitlab_cfg, tmp_path / "a", BUCKET)
     emit_calibration(rep, "SVDTimeOffsets", tmp_path / "plots")
     assert rep.flush() == 0
@@ -136,11 +136,11 @@ def test_issues_found_across_pages(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSe
     assert "2" in pages
 
 
-def test_server_down_mid_run_then_flush(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings,
+def test_server_down_mid_run_then_flush(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig,
                                         tmp_path: Path) -> None:
     # reference: how many notes a clean delivery posts
     ref_fake = FakeGitLab().start()
-    ref_cfg = ReportSettings("gitlab", dataclasses.replace(gitlab_cfg.gitlab, url=ref_fake.url))
+    ref_cfg = ReportConfig("gitlab", dataclasses.replace(gitlab_cfg.gitlab, url=ref_fake.url))
     ref = open_reporter(ref_cfg, tmp_path / "ref", BUCKET)
     emit_bucket(ref, tmp_path / "ref", fail={"BeamSpot": "calibrate"})
     ref_notes = {i["title"]: len(ref_fake.notes[i["iid"]]) for i in ref_fake.issues}
@@ -177,7 +177,7 @@ def test_server_down_mid_run_then_flush(fake_gitlab: FakeGitLab, gitlab_cfg: Rep
     assert "**FAILED**" in by_marker(fake_gitlab)[None]["description"]
 
 
-def test_crash_after_note_before_cursor_is_exactly_once(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings,
+def test_crash_after_note_before_cursor_is_exactly_once(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig,
                                                         tmp_path: Path) -> None:
     rep = open_reporter(gitlab_cfg, tmp_path, BUCKET)
     emit_calibration(rep, "CDCTimeZeros", tmp_path / "plots")
@@ -193,7 +193,7 @@ def test_crash_after_note_before_cursor_is_exactly_once(fake_gitlab: FakeGitLab,
     assert note_seqs(fake_gitlab, iid) == before
 
 
-def test_rate_limit_retry_after_is_honoured(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings,
+def test_rate_limit_retry_after_is_honoured(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig,
                                             tmp_path: Path) -> None:
     rep = open_reporter(gitlab_cfg, tmp_path, BUCKET)
     fake_gitlab.inject(429, 1, {"Retry-After": "1"})
@@ -219,7 +219,7 @@ def test_rate_limit_retry_after_is_honoured(fake_gitlab: FakeGitLab, gitlab_cfg:
     assert "status::success" in by_marker(fake_gitlab)["CDCTimeZeros"]["labels"]
 
 
-def test_deliver_from_driver_only(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings, tmp_path: Path) -> None:
+def test_deliver_from_driver_only(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig, tmp_path: Path) -> None:
     rep = open_reporter(gitlab_cfg, tmp_path, BUCKET, deliver_on_emit=False)
     n_preflight = len(fake_gitlab.requests)
     emit_calibration(rep, "CDCTimeZeros", tmp_path / "plots")
@@ -230,7 +230,7 @@ def test_deliver_from_driver_only(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSet
     assert "status::success" in by_marker(fake_gitlab)["CDCTimeZeros"]["labels"]
 
 
-def test_transient_5xx_is_retried(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings, tmp_path: Path) -> None:
+def test_transient_5xx_is_retried(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig, tmp_path: Path) -> None:
     rep = open_reporter(gitlab_cfg, tmp_path, BUCKET)
     fake_gitlab.inject(503, 1)
     emit_calibration(rep, "CDCTimeZeros", tmp_path / "plots")
@@ -238,7 +238,7 @@ def test_transient_5xx_is_retried(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSet
     assert sum(r.status == 503 for r in fake_gitlab.requests) == 1
 
 
-def test_token_never_leaks(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings, tmp_path: Path,
+def test_token_never_leaks(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig, tmp_path: Path,
                            caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
                            monkeypatch: pytest.MonkeyPatch) -> None:
     import http.client
@@ -270,7 +270,7 @@ def test_token_never_leaks(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings, 
                for r in fake_gitlab.requests)
 
 
-def test_signoff_read_back_and_kept(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings, tmp_path: Path) -> None:
+def test_signoff_read_back_and_kept(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig, tmp_path: Path) -> None:
     rep = open_reporter(gitlab_cfg, tmp_path, BUCKET)
     emit_bucket(rep, tmp_path)
     issues = by_marker(fake_gitlab)
@@ -292,10 +292,10 @@ def test_signoff_read_back_and_kept(fake_gitlab: FakeGitLab, gitlab_cfg: ReportS
     assert "signed-off" in cdc["labels"]
 
 
-def test_preflight_errors_are_clear(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings, tmp_path: Path,
+def test_preflight_errors_are_clear(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     g = gitlab_cfg.gitlab
-    bad_project = ReportSettings("gitlab", dataclasses.replace(g, project="calib/nope"))
+    bad_project = ReportConfig("gitlab", dataclasses.replace(g, project="calib/nope"))
     with pytest.raises(ReportConfigError, match="'calib/nope' is missing or the token has no access"):
         open_reporter(bad_project, tmp_path, BUCKET)
     monkeypatch.setenv(TOKEN_ENV, "wrong-token")
@@ -308,9 +308,9 @@ def test_preflight_errors_are_clear(fake_gitlab: FakeGitLab, gitlab_cfg: ReportS
     worker.emit("task_started", "CDCTimeZeros", stage="raw", group=0)
     assert (tmp_path / "report" / "issues" / "CDCTimeZeros.md").is_file()
     with pytest.raises(ReportConfigError, match="token_env .* or config_section"):
-        open_reporter(ReportSettings("gitlab", dataclasses.replace(g, token_env=None)), tmp_path, BUCKET)
+        open_reporter(ReportConfig("gitlab", dataclasses.replace(g, token_env=None)), tmp_path, BUCKET)
     with pytest.raises(ReportConfigError, match="not configured"):
-        open_reporter(ReportSettings("gitlab", None), tmp_path, BUCKET)
+        open_reporter(ReportConfig("gitlab", None), tmp_path, BUCKET)
     monkeypatch.setenv(TOKEN_ENV, fake_gitlab.token)
     fake_gitlab.stop()  # an outage at start is not an error: events wait in the outbox
     rep = open_reporter(gitlab_cfg, tmp_path, BUCKET)
@@ -324,20 +324,20 @@ def test_python_gitlab_config_section(fake_gitlab: FakeGitLab, tmp_path: Path,
     cfg_file = tmp_path / "python-gitlab.cfg"
     cfg_file.write_text(f"[global]\ndefault = belle2\n\n[belle2]\nurl = {fake_gitlab.url}\n"
                         f"private_token = {fake_gitlab.token}\n")
-    from .conftest import FastGitLabSettings
+    from .conftest import FastGitLabConfig
 
-    g = FastGitLabSettings(url=None, project=fake_gitlab.project_path, config_section="belle2",
+    g = FastGitLabConfig(url=None, project=fake_gitlab.project_path, config_section="belle2",
                            config_file=str(cfg_file), timeout=2.0)
-    rep = open_reporter(ReportSettings("gitlab", g), tmp_path / "w", BUCKET)
+    rep = open_reporter(ReportConfig("gitlab", g), tmp_path / "w", BUCKET)
     emit_calibration(rep, "CDCTimeZeros", tmp_path / "plots")
     assert rep.pending() == 0 and "CDCTimeZeros" in by_marker(fake_gitlab)
     monkeypatch.setenv("PYTHON_GITLAB_CFG", str(cfg_file))
     g2 = dataclasses.replace(g, config_file=None, config_section="missing")
     with pytest.raises(ReportConfigError, match="'missing'"):
-        open_reporter(ReportSettings("gitlab", g2), tmp_path / "w", BUCKET)
+        open_reporter(ReportConfig("gitlab", g2), tmp_path / "w", BUCKET)
 
 
-def test_concurrent_worker_processes(fake_gitlab: FakeGitLab, gitlab_cfg: ReportSettings, tmp_path: Path) -> None:
+def test_concurrent_worker_processes(fake_gitlab: FakeGitLab, gitlab_cfg: ReportConfig, tmp_path: Path) -> None:
     rep = open_reporter(gitlab_cfg, tmp_path, BUCKET)
     rep.emit("bucket_started", requested_iov=[0, 1, -1, -1], settings_commit="abc", work_dir=str(tmp_path),
              plan=PLAN)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from b2luca.report import GitLabSettings, ReportSettings, open_reporter, read_signoffs
+from b2luca.config import GitLabConfig, ReportConfig
+from b2luca.report import open_reporter, read_signoffs
 
 from .conftest import CALIBRATIONS, emit_bucket
 
@@ -23,7 +24,7 @@ ENV = ("B2LUCA_GITLAB_URL", "B2LUCA_GITLAB_TOKEN", "B2LUCA_GITLAB_PROJECT")
 def test_live_bucket_round_trip(tmp_path: Path) -> None:
     import gitlab
 
-    cfg = ReportSettings("gitlab", GitLabSettings(url=os.environ["B2LUCA_GITLAB_URL"],
+    cfg = ReportConfig("gitlab", GitLabConfig(url=os.environ["B2LUCA_GITLAB_URL"],
                                                   project=os.environ["B2LUCA_GITLAB_PROJECT"],
                                                   token_env="B2LUCA_GITLAB_TOKEN", timeout=30.0))
     bucket = f"b2luca-live-{int(time.time())}"

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from b2luca.report import EventError, ReportEvent, ReportSettings, local_issue_path, open_reporter, read_signoffs
+from b2luca.config import ReportConfig
+from b2luca.report import EventError, ReportEvent, local_issue_path, open_reporter, read_signoffs
 from b2luca.report.markdown import parse_checklist, parse_marker
 from b2luca.report.outbox import Outbox
 
 from .conftest import BUCKET, CALIBRATIONS, PLAN, SECRET_LOG_LINE, emit_bucket, emit_calibration
 
-LOCAL = ReportSettings(transport="local")
+LOCAL = ReportConfig(transport="local")
 
 
 def test_event_json_round_trip() -> None:

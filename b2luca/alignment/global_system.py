@@ -1,0 +1,159 @@
+"""Global accumulation of the assembly: block-pair sums of the normal equations, and the system they form.
+
+The global matrix is stored by label *blocks* (see :mod:`b2luca.alignment.labels`): one row of S·S
+values per block pair (a, b), a <= b, in an append-only value store with a sorted key index
+(key = a·2³¹ + b).  :meth:`BlockPairStore.matrix` expands the pairs into the symmetric CSR matrix of
+:class:`GlobalSystem`; :func:`merge_systems` sums systems assembled from disjoint record sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._arrays import unique_ints
+
+__all__ = ["NBIG", "BlockPairStore", "GlobalSystem", "merge_systems"]
+
+#: block-pair key = a * NBIG + b
+NBIG = np.int64(1 << 31)
+
+
+@dataclass
+class GlobalSystem:
+    """C·Δg = b over ``labels`` (sorted), plus the χ² pieces: χ²(Δg) = chi2_0 − 2bᵀΔg + ΔgᵀCΔg."""
+
+    labels: np.ndarray
+    C: sp.csr_matrix
+    b: np.ndarray
+    chi2_0: float
+    ndf: int
+    entries: np.ndarray  # measurements per label (accepted records)
+    n_records: int
+    n_used: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    n_meas: int = 0
+    downweighted_fraction: float = 0.0
+    bytes_read: int = 0
+    dw_sum: float = 0.0  # Σ (1 − weight factor) over down-weighted measurements
+    dw_n: int = 0  # measurements that went through down-weighting
+
+
+class BlockPairStore:
+    """Sums of the global matrix per block pair: ``pair_keys`` (sorted) -> rows ``pair_slot`` of ``vals``
+    (``width`` = S·S values per row)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.pair_keys = np.zeros(0, np.int64)  # sorted block-pair keys
+        self.pair_slot = np.zeros(0, np.int64)  # their rows in the value store
+        self.vals = np.zeros((0, width))
+        self.nslots = 0
+        self._ptab = np.zeros(0, np.int32)  # block pair -> store row (see table_slots)
+        self._ptab_n = -1
+
+    def table_slots(self, keys: np.ndarray, nblk: int) -> np.ndarray:
+        """Store rows of block-pair ``keys`` through a dense (``nblk`` x ``nblk``) table; new pairs get zero
+        rows."""
+        if self._ptab_n != nblk:  # blocks were added: rebuild the table from the sorted index
+            self._ptab = np.full(nblk * nblk, -1, np.int32)
+            self._ptab[(self.pair_keys // NBIG) * nblk + self.pair_keys % NBIG] = self.pair_slot
+            self._ptab_n = nblk
+        idx = (keys // NBIG) * nblk + keys % NBIG
+        out = self._ptab[idx]
+        miss = out < 0
+        if miss.any():
+            newk = unique_ints(keys[miss])
+            self.merge(newk, np.zeros((newk.size, self.vals.shape[1])))
+            self._ptab[(newk // NBIG) * nblk + newk % NBIG] = self.pair_slot[np.searchsorted(self.pair_keys, newk)]
+            out = self._ptab[idx]
+        return out
+
+    def merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
+        """Add per-chunk block-pair sums; values live in an append-only store, keys in a sorted index."""
+        n_old = self.pair_keys.size
+        if n_old:
+            pos = np.searchsorted(self.pair_keys, uk)
+            pc = np.minimum(pos, n_old - 1)
+            found = self.pair_keys[pc] == uk
+            self.vals[self.pair_slot[pc[found]]] += sums[found]
+        else:
+            found = np.zeros(uk.size, bool)
+        if found.all():
+            return
+        newk = uk[~found]
+        k = newk.size
+        if self.nslots + k > self.vals.shape[0]:
+            cap = max(2 * self.vals.shape[0], self.nslots + k, 1024)
+            grown = np.zeros((cap, sums.shape[1]))
+            grown[: self.nslots] = self.vals[: self.nslots]
+            self.vals = grown
+        slots = self.nslots + np.arange(k)
+        self.vals[slots] = sums[~found]
+        self.nslots += k
+        ins = np.searchsorted(self.pair_keys, newk)  # both sorted: a linear merge, no re-sort
+        self.pair_keys = np.insert(self.pair_keys, ins, newk)
+        self.pair_slot = np.insert(self.pair_slot, ins, slots)
+
+    @property
+    def pair_vals(self) -> np.ndarray:
+        """Block-pair sums in the order of ``pair_keys``."""
+        return self.vals[self.pair_slot]
+
+    def matrix(self, block_members: np.ndarray, newidx: np.ndarray, n: int) -> sp.csr_matrix:
+        """The symmetric (n, n) matrix (both triangles) of the stored block pairs; label index i of a block
+        member becomes row/column ``newidx[i]``."""
+        S = block_members.shape[1]
+        bi = self.pair_keys // NBIG
+        bj = self.pair_keys % NBIG
+        rows = block_members[bi][:, :, None] * np.ones(S, np.int64)[None, None, :]
+        cols = block_members[bj][:, None, :] * np.ones(S, np.int64)[None, :, None]
+        vals = self.pair_vals.reshape(-1, S, S)
+        diag = bi == bj  # diagonal blocks: symmetric up to round-off, made exactly symmetric
+        vals[diag] = 0.5 * (vals[diag] + vals[diag].transpose(0, 2, 1))
+        m = (rows >= 0) & (cols >= 0)
+        off = (bi != bj)[:, None, None] & m
+        r = np.concatenate([rows[m], cols[off]])
+        c = np.concatenate([cols[m], rows[off]])
+        v = np.concatenate([vals[m], vals[off]])
+        return sp.csr_matrix((v, (newidx[r], newidx[c])), shape=(n, n))  # each label in one block: no duplicates
+
+
+def merge_systems(parts: list[GlobalSystem]) -> GlobalSystem:
+    """Sum the normal equations of disjoint record sets (e.g. assembled by different threads).
+
+    The parts are added in the given order, so a fixed order gives bit-identical results.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    labels = unique_ints(np.concatenate([p.labels for p in parts]))
+    n = labels.size
+    C = sp.csr_matrix((n, n))
+    b = np.zeros(n)
+    entries = np.zeros(n, np.int64)
+    rejected: dict[str, int] = {}
+    for p in parts:
+        idx = np.searchsorted(labels, p.labels)
+        if p.labels.size == n:
+            Cp = p.C
+        else:
+            P = sp.csr_matrix((np.ones(idx.size), (idx, np.arange(idx.size))), shape=(n, idx.size))
+            Cp = (P @ p.C @ P.T).tocsr()
+        C = C + Cp
+        b[idx] += p.b
+        entries[idx] += p.entries
+        for k, v in p.rejected.items():
+            rejected[k] = rejected.get(k, 0) + v
+    dw_sum = sum(p.dw_sum for p in parts)
+    dw_n = sum(p.dw_n for p in parts)
+    C = C.tocsr()
+    C.sort_indices()
+    return GlobalSystem(
+        labels=labels, C=C, b=b, chi2_0=sum(p.chi2_0 for p in parts), ndf=sum(p.ndf for p in parts),
+        entries=entries, n_records=sum(p.n_records for p in parts), n_used=sum(p.n_used for p in parts),
+        rejected=rejected, n_meas=sum(p.n_meas for p in parts),
+        downweighted_fraction=dw_sum / dw_n if dw_n else 0.0, bytes_read=sum(p.bytes_read for p in parts),
+        dw_sum=dw_sum, dw_n=dw_n,
+    )

@@ -1,0 +1,294 @@
+"""Local fits of the assembly: per record (track), the local parameters are eliminated exactly.
+
+For every record r (Γ = Σ w a aᵀ, β = Σ w a y, H = Σ w d aᵀ, D = Σ w d dᵀ, γ = Σ w d y)::
+
+    C_r = D − H Γ⁻¹ Hᵀ,  b_r = γ − H Γ⁻¹ β,  χ²_r(Δg) = yᵀWy − βᵀΓ⁻¹β − 2 b_rᵀΔg + ΔgᵀC_rΔg
+
+Records are grouped by shape (number of local parameters q, number of label blocks) and each group is
+solved with batched numpy linear algebra; :class:`LocalSystems` holds the results for
+:class:`b2luca.alignment.assemble.Assembler` to accept or reject and accumulate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._arrays import outer_segsum, pairs_within
+from .mille import MilleRecords
+
+__all__ = ["LocalSystems", "ShapeGroup", "inverse_root", "local_systems", "residuals"]
+
+
+@dataclass
+class ShapeGroup:
+    """The records of one shape (``nb`` label blocks, the same number of local parameters).
+
+    ``rec``: their record indices; ``b``: (R, nb·S) reduced right-hand sides b_r; ``lpar``: (R, q) fitted
+    local parameters; ``P``: (R, n_pairs, S, S) Schur complements C_r in upper block-pair layout (a view
+    into :attr:`LocalSystems.Pbuf`), or None on the fast path, where ``M`` (R, nb·S, q) = H Γ^-½ is kept
+    instead (C_r = D_r − M Mᵀ; None when the records have no local parameters or no blocks).
+    """
+
+    rec: np.ndarray
+    P: np.ndarray | None
+    M: np.ndarray | None
+    b: np.ndarray
+    nb: int
+    lpar: np.ndarray
+
+
+@dataclass
+class LocalSystems:
+    """Local fits of a chunk of records.
+
+    ``chi2``/``ok`` per record (ok: Γ regular); ``groups`` by shape; ``Pbuf``: the per-record block-pair
+    rows (S·S values each) of the general path, record r's first row at ``Poff[r]``.  On the fast path
+    (every measurement touches one label block) ``Pbuf`` is None and D is summed by the caller from
+    ``wd`` = w·d, ``d`` (per measurement with globals) and ``rb_m`` (their (record, block) slot).
+    """
+
+    chi2: np.ndarray
+    ok: np.ndarray
+    groups: list[ShapeGroup]
+    Pbuf: np.ndarray | None
+    Poff: np.ndarray
+    wd: np.ndarray | None = None
+    d: np.ndarray | None = None
+    rb_m: np.ndarray | None = None
+
+
+def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np.ndarray,
+                  eslot: np.ndarray, K: np.ndarray, q: np.ndarray, S: int) -> LocalSystems:
+    """Per-record local fits and Schur complements, batched by shape (number of blocks, q).
+
+    The Schur complement C_r = D − M Mᵀ (M = H V Λ^-1/2 from Γ = V Λ Vᵀ) is produced directly in
+    *upper block-pair* layout: (R, n_pairs, S, S) for the pairs a <= b of the record's label blocks.
+    """
+    nrec = recs.n_records
+    gm, lm = recs.glb_meas, recs.loc_meas
+    li = recs.loc_index.astype(np.int64)
+    nb = K // S
+    npair = nb * (nb + 1) // 2
+    gkey = q * (int(nb.max(initial=0)) + 1) + nb
+    order = np.argsort(gkey, kind="stable")
+    S2 = S * S
+    offs = {}
+    for name, sz in (("P", npair * S2), ("H", K * q), ("G", q * q), ("K", K), ("q", q)):
+        o = np.zeros(nrec, np.int64)
+        srt = sz[order]
+        o[order] = np.cumsum(srt) - srt
+        offs[name] = (o, int(sz.sum()))
+    nmeas = recs.n_meas
+    gblk = eslot // S
+    single = True
+    if gm.size:
+        gptr = np.zeros(nmeas + 1, np.int64)
+        np.cumsum(np.bincount(gm, minlength=nmeas), out=gptr[1:])
+        has_g = gptr[1:] > gptr[:-1]
+        mblk = np.zeros(nmeas, np.int64)
+        mblk[has_g] = gblk[gptr[:-1][has_g]]
+        single = bool(np.all(gblk == mblk[gm]))
+    Hg: np.ndarray | None = None  # fast path with uniform q: (H | γ) per (record, block) slot
+    Gb: np.ndarray | None = None  # and (Γ | β) per record
+    Pbuf: np.ndarray | None
+    Hbuf: np.ndarray
+    Gbuf: np.ndarray
+    betabuf: np.ndarray
+    gambuf: np.ndarray
+    if single:
+        # fast path: every measurement touches one label block -> dense per-measurement vectors
+        qmax = max(int(q.max(initial=0)), 1)
+        d = np.bincount(gm * S + eslot % S, weights=recs.glb_der, minlength=nmeas * S).reshape(nmeas, S)
+        a_l = np.bincount(lm * qmax + li, weights=recs.loc_der, minlength=nmeas * qmax).reshape(nmeas, qmax)
+        wd = d * w[:, None]
+        wa = a_l * w[:, None]
+        r_m = meas_rec
+        blk_m = mblk if gm.size else np.zeros(nmeas, np.int64)
+        q_m = q[r_m]
+        rstart = np.zeros(nrec + 1, np.int64)
+        np.cumsum(nb, out=rstart[1:])
+        n_rb = int(rstart[-1])
+        hg_mask = has_g if gm.size else np.zeros(nmeas, bool)
+        hg: np.ndarray | slice = slice(None) if hg_mask.all() else hg_mask
+        rb_m = rstart[:-1][r_m] + blk_m  # (record, block) id of each measurement with globals
+        rb_mh = rb_m[hg]  # D = Σ w d dᵀ per block is summed by the caller (accepted records only)
+        Pbuf = None  # D stays per (record, block); the caller accumulates D and F = M Mᵀ separately
+        oK, totK = offs["K"]
+        # (record, block) slots in shape-group order: γ (S values) and H (S·q values) per slot are summed
+        # straight into their buffers (slot k of gambuf/Hbuf = k-th (record, block) in group order)
+        rbg_m = (oK[r_m] // S + blk_m)[hg]
+        uniform_q = bool(np.all(q == qmax))
+        if uniform_q:
+            # one product per segment kind with [a | y] on the right: (H | γ) per slot, (Γ | β) per record
+            ay = np.empty((nmeas, qmax + 1))
+            ay[:, :qmax] = a_l
+            ay[:, qmax] = y
+            # (the groups below take strided views of these, no copies)
+            Hg = outer_segsum(rbg_m, wd[hg], ay[hg], n_rb).reshape(n_rb, S, qmax + 1)
+            rg_m = offs["G"][0][r_m] // (qmax * qmax)  # record position in group order
+            Gb = outer_segsum(rg_m, wa, ay, nrec).reshape(nrec, qmax, qmax + 1)
+            oq, totq = offs["q"]
+        else:
+            gambuf = outer_segsum(rbg_m, wd[hg], y[hg, None], n_rb).ravel()
+            o, tot = offs["H"]
+            # entries with local index >= q_r carry exact zeros; their (aliased) index is harmless
+            base = o[r_m] + blk_m * S * q_m
+            idx = base[:, None, None] + np.arange(S)[None, :, None] * q_m[:, None, None] + \
+                np.arange(qmax)[None, None, :]
+            Hbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
+                               weights=(wd[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
+            o, tot = offs["G"]
+            idx = o[r_m][:, None, None] + np.arange(qmax)[None, :, None] * q_m[:, None, None] + \
+                np.arange(qmax)[None, None, :]
+            Gbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
+                               weights=(wa[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
+            oq, totq = offs["q"]
+            idx = oq[r_m][:, None] + np.arange(qmax)[None, :]
+            betabuf = np.bincount(np.minimum(idx, max(totq - 1, 0)).ravel(),
+                                  weights=(wa * y[:, None]).ravel(), minlength=totq)[:totq]
+    else:
+        # D = Σ w d dᵀ, upper block pairs only (pairs of global entries of one measurement)
+        i, j = pairs_within(gm)
+        si, sj = eslot[i], eslot[j]
+        a, b = si // S, sj // S
+        keep = a <= b
+        i, j, si, sj, a, b = i[keep], j[keep], si[keep], sj[keep], a[keep], b[keep]
+        rr = meas_rec[gm[i]]
+        nbr = nb[rr]
+        pidx = a * nbr - a * (a - 1) // 2 + (b - a)
+        o, tot = offs["P"]
+        Pbuf = np.bincount(o[rr] + pidx * S2 + (si % S) * S + (sj % S),
+                           weights=w[gm[i]] * recs.glb_der[i] * recs.glb_der[j], minlength=tot)
+        # H = Σ w d aᵀ
+        o, tot = offs["H"]
+        if lm.size and gm.size:
+            i, j = pairs_within(gm, lm)
+            rr = meas_rec[gm[i]]
+            Hbuf = np.bincount(o[rr] + eslot[i] * q[rr] + li[j],
+                               weights=w[gm[i]] * recs.glb_der[i] * recs.loc_der[j], minlength=tot)
+        else:
+            Hbuf = np.zeros(tot)
+        # Γ = Σ w a aᵀ, β = Σ w a y
+        o, tot = offs["G"]
+        oq, totq = offs["q"]
+        if lm.size:
+            i, j = pairs_within(lm)
+            rr = meas_rec[lm[i]]
+            Gbuf = np.bincount(o[rr] + li[i] * q[rr] + li[j],
+                               weights=w[lm[i]] * recs.loc_der[i] * recs.loc_der[j], minlength=tot)
+            betabuf = np.bincount(oq[meas_rec[lm]] + li, weights=w[lm] * recs.loc_der * y[lm], minlength=totq)
+        else:
+            Gbuf = np.zeros(tot)
+            betabuf = np.zeros(totq)
+        oK, totK = offs["K"]
+        gambuf = np.bincount(oK[meas_rec[gm]] + eslot, weights=w[gm] * recs.glb_der * y[gm], minlength=totK)
+    ywy = np.bincount(meas_rec, weights=w * y * y, minlength=nrec)
+
+    chi2 = np.zeros(nrec)
+    ok = np.ones(nrec, bool)
+    groups = []
+    sk = gkey[order]
+    bounds = np.flatnonzero(np.diff(sk)) + 1
+    starts = np.concatenate([[0], bounds]).astype(np.int64)
+    ends = np.concatenate([bounds, [nrec]]).astype(np.int64)
+    for s, e in zip(starts, ends):
+        rec = order[s:e]
+        R = rec.size
+        r0 = rec[0]
+        nbg, qg = int(nb[r0]), int(q[r0])
+        Kg, npg = nbg * S, nbg * (nbg + 1) // 2
+        P = None if Pbuf is None else Pbuf[offs["P"][0][r0]: offs["P"][0][r0] + R * npg * S2].reshape(R, npg, S, S)
+        Mg = None
+        if Hg is not None:
+            s0, g0 = oK[r0] // S, offs["G"][0][r0] // (qg * qg) if qg else 0
+            gam = Hg[s0: s0 + R * nbg, :, -1].reshape(R, Kg)
+        else:
+            gam = gambuf[oK[r0]: oK[r0] + R * Kg].reshape(R, Kg)
+        if qg:
+            if Hg is not None:
+                assert Gb is not None
+                Gm = Gb[g0: g0 + R, :, :qg]
+                H = Hg[s0: s0 + R * nbg, :, :qg].reshape(R, Kg, qg)
+                beta = Gb[g0: g0 + R, :, qg]
+            else:
+                Gm = Gbuf[offs["G"][0][r0]: offs["G"][0][r0] + R * qg * qg].reshape(R, qg, qg)
+                H = Hbuf[offs["H"][0][r0]: offs["H"][0][r0] + R * Kg * qg].reshape(R, Kg, qg)
+                beta = betabuf[oq[r0]: oq[r0] + R * qg].reshape(R, qg)
+            Vs, good = inverse_root(Gm)  # Γ⁻¹ = Vs Vsᵀ
+            M = H @ Vs  # (R, K, q)
+            u = np.einsum("rqp,rq->rp", Vs, beta)  # Vsᵀ β
+            br = gam - np.matmul(M, u[:, :, None])[:, :, 0]
+            c2 = ywy[rec] - np.einsum("rp,rp->r", u, u)
+            if nbg and P is None:
+                Mg = M  # the caller forms F = M Mᵀ of the accepted records, batch by batch
+            elif nbg:
+                # M Mᵀ by block rows: row block a against blocks a..nb-1, subtracted in place from the
+                # upper block pairs (P is a view into Pbuf; pair order (0,0),(0,1),..,(1,1),.. = triu order)
+                assert P is not None
+                Mt = M.transpose(0, 2, 1)
+                pp = 0
+                for a in range(nbg):
+                    n_ = nbg - a
+                    rowblk = M[:, a * S:(a + 1) * S] @ Mt[:, :, a * S:]  # (R, S, n_·S)
+                    P[:, pp:pp + n_] -= rowblk.reshape(R, S, n_, S).transpose(0, 2, 1, 3)
+                    pp += n_
+            ok[rec] = good
+            lpar = np.einsum("rqp,rp->rq", Vs, u)
+        else:
+            br, c2 = gam.copy(), ywy[rec]
+            lpar = np.zeros((R, 0))
+        chi2[rec] = c2
+        groups.append(ShapeGroup(rec=rec, P=P, M=Mg, b=br, nb=nbg, lpar=lpar))
+    if Pbuf is None:
+        return LocalSystems(chi2=chi2, ok=ok, groups=groups, Pbuf=None, Poff=offs["P"][0] // S2,
+                            wd=wd[hg], d=d[hg], rb_m=rb_mh)
+    return LocalSystems(chi2=chi2, ok=ok, groups=groups, Pbuf=Pbuf, Poff=offs["P"][0] // S2)
+
+
+def inverse_root(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """V with V Vᵀ = G⁻¹ for a stack of symmetric (R, q, q) matrices, and which of them are regular.
+
+    Small q: Cholesky G = L Lᵀ vectorised over the stack (loops over the q² entries only), V = L⁻ᵀ; a
+    matrix is singular when a pivot falls below 1e-12 of its diagonal element. Large q: eigendecomposition
+    (singular when the eigenvalue ratio is below 1e-12). Singular matrices get V = 0.
+    """
+    R, q, _ = G.shape
+    if q > 8:
+        lam, V = np.linalg.eigh(G)
+        good = (lam[:, -1] > 0) & (lam[:, 0] > 1e-12 * lam[:, -1])
+        inv_sq = np.where(good[:, None], 1.0 / np.sqrt(np.where(lam > 0, lam, 1.0)), 0.0)
+        return V * inv_sq[:, None, :], good
+    L = np.zeros_like(G)
+    good = np.ones(R, bool)
+    for j in range(q):
+        piv = G[:, j, j] - np.einsum("rk,rk->r", L[:, j, :j], L[:, j, :j])
+        okj = piv > 1e-12 * np.abs(G[:, j, j])
+        good &= okj
+        d = np.sqrt(np.where(okj, piv, 1.0))
+        L[:, j, j] = d
+        for i in range(j + 1, q):
+            L[:, i, j] = (G[:, i, j] - np.einsum("rk,rk->r", L[:, i, :j], L[:, j, :j])) / d
+    X = np.zeros_like(G)  # X = L⁻¹ (lower), column by column
+    for j in range(q):
+        X[:, j, j] = 1.0 / L[:, j, j]
+        for i in range(j + 1, q):
+            X[:, i, j] = -np.einsum("rk,rk->r", L[:, i, j:i], X[:, j:i, j]) / L[:, i, i]
+    X[~good] = 0.0
+    return X.transpose(0, 2, 1), good
+
+
+def residuals(recs: MilleRecords, y: np.ndarray, systems: LocalSystems, meas_rec: np.ndarray) -> np.ndarray:
+    """Measurement residuals after the local fit (global corrections already applied to ``y``)."""
+    nrec = recs.n_records
+    qmax = max((g.lpar.shape[1] for g in systems.groups), default=0)
+    lpar = np.zeros((nrec, max(qmax, 1)))
+    for g in systems.groups:
+        lpar[g.rec, : g.lpar.shape[1]] = g.lpar
+    if not recs.loc_meas.size:
+        return y.copy()
+    pred = np.bincount(recs.loc_meas, weights=recs.loc_der * lpar[meas_rec[recs.loc_meas],
+                                                                   recs.loc_index.astype(np.int64)],
+                       minlength=recs.n_meas)
+    return y - pred

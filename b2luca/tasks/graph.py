@@ -1,0 +1,186 @@
+"""The task graph of a bucket (DESIGN §1): the luigi classes, each only ``requires``/``output``.
+
+The work of each task is a plain function in its own module (:mod:`.setup`, :mod:`.local`,
+:mod:`.calibration`, :mod:`.cdst`, :mod:`.archive`); those modules never import this one, so the
+class graph (which is cyclic: ``ArchiveLogs`` needs groups, cDST calibrations need the production,
+the production needs the raw stage's archives) lives in this one module and the imports stay acyclic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import luigi
+
+from ..dataset import production_runs
+from ..enums import Stage
+from . import archive, calibration, cdst, local, setup
+from .base import BucketTask, BucketWrapperTask
+from .context import archive_task_name, group_name, local_task_name, parse_group, production_task_name
+
+
+# --- before any calibration -----------------------------------------------------------------------
+class PullSettings(BucketTask):
+    """Clone or fast-forward the bucket's settings repository; record its commit and expert overrides."""
+
+    def output_path(self) -> Path:
+        return self.ctx.settings_file
+
+    def run(self) -> None:
+        setup.pull_settings(self.ctx)
+
+
+class MakeRunDB(BucketTask):
+    """Query the run database for the bucket's runs and write the CSV snapshot."""
+
+    def output_path(self) -> Path:
+        return self.ctx.cfg.rundb.snapshot
+
+    def run(self) -> None:
+        setup.make_rundb(self.ctx)
+
+
+# --- local calibrations ---------------------------------------------------------------------------
+class CopyLocalPayloads(BucketTask):
+    """Copy the payloads of one subsystem from one source global tag, IoV set to the bucket."""
+
+    subsystem = luigi.Parameter()
+    source_tag = luigi.Parameter()
+
+    @property
+    def task_name(self) -> str:
+        return local_task_name(self.subsystem, self.source_tag)
+
+    def output_path(self) -> Path:
+        return self.ctx.work_dir / "local" / f"{self.subsystem}_{self.source_tag}.json"
+
+    def run(self) -> None:
+        local.copy_local_payloads(self.ctx, self.subsystem, self.source_tag, self.output_path())
+
+
+class LocalCalibrations(BucketWrapperTask):
+    """All local calibrations of the bucket (one copy task per subsystem and source global tag)."""
+
+    def requires(self) -> list[CopyLocalPayloads]:
+        return [CopyLocalPayloads.req(self, subsystem=sub, source_tag=tag)
+                for sub, tags in self.ctx.cfg.local_calibrations.items() for tag in tags]
+
+
+# --- calibrations ---------------------------------------------------------------------------------
+class CalibrationTask(BucketTask):
+    """One calibration of the catalogue, run through the configured runner."""
+
+    name = luigi.Parameter(description="calibration name (CalibrationSettings.name)")
+
+    @property
+    def task_name(self) -> str:
+        return str(self.name)
+
+    def output_path(self) -> Path:
+        return self.ctx.result_path(self.name)
+
+    def requires(self) -> list[luigi.Task]:
+        ctx = self.ctx
+        info = ctx.catalogue[self.name]
+        required: list[luigi.Task] = [PullSettings.req(self), MakeRunDB.req(self), LocalCalibrations.req(self)]
+        required += [CalibrationTask.req(self, name=dep) for dep in info.depends_on]
+        stage, level = ctx.plan.group_of(self.name)
+        if level > 0:  # the groups of a stage run in series: every payload of the group before is in the prompt tag
+            required.append(GroupTask.req(self, stage=stage, level=level - 1))
+        if info.stage == Stage.CDST:
+            required += [CdstProduction.req(self, run_number=run) for run in production_runs(ctx.cfg)]
+        return required
+
+    def run(self) -> None:
+        calibration.run_calibration(self.ctx, self.name)
+
+
+class GroupTask(BucketWrapperTask):
+    """The calibrations of one plan group (no calibration depends on another in the group)."""
+
+    stage = luigi.Parameter()
+    level = luigi.IntParameter()
+
+    def requires(self) -> list[CalibrationTask]:
+        names = self.ctx.plan.stage(self.stage).groups[self.level]
+        return [CalibrationTask.req(self, name=name) for name in names]
+
+
+# --- cDST production --------------------------------------------------------------------------------
+class CdstProduction(BucketTask):
+    """Reconstruct one run (every data tag) into cDST files, after the whole raw stage.
+
+    ``complete()`` is luigi's default: the run's marker exists.  The marker is not compared with the
+    constants; after ``--rerun`` of a raw calibration the driver deletes the markers (see
+    :func:`b2luca.tasks.driver.invalidate`).
+    """
+
+    run_number = luigi.IntParameter()
+
+    @property
+    def task_name(self) -> str:
+        return production_task_name(self.run_number)
+
+    def output_path(self) -> Path:
+        return self.ctx.work_dir / "cdst_production" / f"r{int(self.run_number):05d}.json"
+
+    def requires(self) -> RunRawCalibrations:
+        return RunRawCalibrations.req(self)
+
+    def run(self) -> None:
+        cdst.produce(self.ctx, int(self.run_number), self.output_path())
+
+
+# --- archives and stages ----------------------------------------------------------------------------
+class ArchiveLogs(BucketTask):
+    """Archive one finished group: ``local``, ``raw-<n>``, ``cdst_production`` or ``cdst-<n>``."""
+
+    group = luigi.Parameter()
+
+    @property
+    def task_name(self) -> str:
+        return archive_task_name(self.group)
+
+    def output_path(self) -> Path:
+        return self.ctx.work_dir / "archive" / f"{self.group}.json"
+
+    def requires(self) -> luigi.Task | list[luigi.Task]:
+        stage, level = parse_group(self.group)
+        if stage == Stage.LOCAL:
+            return LocalCalibrations.req(self)
+        if stage == Stage.PRODUCTION:
+            return [CdstProduction.req(self, run_number=r) for r in production_runs(self.ctx.cfg)]
+        return GroupTask.req(self, stage=stage, level=level)
+
+    def run(self) -> None:
+        archive.archive_group(self.ctx, self.group, self.output_path())
+
+
+def _stage_archives(task: BucketWrapperTask, stage: Stage) -> list[ArchiveLogs]:
+    levels = range(len(task.ctx.plan.stage(stage).groups))
+    return [ArchiveLogs.req(task, group=group_name(stage, level)) for level in levels]
+
+
+class RunRawCalibrations(BucketWrapperTask):
+    """Every raw-stage group, each archived when it finishes."""
+
+    def requires(self) -> list[ArchiveLogs]:
+        return _stage_archives(self, Stage.RAW)
+
+
+class RunCdstCalibrations(BucketWrapperTask):
+    """cDST production (archived) and every cdst-stage group."""
+
+    def requires(self) -> list[ArchiveLogs]:
+        return [ArchiveLogs.req(self, group=Stage.PRODUCTION)] + _stage_archives(self, Stage.CDST)
+
+
+class Bucket(BucketWrapperTask):
+    """The whole prompt calibration loop of one bucket."""
+
+    def requires(self) -> list[luigi.Task]:
+        return [ArchiveLogs.req(self, group=Stage.LOCAL), RunRawCalibrations.req(self), RunCdstCalibrations.req(self)]
+
+
+__all__ = ["ArchiveLogs", "Bucket", "CalibrationTask", "CdstProduction", "CopyLocalPayloads", "GroupTask",
+           "LocalCalibrations", "MakeRunDB", "PullSettings", "RunCdstCalibrations", "RunRawCalibrations"]

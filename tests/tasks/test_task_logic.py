@@ -1,0 +1,261 @@
+"""Fast unit tests of the task graph's logic, with task outputs written by hand instead of running tasks:
+``--rerun`` invalidation, ``--dry-run`` explanations, status rows, group ordering, ``req``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import luigi
+import pytest
+
+from b2luca.dataset import production_runs
+from b2luca.enums import Stage, TaskStatus
+from b2luca.errors import CatalogueError
+from b2luca.tasks import (ArchiveLogs, Bucket, CalibrationTask, CdstProduction, CopyLocalPayloads, GroupTask,
+                          RunRawCalibrations)
+from b2luca.tasks.context import BucketContext, context_for
+from b2luca.tasks.driver import (_dry_run, _walk, collect_rows, invalidate, rerun_closure, reruns_raw,
+                                 status_rows)
+
+RAW = ["CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets", "VXDCDCAlignment"]
+CDST = ["BeamSpot", "ECLCrystalEnergy"]
+RUNS = [1, 2, 3]
+
+
+def _fake_raw_data(cfg_path: Path, runs: list[int] = RUNS) -> None:
+    """The directory layout production_runs looks for (empty ROOT files: nothing reads them here)."""
+    from b2luca.config import load_config
+
+    cfg = load_config(cfg_path)
+    for run in runs:
+        tag = cfg.data.raw_directory / f"e{cfg.bucket.experiment:04d}" / f"r{run:05d}" / "hadron_calib"
+        tag.mkdir(parents=True, exist_ok=True)
+        (tag / "raw.root").write_bytes(b"")
+
+
+@pytest.fixture
+def ctx(bucket_config) -> BucketContext:
+    """The context of a demo-like bucket with three runs of (fake) raw data; nothing has run."""
+    path = bucket_config()
+    _fake_raw_data(path)
+    context_for.cache_clear()
+    return context_for(str(path))
+
+
+def _write(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+
+
+def _finish(ctx: BucketContext, name: str, status: str = TaskStatus.SUCCESS, duration: float = 2.5) -> None:
+    _write(ctx.result_path(name), {"name": name, "status": status, "duration": duration})
+
+
+def _complete_everything(ctx: BucketContext) -> None:
+    """Write every task's output as if the whole bucket had run."""
+    for task in _walk([Bucket(config_path=str(ctx.cfg.path))]):
+        if isinstance(task, luigi.WrapperTask):
+            continue
+        if isinstance(task, CalibrationTask):
+            _finish(ctx, task.name)
+        else:
+            _write(Path(task.output_path()), {"duration": 1.0, "location": "somewhere"})
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- --rerun ------------------------------------------------------------------------------------------
+def test_rerun_closure_raw_calibration_takes_its_dependents_and_the_whole_cdst_stage(ctx):
+    plan = ctx.plan
+    assert rerun_closure(plan, ["CDCTimeZeros"]) == ["CDCTimeZeros", "VXDCDCAlignment", *CDST]
+    assert rerun_closure(plan, ["PXDHotDeadPixels"]) == ["PXDHotDeadPixels", *CDST]
+    assert rerun_closure(plan, ["BeamSpot"]) == ["BeamSpot"]
+    assert rerun_closure(plan, ["BeamSpot", "CDCTimeZeros", "BeamSpot"]) == [
+        "BeamSpot", "CDCTimeZeros", "VXDCDCAlignment", "ECLCrystalEnergy"]
+    assert reruns_raw(plan, ["BeamSpot", "SVDTimeOffsets"]) and not reruns_raw(plan, CDST)
+    with pytest.raises(CatalogueError):
+        rerun_closure(plan, ["NoSuchCalibration"])
+
+
+def test_invalidate_raw_calibration_keeps_history_and_forgets_production_and_archives(ctx):
+    _complete_everything(ctx)
+    work = ctx.work_dir
+    assert invalidate(ctx, ["VXDCDCAlignment"]) == ["VXDCDCAlignment", *CDST]
+    for name in ["VXDCDCAlignment", *CDST]:
+        assert not ctx.result_path(name).exists()
+        history = list((ctx.calibration_dir(name) / "history").glob("result-*.json"))
+        assert len(history) == 1 and json.loads(history[0].read_text())["name"] == name
+    for name in ["CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets"]:
+        assert ctx.result_path(name).is_file()
+    assert not list((work / "cdst_production").glob("r*.json"))  # every production runs again
+    archives = {p.stem for p in (work / "archive").glob("*.json")}
+    assert archives == {"local", "raw-0"}  # raw-1, cdst_production and cdst-0 are archived again
+
+
+def test_invalidate_cdst_calibration_leaves_production_alone(ctx):
+    _complete_everything(ctx)
+    assert invalidate(ctx, ["ECLCrystalEnergy"]) == ["ECLCrystalEnergy"]
+    assert ctx.result_path("BeamSpot").is_file() and not ctx.result_path("ECLCrystalEnergy").exists()
+    assert len(list((ctx.work_dir / "cdst_production").glob("r*.json"))) == len(RUNS)
+    assert {p.stem for p in (ctx.work_dir / "archive").glob("*.json")} == {"local", "raw-0", "raw-1",
+                                                                          "cdst_production"}
+
+
+# --- --dry-run -----------------------------------------------------------------------------------------
+def _dry(ctx: BucketContext, rerun: list[str] = ()) -> dict[str, tuple[str, str]]:
+    lines: list[str] = []
+    outcome = _dry_run(ctx, [Bucket(config_path=str(ctx.cfg.path))], list(rerun), lines.append, 0.0)
+    assert outcome.exit_code == 0 and outcome.luigi_status == "DRY_RUN"
+    return {row.name: (row.state, row.report) for row in outcome.rows}
+
+
+def test_dry_run_of_a_fresh_bucket_explains_every_task(ctx):
+    before = _tree(ctx.work_dir) if ctx.work_dir.exists() else {}
+    rows = _dry(ctx)
+    assert {state for state, _ in rows.values()} == {TaskStatus.WOULD_RUN}
+    assert rows["PullSettings"][1] == f"output missing: {ctx.settings_file}"
+    assert rows["VXDCDCAlignment"][1] == "output missing; after PullSettings, MakeRunDB, LocalPXD:staging_pxd_demo ..."
+    assert rows["CdstProduction:r00002"][1].startswith("output missing; after ")
+    assert set(rows) >= {"LocalPXD:staging_pxd_demo", "ArchiveLogs:cdst_production", *RAW, *CDST}
+    assert (_tree(ctx.work_dir) if ctx.work_dir.exists() else {}) == before  # changes nothing
+
+
+def test_dry_run_names_the_upstream_tasks_that_would_run_first(ctx):
+    _complete_everything(ctx)
+    for name in ["CDCTimeZeros", "VXDCDCAlignment", *CDST]:
+        ctx.result_path(name).unlink()
+    rows = _dry(ctx)
+    assert rows["CDCTimeZeros"] == (TaskStatus.WOULD_RUN, f"output missing: {ctx.result_path('CDCTimeZeros')}")
+    assert rows["VXDCDCAlignment"] == (TaskStatus.WOULD_RUN, "output missing; after CDCTimeZeros")
+    assert rows["SVDTimeOffsets"] == (TaskStatus.DONE, "complete (output exists)")
+    # the productions are complete: the cdst calibrations wait for nothing that would run
+    assert rows["BeamSpot"] == (TaskStatus.WOULD_RUN, f"output missing: {ctx.result_path('BeamSpot')}")
+
+
+def test_dry_run_with_rerun_names_what_the_rerun_invalidates(ctx):
+    _complete_everything(ctx)
+    before = _tree(ctx.work_dir)
+    rows = _dry(ctx)
+    assert all(state == TaskStatus.DONE and why == "complete (output exists)" for state, why in rows.values())
+    rows = _dry(ctx, ["SVDTimeOffsets"])
+    forced = {name for name, (state, why) in rows.items() if why == "--rerun invalidates it"}
+    assert forced == {"SVDTimeOffsets", *CDST, *(f"CdstProduction:r{run:05d}" for run in RUNS)}
+    assert all(rows[name][0] == TaskStatus.WOULD_RUN for name in forced)
+    assert rows["CDCTimeZeros"] == (TaskStatus.DONE, "complete (output exists)")
+    assert _tree(ctx.work_dir) == before
+
+
+# --- status rows -------------------------------------------------------------------------------------
+def test_status_rows_from_outputs_on_disk_and_the_last_run(ctx):
+    rows = {row.name: row for row in status_rows(ctx.cfg)}
+    assert {row.state for row in rows.values()} == {TaskStatus.PENDING}
+    assert (rows["CDCTimeZeros"].kind, rows["CDCTimeZeros"].stage, rows["CDCTimeZeros"].group) == (
+        "calibration", Stage.RAW, "raw-0")
+    assert (rows["BeamSpot"].stage, rows["BeamSpot"].group) == (Stage.CDST, "cdst-0")
+    assert (rows["CdstProduction:r00003"].kind, rows["CdstProduction:r00003"].group) == (
+        "cdst_production", "cdst_production")
+    assert rows["ArchiveLogs:raw-1"].kind == "archive" and rows["MakeRunDB"].kind == "setup"
+
+    _finish(ctx, "CDCTimeZeros", duration=4.0)
+    _finish(ctx, "PXDHotDeadPixels", status=TaskStatus.VALIDATION_FAILED)
+    _write(ctx.work_dir / "status.json", {"rows": [
+        {"name": "SVDTimeOffsets", "state": "failed", "duration": 7.0},
+        {"name": "VXDCDCAlignment", "state": "not run (upstream failed)", "duration": None}]})
+    rows = {row.name: row for row in status_rows(ctx.cfg)}
+    assert (rows["CDCTimeZeros"].state, rows["CDCTimeZeros"].duration) == (TaskStatus.SUCCESS, 4.0)
+    assert rows["CDCTimeZeros"].report.endswith(".md")
+    assert rows["PXDHotDeadPixels"].state == TaskStatus.VALIDATION_FAILED
+    assert (rows["SVDTimeOffsets"].state, rows["SVDTimeOffsets"].duration) == (TaskStatus.FAILED, 7.0)
+    assert rows["VXDCDCAlignment"].state == TaskStatus.UPSTREAM_FAILED
+    assert rows["BeamSpot"].state == TaskStatus.PENDING
+
+
+def test_collect_rows_of_a_run_that_found_everything_done(ctx):
+    _complete_everything(ctx)
+    _finish(ctx, "BeamSpot", status=TaskStatus.VALIDATION_FAILED)
+    rows = {row.name: row for row in collect_rows(ctx, [Bucket(config_path=str(ctx.cfg.path))], records={})}
+    assert rows["CDCTimeZeros"].state == TaskStatus.DONE_BEFORE
+    assert rows["BeamSpot"].state == TaskStatus.DONE_BEFORE_VALIDATION_FAILED
+    assert rows["ArchiveLogs:raw-0"].report == "somewhere"
+
+
+# --- the graph ----------------------------------------------------------------------------------------
+def test_groups_run_in_dependency_order_and_requirements_come_first(ctx):
+    config = str(ctx.cfg.path)
+    plan = ctx.plan
+    assert plan.stage(Stage.RAW).groups == [["CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets"],
+                                            ["VXDCDCAlignment"]]
+    assert plan.stage(Stage.CDST).groups == [CDST]
+    for stage in (Stage.RAW, Stage.CDST):
+        for level, group in enumerate(plan.stage(stage).groups):
+            task = GroupTask(config_path=config, stage=stage, level=level)
+            assert [t.name for t in task.requires()] == group
+            for name in group:  # a calibration's dependencies are in earlier groups
+                for dep in ctx.catalogue[name].depends_on:
+                    dep_stage, dep_level = plan.group_of(dep)
+                    assert (dep_stage, dep_level) < (stage, level) or dep_stage == Stage.RAW
+    order = {task.task_id: index for index, task in enumerate(_walk([Bucket(config_path=config)]))}
+    for task in _walk([Bucket(config_path=config)]):
+        for dep in luigi.task.flatten(task.requires()):
+            assert order[dep.task_id] < order[task.task_id]
+
+
+def test_cdst_calibrations_wait_for_every_production_which_waits_for_the_raw_stage(ctx):
+    config = str(ctx.cfg.path)
+    assert production_runs(ctx.cfg) == RUNS
+    beam = CalibrationTask(config_path=config, name="BeamSpot")
+    productions = [t for t in beam.requires() if isinstance(t, CdstProduction)]
+    assert [t.run_number for t in productions] == RUNS
+    assert productions[0].requires() == RunRawCalibrations(config_path=config)
+    assert [t.group for t in RunRawCalibrations(config_path=config).requires()] == ["raw-0", "raw-1"]
+    assert ArchiveLogs(config_path=config, group="raw-1").requires() == GroupTask(config_path=config,
+                                                                                  stage="raw", level=1)
+    raw = CalibrationTask(config_path=config, name="VXDCDCAlignment")
+    assert not any(isinstance(t, CdstProduction) for t in raw.requires())
+    assert CalibrationTask(config_path=config, name="CDCTimeZeros") in raw.requires()
+
+
+def test_groups_of_a_stage_run_in_series(ctx):
+    """A calibration of group n waits for all of group n-1, not only for what it depends on: it reads the
+    prompt global tag, which must hold every payload of the groups before (PXDMasks for the alignment)."""
+    _complete_everything(ctx)
+    config = str(ctx.cfg.path)
+    align = CalibrationTask(config_path=config, name="VXDCDCAlignment")
+    assert GroupTask(config_path=config, stage="raw", level=0) in align.requires()
+    assert not any(isinstance(t, GroupTask) for t in CalibrationTask(config_path=config, name="BeamSpot").requires())
+    for name in ["PXDHotDeadPixels", "VXDCDCAlignment"]:
+        ctx.result_path(name).unlink()
+    rows = _dry(ctx)
+    assert rows["VXDCDCAlignment"] == (TaskStatus.WOULD_RUN, "output missing; after PXDHotDeadPixels")
+
+
+def test_req_copies_the_shared_parameters(ctx):
+    config = str(ctx.cfg.path)
+    archive = ArchiveLogs(config_path=config, group="local")
+    copy = CopyLocalPayloads.req(archive, subsystem="PXD", source_tag="staging_pxd_demo")
+    assert copy == CopyLocalPayloads(config_path=config, subsystem="PXD", source_tag="staging_pxd_demo")
+    assert copy.task_name == "LocalPXD:staging_pxd_demo"
+    assert ArchiveLogs.req(archive).group == "local"  # own parameters copied too
+    assert ArchiveLogs.req(archive, group="raw-0").group == "raw-0"  # given ones win
+    assert CdstProduction.req(archive, run_number=4).task_name == "CdstProduction:r00004"
+
+
+def test_work_modules_hold_no_task_classes():
+    """Declaration and work are split: the work modules define plain functions, no luigi task."""
+    import importlib
+    import inspect
+
+    for module in ("setup", "local", "calibration", "cdst", "archive", "reporting"):
+        mod = importlib.import_module(f"b2luca.tasks.{module}")
+        assert not [name for name, obj in vars(mod).items()
+                    if inspect.isclass(obj) and issubclass(obj, luigi.Task)], module
+
+
+def test_result_paths_are_per_calibration(ctx):
+    assert ctx.result_path("BeamSpot") == ctx.work_dir / "calibrations" / "BeamSpot" / "result.json"
+    assert os.fspath(CalibrationTask(config_path=str(ctx.cfg.path), name="BeamSpot").output_path()) == \
+        os.fspath(ctx.result_path("BeamSpot"))
