@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .config import BucketConfig, load_config
-from .errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, B2lucaError, ConfigError, ReportConfigError, TransportError
+from .errors import (EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, B2lucaError, ConfigError, ReportConfigError,
+                     TransportError)
 from .errors import UsageError
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:  # the run cancelled its batch jobs already
         print("b2luca: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line here, the whole traceback in a file
         where = _write_traceback(exc)
         print(f"b2luca: internal error: {type(exc).__name__}: {exc} (traceback written to {where})", file=sys.stderr)
@@ -235,7 +236,7 @@ def _batch_runner(argv: list[str]) -> int:
         run_job(args.config, args.task_id)
     except B2lucaError as exc:
         print(f"b2luca: error: {exc}", file=sys.stderr)
-        return exc.exit_code or EXIT_FAILURE
+        return exc.exit_code  # every B2lucaError carries 1 or 2
     return EXIT_OK
 
 

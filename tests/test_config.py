@@ -155,6 +155,12 @@ def test_defaults_come_from_the_dataclasses(tmp_path, demo_doc):
     assert cfg.data.source is DataSource.SYNTHETIC and cfg.report.transport is Transport.LOCAL
     assert cfg.calibrations.on_validation_failure is OnValidationFailure.STOP
     assert cfg.batch.workers == 1 and cfg.batch.resources_for("X").memory_mb == 2000
+    from b2luca.config import BatchConfig
+    from b2luca.enums import BatchSystem
+
+    assert cfg.batch.system is BatchSystem.LOCAL and not cfg.batch.system.is_cluster
+    assert (cfg.batch.retries, cfg.batch.status_cache_ttl, cfg.batch.progress_interval) == (
+        BatchConfig.retries, BatchConfig.status_cache_ttl, BatchConfig.progress_interval)
     assert cfg.archive.directory == cfg.work_dir / "archive" and cfg.data.cdst_directory == cfg.work_dir / "cdst"
 
 
