@@ -1,4 +1,4 @@
-"""Shared fixtures of the batch tests: one simulated bucket per session, private bucket copies, stand-ins."""
+"""Fixtures of the batch tests: bucket copies of the session's simulated bucket (tests/conftest.py), stand-ins."""
 
 from __future__ import annotations
 
@@ -10,38 +10,18 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bucket_helpers
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fakebatch
-
-from bucket_helpers import make_bucket  # noqa: E402
-
-SMALL_EVENTS = {"cosmic_calib": 150, "mumu_tight_or_highm_calib": 600, "hadron_calib": 300,
-                "bhabha_all_calib": 300, "random_calib": 50}
-SECRET = "glpat-b2luca-test-SECRET-4711"
-
-
-@pytest.fixture(scope="session")
-def simulated(tmp_path_factory) -> Path:
-    """The demo bucket's data (small), simulated once; its conditions directory is copied per bucket."""
-    from b2luca.config import load_config
-    from b2luca.dataset import simulate_config
-
-    base = tmp_path_factory.mktemp("batch-sim")
-    cfg = load_config(make_bucket(base, events=SMALL_EVENTS))
-    simulate_config(cfg)
-    return base
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fakebatch (bucket_helpers: tests/conftest.py)
 
 
 @pytest.fixture
-def bucket_copy(simulated, tmp_path):
-    """``bucket_copy(name, changes, calibrations=None)``: a bucket YAML reusing the simulated raw data."""
+def bucket_copy(simulated_bucket, tmp_path):
+    """``bucket_copy(name, changes, calibrations=None)``: a bucket YAML under ``tmp_path/name`` reading the
+    session's simulated raw data, with a private copy of its conditions."""
 
     def make(name: str, changes: dict | None = None, calibrations: Path | None = None) -> Path:
         base = tmp_path / name
         base.mkdir()
-        shutil.copytree(simulated / "conditions", base / "conditions")
-        all_changes = {"data.raw_directory": str(simulated / "data"), **(changes or {})}
-        return make_bucket(base, events=SMALL_EVENTS, calibrations=calibrations, changes=all_changes)
+        return simulated_bucket.config(base, calibrations=calibrations, changes=dict(changes or {}))
 
     return make
 

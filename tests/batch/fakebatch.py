@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 STATE = Path(os.environ.get("FAKEBATCH_DIR", "/tmp/fakebatch"))
+#: A token-looking value the batch tests put into the driver's environment; no job file, log or submission
+#: may carry it.
+SECRET = "glpat-b2luca-test-SECRET-4711"
 TOOLS = ("bsub", "bjobs", "bkill", "condor_submit", "condor_q", "condor_history", "condor_rm")
 
 

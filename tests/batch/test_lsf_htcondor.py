@@ -12,7 +12,7 @@ from b2luca.tasks.context import context_for
 from b2luca.tasks.driver import run_bucket
 from b2luca.tasks.ledger import ledger_path, read_ledger
 
-from conftest import SECRET
+from fakebatch import SECRET
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from b2luca.tasks.batch import apply_settings, job_environment, runs_as_job, sec
 from b2luca.tasks.context import context_for
 
 from bucket_helpers import make_bucket
-from conftest import SECRET
+from fakebatch import SECRET
 
 RESOURCES = {"default": {"cpus": 1, "memory_mb": 1500, "walltime_min": 30},
              "per_task": {"VXDCDCAlignment": {"cpus": 2, "memory_mb": 4321, "walltime_min": 90, "queue": "long"},

@@ -10,7 +10,6 @@ One flow per session (the data is simulated once): a local run for reference, th
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,8 +26,8 @@ from b2luca.tasks.context import context_for
 from b2luca.tasks.driver import run_bucket
 from b2luca.tasks.ledger import ledger_path, read_ledger
 
-from bucket_helpers import copy_calibrations, make_bucket
-from conftest import SECRET, SMALL_EVENTS
+from bucket_helpers import copy_calibrations
+from fakebatch import SECRET
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -40,11 +39,10 @@ FAIL_ONCE = '''    import pathlib as _pathlib
 '''
 
 
-def _bucket(base: Path, simulated: Path, changes: dict | None = None, calibrations: Path | None = None) -> Path:
+def _bucket(base: Path, simulated, changes: dict | None = None, calibrations: Path | None = None) -> Path:
+    """A bucket YAML under ``base`` on the session's simulated bucket (``tests/conftest.py``)."""
     base.mkdir()
-    shutil.copytree(simulated / "conditions", base / "conditions")
-    return make_bucket(base, events=SMALL_EVENTS, calibrations=calibrations,
-                       changes={"data.raw_directory": str(simulated / "data"), **(changes or {})})
+    return simulated.config(base, calibrations=calibrations, changes=dict(changes or {}))
 
 
 def _wait(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
@@ -64,13 +62,13 @@ def _squeue_ids() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def flow(slurm, simulated, tmp_path_factory):
+def flow(slurm, simulated_bucket, tmp_path_factory):
     # Single-threaded BLAS in both runs (jobs inherit these variables), so threading is not one more source
     # of rounding differences between the local and the Slurm run.
     with pytest.MonkeyPatch.context() as mp:
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             mp.setenv(name, "1")
-        yield _flow(simulated, tmp_path_factory)
+        yield _flow(simulated_bucket, tmp_path_factory)
 
 
 def _flow(simulated, tmp_path_factory):
