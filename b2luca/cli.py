@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .config import BucketConfig, load_config
-from .errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, B2lucaError, ConfigError, ReportConfigError, TransportError
+from .errors import (EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, B2lucaError, ConfigError, ReportConfigError,
+                     TransportError)
 from .errors import UsageError
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"\nprompt global tag {backend.tag} ({backend.kind}): {state.value if state else 'not created yet'}")
     except B2lucaError as exc:  # conditions DB unreachable: the rest still stands
         print(f"\nprompt global tag {cfg.conditions.prompt_global_tag}: state not available ({exc})")
+    _print_batch_status(cfg)
     try:
         from .report import read_signoffs
 
@@ -159,6 +161,19 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if pending:
         print(f"{pending} report event(s) wait in the outbox; deliver them with: b2luca report --flush {cfg.path}")
     return EXIT_OK
+
+
+def _print_batch_status(cfg: BucketConfig) -> None:
+    """A run in progress (from its progress file) and the batch job ledger, if any."""
+    from .tasks.ledger import format_ledger, ledger_path, read_ledger
+    from .tasks.progress import Progress, read_progress
+
+    snap = read_progress(cfg.work_dir)
+    if snap is not None and snap["alive"]:
+        print(f"\nrun in progress (driver pid {snap['pid']}): {Progress.line(snap)}")
+    jobs = read_ledger(ledger_path(cfg.work_dir))
+    if jobs:
+        print(f"\nbatch jobs (ledger {ledger_path(cfg.work_dir)}):\n{format_ledger(jobs)}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -230,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``b2luca`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--batch-runner" in argv:  # b2luigi's job entry: run one task of the bucket inside a batch job
+        return _batch_runner(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -242,10 +260,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except B2lucaError as exc:
         print(f"b2luca: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # the run cancelled its batch jobs already
+        print("b2luca: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line here, the whole traceback in a file
         where = _write_traceback(exc)
         print(f"b2luca: internal error: {type(exc).__name__}: {exc} (traceback written to {where})", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _batch_runner(argv: list[str]) -> int:
+    """``b2luca --batch-runner --task-id ID --config YAML`` (what a batch job runs): exit 0 only on success."""
+    parser = argparse.ArgumentParser(prog="b2luca --batch-runner")
+    parser.add_argument("--batch-runner", action="store_true", required=True)
+    parser.add_argument("--task-id", required=True)
+    parser.add_argument("--config", required=True, help="the bucket YAML (the driver's path, verbatim)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .tasks.batch import run_job
+
+    try:
+        run_job(args.config, args.task_id)
+    except B2lucaError as exc:
+        print(f"b2luca: error: {exc}", file=sys.stderr)
+        return exc.exit_code  # every B2lucaError carries 1 or 2
+    return EXIT_OK
 
 
 def _write_traceback(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import jsonschema
 
-from .enums import ConditionsBackend, DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
+from .enums import BatchSystem, ConditionsBackend, DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
 from .errors import ConfigError
 from .config_checks import non_finite_problems, parse_config_yaml, raise_problems, read_config_text
 from .iov import IoV
@@ -185,10 +185,17 @@ class Resources:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    system: str = "local"
+    system: BatchSystem = BatchSystem.LOCAL
     workers: int = 1
     default_resources: Resources = Resources()
     per_task: dict[str, Resources] = field(default_factory=dict)
+    # batch clusters (issue 13): retries after a failed job, b2luigi's job-status cache, progress lines
+    retries: int = 1
+    status_cache_ttl: float = 2.0
+    progress_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        _coerce(self, "system", BatchSystem)
 
     def resources_for(self, task_name: str) -> Resources:
         """Resources of one task: its own entry or the default."""
@@ -405,7 +412,7 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
         report=ReportConfig(**_present(report, "transport"), gitlab=GitLabConfig(**gitlab) if gitlab else None),
         archive=ArchiveConfig(directory=path_or(archive, "directory", work_dir / "archive"),
                               **_present(archive, "max_file_size_mb")),
-        batch=BatchConfig(**_present(batch, "system", "workers"),
+        batch=BatchConfig(**_present(batch, "system", "workers", "retries", "status_cache_ttl", "progress_interval"),
                           default_resources=Resources(**batch_res.get("default", {})),
                           per_task={k: Resources(**v) for k, v in batch_res.get("per_task", {}).items()}),
     )

@@ -102,5 +102,19 @@ class OnValidationFailure(StrEnum):
     CONTINUE = "continue"
 
 
-__all__ = ["ConditionsBackend", "DataSource", "OnValidationFailure", "REPORT_STATES", "RunDBSource", "RunnerType",
-           "Stage", "TaskStatus", "Transport"]
+class BatchSystem(StrEnum):
+    """``batch.system``: run every task in the driver, or calibrations and cDST productions as batch jobs."""
+
+    LOCAL = "local"
+    SLURM = "slurm"
+    LSF = "lsf"
+    HTCONDOR = "htcondor"
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether tasks are submitted to a batch system (every choice but ``local``)."""
+        return self is not BatchSystem.LOCAL
+
+
+__all__ = ["BatchSystem", "ConditionsBackend", "DataSource", "OnValidationFailure", "REPORT_STATES", "RunDBSource",
+           "RunnerType", "Stage", "TaskStatus", "Transport"]

@@ -17,9 +17,10 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); a batch run cancelled its jobs first
 
 __all__ = [
-    "EXIT_OK", "EXIT_FAILURE", "EXIT_CONFIG",
+    "EXIT_OK", "EXIT_FAILURE", "EXIT_CONFIG", "EXIT_INTERRUPTED",
     "B2lucaError", "UserError", "WorkError",
     "UsageError", "ConfigError", "CatalogueError", "SettingsRepoError", "ReportConfigError",
     "DataError", "RawDataError", "RootReadError", "ProductionError", "RunDBError", "RunnerError",

@@ -56,7 +56,7 @@ MISTAKES = [
     ("bucket.last_run", 0, r"bucket\.last_run: must be >= bucket\.first_run"),
     ("runner.type", "slurm", r"runner\.type: must be one of 'native', 'basf2'"),
     ("batch.workers", 0, r"batch\.workers: must be >= 1"),
-    ("batch.wrokers", 3, r"batch\.wrokers: is not a known key here; expected one of: resources, system, workers"),
+    ("batch.wrokers", 3, r"batch\.wrokers: is not a known key here; expected one of: progress_interval, resources, retries, status_cache_ttl, system, workers"),
     ("conditions.database_chain", [], r"conditions\.database_chain: must not be empty"),
     ("conditions.database_chain", ["nominal_demo", "prompt_demo"], r"must not contain the prompt global tag"),
     ("calibrations.on_validation_failure", "ignore", r"on_validation_failure: must be one of 'stop', 'continue'"),
@@ -126,14 +126,14 @@ def test_site_example_validates():
 
 def test_schema_choices_are_the_enums():
     """Every choice key of the schema lists exactly the members of its enum (one vocabulary)."""
-    from b2luca.enums import ConditionsBackend, DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
+    from b2luca.enums import BatchSystem, ConditionsBackend, DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
 
     props = load_schema(1)["properties"]
     for section, key, enum in [("data", "source", DataSource), ("rundb", "source", RunDBSource),
                                ("conditions", "backend", ConditionsBackend),
                                ("report", "transport", Transport), ("runner", "type", RunnerType),
                                ("calibrations", "on_validation_failure", OnValidationFailure),
-                               ("conditions", "backend", ConditionsBackend)]:
+                               ("batch", "system", BatchSystem)]:
         assert props[section]["properties"][key]["enum"] == [m.value for m in enum], (section, key)
 
 
@@ -156,6 +156,12 @@ def test_defaults_come_from_the_dataclasses(tmp_path, demo_doc):
     assert cfg.data.source is DataSource.SYNTHETIC and cfg.report.transport is Transport.LOCAL
     assert cfg.calibrations.on_validation_failure is OnValidationFailure.STOP
     assert cfg.batch.workers == 1 and cfg.batch.resources_for("X").memory_mb == 2000
+    from b2luca.config import BatchConfig
+    from b2luca.enums import BatchSystem
+
+    assert cfg.batch.system is BatchSystem.LOCAL and not cfg.batch.system.is_cluster
+    assert (cfg.batch.retries, cfg.batch.status_cache_ttl, cfg.batch.progress_interval) == (
+        BatchConfig.retries, BatchConfig.status_cache_ttl, BatchConfig.progress_interval)
     assert cfg.archive.directory == cfg.work_dir / "archive" and cfg.data.cdst_directory == cfg.work_dir / "cdst"
 
 

@@ -30,8 +30,10 @@ from ..config import BucketConfig
 from ..dataset import ensure_data, production_runs
 from ..enums import Stage, TaskStatus
 from ..report import local_issue_path, open_reporter
+from . import batch, progress  # batch clusters and live progress (issue 13)
 from .context import BucketContext, context_for, group_name, local_task_name, production_task_name, read_json
 from .graph import ArchiveLogs, Bucket, CalibrationTask, CdstProduction, CopyLocalPayloads, PullSettings
+from .ledger import format_ledger
 
 log = logging.getLogger("b2luca.driver")
 
@@ -390,9 +392,21 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     ctx.emit("bucket_started", None, requested_iov=cfg.requested_iov.as_list(), settings_commit=settings_commit,
              work_dir=str(cfg.work_dir), plan=plan_events(ctx))
     factory = RecordingFactory()
-    result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
-                         detailed_summary=True, worker_scheduler_factory=factory)
+    build_factory = batch.worker_factory(factory, cfg)
+    ledger = getattr(build_factory, "ledger", None)
+    labels = {t.task_id: _describe(t, ctx)[::2] for t in _walk(tasks) if not isinstance(t, luigi.WrapperTask)}
+    try:
+        with progress.Progress(cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
+                               (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval):
+            result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
+                                 detailed_summary=True, worker_scheduler_factory=build_factory)
+    except KeyboardInterrupt:
+        cancelled = batch.cancel_live_jobs(cfg)
+        echo(f"interrupted; cancelled {len(cancelled)} batch job(s)" if cancelled else "interrupted")
+        raise
     records = factory.scheduler.records if factory.scheduler else {}
+    if ledger:
+        batch.settle(ledger, [t for t in _walk(tasks) if t.task_id in labels])
     context_for.cache_clear()
     ctx = context_for(config_path)
     rows = collect_rows(ctx, tasks, records)
@@ -409,11 +423,13 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     seconds = time.perf_counter() - start
     write_json_atomic(cfg.work_dir / "status.json", {
         "bucket": cfg.name, "finished": time.time(), "success": ok, "luigi_status": result.status.name,
-        "seconds": seconds, "rows": [r.__dict__ for r in rows]})
+        "seconds": seconds, "rows": [r.__dict__ for r in rows], "batch_jobs": ledger.tasks if ledger else {}})
     state = finish_run(tag_backend, ctx.emit, all_passed=ok and only is None)
     ctx.emit("bucket_finished", None, success=ok, counts=counts)
     pending = ctx.reporter.flush()
     echo(format_table(rows))
+    if ledger and ledger.tasks:
+        echo(f"\nbatch jobs ({cfg.batch.system}; ledger {ledger.path}):\n" + format_ledger(ledger.tasks))
     if pending:
         echo(f"\n{pending} report event(s) could not be delivered yet; they wait in "
              f"{cfg.work_dir / 'report'}; deliver them with: b2luca report --flush {cfg.path}")
