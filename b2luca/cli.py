@@ -39,10 +39,6 @@ def _load_plan(cfg: BucketConfig) -> tuple[Catalogue, Plan]:
         raise ConfigError(f"{cfg.path}: calibrations.upload.{unknown[0]}: no calibration of that name in "
                           f"{cfg.calibrations.directory} (use 'default' or one of: "
                           f"{', '.join(sorted(catalogue.calibrations))})")
-    from .config_checks import expert_config_problems, raise_problems
-
-    raise_problems(expert_config_problems(cfg.path, cfg.calibrations.expert_config, {
-        name: info.settings.expert_config for name, info in catalogue.calibrations.items()}))
     return catalogue, ctx.plan
 
 

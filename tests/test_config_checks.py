@@ -36,7 +36,8 @@ def _error(path: Path) -> str:
 @pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 100, 5000])
 def test_deep_nesting_is_refused_not_recursion_error(tmp_path, depth):
     path = _write(tmp_path, _demo_text() + "extra: " + "[" * depth + "]" * depth + "\n")
-    assert re.search(rf"line 65\b.*(nested more than {MAX_DEPTH} levels|exceeded maximum nesting depth)", _error(path))
+    line = _demo_text().count("\n") + 1  # the appended key's line
+    assert re.search(rf"line {line}\b.*(nested more than {MAX_DEPTH} levels|exceeded maximum nesting depth)", _error(path))
 
 
 def test_invalid_utf8_names_the_line(tmp_path):
@@ -103,11 +104,17 @@ def test_big_file_refused_by_size_quickly(tmp_path):
     assert time.perf_counter() - start < 1
 
 
+def _with_expert_config(entries: str) -> str:
+    """The demo config with ``entries`` (YAML lines) added under calibrations.expert_config."""
+    text = _demo_text()
+    assert "\n  expert_config:\n" in text
+    return text.replace("\n  expert_config:\n", "\n  expert_config:\n" + entries, 1)
+
+
 def test_expert_config_checked_against_script_defaults(tmp_path, capsys):
-    text = _demo_text().replace(
-        "expert_config: {}",
-        "expert_config:\n    CDCTimeZeros: {max_iterations: many, max_iteration: 3, initial_sigma_mm: 0.2}\n"
-        "    BeamSpot: {min_events: 2.5}")
+    text = _with_expert_config(
+        "    CDCTimeZeros: {max_iterations: many, max_iteration: 3, initial_sigma_mm: 0.2}\n"
+        "    BeamSpot: {min_events: 2.5}\n")
     path = _write(tmp_path, text)
     assert main(["check", str(path)]) == 2
     err = capsys.readouterr().err
@@ -119,8 +126,7 @@ def test_expert_config_checked_against_script_defaults(tmp_path, capsys):
 
 
 def test_valid_overrides_still_pass(tmp_path, capsys):
-    text = _demo_text().replace("expert_config: {}",
-                                "expert_config:\n    CDCTimeZeros: {max_iterations: 12, initial_sigma_mm: 1}")
+    text = _with_expert_config("    CDCTimeZeros: {max_iterations: 12, initial_sigma_mm: 1}\n")
     assert main(["check", str(_write(tmp_path, text))]) == 0
 
 

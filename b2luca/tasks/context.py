@@ -16,6 +16,7 @@ from typing import Any
 from ..catalogue import Catalogue, Plan, build_plan, discover
 from ..conditions import DatabaseChain, GlobalTag, LocalDatabase
 from ..config import BucketConfig, load_config
+from ..config_checks import expert_config_problems, raise_problems
 from ..enums import Stage
 from ..report import Reporter, open_reporter
 
@@ -68,8 +69,7 @@ class BucketContext:
         catalogue = discover(self.cfg.calibrations.directory, self.cfg.calibrations.extra_input_data_filters)
         if self.cfg.calibrations.select:
             catalogue = catalogue.select(self.cfg.calibrations.select)
-        from ..config_checks import expert_config_problems, raise_problems  # overrides vs. the scripts' defaults
-
+        # overrides vs. the scripts' defaults
         raise_problems(expert_config_problems(self.cfg.path, self.cfg.calibrations.expert_config, {
             name: info.settings.expert_config for name, info in catalogue.calibrations.items()}))
         return catalogue

@@ -21,7 +21,8 @@ import luigi.interface
 import luigi.scheduler
 import luigi.worker
 
-from ..atomic import write_json_atomic
+from ..atomic import clean_bucket_temp_files, write_json_atomic
+from ..conditions.verify import bucket_databases, damage_report, verify_databases
 from ..catalogue import Plan
 from ..conditions.backend import backend_for
 from ..conditions.lifecycle import begin_run, finish_run
@@ -374,8 +375,6 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     # Pre-flight of the report transport (GitLab: token, project, access) before anything runs;
     # a ReportConfigError ends the run with its message (exit code 2).
     open_reporter(cfg.report, cfg.work_dir, cfg.name, preflight=True)
-    from ..atomic import clean_bucket_temp_files
-
     clean_bucket_temp_files(cfg, echo)  # leftovers of a killed earlier run (e.g. .raw_*.root.*.tmp)
     message = ensure_data(cfg)
     if message:
@@ -413,8 +412,6 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
     failed = [r for r in rows if r.state in _NOT_FINISHED]
     validation_failed = [r for r in rows if r.state in _VALIDATION_FAILED]
     ok = result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY") and not failed and not validation_failed
-    from ..conditions.verify import bucket_databases, damage_report, verify_databases
-
     damage = verify_databases(bucket_databases(cfg))  # no SUCCESS on a damaged conditions database
     ok = ok and not damage
     counts: dict[str, int] = {}
