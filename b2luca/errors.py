@@ -24,6 +24,7 @@ __all__ = [
     "UsageError", "ConfigError", "CatalogueError", "SettingsRepoError", "ReportConfigError",
     "DataError", "RawDataError", "RootReadError", "ProductionError", "RunDBError", "RunnerError",
     "CalibrationFailed", "DatabaseError", "GlobalTagError", "PayloadError", "EventError", "TransportError",
+    "RunLockedError", "UnsafePathError", "UndeclaredDependencyError",
 ]
 
 
@@ -118,3 +119,16 @@ class TransportError(WorkError):
         super().__init__(message)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
+
+
+# --- issue 17 (part B): run lock, paths that leave their root, undeclared payload dependencies ------
+class RunLockedError(WorkError, RuntimeError):
+    """Another ``b2luca run`` of the same bucket holds the run lock (the message names pid, host, start)."""
+
+
+class UnsafePathError(UserError, ValueError):
+    """A name that becomes a path component would leave its root directory (``..``, ``/``, empty ...)."""
+
+
+class UndeclaredDependencyError(WorkError, RuntimeError):
+    """A calibration read a payload produced in this bucket by a calibration it does not depend on."""

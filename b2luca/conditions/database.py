@@ -179,10 +179,16 @@ class LocalDatabase:
 
 
 class DatabaseChain:
-    """An ordered list of databases; a look-up returns the first database's match."""
+    """An ordered list of databases; a look-up returns the first database's match.
+
+    Every look-up is recorded (:meth:`lookups`): which payload was asked for and where it was found, so
+    the runner can tell which payloads a calibration read and check them against its declared
+    dependencies.
+    """
 
     def __init__(self, databases: Sequence[LocalDatabase]) -> None:
         self.databases = list(databases)
+        self._lookups: dict[tuple[str, str, str], None] = {}  # (name, database or "", revision or "")
 
     def __repr__(self) -> str:
         return f"DatabaseChain({[str(db.path) for db in self.databases]})"
@@ -198,8 +204,16 @@ class DatabaseChain:
         for database in self.databases:
             entry = database.lookup(name, exprun)
             if entry is not None:
+                self._lookups[(name, str(database.path), str(entry.revision))] = None
                 return entry
+        self._lookups[(name, "", "")] = None
         return None
+
+    def lookups(self) -> list[dict[str, str | None]]:
+        """Every payload looked up so far, in first-look-up order: ``{"name", "database", "revision"}``
+        (database and revision None when no database of the chain had it)."""
+        return [{"name": name, "database": database or None, "revision": revision or None}
+                for name, database, revision in self._lookups]
 
     def read(self, name: str, exprun: ExpRun) -> dict[str, np.ndarray]:
         """Read the payload ``name`` valid for ``exprun`` from the first database that has it."""

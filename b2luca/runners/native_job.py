@@ -22,6 +22,8 @@ from ..conditions import DatabaseChain, LocalDatabase
 from ..contract import CALIBRATE, RUN_VALIDATION, CalibrationJob, Verdict
 from ..dataset import expand_input
 from ..iov import ExpRun, IoV
+from ..paths import check_name, under
+from ..payload_deps import READS_FILE, write_reads
 from .base import output_database
 
 
@@ -66,7 +68,8 @@ def chain_from_caf_config(config: dict) -> DatabaseChain:
         if path.name == "database.txt":
             databases.append(LocalDatabase(path.parent))
         elif directory:
-            databases.append(LocalDatabase(Path(directory) / entry))
+            databases.append(LocalDatabase(under(directory, check_name(entry, "database_chain entry"),
+                                                 what="database_chain")))
         else:
             raise ValueError(f"global tag {entry!r} in database_chain cannot be resolved locally")
     return DatabaseChain(databases)
@@ -89,7 +92,10 @@ def do_calibrate(caf_config: Path, input_data: Path) -> None:
         work_dir=Path.cwd(), log=log)
     log.info("calibrating %s on %s", settings.name,
              ", ".join(f"{k}: {len(v)} files" for k, v in job.input_files.items()))
-    function(job)
+    try:
+        function(job)
+    finally:  # what it read, also when it failed (the task checks it against depends_on)
+        write_reads(Path.cwd() / READS_FILE, job.database_chain.lookups())
     stored = [e.name for e in job.output_db.entries()]
     missing = sorted(set(settings.produced_payloads) - set(stored))
     if missing:

@@ -18,6 +18,7 @@ import luigi
 
 from .base import BucketTask
 from ..atomic import write_json_atomic
+from ..paths import check_name, under
 from .context import STAGE_LOCAL, STAGE_PRODUCTION
 
 
@@ -66,13 +67,15 @@ class ArchiveLogs(BucketTask):
     def run(self) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg
         day = _dt.date.today().isoformat()
-        destination = cfg.archive.directory / cfg.name / day / self.group
+        destination = under(cfg.archive.directory, check_name(cfg.name, "bucket.name"), day,
+                            check_name(self.group, "group"), what="archive destination")
         limit = cfg.archive.max_file_size_mb * 1024 * 1024
         destination.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{self.group}.", dir=destination.parent))
         copied, skipped = 0, 0
         try:
             for label, source in self._sources():
+                check_name(label, "archive label")
                 if not source.is_dir():
                     continue
                 for path, relative in _small_files(source, limit):

@@ -6,6 +6,7 @@ import time
 import b2luigi
 import luigi
 
+from ..failures import cause_line
 from .context import BucketContext, context_for
 
 
@@ -26,6 +27,10 @@ class BucketTask(b2luigi.Task):
     @staticmethod
     def now() -> float:
         return time.time()
+
+    def on_failure(self, exception: BaseException) -> str:
+        """luigi's failure explanation with the one-line cause first (the driver shows that line)."""
+        return f"{cause_line(exception)}\n{super().on_failure(exception)}"
 
 
 class BucketWrapperTask(b2luigi.WrapperTask):

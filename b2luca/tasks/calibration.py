@@ -26,6 +26,8 @@ from .context import STAGE_CDST, STAGE_RAW, read_json
 from .local import LocalCalibrations
 from .setup import MakeRunDB, PullSettings
 from ..errors import CalibrationFailed
+from ..failures import cause_from_log
+from ..payload_deps import READS_FILE, check_reads
 
 STATUS_SUCCESS, STATUS_VALIDATION_FAILED = "success", "validation-failed"
 
@@ -183,9 +185,14 @@ class CalibrationTask(BucketTask):
         if out.exists():  # a previous, unfinished attempt: its partial output must not leak into this one
             shutil.rmtree(out)
         log_path.unlink(missing_ok=True)
+        reads = work / READS_FILE
+        reads.unlink(missing_ok=True)
         result = runner_for(self.ctx.cfg).calibrate(caf_config, input_data, work, log_path)
         if not result.ok:
-            raise CalibrationFailed(f"calibration script exited with code {result.returncode} (log {log_path})")
+            cause = cause_from_log(log_path)
+            raise CalibrationFailed(f"calibration script exited with code {result.returncode}"
+                                    + (f": {cause}" if cause else "") + f" (log {log_path})")
+        check_reads(self.ctx.catalogue, self.ctx.plan, self.name, reads)
 
     def _validate(self, info, work: Path, input_data: Path) -> Verdict | None:
         if info.validation_path is None:
@@ -202,7 +209,9 @@ class CalibrationTask(BucketTask):
         result = runner_for(self.ctx.cfg).validate(info.validation_path, work, input_data, verdict_path,
                                                           out_dir, log_path, self.ctx.reference_paths())
         if not result.ok or not verdict_path.is_file():
-            raise CalibrationFailed(f"validation script exited with code {result.returncode} (log {log_path})")
+            cause = cause_from_log(log_path)
+            raise CalibrationFailed(f"validation script exited with code {result.returncode}"
+                                    + (f": {cause}" if cause else "") + f" (log {log_path})")
         verdict = Verdict.load(verdict_path)
         plots = [str(p if Path(p).is_absolute() else out_dir / p) for p in verdict.plots]
         self.ctx.emit("validation", self.name, passed=verdict.passed, figures=verdict.figures, plots=plots,

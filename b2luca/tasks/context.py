@@ -15,6 +15,7 @@ from typing import Any
 from ..catalogue import Catalogue, Plan, build_plan, discover
 from ..conditions import DatabaseChain, GlobalTag, LocalDatabase
 from ..config import BucketConfig, load_config
+from ..paths import check_name, under
 
 STAGE_LOCAL, STAGE_RAW, STAGE_PRODUCTION, STAGE_CDST = "local", "raw", "cdst_production", "cdst"
 
@@ -51,7 +52,7 @@ class BucketContext:
         return self.cfg.work_dir
 
     def calibration_dir(self, name: str) -> Path:
-        return self.work_dir / "calibrations" / name
+        return under(self.work_dir / "calibrations", check_name(name, "calibration name"), what="calibration")
 
     def result_path(self, name: str) -> Path:
         """The result file of a calibration: its luigi output, written last."""
@@ -74,7 +75,7 @@ class BucketContext:
         """Database directories in look-up order: the prompt global tag, then the configured chain."""
         root = self.cfg.conditions.directory
         names = [self.cfg.conditions.prompt_global_tag, *self.cfg.conditions.database_chain]
-        return [root / name for name in names]
+        return [under(root, check_name(name, "global tag"), what="conditions global tag") for name in names]
 
     def chain(self) -> DatabaseChain:
         return DatabaseChain([LocalDatabase(p) for p in self.chain_paths()])
@@ -83,7 +84,8 @@ class BucketContext:
         ref = self.cfg.conditions.reference_global_tag
         if not ref:
             return []
-        path = self.cfg.conditions.directory / ref
+        path = under(self.cfg.conditions.directory, check_name(ref, "conditions.reference_global_tag"),
+                     what="conditions global tag")
         return [str(path)] if path.is_dir() else []
 
     # --- reporting ----------------------------------------------------------------------------

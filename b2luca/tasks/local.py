@@ -9,6 +9,7 @@ import luigi
 from ..conditions import GlobalTag, copy_payloads
 from .base import BucketTask, BucketWrapperTask
 from ..atomic import write_json_atomic
+from ..paths import check_name, under
 from .context import STAGE_LOCAL
 
 
@@ -23,7 +24,9 @@ class CopyLocalPayloads(BucketTask):
         return f"Local{self.subsystem}:{self.source_tag}"
 
     def output_path(self) -> Path:
-        return self.ctx.work_dir / "local" / f"{self.subsystem}_{self.source_tag}.json"
+        name = f"{check_name(self.subsystem, 'local_calibrations subsystem')}_" \
+               f"{check_name(self.source_tag, 'local_calibrations global tag')}.json"
+        return under(self.ctx.work_dir / "local", name, what="local calibration output")
 
     def run(self) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg
