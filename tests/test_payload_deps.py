@@ -1,0 +1,79 @@
+"""Issue 17 item 7: payloads a calibration reads versus what it declares in depends_on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from b2luca.catalogue import build_plan, discover
+from b2luca.conditions import DatabaseChain, LocalDatabase
+from b2luca.errors import UndeclaredDependencyError
+from b2luca.iov import ExpRun, IoV
+from b2luca.payload_deps import check_reads, undeclared_reads, write_reads
+
+from bucket_helpers import REPO, copy_calibrations
+
+ALIGNMENT_READS = ["VXDAlignment", "CDCAlignment", "CDCTimeZeros", "SVDTimeOffsets", "PXDMasks"]
+
+
+def test_alignment_declares_every_calibration_whose_payloads_it_reads():
+    catalogue = discover(REPO / "calibrations")
+    plan = build_plan(catalogue)
+    assert {"CDCTimeZeros", "SVDTimeOffsets", "PXDHotDeadPixels"} <= set(plan.dependencies("VXDCDCAlignment"))
+    assert undeclared_reads(catalogue, plan, "VXDCDCAlignment", ALIGNMENT_READS) == []
+
+
+def test_the_old_declaration_is_caught(tmp_path: Path):
+    calibrations = copy_calibrations(tmp_path)
+    script = calibrations / "vxdcdc_alignment.py"
+    text = script.read_text()
+    assert "depends_on=[cdc_t0, svd_t0, pxd_masks]" in text
+    script.write_text(text.replace("depends_on=[cdc_t0, svd_t0, pxd_masks]", "depends_on=[cdc_t0]"))
+    catalogue = discover(calibrations)
+    plan = build_plan(catalogue)
+    assert undeclared_reads(catalogue, plan, "VXDCDCAlignment", ALIGNMENT_READS) == [
+        ("SVDTimeOffsets", ["SVDTimeOffsets"]), ("PXDMasks", ["PXDHotDeadPixels"])]
+    reads = tmp_path / "payloads_read.json"
+    write_reads(reads, [{"name": n, "database": None, "revision": None} for n in ALIGNMENT_READS])
+    with pytest.raises(UndeclaredDependencyError) as info:
+        check_reads(catalogue, plan, "VXDCDCAlignment", reads)
+    message = str(info.value)
+    assert "SVDTimeOffsets (produced by SVDTimeOffsets)" in message and "PXDMasks (produced by PXDHotDeadPixels)" in message
+    assert "Add PXDHotDeadPixels, SVDTimeOffsets to depends_on" in message and str(script) in message
+
+
+def test_stage_order_counts_as_a_dependency():
+    catalogue = discover(REPO / "calibrations")
+    plan = build_plan(catalogue)
+    assert undeclared_reads(catalogue, plan, "BeamSpot", ["VXDAlignment", "CDCTimeZeros", "BeamSpot"]) == []
+    # a raw calibration reading a cdst calibration's payload gets the previous bucket run's revision
+    assert undeclared_reads(catalogue, plan, "CDCTimeZeros", ["BeamSpot"]) == [("BeamSpot", ["BeamSpot"])]
+    check_reads(catalogue, plan, "CDCTimeZeros", Path("/nonexistent/payloads_read.json"))  # basf2 runner: no record
+
+
+def test_chain_records_every_lookup(tmp_path: Path):
+    first, second = LocalDatabase(tmp_path / "a").create(), LocalDatabase(tmp_path / "b").create()
+    second.store("CDCTimeZeros", {"t0": np.zeros(3)}, IoV(0, 0, -1, -1))
+    chain = DatabaseChain([first, second])
+    run = ExpRun(26, 1)
+    assert chain.read_or_none("PXDMasks", run) is None
+    chain.read("CDCTimeZeros", run)
+    chain.lookup("CDCTimeZeros", run)
+    assert chain.lookups() == [{"name": "PXDMasks", "database": None, "revision": None},
+                               {"name": "CDCTimeZeros", "database": str(second.path), "revision": "1"}]
+
+
+def test_alignment_looks_up_exactly_its_reconstruction_payloads(tmp_path: Path):
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from b2luca.reco.measurements import load_constants
+    from calibrations.vxdcdc_alignment import RECO_PAYLOADS
+
+    chain = DatabaseChain([LocalDatabase(tmp_path / "empty").create()])
+    load_constants(chain, ExpRun(26, 1), names=RECO_PAYLOADS)
+    assert [item["name"] for item in chain.lookups()] == list(RECO_PAYLOADS) == ALIGNMENT_READS
+    assert json.dumps(chain.lookups())  # what the native runner writes
