@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from b2luca.catalogue_ast import CatalogueError, DependencyRef, ParsedScript, read_script
-from b2luca.paths import check_name
+from b2luca.paths import check_component
 
 __all__ = [
     "ALLOWED_DATA_FORMATS", "INPUT_DATA_FILTERS", "CalibrationInfo", "CalibrationSettings", "Catalogue",
@@ -112,7 +112,7 @@ def _check_name(name: Any, cls: str) -> None:
         raise ValueError(f"{cls}: name must be a non-empty string, got {name!r}")
     if len(name) > 64:
         raise ValueError(f"{cls}(name={name!r}): name cannot be longer than 64 characters (has {len(name)})")
-    check_name(name, f"{cls}(name=...)")  # the name becomes a directory: calibrations/<name>/, archive/.../<name>/
+    check_component(name, f"{cls}(name=...)")  # the name becomes a directory: calibrations/<name>/, archive/.../<name>/
 
 
 @dataclass(frozen=True, kw_only=True, eq=True)

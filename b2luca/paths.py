@@ -27,6 +27,20 @@ def check_name(name: object, what: str) -> str:
     return name
 
 
+def check_component(name: object, what: str) -> str:
+    """Return ``name`` if it is usable as one path component; else raise :class:`UnsafePathError`.
+
+    Looser than :func:`check_name`, for names other people choose (basf2 calibration names such as
+    ``"CDC Tracking"`` hold spaces): anything printable except ``/``, ``\\``, a leading ``.`` (so never
+    ``.`` or ``..``) and surrounding blanks.
+    """
+    if (not isinstance(name, str) or not name.strip() or name != name.strip() or name.startswith(".")
+            or any(c in name for c in "/\\") or not name.isprintable()):
+        raise UnsafePathError(f"{what}: {name!r} cannot be used as a file or directory name; expected printable "
+                              f"characters without '/' or '\\', not starting with '.'")
+    return name
+
+
 def under(root: "str | os.PathLike[str]", *parts: "str | os.PathLike[str]", what: str = "path") -> Path:
     """``root / parts...``, checked to stay under ``root`` (after resolving ``..`` and symlinks).
 
@@ -42,4 +56,4 @@ def under(root: "str | os.PathLike[str]", *parts: "str | os.PathLike[str]", what
     return path
 
 
-__all__ = ["NAME_PATTERN", "check_name", "under"]
+__all__ = ["NAME_PATTERN", "check_component", "check_name", "under"]

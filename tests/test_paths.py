@@ -14,7 +14,7 @@ from b2luca.catalogue import discover
 from b2luca.conditions import GlobalTag
 from b2luca.config import load_config
 from b2luca.errors import B2lucaError, CatalogueError, ConfigError, GlobalTagError, UnsafePathError
-from b2luca.paths import check_name, under
+from b2luca.paths import check_component, check_name, under
 from b2luca.runners.base import output_database
 from b2luca.tasks.context import BucketContext
 
@@ -30,6 +30,13 @@ def test_check_name_rejects_path_tricks(name):
 @pytest.mark.parametrize("name", ["VXDCDCAlignment", "prompt_demo", "data_reprocessing_prompt.v2", "r-1", "_x"])
 def test_check_name_accepts_ordinary_names(name):
     assert check_name(name, "x") == name
+
+
+def test_calibration_names_may_hold_spaces_but_no_path_tricks():
+    assert check_component("CDC Tracking", "calibration") == "CDC Tracking"  # a real basf2 calibration name
+    for bad in ("..", ".", "../../../X", "a/b", "a\\b", "", " x", ".hidden", "x\n"):
+        with pytest.raises(UnsafePathError, match="calibration"):
+            check_component(bad, "calibration")
 
 
 def test_under_keeps_paths_under_their_root(tmp_path: Path):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 from ..errors import RunnerError
-from ..paths import check_name, under
+from ..paths import check_component, under
 
 OUTPUT_DB_DIR = "caf_outputdb_results"
 
@@ -31,7 +31,7 @@ class RunResult:
 
 def output_database(work_dir: Path, calibration_name: str) -> Path:
     """``<work_dir>/caf_outputdb_results/<CalibrationName>`` (the layout b2caf-prompt-run leaves)."""
-    return under(Path(work_dir) / OUTPUT_DB_DIR, check_name(calibration_name, "calibration name"),
+    return under(Path(work_dir) / OUTPUT_DB_DIR, check_component(calibration_name, "calibration name"),
                  what="calibration output database")
 
 

@@ -18,7 +18,7 @@ import luigi
 
 from .base import BucketTask
 from ..atomic import write_json_atomic
-from ..paths import check_name, under
+from ..paths import check_component, check_name, under
 from .context import STAGE_LOCAL, STAGE_PRODUCTION
 
 
@@ -75,7 +75,7 @@ class ArchiveLogs(BucketTask):
         copied, skipped = 0, 0
         try:
             for label, source in self._sources():
-                check_name(label, "archive label")
+                check_component(label, "archive label")
                 if not source.is_dir():
                     continue
                 for path, relative in _small_files(source, limit):

@@ -15,7 +15,7 @@ from typing import Any
 from ..catalogue import Catalogue, Plan, build_plan, discover
 from ..conditions import DatabaseChain, GlobalTag, LocalDatabase
 from ..config import BucketConfig, load_config
-from ..paths import check_name, under
+from ..paths import check_component, check_name, under
 
 STAGE_LOCAL, STAGE_RAW, STAGE_PRODUCTION, STAGE_CDST = "local", "raw", "cdst_production", "cdst"
 
@@ -52,7 +52,8 @@ class BucketContext:
         return self.cfg.work_dir
 
     def calibration_dir(self, name: str) -> Path:
-        return under(self.work_dir / "calibrations", check_name(name, "calibration name"), what="calibration")
+        return under(self.work_dir / "calibrations", check_component(name, "calibration name"),
+                     what="calibration")
 
     def result_path(self, name: str) -> Path:
         """The result file of a calibration: its luigi output, written last."""
