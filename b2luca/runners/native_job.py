@@ -95,7 +95,10 @@ def do_calibrate(caf_config: Path, input_data: Path) -> None:
     try:
         function(job)
     finally:  # what it read, also when it failed (the task checks it against depends_on)
-        write_reads(Path.cwd() / READS_FILE, job.database_chain.lookups())
+        try:
+            write_reads(Path.cwd() / READS_FILE, job.database_chain.lookups())
+        except OSError as exc:  # a full disk must not hide the calibration's own error
+            log.warning("could not record the payloads read (%s)", exc)
     stored = [e.name for e in job.output_db.entries()]
     missing = sorted(set(settings.produced_payloads) - set(stored))
     if missing:
