@@ -23,9 +23,10 @@ from .steering import PEDE_METHODS, Constraint, FitOptions, ParameterSpec, Steer
 __all__ = ["AlignmentProblem", "assemble", "solve", "solve_steering", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 4 << 20  # file bytes per chunk: keeps the temporaries of one chunk in the allocator's heap
-#: Chunk k of the data pass is summed into lane k mod LANES, each lane in chunk order, then the lanes in lane
-#: order: the normal equations (to the last bit) depend on LANES, never on the number of threads, which
-#: only decides how many lanes are worked on at once (at most LANES).
+#: Chunk k of the data pass is summed into lane k mod L (L = AlignmentProblem.lanes, default LANES), each
+#: lane in chunk order, then the lanes in lane order: the normal equations (to the last bit) depend on L,
+#: never on the number of threads, which only decides how many lanes are worked on at once (at most L).
+#: Every lane holds its own partial system, so L also bounds the memory of the pass (L partial systems).
 LANES = 8
 #: BLAS threads while solving: a fixed number, because OpenBLAS's threaded kernels (potrf, syrk, the
 #: eigensolvers of the ordering) split their sums by thread count, so the round-off of the corrections
@@ -49,6 +50,7 @@ class AlignmentProblem(FitOptions):
     errors: bool = True
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     blas_threads: int = SOLVE_BLAS_THREADS  # BLAS threads in the solve (fixed: reproducible round-off)
+    lanes: int = LANES  # partial sums of the data pass (fixed: reproducible round-off; caps the threads used)
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
@@ -90,18 +92,19 @@ class AlignmentProblem(FitOptions):
 def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: dict[str, float]) -> GlobalSystem:
     """One pass over the data: the normal equations of all records.
 
-    Chunk k goes to lane k mod :data:`LANES` (each lane its own :class:`Assembler`, fed in chunk order) and
+    Chunk k goes to lane k mod ``problem.lanes`` (each lane its own :class:`Assembler`, fed in chunk order) and
     the lanes' systems are summed in lane order, so the result is the same to the last bit whatever the
     number of threads and their timing. Lane j is worked on by thread j mod T. numpy and BLAS release the
     GIL in the heavy operations, so the threads run in parallel; this thread reads and frames.
     """
-    nt = min(problem.n_threads(), LANES)
+    lanes = max(1, problem.lanes)
+    nt = min(problem.n_threads(), lanes)
     asms: dict[int, Assembler] = {}
     if nt <= 1:
         for i, c in enumerate(problem.chunks(timer)):
-            if i % LANES not in asms:
-                asms[i % LANES] = make()
-            asms[i % LANES].add(c)
+            if i % lanes not in asms:
+                asms[i % lanes] = make()
+            asms[i % lanes].add(c)
         if not asms:
             return make().finish()
         return merge_systems([asms[j].finish() for j in sorted(asms)])
@@ -139,7 +142,7 @@ def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: di
         for i, c in enumerate(problem.chunks(timer)):
             if failures:
                 break
-            lane = i % LANES
+            lane = i % lanes
             queues[lane % nt].put((lane, c))
     finally:
         for q in queues:
