@@ -106,7 +106,10 @@ def calibrate(job) -> None:
     cfg = {**settings.expert_config, **job.expert_config}
     geom = nominal_geometry()
     exprun = first_exprun(job.requested_iov)
-    constants = load_constants(job.database_chain, exprun, names=RECO_PAYLOADS)
+    # start from the alignment in force before this bucket, never from this calibration's own earlier result
+    # (a --rerun must reproduce the first run, not iterate on it)
+    chain = job.database_chain.without_bucket_results(settings.produced_payloads)
+    constants = load_constants(chain, exprun, names=RECO_PAYLOADS)
     inputs = {name: [p for p, _ in job.input_files.get(name, [])] for name in collection_names}
     require_files([f for v in inputs.values() for f in v], settings.name)
     raws = []

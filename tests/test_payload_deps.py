@@ -77,3 +77,30 @@ def test_alignment_looks_up_exactly_its_reconstruction_payloads(tmp_path: Path):
     load_constants(chain, ExpRun(26, 1), names=RECO_PAYLOADS)
     assert [item["name"] for item in chain.lookups()] == list(RECO_PAYLOADS) == ALIGNMENT_READS
     assert json.dumps(chain.lookups())  # what the native runner writes
+
+
+def test_a_calibration_can_start_from_the_constants_before_the_bucket(tmp_path: Path):
+    """The alignment starts from the alignment in force before the bucket, not from its own earlier
+    result in the bucket's database (else a --rerun iterates instead of reproducing the first run)."""
+    bucket, nominal = LocalDatabase(tmp_path / "prompt").create(), LocalDatabase(tmp_path / "nominal").create()
+    always = IoV(0, 0, -1, -1)
+    nominal.store("VXDAlignment", {"params": np.zeros(2)}, always)
+    bucket.store("VXDAlignment", {"params": np.ones(2)}, always)
+    bucket.store("CDCTimeZeros", {"t0": np.ones(3)}, always)
+    chain = DatabaseChain([bucket, nominal], bucket_database=bucket)
+    view = chain.without_bucket_results(["VXDAlignment", "CDCAlignment"])
+    run = ExpRun(26, 1)
+    assert np.array_equal(view.read("VXDAlignment", run)["params"], np.zeros(2))
+    assert np.array_equal(view.read("CDCTimeZeros", run)["t0"], np.ones(3))  # other payloads: the bucket's
+    assert np.array_equal(chain.read("VXDAlignment", run)["params"], np.ones(2))
+    names = [item["name"] for item in chain.lookups()]  # one record for the chain and its view
+    assert list(dict.fromkeys(names)) == ["VXDAlignment", "CDCTimeZeros"] and len(names) == 3
+
+
+def test_native_chain_knows_the_bucket_database(tmp_path: Path):
+    from b2luca.runners.native_job import chain_from_caf_config
+
+    chain = chain_from_caf_config({"testing_payloads": str(tmp_path / "prompt" / "database.txt"),
+                                   "database_chain": ["nominal"], "b2luca": {"conditions_directory": str(tmp_path)}})
+    assert chain.bucket_database is chain.databases[0] and chain.databases[0].path == tmp_path / "prompt"
+    assert chain.databases[1].path == tmp_path / "nominal"

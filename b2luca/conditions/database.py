@@ -186,9 +186,21 @@ class DatabaseChain:
     dependencies.
     """
 
-    def __init__(self, databases: Sequence[LocalDatabase]) -> None:
+    def __init__(self, databases: Sequence[LocalDatabase], bucket_database: LocalDatabase | None = None) -> None:
         self.databases = list(databases)
+        self.bucket_database = bucket_database  # the bucket's own results (testing payloads), if in the chain
+        self._skip: frozenset[str] = frozenset()
         self._lookups: dict[tuple[str, str, str], None] = {}  # (name, database or "", revision or "")
+
+    def without_bucket_results(self, names: "Sequence[str] | frozenset[str]") -> "DatabaseChain":
+        """This chain, but ``names`` are not looked up in the bucket's own database: a calibration that
+        starts from the constants it produces (the alignment) starts from those in force before the bucket,
+        never from its own earlier result, so a rerun reproduces the first run.  Look-ups are recorded
+        in this chain's record too."""
+        view = DatabaseChain(self.databases, self.bucket_database)
+        view._skip = frozenset(names)
+        view._lookups = self._lookups
+        return view
 
     def __repr__(self) -> str:
         return f"DatabaseChain({[str(db.path) for db in self.databases]})"
@@ -202,6 +214,8 @@ class DatabaseChain:
     def lookup(self, name: str, exprun: ExpRun) -> PayloadEntry | None:
         """The entry of the first database in the chain that has ``name`` valid for ``exprun``."""
         for database in self.databases:
+            if name in self._skip and database is self.bucket_database:
+                continue
             entry = database.lookup(name, exprun)
             if entry is not None:
                 self._lookups[(name, str(database.path), str(entry.revision))] = None

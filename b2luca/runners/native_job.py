@@ -60,8 +60,10 @@ def read_input_data(path: Path) -> dict[str, list[tuple[Path, ExpRun]]]:
 def chain_from_caf_config(config: dict) -> DatabaseChain:
     """The database chain of a caf_config.json: testing payloads first, then the chain in order."""
     databases = []
+    bucket = None
     if config.get("testing_payloads"):
-        databases.append(LocalDatabase(Path(config["testing_payloads"]).parent))
+        bucket = LocalDatabase(Path(config["testing_payloads"]).parent)
+        databases.append(bucket)
     directory = config.get("b2luca", {}).get("conditions_directory")
     for entry in config.get("database_chain", []):
         path = Path(entry)
@@ -72,7 +74,7 @@ def chain_from_caf_config(config: dict) -> DatabaseChain:
                                                  what="database_chain")))
         else:
             raise ValueError(f"global tag {entry!r} in database_chain cannot be resolved locally")
-    return DatabaseChain(databases)
+    return DatabaseChain(databases, bucket_database=bucket)
 
 
 def do_calibrate(caf_config: Path, input_data: Path) -> None:
