@@ -32,10 +32,25 @@ def _describe_holder(text: str) -> str:
     """'pid 123 on host x since 2026-...' from the lock file's content (best effort)."""
     try:
         info = json.loads(text)
-        return (f"pid {info['pid']} on host {info['host']}, started {info['started']}"
-                + (f" ({info['command']})" if info.get("command") else ""))
+        holder = (f"pid {info['pid']} on host {info['host']}, started {info['started']}"
+                  + (f" ({info['command']})" if info.get("command") else ""))
+        if info["host"] == socket.gethostname() and not _alive(int(info["pid"])):
+            holder += ("; that process is gone, but worker processes it started are still finishing their "
+                       "task (the lock is released when the last one ends)")
+        return holder
     except (ValueError, KeyError, TypeError):
         return "a process that has not yet written its name into the lock file"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

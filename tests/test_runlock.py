@@ -86,3 +86,35 @@ def test_lock_is_reentrant_after_release_in_one_process(tmp_path: Path):
                 pass
     with run_lock(tmp_path):
         pass
+
+
+def test_lock_held_by_workers_of_a_killed_driver_says_so(tmp_path: Path):
+    """luigi's worker processes are forked and share the lock: a driver killed with -9 leaves it held
+    until they finish; the message then says the named process is gone."""
+    pid_file = tmp_path / "worker.pid"
+    child_code = HOLDER.replace(
+        'print("holding", flush=True)',
+        f'import os\n    if os.fork() == 0:\n        open({str(pid_file)!r}, "w").write(str(os.getpid()))\n'
+        f'        time.sleep(120)\n        os._exit(0)\n    while not os.path.exists({str(pid_file)!r}):\n'
+        f'        time.sleep(0.01)\n    print("holding", flush=True)')
+    proc = subprocess.Popen([sys.executable, "-c", child_code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+    info = json.loads(lock_path(tmp_path).read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.2)
+    worker = int(pid_file.read_text())
+    try:
+        with pytest.raises(RunLockedError, match=f"pid {info['pid']} .*that process is gone, but worker processes"):
+            with run_lock(tmp_path):
+                pass
+    finally:
+        os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:  # once the last worker is gone, the lock is free
+        try:
+            with run_lock(tmp_path):
+                break
+        except RunLockedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
