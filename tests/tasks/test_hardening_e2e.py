@@ -47,11 +47,11 @@ def _add_script(calibrations: Path, stem: str, name: str, body: str) -> None:
     (calibrations / f"{stem}.py").write_text(SETTINGS.format(name=name) + textwrap.dedent(body))
 
 
-def test_failure_lines_carry_their_cause(bucket_config, tmp_path: Path):
+def test_failure_lines_carry_their_cause(simulated_bucket, tmp_path: Path):
     calibrations = copy_calibrations(tmp_path)
     _add_script(calibrations, "svd_reader", "SVDReader", READER)
     _add_script(calibrations, "broken_db", "BrokenDB", BROKEN_DB)
-    cfg = load_config(bucket_config(calibrations=calibrations))
+    cfg = load_config(simulated_bucket.config(tmp_path, calibrations=calibrations))
     db = cfg.work_dir / "calibrations" / "BrokenDB" / "private_db"
     db.mkdir(parents=True)
     (db / "database.txt").write_text("dbstore/X 1 0,0,-1,-1\nthis is not a payload line\n")
@@ -78,8 +78,8 @@ def test_failure_lines_carry_their_cause(bucket_config, tmp_path: Path):
     assert not (cfg.work_dir / "calibrations" / "SVDReader" / "result.json").exists()
 
 
-def test_rerun_with_unchanged_inputs_stores_no_new_revision(bucket_config):
-    cfg = load_config(bucket_config(select=["CDCTimeZeros"]))
+def test_rerun_with_unchanged_inputs_stores_no_new_revision(simulated_bucket, tmp_path: Path):
+    cfg = load_config(simulated_bucket.config(tmp_path, select=["CDCTimeZeros"]))
     assert run_bucket(cfg, only="CDCTimeZeros", echo=lambda _: None).exit_code == 0
     database = cfg.conditions.directory / cfg.conditions.prompt_global_tag / "database.txt"
     before = database.read_text()
