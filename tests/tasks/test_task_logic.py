@@ -20,7 +20,7 @@ from b2luca.tasks.driver import (_dry_run, _walk, collect_rows, invalidate, reru
                                  status_rows)
 
 RAW = ["CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets", "VXDCDCAlignment"]
-CDST = ["BeamSpot", "ECLCrystalEnergy"]
+CDST = ["BeamSpot", "ECLCrystalEnergy", "ECLMuPiCNN"]  # groups cdst-0 (BeamSpot, ECLCrystalEnergy), cdst-1
 RUNS = [1, 2, 3]
 
 
@@ -72,10 +72,11 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_rerun_closure_raw_calibration_takes_its_dependents_and_the_whole_cdst_stage(ctx):
     plan = ctx.plan
     assert rerun_closure(plan, ["CDCTimeZeros"]) == ["CDCTimeZeros", "VXDCDCAlignment", *CDST]
-    assert rerun_closure(plan, ["PXDHotDeadPixels"]) == ["PXDHotDeadPixels", *CDST]
+    # VXDCDCAlignment depends on CDCTimeZeros, SVDTimeOffsets and PXDHotDeadPixels (issue 17B)
+    assert rerun_closure(plan, ["PXDHotDeadPixels"]) == ["PXDHotDeadPixels", "VXDCDCAlignment", *CDST]
     assert rerun_closure(plan, ["BeamSpot"]) == ["BeamSpot"]
     assert rerun_closure(plan, ["BeamSpot", "CDCTimeZeros", "BeamSpot"]) == [
-        "BeamSpot", "CDCTimeZeros", "VXDCDCAlignment", "ECLCrystalEnergy"]
+        "BeamSpot", "CDCTimeZeros", "VXDCDCAlignment", "ECLCrystalEnergy", "ECLMuPiCNN"]
     assert reruns_raw(plan, ["BeamSpot", "SVDTimeOffsets"]) and not reruns_raw(plan, CDST)
     with pytest.raises(CatalogueError):
         rerun_closure(plan, ["NoSuchCalibration"])
@@ -98,7 +99,7 @@ def test_invalidate_raw_calibration_keeps_history_and_forgets_production_and_arc
 
 def test_invalidate_cdst_calibration_leaves_production_alone(ctx):
     _complete_everything(ctx)
-    assert invalidate(ctx, ["ECLCrystalEnergy"]) == ["ECLCrystalEnergy"]
+    assert invalidate(ctx, ["ECLCrystalEnergy"]) == ["ECLCrystalEnergy", "ECLMuPiCNN"]
     assert ctx.result_path("BeamSpot").is_file() and not ctx.result_path("ECLCrystalEnergy").exists()
     assert len(list((ctx.work_dir / "cdst_production").glob("r*.json"))) == len(RUNS)
     assert {p.stem for p in (ctx.work_dir / "archive").glob("*.json")} == {"local", "raw-0", "raw-1",
@@ -143,7 +144,7 @@ def test_dry_run_with_rerun_names_what_the_rerun_invalidates(ctx):
     assert all(state == TaskStatus.DONE and why == "complete (output exists)" for state, why in rows.values())
     rows = _dry(ctx, ["SVDTimeOffsets"])
     forced = {name for name, (state, why) in rows.items() if why == "--rerun invalidates it"}
-    assert forced == {"SVDTimeOffsets", *CDST, *(f"CdstProduction:r{run:05d}" for run in RUNS)}
+    assert forced == {"SVDTimeOffsets", "VXDCDCAlignment", *CDST, *(f"CdstProduction:r{run:05d}" for run in RUNS)}
     assert all(rows[name][0] == TaskStatus.WOULD_RUN for name in forced)
     assert rows["CDCTimeZeros"] == (TaskStatus.DONE, "complete (output exists)")
     assert _tree(ctx.work_dir) == before
@@ -193,7 +194,7 @@ def test_groups_run_in_dependency_order_and_requirements_come_first(ctx):
     plan = ctx.plan
     assert plan.stage(Stage.RAW).groups == [["CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets"],
                                             ["VXDCDCAlignment"]]
-    assert plan.stage(Stage.CDST).groups == [CDST]
+    assert plan.stage(Stage.CDST).groups == [CDST[:2], CDST[2:]]
     for stage in (Stage.RAW, Stage.CDST):
         for level, group in enumerate(plan.stage(stage).groups):
             task = GroupTask(config_path=config, stage=stage, level=level)
