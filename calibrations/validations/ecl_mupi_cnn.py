@@ -54,7 +54,8 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     from b2luca.contract import Verdict
     from b2luca.ml.ecl_cnn import load_models, muon_probability
     from b2luca.ml.ecl_images import TEST, THRESHOLDS_GEV, e_over_p, threshold
-    from calibrations._common import calibration_output, pyplot, read_input_data, save_figure, write_csv
+    from b2luca.contract import read_input_data
+    from calibrations._common import calibration_output, pyplot, save_figure, write_csv
     from calibrations.ecl_mupi_cnn import samples
     from calibrations.ecl_mupi_cnn import settings as cal_settings
 
