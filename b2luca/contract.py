@@ -165,19 +165,24 @@ def chain_from_caf_config(config: dict[str, Any]) -> "DatabaseChain":
     """The database chain of a caf_config.json: testing payloads first, then the chain in order."""
     from .conditions import DatabaseChain, LocalDatabase
 
+    from .paths import check_name, under
+
     databases = []
+    bucket = None  # the bucket's own payloads (testing_payloads): reads from it are checked against depends_on
     if config.get("testing_payloads"):
-        databases.append(LocalDatabase(Path(config["testing_payloads"]).parent))
+        bucket = LocalDatabase(Path(config["testing_payloads"]).parent)
+        databases.append(bucket)
     directory = config.get("b2luca", {}).get("conditions_directory")
     for entry in config.get("database_chain", []):
         path = Path(entry)
         if path.name == "database.txt":
             databases.append(LocalDatabase(path.parent))
         elif directory:
-            databases.append(LocalDatabase(Path(directory) / entry))
+            databases.append(LocalDatabase(under(directory, check_name(entry, "database_chain entry"),
+                                                 what="database_chain")))
         else:
             raise ValueError(f"global tag {entry!r} in database_chain cannot be resolved locally")
-    return DatabaseChain(databases)
+    return DatabaseChain(databases, bucket_database=bucket)
 
 
 CalibrateFunction = Callable[[CalibrationJob], None]

@@ -89,11 +89,16 @@ def simulate_config(cfg: BucketConfig, force: bool = False) -> str:
     marker = cfg.data.raw_directory / MARKER
     marker.unlink(missing_ok=True)
     start = time.perf_counter()
-    summary = simulate_bucket(
-        bucket=cfg.name, experiment=cfg.bucket.experiment,
-        runs=list(range(cfg.bucket.first_run, cfg.bucket.last_run + 1)), seed=cfg.simulation.seed,
-        events=dict(cfg.simulation.events), data_dir=cfg.data.raw_directory,
-        conditions_dir=cfg.conditions.directory, files_per_run=cfg.simulation.files_per_run)
+    try:
+        summary = simulate_bucket(
+            bucket=cfg.name, experiment=cfg.bucket.experiment,
+            runs=list(range(cfg.bucket.first_run, cfg.bucket.last_run + 1)), seed=cfg.simulation.seed,
+            events=dict(cfg.simulation.events), data_dir=cfg.data.raw_directory,
+            conditions_dir=cfg.conditions.directory, files_per_run=cfg.simulation.files_per_run)
+    except OSError as exc:  # disk full, permissions ...: one line naming the file; no marker, so a rerun redoes it
+        where = f" writing {exc.filename}" if exc.filename else ""
+        raise DataError(f"simulation of bucket {cfg.name} into {cfg.data.raw_directory} failed{where}: "
+                        f"{exc.strerror or exc}") from exc
     seconds = time.perf_counter() - start
     write_json_atomic(marker, {"key": _simulation_key(cfg), "seconds": seconds,
                                "summary": describe_summary(summary)})

@@ -27,6 +27,7 @@ __all__ = [
     "CalibrationFailed", "DatabaseError", "GlobalTagError", "PayloadError", "EventError", "TransportError",
     "MLDependencyError",
     "ConditionsDBError", "ConditionsConfigError", "PublishRefused",
+    "RunLockedError", "UnsafePathError", "UndeclaredDependencyError",
 ]
 
 
@@ -139,3 +140,16 @@ class ConditionsConfigError(UserError, ValueError):
 
 class PublishRefused(WorkError, RuntimeError):
     """``b2luca publish`` cannot publish the prompt global tag (sign-offs missing, wrong state)."""
+
+
+# --- issue 17 (part B): run lock, paths that leave their root, undeclared payload dependencies ------
+class RunLockedError(WorkError, RuntimeError):
+    """Another ``b2luca run`` of the same bucket holds the run lock (the message names pid, host, start)."""
+
+
+class UnsafePathError(UserError, ValueError):
+    """A name that becomes a path component would leave its root directory (``..``, ``/``, empty ...)."""
+
+
+class UndeclaredDependencyError(WorkError, RuntimeError):
+    """A calibration read a payload produced in this bucket by a calibration it does not depend on."""

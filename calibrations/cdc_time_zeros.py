@@ -127,9 +127,9 @@ def calibrate(job) -> None:
         raise ValueError(f"{settings.name}: expert_config.payload_boundaries = {cfg['payload_boundaries']!r}: this "
                          "calibration writes one payload per bucket; expected []")
     files = []
-    for name in settings.input_data_names:
+    for name in sorted(settings.input_data_names):  # a frozenset: its order changes with the hash seed
         files += limit_files_per_run(job.input_files.get(name, []), cfg.get("max_files_per_run"))
-    require_files(files, f"{settings.name}/{'+'.join(settings.input_data_names)}")
+    require_files(files, f"{settings.name}/{'+'.join(sorted(settings.input_data_names))}")
     hits = read_branches(files, "cdc", ["board", "layer", "tdc"])
     nb = nominal_geometry().n_cdc_boards
     previous = previous_payload(job.database_chain, PAYLOAD, first_exprun(job.requested_iov))

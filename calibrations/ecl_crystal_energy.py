@@ -173,7 +173,10 @@ def calibrate(job) -> None:
     cl, crystal, amp, e_exp, n_cr = build_system(ecl, tracks, cfg)
     if e_exp.size < int(cfg["min_tracks"]):
         raise RuntimeError(f"{settings.name}: {e_exp.size} matched Bhabha tracks, need {cfg['min_tracks']}")
-    previous = previous_payload(job.database_chain, PAYLOAD, first_exprun(job.requested_iov))
+    # the constants in force before this bucket, never this calibration's own earlier result (a --rerun
+    # must reproduce the first run, not iterate on it)
+    previous = previous_payload(job.database_chain.without_bucket_results(settings.produced_payloads), PAYLOAD,
+                                first_exprun(job.requested_iov))
     prev = np.ones(N_ECL_CRYSTALS)
     prev[np.asarray(previous["crystal"], np.int64)] = np.asarray(previous["constant"], float)
     res = solve_constants(cl, crystal, amp, e_exp, n_cr, prev, cfg)

@@ -3,10 +3,11 @@
 Simultaneous global alignment of the VXD sensors and CDC layers with b2luca's Millepede-style solver:
 cosmic tracks through the whole detector, di-muons and hadronic tracks from the interaction point.
 Local track parameters are eliminated per track, the global system is solved with constraints on
-the weak modes. Results go to the VXDAlignment and CDCAlignment payloads. Needs the CDC time offsets.
+the weak modes. Results go to the VXDAlignment and CDCAlignment payloads. Needs the CDC time offsets, the SVD time
+offsets and the PXD masks of this bucket (the track finding reads all three).
 
 Implementation: tracks are fitted with :mod:`b2luca.reco.fit` (helix, no scattering kinks) with the
-constants in force (database chain: the CDC T0s of this bucket); every fitted track becomes one Mille
+constants in force (database chain: the CDC T0s, SVD time offsets and PXD masks of this bucket); every fitted track becomes one Mille
 record (residuals, 5 local derivatives, the 6 rigid-body derivatives of its VXD sensors / 3 of its
 CDC layers) and :func:`b2luca.alignment.solve` solves for all 212 x 6 + 56 x 3 parameters at once.
 Weak modes (global translations/rotations, which tracks alone cannot fix) are regularised with
@@ -18,6 +19,8 @@ the corrected geometry, solve again).  Extra payload keys: ``params_error`` (sam
 
 from b2luca.catalogue import CalibrationSettings, INPUT_DATA_FILTERS
 from calibrations.cdc_time_zeros import settings as cdc_t0
+from calibrations.pxd_hot_dead_pixels import settings as pxd_masks
+from calibrations.svd_time_offsets import settings as svd_t0
 
 import numpy as np
 
@@ -52,10 +55,13 @@ settings = CalibrationSettings(name="VXDCDCAlignment",
                                    "mumu_tight_or_highm_calib":
                                        [INPUT_DATA_FILTERS["Data Tag"]["mumu_tight_or_highm_calib"]] + quality_flags,
                                    "hadron_calib": [INPUT_DATA_FILTERS["Data Tag"]["hadron_calib"]] + quality_flags},
-                               depends_on=[cdc_t0],
+                               depends_on=[cdc_t0, svd_t0, pxd_masks],
                                expert_config=default_config,
                                produced_payloads=["VXDAlignment", "CDCAlignment"])
 
+
+#: The payloads the track reconstruction of this calibration reads (ECL and beam-spot constants are not used).
+RECO_PAYLOADS = ("VXDAlignment", "CDCAlignment", "CDCTimeZeros", "SVDTimeOffsets", "PXDMasks")
 
 VXD_LABEL_FACTOR = 10
 CDC_LABEL_BASE = 1_000_000
@@ -102,7 +108,10 @@ def calibrate(job) -> None:
     cfg = {**settings.expert_config, **job.expert_config}
     geom = nominal_geometry()
     exprun = first_exprun(job.requested_iov)
-    constants = load_constants(job.database_chain, exprun)
+    # start from the alignment in force before this bucket, never from this calibration's own earlier result
+    # (a --rerun must reproduce the first run, not iterate on it)
+    chain = job.database_chain.without_bucket_results(settings.produced_payloads)
+    constants = load_constants(chain, exprun, names=RECO_PAYLOADS)
     inputs = {name: [p for p, _ in job.input_files.get(name, [])] for name in collection_names}
     require_files([f for v in inputs.values() for f in v], settings.name)
     raws = []

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from .assemble import Assembler, DownWeighting, GlobalSystem, merge_systems
 from .mille import MilleRecords, RawChunk, iter_raw_chunks
@@ -22,6 +23,16 @@ from .steering import PEDE_METHODS, Constraint, FitOptions, ParameterSpec, Steer
 __all__ = ["AlignmentProblem", "assemble", "solve", "solve_steering", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 4 << 20  # file bytes per chunk: keeps the temporaries of one chunk in the allocator's heap
+#: Chunk k of the data pass is summed into lane k mod L (L = AlignmentProblem.lanes, default LANES), each
+#: lane in chunk order, then the lanes in lane order: the normal equations (to the last bit) depend on L,
+#: never on the number of threads, which only decides how many lanes are worked on at once (at most L).
+#: Every lane holds its own partial system, so L also bounds the memory of the pass (L partial systems).
+LANES = 8
+#: BLAS threads while solving: a fixed number, because OpenBLAS's threaded kernels (potrf, syrk, the
+#: eigensolvers of the ordering) split their sums by thread count, so the round-off of the corrections
+#: would depend on the machine's cores or OPENBLAS_NUM_THREADS (measured: 4e-13 relative, up to 2e-3 on a
+#: near-zero parameter).  AlignmentProblem.blas_threads overrides it (0: BLAS's own default).
+SOLVE_BLAS_THREADS = 1
 
 
 @dataclass
@@ -38,6 +49,8 @@ class AlignmentProblem(FitOptions):
     parameters: dict[int, ParameterSpec] = field(default_factory=dict)
     errors: bool = True
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
+    blas_threads: int = SOLVE_BLAS_THREADS  # BLAS threads in the solve (fixed: reproducible round-off)
+    lanes: int = LANES  # partial sums of the data pass (fixed: reproducible round-off; caps the threads used)
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
@@ -79,35 +92,45 @@ class AlignmentProblem(FitOptions):
 def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: dict[str, float]) -> GlobalSystem:
     """One pass over the data: the normal equations of all records.
 
-    With several threads, chunk k goes to worker k mod T (each with its own :class:`Assembler`), and the
-    workers' systems are summed in worker order, so the result does not depend on timing. numpy and BLAS
-    release the GIL in the heavy operations, so the workers run in parallel; this thread reads and frames.
+    Chunk k goes to lane k mod ``problem.lanes`` (each lane its own :class:`Assembler`, fed in chunk order) and
+    the lanes' systems are summed in lane order, so the result is the same to the last bit whatever the
+    number of threads and their timing. Lane j is worked on by thread j mod T. numpy and BLAS release the
+    GIL in the heavy operations, so the threads run in parallel; this thread reads and frames.
     """
-    nt = problem.n_threads()
+    lanes = max(1, problem.lanes)
+    nt = min(problem.n_threads(), lanes)
+    asms: dict[int, Assembler] = {}
     if nt <= 1:
-        asm = make()
-        for c in problem.chunks(timer):
-            asm.add(c)
-        return asm.finish()
-    asms = [make() for _ in range(nt)]
-    systems: list[GlobalSystem | None] = [None] * nt
+        for i, c in enumerate(problem.chunks(timer)):
+            if i % lanes not in asms:
+                asms[i % lanes] = make()
+            asms[i % lanes].add(c)
+        if not asms:
+            return make().finish()
+        return merge_systems([asms[j].finish() for j in sorted(asms)])
+    systems: dict[int, GlobalSystem] = {}
     queues: list[queue.Queue] = [queue.Queue(maxsize=2) for _ in range(nt)]
     failures: list[BaseException] = []
 
     def work(k: int) -> None:
+        mine: dict[int, Assembler] = {}
         while True:
             item = queues[k].get()
             if item is None:
                 break
             if failures:
                 continue  # drain without work after a failure
+            lane, chunk = item
             try:
-                asms[k].add(item)
+                if lane not in mine:
+                    mine[lane] = make()
+                mine[lane].add(chunk)
             except BaseException as exc:  # re-raised in the calling thread
                 failures.append(exc)
         if not failures:
             try:
-                systems[k] = asms[k].finish()
+                for lane, asm in mine.items():
+                    systems[lane] = asm.finish()
             except BaseException as exc:
                 failures.append(exc)
 
@@ -119,7 +142,8 @@ def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: di
         for i, c in enumerate(problem.chunks(timer)):
             if failures:
                 break
-            queues[i % nt].put(c)
+            lane = i % lanes
+            queues[lane % nt].put((lane, c))
     finally:
         for q in queues:
             q.put(None)
@@ -127,7 +151,9 @@ def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: di
             w.join()
     if failures:
         raise failures[0]
-    return merge_systems([gs for gs in systems if gs is not None])
+    if not systems:
+        return make().finish()
+    return merge_systems([systems[j] for j in sorted(systems)])
 
 
 _MALLOC_TUNED = False
@@ -274,7 +300,8 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
         if Ms.nnz:
             C = (C + Ms).tocsr()
             b = b + bs
-        so = solve_system(C, b, cons, method=method, errors=problem.errors)
+        with threadpool_limits(problem.blas_threads or None, user_api="blas"):
+            so = solve_system(C, b, cons, method=method, errors=problem.errors)
         for k, v in so.timings.items():
             timer[k] = timer.get(k, 0.0) + v
         delta = np.zeros(n)

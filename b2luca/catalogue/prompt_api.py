@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import enums
+from ..paths import check_component
 
 __all__ = [
     "ALLOWED_DATA_FORMATS", "BUILTIN_INPUT_DATA_FILTERS", "BUILTIN_SUBSYSTEMS", "INPUT_DATA_FILTERS", "SUBSYSTEMS",
@@ -190,6 +191,7 @@ def _check_name(name: Any, cls: str) -> None:
         raise ValueError(f"{cls}: name must be a non-empty string, got {name!r}")
     if len(name) > 64:
         raise ValueError(f"{cls}(name={name!r}): name cannot be longer than 64 characters (has {len(name)})")
+    check_component(name, f"{cls}(name=...)")  # the name becomes a directory: calibrations/<name>/, archive/.../<name>/
 
 
 @dataclass(frozen=True, kw_only=True, eq=True)

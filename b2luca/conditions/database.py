@@ -235,10 +235,28 @@ class LocalDatabase:
 
 
 class DatabaseChain:
-    """An ordered list of databases; a look-up returns the first database's match."""
+    """An ordered list of databases; a look-up returns the first database's match.
 
-    def __init__(self, databases: Sequence[LocalDatabase]) -> None:
+    Every look-up is recorded (:meth:`lookups`): which payload was asked for and where it was found, so
+    the runner can tell which payloads a calibration read and check them against its declared
+    dependencies.
+    """
+
+    def __init__(self, databases: Sequence[LocalDatabase], bucket_database: LocalDatabase | None = None) -> None:
         self.databases = list(databases)
+        self.bucket_database = bucket_database  # the bucket's own results (testing payloads), if in the chain
+        self._skip: frozenset[str] = frozenset()
+        self._lookups: dict[tuple[str, str, str], None] = {}  # (name, database or "", revision or "")
+
+    def without_bucket_results(self, names: "Sequence[str] | frozenset[str]") -> "DatabaseChain":
+        """This chain, but ``names`` are not looked up in the bucket's own database: a calibration that
+        starts from the constants it produces (the alignment) starts from those in force before the bucket,
+        never from its own earlier result, so a rerun reproduces the first run.  Look-ups are recorded
+        in this chain's record too."""
+        view = DatabaseChain(self.databases, self.bucket_database)
+        view._skip = frozenset(names)
+        view._lookups = self._lookups
+        return view
 
     def __repr__(self) -> str:
         return f"DatabaseChain({[str(db.path) for db in self.databases]})"
@@ -252,10 +270,20 @@ class DatabaseChain:
     def lookup(self, name: str, exprun: ExpRun) -> PayloadEntry | None:
         """The entry of the first database in the chain that has ``name`` valid for ``exprun``."""
         for database in self.databases:
+            if name in self._skip and database is self.bucket_database:
+                continue
             entry = database.lookup(name, exprun)
             if entry is not None:
+                self._lookups[(name, str(database.path), str(entry.revision))] = None
                 return entry
+        self._lookups[(name, "", "")] = None
         return None
+
+    def lookups(self) -> list[dict[str, str | None]]:
+        """Every payload looked up so far, in first-look-up order: ``{"name", "database", "revision"}``
+        (database and revision None when no database of the chain had it)."""
+        return [{"name": name, "database": database or None, "revision": revision or None}
+                for name, database, revision in self._lookups]
 
     def read(self, name: str, exprun: ExpRun) -> dict[str, np.ndarray]:
         """Read the payload ``name`` valid for ``exprun`` from the first database that has it."""

@@ -17,9 +17,10 @@ from ..iov import ExpRun, IoV
 from .database import DatabaseChain, LocalDatabase, PayloadEntry
 from .database import DatabaseError as DatabaseError  # re-exported
 from ..errors import GlobalTagError
+from ..paths import NAME_PATTERN, under
 
 STATE_FILE = "globaltag.json"
-_TAG_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_TAG_RE = re.compile(NAME_PATTERN)
 
 
 class GlobalTagState(str, enum.Enum):
@@ -48,10 +49,11 @@ class GlobalTag:
 
     def __init__(self, root: "str | os.PathLike[str]", name: str) -> None:
         if not _TAG_RE.match(name):
-            raise GlobalTagError(f"global tag name {name!r}: only letters, digits and _ . - are allowed")
+            raise GlobalTagError(f"global tag name {name!r}: only letters, digits and _ . - are allowed "
+                                 "(not starting with . or -)")
         self.root = Path(root)
         self.name = name
-        self.db = LocalDatabase(self.root / name)
+        self.db = LocalDatabase(under(self.root, name, what="global tag"))
 
     def __repr__(self) -> str:
         return f"GlobalTag({self.name!r}, state={self.state.value})"

@@ -102,10 +102,12 @@ class Constants:
         return c
 
 
-def load_constants(chain, exprun, geom: Geometry | None = None) -> Constants:
-    """Constants for run ``exprun`` from a DatabaseChain (first match wins); absent payloads -> nominal."""
+def load_constants(chain, exprun, geom: Geometry | None = None, names: "tuple[str, ...]" = PAYLOAD_NAMES) -> Constants:
+    """Constants for run ``exprun`` from a DatabaseChain (first match wins); absent payloads -> nominal.
+
+    ``names``: the payloads to look up (default all); the others stay nominal, and are not read."""
     payloads, sources = {}, {}
-    for name in PAYLOAD_NAMES:
+    for name in names:
         entry = chain.lookup(name, exprun)
         if entry is not None:
             payloads[name] = chain.read(name, exprun)

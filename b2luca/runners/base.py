@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 from ..contract import OUTPUT_DB_DIR
 from ..errors import RunnerError as RunnerError  # re-exported by b2luca.runners
+from ..paths import check_component, under
 
 if TYPE_CHECKING:
     from .caf_state import CafState
@@ -35,7 +36,8 @@ class RunResult:
 
 def output_database(work_dir: Path, calibration_name: str) -> Path:
     """``<work_dir>/caf_outputdb_results/<CalibrationName>`` (the layout b2caf-prompt-run leaves)."""
-    return Path(work_dir) / OUTPUT_DB_DIR / calibration_name
+    return under(Path(work_dir) / OUTPUT_DB_DIR, check_component(calibration_name, "calibration name"),
+                 what="calibration output database")
 
 
 def log_tail(path: Path, lines: int = 40, max_chars: int = 6000) -> str:
@@ -90,8 +92,11 @@ def run_logged(command: Sequence[str], cwd: Path, log_path: Path, env: dict[str,
 
 def child_environment(secret_names: "Sequence[str]" = ()) -> dict[str, str]:
     """The environment for calibration subprocesses: ours minus the configured secret variables
-    (GitLab token, RunDB key) and anything whose name looks like a secret."""
+    (GitLab token, RunDB key) and anything whose name looks like a secret, with PYTHONHASHSEED=0."""
     secret_words = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY", "PRIVATE", "CREDENTIAL")
     drop = set(secret_names)
-    return {k: v for k, v in os.environ.items()
-            if k not in drop and not any(w in k.upper() for w in secret_words)}
+    env = {k: v for k, v in os.environ.items() if k not in drop and not any(w in k.upper() for w in secret_words)}
+    # A fixed string hash: a script that iterates a set of names (CalibrationSettings.input_data_names is a
+    # frozenset) then reads its inputs in the same order every run, so its payloads are reproducible.
+    env["PYTHONHASHSEED"] = "0"
+    return env

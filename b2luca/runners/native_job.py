@@ -22,6 +22,7 @@ from ..catalogue.prompt_api import FilterVocabulary, using_vocabulary
 from ..conditions import DatabaseChain, LocalDatabase
 from ..contract import CALIBRATE, RUN_VALIDATION, CalibrationJob, Verdict, chain_from_caf_config, read_input_data
 from ..iov import IoV
+from ..payload_deps import READS_FILE, write_reads
 from .base import output_database
 
 
@@ -59,7 +60,13 @@ def do_calibrate(caf_config: Path, input_data: Path) -> None:
         work_dir=Path.cwd(), log=log)
     log.info("calibrating %s on %s", settings.name,
              ", ".join(f"{k}: {len(v)} files" for k, v in job.input_files.items()))
-    function(job)
+    try:
+        function(job)
+    finally:  # what it read, also when it failed (the task checks it against depends_on)
+        try:
+            write_reads(Path.cwd() / READS_FILE, job.database_chain.lookups())
+        except OSError as exc:  # a full disk must not hide the calibration's own error
+            log.warning("could not record the payloads read (%s)", exc)
     stored = [e.name for e in job.output_db.entries()]
     missing = sorted(set(settings.produced_payloads) - set(stored))
     if missing:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from ..atomic import write_json_atomic
 from ..enums import Stage
+from ..paths import check_component, check_name, under
 from .context import BucketContext, parse_group
 
 
@@ -42,13 +43,15 @@ def archive_group(ctx: BucketContext, group: str, output: Path) -> None:
     """Copy one finished group's small files to the archive; write the marker ``output`` last."""
     cfg = ctx.cfg
     day = _dt.date.today().isoformat()
-    destination = cfg.archive.directory / cfg.name / day / group
+    destination = under(cfg.archive.directory, check_name(cfg.name, "bucket.name"), day,
+                        check_name(group, "group"), what="archive destination")
     limit = cfg.archive.max_file_size_mb * 1024 * 1024
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{group}.", dir=destination.parent))
     copied, skipped = 0, 0
     try:
         for label, source in group_sources(ctx, group):
+            check_component(label, "archive label")
             if not source.is_dir():
                 continue
             for path, relative in _small_files(source, limit):

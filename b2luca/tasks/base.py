@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import b2luigi
 import luigi
 
+from ..failures import cause_line
 from .context import BucketContext, context_for
 
 T = TypeVar("T", bound=luigi.Task)
@@ -51,6 +52,10 @@ class BucketTask(_BucketParameters, b2luigi.Task):
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.output_path()))
+
+    def on_failure(self, exception: BaseException) -> str:
+        """luigi's failure explanation with the one-line cause first (the driver shows that line)."""
+        return f"{cause_line(exception)}\n{super().on_failure(exception)}"
 
 
 class BucketWrapperTask(_BucketParameters, b2luigi.WrapperTask):

@@ -25,6 +25,8 @@ from ..contract import Verdict
 from ..dataset import build_input_data
 from ..enums import OnValidationFailure, Stage, TaskStatus
 from ..errors import CalibrationFailed
+from ..failures import cause_from_log
+from ..payload_deps import READS_FILE, check_reads
 from ..rundb import read_snapshot
 from ..runners import output_database, runner_for
 from .context import BucketContext, read_json
@@ -165,13 +167,18 @@ def calibrate(ctx: BucketContext, name: str, caf_config: Path, input_data: Path,
     if out.exists():  # a previous, unfinished attempt: its partial output must not leak into this one
         shutil.rmtree(out)
     log_path.unlink(missing_ok=True)
+    reads = work / READS_FILE
+    reads.unlink(missing_ok=True)
     result = runner_for(ctx.cfg).calibrate(caf_config, input_data, work, log_path)
     caf = "; ".join(map(str, result.caf_state))
     if caf:
         ctx.emit("step", name, step="calibrate", state="running", detail=f"CAF state: {caf}")
     if not result.ok:
+        cause = cause_from_log(log_path)
         raise CalibrationFailed(f"calibration script exited with code {result.returncode}"
+                                + (f": {cause}" if cause else "")
                                 + (f", CAF state {caf}" if caf else "") + f" (log {log_path})")
+    check_reads(ctx.catalogue, ctx.plan, name, reads)
 
 
 def validate(ctx: BucketContext, info: CalibrationInfo, work: Path, input_data: Path) -> Verdict | None:
@@ -190,7 +197,9 @@ def validate(ctx: BucketContext, info: CalibrationInfo, work: Path, input_data: 
     result = runner_for(ctx.cfg).validate(info.validation_path, work, input_data, verdict_path,
                                           out_dir, log_path, ctx.reference_paths())
     if not result.ok or not verdict_path.is_file():
-        raise CalibrationFailed(f"validation script exited with code {result.returncode} (log {log_path})")
+        cause = cause_from_log(log_path)
+        raise CalibrationFailed(f"validation script exited with code {result.returncode}"
+                                + (f": {cause}" if cause else "") + f" (log {log_path})")
     verdict = Verdict.load(verdict_path)
     plots = [str(p if Path(p).is_absolute() else out_dir / p) for p in verdict.plots]
     ctx.emit("validation", info.name, passed=verdict.passed, figures=verdict.figures, plots=plots,

@@ -18,6 +18,7 @@ from ..conditions import DatabaseChain, GlobalTag, LocalDatabase
 from ..config import BucketConfig, load_config
 from ..config_checks import expert_config_problems, raise_problems
 from ..enums import Stage
+from ..paths import check_component, check_name, under
 from ..report import Reporter, open_reporter
 
 # The stage names as they were before the Stage enum (the same objects), for code that imports them from here.
@@ -84,7 +85,8 @@ class BucketContext:
         return self.cfg.work_dir
 
     def calibration_dir(self, name: str) -> Path:
-        return self.work_dir / "calibrations" / name
+        return under(self.work_dir / "calibrations", check_component(name, "calibration name"),
+                     what="calibration")
 
     def result_path(self, name: str) -> Path:
         """The result file of a calibration: its luigi output, written last."""
@@ -107,7 +109,7 @@ class BucketContext:
         """Database directories in look-up order: the prompt global tag, then the configured chain."""
         root = self.cfg.conditions.directory
         names = [self.cfg.conditions.prompt_global_tag, *self.cfg.conditions.database_chain]
-        return [root / name for name in names]
+        return [under(root, check_name(name, "global tag"), what="conditions global tag") for name in names]
 
     def chain(self) -> DatabaseChain:
         return DatabaseChain([LocalDatabase(p) for p in self.chain_paths()])
@@ -116,7 +118,8 @@ class BucketContext:
         ref = self.cfg.conditions.reference_global_tag
         if not ref:
             return []
-        path = self.cfg.conditions.directory / ref
+        path = under(self.cfg.conditions.directory, check_name(ref, "conditions.reference_global_tag"),
+                     what="conditions global tag")
         return [str(path)] if path.is_dir() else []
 
     # --- reporting ----------------------------------------------------------------------------

@@ -30,7 +30,9 @@ from ..catalogue.responsibles import subsystem_responsibles
 from ..config import BucketConfig
 from ..dataset import ensure_data, production_runs
 from ..enums import Stage, TaskStatus
+from ..failures import cause_from_expl
 from ..report import local_issue_path, open_reporter
+from ..runlock import run_lock
 from . import batch, progress  # batch clusters and live progress (issue 13)
 from .context import BucketContext, context_for, group_name, local_task_name, production_task_name, read_json
 from .graph import ArchiveLogs, Bucket, CalibrationTask, CdstProduction, CopyLocalPayloads, PullSettings
@@ -55,6 +57,7 @@ class TaskRecord:
     started: float | None = None
     finished: float | None = None
     history: list[tuple[float, str]] = field(default_factory=list)
+    cause: str = ""  # one line: why it failed (from the task's failure explanation)
 
     @property
     def duration(self) -> float | None:
@@ -87,6 +90,8 @@ class RecordingScheduler(luigi.scheduler.Scheduler):
             record.started = now
         if status in (luigi.scheduler.DONE, luigi.scheduler.FAILED) and record.started is not None:
             record.finished = now
+        if status == luigi.scheduler.FAILED and kwargs.get("expl"):
+            record.cause = cause_from_expl(kwargs["expl"])
         record.status = status
         return super().add_task(task_id=task_id, status=status, **kwargs)
 
@@ -126,6 +131,7 @@ class TaskRow:
     state: TaskStatus
     duration: float | None
     report: str
+    cause: str = ""  # one line, for failed tasks
 
 
 def _walk(tasks: Iterable[luigi.Task]) -> list[luigi.Task]:
@@ -216,7 +222,8 @@ def collect_rows(ctx: BucketContext, tasks: list[luigi.Task], records: dict[str,
                 duration = document.get("duration")
             if kind == "archive":
                 report = document.get("location", "")
-        rows.append(TaskRow(name, kind, stage, group, state, duration, report))
+        rows.append(TaskRow(name, kind, stage, group, state, duration, report,
+                            cause=record.cause if record is not None and record.status == "FAILED" else ""))
     return rows
 
 
@@ -372,6 +379,14 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
                                else [Bucket(config_path=config_path)])
     if dry_run:
         return _dry_run(ctx, tasks, rerun, echo, start)
+    with run_lock(cfg.work_dir, command=f"b2luca run {config_path}"):
+        return _run_locked(cfg, ctx, tasks, config_path, workers, rerun, only, echo, start)
+
+
+def _run_locked(cfg: BucketConfig, ctx: BucketContext, tasks: list[luigi.Task], config_path: str,
+                workers: int | None, rerun: list[str], only: str | None, echo: Callable[[str], None],
+                start: float) -> RunOutcome:
+    """The run itself, under the bucket's run lock."""
     # Pre-flight of the report transport (GitLab: token, project, access) before anything runs;
     # a ReportConfigError ends the run with its message (exit code 2).
     open_reporter(cfg.report, cfg.work_dir, cfg.name, preflight=True)
@@ -436,7 +451,8 @@ def run_bucket(cfg: BucketConfig, workers: int | None = None, dry_run: bool = Fa
          f"luigi: {result.status.name}")
     if not ok:
         for row in [r for r in failed if r.state in (TaskStatus.FAILED, TaskStatus.INTERRUPTED)] + validation_failed:
-            echo(f"  {row.name}: {row.state}" + (f" — see {row.report}" if row.report else ""))
+            echo(f"  {row.name}: {row.state}" + (f": {row.cause}" if row.cause else "")
+                 + (f" — see {row.report}" if row.report else ""))
         skipped = [r for r in failed if r.state not in (TaskStatus.FAILED, TaskStatus.INTERRUPTED)]
         if skipped:
             echo(f"  {len(skipped)} task(s) not run because of these.")

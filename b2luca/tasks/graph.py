@@ -14,6 +14,7 @@ import luigi
 
 from ..dataset import production_runs
 from ..enums import Stage
+from ..paths import check_name, under
 from . import archive, calibration, cdst, local, setup
 from .base import BucketTask, BucketWrapperTask
 from .context import archive_task_name, group_name, local_task_name, parse_group, production_task_name
@@ -52,7 +53,9 @@ class CopyLocalPayloads(BucketTask):
         return local_task_name(self.subsystem, self.source_tag)
 
     def output_path(self) -> Path:
-        return self.ctx.work_dir / "local" / f"{self.subsystem}_{self.source_tag}.json"
+        name = f"{check_name(self.subsystem, 'local_calibrations subsystem')}_" \
+               f"{check_name(self.source_tag, 'local_calibrations global tag')}.json"
+        return under(self.ctx.work_dir / "local", name, what="local calibration output")
 
     def run(self) -> None:
         local.copy_local_payloads(self.ctx, self.subsystem, self.source_tag, self.output_path())

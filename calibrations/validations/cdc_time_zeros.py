@@ -51,7 +51,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     else:
         entries = read_input_data(input_data_path)
         files = []
-        for name in cal_settings.input_data_names:
+        for name in sorted(cal_settings.input_data_names):
             files += limit_files_per_run(entries.get(name, []), cfg.get("max_files_per_run"))
         hits = read_branches(files, "cdc", ["event", "board", "layer", "tdc"])
         halves = []

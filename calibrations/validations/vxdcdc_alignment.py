@@ -141,7 +141,8 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         raw = read_raw(files)
         limit = int(cfg["validation_tracks"]) // 2
         raw = {t: {kk: v[c["gevent"] < limit] for kk, v in c.items()} for t, c in raw.items()}
-        before = load_constants(chain_from_caf_config(config), first_exprun(requested_iov))
+        before = load_constants(chain_from_caf_config(config).without_bucket_results(("VXDAlignment", "CDCAlignment")),
+                                first_exprun(requested_iov))
         after = copy.deepcopy(before)
         after.vxd_params = fitted
         after.cdc_params = np.asarray(cdc["params"], float)

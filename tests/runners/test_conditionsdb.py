@@ -23,6 +23,7 @@ def central(tmp_path, basf2_standins, monkeypatch):
     server = tmp_path / "condb"
     monkeypatch.setenv("B2CONDB_STANDIN_DIR", str(server))
     monkeypatch.setenv("MY_GITLAB_TOKEN", "glpat-do-not-leak")
+    monkeypatch.setenv("B2LUCA_TEST_CONDDB_TOKEN", "jwt-do-not-leak")
     source = LocalDatabase(server / "staging_svd_demo").create()
     source.store("SVDNoise", {"noise": np.array([1.5])}, IoV(26, 0, -1, -1))
     source.store("SVDLocalConfigParameters", {"xml": np.array([1.0])}, IoV(0, 0, -1, -1))
@@ -30,9 +31,8 @@ def central(tmp_path, basf2_standins, monkeypatch):
     prompt = LocalDatabase(server / "prompt_demo").create()
     prompt.store("SVDNoise", {"noise": np.array([9.9])}, IoV(26, 1, -1, -1))  # an older copy: replaced
     config = make_bucket(tmp_path, changes={
-        "conditions.backend": "central",
-        # the REST client is needed for uploads only; the local copies here go through b2conditionsdb
-        "conditions.central": {"url": "http://127.0.0.1:9", "token_env": "B2LUCA_TEST_CONDDB_TOKEN"},
+        "conditions.backend": "central",  # its REST service is never contacted here: only the local copies run
+        "conditions.central": {"url": "https://conddb.invalid/rest", "token_env": "B2LUCA_TEST_CONDDB_TOKEN"},
         "local_calibrations": {"SVD": {"staging_svd_demo": ["SVDNoise", "SVDLocalConfigParameters"]}},
         "runner.basf2": {"setup": "echo basf2 environment ready"},
         "report.transport": "local"})

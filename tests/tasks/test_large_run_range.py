@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from b2luca.config import load_config
-from b2luca.tasks import cdst
+from b2luca import dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: bucket_helpers
 from bucket_helpers import make_bucket  # noqa: E402
@@ -21,7 +21,7 @@ def test_production_runs_lists_existing_run_directories_only(tmp_path, monkeypat
         (folder / "raw_0.root").write_bytes(b"")
     (tmp_path / "data" / "e0026" / "r00009").mkdir()  # no ROOT file: not a production run
     calls = []
-    real = cdst.run_root
-    monkeypatch.setattr(cdst, "run_root", lambda root, exprun: calls.append(exprun) or real(root, exprun))
-    assert cdst.production_runs(cfg) == [3, 7, 123456]
+    real = dataset.run_root
+    monkeypatch.setattr(dataset, "run_root", lambda root, exprun: calls.append(exprun) or real(root, exprun))
+    assert dataset.production_runs(cfg) == [3, 7, 123456]
     assert len(calls) < 10  # today's main stats every one of the million run numbers

@@ -73,7 +73,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_rerun_closure_raw_calibration_takes_its_dependents_and_the_whole_cdst_stage(ctx):
     plan = ctx.plan
     assert rerun_closure(plan, ["CDCTimeZeros"]) == ["CDCTimeZeros", "VXDCDCAlignment", *CDST]
-    assert rerun_closure(plan, ["PXDHotDeadPixels"]) == ["PXDHotDeadPixels", *CDST]
+    # VXDCDCAlignment depends on CDCTimeZeros, SVDTimeOffsets and PXDHotDeadPixels (issue 17B)
+    assert rerun_closure(plan, ["PXDHotDeadPixels"]) == ["PXDHotDeadPixels", "VXDCDCAlignment", *CDST]
     assert rerun_closure(plan, ["BeamSpot"]) == ["BeamSpot"]
     assert rerun_closure(plan, ["BeamSpot", "CDCTimeZeros", "BeamSpot"]) == [
         "BeamSpot", "CDCTimeZeros", "VXDCDCAlignment", "ECLCrystalEnergy", "ECLMuPiCNN"]
@@ -145,7 +146,7 @@ def test_dry_run_with_rerun_names_what_the_rerun_invalidates(ctx):
     assert all(state == TaskStatus.DONE and why == "complete (output exists)" for state, why in rows.values())
     rows = _dry(ctx, ["SVDTimeOffsets"])
     forced = {name for name, (state, why) in rows.items() if why == "--rerun invalidates it"}
-    assert forced == {"SVDTimeOffsets", *CDST, *(f"CdstProduction:r{run:05d}" for run in RUNS)}
+    assert forced == {"SVDTimeOffsets", "VXDCDCAlignment", *CDST, *(f"CdstProduction:r{run:05d}" for run in RUNS)}
     assert all(rows[name][0] == TaskStatus.WOULD_RUN for name in forced)
     assert rows["CDCTimeZeros"] == (TaskStatus.DONE, "complete (output exists)")
     assert _tree(ctx.work_dir) == before
