@@ -35,7 +35,7 @@ from b2luca.tasks.driver import run_bucket  # noqa: E402
 from b2luca.tasks.ledger import ledger_path, read_ledger  # noqa: E402
 
 SMALL_EVENTS = {"cosmic_calib": 150, "mumu_tight_or_highm_calib": 600, "hadron_calib": 300,
-                "bhabha_all_calib": 300, "random_calib": 50}
+                "bhabha_all_calib": 300, "random_calib": 50, "radmumu_calib": 1000}  # radmumu: ECLMuPiCNN's muons
 
 
 def write_config(base: Path, data: Path, batch: dict, small: bool) -> Path:
