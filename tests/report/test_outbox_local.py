@@ -129,15 +129,3 @@ def test_local_signoff_survives_rerender_until_new_attempt(tmp_path: Path) -> No
     emit_calibration(rep, "SVDTimeOffsets", tmp_path / "plots", revision=2)  # a new attempt
     assert not parse_checklist(path.read_text())["sign-off"]
     assert "**Attempt:** 2" in path.read_text()
-
-
-def test_local_emit_is_cheap(tmp_path: Path) -> None:
-    import time
-
-    rep = open_reporter(LOCAL, tmp_path, BUCKET)
-    t0 = time.perf_counter()
-    emit_bucket(rep, tmp_path)
-    n = len(Outbox(tmp_path / "report").read_events())
-    per_event = (time.perf_counter() - t0) / n
-    print(f"local emit: {1e3 * per_event:.2f} ms/event over {n} events")
-    assert per_event < 0.05
