@@ -51,25 +51,6 @@ class BlockPairStore:
         self.pair_slot = np.zeros(0, np.int64)  # their rows in the value store
         self.vals = np.zeros((0, width))
         self.nslots = 0
-        self._ptab = np.zeros(0, np.int32)  # block pair -> store row (see table_slots)
-        self._ptab_n = -1
-
-    def table_slots(self, keys: np.ndarray, nblk: int) -> np.ndarray:
-        """Store rows of block-pair ``keys`` through a dense (``nblk`` x ``nblk``) table; new pairs get zero
-        rows."""
-        if self._ptab_n != nblk:  # blocks were added: rebuild the table from the sorted index
-            self._ptab = np.full(nblk * nblk, -1, np.int32)
-            self._ptab[(self.pair_keys // NBIG) * nblk + self.pair_keys % NBIG] = self.pair_slot
-            self._ptab_n = nblk
-        idx = (keys // NBIG) * nblk + keys % NBIG
-        out = self._ptab[idx]
-        miss = out < 0
-        if miss.any():
-            newk = unique_ints(keys[miss])
-            self.merge(newk, np.zeros((newk.size, self.vals.shape[1])))
-            self._ptab[(newk // NBIG) * nblk + newk % NBIG] = self.pair_slot[np.searchsorted(self.pair_keys, newk)]
-            out = self._ptab[idx]
-        return out
 
     def merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
         """Add per-chunk block-pair sums; values live in an append-only store, keys in a sorted index."""

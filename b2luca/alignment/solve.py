@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import scipy.linalg as la
@@ -117,8 +118,12 @@ class _DenseFactor:
 
 
 def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None, method: str = "auto",
-                 errors: bool = True) -> SolveOutput:
-    """Solve C Δg = b subject to A Δg = c (exactly, or by MINRES); see the module docstring."""
+                 errors: bool = True, phase_end: Callable[[str], None] | None = None) -> SolveOutput:
+    """Solve C Δg = b subject to A Δg = c (exactly, or by MINRES); see the module docstring.
+
+    ``phase_end(name)`` is called as each phase (factorise, solve, errors) ends (e.g. to measure memory).
+    """
+    mark = phase_end or (lambda name: None)
     n = C.shape[0]
     t: dict[str, float] = {}
     if method == "auto":
@@ -157,6 +162,7 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
                               f"presigmas or constraints ({exc})") from exc
     if fac is not None:
         t["factorise"] = time.perf_counter() - t0
+        mark("factorise")
         t0 = time.perf_counter()
         B = np.zeros((n, 2 * m))
         if m:
@@ -190,6 +196,7 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
                               f"all weak modes ({exc})") from exc
         info["regularisation"] = "augmented Lagrangian"
         t["factorise"] = time.perf_counter() - t0
+        mark("factorise")
         t0 = time.perf_counter()
         W = fac.solve(np.column_stack([b + rho * (A.T @ c), A.T]))
         u, WB = W[:, 0], W[:, 1:]
@@ -197,6 +204,7 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
         lam = np.linalg.solve(T, A @ u - c)
         x = u - WB @ lam
     t["solve"] = time.perf_counter() - t0
+    mark("solve")
     err = None
     if errors:
         t0 = time.perf_counter()
@@ -206,6 +214,7 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
             dG = dG - np.einsum("ia,ab,ib->i", WB, Tinv, WB)
         err = np.sqrt(np.maximum(dG, 0.0))
         t["errors"] = time.perf_counter() - t0
+        mark("errors")
     if m:
         info["constraint_residual"] = float(np.max(np.abs(A @ x - c))) if m else 0.0
     if isinstance(fac, SupernodalCholesky):
