@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ._arrays import unique_ints
+from ._arrays import index_type, unique_ints
 
 __all__ = ["NBIG", "BlockPairStore", "GlobalSystem", "merge_systems"]
 
@@ -84,22 +84,45 @@ class BlockPairStore:
         return self.vals[self.pair_slot]
 
     def matrix(self, block_members: np.ndarray, newidx: np.ndarray, n: int) -> sp.csr_matrix:
-        """The symmetric (n, n) matrix (both triangles) of the stored block pairs; label index i of a block
-        member becomes row/column ``newidx[i]``."""
+        """The symmetric (n, n) matrix (both triangles, canonical CSR) of the stored block pairs; label index
+        i of a block member becomes row/column ``newidx[i]``.
+
+        Built in batches of block pairs into preallocated coordinate arrays with 32-bit indices, so the peak
+        is about 28 bytes per stored entry (coordinates + the CSR) rather than several int64 copies.
+        """
         S = block_members.shape[1]
+        it = index_type(n)
+        mem = np.where(block_members >= 0, newidx[np.maximum(block_members, 0)], -1).astype(it)
         bi = self.pair_keys // NBIG
         bj = self.pair_keys % NBIG
-        rows = block_members[bi][:, :, None] * np.ones(S, np.int64)[None, None, :]
-        cols = block_members[bj][:, None, :] * np.ones(S, np.int64)[None, :, None]
-        vals = self.pair_vals.reshape(-1, S, S)
-        diag = bi == bj  # diagonal blocks: symmetric up to round-off, made exactly symmetric
-        vals[diag] = 0.5 * (vals[diag] + vals[diag].transpose(0, 2, 1))
-        m = (rows >= 0) & (cols >= 0)
-        off = (bi != bj)[:, None, None] & m
-        r = np.concatenate([rows[m], cols[off]])
-        c = np.concatenate([cols[m], rows[off]])
-        v = np.concatenate([vals[m], vals[off]])
-        return sp.csr_matrix((v, (newidx[r], newidx[c])), shape=(n, n))  # each label in one block: no duplicates
+        nv = (mem >= 0).sum(axis=1)
+        cnt = nv[bi] * nv[bj]
+        total = int(cnt.sum() + cnt[bi != bj].sum())
+        r = np.empty(total, it)
+        c = np.empty(total, it)
+        v = np.empty(total)
+        pos = 0
+        for s0 in range(0, bi.size, _MATRIX_BATCH):
+            a, b = bi[s0: s0 + _MATRIX_BATCH], bj[s0: s0 + _MATRIX_BATCH]
+            vals = self.vals[self.pair_slot[s0: s0 + _MATRIX_BATCH]].reshape(-1, S, S)
+            diag = a == b  # diagonal blocks: symmetric up to round-off, made exactly symmetric
+            vals[diag] = 0.5 * (vals[diag] + vals[diag].transpose(0, 2, 1))
+            ra = np.broadcast_to(mem[a][:, :, None], vals.shape)
+            cb = np.broadcast_to(mem[b][:, None, :], vals.shape)
+            m = (ra >= 0) & (cb >= 0)
+            for rows, cols, sel in ((ra, cb, m), (cb, ra, m & ~diag[:, None, None])):
+                k = int(np.count_nonzero(sel))
+                r[pos: pos + k] = rows[sel]
+                c[pos: pos + k] = cols[sel]
+                v[pos: pos + k] = vals[sel]
+                pos += k
+        C = sp.csr_matrix((v, (r, c)), shape=(n, n))  # each label in one block: no duplicates
+        del r, c, v
+        C.sum_duplicates()  # sorts the column indices in place (canonical format: no copy downstream)
+        return C
+
+
+_MATRIX_BATCH = 1 << 16  # block pairs per batch of BlockPairStore.matrix
 
 
 def merge_systems(parts: list[GlobalSystem]) -> GlobalSystem:

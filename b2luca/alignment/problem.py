@@ -296,7 +296,7 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
         fixed |= few
         free = ~fixed
         fi = np.flatnonzero(free)
-        C = gs.C[fi][:, fi].tocsr()
+        C = gs.C if fi.size == n else gs.C[fi][:, fi].tocsr()  # no copy when every parameter is free
         b = gs.b[fi].copy()
         # χ² pieces of the data alone (before priors/soft constraints)
         Cdata, bdata = C, b.copy()
