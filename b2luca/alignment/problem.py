@@ -51,6 +51,9 @@ class AlignmentProblem(FitOptions):
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     blas_threads: int = SOLVE_BLAS_THREADS  # BLAS threads in the solve (fixed: reproducible round-off)
     lanes: int = LANES  # no effect any more (see LANES); kept for callers that set it
+    #: measure the peak memory of each phase (info['peak_rss_bytes']); resets the process's high-water mark
+    #: (ru_maxrss too), so it is for processes that run just the fit (``b2luca align``, benchmarks)
+    phase_memory: bool = False
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
@@ -261,7 +264,7 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
         raise SolverError(f"unknown method {method!r}")
     _keep_freed_memory()
     timer: dict[str, float] = {}
-    memory = PhasePeaks()
+    memory = PhasePeaks(enabled=problem.phase_memory)
     t_start = time.perf_counter()
     npass = max(1, problem.iterations)
     if problem.outlierdownweighting > 0:
@@ -346,8 +349,9 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
     assert out is not None
     timer["total"] = time.perf_counter() - t_start
     memory.end("finish")
-    out.info["peak_rss_bytes"] = dict(memory.peaks)
-    out.info["peak_rss_per_phase"] = memory.reset_ok
+    if problem.phase_memory:
+        out.info["peak_rss_bytes"] = dict(memory.peaks)
+        out.info["peak_rss_per_phase"] = memory.reset_ok
     order = ["read", "assemble", "factorise", "solve", "errors", "total"]
     out.timings = {k: timer[k] for k in order if k in timer}
     return out

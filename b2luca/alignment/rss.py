@@ -33,14 +33,18 @@ def _reset() -> bool:
 
 
 class PhasePeaks:
-    """Collects ``peaks[phase]`` = the largest resident set (bytes) seen during that phase."""
+    """Collects ``peaks[phase]`` = the largest resident set (bytes) seen during that phase (nothing, and no
+    reset of the process's high-water mark, when not ``enabled``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.peaks: dict[str, int] = {}
-        self.reset_ok = _reset()
+        self.enabled = enabled
+        self.reset_ok = _reset() if enabled else False
 
     def end(self, phase: str) -> None:
         """Close ``phase`` (started at the previous ``end`` or at construction) and start the next one."""
+        if not self.enabled:
+            return
         hwm = peak_rss_bytes()
         if hwm is None:
             return
