@@ -67,7 +67,7 @@ class BlockPairStore:
         newk = uk[~found]
         k = newk.size
         if self.nslots + k > self.vals.shape[0]:
-            cap = max(2 * self.vals.shape[0], self.nslots + k, 1024)
+            cap = max(int(1.25 * self.vals.shape[0]), self.nslots + k, 1024)  # 1.25: little unused capacity
             grown = np.zeros((cap, sums.shape[1]))
             grown[: self.nslots] = self.vals[: self.nslots]
             self.vals = grown
@@ -87,21 +87,29 @@ class BlockPairStore:
         """The symmetric (n, n) matrix (both triangles, canonical CSR) of the stored block pairs; label index
         i of a block member becomes row/column ``newidx[i]``.
 
-        Built in batches of block pairs into preallocated coordinate arrays with 32-bit indices, so the peak
-        is about 28 bytes per stored entry (coordinates + the CSR) rather than several int64 copies.
+        The CSR arrays are allocated once (row counts from the block sizes) and filled in batches of block
+        pairs, so the peak is the store plus the CSR (12 bytes per entry with 32-bit indices), not a
+        coordinate copy of the whole matrix.
         """
         S = block_members.shape[1]
-        it = index_type(n)
-        mem = np.where(block_members >= 0, newidx[np.maximum(block_members, 0)], -1).astype(it)
+        nblk = block_members.shape[0]
+        mem = np.where(block_members >= 0, newidx[np.maximum(block_members, 0)], -1)
         bi = self.pair_keys // NBIG
         bj = self.pair_keys % NBIG
         nv = (mem >= 0).sum(axis=1)
-        cnt = nv[bi] * nv[bj]
-        total = int(cnt.sum() + cnt[bi != bj].sum())
-        r = np.empty(total, it)
-        c = np.empty(total, it)
-        v = np.empty(total)
-        pos = 0
+        off = bi != bj
+        per_row = (np.bincount(bi, weights=nv[bj], minlength=nblk)
+                   + np.bincount(bj[off], weights=nv[bi[off]], minlength=nblk)).astype(np.int64)
+        count = np.zeros(n, np.int64)
+        valid = mem >= 0
+        count[mem[valid]] = np.broadcast_to(per_row[:, None], mem.shape)[valid]
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(count, out=indptr[1:])
+        it = index_type(n, int(indptr[-1]))
+        indices = np.empty(int(indptr[-1]), it)
+        data = np.empty(int(indptr[-1]))
+        fill = indptr[:-1].copy()  # next free slot of each row
+        mem = mem.astype(it)
         for s0 in range(0, bi.size, _MATRIX_BATCH):
             a, b = bi[s0: s0 + _MATRIX_BATCH], bj[s0: s0 + _MATRIX_BATCH]
             vals = self.vals[self.pair_slot[s0: s0 + _MATRIX_BATCH]].reshape(-1, S, S)
@@ -110,19 +118,25 @@ class BlockPairStore:
             ra = np.broadcast_to(mem[a][:, :, None], vals.shape)
             cb = np.broadcast_to(mem[b][:, None, :], vals.shape)
             m = (ra >= 0) & (cb >= 0)
-            for rows, cols, sel in ((ra, cb, m), (cb, ra, m & ~diag[:, None, None])):
-                k = int(np.count_nonzero(sel))
-                r[pos: pos + k] = rows[sel]
-                c[pos: pos + k] = cols[sel]
-                v[pos: pos + k] = vals[sel]
-                pos += k
-        C = sp.csr_matrix((v, (r, c)), shape=(n, n))  # each label in one block: no duplicates
-        del r, c, v
-        C.sum_duplicates()  # sorts the column indices in place (canonical format: no copy downstream)
+            mo = m & ~diag[:, None, None]
+            r = np.concatenate([ra[m], cb[mo]])
+            c = np.concatenate([cb[m], ra[mo]])
+            v = np.concatenate([vals[m], vals[mo]])
+            o = np.argsort(r, kind="stable")
+            r, c, v = r[o], c[o], v[o]
+            start = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+            cnt = np.diff(np.append(start, r.size))
+            rank = np.arange(r.size) - np.repeat(start, cnt)
+            dest = fill[r] + rank
+            fill[r[start]] += cnt
+            indices[dest] = c
+            data[dest] = v
+        C = sp.csr_matrix((data, indices, indptr.astype(it, copy=False)), shape=(n, n))
+        C.sort_indices()  # in place; each label is in one block, so there are no duplicates
         return C
 
 
-_MATRIX_BATCH = 1 << 16  # block pairs per batch of BlockPairStore.matrix
+_MATRIX_BATCH = 1 << 14  # block pairs per batch of BlockPairStore.matrix (~1M entries)
 
 
 def merge_systems(parts: list[GlobalSystem]) -> GlobalSystem:

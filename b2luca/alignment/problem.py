@@ -195,6 +195,16 @@ def _keep_freed_memory() -> None:
         pass
 
 
+def _release_freed_memory() -> None:
+    """Give the memory that malloc keeps for reuse (see :func:`_keep_freed_memory`) back to the system."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _pass(problem: AlignmentProblem, corr: tuple[np.ndarray, np.ndarray] | None, ipass: int,
           timer: dict[str, float]) -> GlobalSystem:
     dw = DownWeighting()
@@ -276,6 +286,7 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
     out = None
     for ipass in range(npass):
         gs = _pass(problem, (corr_labels, corr_values) if ipass else None, ipass, timer)
+        _release_freed_memory()  # the pass's freed temporaries, kept for reuse during it, go back now
         memory.end("pass")
         labels = gs.labels
         n = labels.size

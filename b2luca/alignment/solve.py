@@ -100,6 +100,21 @@ def _pivots(A: np.ndarray) -> np.ndarray:
     return np.sort(piv[: A.shape[0]])
 
 
+def _diagonal_slots(C: sp.spmatrix, P: np.ndarray) -> np.ndarray | None:
+    """Positions in ``C.data`` of the diagonal entries (p, p), p in P; None unless C is canonical CSR holding
+    all of them."""
+    if C.format != "csr" or not C.has_canonical_format:
+        return None
+    out = np.empty(P.size, np.int64)
+    for k, p in enumerate(P):  # m (the number of constraints) is small
+        lo, hi = int(C.indptr[p]), int(C.indptr[p + 1])
+        j = lo + int(np.searchsorted(C.indices[lo:hi], p))
+        if j >= hi or C.indices[j] != p:
+            return None
+        out[k] = j
+    return out
+
+
 class _DenseFactor:
     def __init__(self, G: sp.spmatrix):
         n = G.shape[0]
@@ -148,12 +163,22 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
         # preferred: m pivot parameters (keeps the sparsity of C)
         P = _pivots(A)
         gam = np.maximum(np.abs(diagC[P]), 1e-3 * scale)
-        G = (C + sp.csr_matrix((gam, (P, P)), shape=(n, n))).tocsr()
+        slots = _diagonal_slots(C, P)
+        if slots is not None:  # G = C + γ on the pivots, in C's own arrays (restored below): no copy of C
+            orig = C.data[slots].copy()
+            C.data[slots] += gam  # the same sums as C + diag(γ)
+            G = C
+        else:
+            G = (C + sp.csr_matrix((gam, (P, P)), shape=(n, n))).tocsr()
         try:
             fac = factor(G)
             info["regularisation"] = "pivots"
         except (NotPositiveDefinite, la.LinAlgError):
             fac = None
+        finally:
+            if slots is not None:
+                C.data[slots] = orig
+        del G
     else:
         try:
             fac = factor(C)
