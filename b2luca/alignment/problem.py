@@ -169,38 +169,28 @@ def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: di
     return asm.finish()
 
 
-_MALLOC_TUNED = False
-
-
-def _keep_freed_memory() -> None:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the system.
+def _malloc_for_pass(on: bool) -> None:
+    """Tune glibc's malloc for the data pass (``on``) or for the solve (no effect off glibc).
 
     Every data chunk allocates the same-sized temporaries again; by default glibc serves arrays above a
     (dynamic) threshold with fresh mmaps and trims the heap, so the kernel zero-fills those pages on each
     first touch, which on virtual machines costs as much as the arithmetic (measured: decoding a 92 MB
-    file took 455 ms with the defaults, 175-250 ms with freed memory kept). This sets the mmap threshold to
-    256 MB and the trim threshold to 1 GB for the rest of the process (no effect off glibc).
+    file took 455 ms with the defaults, 175-250 ms with freed memory kept). During a pass the mmap threshold
+    is 256 MB and the trim threshold 1 GB; after it (``on=False``) the kept memory is given back and arrays
+    above 32 MB are mmapped again, so the solve's large temporaries (fronts of the factorisation) return to
+    the system when freed instead of staying resident.
     """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def _release_freed_memory() -> None:
-    """Give the memory that malloc keeps for reuse (see :func:`_keep_freed_memory`) back to the system."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        if on:
+            libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        else:
+            libc.mallopt(-3, 32 << 20)
+            libc.mallopt(-1, 64 << 20)
+            libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
@@ -272,7 +262,6 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
     method = PEDE_METHODS.get((method or problem.method).lower(), None) or (method or problem.method)
     if method not in ("auto", "sparse", "dense", "minres"):
         raise SolverError(f"unknown method {method!r}")
-    _keep_freed_memory()
     timer: dict[str, float] = {}
     memory = PhasePeaks(enabled=problem.phase_memory)
     t_start = time.perf_counter()
@@ -285,8 +274,9 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
     warnings = list(problem.warnings)
     out = None
     for ipass in range(npass):
+        _malloc_for_pass(True)
         gs = _pass(problem, (corr_labels, corr_values) if ipass else None, ipass, timer)
-        _release_freed_memory()  # the pass's freed temporaries, kept for reuse during it, go back now
+        _malloc_for_pass(False)  # the pass's freed temporaries, kept for reuse during it, go back now
         memory.end("pass")
         labels = gs.labels
         n = labels.size

@@ -334,10 +334,15 @@ def _expand(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 
 class _Pool:
-    """Reusable float64 work buffers: touching fresh memory is several times slower than reusing it."""
+    """Reusable float64 work buffers: touching fresh memory is several times slower than reusing it.
 
-    def __init__(self) -> None:
+    At most ``keep`` bytes of free buffers are kept (the largest are let go first): the many small fronts
+    reuse memory, while the few large ones near the root do not stay resident after use.
+    """
+
+    def __init__(self, keep: int = 128 << 20) -> None:
         self.free: list[np.ndarray] = []
+        self.keep = keep
 
     def get(self, size: int) -> np.ndarray:
         """A 1-d buffer of at least ``size`` elements (contents undefined); give it back with ``put``."""
@@ -351,6 +356,10 @@ class _Pool:
 
     def put(self, buf: np.ndarray) -> None:
         self.free.append(buf)
+        total = sum(b.nbytes for b in self.free)
+        while total > self.keep and self.free:
+            big = max(range(len(self.free)), key=lambda i: self.free[i].size)
+            total -= self.free.pop(big).nbytes
 
 
 def _fview(buf: np.ndarray, rows: int, cols: int) -> np.ndarray:
