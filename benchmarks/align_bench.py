@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,14 +151,15 @@ def run_one(steer: Path, method: str, save: Path | None, ref: Path | None) -> di
     res = solve(problem, method=method)
     wall = time.perf_counter() - t0
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    out = {"method": method, "exact": res.exact, "n_params": int(res.labels.size), "records": res.n_records,
+    peaks = {k: v / 1024**3 for k, v in res.info.get("peak_rss_bytes", {}).items()}
+    out: dict[str, Any] = {"method": method, "exact": res.exact, "n_params": int(res.labels.size), "records": res.n_records,
            "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "timings": res.timings,
            "chi2_ndf": res.chi2_ndf, "fixed": int(res.fixed.sum()),
-           "phase_peak_gb": {k: v / 1024**3 for k, v in res.info.get("peak_rss_bytes", {}).items()},
+           "phase_peak_gb": peaks,
            "bytes": sum(p.stat().st_size for p in _data_files(steer)), "threads": res.info.get("threads"),
            "nnz_L": res.info.get("nnz_L")}
     # the phase marks reset the kernel's high-water mark (ru_maxrss too): the process peak is their maximum
-    out["peak_rss_gb"] = max([ru.ru_maxrss / 1024**2, *out["phase_peak_gb"].values()])
+    out["peak_rss_gb"] = max([ru.ru_maxrss / 1024**2, *peaks.values()])
     out.update(_truth_check(steer, res.labels, res.corrections, res.errors, res.fixed))
     tag = f"{steer.parent.name}_{method}"
     if save is not None:
@@ -219,13 +221,15 @@ def cholmod_compare(steer: Path) -> dict:
     G of the exact solve (C plus the pivot diagonal, see b2luca.alignment.solve)."""
     import scipy.sparse as sp
 
-    from b2luca.alignment import AlignmentProblem, SupernodalCholesky
+    from b2luca.alignment import AlignmentProblem
     from b2luca.alignment.assemble import Assembler
     from b2luca.alignment.problem import _build_constraints, assemble
     from b2luca.alignment.solve import _independent_rows, _pivots
 
+    from threadpoolctl import threadpool_limits
+
     try:
-        from cvxopt import cholmod, matrix, spmatrix  # type: ignore[import-untyped]
+        import cvxopt  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         return {"skipped": "cvxopt not installed (pip install .[bench])"}
     problem = AlignmentProblem.from_steering(steer)
@@ -240,6 +244,16 @@ def cholmod_compare(steer: Path) -> dict:
     d = C.diagonal()
     gam = np.maximum(np.abs(d[P]), 1e-3 * float(np.mean(np.abs(d[d != 0]))))
     G = (C + sp.csr_matrix((gam, (P, P)), shape=C.shape)).tocsr()
+    with threadpool_limits(1):  # both single-threaded BLAS (the fit's setting; threads oversubscribe here)
+        return _cholesky_pair(G, b)
+
+
+def _cholesky_pair(G, b: np.ndarray) -> dict:  # type: ignore[no-untyped-def]
+    import scipy.sparse as sp
+    from cvxopt import cholmod, matrix, spmatrix  # type: ignore[import-untyped]
+
+    from b2luca.alignment import SupernodalCholesky
+
     n = G.shape[0]
     out: dict = {"n": n, "nnz_G": int(G.nnz)}
     t0 = time.perf_counter()
