@@ -575,8 +575,9 @@ def _map(path: Path) -> mmap.mmap | None:
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-#: chunks of a mapped file kept mapped behind the newest one (they may still be decoding in other threads)
-_RELEASE_LAG = 8
+#: chunks of a mapped file kept resident behind the newest one (they may still be decoding in other threads;
+#: with 4 MB chunks, at most 128 MB of the file)
+_RELEASE_LAG = 32
 
 
 def _iter_mapped(mm: mmap.mmap, fortran: bool | None, chunk_bytes: int, source: str) -> Iterator[RawChunk]:

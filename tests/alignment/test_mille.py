@@ -146,5 +146,5 @@ def test_released_pages_read_back_the_same_bytes(tmp_path, recs):
     p = tmp_path / "d.bin"
     write_mille(p, recs)
     raws = list(iter_raw_chunks(p, chunk_bytes=4096))  # all framed first: the early ones are released
-    assert len(raws) > 4 * _RELEASE_LAG
+    assert len(raws) > _RELEASE_LAG + 10
     _same(concat_records([r.decode() for r in raws]), recs)
