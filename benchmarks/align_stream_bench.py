@@ -62,7 +62,7 @@ def main() -> int:
             rows[rep] = r
             t = r["timings"]
             pas = t.get("read", 0.0) + t.get("assemble", 0.0)
-            print(f"x{rep}: records={r['records']:,} file bytes={rep * r['bytes'] / 1e9:.1f} GB | data pass {pas:.1f} s "
+            print(f"x{rep}: records={r['records']:,} file bytes={r['bytes'] / 1e9:.1f} GB | data pass {pas:.1f} s "
                   f"({r['records'] / pas / 1e3:.0f} k records/s), total {t['total']:.1f} s, cpu {r['cpu_s']:.0f} s | "
                   "peak memory per phase: " + " ".join(f"{k}={v:.2f}GB" for k, v in r["phase_peak_gb"].items())
                   + f" | process peak {r['peak_rss_gb']:.2f} GB", flush=True)
@@ -73,6 +73,9 @@ def main() -> int:
             return r["timings"].get("read", 0.0) + r["timings"].get("assemble", 0.0)
 
         slope = (pas(b) - pas(a)) / (b["records"] - a["records"])
+        cpu_slope = (b["cpu_s"] - a["cpu_s"]) / (b["records"] - a["records"])  # CPU: less sensitive to load
+        print(f"CPU {cpu_slope * 1e6:.1f} us/record -> {args.project / 1e6:.0f}M records: "
+              f"{cpu_slope * args.project:.0f} CPU s for the data pass")
         fixed = b["timings"]["total"] - pas(b)
         proj = slope * args.project
         print(f"slope {slope * 1e6:.2f} us/record (data pass) -> {args.project / 1e6:.0f}M records: data pass "
