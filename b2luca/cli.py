@@ -11,16 +11,18 @@ import sys
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
-from .config import BucketConfig, load_config
 from .errors import (EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, B2lucaError, ConfigError, ReportConfigError,
                      TransportError)
 from .errors import UsageError
 
 if TYPE_CHECKING:
     from .catalogue import Catalogue, Plan
+    from .config import BucketConfig
 
 
 def _load(path: str) -> BucketConfig:
+    from .config import load_config  # here, not at the top: `b2luca align` needs no bucket configuration
+
     return load_config(path)
 
 

@@ -1,18 +1,29 @@
 #!/usr/bin/env python
-"""Benchmark of the alignment solver on barrel-like toy problems (b2luca.alignment.toy).
+"""Benchmark of the alignment solver: time and peak memory per phase, exactness, optional pede and CHOLMOD.
 
-For each size it writes real Mille files (float32 C binary, several files of 100k tracks) plus the
-constraints removing the 5 exact weak modes of the toy, then, for each method, runs the full fit in a fresh
-subprocess (read + assemble + solve + errors) and reports the wall time per phase and the peak resident
-memory of that process. The data pass runs one worker thread per core, so "read" (framing, in the main
-thread) overlaps "assemble" (decoding, local fits, accumulation); their sum is the pass's wall time.
-After the fit, the same process measures reading alone (framing + decoding, files in the page cache).
+Problems:
 
-    python benchmarks/align_bench.py                       # sizes 3k,20k,60k, methods sparse,dense,minres
-    python benchmarks/align_bench.py --sizes 3k,20k --methods sparse
-    python benchmarks/align_bench.py --keep /tmp/bench     # keep the generated files
+* ``A3k``, ``B20k``, ``C60k``: the reference problems of ``shared/alignment/tools/gen_barrel.py`` (recipes in
+  its README; generated here with exactly those arguments, ``--gen`` finds the script);
+* ``3k``, ``20k``, ``60k``: barrel toys of :mod:`b2luca.alignment.toy` (several files of 100k tracks).
 
-Sizes: 3k = 3,000 parameters / 200k tracks, 20k = 20,000 / 800k, 60k = 60,000 / 2M.
+Every fit runs in a fresh subprocess (read + assemble + solve + errors) and reports the wall time per phase,
+the process's CPU time, and the peak resident memory *per phase* (the kernel's high-water mark, reset
+between phases: numpy's buffers included, see :mod:`b2luca.alignment.rss`). Against the truth: RMS of
+(fit − truth projected onto the constraint surface) in u and the pull RMS. ``--save DIR`` keeps each
+solution; ``--ref DIR`` compares with solutions saved earlier (e.g. by the previous release) in units of σ.
+
+``--pede PATH``: also runs Millepede II's pede on the same files (its sparseMINRES default and, up to 20k
+parameters, its exact unpackedLAPACK), with its wall time and peak memory, and prints our/pede ratios and
+the largest difference of the values in units of our σ.
+
+``--cholmod``: factorises the assembled matrix of each problem with our supernodal Cholesky and with
+CHOLMOD (``pip install .[bench]``: the cvxopt wheel, AMD ordering) and compares time and solutions.
+
+    python benchmarks/align_bench.py --sizes A3k,B20k,C60k --methods sparse --keep /tmp/ab
+    python benchmarks/align_bench.py --sizes C60k --keep /tmp/ab --pede /tmp/pede/pede --cholmod
+    python benchmarks/align_bench.py --sizes 3k,20k --methods sparse,dense,minres   # the toys
+
 The dense method is skipped above 16,000 parameters (see b2luca.alignment.solve.DENSE_MAX).
 """
 
@@ -22,19 +33,50 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-SIZES = {"3k": (3000, 200_000), "20k": (20000, 800_000), "60k": (60000, 2_000_000)}
+REPO = Path(__file__).resolve().parents[1]
+TOY_SIZES = {"3k": (3000, 200_000), "20k": (20000, 800_000), "60k": (60000, 2_000_000)}
+_LAYERS = "40:70,70:100,110:140,160:190,220:250,290:320,380:410,480:510,600:630,750:780"
+#: the reference problems (shared/alignment/tools/README.md)
+RECIPES = {
+    "A3k": ["--sensors", "500", "--tracks", "200000", "--seed", "11"],
+    "B20k": ["--layers", _LAYERS, "--sensors", "3334", "--tracks", "500000", "--seed", "22"],
+    "C60k": ["--layers", _LAYERS, "--sensors", "10000", "--tracks", "1000000", "--seed", "33"],
+}
 CHUNK_TRACKS = 100_000
+PEDE_EXACT_MAX = 20_100  # pede's exact (dense) method above this needs > 3 GB: skipped
 
 
-def generate(folder: Path, n_params: int, n_tracks: int, seed: int = 1) -> Path:
+def find_gen(given: Path | None) -> Path | None:
+    """gen_barrel.py: ``given``, else shared/alignment/tools beside the repository (or one level up)."""
+    cands = [given] if given else [REPO.parent / "shared", REPO.parent.parent / "shared"]
+    for c in cands:
+        if c is None:
+            continue
+        p = c if c.name == "gen_barrel.py" else c / "alignment" / "tools" / "gen_barrel.py"
+        if p.is_file():
+            return p
+    return None
+
+
+def generate_recipe(gen: Path, folder: Path, name: str) -> Path:
+    """Write reference problem ``name`` into ``folder`` with gen_barrel.py; returns its steering file."""
+    subprocess.run([sys.executable, gen.name, "--out", str(folder), *RECIPES[name]], cwd=gen.parent, check=True,
+                   stdout=subprocess.DEVNULL)
+    return folder / "steer_inversion.txt"
+
+
+def generate_toy(folder: Path, n_params: int, n_tracks: int, seed: int = 1) -> Path:
+    """A barrel toy (b2luca.alignment.toy) in files of 100k tracks, with its 5 weak-mode constraints."""
     from b2luca.alignment import write_mille
     from b2luca.alignment.toy import barrel_geometry, generate_tracks
 
@@ -68,92 +110,251 @@ def generate(folder: Path, n_params: int, n_tracks: int, seed: int = 1) -> Path:
     return steer
 
 
-def run_one(steer: str, method: str) -> dict:
-    """Fit in this process; returns timings, peak memory and a few checks."""
-    from b2luca.alignment import solve_steering
-
-    t0 = time.perf_counter()
-    res = solve_steering(steer, method=method)
-    wall = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    folder = Path(steer).parent
-    truth = np.load(folder / "truth.npy")
-    out = {"method": method, "exact": res.exact, "n_params": int(res.labels.size), "records": res.n_records,
-           "wall_s": wall, "timings": res.timings, "peak_rss_gb": peak_kb / 1024**2, "chi2_ndf": res.chi2_ndf,
-           "fixed": int(res.fixed.sum()), "bytes": sum(p.stat().st_size for p in folder.glob("data_*.bin"))}
-    out["threads"] = res.info.get("threads")
-    out.update(read_speed(sorted(folder.glob("data_*.bin"))))
-    if res.errors is not None:
-        # pulls against the truth projected onto the constraint surface (weak modes removed)
+def _truth_check(steer: Path, labels: np.ndarray, x: np.ndarray, err: np.ndarray | None,
+                 fixed: np.ndarray) -> dict:
+    """RMS(fit − truth') in u (µm) and the pull RMS, truth' = the truth on the constraint surface."""
+    folder = steer.parent
+    out: dict = {}
+    if (folder / "truth.npz").exists():  # gen_barrel: truth' = truth − N (C N)⁻¹ C truth, C = Nᵀ per column
+        t = np.load(folder / "truth.npz")
+        N = t["N"]
+        Cn = (N / np.linalg.norm(N, axis=0)).T
+        tp = t["truth"] - N @ np.linalg.solve(Cn @ N, Cn @ t["truth"])
+        pos = np.searchsorted(t["labels"], labels)
+        tp = tp[np.minimum(pos, tp.size - 1)]
+    elif (folder / "truth.npy").exists():  # the toy: its constraint rows span its weak modes
         from b2luca.alignment import AlignmentProblem
         from b2luca.alignment.problem import _build_constraints
 
+        truth = np.load(folder / "truth.npy")
         problem = AlignmentProblem.from_steering(steer)
-        n = res.labels.size
-        cons, _, _, _ = _build_constraints(problem, res.labels, np.ones(n, bool), np.zeros(n))
-        A = cons.A
-        Q, _ = np.linalg.qr(A.T)
-        tp = truth - Q @ (Q.T @ truth)  # constraint rows span the weak modes here
-        ok = ~res.fixed
-        pull = (res.corrections[ok] - tp[ok]) / res.errors[ok]
-        out["pull_rms"] = float(np.sqrt(np.mean(pull**2)))
+        cons, _, _, _ = _build_constraints(problem, labels, np.ones(labels.size, bool), np.zeros(labels.size))
+        Q, _ = np.linalg.qr(cons.A.T)
+        tp = truth - Q @ (Q.T @ truth)
+    else:
+        return out
+    ok = ~fixed
+    du = ok & (labels % 10 == 1)
+    out["rms_du_um"] = float(np.sqrt(np.mean((x[du] - tp[du]) ** 2)) * 1000.0)
+    if err is not None:
+        out["pull_rms"] = float(np.sqrt(np.mean(((x[ok] - tp[ok]) / err[ok]) ** 2)))
     return out
 
 
-def read_speed(files: list[Path]) -> dict:
-    """Reading alone (framing + decoding every record into flat arrays), files in the page cache:
-    MB/s with one thread and with one thread per core."""
-    from concurrent.futures import ThreadPoolExecutor
+def run_one(steer: Path, method: str, save: Path | None, ref: Path | None) -> dict:
+    """Fit in this process; returns timings, CPU time, peak memory per phase and the checks."""
+    from b2luca.alignment import AlignmentProblem, solve
 
-    from b2luca.alignment.mille import iter_raw_chunks
-    from b2luca.alignment.problem import CHUNK_BYTES
+    t0 = time.perf_counter()
+    problem = AlignmentProblem.from_steering(steer)
+    problem.phase_memory = True
+    res = solve(problem, method=method)
+    wall = time.perf_counter() - t0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    peaks = {k: v / 1024**3 for k, v in res.info.get("peak_rss_bytes", {}).items()}
+    out: dict[str, Any] = {"method": method, "exact": res.exact, "n_params": int(res.labels.size), "records": res.n_records,
+           "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "timings": res.timings,
+           "chi2_ndf": res.chi2_ndf, "fixed": int(res.fixed.sum()),
+           "phase_peak_gb": peaks,
+           "bytes": sum(p.stat().st_size for p in _data_files(steer)), "threads": res.info.get("threads"),
+           "nnz_L": res.info.get("nnz_L")}
+    # the phase marks reset the kernel's high-water mark (ru_maxrss too): the process peak is their maximum
+    out["peak_rss_gb"] = max([ru.ru_maxrss / 1024**2, *peaks.values()])
+    out.update(_truth_check(steer, res.labels, res.corrections, res.errors, res.fixed))
+    tag = f"{steer.parent.name}_{method}"
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        np.savez(save / f"{tag}.npz", labels=res.labels, x=res.corrections,
+                 e=res.errors if res.errors is not None else np.zeros(0))
+    if ref is not None and (ref / f"{tag}.npz").exists():
+        r = np.load(ref / f"{tag}.npz")
+        if np.array_equal(r["labels"], res.labels):
+            sig = r["e"] if r["e"].size else (res.errors if res.errors is not None else None)
+            if sig is not None:
+                ok = sig > 0
+                out["max_dev_vs_ref_sigma"] = float(np.max(np.abs(res.corrections[ok] - r["x"][ok]) / sig[ok]))
+            if res.errors is not None and r["e"].size:
+                ok = r["e"] > 0
+                out["max_err_dev_rel"] = float(np.max(np.abs(res.errors[ok] / r["e"][ok] - 1.0)))
+        else:
+            out["max_dev_vs_ref_sigma"] = float("nan")
+    return out
 
-    nbytes = sum(f.stat().st_size for f in files)
+
+def _data_files(steer: Path) -> list[Path]:
+    from b2luca.alignment import read_steering
+
+    st = read_steering(steer)
+    return [Path(p) for p in list(st.cfiles) + list(st.ffiles)]
+
+
+def run_pede(pede: Path, folder: Path, key: str, timeout: float) -> dict:
+    """pede on ``steer_<key>.txt`` in a scratch copy of the steering (the data files are linked): wall time,
+    CPU time and peak memory of the pede process, and its millepede.res."""
+    from b2luca.alignment import read_millepede_res
+
+    work = Path(tempfile.mkdtemp(prefix=f"pede_{key}_", dir=folder))
+    for f in folder.iterdir():
+        if f.is_file() and (f.suffix in (".bin", ".txt")):
+            (work / f.name).symlink_to(f.resolve())
+    probe = ("import json, resource, subprocess, sys, time; t0 = time.perf_counter(); "
+             "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); w = time.perf_counter() - t0; "
+             "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+             "print(json.dumps({'rc': p.returncode, 'wall_s': w, 'cpu_s': r.ru_utime + r.ru_stime, "
+             "'peak_rss_gb': r.ru_maxrss / 1024**2, 'tail': p.stdout[-400:] + p.stderr[-400:]}))")
+    try:
+        p = subprocess.run([sys.executable, "-c", probe, str(pede), f"steer_{key}.txt"], cwd=work,
+                           capture_output=True, text=True, timeout=timeout)
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        if (work / "millepede.res").exists():
+            res = read_millepede_res(work / "millepede.res")
+            out["labels"], out["values"] = res["label"], res["value"]
+        return out
+    except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        return {"rc": -1, "tail": str(exc)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cholmod_compare(steer: Path) -> dict:
+    """Our supernodal Cholesky against CHOLMOD (cvxopt, AMD ordering) on the assembled, regularised matrix
+    G of the exact solve (C plus the pivot diagonal, see b2luca.alignment.solve)."""
+    import scipy.sparse as sp
+
+    from b2luca.alignment import AlignmentProblem
+    from b2luca.alignment.assemble import Assembler
+    from b2luca.alignment.problem import _build_constraints, assemble
+    from b2luca.alignment.solve import _independent_rows, _pivots
+
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import cvxopt  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return {"skipped": "cvxopt not installed (pip install .[bench])"}
+    problem = AlignmentProblem.from_steering(steer)
+    gs = assemble(problem, Assembler, {})
+    free = gs.entries >= problem.entries
+    fi = np.flatnonzero(free)
+    C = gs.C[fi][:, fi].tocsr()
+    b = gs.b[fi]
+    cons, _, _, _ = _build_constraints(problem, gs.labels, free, np.zeros(gs.labels.size))
+    A, _, _ = _independent_rows(cons.A, cons.c)
+    P = _pivots(A)
+    d = C.diagonal()
+    gam = np.maximum(np.abs(d[P]), 1e-3 * float(np.mean(np.abs(d[d != 0]))))
+    G = (C + sp.csr_matrix((gam, (P, P)), shape=C.shape)).tocsr()
+    with threadpool_limits(1):  # both single-threaded BLAS (the fit's setting; threads oversubscribe here)
+        return _cholesky_pair(G, b)
+
+
+def _cholesky_pair(G, b: np.ndarray) -> dict:  # type: ignore[no-untyped-def]
+    import scipy.sparse as sp
+    from cvxopt import cholmod, matrix, spmatrix  # type: ignore[import-untyped]
+
+    from b2luca.alignment import SupernodalCholesky
+
+    n = G.shape[0]
+    out: dict = {"n": n, "nnz_G": int(G.nnz)}
     t0 = time.perf_counter()
-    for f in files:
-        for raw in iter_raw_chunks(f, chunk_bytes=CHUNK_BYTES):
-            raw.decode()
-    one = nbytes / (time.perf_counter() - t0) / 1e6
-    nt = len(os.sched_getaffinity(0))
+    ours = SupernodalCholesky(G, reuse_analysis=False)
+    out["ours_factor_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(nt) as pool:
-        for f in files:
-            for _ in pool.map(lambda r: r.decode().n_records, iter_raw_chunks(f, chunk_bytes=CHUNK_BYTES)):
-                pass
-    return {"read_MBps_1": one, "read_MBps_n": nbytes / (time.perf_counter() - t0) / 1e6, "read_threads": nt}
+    x1 = ours.solve(b)
+    out["ours_solve_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ours.diag_inverse()
+    out["ours_diag_inverse_s"] = time.perf_counter() - t0
+    out["ours_nnz_L"] = ours.nnz_L
+    low = sp.tril(G).tocoo()
+    Gc = spmatrix(low.data.tolist(), low.row.tolist(), low.col.tolist(), (n, n))
+    cholmod.options["supernodal"] = 2  # supernodal
+    cholmod.options["postorder"] = True
+    t0 = time.perf_counter()
+    F = cholmod.symbolic(Gc, uplo="L")
+    cholmod.numeric(Gc, F)
+    out["cholmod_factor_s"] = time.perf_counter() - t0
+    X = matrix(b.copy())
+    t0 = time.perf_counter()
+    cholmod.solve(F, X)
+    out["cholmod_solve_s"] = time.perf_counter() - t0
+    x2 = np.array(X).ravel()
+    out["rel_diff"] = float(np.max(np.abs(x1 - x2)) / max(float(np.max(np.abs(x2))), 1e-300))
+    return out
+
+
+def _print_row(size: str, r: dict) -> None:
+    t = r["timings"]
+    ph = r.get("phase_peak_gb", {})
+    print(f"[{size}] {r['method']:7s} n={r['n_params']} records={r['records']} file={r['bytes'] / 1e6:.0f} MB "
+          + " ".join(f"{k}={v:.2f}s" for k, v in t.items())
+          + f" cpu={r['cpu_s']:.1f}s threads={r['threads']} chi2/ndf={r['chi2_ndf']:.4f}", flush=True)
+    print(f"[{size}]         peak memory per phase: " + " ".join(f"{k}={v:.2f}GB" for k, v in ph.items())
+          + f" | process peak {r['peak_rss_gb']:.2f} GB"
+          + (f" | nnz(L)={r['nnz_L'] / 1e6:.1f}M" if r.get("nnz_L") else "")
+          + (f" | RMS(fit-truth') du={r['rms_du_um']:.2f} um" if "rms_du_um" in r else "")
+          + (f" pull_rms={r['pull_rms']:.3f}" if "pull_rms" in r else "")
+          + (f" | vs ref: max |dx|={r['max_dev_vs_ref_sigma']:.2e} sigma" if "max_dev_vs_ref_sigma" in r else "")
+          + (f", errors {r['max_err_dev_rel']:.1e} rel" if "max_err_dev_rel" in r else ""), flush=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="3k,20k,60k")
-    ap.add_argument("--methods", default="sparse,dense,minres")
-    ap.add_argument("--keep", type=Path, default=None, help="folder for the generated files (kept)")
+    ap.add_argument("--sizes", default="A3k,B20k,C60k",
+                    help="comma list of A3k,B20k,C60k (gen_barrel recipes) and/or 3k,20k,60k (toys)")
+    ap.add_argument("--methods", default="sparse")
+    ap.add_argument("--keep", type=Path, default=None, help="folder for the generated files (kept, reused)")
+    ap.add_argument("--gen", type=Path, default=None, help="gen_barrel.py or the shared/ folder holding it")
+    ap.add_argument("--save", type=Path, default=None, help="save each solution (npz) into this folder")
+    ap.add_argument("--ref", type=Path, default=None, help="compare with solutions saved earlier by --save")
+    ap.add_argument("--pede", type=Path, default=None, help="pede executable: run it on the same files")
+    ap.add_argument("--cholmod", action="store_true", help="compare our Cholesky with CHOLMOD (cvxopt)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="per fit, seconds")
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--chol", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.run:
-        print(json.dumps(run_one(args.run, args.method)))
+        print(json.dumps(run_one(Path(args.run), args.method, args.save, args.ref)))
+        return 0
+    if args.chol:
+        print(json.dumps(cholmod_compare(Path(args.chol))))
         return 0
     base = args.keep or Path(tempfile.mkdtemp(prefix="align_bench_"))
-    print("note: wall times on a shared 2-core machine; other jobs may inflate them")
-    rows = []
+    load = os.getloadavg()
+    print(f"note: wall times on a shared machine (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on "
+          f"{os.cpu_count()} cores); compare ratios and CPU time")
+    gen = find_gen(args.gen)
     for size in args.sizes.split(","):
-        n_params, n_tracks = SIZES[size]
         folder = base / size
         folder.mkdir(parents=True, exist_ok=True)
-        steer = folder / "steer.txt"
-        if not steer.exists():
-            t0 = time.perf_counter()
-            generate(folder, n_params, n_tracks)
-            print(f"[{size}] generated in {time.perf_counter() - t0:.1f} s")
+        if size in RECIPES:
+            steer = folder / "steer_inversion.txt"
+            if not steer.exists():
+                if gen is None:
+                    print(f"[{size}] skipped: gen_barrel.py not found (give --gen)")
+                    continue
+                t0 = time.perf_counter()
+                generate_recipe(gen, folder, size)
+                print(f"[{size}] generated in {time.perf_counter() - t0:.1f} s")
+        else:
+            n_params, n_tracks = TOY_SIZES[size]
+            steer = folder / "steer.txt"
+            if not steer.exists():
+                t0 = time.perf_counter()
+                generate_toy(folder, n_params, n_tracks)
+                print(f"[{size}] generated in {time.perf_counter() - t0:.1f} s")
+        ours: dict = {}
         for method in args.methods.split(","):
-            if method == "dense" and n_params > 16000:
+            if method == "dense" and size not in ("A3k", "3k"):
                 print(f"[{size}] dense: skipped (n > 16000)")
                 continue
+            cmd = [sys.executable, __file__, "--run", str(steer), "--method", method]
+            for opt in ("save", "ref"):
+                if getattr(args, opt) is not None:
+                    cmd += [f"--{opt}", str(getattr(args, opt))]
             try:
-                p = subprocess.run([sys.executable, __file__, "--run", str(steer), "--method", method],
-                                   capture_output=True, text=True, timeout=args.timeout)
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 print(f"[{size}] {method}: timed out after {args.timeout:.0f} s")
                 continue
@@ -161,20 +362,55 @@ def main() -> int:
                 print(f"[{size}] {method}: failed\n{p.stderr[-2000:]}")
                 continue
             r = json.loads(p.stdout.strip().splitlines()[-1])
-            r["size"] = size
-            rows.append(r)
-            t = r["timings"]
-            print(f"[{size}] {method:7s} n={r['n_params']} records={r['records']} file={r['bytes'] / 1e6:.0f} MB "
-                  + " ".join(f"{k}={v:.2f}s" for k, v in t.items())
-                  + f" peak={r['peak_rss_gb']:.2f} GB chi2/ndf={r['chi2_ndf']:.4f} threads={r['threads']}"
-                  + f" | reading alone {r['read_MBps_1']:.0f} MB/s (1 thread),"
-                  f" {r['read_MBps_n']:.0f} MB/s ({r['read_threads']} threads)"
-                  + (f" pull_rms={r['pull_rms']:.3f}" if "pull_rms" in r else ""), flush=True)
+            _print_row(size, r)
+            ours[method] = r
+        if args.pede is not None and size in RECIPES:
+            _pede_rows(size, folder, args, ours)
+        if args.cholmod:
+            p = subprocess.run([sys.executable, __file__, "--chol", str(steer)], capture_output=True, text=True,
+                               timeout=args.timeout)
+            if p.returncode:
+                print(f"[{size}] CHOLMOD comparison failed\n{p.stderr[-2000:]}")
+            else:
+                c = json.loads(p.stdout.strip().splitlines()[-1])
+                if "skipped" in c:
+                    print(f"[{size}] CHOLMOD: skipped, {c['skipped']}")
+                else:
+                    print(f"[{size}] Cholesky of G (n={c['n']}, nnz={c['nnz_G'] / 1e6:.1f}M): ours analysis+numeric "
+                          f"{c['ours_factor_s']:.2f} s (nnz(L)={c['ours_nnz_L'] / 1e6:.1f}M), solve "
+                          f"{c['ours_solve_s']:.2f} s, diag(G^-1) {c['ours_diag_inverse_s']:.2f} s | CHOLMOD "
+                          f"(cvxopt, AMD) {c['cholmod_factor_s']:.2f} s, solve {c['cholmod_solve_s']:.2f} s | "
+                          f"solutions differ by {c['rel_diff']:.1e} (relative)", flush=True)
     if args.keep is None:
-        import shutil
-
         shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def _pede_rows(size: str, folder: Path, args: argparse.Namespace, ours: dict) -> None:
+    """pede's default (sparseMINRES) and, where it fits, its exact method; ratios to our sparse fit."""
+    keys = ["sparseMINRES"] + (["unpackedLAPACK"] if size != "C60k" else [])
+    mine = ours.get("sparse")
+    for key in keys:
+        pr = run_pede(args.pede, folder, key, args.timeout)
+        if pr.get("rc") != 0:
+            print(f"[{size}] pede {key}: failed ({pr.get('tail', '')[-300:]!r})")
+            continue
+        line = (f"[{size}] pede {key}: {pr['wall_s']:.2f} s wall, {pr['cpu_s']:.1f} s cpu, "
+                f"peak {pr['peak_rss_gb']:.2f} GB")
+        if mine is not None:
+            line += (f" | ours/pede: time {mine['wall_s'] / pr['wall_s']:.2f}, "
+                     f"memory {mine['peak_rss_gb'] / max(pr['peak_rss_gb'], 1e-9):.2f}")
+            sol = args.save / f"{size}_sparse.npz" if args.save else None
+            if "labels" in pr and sol is not None and sol.exists():
+                s = np.load(sol)
+                o = np.argsort(pr["labels"])
+                plab, pval = pr["labels"][o], pr["values"][o]
+                pos = np.minimum(np.searchsorted(plab, s["labels"]), plab.size - 1)
+                ok = (plab[pos] == s["labels"]) & (s["e"] > 0) if s["e"].size else np.zeros(0, bool)
+                if ok.any():
+                    dv = np.abs(pval[pos[ok]] - s["x"][ok]) / s["e"][ok]
+                    line += f", values differ by <= {dv.max():.2e} sigma (ours)"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

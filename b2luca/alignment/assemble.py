@@ -13,9 +13,13 @@ Fast path (every measurement touches one label block, the usual case): the per-r
 dense products that never form per-measurement outer products; D is summed per global block directly;
 F = M Mᵀ (M = H Γ^-½, Γ factorised by a Cholesky vectorised over the records) is formed in cache-sized
 batches of records sorted by their blocks, and its upper block pairs are added in place to the block-pair
-sums by a −1 sparse pattern whose columns pick rows of F (``_add_picked``), so no per-record block-pair
-array is gathered or copied.  With few blocks a dense pair table sends the sums straight into the store;
-otherwise they are summed per distinct pair of the chunk and merged.
+sums of the chunk by a −1 sparse pattern whose columns pick rows of F (``_add_picked``), so no per-record
+block-pair array is gathered or copied.
+
+A chunk goes through :meth:`Assembler.index` (labels; in chunk order), :meth:`Assembler.compute` (its
+compact :class:`ChunkSums`; any thread) and :meth:`Assembler.absorb` (into the one accumulator; in chunk
+order), so the sums, to the last bit, do not depend on how many threads computed them, and memory holds one
+global matrix plus the sums of the chunks in flight.
 
 This module accepts or rejects records (singular local fit, χ² cuts, down-weighting) and drives the other
 three; :class:`Assembler` is the entry point.
@@ -23,7 +27,8 @@ three; :class:`Assembler` is the entry point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,10 +39,9 @@ from .labels import LabelRegistry
 from .local_fit import LocalSystems, local_systems, residuals
 from .mille import MilleRecords, RawChunk
 
-__all__ = ["Assembler", "GlobalSystem", "DownWeighting", "merge_systems"]
+__all__ = ["Assembler", "ChunkSums", "GlobalSystem", "DownWeighting", "merge_systems"]
 
 _F_BATCH_BYTES = 1 << 20  # records per F = M Mᵀ batch: about this many bytes of F (fits the L2 cache)
-_PAIR_TABLE_BLOCKS = 1500  # up to this many label blocks, a dense block-pair table (<= 9 MB) finds store rows
 HUBER_C = 3.0  # Huber cut in units of the normalised residual (first down-weighting iteration)
 CAUCHY_C = 2.3849  # Cauchy scale (later iterations), as pede
 
@@ -50,6 +54,34 @@ class DownWeighting:
     chi2_factor: float | None = None  # reject records with χ² > factor × χ²(3σ, ndf)
     hugecut: float | None = None  # reject records with χ²/ndf > hugecut
     dwfractioncut: float = 0.0  # reject records whose down-weighted fraction exceeds this
+
+
+@dataclass
+class ChunkSums:
+    """What one chunk adds to the normal equations, computed without touching the accumulator.
+
+    Compact: only the block pairs the chunk's records touch (sorted keys and their S·S sums), so a few of
+    these in flight cost little memory whatever the size of the global matrix.
+    """
+
+    n_records: int = 0
+    bytes_read: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    n_used: int = 0
+    n_meas: int = 0
+    chi2_0: float = 0.0
+    ndf: int = 0
+    dw_sum: float = 0.0
+    dw_n: int = 0
+    entries: np.ndarray | None = None  # measurements per label index (accepted records)
+    b_index: list[np.ndarray] = field(default_factory=list)  # label indices and values added to b
+    b_value: list[np.ndarray] = field(default_factory=list)
+    pairs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (sorted keys, (k, S·S) sums)
+    dblk: np.ndarray | None = None  # Σ w d dᵀ per label block (single-block measurements)
+
+    def reject(self, why: str, n: int) -> None:
+        """Count ``n`` records rejected for reason ``why``."""
+        self.rejected[why] = self.rejected.get(why, 0) + n
 
 
 
@@ -78,7 +110,7 @@ class Assembler:
         self.rejected: dict[str, int] = {"singular": 0, "chiscut": 0, "hugecut": 0, "dwfraction": 0,
                                          "no_globals": 0}
         self.bytes_read = 0
-        self._buf = np.zeros(0)
+        self._tls = threading.local()  # per-thread work buffers (see _scratch)
         self._dblk = np.zeros((0, (stride or 1) ** 2))  # Σ w d dᵀ per label block (single-block measurements)
         if corrections is None:
             self.corr_labels = np.zeros(0, np.int64)
@@ -94,19 +126,26 @@ class Assembler:
             self.corr_labels, self.corr_values = np.asarray(lab, np.int64)[o], np.asarray(val, float)[o]
 
     def _scratch(self, n: int) -> np.ndarray:
-        """A reused float64 work buffer of at least ``n`` values (valid until the next call)."""
-        if self._buf.size < n:
-            self._buf = np.empty(max(n, int(1.25 * self._buf.size)))
-        return self._buf[:n]
+        """A reused float64 work buffer of at least ``n`` values, one per thread (valid until the next call)."""
+        buf = getattr(self._tls, "buf", None)
+        if buf is None or buf.size < n:
+            buf = np.empty(max(n, int(1.25 * (0 if buf is None else buf.size))))
+            self._tls.buf = buf
+        return buf[:n]
 
-    def _index_labels(self, recs: MilleRecords) -> np.ndarray:
-        """Label index of every global entry; new labels get zero sums (and fix the stride if still open)."""
-        n0 = self.registry.labels.size
-        idx = self.registry.index(recs)
-        k = self.registry.labels.size - n0
+    def _grow(self) -> None:
+        """Zero sums for the labels registered since the last call."""
+        k = self.registry.labels.size - self.bvec.size
         if k:
             self.bvec = np.concatenate([self.bvec, np.zeros(k)])
             self.entries = np.concatenate([self.entries, np.zeros(k, np.int64)])
+
+    def index(self, recs: MilleRecords) -> np.ndarray:
+        """Label index of every global entry of ``recs``; registers new labels (and fixes the stride).
+
+        The only step that changes the label registry: call it for the chunks in their order, one at a time.
+        """
+        idx = self.registry.index(recs)
         S = self.registry.stride or 1
         if self.store.width != S * S:  # the first labels fixed the stride: nothing is stored yet
             self.store = BlockPairStore(S * S)
@@ -116,21 +155,34 @@ class Assembler:
     # ---------------------------------------------------------------------------------------- chunks
     def add(self, recs: MilleRecords | RawChunk) -> None:
         """Eliminate the local parameters of all records in ``recs`` and accumulate."""
+        recs = self.prepare(recs)
+        self.absorb(self.compute(recs, self.index(recs)))
+
+    @staticmethod
+    def prepare(recs: MilleRecords | RawChunk) -> MilleRecords:
+        """Decode a raw chunk and sort its entries by measurement (no shared state: any thread)."""
         if isinstance(recs, RawChunk):
             recs = recs.decode()
-        nrec = recs.n_records
-        self.n_records += nrec + recs.n_nonfinite  # records with NaN/inf were dropped by the decoder
-        self.rejected["nonfinite"] = self.rejected.get("nonfinite", 0) + recs.n_nonfinite
-        self.bytes_read += recs.nbytes
-        if nrec == 0:
-            return
+        if recs.n_records == 0:
+            return recs
         if recs.glb_meas.size > 1 and not recs.meas_sorted and np.any(np.diff(recs.glb_meas) < 0):
             o = np.argsort(recs.glb_meas, kind="stable")
             recs.glb_meas, recs.glb_label, recs.glb_der = recs.glb_meas[o], recs.glb_label[o], recs.glb_der[o]
         if recs.loc_meas.size > 1 and not recs.meas_sorted and np.any(np.diff(recs.loc_meas) < 0):
             o = np.argsort(recs.loc_meas, kind="stable")
             recs.loc_meas, recs.loc_index, recs.loc_der = recs.loc_meas[o], recs.loc_index[o], recs.loc_der[o]
-        lidx = self._index_labels(recs)
+        return recs
+
+    def compute(self, recs: MilleRecords, lidx: np.ndarray) -> ChunkSums:
+        """The sums of one prepared chunk (``lidx`` from :meth:`index`); reads the registry and the
+        corrections only, so chunks indexed in order may be computed by several threads at once."""
+        nrec = recs.n_records
+        p = ChunkSums(n_records=nrec + recs.n_nonfinite, bytes_read=recs.nbytes)  # NaN/inf records: dropped
+        p.reject("nonfinite", recs.n_nonfinite)
+        if nrec == 0:
+            return p
+        bmem = self.registry.block_members  # a snapshot: later chunks replace (never change) these arrays
+        label_block, label_pos = self.registry.label_block, self.registry.label_pos
         S = self.registry.stride
         assert S is not None  # set by the first labels
         meas_rec = recs.meas_record()
@@ -149,9 +201,9 @@ class Assembler:
             first = np.flatnonzero(np.r_[True, lrec[1:] != lrec[:-1]])
             nloc[lrec[first]] = np.maximum.reduceat(recs.loc_index, first).astype(np.int64) + 1
         # record-block structure
-        blk = self.registry.label_block[lidx]
+        blk = label_block[lidx]
         erec = meas_rec[recs.glb_meas]
-        NB = np.int64(self.registry.block_members.shape[0])
+        NB = np.int64(bmem.shape[0])
         ekey = erec * NB + blk
         # consecutive entries mostly repeat the key (all derivatives of a hit): unique over the changes only
         chg = np.ones(ekey.size, bool)
@@ -166,9 +218,9 @@ class Assembler:
         ustart = np.zeros(nrec + 1, np.int64)
         np.cumsum(nb, out=ustart[1:])
         urank = np.arange(ukey.size) - ustart[urec]
-        eslot = urank[einv.ravel()] * S + self.registry.label_pos[lidx]
+        eslot = urank[einv.ravel()] * S + label_pos[lidx]
         has_glb = nb > 0
-        self.rejected["no_globals"] += int((~has_glb).sum())
+        p.reject("no_globals", int((~has_glb).sum()))
         K = nb * S
         q = nloc
         nmeas_r = np.diff(recs.rec_ptr)
@@ -193,30 +245,30 @@ class Assembler:
             chi2_r, ok = local.chi2, local.ok
             fsum = np.bincount(meas_rec, weights=wm / w, minlength=nrec)
             frac_dw = 1.0 - fsum / np.maximum(nmeas_r, 1)
-            self.dw_sum += float((nmeas_r - fsum).sum())
-            self.dw_n += int(nmeas_r.sum())
+            p.dw_sum += float((nmeas_r - fsum).sum())
+            p.dw_n += int(nmeas_r.sum())
         ndf_r = nmeas_r - q
         accept = ok & has_glb
-        self.rejected["singular"] += int((~ok & has_glb).sum())
+        p.reject("singular", int((~ok & has_glb).sum()))
         if self.dw.hugecut is not None:
             bad = accept & (ndf_r > 0) & (chi2_r / np.maximum(ndf_r, 1) > self.dw.hugecut)
-            self.rejected["hugecut"] += int(bad.sum())
+            p.reject("hugecut", int(bad.sum()))
             accept &= ~bad
         if self.dw.chi2_factor is not None and self.dw.chi2_factor > 0:
             lim = self.dw.chi2_factor * _chi2_3sigma(ndf_r)
             bad = accept & (ndf_r > 0) & (chi2_r > lim)
-            self.rejected["chiscut"] += int(bad.sum())
+            p.reject("chiscut", int(bad.sum()))
             accept &= ~bad
         if self.dw.iterations > 0 and self.dw.dwfractioncut > 0:
             bad = accept & (frac_dw > self.dw.dwfractioncut)
-            self.rejected["dwfraction"] += int(bad.sum())
+            p.reject("dwfraction", int(bad.sum()))
             accept &= ~bad
-        self.n_used += int(accept.sum())
-        self.n_meas += int(nmeas_r[accept].sum())
-        self.chi2_0 += float(chi2_r[accept].sum())
-        self.ndf += int(ndf_r[accept].sum())
+        p.n_used = int(accept.sum())
+        p.n_meas = int(nmeas_r[accept].sum())
+        p.chi2_0 = float(chi2_r[accept].sum())
+        p.ndf = int(ndf_r[accept].sum())
         acc_e = accept[erec]
-        self.entries += np.bincount(lidx[acc_e], minlength=self.entries.size)
+        p.entries = np.bincount(lidx[acc_e], minlength=self.registry.labels.size)
         # accumulate the block pairs of accepted records, group by group
         # the per-record block pairs stay in place in Pbuf (rows of S·S values): only their row numbers and
         # block-pair keys are gathered, and one sparse (0/1) x dense product sums them per key
@@ -234,16 +286,16 @@ class Assembler:
             ta, tb = np.triu_indices(nbg)
             keys_all.append((bl[:, ta] * NBIG + bl[:, tb]).ravel())
             rows_all.append((poff[rec][:, None] + np.arange(ta.size)[None, :]).ravel())
-            members = self.registry.block_members[bl].reshape(R, nbg * S)
+            members = bmem[bl].reshape(R, nbg * S)
             m = members >= 0
             bm_all.append(members[m])
             bv_all.append(br[m])
         if local.Pbuf is None:
-            self._accumulate_fd(local, accept, ublk, ustart, nb)
-            return
+            self._accumulate_fd(p, bmem, local, accept, ublk, ustart, nb)
+            return p
         if keys_all:
-            bm = np.concatenate(bm_all)
-            self.bvec += np.bincount(bm, weights=np.concatenate(bv_all), minlength=self.bvec.size)
+            p.b_index.append(np.concatenate(bm_all))
+            p.b_value.append(np.concatenate(bv_all))
             keys = np.concatenate(keys_all)
             rows = np.concatenate(rows_all)
             o = np.argsort(keys, kind="stable")
@@ -255,10 +307,36 @@ class Assembler:
             indptr = np.append(starts, sk.size).astype(np.int64)
             Pv = local.Pbuf.reshape(-1, S * S)
             A = sp.csr_matrix((np.ones(sk.size), rows[o], indptr), shape=(uk.size, Pv.shape[0]))
-            self.store.merge(uk, np.asarray(A @ Pv))
+            p.pairs.append((uk, np.asarray(A @ Pv)))
+        return p
 
-    def _accumulate_fd(self, local: LocalSystems, accept: np.ndarray, ublk: np.ndarray, ustart: np.ndarray,
-                       nb: np.ndarray) -> None:
+    def absorb(self, p: ChunkSums) -> None:
+        """Add one chunk's sums (call for the chunks in their order, one at a time: fixed round-off)."""
+        self.n_records += p.n_records
+        self.bytes_read += p.bytes_read
+        for k, v in p.rejected.items():
+            self.rejected[k] = self.rejected.get(k, 0) + v
+        self.n_used += p.n_used
+        self.n_meas += p.n_meas
+        self.chi2_0 += p.chi2_0
+        self.ndf += p.ndf
+        self.dw_sum += p.dw_sum
+        self.dw_n += p.dw_n
+        self._grow()
+        if p.entries is not None:
+            self.entries[: p.entries.size] += p.entries
+        for bi, bv in zip(p.b_index, p.b_value):
+            self.bvec += np.bincount(bi, weights=bv, minlength=self.bvec.size)
+        for uk, sums in p.pairs:
+            self.store.merge(uk, sums)
+        if p.dblk is not None:
+            nblk = p.dblk.shape[0]
+            if self._dblk.shape[0] < nblk:
+                self._dblk = np.concatenate([self._dblk, np.zeros((nblk - self._dblk.shape[0], p.dblk.shape[1]))])
+            self._dblk[:nblk] += p.dblk
+
+    def _accumulate_fd(self, p: ChunkSums, bmem: np.ndarray, local: LocalSystems, accept: np.ndarray,
+                       ublk: np.ndarray, ustart: np.ndarray, nb: np.ndarray) -> None:
         """Single-block measurements: C_r = D_r − F_r, D summed per global block, F = M Mᵀ per shape group.
 
         Both are summed per block pair by sparse (±1) x dense products whose column indices pick the upper
@@ -273,10 +351,7 @@ class Assembler:
         m_sel = np.flatnonzero(accept[rb_rec[rbm]])
         bd = ublk[rbm[m_sel]]
         # D block (s, :) += w d_s dᵀ, summed per global block (a diagonal block pair), added in finish()
-        nblk = self.registry.block_members.shape[0]
-        if self._dblk.shape[0] < nblk:
-            self._dblk = np.concatenate([self._dblk, np.zeros((nblk - self._dblk.shape[0], S * S))])
-        self._dblk[:nblk] += outer_segsum(bd, local.wd[m_sel], local.d[m_sel], nblk)
+        p.dblk = outer_segsum(bd, local.wd[m_sel], local.d[m_sel], bmem.shape[0])
         parts = []  # (upper block-pair keys (R·n_pairs,), nb, M of the accepted records, their block ids)
         bm_all, bv_all = [], []
         for g in local.groups:
@@ -288,7 +363,7 @@ class Assembler:
             rec_a = rec[sel]
             R = rec_a.size
             bl = ublk[ustart[rec_a][:, None] + np.arange(nbg)[None, :]]  # (R, nb) sorted block ids
-            members = self.registry.block_members[bl].reshape(R, nbg * S)
+            members = bmem[bl].reshape(R, nbg * S)
             m = members >= 0
             bm_all.append(members[m])
             bv_all.append(br[sel][m])
@@ -298,29 +373,20 @@ class Assembler:
             keys = (bl[:, ta] * NBIG + bl[:, tb]).ravel()
             parts.append((keys, nbg, M[sel] if sel.size < M.shape[0] else M, bl))
         if bm_all:
-            self.bvec += np.bincount(np.concatenate(bm_all), weights=np.concatenate(bv_all),
-                                     minlength=self.bvec.size)
+            p.b_index.append(np.concatenate(bm_all))
+            p.b_value.append(np.concatenate(bv_all))
         if not parts:
             return
-        allkeys = np.concatenate([p[0] for p in parts])
-        direct = self.registry.block_members.shape[0] <= _PAIR_TABLE_BLOCKS
-        if direct:
-            # few blocks: block pair -> store row by a direct table, summed straight into the store
-            slots = self.store.table_slots(allkeys, self.registry.n_blocks)
-            tot = self.store.vals.reshape(-1, S)
-        else:
-            # many blocks: sum per distinct block pair of the chunk, then merge into the store
-            uk = unique_ints(allkeys)
-            tot = np.zeros((uk.size * S, S))
+        # sums per distinct block pair of the chunk (compact), merged into the store by absorb()
+        uk = unique_ints(np.concatenate([q[0] for q in parts]))
+        tot = np.zeros((uk.size * S, S))
         nout = tot.shape[0]
-        k0 = 0
         for keys, nbg, M, bl in parts:
             R, K = M.shape[0], nbg * S
             # batches of records along similar tracks (sorted by their blocks): their block pairs
             # repeat, so the sums they are added to stay in the cache
             order = np.lexsort(bl.T[::-1])
-            kf = (slots[k0: k0 + keys.size] if direct else np.searchsorted(uk, keys)).reshape(R, -1)
-            k0 += keys.size
+            kf = np.searchsorted(uk, keys).reshape(R, -1)
             # rows of S values of F[r].reshape(nb, S, nb, S) with b >= a, in ascending order (a, s, b)
             ga, gs, gb = np.nonzero(np.arange(nbg)[None, None, :] >= np.arange(nbg)[:, None, None]
                                     + np.zeros((1, S, 1), np.int64))
@@ -343,12 +409,12 @@ class Assembler:
                 np.matmul(Mb, np.ascontiguousarray(Mb.transpose(0, 2, 1)), out=F)  # BLAS: contiguous operands
                 rows = (kf[batch][:, pid] * S + gs[None, :]).ravel().astype(it, copy=False)
                 _add_picked(tot, indptr[: (r1 - r0) * K * nbg + 1], rows, F.reshape(-1, S))
-        if not direct:
-            self.store.merge(uk, tot.reshape(uk.size, S * S))
+        p.pairs.append((uk, tot.reshape(uk.size, S * S)))
 
     # ---------------------------------------------------------------------------------------- result
     def finish(self) -> GlobalSystem:
         """The global system over the labels seen, sorted by label (CSR, symmetric, both triangles)."""
+        self._grow()
         labels = self.registry.labels
         n = labels.size
         S = self.registry.stride or 1

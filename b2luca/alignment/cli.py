@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {args.steering}: Mille file(s) not found: {', '.join(missing)}", file=sys.stderr)
             return 2
         problem.errors = not getattr(args, "no_errors", False)
+        problem.phase_memory = True  # this process runs just the fit: its peak memory per phase is reported
         if getattr(args, "threads", None) is not None:
             if args.threads < 1:
                 print(f"error: --threads must be at least 1 (got {args.threads})", file=sys.stderr)
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             "fixed": {str(k): v for k, v in result.fixed_reason.items()}, "timings": result.timings,
             "iterations": result.iterations, "constraint_residual": result.constraint_residual,
             "warnings": result.warnings,
+            "peak_memory_gb": {k: v / 1024**3 for k, v in result.info.get("peak_rss_bytes", {}).items()},
         }
         write_text_atomic(out / "align_summary.json", json.dumps(summary, indent=1, default=float))
     except OSError as exc:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ._arrays import unique_ints
+from ._arrays import index_type, unique_ints
 
 __all__ = ["NBIG", "BlockPairStore", "GlobalSystem", "merge_systems"]
 
@@ -51,25 +51,6 @@ class BlockPairStore:
         self.pair_slot = np.zeros(0, np.int64)  # their rows in the value store
         self.vals = np.zeros((0, width))
         self.nslots = 0
-        self._ptab = np.zeros(0, np.int32)  # block pair -> store row (see table_slots)
-        self._ptab_n = -1
-
-    def table_slots(self, keys: np.ndarray, nblk: int) -> np.ndarray:
-        """Store rows of block-pair ``keys`` through a dense (``nblk`` x ``nblk``) table; new pairs get zero
-        rows."""
-        if self._ptab_n != nblk:  # blocks were added: rebuild the table from the sorted index
-            self._ptab = np.full(nblk * nblk, -1, np.int32)
-            self._ptab[(self.pair_keys // NBIG) * nblk + self.pair_keys % NBIG] = self.pair_slot
-            self._ptab_n = nblk
-        idx = (keys // NBIG) * nblk + keys % NBIG
-        out = self._ptab[idx]
-        miss = out < 0
-        if miss.any():
-            newk = unique_ints(keys[miss])
-            self.merge(newk, np.zeros((newk.size, self.vals.shape[1])))
-            self._ptab[(newk // NBIG) * nblk + newk % NBIG] = self.pair_slot[np.searchsorted(self.pair_keys, newk)]
-            out = self._ptab[idx]
-        return out
 
     def merge(self, uk: np.ndarray, sums: np.ndarray) -> None:
         """Add per-chunk block-pair sums; values live in an append-only store, keys in a sorted index."""
@@ -86,7 +67,7 @@ class BlockPairStore:
         newk = uk[~found]
         k = newk.size
         if self.nslots + k > self.vals.shape[0]:
-            cap = max(2 * self.vals.shape[0], self.nslots + k, 1024)
+            cap = max(int(1.25 * self.vals.shape[0]), self.nslots + k, 1024)  # 1.25: little unused capacity
             grown = np.zeros((cap, sums.shape[1]))
             grown[: self.nslots] = self.vals[: self.nslots]
             self.vals = grown
@@ -103,22 +84,59 @@ class BlockPairStore:
         return self.vals[self.pair_slot]
 
     def matrix(self, block_members: np.ndarray, newidx: np.ndarray, n: int) -> sp.csr_matrix:
-        """The symmetric (n, n) matrix (both triangles) of the stored block pairs; label index i of a block
-        member becomes row/column ``newidx[i]``."""
+        """The symmetric (n, n) matrix (both triangles, canonical CSR) of the stored block pairs; label index
+        i of a block member becomes row/column ``newidx[i]``.
+
+        The CSR arrays are allocated once (row counts from the block sizes) and filled in batches of block
+        pairs, so the peak is the store plus the CSR (12 bytes per entry with 32-bit indices), not a
+        coordinate copy of the whole matrix.
+        """
         S = block_members.shape[1]
+        nblk = block_members.shape[0]
+        mem = np.where(block_members >= 0, newidx[np.maximum(block_members, 0)], -1)
         bi = self.pair_keys // NBIG
         bj = self.pair_keys % NBIG
-        rows = block_members[bi][:, :, None] * np.ones(S, np.int64)[None, None, :]
-        cols = block_members[bj][:, None, :] * np.ones(S, np.int64)[None, :, None]
-        vals = self.pair_vals.reshape(-1, S, S)
-        diag = bi == bj  # diagonal blocks: symmetric up to round-off, made exactly symmetric
-        vals[diag] = 0.5 * (vals[diag] + vals[diag].transpose(0, 2, 1))
-        m = (rows >= 0) & (cols >= 0)
-        off = (bi != bj)[:, None, None] & m
-        r = np.concatenate([rows[m], cols[off]])
-        c = np.concatenate([cols[m], rows[off]])
-        v = np.concatenate([vals[m], vals[off]])
-        return sp.csr_matrix((v, (newidx[r], newidx[c])), shape=(n, n))  # each label in one block: no duplicates
+        nv = (mem >= 0).sum(axis=1)
+        off = bi != bj
+        per_row = (np.bincount(bi, weights=nv[bj], minlength=nblk)
+                   + np.bincount(bj[off], weights=nv[bi[off]], minlength=nblk)).astype(np.int64)
+        count = np.zeros(n, np.int64)
+        valid = mem >= 0
+        count[mem[valid]] = np.broadcast_to(per_row[:, None], mem.shape)[valid]
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(count, out=indptr[1:])
+        it = index_type(n, int(indptr[-1]))
+        indices = np.empty(int(indptr[-1]), it)
+        data = np.empty(int(indptr[-1]))
+        fill = indptr[:-1].copy()  # next free slot of each row
+        mem = mem.astype(it)
+        for s0 in range(0, bi.size, _MATRIX_BATCH):
+            a, b = bi[s0: s0 + _MATRIX_BATCH], bj[s0: s0 + _MATRIX_BATCH]
+            vals = self.vals[self.pair_slot[s0: s0 + _MATRIX_BATCH]].reshape(-1, S, S)
+            diag = a == b  # diagonal blocks: symmetric up to round-off, made exactly symmetric
+            vals[diag] = 0.5 * (vals[diag] + vals[diag].transpose(0, 2, 1))
+            ra = np.broadcast_to(mem[a][:, :, None], vals.shape)
+            cb = np.broadcast_to(mem[b][:, None, :], vals.shape)
+            m = (ra >= 0) & (cb >= 0)
+            mo = m & ~diag[:, None, None]
+            r = np.concatenate([ra[m], cb[mo]])
+            c = np.concatenate([cb[m], ra[mo]])
+            v = np.concatenate([vals[m], vals[mo]])
+            o = np.argsort(r, kind="stable")
+            r, c, v = r[o], c[o], v[o]
+            start = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+            cnt = np.diff(np.append(start, r.size))
+            rank = np.arange(r.size) - np.repeat(start, cnt)
+            dest = fill[r] + rank
+            fill[r[start]] += cnt
+            indices[dest] = c
+            data[dest] = v
+        C = sp.csr_matrix((data, indices, indptr.astype(it, copy=False)), shape=(n, n))
+        C.sort_indices()  # in place; each label is in one block, so there are no duplicates
+        return C
+
+
+_MATRIX_BATCH = 1 << 14  # block pairs per batch of BlockPairStore.matrix (~1M entries)
 
 
 def merge_systems(parts: list[GlobalSystem]) -> GlobalSystem:

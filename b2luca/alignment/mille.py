@@ -575,16 +575,37 @@ def _map(path: Path) -> mmap.mmap | None:
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+#: chunks of a mapped file kept resident behind the newest one (they may still be decoding in other threads;
+#: with 4 MB chunks, at most 128 MB of the file)
+_RELEASE_LAG = 32
+
+
 def _iter_mapped(mm: mmap.mmap, fortran: bool | None, chunk_bytes: int, source: str) -> Iterator[RawChunk]:
-    """Chunks of a memory-mapped file: views into the page cache, no copy."""
+    """Chunks of a memory-mapped file: views into the page cache, no copy.
+
+    The pages of chunks ``_RELEASE_LAG`` behind the newest are dropped from this process (``MADV_DONTNEED``;
+    they stay in the page cache, and a late reader would fault them in again, reading the same bytes), so the
+    resident memory of the data pass does not grow with the file.
+    """
     size = len(mm)
     view = memoryview(mm)
     if fortran is None:
         fortran = _detect_fortran(bytes(view[: 1 << 16]))
+    dontneed = getattr(mmap, "MADV_DONTNEED", None)
+    starts: list[int] = []
+    released = 0
     pos = 0
     rec0 = 0
     want = chunk_bytes
     while pos < size:
+        if dontneed is not None and len(starts) > _RELEASE_LAG:
+            upto = starts.pop(0) // mmap.PAGESIZE * mmap.PAGESIZE
+            if upto > released:
+                try:
+                    mm.madvise(dontneed, released, upto - released)
+                except (OSError, ValueError):
+                    dontneed = None
+                released = max(released, upto)
         stop = min(size, pos + want)
         raw = _frame_chunk(view[pos:stop], bool(fortran), stop == size, source, rec0)
         if raw is None:
@@ -592,6 +613,7 @@ def _iter_mapped(mm: mmap.mmap, fortran: bool | None, chunk_bytes: int, source: 
                 raise MilleError(f"{source}: truncated record {rec0 + 1} at end of file")
             want *= 2  # one record larger than the chunk
             continue
+        starts.append(pos)
         pos += raw.nbytes
         rec0 += raw.n_records
         want = chunk_bytes

@@ -14,19 +14,19 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from .assemble import Assembler, DownWeighting, GlobalSystem, merge_systems
+from .assemble import Assembler, DownWeighting, GlobalSystem
 from .mille import MilleRecords, RawChunk, iter_raw_chunks
 from .result import AlignmentResult
+from .rss import PhasePeaks
 from .solve import LinearConstraints, SolverError, solve_system
 from .steering import PEDE_METHODS, Constraint, FitOptions, ParameterSpec, Steering, read_steering
 
 __all__ = ["AlignmentProblem", "assemble", "solve", "solve_steering", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 4 << 20  # file bytes per chunk: keeps the temporaries of one chunk in the allocator's heap
-#: Chunk k of the data pass is summed into lane k mod L (L = AlignmentProblem.lanes, default LANES), each
-#: lane in chunk order, then the lanes in lane order: the normal equations (to the last bit) depend on L,
-#: never on the number of threads, which only decides how many lanes are worked on at once (at most L).
-#: Every lane holds its own partial system, so L also bounds the memory of the pass (L partial systems).
+#: Kept for compatibility: the data pass used to sum chunk k into lane k mod LANES (one partial system per
+#: lane); it now adds every chunk in chunk order into one accumulator (see :func:`assemble`), so neither the
+#: lanes nor the threads change the result or the memory.
 LANES = 8
 #: BLAS threads while solving: a fixed number, because OpenBLAS's threaded kernels (potrf, syrk, the
 #: eigensolvers of the ordering) split their sums by thread count, so the round-off of the corrections
@@ -50,7 +50,10 @@ class AlignmentProblem(FitOptions):
     errors: bool = True
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     blas_threads: int = SOLVE_BLAS_THREADS  # BLAS threads in the solve (fixed: reproducible round-off)
-    lanes: int = LANES  # partial sums of the data pass (fixed: reproducible round-off; caps the threads used)
+    lanes: int = LANES  # no effect any more (see LANES); kept for callers that set it
+    #: measure the peak memory of each phase (info['peak_rss_bytes']); resets the process's high-water mark
+    #: (ru_maxrss too), so it is for processes that run just the fit (``b2luca align``, benchmarks)
+    phase_memory: bool = False
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
@@ -90,94 +93,104 @@ class AlignmentProblem(FitOptions):
 
 
 def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: dict[str, float]) -> GlobalSystem:
-    """One pass over the data: the normal equations of all records.
+    """One pass over the data: the normal equations of all records, in one accumulator.
 
-    Chunk k goes to lane k mod ``problem.lanes`` (each lane its own :class:`Assembler`, fed in chunk order) and
-    the lanes' systems are summed in lane order, so the result is the same to the last bit whatever the
-    number of threads and their timing. Lane j is worked on by thread j mod T. numpy and BLAS release the
-    GIL in the heavy operations, so the threads run in parallel; this thread reads and frames.
+    Every chunk is decoded and its local fits and block-pair sums computed by one of the worker threads
+    (numpy and BLAS release the GIL in the heavy operations, so they run in parallel; this thread reads and
+    frames), but labels are registered and the chunk sums are added in chunk order, one chunk at a time
+    (:meth:`Assembler.index`, :meth:`Assembler.absorb`): the result is the same to the last bit whatever the
+    number of threads and their timing, and memory holds one global matrix plus the compact sums of the
+    chunks in flight (at most two per thread), not one matrix per thread.
     """
-    lanes = max(1, problem.lanes)
-    nt = min(problem.n_threads(), lanes)
-    asms: dict[int, Assembler] = {}
+    asm = make()
+    nt = problem.n_threads()
     if nt <= 1:
-        for i, c in enumerate(problem.chunks(timer)):
-            if i % lanes not in asms:
-                asms[i % lanes] = make()
-            asms[i % lanes].add(c)
-        if not asms:
-            return make().finish()
-        return merge_systems([asms[j].finish() for j in sorted(asms)])
-    systems: dict[int, GlobalSystem] = {}
-    queues: list[queue.Queue] = [queue.Queue(maxsize=2) for _ in range(nt)]
+        for c in problem.chunks(timer):
+            asm.add(c)
+        return asm.finish()
+    feed: queue.Queue = queue.Queue(maxsize=nt)
+    turn = {"index": 0, "absorb": 0}
+    cond = threading.Condition()
     failures: list[BaseException] = []
 
-    def work(k: int) -> None:
-        mine: dict[int, Assembler] = {}
+    def wait_turn(step: str, i: int) -> bool:
+        with cond:
+            while turn[step] != i and not failures:
+                cond.wait()
+            return not failures
+
+    def next_turn(step: str) -> None:
+        with cond:
+            turn[step] += 1
+            cond.notify_all()
+
+    def work() -> None:
         while True:
-            item = queues[k].get()
+            item = feed.get()
             if item is None:
                 break
             if failures:
                 continue  # drain without work after a failure
-            lane, chunk = item
+            i, chunk = item
             try:
-                if lane not in mine:
-                    mine[lane] = make()
-                mine[lane].add(chunk)
+                recs = asm.prepare(chunk)
+                del chunk
+                if not wait_turn("index", i):
+                    continue
+                lidx = asm.index(recs)
+                next_turn("index")
+                sums = asm.compute(recs, lidx)
+                del recs, lidx
+                if not wait_turn("absorb", i):
+                    continue
+                asm.absorb(sums)
+                del sums
+                next_turn("absorb")
             except BaseException as exc:  # re-raised in the calling thread
-                failures.append(exc)
-        if not failures:
-            try:
-                for lane, asm in mine.items():
-                    systems[lane] = asm.finish()
-            except BaseException as exc:
-                failures.append(exc)
+                with cond:
+                    failures.append(exc)
+                    cond.notify_all()
 
-    workers = [threading.Thread(target=work, args=(k,), name=f"b2luca-assemble-{k}", daemon=True)
-               for k in range(nt)]
+    workers = [threading.Thread(target=work, name=f"b2luca-assemble-{k}", daemon=True) for k in range(nt)]
     for w in workers:
         w.start()
     try:
         for i, c in enumerate(problem.chunks(timer)):
             if failures:
                 break
-            lane = i % lanes
-            queues[lane % nt].put((lane, c))
+            feed.put((i, c))
     finally:
-        for q in queues:
-            q.put(None)
+        for _ in workers:
+            feed.put(None)
         for w in workers:
             w.join()
     if failures:
         raise failures[0]
-    if not systems:
-        return make().finish()
-    return merge_systems([systems[j] for j in sorted(systems)])
+    return asm.finish()
 
 
-_MALLOC_TUNED = False
-
-
-def _keep_freed_memory() -> None:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the system.
+def _malloc_for_pass(on: bool) -> None:
+    """Tune glibc's malloc for the data pass (``on``) or for the solve (no effect off glibc).
 
     Every data chunk allocates the same-sized temporaries again; by default glibc serves arrays above a
     (dynamic) threshold with fresh mmaps and trims the heap, so the kernel zero-fills those pages on each
     first touch, which on virtual machines costs as much as the arithmetic (measured: decoding a 92 MB
-    file took 455 ms with the defaults, 175-250 ms with freed memory kept). This sets the mmap threshold to
-    256 MB and the trim threshold to 1 GB for the rest of the process (no effect off glibc).
+    file took 455 ms with the defaults, 175-250 ms with freed memory kept). During a pass the mmap threshold
+    is 256 MB and the trim threshold 1 GB; after it (``on=False``) the kept memory is given back and arrays
+    above 32 MB are mmapped again, so the solve's large temporaries (fronts of the factorisation) return to
+    the system when freed instead of staying resident.
     """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        if on:
+            libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        else:
+            libc.mallopt(-3, 32 << 20)
+            libc.mallopt(-1, 64 << 20)
+            libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
@@ -249,8 +262,8 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
     method = PEDE_METHODS.get((method or problem.method).lower(), None) or (method or problem.method)
     if method not in ("auto", "sparse", "dense", "minres"):
         raise SolverError(f"unknown method {method!r}")
-    _keep_freed_memory()
     timer: dict[str, float] = {}
+    memory = PhasePeaks(enabled=problem.phase_memory)
     t_start = time.perf_counter()
     npass = max(1, problem.iterations)
     if problem.outlierdownweighting > 0:
@@ -261,7 +274,10 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
     warnings = list(problem.warnings)
     out = None
     for ipass in range(npass):
+        _malloc_for_pass(True)
         gs = _pass(problem, (corr_labels, corr_values) if ipass else None, ipass, timer)
+        _malloc_for_pass(False)  # the pass's freed temporaries, kept for reuse during it, go back now
+        memory.end("pass")
         labels = gs.labels
         n = labels.size
         if ipass == 0:
@@ -284,7 +300,7 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
         fixed |= few
         free = ~fixed
         fi = np.flatnonzero(free)
-        C = gs.C[fi][:, fi].tocsr()
+        C = gs.C if fi.size == n else gs.C[fi][:, fi].tocsr()  # no copy when every parameter is free
         b = gs.b[fi].copy()
         # χ² pieces of the data alone (before priors/soft constraints)
         Cdata, bdata = C, b.copy()
@@ -301,7 +317,8 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
             C = (C + Ms).tocsr()
             b = b + bs
         with threadpool_limits(problem.blas_threads or None, user_api="blas"):
-            so = solve_system(C, b, cons, method=method, errors=problem.errors)
+            memory.end("prepare")
+            so = solve_system(C, b, cons, method=method, errors=problem.errors, phase_end=memory.end)
         for k, v in so.timings.items():
             timer[k] = timer.get(k, 0.0) + v
         delta = np.zeros(n)
@@ -332,6 +349,10 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
             break
     assert out is not None
     timer["total"] = time.perf_counter() - t_start
+    memory.end("finish")
+    if problem.phase_memory:
+        out.info["peak_rss_bytes"] = dict(memory.peaks)
+        out.info["peak_rss_per_phase"] = memory.reset_ok
     order = ["read", "assemble", "factorise", "solve", "errors", "total"]
     out.timings = {k: timer[k] for k in order if k in timer}
     return out

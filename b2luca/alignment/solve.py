@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import scipy.linalg as la
@@ -99,6 +100,21 @@ def _pivots(A: np.ndarray) -> np.ndarray:
     return np.sort(piv[: A.shape[0]])
 
 
+def _diagonal_slots(C: sp.spmatrix, P: np.ndarray) -> np.ndarray | None:
+    """Positions in ``C.data`` of the diagonal entries (p, p), p in P; None unless C is canonical CSR holding
+    all of them."""
+    if C.format != "csr" or not C.has_canonical_format:
+        return None
+    out = np.empty(P.size, np.int64)
+    for k, p in enumerate(P):  # m (the number of constraints) is small
+        lo, hi = int(C.indptr[p]), int(C.indptr[p + 1])
+        j = lo + int(np.searchsorted(C.indices[lo:hi], p))
+        if j >= hi or C.indices[j] != p:
+            return None
+        out[k] = j
+    return out
+
+
 class _DenseFactor:
     def __init__(self, G: sp.spmatrix):
         n = G.shape[0]
@@ -117,8 +133,12 @@ class _DenseFactor:
 
 
 def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None, method: str = "auto",
-                 errors: bool = True) -> SolveOutput:
-    """Solve C Δg = b subject to A Δg = c (exactly, or by MINRES); see the module docstring."""
+                 errors: bool = True, phase_end: Callable[[str], None] | None = None) -> SolveOutput:
+    """Solve C Δg = b subject to A Δg = c (exactly, or by MINRES); see the module docstring.
+
+    ``phase_end(name)`` is called as each phase (factorise, solve, errors) ends (e.g. to measure memory).
+    """
+    mark = phase_end or (lambda name: None)
     n = C.shape[0]
     t: dict[str, float] = {}
     if method == "auto":
@@ -143,12 +163,22 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
         # preferred: m pivot parameters (keeps the sparsity of C)
         P = _pivots(A)
         gam = np.maximum(np.abs(diagC[P]), 1e-3 * scale)
-        G = (C + sp.csr_matrix((gam, (P, P)), shape=(n, n))).tocsr()
+        slots = _diagonal_slots(C, P)
+        if slots is not None:  # G = C + γ on the pivots, in C's own arrays (restored below): no copy of C
+            orig = C.data[slots].copy()
+            C.data[slots] += gam  # the same sums as C + diag(γ)
+            G = C
+        else:
+            G = (C + sp.csr_matrix((gam, (P, P)), shape=(n, n))).tocsr()
         try:
             fac = factor(G)
             info["regularisation"] = "pivots"
         except (NotPositiveDefinite, la.LinAlgError):
             fac = None
+        finally:
+            if slots is not None:
+                C.data[slots] = orig
+        del G
     else:
         try:
             fac = factor(C)
@@ -157,6 +187,7 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
                               f"presigmas or constraints ({exc})") from exc
     if fac is not None:
         t["factorise"] = time.perf_counter() - t0
+        mark("factorise")
         t0 = time.perf_counter()
         B = np.zeros((n, 2 * m))
         if m:
@@ -190,6 +221,7 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
                               f"all weak modes ({exc})") from exc
         info["regularisation"] = "augmented Lagrangian"
         t["factorise"] = time.perf_counter() - t0
+        mark("factorise")
         t0 = time.perf_counter()
         W = fac.solve(np.column_stack([b + rho * (A.T @ c), A.T]))
         u, WB = W[:, 0], W[:, 1:]
@@ -197,6 +229,7 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
         lam = np.linalg.solve(T, A @ u - c)
         x = u - WB @ lam
     t["solve"] = time.perf_counter() - t0
+    mark("solve")
     err = None
     if errors:
         t0 = time.perf_counter()
@@ -206,6 +239,7 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
             dG = dG - np.einsum("ia,ab,ib->i", WB, Tinv, WB)
         err = np.sqrt(np.maximum(dG, 0.0))
         t["errors"] = time.perf_counter() - t0
+        mark("errors")
     if m:
         info["constraint_residual"] = float(np.max(np.abs(A @ x - c))) if m else 0.0
     if isinstance(fac, SupernodalCholesky):

@@ -334,10 +334,15 @@ def _expand(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 
 class _Pool:
-    """Reusable float64 work buffers: touching fresh memory is several times slower than reusing it."""
+    """Reusable float64 work buffers: touching fresh memory is several times slower than reusing it.
 
-    def __init__(self) -> None:
+    At most ``keep`` bytes of free buffers are kept (the largest are let go first): the many small fronts
+    reuse memory, while the few large ones near the root do not stay resident after use.
+    """
+
+    def __init__(self, keep: int = 128 << 20) -> None:
         self.free: list[np.ndarray] = []
+        self.keep = keep
 
     def get(self, size: int) -> np.ndarray:
         """A 1-d buffer of at least ``size`` elements (contents undefined); give it back with ``put``."""
@@ -351,6 +356,10 @@ class _Pool:
 
     def put(self, buf: np.ndarray) -> None:
         self.free.append(buf)
+        total = sum(b.nbytes for b in self.free)
+        while total > self.keep and self.free:
+            big = max(range(len(self.free)), key=lambda i: self.free[i].size)
+            total -= self.free.pop(big).nbytes
 
 
 def _fview(buf: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -573,6 +582,18 @@ class SupernodalCholesky:
         zbuf = np.empty(max(rmax * rmax, 1))  # Z_RR
         lbuf = np.empty(max(int((r_all * k_all).max()) if self.nsuper else 1, 1))  # Lh
         wbuf = np.empty_like(lbuf)  # Z_RR Lh
+        # postorder: the subtree of t is [first[t], t]; the panel of t is read by its descendants only, so it
+        # is dropped once first[t] is done (memory: the panels of the current path to the root, not all of L's
+        # size), and a leaf's panel is never stored
+        first = np.arange(self.nsuper)
+        for s in range(self.nsuper):
+            p = int(self.sn_parent[s])
+            if p >= 0 and first[s] < first[p]:
+                first[p] = first[s]
+        drop: dict[int, list[int]] = {}
+        for t in range(self.nsuper):
+            if first[t] < t:
+                drop.setdefault(int(first[t]), []).append(t)
         for s in range(self.nsuper - 1, -1, -1):
             c0, c1, R = int(self.c0[s]), int(self.c1[s]), self.rows[s]
             k, r = c1 - c0, R.size
@@ -580,7 +601,7 @@ class SupernodalCholesky:
             Zjj, info = lapack.dpotri(L11, lower=1)
             if info != 0:
                 raise NotPositiveDefinite(f"singular diagonal block in supernode {s}")
-            Z = np.empty((k + r, k), order="F")
+            leaf = first[s] == s  # nobody reads this panel: only the diagonal of Z_JJ is needed
             if r:
                 Zrr = _fview(zbuf, r, r)  # lower triangle gathered from the ancestors
                 sn = snode_of_var[R]
@@ -601,12 +622,22 @@ class SupernodalCholesky:
                 blas.dtrsm(1.0, L11, Lh, side=1, lower=1, overwrite_b=1)  # L21 L11⁻¹
                 W = blas.dsymm(1.0, Zrr, Lh, beta=0.0, c=_fview(wbuf, r, k), side=0, lower=1,
                                overwrite_c=1)  # Z_RR Lh = −Z_RJ
-                Zjj = blas.dgemm(1.0, Lh, W, beta=1.0, c=Zjj, trans_a=1, overwrite_c=1)
-                np.negative(W, out=Z[k:])
-            Z[:k] = Zjj
-            Zp[s] = Z
-            front[s] = np.concatenate([np.arange(c0, c1), R])
-            d[c0:c1] = np.diag(Zjj)
+                if leaf:  # diag(Lhᵀ W) without the k x k product
+                    d[c0:c1] = np.diag(Zjj) + np.einsum("ij,ij->j", Lh, W)
+                else:
+                    Zjj = blas.dgemm(1.0, Lh, W, beta=1.0, c=Zjj, trans_a=1, overwrite_c=1)
+            elif leaf:
+                d[c0:c1] = np.diag(Zjj)
+            if not leaf:
+                Z = np.empty((k + r, k), order="F")
+                if r:
+                    np.negative(W, out=Z[k:])
+                Z[:k] = Zjj
+                Zp[s] = Z
+                front[s] = np.concatenate([np.arange(c0, c1), R])
+                d[c0:c1] = np.diag(Zjj)
+            for t in drop.pop(s, ()):
+                Zp[t] = front[t] = None
         out = np.empty(n)
         out[self.perm] = d
         return out
