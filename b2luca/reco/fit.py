@@ -205,6 +205,35 @@ class _Predictor:
             self.cdc_x = xc
         return pred, s_all
 
+    def jacobian(self, h: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Analytic d(pred)/d(h), (R, 5), at the crossing arc lengths ``s`` returned by ``self(h)``.
+
+        The crossing point x(h, s(h)) moves with h at fixed s and through s: dx/dh = dx/dh|_s + t ds/dh
+        (t = :func:`~b2luca.reco.helix.direction`), where ds/dh keeps the point on the sensor plane
+        (n.dx = 0) or on the layer cylinder (x_T.dx_T = 0).  VXD: pred = u_axis.(x - c); CDC:
+        pred = dy cos(phi_w) - dx sin(phi_w) with the wire azimuth phi_w depending on z (stereo layers)."""
+        out = np.empty((h.shape[0], 5))
+        hv, sv = h[self.vxd], s[self.vxd]
+        jx, t = H.position_jacobian(hv, sv), H.direction(hv, sv)
+        n = self.r[:, :, 2]
+        ds = -np.einsum("nj,njk->nk", n, jx) / np.sum(n * t, axis=1)[:, None]
+        ax = self.r[np.arange(self.axis.size), :, self.axis]  # (Rv, 3): the measured local axis in global
+        out[self.vxd] = np.einsum("nj,njk->nk", ax, jx) + np.sum(ax * t, axis=1)[:, None] * ds
+        hc, sc = h[self.cdc], s[self.cdc]
+        jx, t = H.position_jacobian(hc, sc), H.direction(hc, sc)
+        x = H.position(hc, sc)
+        ds = -(x[:, 0, None] * jx[:, 0] + x[:, 1, None] * jx[:, 1]) / (x[:, 0] * t[:, 0] + x[:, 1] * t[:, 1])[:, None]
+        geom, lay = self.geom, self.layer
+        par = self.constants.cdc_params[lay]
+        stereo = geom.cdc_stereo[lay] / geom.cdc_r[lay]
+        phi_w = (geom.cdc_phi_offset[lay] + x[:, 2] * stereo + 2 * np.pi * self.wire / geom.cdc_nwires[lay]
+                 + par[:, 2])
+        cw, sw = np.cos(phi_w), np.sin(phi_w)
+        dx, dy = x[:, 0] - par[:, 0], x[:, 1] - par[:, 1]
+        grad = np.stack([-sw, cw, -(dx * cw + dy * sw) * stereo], axis=1)  # d(pred)/d(x)
+        out[self.cdc] = np.einsum("nj,njk->nk", grad, jx) + np.sum(grad * t, axis=1)[:, None] * ds
+        return out
+
     def derivatives(self, h: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Forward-difference d(pred)/d(h), (R, 5), from the predictions ``base`` at h (the steps are
         tiny compared with the curvature scales, the truncation error is < 1e-6 relative)."""
@@ -274,7 +303,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         else:
             h_rows = h[track]
         pred, s = pr(h_rows, update=True)
-        d = pr.derivatives(h_rows, pred)
+        d = pr.jacobian(h_rows, s)
         good = np.isfinite(pred) & np.all(np.isfinite(d), axis=1)
         res = np.where(good, m - pred, 0.0)
         d = np.where(good[:, None], d, 0.0)
