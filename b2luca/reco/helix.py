@@ -58,6 +58,26 @@ def position_jacobian(h: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.stack([np.stack(jx, -1), np.stack(jy, -1), np.stack(jz, -1)], axis=-2)
 
 
+def projected_position_jacobian(h: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``w . d(position)/d(h)`` at fixed ``s`` for vectors w (N, 3): (N, 5), without forming the
+    (N, 3, 5) Jacobian of :func:`position_jacobian` (the same formulas)."""
+    d0, phi0, om = h[..., D0], h[..., PHI0], h[..., OMEGA]
+    half = 0.5 * om * s
+    ph = phi0 - half
+    cph, sph = np.cos(ph), np.sin(ph)
+    c0, s0 = np.cos(phi0), np.sin(phi0)
+    k = s * _sinc(half)
+    dk = 0.5 * s * s * _dsinc(half)
+    wx, wy, wz = w[..., 0], w[..., 1], w[..., 2]
+    out = np.empty(h.shape[:-1] + (5,))
+    out[..., 0] = wx * s0 - wy * c0
+    out[..., 1] = d0 * (wx * c0 + wy * s0) + k * (wy * cph - wx * sph)
+    out[..., 2] = dk * (wx * cph + wy * sph) + 0.5 * s * k * (wx * sph - wy * cph)
+    out[..., 3] = wz
+    out[..., 4] = wz * s
+    return out
+
+
 def direction(h: np.ndarray, s: np.ndarray) -> np.ndarray:
     """d(position)/ds (not normalised: transverse part has unit length, z part = tanl)."""
     phi = h[..., PHI0] - h[..., OMEGA] * s

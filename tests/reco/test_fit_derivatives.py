@@ -70,3 +70,12 @@ def test_prediction_jacobian_matches_central_differences(sample, tag):
     assert np.allclose(jac[good], fwd[good], rtol=1e-3, atol=1e-4 * np.abs(fwd[good]).max(axis=0))
     # the fit's local derivatives are the analytic ones
     assert np.allclose(fr.local_derivs[ok], jac[ok], rtol=1e-9, atol=1e-12)
+
+
+def test_projected_position_jacobian_is_the_contraction():
+    rng = np.random.default_rng(2)
+    h = np.stack([rng.normal(0, 1, 50), rng.uniform(-3, 3, 50), rng.normal(0, 2e-3, 50), rng.normal(0, 5, 50),
+                  rng.normal(0, 1, 50)], 1)
+    s, w = rng.uniform(-500, 500, 50), rng.normal(0, 1, (50, 3))
+    assert np.allclose(H.projected_position_jacobian(h, s, w), np.einsum("nj,njk->nk", w, H.position_jacobian(h, s)),
+                       rtol=1e-12, atol=1e-9)
