@@ -266,12 +266,6 @@ def _tracks_trees(raw: Mapping[str, Mapping[str, np.ndarray]], fit: RobustFit) -
     return {"tracks": tracks, "track_hits": rel}
 
 
-def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants,
-                  scattering: bool = FIT_SCATTERING) -> dict[str, dict[str, np.ndarray]]:
-    """The ``tracks`` group of one raw file (and ``_failed_fits``)."""
-    return _fit_files([raw], constants, scattering)[0]
-
-
 def ecl_clusters(event: np.ndarray, cand: np.ndarray, crystal: np.ndarray, energy: np.ndarray) -> dict[str, np.ndarray]:
     """Track-matched clusters: hits grouped by (event, cand >= 0); energy sum, size and seed crystal."""
     event, cand = np.asarray(event, np.int64), np.asarray(cand, np.int64)
