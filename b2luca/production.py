@@ -312,7 +312,7 @@ def _cdst_name(raw_file: Path) -> str:
 
 #: Raw bytes read into memory at once: the files of one data tag (sharing constants) are fitted together in
 #: batches of about this size, so the memory of a production is bounded whatever the number of files.
-BATCH_BYTES = 256 * 2 ** 20
+BATCH_BYTES = 64 * 2 ** 20
 
 
 @dataclass
