@@ -62,6 +62,9 @@ class DataConfig:
     raw_directory: Path
     cdst_directory: Path
     source: DataSource = DataSource.SYNTHETIC
+    #: raw data (MB) one cDST production task (one batch job) reconstructs: consecutive runs are grouped
+    #: until they reach it (0: one task per run)
+    production_task_mb: float = 8.0
 
     def __post_init__(self) -> None:
         _coerce(self, "source", DataSource)
@@ -391,7 +394,7 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
         rundb=RunDBConfig(snapshot=path_or(rundb, "snapshot", work_dir / "rundb" / f"{bucket.name}.csv"),
                           **_present(rundb, "source", "url", "api_key_env", "timeout")),
         data=DataConfig(raw_directory=path_or(data, "raw_directory", work_dir / "data"),
-                        cdst_directory=path_or(data, "cdst_directory", work_dir / "cdst"), **_present(data, "source")),
+                        cdst_directory=path_or(data, "cdst_directory", work_dir / "cdst"), **_present(data, "source", "production_task_mb")),
         simulation=SimulationConfig(seed=sim["seed"], events=dict(sim["events"]), **_present(sim, "files_per_run"))
         if sim else None,
         conditions=ConditionsConfig(

@@ -23,6 +23,12 @@ null for the nominal default), and per file the raw file's size/mtime and what w
 group ("computed" or "copied").  A repeated production recomputes only the groups whose payloads
 changed (or everything for a file whose raw input changed) and copies the other trees from the
 existing cDST file.  Every file is written to a temporary name and renamed; the manifest last.
+
+:func:`produce_runs` reconstructs several runs in one call with a cost that grows with the data, not
+with the number of runs or files: the constants are read once per distinct set of payloads (not once
+per run), and the track candidates of all files of one data tag that share those constants are fitted
+in one batch (a fit call has a fixed cost that small files would otherwise pay each).  The output is
+the same per-run layout; :func:`produce_run` is the one-run case.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +48,11 @@ from .iov import ExpRun
 from .atomic import write_json_atomic
 from .rootio import read_trees, write_trees
 from .errors import ProductionError, RootReadError
-from .reco.robust import FIT_ITERATIONS, FIT_SCATTERING, fit_robust
+from .reco import helix as H
+from .reco.measurements import (PAYLOAD_NAMES, Constants, Measurements, build_measurements, cdc_drift_time, ecl_energy,
+                                load_constants, svd_time)
+from .reco.raw import read_raw
+from .reco.robust import FIT_ITERATIONS, FIT_SCATTERING, RobustFit, fit_robust
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -152,8 +163,6 @@ def _strip(tree: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 # --- the three groups -----------------------------------------------------------------------------
 def _group_hits(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[str, dict[str, np.ndarray]]:
-    from .reco.measurements import cdc_drift_time, svd_time
-
     svd = _strip(raw["svd"])
     svd["time_corrected"] = svd_time(raw["svd"], constants).astype(np.float32)
     cdc = _strip(raw["cdc"])
@@ -173,21 +182,72 @@ def _empty_tracks() -> dict[str, dict[str, np.ndarray]]:
     return {"tracks": tracks, "track_hits": rel}
 
 
-def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants,
-                  scattering: bool = FIT_SCATTERING) -> dict[str, dict[str, np.ndarray]]:
-    from .reco import helix as H
-    from .reco.measurements import build_measurements
-
+def _track_measurements(raw: Mapping[str, Mapping[str, np.ndarray]], constants: Constants) -> Measurements | None:
+    """The measurement rows of a raw file's track candidates; None when it has none."""
     n_hits = sum(int(raw[d]["event"].size) for d in ("pxd", "svd", "cdc"))
     if n_hits == 0:
-        return _empty_tracks()
+        return None
     meas = build_measurements(raw, constants)
-    if meas.n_tracks == 0:
-        return _empty_tracks()
-    fit = fit_robust(meas, constants, scattering=scattering)
+    return meas if meas.n_tracks else None
+
+
+def _concat_measurements(parts: Sequence[Measurements], event_offsets: Sequence[int]) -> Measurements:
+    """One Measurements of several files' candidates: track indices shifted, ``track_key[:, 0]`` (the
+    file's event row) shifted by ``event_offsets`` so that keys stay unique and sorted."""
+    tracks, keys, shift = [], [], 0
+    for meas, offset in zip(parts, event_offsets):
+        tracks.append(meas.track + shift)
+        keys.append(meas.track_key + np.array([offset, 0], np.int64))
+        shift += meas.n_tracks
+    cols = {name: np.concatenate([getattr(m, name) for m in parts])
+            for name in ("kind", "sensor", "layer", "wire", "m", "sigma", "hit", "det", "approx_pos")}
+    return Measurements(track_key=np.concatenate(keys), track=np.concatenate(tracks), **cols)
+
+
+def _fit_slice(fit: RobustFit, t0: int, t1: int, event_offset: int) -> RobustFit:
+    """Tracks ``t0:t1`` of a batch fit (one file's): tracks renumbered from 0, event rows unshifted."""
+    meas = fit.meas
+    r0, r1 = np.searchsorted(meas.track, [t0, t1])
+    rows = slice(int(r0), int(r1))
+    sub = Measurements(track_key=meas.track_key[t0:t1] - np.array([event_offset, 0], np.int64),
+                       track=meas.track[rows] - t0, kind=meas.kind[rows], sensor=meas.sensor[rows],
+                       layer=meas.layer[rows], wire=meas.wire[rows], m=meas.m[rows], sigma=meas.sigma[rows],
+                       hit=meas.hit[rows], det=meas.det[rows], approx_pos=meas.approx_pos[rows])
+    assert fit.residual is not None  # requested by default
+    return replace(fit, meas=sub, params=fit.params[t0:t1], cov=fit.cov[t0:t1], chi2=fit.chi2[t0:t1],
+                   ndf=fit.ndf[t0:t1], residual=fit.residual[rows])
+
+
+def _fit_files(raws: Sequence[Mapping[str, Mapping[str, np.ndarray]]], constants: Constants,
+               scattering: bool = FIT_SCATTERING) -> list[dict[str, dict[str, np.ndarray]]]:
+    """The ``tracks`` group of several raw files fitted in one batch: per file its trees (and
+    ``_failed_fits``).  Every candidate is fitted on its own (the batch only shares the fit calls)."""
+    metas = [_track_measurements(raw, constants) for raw in raws]
+    out: list[dict[str, dict[str, np.ndarray]]] = [_empty_tracks() for _ in raws]
+    present = [i for i, m in enumerate(metas) if m is not None]
+    if not present:
+        return out
+    offsets = np.cumsum([0] + [int(raws[i]["event"]["event"].size) for i in present])
+    parts = [metas[i] for i in present]
+    fit = fit_robust(_concat_measurements(parts, offsets[:-1]), constants, scattering=scattering)  # type: ignore[arg-type]
+    file_of_track = np.searchsorted(offsets, fit.meas.track_key[:, 0], side="right") - 1
+    bounds = np.searchsorted(file_of_track, np.arange(len(present) + 1))
+    for k, i in enumerate(present):
+        t0, t1 = int(bounds[k]), int(bounds[k + 1])
+        trees = _tracks_trees(raws[i], _fit_slice(fit, t0, t1, int(offsets[k])))
+        n_candidates = parts[k].n_tracks  # type: ignore[union-attr]
+        trees["_failed_fits"] = {"n": np.array([n_candidates - (t1 - t0)])}
+        out[i] = trees
+    return out
+
+
+def _tracks_trees(raw: Mapping[str, Mapping[str, np.ndarray]], fit: RobustFit) -> dict[str, dict[str, np.ndarray]]:
+    """The ``tracks`` and ``track_hits`` trees of one file from its fitted tracks."""
     meas = fit.meas
     assert fit.residual is not None  # requested by default
     nt = meas.n_tracks
+    if nt == 0:
+        return _empty_tracks()
     gevent = meas.track_key[:, 0]
     tracks: dict[str, np.ndarray] = {"event": np.asarray(raw["event"]["event"])[gevent].astype(np.int64),
                                      "cand": meas.track_key[:, 1].astype(np.int16)}
@@ -203,7 +263,7 @@ def _group_tracks(raw: Mapping[str, Mapping[str, np.ndarray]], constants,
     rel: dict[str, np.ndarray] = {"track": meas.track.astype(np.int32), "det": meas.det.astype(np.int8), "hit": meas.hit.astype(np.int64),
            "kind": meas.kind.astype(np.int8), "residual": fit.residual.astype(np.float64),
            "sigma": meas.sigma.astype(np.float64)}
-    return {"tracks": tracks, "track_hits": rel, "_failed_fits": {"n": np.array([int(fit.failed)])}}
+    return {"tracks": tracks, "track_hits": rel}
 
 
 def ecl_clusters(event: np.ndarray, cand: np.ndarray, crystal: np.ndarray, energy: np.ndarray) -> dict[str, np.ndarray]:
@@ -224,14 +284,12 @@ def ecl_clusters(event: np.ndarray, cand: np.ndarray, crystal: np.ndarray, energ
 
 
 def _group_ecl(raw: Mapping[str, Mapping[str, np.ndarray]], constants) -> dict[str, dict[str, np.ndarray]]:
-    from .reco.measurements import ecl_energy
-
     ecl = _strip(raw["ecl"])
     ecl["energy"] = ecl_energy(raw["ecl"], constants).astype(np.float64)
     return {"ecl": ecl, "ecl_clusters": ecl_clusters(ecl["event"], ecl["cand"], ecl["crystal"], ecl["energy"])}
 
 
-_BUILDERS: dict[str, Callable[..., dict[str, dict[str, np.ndarray]]]] = {"hits": _group_hits, "tracks": _group_tracks, "ecl": _group_ecl}
+_BUILDERS: dict[str, Callable[..., dict[str, dict[str, np.ndarray]]]] = {"hits": _group_hits, "ecl": _group_ecl}
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -252,21 +310,44 @@ def _cdst_name(raw_file: Path) -> str:
     return "cdst_" + raw_file.name[len("raw_"):]
 
 
-def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
-                scattering: bool = FIT_SCATTERING) -> dict[str, Any]:
-    """Reconstruct every raw file of one run (all data tags) into cDST files; see the module docstring.
+#: Raw bytes read into memory at once: the files of one data tag (sharing constants) are fitted together in
+#: batches of about this size, so the memory of a production is bounded whatever the number of files.
+BATCH_BYTES = 64 * 2 ** 20
 
-    Returns a JSON-able summary: ``tags``, ``files``, ``tracks`` (per tag), ``seconds``, ``payloads``
-    (name -> revision or "nominal"), ``computed`` / ``copied`` (group -> number of files), and
-    ``failed_fits`` (candidates whose fit failed and that are left out of ``tracks``).
-    """
-    from .reco.measurements import load_constants
-    from .reco.raw import read_raw
 
-    start = time.perf_counter()
-    raw_run_dir, cdst_run_dir = Path(raw_run_dir), Path(cdst_run_dir)
+@dataclass
+class _Run:
+    """One run of a production call: its plan, then what was done to its files."""
+
+    raw_run_dir: Path
+    cdst_run_dir: Path
+    exprun: ExpRun
+    tags: dict[str, list[Path]]
+    fingerprints: dict[str, dict[str, Any]]
+    old: dict[str, Any] | None
+    files_out: dict[str, list[dict[str, Any] | None]] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=lambda: {g: 0 for g in GROUP_PAYLOADS})
+    copied: dict[str, int] = field(default_factory=lambda: {g: 0 for g in GROUP_PAYLOADS})
+    failed_fits: int = 0
+
+
+@dataclass
+class _FileJob:
+    """One raw file whose cDST file must be (re)written: ``todo`` groups computed, the others copied."""
+
+    run: _Run
+    tag: str
+    slot: int  # position in run.files_out[tag]
+    raw_file: Path
+    identity: dict[str, int]
+    cdst_rel: str
+    todo: set[str]
+    constants_key: tuple
+
+
+def _plan_run(raw_run_dir: Path, cdst_run_dir: Path, exprun: ExpRun, chain, scattering: bool) -> _Run:
+    """Read the old manifest and decide per file what to do (kept files are recorded at once)."""
     tags = _raw_files(raw_run_dir)
-    fingerprints = _group_fingerprints(chain, exprun, scattering)
     try:
         old = read_manifest(cdst_run_dir)
     except ProductionError as exc:  # never half-written (atomic), so foreign or damaged: start afresh
@@ -276,73 +357,155 @@ def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
         old = None
     if old is not None and old.get("group_trees") != _current_group_trees():
         old = None  # written when a group had other trees (e.g. before ecl_full): nothing can be copied from it
+    return _Run(raw_run_dir, cdst_run_dir, exprun, tags, _group_fingerprints(chain, exprun, scattering), old)
+
+
+def _constants_key(chain, exprun: ExpRun) -> tuple:
+    """What the constants of ``exprun`` are made of: the payload files in force (equal keys, equal constants)."""
+    key = []
+    for name in PAYLOAD_NAMES:
+        entry = chain.lookup(name, exprun)
+        key.append(None if entry is None else (str(entry.path), entry.revision))
+    return tuple(key)
+
+
+def _file_jobs(run: _Run, chain) -> list[_FileJob]:
+    """The files of ``run`` to (re)write; files that stay as they are go straight into ``run.files_out``."""
+    old = run.old
     old_files = {(tag, rec["raw_name"]): rec for tag, recs in (old or {}).get("files", {}).items() for rec in recs}
-    stale = {g for g in GROUP_PAYLOADS if old is None or old.get("groups", {}).get(g) != fingerprints[g]}
-    constants = None
-    files_out: dict[str, list[dict[str, Any]]] = {}
-    computed = {g: 0 for g in GROUP_PAYLOADS}
-    copied = {g: 0 for g in GROUP_PAYLOADS}
-    n_tracks: dict[str, int] = {}
-    failed_fits = 0
-    for tag, raws in tags.items():
-        files_out[tag] = []
-        n_tracks[tag] = 0
+    stale = {g for g in GROUP_PAYLOADS if old is None or old.get("groups", {}).get(g) != run.fingerprints[g]}
+    jobs = []
+    key: tuple | None = None
+    for tag, raws in run.tags.items():
+        run.files_out[tag] = []
         for raw_file in raws:
             identity = _raw_identity(raw_file)
             cdst_rel = f"{tag}/{_cdst_name(raw_file)}"
-            cdst_file = cdst_run_dir / cdst_rel
             previous = old_files.get((tag, raw_file.name))
-            reusable = (previous is not None and previous.get("raw") == identity and cdst_file.is_file())
+            reusable = previous is not None and previous.get("raw") == identity and (run.cdst_run_dir / cdst_rel).is_file()
             todo = set(GROUP_PAYLOADS) if not reusable else stale
             if not todo:  # everything current: the file stays as it is
                 assert previous is not None
                 for g in GROUP_PAYLOADS:
-                    copied[g] += 1
-                n_tracks[tag] += int(previous.get("tracks", 0))
-                files_out[tag].append({**previous, "groups": {g: "kept" for g in GROUP_PAYLOADS}})
+                    run.copied[g] += 1
+                run.files_out[tag].append({**previous, "groups": {g: "kept" for g in GROUP_PAYLOADS}})
                 continue
-            trees: dict[str, dict[str, np.ndarray]] = {}
-            keep = [g for g in GROUP_PAYLOADS if g not in todo]
-            if keep:
-                trees.update(_read_trees(cdst_file, tuple(t for g in keep for t in GROUP_TREES[g])))
-            if todo:
-                if constants is None:
-                    constants = load_constants(chain, exprun)
-                raw = read_raw([raw_file])
-                for group in GROUP_PAYLOADS:
-                    if group in todo:
-                        trees.update(_BUILDERS[group](raw, constants, scattering) if group == "tracks"
-                                     else _BUILDERS[group](raw, constants))
-                failed = trees.pop("_failed_fits", None)
-                if failed is not None:
-                    failed_fits += int(failed["n"][0])
-            if todo:
-                ordered = {t: trees[t] for g in GROUP_PAYLOADS for t in GROUP_TREES[g]}
-                _write_trees_atomic(cdst_file, ordered)
-            for g in GROUP_PAYLOADS:
-                (computed if g in todo else copied)[g] += 1
-            ntrk = int(trees["tracks"]["event"].size)
-            n_tracks[tag] += ntrk
-            files_out[tag].append({"raw_name": raw_file.name, "raw_path": str(raw_file.resolve()), "raw": identity,
-                                   "cdst": cdst_rel, "tracks": ntrk,
-                                   "groups": {g: ("computed" if g in todo else "copied") for g in GROUP_PAYLOADS}})
+            if key is None:
+                key = _constants_key(chain, run.exprun)
+            jobs.append(_FileJob(run, tag, len(run.files_out[tag]), raw_file, identity, cdst_rel, set(todo), key))
+            run.files_out[tag].append(None)
+    return jobs
+
+
+def _batches(jobs: list[_FileJob]) -> list[list[_FileJob]]:
+    """Jobs grouped by (constants, data tag), in order, each batch at most about BATCH_BYTES of raw data."""
+    by_kind: dict[tuple, list[_FileJob]] = {}
+    for job in jobs:
+        by_kind.setdefault((job.constants_key, job.tag), []).append(job)
+    out: list[list[_FileJob]] = []
+    for group in by_kind.values():
+        batch: list[_FileJob] = []
+        size = 0
+        for job in group:
+            if batch and size + job.identity["size"] > BATCH_BYTES:
+                out.append(batch)
+                batch, size = [], 0
+            batch.append(job)
+            size += job.identity["size"]
+        out.append(batch)
+    return out
+
+
+def _produce_batch(batch: list[_FileJob], constants: Constants, scattering: bool) -> None:
+    """Compute, copy and write the cDST files of one batch; record them in their runs' ``files_out``."""
+    raws = [read_raw([job.raw_file]) for job in batch]
+    fitted = [i for i, job in enumerate(batch) if "tracks" in job.todo]
+    track_trees = dict(zip(fitted, _fit_files([raws[i] for i in fitted], constants, scattering)))
+    for i, job in enumerate(batch):
+        cdst_file = job.run.cdst_run_dir / job.cdst_rel
+        trees: dict[str, dict[str, np.ndarray]] = {}
+        keep = [g for g in GROUP_PAYLOADS if g not in job.todo]
+        if keep:
+            trees.update(_read_trees(cdst_file, tuple(t for g in keep for t in GROUP_TREES[g])))
+        for group in GROUP_PAYLOADS:
+            if group in job.todo:
+                trees.update(track_trees[i] if group == "tracks" else _BUILDERS[group](raws[i], constants))
+        failed = trees.pop("_failed_fits", None)
+        if failed is not None:
+            job.run.failed_fits += int(failed["n"][0])
+        _write_trees_atomic(cdst_file, {t: trees[t] for g in GROUP_PAYLOADS for t in GROUP_TREES[g]})
+        for g in GROUP_PAYLOADS:
+            (job.run.computed if g in job.todo else job.run.copied)[g] += 1
+        job.run.files_out[job.tag][job.slot] = {
+            "raw_name": job.raw_file.name, "raw_path": str(job.raw_file.resolve()), "raw": job.identity,
+            "cdst": job.cdst_rel, "tracks": int(trees["tracks"]["event"].size),
+            "groups": {g: ("computed" if g in job.todo else "copied") for g in GROUP_PAYLOADS}}
+        raws[i] = {}  # free the raw data of written files early
+
+
+def _finish_run(run: _Run, seconds: float, n_runs: int) -> dict[str, Any]:
+    """Write the run's manifest (last) and return its summary."""
     # files of tags/raw files that disappeared are not listed any more (their cDST files are left alone)
-    seconds = time.perf_counter() - start
-    history = list((old or {}).get("history", []))
-    history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "computed": computed,
-                    "copied": copied, "failed_fits": failed_fits, "seconds": round(seconds, 3)})
-    manifest = {"format_version": FORMAT_VERSION, "exprun": exprun.as_list(), "raw_run_dir": str(raw_run_dir.resolve()),
-                "groups": fingerprints, "group_trees": {g: list(t) for g, t in GROUP_TREES.items()},
-                "files": files_out, "history": history}
-    _write_json_atomic(cdst_run_dir / MANIFEST, manifest)
+    files_out = {tag: [rec for rec in recs if rec is not None] for tag, recs in run.files_out.items()}
+    history = list((run.old or {}).get("history", []))
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "computed": run.computed,
+             "copied": run.copied, "failed_fits": run.failed_fits, "seconds": round(seconds, 3)}
+    if n_runs > 1:
+        entry["runs_produced_together"] = n_runs  # seconds are those of the whole group
+    history.append(entry)
+    manifest = {"format_version": FORMAT_VERSION, "exprun": run.exprun.as_list(),
+                "raw_run_dir": str(run.raw_run_dir.resolve()), "groups": run.fingerprints,
+                "group_trees": {g: list(t) for g, t in GROUP_TREES.items()}, "files": files_out, "history": history}
+    _write_json_atomic(run.cdst_run_dir / MANIFEST, manifest)
     payloads = {}
-    for used in fingerprints.values():
+    for used in run.fingerprints.values():
         for name, fp in used.items():
             if not name.startswith("_"):
                 payloads[name] = "nominal" if fp is None else fp["revision"]
-    return {"tags": sorted(tags), "files": sum(len(v) for v in files_out.values()), "tracks": n_tracks,
-            "seconds": round(time.perf_counter() - start, 3), "payloads": payloads, "computed": computed,
-            "copied": copied, "failed_fits": failed_fits}
+    n_tracks = {tag: sum(int(rec.get("tracks", 0)) for rec in recs) for tag, recs in files_out.items()}
+    return {"tags": sorted(run.tags), "files": sum(len(v) for v in files_out.values()), "tracks": n_tracks,
+            "seconds": round(seconds, 3), "payloads": payloads, "computed": run.computed, "copied": run.copied,
+            "failed_fits": run.failed_fits}
+
+
+def produce_runs(runs: Sequence[tuple[Path, Path, ExpRun]], chain,
+                 scattering: bool = FIT_SCATTERING) -> list[dict[str, Any]]:
+    """Reconstruct several runs, ``(raw_run_dir, cdst_run_dir, exprun)`` each, into their cDST files (see
+    the module docstring); returns one :func:`produce_run` summary per run (``seconds``: the whole call).
+
+    Every run is checked before anything is written: missing raw directories or files of all runs are
+    reported together in one :class:`ProductionError`.
+    """
+    start = time.perf_counter()
+    plans: list[_Run] = []
+    problems = []
+    for raw_run_dir, cdst_run_dir, exprun in runs:
+        try:
+            plans.append(_plan_run(Path(raw_run_dir), Path(cdst_run_dir), exprun, chain, scattering))
+        except ProductionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ProductionError("; ".join(problems))
+    jobs = [job for run in plans for job in _file_jobs(run, chain)]
+    constants: dict[tuple, Constants] = {}  # read once per distinct set of payloads, not once per run
+    for batch in _batches(jobs):
+        key = batch[0].constants_key
+        if key not in constants:
+            constants[key] = load_constants(chain, batch[0].run.exprun)
+        _produce_batch(batch, constants[key], scattering)
+    seconds = time.perf_counter() - start
+    return [_finish_run(run, seconds, len(plans)) for run in plans]
+
+
+def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,
+                scattering: bool = FIT_SCATTERING) -> dict[str, Any]:
+    """Reconstruct every raw file of one run (all data tags) into cDST files; see the module docstring.
+
+    Returns a JSON-able summary: ``tags``, ``files``, ``tracks`` (per tag), ``seconds``, ``payloads``
+    (name -> revision or "nominal"), ``computed`` / ``copied`` (group -> number of files), and
+    ``failed_fits`` (candidates whose fit failed and that are left out of ``tracks``).
+    """
+    return produce_runs([(raw_run_dir, cdst_run_dir, exprun)], chain, scattering)[0]
 
 
 def read_cdst(paths, trees: tuple[str, ...] = ("tracks",)) -> dict[str, dict[str, np.ndarray]]:
@@ -371,5 +534,5 @@ def read_cdst(paths, trees: tuple[str, ...] = ("tracks",)) -> dict[str, dict[str
     return out
 
 
-__all__ = ["FORMAT_VERSION", "GROUP_PAYLOADS", "GROUP_TREES", "MANIFEST", "ProductionError", "ecl_clusters",
-           "manifest_is_current", "produce_run", "read_cdst", "read_manifest"]
+__all__ = ["BATCH_BYTES", "FORMAT_VERSION", "GROUP_PAYLOADS", "GROUP_TREES", "MANIFEST", "ProductionError", "ecl_clusters",
+           "manifest_is_current", "produce_run", "produce_runs", "read_cdst", "read_manifest"]

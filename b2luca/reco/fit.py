@@ -177,6 +177,7 @@ class _Predictor:
         self.arm = arm
         self.rho_vxd = np.hypot(meas.approx_pos[rows][self.vxd, 0], meas.approx_pos[rows][self.vxd, 1])
         self.s_vxd: np.ndarray | None = None
+        self.cdc_h: np.ndarray | None = None  # the helices of the last update (their CDC crossings are cdc_x)
 
     def __call__(self, h: np.ndarray, n_iter: int = 2, update: bool = False) -> tuple[np.ndarray, np.ndarray]:
         pred = np.empty(h.shape[0])
@@ -202,8 +203,39 @@ class _Predictor:
         pred[self.cdc], _ = G.cdc_drift_distance(xc, self.layer, self.geom, self.constants.cdc_params, self.wire)
         s_all[self.cdc] = sc
         if update:
-            self.cdc_x = xc
+            self.cdc_x, self.cdc_h = xc, h
         return pred, s_all
+
+    def jacobian(self, h: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Analytic d(pred)/d(h), (R, 5), at the crossing arc lengths ``s`` returned by ``self(h)``.
+
+        pred = g . x(h, s(h)) + const locally, with g = d(pred)/dx at the crossing point; the point moves
+        with h at fixed s and through s: dx/dh = dx/dh|_s + t ds/dh (t = d(position)/ds), where
+        ds/dh = -(n . dx/dh|_s) / (n . t) keeps it on the sensor plane (normal n) or on the layer
+        cylinder (n = (x, y, 0)).  So d(pred)/dh = w . dx/dh|_s with w = g - (g.t / n.t) n.
+        VXD: g = the sensor's measured axis (pred = u_axis . (x - c)); CDC: pred = dy cos(phi_w) -
+        dx sin(phi_w), with the wire azimuth phi_w depending on z in stereo layers."""
+        t = H.direction(h, s)
+        w = np.empty((h.shape[0], 3))
+        n = self.r[:, :, 2]
+        g = self.r[np.arange(self.axis.size), :, self.axis]  # (Rv, 3): the measured local axis in global
+        tv = t[self.vxd]
+        w[self.vxd] = g - (np.sum(g * tv, axis=1) / np.sum(n * tv, axis=1))[:, None] * n
+        x = self.cdc_x if self.cdc_h is h else H.position(h[self.cdc], s[self.cdc])
+        geom, lay = self.geom, self.layer
+        par = self.constants.cdc_params[lay]
+        stereo = geom.cdc_stereo[lay] / geom.cdc_r[lay]
+        phi_w = (geom.cdc_phi_offset[lay] + x[:, 2] * stereo + 2 * np.pi * self.wire / geom.cdc_nwires[lay]
+                 + par[:, 2])
+        cw, sw = np.cos(phi_w), np.sin(phi_w)
+        dx, dy = x[:, 0] - par[:, 0], x[:, 1] - par[:, 1]
+        g = np.stack([-sw, cw, -(dx * cw + dy * sw) * stereo], axis=1)  # d(pred)/d(x)
+        tc = t[self.cdc]
+        ratio = (g[:, 0] * tc[:, 0] + g[:, 1] * tc[:, 1] + g[:, 2] * tc[:, 2]) / (x[:, 0] * tc[:, 0] + x[:, 1] * tc[:, 1])
+        g[:, 0] -= ratio * x[:, 0]
+        g[:, 1] -= ratio * x[:, 1]
+        w[self.cdc] = g
+        return H.projected_position_jacobian(h, s, w)
 
     def derivatives(self, h: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Forward-difference d(pred)/d(h), (R, 5), from the predictions ``base`` at h (the steps are
@@ -263,6 +295,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     chi2_prev = np.full(nt, np.inf)
     ngood_prev = np.zeros(nt)
     delta_prev = np.zeros((nt, nl))
+    done = np.zeros(nt, bool)
     it = 0
     while True:
         p = H.momentum(h)
@@ -274,7 +307,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         else:
             h_rows = h[track]
         pred, s = pr(h_rows, update=True)
-        d = pr.derivatives(h_rows, pred)
+        d = pr.jacobian(h_rows, s)
         good = np.isfinite(pred) & np.all(np.isfinite(d), axis=1)
         res = np.where(good, m - pred, 0.0)
         d = np.where(good[:, None], d, 0.0)
@@ -313,12 +346,17 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         # step control: a step that raised chi2 (or lost measurements) is halved instead of taking a new one
         ngood = np.bincount(track, weights=good, minlength=nt)
         worse = (ngood < ngood_prev) | (chi2 > chi2_prev * (1 + 1e-3) + 1e-3)
-        settled = ~worse & (np.abs(chi2_prev - chi2) < 1e-3 * np.maximum(chi2, 1.0))
-        if it >= n_iter or (it >= 2 and settled.all()):
+        step = np.linalg.solve(a_s, (b * scale)[..., None])[..., 0]  # in units of 1/sqrt(diag): <= 1 sigma
+        # a converged track (its next step < 1e-3 of its errors) stops here: its result does not depend on the
+        # other tracks of the batch (the batch size, the files and runs fitted together)
+        if it >= 2:
+            done |= ~worse & (np.max(np.abs(step), axis=1) < 1e-3)
+        if it >= n_iter or done.all():
             cov = np.linalg.solve(a_s, np.broadcast_to(eye, a_s.shape)) * scale[:, :, None] * scale[:, None, :]
             break
-        delta = np.linalg.solve(a_s, (b * scale)[..., None])[..., 0] * scale
+        delta = step * scale
         delta = np.where(worse[:, None], -0.5 * delta_prev, delta)
+        delta[done] = 0.0
         delta_prev = np.where(worse[:, None], 0.5 * delta_prev, delta)
         chi2_prev = np.where(worse, chi2_prev, chi2)
         ngood_prev = np.where(worse, ngood_prev, ngood)
@@ -350,7 +388,8 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
                mass: float | np.ndarray = MUON_MASS, n_iter: int = 6, scattering: bool = True,
                chunk_tracks: int = 2000, prefit: bool = False) -> FitResult:
     """Fit all track candidates of ``meas`` (batched Gauss-Newton from the seed, at most ``n_iter``
-    iterations; a chunk stops early once every track's chi2 has settled; a step that raises a track's
+    iterations; a track stops once its next step is below 1e-3 of its errors, so its result does not depend
+    on the other tracks of the batch, and a chunk stops when all have; a step that raises a track's
     chi2 is halved).  ``prefit``: first 2 helix-only iterations (rarely needed).
 
     ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed

@@ -35,6 +35,49 @@ def position(h: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z], axis=-1)
 
 
+def _dsinc(x: np.ndarray) -> np.ndarray:
+    """d(sin(x)/x)/dx, with the series -x/3 + x^3/30 near 0 (no cancellation)."""
+    small = np.abs(x) < 1e-3
+    xs = np.where(small, 1.0, x)
+    return np.where(small, x * (x * x / 30.0 - 1.0 / 3.0), (xs * np.cos(xs) - np.sin(xs)) / (xs * xs))
+
+
+def position_jacobian(h: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """d(position)/d(h) at fixed arc length ``s``: h (..., 5), s (...) -> (..., 3, 5) (analytic; stable for
+    ``omega -> 0``).  With :func:`direction` (d/ds) it gives the derivative of any crossing point."""
+    d0, phi0, om = h[..., D0], h[..., PHI0], h[..., OMEGA]
+    half = 0.5 * om * s
+    ph = phi0 - half
+    cph, sph = np.cos(ph), np.sin(ph)
+    k = s * _sinc(half)
+    dk = 0.5 * s * s * _dsinc(half)  # dk/domega
+    zero = np.zeros_like(k)
+    jx = [np.sin(phi0) + zero, d0 * np.cos(phi0) - k * sph, dk * cph + 0.5 * s * k * sph, zero, zero]
+    jy = [-np.cos(phi0) + zero, d0 * np.sin(phi0) + k * cph, dk * sph - 0.5 * s * k * cph, zero, zero]
+    jz = [zero, zero, zero, zero + 1.0, s + zero]
+    return np.stack([np.stack(jx, -1), np.stack(jy, -1), np.stack(jz, -1)], axis=-2)
+
+
+def projected_position_jacobian(h: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``w . d(position)/d(h)`` at fixed ``s`` for vectors w (N, 3): (N, 5), without forming the
+    (N, 3, 5) Jacobian of :func:`position_jacobian` (the same formulas)."""
+    d0, phi0, om = h[..., D0], h[..., PHI0], h[..., OMEGA]
+    half = 0.5 * om * s
+    ph = phi0 - half
+    cph, sph = np.cos(ph), np.sin(ph)
+    c0, s0 = np.cos(phi0), np.sin(phi0)
+    k = s * _sinc(half)
+    dk = 0.5 * s * s * _dsinc(half)
+    wx, wy, wz = w[..., 0], w[..., 1], w[..., 2]
+    out = np.empty(h.shape[:-1] + (5,))
+    out[..., 0] = wx * s0 - wy * c0
+    out[..., 1] = d0 * (wx * c0 + wy * s0) + k * (wy * cph - wx * sph)
+    out[..., 2] = dk * (wx * cph + wy * sph) + 0.5 * s * k * (wx * sph - wy * cph)
+    out[..., 3] = wz
+    out[..., 4] = wz * s
+    return out
+
+
 def direction(h: np.ndarray, s: np.ndarray) -> np.ndarray:
     """d(position)/ds (not normalised: transverse part has unit length, z part = tanl)."""
     phi = h[..., PHI0] - h[..., OMEGA] * s

@@ -1,9 +1,14 @@
-"""cDST production: reconstruct one run's raw data with the constants produced so far, write cDST files
-(the work of :class:`~b2luca.tasks.graph.CdstProduction`).
+"""cDST production: reconstruct a group of runs' raw data with the constants produced so far, write cDST
+files (the work of :class:`~b2luca.tasks.graph.CdstProduction`).
 
-The task is complete when its marker exists.  After a raw calibration is re-run (``--rerun``), the
-driver deletes the markers, so production runs again; :func:`b2luca.production.produce_run` then
-recomputes only the branch groups whose constants changed (see :mod:`b2luca.production`).
+Runs are grouped by data volume (:func:`production_groups`, ``data.production_task_mb``): a bucket of
+hundreds of small runs becomes a few tasks (a few batch jobs), each reading the constants once and
+fitting the tracks of all its files in large batches, so the cost grows with the data, not with the
+number of runs.  The outputs stay per run: every run has its cDST files and manifest, and its marker
+``<work_dir>/cdst_production/r<RUN>.json``; a task is complete when the markers of all its runs exist.
+After a raw calibration is re-run (``--rerun``), the driver deletes the markers, so production runs
+again; :func:`b2luca.production.produce_runs` then recomputes only the branch groups whose constants
+changed (see :mod:`b2luca.production`).
 """
 
 from __future__ import annotations
@@ -11,19 +16,68 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import write_json_atomic
-from ..dataset import run_root
+from ..dataset import production_runs, run_root
 from ..enums import Stage
 from ..iov import ExpRun
-from ..production import produce_run
+from ..production import produce_runs
 from .context import BucketContext, production_task_name
 from .reporting import reported
 
+_CACHE_KEY = "_cdst_production_groups"
 
-def produce(ctx: BucketContext, run: int, output: Path) -> None:
-    """Reconstruct every data tag of ``run`` into cDST files; write the marker ``output`` last."""
+
+def group_runs(sizes: list[tuple[int, int]], target_bytes: float) -> list[tuple[int, ...]]:
+    """Consecutive runs ``[(run, raw bytes), ...]`` grouped in order: a group closes once it holds at
+    least ``target_bytes`` (``target_bytes <= 0``: one group per run)."""
+    groups: list[tuple[int, ...]] = []
+    current: list[int] = []
+    size = 0
+    for run, nbytes in sizes:
+        current.append(run)
+        size += nbytes
+        if size >= target_bytes or target_bytes <= 0:
+            groups.append(tuple(current))
+            current, size = [], 0
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
+def production_groups(ctx: BucketContext) -> list[tuple[int, ...]]:
+    """The runs of each cDST production task, from the raw data on disk (computed once per context,
+    i.e. once per ``b2luca run`` and per batch job)."""
+    cached = ctx.__dict__.get(_CACHE_KEY)
+    if cached is None:
+        cfg = ctx.cfg
+        sizes = []
+        for run in production_runs(cfg):
+            directory = run_root(cfg.data.raw_directory, ExpRun(cfg.bucket.experiment, run))
+            sizes.append((run, sum(p.stat().st_size for p in directory.glob("*/*.root"))))
+        cached = group_runs(sizes, cfg.data.production_task_mb * 1e6)
+        ctx.__dict__[_CACHE_KEY] = cached
+    return cached
+
+
+def production_group(ctx: BucketContext, first_run: int) -> tuple[int, ...]:
+    """The runs of the production task that starts at ``first_run`` (just that run when no group starts there)."""
+    for group in production_groups(ctx):
+        if group[0] == int(first_run):
+            return group
+    return (int(first_run),)
+
+
+def group_task_name(runs: tuple[int, ...]) -> str:
+    """``CdstProduction:r00003`` or ``CdstProduction:r00001-r00025``."""
+    return production_task_name(runs[0], runs[-1])
+
+
+def produce(ctx: BucketContext, runs: tuple[int, ...], outputs: list[Path]) -> None:
+    """Reconstruct every data tag of ``runs`` into cDST files; write the runs' markers ``outputs`` last."""
     cfg = ctx.cfg
-    exprun = ExpRun(cfg.bucket.experiment, int(run))
-    with reported(ctx, production_task_name(run), stage=Stage.PRODUCTION, group=Stage.PRODUCTION) as report:
-        summary = produce_run(run_root(cfg.data.raw_directory, exprun), run_root(cfg.data.cdst_directory, exprun),
-                              ctx.chain(), exprun)
-    write_json_atomic(output, {"run": int(run), "start": report.start, "duration": report.elapsed(), **summary})
+    expruns = [ExpRun(cfg.bucket.experiment, int(run)) for run in runs]
+    with reported(ctx, group_task_name(runs), stage=Stage.PRODUCTION, group=Stage.PRODUCTION) as report:
+        summaries = produce_runs([(run_root(cfg.data.raw_directory, er), run_root(cfg.data.cdst_directory, er), er)
+                                  for er in expruns], ctx.chain())
+    for run, output, summary in zip(runs, outputs, summaries):
+        write_json_atomic(output, {"run": int(run), "runs": [int(r) for r in runs], "start": report.start,
+                                   "duration": report.elapsed(), **summary})

@@ -49,9 +49,12 @@ def local_task_name(subsystem: str, source_tag: str) -> str:
     return f"Local{subsystem}:{source_tag}"
 
 
-def production_task_name(run: int) -> str:
-    """``CdstProduction:r00003``: the cDST production of one run."""
-    return f"CdstProduction:r{int(run):05d}"
+def production_task_name(run: int, last: int | None = None) -> str:
+    """``CdstProduction:r00003``: the cDST production of one run; ``CdstProduction:r00001-r00025``: of the
+    group of runs from ``run`` to ``last``."""
+    if last is None or int(last) == int(run):
+        return f"CdstProduction:r{int(run):05d}"
+    return f"CdstProduction:r{int(run):05d}-r{int(last):05d}"
 
 
 def archive_task_name(group: str) -> str:

@@ -28,13 +28,13 @@ from ..conditions.backend import backend_for
 from ..conditions.lifecycle import begin_run, finish_run
 from ..catalogue.responsibles import subsystem_responsibles
 from ..config import BucketConfig
-from ..dataset import ensure_data, production_runs
+from ..dataset import ensure_data
 from ..enums import Stage, TaskStatus
 from ..failures import cause_from_expl
 from ..report import local_issue_path, open_reporter
 from ..runlock import run_lock
-from . import batch, progress  # batch clusters and live progress (issue 13)
-from .context import BucketContext, context_for, group_name, local_task_name, production_task_name, read_json
+from . import batch, cdst, progress  # batch clusters and live progress (issue 13)
+from .context import BucketContext, context_for, group_name, local_task_name, read_json
 from .graph import ArchiveLogs, Bucket, CalibrationTask, CdstProduction, CopyLocalPayloads, PullSettings
 from .ledger import format_ledger
 
@@ -315,10 +315,11 @@ def plan_events(ctx: BucketContext) -> list[dict[str, Any]]:
                             "depends_on": [], "produced_payloads": list(names)})
     for stage in plan.stages:
         if stage.name == Stage.PRODUCTION:
-            for run in production_runs(cfg):
-                entries.append({"name": production_task_name(run), "stage": Stage.PRODUCTION,
+            for runs in cdst.production_groups(ctx):
+                what = f"run {runs[0]}" if len(runs) == 1 else f"runs {runs[0]}-{runs[-1]} ({len(runs)} runs)"
+                entries.append({"name": cdst.group_task_name(runs), "stage": Stage.PRODUCTION,
                                 "group": Stage.PRODUCTION, "kind": "cdst_production", "expert": None,
-                                "description": f"reconstruct run {run} with the raw-stage constants",
+                                "description": f"reconstruct {what} with the raw-stage constants",
                                 "depends_on": [], "produced_payloads": []})
             continue
         for level, group in enumerate(stage.groups):

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import luigi
 
-from ..dataset import production_runs
 from ..enums import Stage
 from ..paths import check_name, under
 from . import archive, calibration, cdst, local, setup
 from .base import BucketTask, BucketWrapperTask
-from .context import archive_task_name, group_name, local_task_name, parse_group, production_task_name
+from .context import archive_task_name, group_name, local_task_name, parse_group
 
 
 # --- before any calibration -----------------------------------------------------------------------
@@ -91,7 +90,7 @@ class CalibrationTask(BucketTask):
         if level > 0:  # the groups of a stage run in series: every payload of the group before is in the prompt tag
             required.append(GroupTask.req(self, stage=stage, level=level - 1))
         if info.stage == Stage.CDST:
-            required += [CdstProduction.req(self, run_number=run) for run in production_runs(ctx.cfg)]
+            required += [CdstProduction.req(self, run_number=runs[0]) for runs in cdst.production_groups(ctx)]
         return required
 
     def run(self) -> None:
@@ -111,27 +110,42 @@ class GroupTask(BucketWrapperTask):
 
 # --- cDST production --------------------------------------------------------------------------------
 class CdstProduction(BucketTask):
-    """Reconstruct one run (every data tag) into cDST files, after the whole raw stage.
+    """Reconstruct a group of consecutive runs (every data tag) into cDST files, after the whole raw stage.
 
-    ``complete()`` is luigi's default: the run's marker exists.  The marker is not compared with the
-    constants; after ``--rerun`` of a raw calibration the driver deletes the markers (see
+    The group starts at ``run_number``; its runs come from :func:`~b2luca.tasks.cdst.production_groups`
+    (sized by data volume, ``data.production_task_mb``; 0 gives one task per run).  The outputs are the
+    per-run markers; ``complete()`` is luigi's default: every marker exists.  The markers are not
+    compared with the constants; after ``--rerun`` of a raw calibration the driver deletes them (see
     :func:`b2luca.tasks.driver.invalidate`).
     """
 
-    run_number = luigi.IntParameter()
+    run_number = luigi.IntParameter(description="the first run of the group")
+
+    @property
+    def runs(self) -> tuple[int, ...]:
+        """The runs this task reconstructs."""
+        return cdst.production_group(self.ctx, int(self.run_number))
 
     @property
     def task_name(self) -> str:
-        return production_task_name(self.run_number)
+        return cdst.group_task_name(self.runs)
+
+    def marker(self, run: int) -> Path:
+        """The marker of one run, written when the run's cDST files and manifest are."""
+        return self.ctx.work_dir / "cdst_production" / f"r{int(run):05d}.json"
 
     def output_path(self) -> Path:
-        return self.ctx.work_dir / "cdst_production" / f"r{int(self.run_number):05d}.json"
+        return self.marker(self.runs[-1])  # written last
+
+    def output(self) -> list[luigi.LocalTarget]:  # type: ignore[override]
+        return [luigi.LocalTarget(str(self.marker(run))) for run in self.runs]
 
     def requires(self) -> RunRawCalibrations:
         return RunRawCalibrations.req(self)
 
     def run(self) -> None:
-        cdst.produce(self.ctx, int(self.run_number), self.output_path())
+        runs = self.runs
+        cdst.produce(self.ctx, runs, [self.marker(run) for run in runs])
 
 
 # --- archives and stages ----------------------------------------------------------------------------
@@ -152,7 +166,7 @@ class ArchiveLogs(BucketTask):
         if stage == Stage.LOCAL:
             return LocalCalibrations.req(self)
         if stage == Stage.PRODUCTION:
-            return [CdstProduction.req(self, run_number=r) for r in production_runs(self.ctx.cfg)]
+            return [CdstProduction.req(self, run_number=runs[0]) for runs in cdst.production_groups(self.ctx)]
         return GroupTask.req(self, stage=stage, level=level)
 
     def run(self) -> None:

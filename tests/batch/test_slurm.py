@@ -22,6 +22,7 @@ import pytest
 
 from b2luca.conditions import GlobalTag
 from b2luca.config import load_config
+from b2luca.tasks.cdst import group_task_name, production_groups
 from b2luca.tasks.context import context_for
 from b2luca.tasks.driver import run_bucket
 from b2luca.tasks.ledger import ledger_path, read_ledger
@@ -143,7 +144,9 @@ def test_rerun_finishes_and_every_calibration_and_production_was_a_slurm_job(flo
     assert flow.third.returncode == 0, flow.third.stdout[-3000:] + flow.third.stderr[-3000:]
     assert "bucket demo: SUCCESS" in flow.third.stdout and "batch jobs (slurm" in flow.third.stdout
     ctx = context_for(str(flow.cfg.path))
-    expected = set(ctx.plan.order) | {f"CdstProduction:r{r:05d}" for r in range(1, 9)}
+    # one job per cDST production task: the runs grouped by data volume (data.production_task_mb)
+    expected = set(ctx.plan.order) | {group_task_name(runs) for runs in production_groups(ctx)}
+    assert sorted(r for runs in production_groups(ctx) for r in runs) == list(range(1, 9))
     by_name = {e["name"]: e for e in flow.final.values()}
     assert set(by_name) == expected  # setup, local copies and archiving ran in the driver
     all_ids = [j for e in flow.final.values() for a in e["attempts"] for j in a["job_ids"]]

@@ -38,8 +38,9 @@ def _fake_raw_data(cfg_path: Path, runs: list[int] = RUNS) -> None:
 
 @pytest.fixture
 def ctx(bucket_config) -> BucketContext:
-    """The context of a demo-like bucket with three runs of (fake) raw data; nothing has run."""
-    path = bucket_config()
+    """The context of a demo-like bucket with three runs of (fake) raw data, one production task per run
+    (``production_task_mb: 0``); nothing has run."""
+    path = bucket_config(changes={"data.production_task_mb": 0})
     _fake_raw_data(path)
     context_for.cache_clear()
     return context_for(str(path))
