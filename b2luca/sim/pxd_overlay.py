@@ -69,9 +69,12 @@ def overlay_pxd_hits(pxd: Mapping[str, np.ndarray], background: Mapping[str, np.
     qb_sum = q_bkg.sum(axis=1)
     q = np.asarray(out["charge"], float)
     total = q + qb_sum
-    out["u"] = ((q * u + (q_bkg * b_u[pos].reshape(len(u), -1)).sum(axis=1)) / total).astype(out["u"].dtype)
-    out["v"] = ((q * v + (q_bkg * b_v[pos].reshape(len(u), -1)).sum(axis=1)) / total).astype(out["v"].dtype)
-    out["charge"] = total.astype(out["charge"].dtype)
+    hit = qb_sum > 0  # hits without background nearby keep their values bit for bit
+    mu = (q * u + (q_bkg * b_u[pos].reshape(len(u), -1)).sum(axis=1)) / total
+    mv = (q * v + (q_bkg * b_v[pos].reshape(len(u), -1)).sum(axis=1)) / total
+    out["u"] = np.where(hit, mu, u).astype(out["u"].dtype)
+    out["v"] = np.where(hit, mv, v).astype(out["v"].dtype)
+    out["charge"] = np.where(hit, total, q).astype(out["charge"].dtype)
     return out
 
 
