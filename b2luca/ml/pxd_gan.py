@@ -28,6 +28,7 @@ import numpy as np
 from .model_payload import hyper_from_arrays, hyper_to_arrays, load_state, state_to_arrays
 from .torch_setup import require_torch, resolve_device, set_up_torch
 from ..reco.geometry import PXD_NU, PXD_NV, Geometry
+from ..sim.pxd_overlay import PICKUP_WINDOW
 
 PAYLOAD = "PXDBackgroundGAN"
 FORMAT_VERSION = 1
@@ -212,14 +213,34 @@ class GanBackground:
                 out[s:s + r.size] = self.model(z, torch.from_numpy(r.astype(np.int64))).numpy() * self.scale
         return out
 
-    def __call__(self, rng: np.random.Generator, n_events: int, geom: Geometry) -> dict[str, np.ndarray]:
+    def __call__(self, rng: np.random.Generator, n_events: int, geom: Geometry,
+                 hits: Mapping[str, np.ndarray] | None = None, window: int = PICKUP_WINDOW) -> dict[str, np.ndarray]:
+        """Background pixels of ``n_events`` events.  With ``hits`` (PXD hits: ``event`` 0-based,
+        ``sensor``, ``u``, ``v``) only the patches within ``window`` pixels of a hit are generated (the
+        others cannot reach a track: an overlay needs no more, and it is much cheaper)."""
         nb_v, nb_u, _ = regions(self.pv, self.pu)
         pxd = np.flatnonzero(geom.is_pxd)
         layer = geom.layer[pxd] - 1
         region = np.broadcast_to(layer[None, :, None, None] * nb_v + np.arange(nb_v)[None, None, :, None],
                                  (n_events, pxd.size, nb_v, nb_u)).reshape(-1)
-        img = self.images(rng, region).reshape(n_events, pxd.size, nb_v, nb_u, self.pv, self.pu)
-        img = img.transpose(0, 1, 2, 4, 3, 5).reshape(n_events, pxd.size, PXD_NV, PXD_NU)
+        if hits is None:
+            todo = np.arange(region.size)
+        else:
+            sidx = geom.sensor_index(np.asarray(hits["sensor"]))
+            iv, iu = np.divmod(geom.pxd_pixel(sidx, np.asarray(hits["u"], float), np.asarray(hits["v"], float)), PXD_NU)
+            pos = np.searchsorted(pxd, sidx)
+            need = np.zeros((n_events, pxd.size, nb_v, nb_u), bool)
+            half = window // 2
+            for dv in (-half, half):
+                for du in (-half, half):
+                    bv = np.clip(iv + dv, 0, PXD_NV - 1) // self.pv
+                    bu = np.clip(iu + du, 0, PXD_NU - 1) // self.pu
+                    need[np.asarray(hits["event"], np.int64), pos, bv, bu] = True
+            todo = np.flatnonzero(need.reshape(-1))
+        flat = np.zeros((region.size, self.pv, self.pu), np.float32)
+        flat[todo] = self.images(rng, region[todo])
+        img = flat.reshape(n_events, pxd.size, nb_v, nb_u, self.pv, self.pu).transpose(0, 1, 2, 4, 3, 5).reshape(
+            n_events, pxd.size, PXD_NV, PXD_NU)
         ev, s, iv, iu = np.nonzero(img > ADC_THRESHOLD)
         return {"event": ev.astype(np.int64), "sensor": geom.sensor_id[pxd[s]].astype(np.int32),
                 "pixel": (iv * PXD_NU + iu).astype(np.int32), "adc": img[ev, s, iv, iu].astype(np.float32)}

@@ -23,8 +23,9 @@ from .pxd_background import pxd_background
 BACKGROUND_MODES = ("none", "simulated", "gan")
 PICKUP_WINDOW = 5  # pixels (odd): the neighbourhood of a track cluster that merges background pixels
 
-#: a background source: (rng, n_events, geometry) -> {"event" (0-based), "sensor" (VxdID), "pixel", "adc"}
-BackgroundSource = Callable[[np.random.Generator, int, Geometry], Mapping[str, np.ndarray]]
+#: a background source: (rng, n_events, geometry, hits=PXD hits or None) -> {"event" (0-based), "sensor"
+#: (VxdID), "pixel", "adc"}; with ``hits`` it may fill only the neighbourhood of the hits (a GAN saves time)
+BackgroundSource = Callable[..., Mapping[str, np.ndarray]]
 
 
 def pixel_centre(geom: Geometry, sensor_index: np.ndarray, pixel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,9 +80,11 @@ def overlay_pxd_hits(pxd: Mapping[str, np.ndarray], background: Mapping[str, np.
 
 
 def background_for_events(mode: str, rng: np.random.Generator, n_events: int, geom: Geometry,
-                          generator: BackgroundSource | None = None) -> dict[str, np.ndarray] | None:
+                          generator: BackgroundSource | None = None,
+                          hits: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
     """Background pixels of ``n_events`` events (0-based) for ``mode``: ``none`` -> None, ``simulated``
-    -> the toy full simulation (:func:`pxd_background`), ``gan`` -> ``generator`` (a GAN payload)."""
+    -> the toy full simulation (:func:`pxd_background`), ``gan`` -> ``generator`` (a GAN payload; given
+    the PXD ``hits`` with 0-based events, it may fill only the pick-up neighbourhood of the hits)."""
     if mode not in BACKGROUND_MODES:
         raise ValueError(f"PXD background mode must be one of {', '.join(BACKGROUND_MODES)}, got {mode!r}")
     if mode == "none":
@@ -90,7 +93,7 @@ def background_for_events(mode: str, rng: np.random.Generator, n_events: int, ge
         return pxd_background(rng, n_events, geom)
     if generator is None:
         raise ValueError("PXD background mode 'gan' needs a generator (the PXDBackgroundGAN payload)")
-    return {k: np.asarray(v) for k, v in generator(rng, n_events, geom).items()}
+    return {k: np.asarray(v) for k, v in generator(rng, n_events, geom, hits=hits).items()}
 
 
 __all__ = ["BACKGROUND_MODES", "BackgroundSource", "PICKUP_WINDOW", "background_for_events", "overlay_pxd_hits",

@@ -72,7 +72,8 @@ def track_pulls(n_events: int, seed: int, generator: BackgroundSource | None, mo
     out: dict[str, dict[str, np.ndarray]] = {}
     for mode in modes:
         raw = {k: dict(v) for k, v in res.raw.items()}
-        bkg = background_for_events(mode, np.random.default_rng([seed, 16]), n_events, geom, generator)
+        hits0 = {**raw["pxd"], "event": raw["pxd"]["event"] - 1}
+        bkg = background_for_events(mode, np.random.default_rng([seed, 16]), n_events, geom, generator, hits0)
         if bkg is not None:
             raw["pxd"] = overlay_pxd_hits(raw["pxd"], {**bkg, "event": np.asarray(bkg["event"]) + 1}, geom)
         for tree in raw.values():

@@ -165,7 +165,7 @@ def test_validation_passes_for_faithful_generator_fails_for_untrained(random_fil
         def __init__(self, arrays):
             pass
 
-        def __call__(self, rng, n_events, geom):
+        def __call__(self, rng, n_events, geom, hits=None):
             return pxd_background(rng, n_events, geom)
 
     monkeypatch.setattr(pxd_gan, "GanBackground", Faithful)
