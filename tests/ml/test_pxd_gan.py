@@ -209,3 +209,22 @@ def test_calibration_without_torch_fails_before_reading_data(monkeypatch, tmp_pa
     with pytest.raises(MLDependencyError, match=r"install b2luca\[ml\]") as info:
         pxd_background_gan.calibrate(job)
     assert "\n" not in str(info.value) and "PXDBackgroundGAN" in str(info.value)
+
+
+def test_config_pxd_background_gan_needs_a_payload(tmp_path):
+    import yaml
+
+    from b2luca.config import load_config
+    from b2luca.errors import UserError
+
+    doc = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    doc["calibrations"]["directory"] = str(REPO / "calibrations")
+    doc["simulation"]["pxd_background"] = "gan"
+    path = tmp_path / "bucket.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="simulation.pxd_background_payload: is required"):
+        load_config(path)
+    doc["simulation"]["pxd_background_payload"] = "gan.root"
+    path.write_text(yaml.safe_dump(doc))
+    sim = load_config(path).simulation
+    assert sim is not None and sim.pxd_background == "gan" and sim.pxd_background_payload == tmp_path / "gan.root"
