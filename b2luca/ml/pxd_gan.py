@@ -190,8 +190,10 @@ class GanBackground:
     (``event`` 0-based, ``sensor``, ``pixel``, ``adc``), the same layout as the toy full simulation.
     Latent inputs come from ``rng`` (numpy), so the output is reproducible for a seed."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], batch: int = 8192) -> None:
-        require_torch("the PXD background GAN")
+    def __init__(self, arrays: Mapping[str, np.ndarray], batch: int = 8192, threads: int | None = None) -> None:
+        torch = require_torch("the PXD background GAN")
+        if threads is not None:  # one thread: OpenMP threads spin on a busy machine
+            torch.set_num_threads(max(1, int(threads)))
         hp = hyper_from_arrays(arrays, HYPER, PAYLOAD)
         if int(hp["format_version"]) != FORMAT_VERSION:
             raise ValueError(f"payload {PAYLOAD}: format_version {int(hp['format_version'])}, expected {FORMAT_VERSION}")
