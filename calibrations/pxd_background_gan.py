@@ -8,7 +8,8 @@ generate the whole toy sensor (150 x 50 pixels, ``patch_v``/``patch_u``) for ``g
 = 20000: the real-use setting.  The demo scales it to two CPU cores (configs/demo.yaml: 25 x 25
 patches conditioned on layer and v band, 16 channels, a few hundred iterations at a higher learning
 rate; see b2luca/ml/pxd_gan.py and the README).  Events are those of the input files (at most
-``max_events``, the first ones); every PXD sensor of an event gives its patches.
+``max_events``, the first ones; held in memory as dense images, 1.2 MB per event); every PXD sensor of
+an event gives its patches.
 The payload PXDBackgroundGAN holds the generator's state dict and its hyper-parameters as plain arrays
 (no pickle; b2luca/ml/model_payload.py), plus ``input_occupancy`` (1,) and ``n_events`` (1,).
 expert_config: ``device`` (auto: CUDA when present), ``threads`` (CPU threads), ``seed``, the sizes,
@@ -52,7 +53,7 @@ settings = CalibrationSettings(name="PXDBackgroundGAN",
                                               "beta2": 0.9,
                                               "gp_lambda": 10.0,
                                               "adc_scale": 30.0,
-                                              "max_events": 2000,
+                                              "max_events": 500,
                                               "min_events": 20},
                                produced_payloads=["PXDBackgroundGAN"])
 
