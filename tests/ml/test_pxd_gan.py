@@ -162,7 +162,7 @@ def test_validation_passes_for_faithful_generator_fails_for_untrained(random_fil
     assert verdict.figures["d0_none_vs_simulated_sigma_pt0-0.2"] > 0  # part (b) ran too
 
     class Faithful:  # stands in for a perfectly trained generator
-        def __init__(self, arrays):
+        def __init__(self, arrays, threads=None):
             pass
 
         def __call__(self, rng, n_events, geom, hits=None):
