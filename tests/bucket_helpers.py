@@ -36,6 +36,9 @@ def make_bucket(base: Path, *, events: dict[str, int] | None = None, calibration
             doc["calibrations"].get("expert_config", {}).pop(name, None)
     if select is not None:
         doc["calibrations"]["select"] = select
+        for name in list(doc["calibrations"].get("expert_config", {})):  # blocks of unselected calibrations are errors
+            if name not in select:
+                doc["calibrations"]["expert_config"].pop(name)
     for key, value in (changes or {}).items():
         node = doc
         *parents, last = key.split(".")
