@@ -75,6 +75,9 @@ class SimulationConfig:
     seed: int
     events: dict[str, int]
     files_per_run: int = 1
+    #: PXD beam background overlaid on tracking samples: none | simulated | gan (issue 16)
+    pxd_background: str = "none"
+    pxd_background_payload: Path | None = None  # the PXDBackgroundGAN payload file (mode gan)
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,9 @@ def config_problems(cfg: BucketConfig) -> list[str]:
                      for key in ("url", "api_key_env") if getattr(cfg.rundb, key) is None]
     if cfg.data.source == DataSource.SYNTHETIC and cfg.simulation is None:
         problems.append("simulation: is required when data.source is 'synthetic' (the default)")
+    if cfg.simulation is not None and cfg.simulation.pxd_background == "gan" and cfg.simulation.pxd_background_payload is None:
+        problems.append("simulation.pxd_background_payload: is required when simulation.pxd_background is 'gan' "
+                        "(a PXDBackgroundGAN payload file)")
     if cfg.report.transport == Transport.GITLAB:
         gitlab = cfg.report.gitlab
         if gitlab is None:
@@ -394,8 +400,12 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
         rundb=RunDBConfig(snapshot=path_or(rundb, "snapshot", work_dir / "rundb" / f"{bucket.name}.csv"),
                           **_present(rundb, "source", "url", "api_key_env", "timeout")),
         data=DataConfig(raw_directory=path_or(data, "raw_directory", work_dir / "data"),
-                        cdst_directory=path_or(data, "cdst_directory", work_dir / "cdst"), **_present(data, "source", "production_task_mb")),
-        simulation=SimulationConfig(seed=sim["seed"], events=dict(sim["events"]), **_present(sim, "files_per_run"))
+                        cdst_directory=path_or(data, "cdst_directory", work_dir / "cdst"),
+                        **_present(data, "source", "production_task_mb")),
+        simulation=SimulationConfig(seed=sim["seed"], events=dict(sim["events"]),
+                                    pxd_background_payload=(resolve(sim["pxd_background_payload"])
+                                                            if "pxd_background_payload" in sim else None),
+                                    **_present(sim, "files_per_run", "pxd_background"))
         if sim else None,
         conditions=ConditionsConfig(
             directory=path_or(cond, "directory", work_dir / "conditions"),

@@ -64,7 +64,9 @@ def _simulation_key(cfg: BucketConfig) -> dict[str, Any]:
     assert sim is not None
     return {"bucket": cfg.name, "experiment": cfg.bucket.experiment,
             "runs": [cfg.bucket.first_run, cfg.bucket.last_run], "seed": sim.seed,
-            "events": dict(sorted(sim.events.items())), "files_per_run": sim.files_per_run}
+            "events": dict(sorted(sim.events.items())), "files_per_run": sim.files_per_run,
+            **({"pxd_background": sim.pxd_background, "pxd_background_payload": str(sim.pxd_background_payload)}
+               if sim.pxd_background != "none" else {})}  # the default keeps the keys of existing simulations
 
 
 def simulation_is_complete(cfg: BucketConfig) -> bool:
@@ -76,6 +78,21 @@ def simulation_is_complete(cfg: BucketConfig) -> bool:
         return json.loads(marker.read_text()).get("key") == _simulation_key(cfg)
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def _pxd_generator(cfg: BucketConfig) -> Any:
+    """The PXD background GAN of ``simulation.pxd_background_payload`` (mode gan), else None."""
+    sim = cfg.simulation
+    if sim is None or sim.pxd_background != "gan" or sim.pxd_background_payload is None:
+        return None
+    from .conditions.payload import read_payload
+    from .ml.pxd_gan import GanBackground
+
+    try:
+        return GanBackground(read_payload(sim.pxd_background_payload))
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{cfg.path}: simulation.pxd_background_payload {sim.pxd_background_payload}: "
+                        f"not a usable PXDBackgroundGAN payload ({exc})") from exc
 
 
 def simulate_config(cfg: BucketConfig, force: bool = False) -> str:
@@ -94,7 +111,8 @@ def simulate_config(cfg: BucketConfig, force: bool = False) -> str:
             bucket=cfg.name, experiment=cfg.bucket.experiment,
             runs=list(range(cfg.bucket.first_run, cfg.bucket.last_run + 1)), seed=cfg.simulation.seed,
             events=dict(cfg.simulation.events), data_dir=cfg.data.raw_directory,
-            conditions_dir=cfg.conditions.directory, files_per_run=cfg.simulation.files_per_run)
+            conditions_dir=cfg.conditions.directory, files_per_run=cfg.simulation.files_per_run,
+            pxd_background_mode=cfg.simulation.pxd_background, pxd_generator=_pxd_generator(cfg))
     except OSError as exc:  # disk full, permissions ...: one line naming the file; no marker, so a rerun redoes it
         where = f" writing {exc.filename}" if exc.filename else ""
         raise DataError(f"simulation of bucket {cfg.name} into {cfg.data.raw_directory} failed{where}: "

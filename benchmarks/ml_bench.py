@@ -1,6 +1,10 @@
-"""Time the ECLMuPiCNN training on the demo bucket's cDSTs (run `b2luca run configs/demo.yaml` first).
+"""Time the ECLMuPiCNN and PXDBackgroundGAN trainings on the demo bucket (run `b2luca run configs/demo.yaml` first).
 
-    python benchmarks/ml_bench.py [--work work/demo] [--config configs/demo.yaml]
+    python benchmarks/ml_bench.py [--work work/demo] [--config configs/demo.yaml] [--only cnn|gan]
+
+PXDBackgroundGAN: reads the random_calib background of the demo job's input files and trains with the
+demo's expert_config (the generator iterations, wall and CPU time), then times the generation of the
+background of 100 events.
 
 Prints the number of candidates, the seconds to read the images and to train both charge models with the
 demo's expert_config (wall and CPU time: on an idle machine the wall time is about the CPU time divided by
@@ -25,12 +29,61 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(REPO / "work" / "demo"))
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--only", choices=("cnn", "gan"), default=None)
     args = parser.parse_args()
+    if args.only != "gan":
+        bench_cnn(args)
+    if args.only != "cnn":
+        bench_gan(args)
+    return 0
+
+
+def bench_gan(args: argparse.Namespace) -> None:
+    """Time the PXDBackgroundGAN training and generation with the demo's expert_config."""
+    import numpy as np
+    import yaml
+
+    from b2luca.contract import read_input_data
+    from b2luca.ml.pxd_gan import GanBackground, train
+    from b2luca.reco.geometry import nominal_geometry
+    from calibrations.pxd_background_gan import read_background, settings
+
+    job = Path(args.work) / "calibrations" / "PXDBackgroundGAN"
+    overrides = yaml.safe_load(Path(args.config).read_text())["calibrations"].get("expert_config", {}).get(settings.name, {})
+    cfg = {**settings.expert_config, **overrides}
+    geom = nominal_geometry()
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    pixels, n_events = read_background([p for p, _ in read_input_data(job / "input_data.json")["random_calib"]],
+                                       int(cfg["max_events"]))
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    arrays, figures = train(pixels, n_events, geom, cfg, logging.getLogger("bench"))
+    t2, cpu2 = time.perf_counter(), time.process_time()
+    GanBackground(arrays)(np.random.default_rng(1), 100, geom)
+    t3 = time.perf_counter()
+    try:  # a rerun with the same data and settings must give the payload the demo stored
+        from calibrations._common import calibration_output
+
+        stored = calibration_output(job, settings.name, settings.name)
+        identical: bool | str = all(np.array_equal(stored[k], v) for k, v in arrays.items())
+    except (FileNotFoundError, KeyError) as exc:
+        identical = f"no demo payload to compare ({exc})"
+    print(json.dumps({"calibration": settings.name,
+                      "config": {k: cfg[k] for k in ("patch_v", "patch_u", "hidden", "generator_iterations", "threads",
+                                                     "device")},
+                      "events": n_events, "patches": figures["patches"], "read_s": round(t1 - t0, 1),
+                      "train_s": round(t2 - t1, 1), "train_cpu_s": round(cpu2 - cpu1, 1),
+                      "generate_100_events_s": round(t3 - t2, 1), "identical_to_demo_payload": identical,
+                      "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpus": os.cpu_count()}, indent=1))
+
+
+def bench_cnn(args: argparse.Namespace) -> None:
+    """Time the ECLMuPiCNN training with the demo's expert_config."""
     import numpy as np
     import yaml
 
     from b2luca.ml.ecl_cnn import train
-    from calibrations._common import read_input_data
+    from b2luca.contract import read_input_data
     from calibrations.ecl_mupi_cnn import samples, settings
 
     job = Path(args.work) / "calibrations" / "ECLMuPiCNN"
@@ -49,7 +102,6 @@ def main() -> int:
                       "train_s": round(t2 - t1, 1),
                       "train_cpu_s": round(cpu2 - cpu1, 1), "best_epochs": [figures["pos_best_epoch"], figures["neg_best_epoch"]],
                       "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpus": os.cpu_count()}, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

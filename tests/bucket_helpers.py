@@ -11,6 +11,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 #: calibrations that need a data tag a test's small ``events`` may not simulate; left out of the selection then
 NEEDS_DATA_TAG = {"ECLMuPiCNN": "radmumu_calib"}
+#: left out of test-sized buckets (``events`` given) unless selected: the demo-scale GAN trains for a minute
+HEAVY = ("PXDBackgroundGAN",)
 
 
 def make_bucket(base: Path, *, events: dict[str, int] | None = None, calibrations: Path | None = None,
@@ -25,7 +27,7 @@ def make_bucket(base: Path, *, events: dict[str, int] | None = None, calibration
     doc["calibrations"]["directory"] = str(calibrations or REPO / "calibrations")
     if events is not None:
         doc["simulation"]["events"] = events
-        unfed = [name for name, tag in NEEDS_DATA_TAG.items() if not events.get(tag)]
+        unfed = [name for name, tag in NEEDS_DATA_TAG.items() if not events.get(tag)] + list(HEAVY)
         if unfed and select is None:
             from b2luca.catalogue import discover
 
@@ -34,6 +36,9 @@ def make_bucket(base: Path, *, events: dict[str, int] | None = None, calibration
             doc["calibrations"].get("expert_config", {}).pop(name, None)
     if select is not None:
         doc["calibrations"]["select"] = select
+        for name in list(doc["calibrations"].get("expert_config", {})):  # blocks of unselected calibrations are errors
+            if name not in select:
+                doc["calibrations"]["expert_config"].pop(name)
     for key, value in (changes or {}).items():
         node = doc
         *parents, last = key.split(".")

@@ -16,6 +16,7 @@ from ..reco.raw import write_raw
 from . import generate as G
 from .ecl_showers import ecl_full_hits, gen_radmumu
 from .pxd_background import pxd_background
+from .pxd_overlay import BackgroundSource, background_for_events, overlay_pxd_hits
 from .runs import data_tags_for_run, run_records
 from .truth import Truth, make_truth, nominal_payloads, staging_payloads, truth_payloads
 
@@ -63,8 +64,13 @@ def sample_seed(seed: int, experiment: int, run: int, tag: str) -> np.random.See
 
 def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Truth,
                     geom: Geometry | None = None, material_scale: float = 1.0, experiment: int = 0,
-                    run: int = 0, magnet_on: bool = True) -> SampleResult:
+                    run: int = 0, magnet_on: bool = True, pxd_background_mode: str = "none",
+                    pxd_generator: BackgroundSource | None = None) -> SampleResult:
     """Simulate ``n_events`` of data tag ``tag``; raw trees use event numbers 1..n_events.
+
+    ``pxd_background_mode`` (``none`` | ``simulated`` | ``gan`` with ``pxd_generator``, e.g. a
+    PXDBackgroundGAN payload): beam background overlaid on the PXD hits of tracking samples
+    (b2luca/sim/pxd_overlay.py), drawn from its own stream after everything else; ``none`` changes nothing.
 
     ``material_scale`` scales all material (0 switches multiple scattering off; tests only).
     ``magnet_on=False``: no field, tracks are straight lines with the same perigee (omega = 0)."""
@@ -116,6 +122,12 @@ def simulate_sample(tag: str, n_events: int, rng: np.random.Generator, truth: Tr
         full = ecl_full_hits(tracks.event[trk], tracks.kind[trk], tracks.p[trk], tracks.h[trk], e["theta"], e["phi"],
                              truth.ecl_gain, ecl_rng)
         raw["ecl_full"] = {**full, "event": full["event"] + 1}
+    if pxd_background_mode != "none" and "pxd" in raw:  # a separate stream, drawn last (issue 16 overlay)
+        bkg_rng = np.random.default_rng(int(rng.integers(0, 2 ** 63)))
+        hits0 = {**raw["pxd"], "event": raw["pxd"]["event"] - 1}
+        pixels = background_for_events(pxd_background_mode, bkg_rng, n_events, geom, pxd_generator, hits0)
+        if pixels is not None:
+            raw["pxd"] = overlay_pxd_hits(raw["pxd"], {**pixels, "event": np.asarray(pixels["event"]) + 1}, geom)
     return SampleResult(raw, tracks, digits)
 
 
@@ -161,12 +173,14 @@ def write_conditions(conditions_dir: Path, bucket: str, experiment: int, runs: l
 
 
 def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int, events: Mapping[str, int],
-                    data_dir: Path, conditions_dir: Path, files_per_run: int = 1) -> SimulationSummary:
+                    data_dir: Path, conditions_dir: Path, files_per_run: int = 1, pxd_background_mode: str = "none",
+                    pxd_generator: BackgroundSource | None = None) -> SimulationSummary:
     """Simulate a whole bucket: raw files ``<data_dir>/eEEEE/rRRRRR/<tag>/raw_<n>.root``,
     ``<data_dir>/runs.json`` (+ ``runs.csv``), and the global tags ``nominal_<bucket>``,
     ``truth_<bucket>``, ``staging_pxd_<bucket>``, ``staging_svd_<bucket>`` under ``conditions_dir``.
 
-    ``events``: events per run per data tag.  Deterministic for ``seed``.
+    ``events``: events per run per data tag.  Deterministic for ``seed``.  ``pxd_background_mode`` /
+    ``pxd_generator``: PXD background overlay of the tracking samples (see :func:`simulate_sample`).
     """
     t_start = time.perf_counter()
     unknown = sorted(set(events) - set(DATA_TAGS))
@@ -189,7 +203,8 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
         for tag in data_tags_for_run(rec, tags):
             rng = np.random.default_rng(sample_seed(seed, experiment, run, tag))
             res = simulate_sample(tag, int(events[tag]), rng, truth, geom, experiment=experiment, run=run,
-                                  magnet_on=rec["detectors"]["magnet"] == "On")
+                                  magnet_on=rec["detectors"]["magnet"] == "On", pxd_background_mode=pxd_background_mode,
+                                  pxd_generator=pxd_generator)
             summary.events[tag] = summary.events.get(tag, 0) + int(events[tag])
             for det in ("pxd", "svd", "cdc", "ecl", "pxd_digits", "ecl_full", "pxd_bkg"):
                 if det in res.raw:

@@ -709,7 +709,7 @@ def test_repository_calibrations_discover_and_plan(monkeypatch):
     assert (raw.name, production.name, cdst.name) == (RAW, CDST_PRODUCTION, CDST)
     assert len(raw.groups) >= 2 and cdst.calibrations
     assert plan.group_of("VXDCDCAlignment") == (RAW, 1)
-    assert set(raw.groups[0]) == {"CDCTimeZeros", "SVDTimeOffsets", "PXDHotDeadPixels"}
+    assert set(raw.groups[0]) == {"CDCTimeZeros", "SVDTimeOffsets", "PXDHotDeadPixels", "PXDBackgroundGAN"}
     assert set(cdst.calibrations) == {"BeamSpot", "ECLCrystalEnergy", "ECLMuPiCNN"}
     payloads = {p for info in cat for p in info.settings.produced_payloads}
     assert {"CDCTimeZeros", "SVDTimeOffsets", "PXDMasks", "VXDAlignment", "CDCAlignment", "BeamSpot",

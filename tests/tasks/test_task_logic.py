@@ -19,7 +19,7 @@ from b2luca.tasks.context import BucketContext, context_for
 from b2luca.tasks.driver import (_dry_run, _walk, collect_rows, invalidate, rerun_closure, reruns_raw,
                                  status_rows)
 
-RAW = ["CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets", "VXDCDCAlignment"]
+RAW = ["CDCTimeZeros", "PXDBackgroundGAN", "PXDHotDeadPixels", "SVDTimeOffsets", "VXDCDCAlignment"]
 CDST_GROUPS = [["BeamSpot", "ECLCrystalEnergy"], ["ECLMuPiCNN"]]  # ECLMuPiCNN needs ECLCrystalEnergy
 CDST = [name for group in CDST_GROUPS for name in group]
 RUNS = [1, 2, 3]
@@ -195,7 +195,7 @@ def test_collect_rows_of_a_run_that_found_everything_done(ctx):
 def test_groups_run_in_dependency_order_and_requirements_come_first(ctx):
     config = str(ctx.cfg.path)
     plan = ctx.plan
-    assert plan.stage(Stage.RAW).groups == [["CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets"],
+    assert plan.stage(Stage.RAW).groups == [["CDCTimeZeros", "PXDBackgroundGAN", "PXDHotDeadPixels", "SVDTimeOffsets"],
                                             ["VXDCDCAlignment"]]
     assert plan.stage(Stage.CDST).groups == CDST_GROUPS
     for stage in (Stage.RAW, Stage.CDST):

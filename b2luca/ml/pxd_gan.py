@@ -1,0 +1,252 @@
+"""PXD beam-background GAN (Belle II): a Wasserstein GAN with gradient penalty that generates PXD
+background pixel images, trained on random-trigger background; the generator is the payload.
+
+Published setup: 250 x 768 pixel sensor images, 96 normal random inputs to the generator, 5 critic
+updates per generator update, Adam at 1e-4 decaying linearly to 0, PyTorch.  Scaled to the toy and to
+two CPU cores: the toy sensor has 150 (v) x 50 (u) pixels; the GAN generates *patches* of
+``patch_v`` x ``patch_u`` pixels conditioned on the region (PXD layer x v band, one-hot: the occupancy
+depends on both); a sensor is tiled by independent patches (the demo: 15 x 10, ten v bands x five u
+columns).  ``patch_v=150, patch_u=50`` is the whole sensor (one region per layer).
+Pixel values are the ADC / ``adc_scale``; a generated pixel fires above the ADC threshold of the toy
+(5 ADC).  Generator: [z (96), region one-hot] -> dense ``hidden`` x 2 (LeakyReLU) -> 4 maps of the
+patch -> 3x3 convolution -> ReLU (sparse images with exact zeros; the convolution makes neighbouring
+pixels fire together).  Critic: [pixels, region one-hot] -> dense ``hidden`` x 2 (LeakyReLU) -> 1,
+no normalisation.  Fully connected rather than the published convolutional stacks: on two CPU cores
+it is what trains in a minute.  Gradient penalty weight ``gp_lambda`` (10), Adam betas (0.5, 0.9),
+learning rate decaying linearly to 0 over the run.  Determinism: seeds +
+``torch.use_deterministic_algorithms``; latent noise and batches come from a seeded generator, so a
+rerun gives the same payload (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from .model_payload import hyper_from_arrays, hyper_to_arrays, load_state, state_to_arrays
+from .torch_setup import require_torch, resolve_device, set_up_torch
+from ..reco.geometry import PXD_NU, PXD_NV, Geometry
+from ..sim.pxd_overlay import PICKUP_WINDOW
+
+PAYLOAD = "PXDBackgroundGAN"
+FORMAT_VERSION = 1
+ADC_THRESHOLD = 5.0  # the toy PXD's pixel threshold (b2luca/sim/pxd_background.py)
+HYPER = ("latent", "hidden", "patch_v", "patch_u", "n_layers", "adc_scale", "format_version")
+N_LAYERS = 2  # PXD layers 1 and 2
+MAPS = 4  # feature maps before the generator's final 3x3 convolution
+
+
+def regions(patch_v: int, patch_u: int) -> tuple[int, int, int]:
+    """(v bands, u columns, conditions = layers x v bands) of a patch size that tiles the toy sensor."""
+    if PXD_NV % patch_v or PXD_NU % patch_u:
+        raise ValueError(f"patch {patch_v} x {patch_u} must tile the {PXD_NV} x {PXD_NU} toy PXD sensor")
+    return PXD_NV // patch_v, PXD_NU // patch_u, N_LAYERS * (PXD_NV // patch_v)
+
+
+def build_generator(latent: int, hidden: int, patch_v: int, patch_u: int) -> Any:
+    """Generator: [z (latent), region one-hot] -> dense hidden x 2 -> MAPS maps of (patch_v, patch_u) -> 3x3
+    convolution (neighbouring pixels correlated: clusters) -> ReLU: an image >= 0 with exact zeros."""
+    torch = require_torch("the PXD background GAN")
+    nn = torch.nn
+    n_cond = regions(patch_v, patch_u)[2]
+
+    class Generator(nn.Module):  # type: ignore[name-defined]  # torch is imported lazily
+        """(latent + regions) -> hidden -> hidden -> MAPS x pixels -> 3x3 convolution -> ReLU (exact zeros)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n_cond, self.pv, self.pu = n_cond, patch_v, patch_u
+            self.net = nn.Sequential(nn.Linear(latent + n_cond, hidden), nn.LeakyReLU(0.2),
+                                     nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+                                     nn.Linear(hidden, MAPS * patch_v * patch_u), nn.LeakyReLU(0.2))
+            self.conv = nn.Conv2d(MAPS, 1, 3, padding=1)
+
+        def forward(self, z, cond):  # noqa: D401 - torch convention
+            onehot = torch.nn.functional.one_hot(cond, self.n_cond).to(z.dtype)
+            x = self.net(torch.cat([z, onehot], 1)).view(-1, MAPS, self.pv, self.pu)
+            return torch.relu(self.conv(x))[:, 0]
+
+    return Generator()
+
+
+def build_critic(hidden: int, patch_v: int, patch_u: int) -> Any:
+    """Critic: [image pixels, region one-hot] -> hidden -> hidden -> score (no normalisation: WGAN-GP)."""
+    torch = require_torch("the PXD background GAN")
+    nn = torch.nn
+    n_cond = regions(patch_v, patch_u)[2]
+
+    class Critic(nn.Module):  # type: ignore[name-defined]
+        """Fully connected, LeakyReLU 0.2."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n_cond = n_cond
+            self.net = nn.Sequential(nn.Linear(patch_v * patch_u + n_cond, hidden), nn.LeakyReLU(0.2),
+                                     nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+        def forward(self, x, cond):  # noqa: D401
+            onehot = torch.nn.functional.one_hot(cond, self.n_cond).to(x.dtype)
+            return self.net(torch.cat([x.flatten(1), onehot], 1))[:, 0]
+
+    return Critic()
+
+
+def sensor_patches(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, patch_v: int, patch_u: int,
+                   adc_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, patch_v, patch_u) float32 = ADC / adc_scale, region (N,) int64) of every patch of every
+    PXD sensor of ``n_events`` events from fired pixels (``event`` 0-based, ``sensor``, ``pixel``, ``adc``)."""
+    nb_v, nb_u, _ = regions(patch_v, patch_u)
+    pxd = np.flatnonzero(geom.is_pxd)
+    n_sens = pxd.size
+    img = np.zeros((n_events, n_sens, PXD_NV, PXD_NU), np.float32)
+    pos = np.searchsorted(pxd, geom.sensor_index(np.asarray(pixels["sensor"])))
+    iv, iu = np.divmod(np.asarray(pixels["pixel"], np.int64), PXD_NU)
+    img[np.asarray(pixels["event"], np.int64), pos, iv, iu] = np.asarray(pixels["adc"], np.float32) / adc_scale
+    patches = img.reshape(n_events, n_sens, nb_v, patch_v, nb_u, patch_u).transpose(0, 1, 2, 4, 3, 5)
+    layer = geom.layer[pxd] - 1
+    region = (layer[None, :, None, None] * nb_v + np.arange(nb_v)[None, None, :, None])
+    region = np.broadcast_to(region, (n_events, n_sens, nb_v, nb_u))
+    return patches.reshape(-1, patch_v, patch_u), region.reshape(-1).astype(np.int64)
+
+
+def _lr_lambda(total: int):
+    return lambda step: max(0.0, 1.0 - step / max(total, 1))
+
+
+def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: Mapping[str, Any],
+          log: Any = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Train the WGAN-GP on background pixels of ``n_events`` events -> (payload arrays, figures)."""
+    device = resolve_device(str(cfg["device"]))
+    seed = int(cfg["seed"])
+    torch = set_up_torch(seed, int(cfg["threads"]))
+    t0 = time.perf_counter()
+    pv, pu, latent, ch = int(cfg["patch_v"]), int(cfg["patch_u"]), int(cfg["latent"]), int(cfg["hidden"])
+    scale = float(cfg["adc_scale"])
+    images, region = sensor_patches(pixels, n_events, geom, pv, pu, scale)
+    n_cond = regions(pv, pu)[2]
+    real = torch.from_numpy(images).to(device)
+    cond_all = torch.from_numpy(region).to(device)
+    gen, critic = build_generator(latent, ch, pv, pu).to(device), build_critic(ch, pv, pu).to(device)
+    betas = (float(cfg["beta1"]), float(cfg["beta2"]))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
+    opt_c = torch.optim.Adam(critic.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
+    iters, n_critic, batch = int(cfg["generator_iterations"]), int(cfg["critic_updates"]), int(cfg["batch_size"])
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(iters))
+    sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, _lr_lambda(iters * n_critic))
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    lam = float(cfg["gp_lambda"])
+    w_dist = 0.0
+    for it in range(iters):
+        for _ in range(n_critic):
+            idx = torch.randint(0, real.shape[0], (batch,), generator=g).to(device)
+            x, c = real[idx], cond_all[idx]
+            z = torch.randn(batch, latent, generator=g).to(device)
+            with torch.no_grad():
+                fake = gen(z, c)
+            eps = torch.rand(batch, 1, 1, generator=g).to(device)
+            mix = (eps * x + (1 - eps) * fake).requires_grad_(True)
+            grad = torch.autograd.grad(critic(mix, c).sum(), mix, create_graph=True)[0]
+            gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+            d_real, d_fake = critic(x, c).mean(), critic(fake, c).mean()
+            loss_c = d_fake - d_real + lam * gp
+            opt_c.zero_grad()
+            loss_c.backward()
+            opt_c.step()
+            sched_c.step()
+            w_dist = float((d_real - d_fake).item())
+        c = torch.randint(0, n_cond, (batch,), generator=g).to(device)
+        z = torch.randn(batch, latent, generator=g).to(device)
+        loss_g = -critic(gen(z, c), c).mean()
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        sched_g.step()
+        if log is not None and (it % max(iters // 10, 1) == 0 or it == iters - 1):
+            log.info("generator iteration %d/%d: Wasserstein estimate %.4f", it + 1, iters, w_dist)
+    arrays = state_to_arrays(gen.state_dict(), "gen")
+    arrays.update(hyper_to_arrays({"latent": latent, "hidden": ch, "patch_v": pv, "patch_u": pu,
+                                   "n_layers": N_LAYERS, "adc_scale": scale, "format_version": FORMAT_VERSION}))
+    figures = {"patches": float(images.shape[0]), "wasserstein": w_dist, "seconds": time.perf_counter() - t0,
+               "input_occupancy": float(np.mean(images * scale > ADC_THRESHOLD))}
+    return arrays, figures
+
+
+def untrained_arrays(cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Payload arrays of a freshly initialised (untrained) generator (tests: the validation must fail)."""
+    torch = set_up_torch(int(cfg["seed"]), int(cfg["threads"]))
+    gen = build_generator(int(cfg["latent"]), int(cfg["hidden"]), int(cfg["patch_v"]), int(cfg["patch_u"]))
+    arrays = state_to_arrays(gen.state_dict(), "gen")
+    del torch
+    arrays.update(hyper_to_arrays({"latent": cfg["latent"], "hidden": cfg["hidden"], "patch_v": cfg["patch_v"],
+                                   "patch_u": cfg["patch_u"], "n_layers": N_LAYERS, "adc_scale": cfg["adc_scale"],
+                                   "format_version": FORMAT_VERSION}))
+    return arrays
+
+
+class GanBackground:
+    """The generator payload as a PXD background source: ``(rng, n_events, geom) -> fired pixels``
+    (``event`` 0-based, ``sensor``, ``pixel``, ``adc``), the same layout as the toy full simulation.
+    Latent inputs come from ``rng`` (numpy), so the output is reproducible for a seed."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], batch: int = 8192, threads: int | None = None) -> None:
+        torch = require_torch("the PXD background GAN")
+        if threads is not None:  # one thread: OpenMP threads spin on a busy machine
+            torch.set_num_threads(max(1, int(threads)))
+        hp = hyper_from_arrays(arrays, HYPER, PAYLOAD)
+        if int(hp["format_version"]) != FORMAT_VERSION:
+            raise ValueError(f"payload {PAYLOAD}: format_version {int(hp['format_version'])}, expected {FORMAT_VERSION}")
+        self.latent, self.pv, self.pu = int(hp["latent"]), int(hp["patch_v"]), int(hp["patch_u"])
+        self.scale = float(hp["adc_scale"])
+        self.model = load_state(build_generator(self.latent, int(hp["hidden"]), self.pv, self.pu), arrays, "gen",
+                                PAYLOAD)
+        self.batch = int(batch)
+
+    def images(self, rng: np.random.Generator, region: np.ndarray) -> np.ndarray:
+        """Generated ADC images (N, patch_v, patch_u) for the regions ``region`` (N,)."""
+        import torch
+
+        out = np.empty((region.size, self.pv, self.pu), np.float32)
+        with torch.no_grad():
+            for s in range(0, region.size, self.batch):
+                r = region[s:s + self.batch]
+                z = torch.from_numpy(rng.standard_normal((r.size, self.latent)).astype(np.float32))
+                out[s:s + r.size] = self.model(z, torch.from_numpy(r.astype(np.int64))).numpy() * self.scale
+        return out
+
+    def __call__(self, rng: np.random.Generator, n_events: int, geom: Geometry,
+                 hits: Mapping[str, np.ndarray] | None = None, window: int = PICKUP_WINDOW) -> dict[str, np.ndarray]:
+        """Background pixels of ``n_events`` events.  With ``hits`` (PXD hits: ``event`` 0-based,
+        ``sensor``, ``u``, ``v``) only the patches within ``window`` pixels of a hit are generated (the
+        others cannot reach a track: an overlay needs no more, and it is much cheaper)."""
+        nb_v, nb_u, _ = regions(self.pv, self.pu)
+        pxd = np.flatnonzero(geom.is_pxd)
+        layer = geom.layer[pxd] - 1
+        region = np.broadcast_to(layer[None, :, None, None] * nb_v + np.arange(nb_v)[None, None, :, None],
+                                 (n_events, pxd.size, nb_v, nb_u)).reshape(-1)
+        if hits is None:
+            todo = np.arange(region.size)
+        else:
+            sidx = geom.sensor_index(np.asarray(hits["sensor"]))
+            iv, iu = np.divmod(geom.pxd_pixel(sidx, np.asarray(hits["u"], float), np.asarray(hits["v"], float)), PXD_NU)
+            pos = np.searchsorted(pxd, sidx)
+            need = np.zeros((n_events, pxd.size, nb_v, nb_u), bool)
+            half = window // 2
+            for dv in (-half, half):
+                for du in (-half, half):
+                    bv = np.clip(iv + dv, 0, PXD_NV - 1) // self.pv
+                    bu = np.clip(iu + du, 0, PXD_NU - 1) // self.pu
+                    need[np.asarray(hits["event"], np.int64), pos, bv, bu] = True
+            todo = np.flatnonzero(need.reshape(-1))
+        flat = np.zeros((region.size, self.pv, self.pu), np.float32)
+        flat[todo] = self.images(rng, region[todo])
+        img = flat.reshape(n_events, pxd.size, nb_v, nb_u, self.pv, self.pu).transpose(0, 1, 2, 4, 3, 5).reshape(
+            n_events, pxd.size, PXD_NV, PXD_NU)
+        ev, s, iv, iu = np.nonzero(img > ADC_THRESHOLD)
+        return {"event": ev.astype(np.int64), "sensor": geom.sensor_id[pxd[s]].astype(np.int32),
+                "pixel": (iv * PXD_NU + iu).astype(np.int32), "adc": img[ev, s, iv, iu].astype(np.float32)}
+
+
+__all__ = ["ADC_THRESHOLD", "GanBackground", "PAYLOAD", "build_critic", "build_generator", "regions",
+           "sensor_patches", "train", "untrained_arrays"]

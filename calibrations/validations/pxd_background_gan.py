@@ -1,0 +1,182 @@
+"""Validation of the PXD beam-background GAN: (a) its images against the input background, (b) what it
+does to tracking.
+
+(a) The generator fills as many events as the input random_calib background has (at most
+``max_events``); compared with the input: the occupancy per sensor and event (two-sample KS test),
+the cluster-size distribution (8-connected clusters, sizes 1..9 and >= 10: chi2 test of homogeneity)
+and the hit map (fired pixels per PXD layer x v band of 10 rows, normalised: chi2 test).  The p-values
+are reported; the demo-sized GAN is not perfect at the statistical precision of the input, so the
+pass criteria are tolerances: relative occupancy difference below ``occupancy_tolerance``, relative
+mean-cluster-size difference below ``cluster_size_tolerance``, largest relative hit-map bin difference
+below ``hitmap_tolerance``.
+(b) ``track_events`` simulated hadron events are reconstructed with background from the toy full
+simulation, from the GAN and without background (b2luca/sim/pxd_pulls.py: background pixels near a
+track's PXD cluster are merged into it); the widths of the d0 and z0 pulls in pT < 0.2 GeV and
+0.2-1 GeV must agree between GAN and simulated background within ``agree_sigma`` combined standard
+errors, and "no background" must differ from the simulated one by more than ``differ_sigma`` in each
+pT bin (d0 or z0): the check is sensitive to the background.  Plots: pxd_background_gan.png; table:
+pxd_background_gan_pulls.csv.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from b2luca.catalogue import ValidationSettings
+
+settings = ValidationSettings(name="PXDBackgroundGAN",
+                              description=__doc__,
+                              download_files=[],
+                              expert_config={"max_events": 300, "occupancy_tolerance": 0.25,
+                                             "cluster_size_tolerance": 0.3, "hitmap_tolerance": 0.3,
+                                             "track_events": 800, "agree_sigma": 3.0, "differ_sigma": 3.0,
+                                             "validation_seed": 1616, "threads": 1})
+
+MAX_SIZE = 10
+V_BAND = 10  # rows per hit-map bin
+
+
+def image_statistics(pixels: dict, n_events: int, geom) -> dict[str, np.ndarray]:
+    """{"occupancy" (events x sensors,), "cluster_sizes" (sizes 1..MAX_SIZE, the last >= MAX_SIZE),
+    "hitmap" (layers x v bands) fired-pixel counts} of background pixels."""
+    from b2luca.reco.geometry import PXD_NU, PXD_NV
+    from b2luca.sim.pxd_background import clusters
+
+    pxd = np.flatnonzero(geom.is_pxd)
+    sidx = geom.sensor_index(np.asarray(pixels["sensor"]))
+    pos = np.searchsorted(pxd, sidx)
+    ev = np.asarray(pixels["event"], np.int64)
+    occ = np.bincount(ev * pxd.size + pos, minlength=n_events * pxd.size) / (PXD_NU * PXD_NV)
+    if ev.size:
+        label = clusters(np.asarray(pixels["sensor"]), np.asarray(pixels["pixel"]), ev)
+        sizes = np.bincount(np.unique(label, return_inverse=True)[1])
+    else:
+        sizes = np.zeros(0, np.int64)
+    size_hist = np.bincount(np.minimum(sizes, MAX_SIZE), minlength=MAX_SIZE + 1)[1:]
+    band = (np.asarray(pixels["pixel"], np.int64) // PXD_NU) // V_BAND
+    layer = geom.layer[sidx] - 1
+    hitmap = np.bincount(layer * (PXD_NV // V_BAND) + band, minlength=2 * (PXD_NV // V_BAND)).reshape(2, -1)
+    return {"occupancy": occ, "cluster_sizes": size_hist, "hitmap": hitmap}
+
+
+def compare_images(ref: dict, gen: dict, cfg: dict) -> tuple[dict[str, float], list[str]]:
+    """Figures and failure reasons of part (a)."""
+    from scipy.stats import chi2_contingency, ks_2samp
+
+    fig: dict[str, float] = {}
+    reasons = []
+    o_ref, o_gen = float(ref["occupancy"].mean()), float(gen["occupancy"].mean())
+    fig.update(occupancy_input=o_ref, occupancy_gan=o_gen,
+               occupancy_ks_p_value=float(ks_2samp(ref["occupancy"], gen["occupancy"]).pvalue))
+    if not (o_ref > 0 and abs(o_gen / o_ref - 1) < float(cfg["occupancy_tolerance"])):
+        reasons.append(f"occupancy {o_gen:.4f} (GAN) vs {o_ref:.4f} (input) differs by more than "
+                       f"{cfg['occupancy_tolerance']:.0%}")
+    sizes = np.arange(1, MAX_SIZE + 1)
+    n_ref, n_gen = ref["cluster_sizes"], gen["cluster_sizes"]
+    m_ref = float(np.sum(sizes * n_ref) / max(n_ref.sum(), 1))
+    m_gen = float(np.sum(sizes * n_gen) / max(n_gen.sum(), 1))
+    fig.update(mean_cluster_size_input=m_ref, mean_cluster_size_gan=m_gen, clusters_gan=float(n_gen.sum()))
+    table = np.stack([n_ref, n_gen])
+    table = table[:, table.sum(axis=0) > 0]
+    if n_gen.sum() > 0 and table.shape[1] > 1:
+        fig["cluster_size_chi2_p_value"] = float(chi2_contingency(table)[1])
+    if not (n_gen.sum() > 0 and abs(m_gen / m_ref - 1) < float(cfg["cluster_size_tolerance"])):
+        reasons.append(f"mean cluster size {m_gen:.2f} (GAN) vs {m_ref:.2f} (input) differs by more than "
+                       f"{cfg['cluster_size_tolerance']:.0%}")
+    h_ref, h_gen = ref["hitmap"].reshape(-1).astype(float), gen["hitmap"].reshape(-1).astype(float)
+    if h_gen.sum() > 0 and h_ref.sum() > 0:
+        fig["hitmap_chi2_p_value"] = float(chi2_contingency(np.stack([h_ref, h_gen]) + 1e-9)[1])
+        s_ref, s_gen = h_ref / h_ref.sum(), h_gen / h_gen.sum()
+        dev = float(np.max(np.abs(s_gen / np.where(s_ref > 0, s_ref, np.nan) - 1)))
+    else:
+        dev = float("inf")
+    fig["hitmap_max_relative_difference"] = dev
+    if not dev < float(cfg["hitmap_tolerance"]):
+        reasons.append(f"hit map (layer x v band, normalised) differs by up to {dev:.0%} "
+                       f"(tolerance {cfg['hitmap_tolerance']:.0%})")
+    return fig, reasons
+
+
+def compare_pulls(rows: list, cfg: dict) -> tuple[dict[str, float], list[str]]:
+    """Figures and failure reasons of part (b) from :func:`b2luca.sim.pxd_pulls.pull_table` rows."""
+    from b2luca.sim.pxd_pulls import PT_BINS
+
+    by = {(r.mode, r.parameter, r.pt_low): r for r in rows}
+    fig: dict[str, float] = {}
+    reasons = []
+    for lo, hi in PT_BINS:
+        tag = f"pt{lo:g}-{hi:g}"
+        sep = []
+        for par in ("d0", "z0"):
+            sim, gan, none = (by[(m, par, lo)] for m in ("simulated", "gan", "none"))
+            for r in (sim, gan, none):
+                fig[f"{par}_pull_width_{r.mode}_{tag}"] = r.width
+                fig[f"{par}_pull_width_error_{r.mode}_{tag}"] = r.error
+            d_gan = abs(gan.width - sim.width) / np.hypot(gan.error, sim.error)
+            d_none = abs(none.width - sim.width) / np.hypot(none.error, sim.error)
+            fig[f"{par}_gan_vs_simulated_sigma_{tag}"] = float(d_gan)
+            fig[f"{par}_none_vs_simulated_sigma_{tag}"] = float(d_none)
+            sep.append(d_none)
+            if not d_gan < float(cfg["agree_sigma"]):
+                reasons.append(f"{par} pull width, {lo:g} < pT < {hi:g} GeV: GAN {gan.width:.3f}±{gan.error:.3f} vs "
+                               f"simulated {sim.width:.3f}±{sim.error:.3f} ({d_gan:.1f} sigma, limit {cfg['agree_sigma']})")
+        if not max(np.nan_to_num(sep)) > float(cfg["differ_sigma"]):
+            reasons.append(f"{lo:g} < pT < {hi:g} GeV: the pull widths without background do not differ from those "
+                           f"with simulated background by {cfg['differ_sigma']} sigma: the check is not sensitive")
+    return fig, reasons
+
+
+def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
+    """Validate PXDBackgroundGAN (see the module docstring); returns a Verdict."""
+    from b2luca.contract import Verdict, read_input_data
+    from b2luca.ml.pxd_gan import GanBackground
+    from b2luca.reco.geometry import nominal_geometry
+    from b2luca.sim.pxd_pulls import pull_table, track_pulls
+    from calibrations._common import calibration_output, expert_config_dict, pyplot, save_figure, write_csv
+    from calibrations.pxd_background_gan import read_background
+
+    cfg = {**settings.expert_config, **expert_config_dict(expert_config)}
+    geom = nominal_geometry()
+    gan = GanBackground(calibration_output(job_path, "PXDBackgroundGAN", "PXDBackgroundGAN"), threads=int(cfg["threads"]))
+    files = [p for p, _ in read_input_data(input_data_path).get("random_calib", [])]
+    ref_pixels, n_events = read_background(files, int(cfg["max_events"]))
+    if n_events == 0:
+        return Verdict(passed=False, figures={}, plots=[], message="no random_calib events to compare with")
+    seed = int(cfg["validation_seed"])
+    gen_pixels = gan(np.random.default_rng(seed), n_events, geom)
+    ref, gen = image_statistics(ref_pixels, n_events, geom), image_statistics(gen_pixels, n_events, geom)
+    figures, reasons = compare_images(ref, gen, cfg)
+    figures["events_compared"] = float(n_events)
+    rows = pull_table(track_pulls(int(cfg["track_events"]), seed, gan))
+    fig_b, reasons_b = compare_pulls(rows, cfg)
+    figures.update(fig_b)
+    reasons += reasons_b
+
+    plt = pyplot()
+    fig, ax = plt.subplots(2, 2, figsize=(11, 8))
+    bins = np.linspace(0, max(ref["occupancy"].max(), gen["occupancy"].max(), 1e-3) * 1.05, 40)
+    ax[0, 0].hist(ref["occupancy"], bins, histtype="step", label="input (simulated)")
+    ax[0, 0].hist(gen["occupancy"], bins, histtype="step", label="GAN")
+    ax[0, 0].set_xlabel("occupancy per sensor and event")
+    ax[0, 0].legend(fontsize=7)
+    sizes = np.arange(1, MAX_SIZE + 1)
+    for name, st in (("input", ref), ("GAN", gen)):
+        ax[0, 1].step(sizes, st["cluster_sizes"] / max(st["cluster_sizes"].sum(), 1), where="mid", label=name)
+        for layer in (0, 1):
+            h = st["hitmap"][layer]
+            ax[1, 0].plot((np.arange(h.size) + 0.5) * V_BAND, h / n_events, label=f"{name}, layer {layer + 1}")
+    ax[0, 1].set_xlabel(f"cluster size [pixels] (last bin >= {MAX_SIZE})")
+    ax[0, 1].legend(fontsize=7)
+    ax[1, 0].set_xlabel("v [pixel row]")
+    ax[1, 0].set_ylabel("fired pixels per event")
+    ax[1, 0].legend(fontsize=6)
+    for k, mode in enumerate(("simulated", "gan", "none")):
+        sel = [r for r in rows if r.mode == mode]
+        x = np.arange(len(sel)) + 0.2 * (k - 1)
+        ax[1, 1].errorbar(x, [r.width for r in sel], [r.error for r in sel], fmt="os^"[k], label=mode)
+        ax[1, 1].set_xticks(np.arange(len(sel)), [f"{r.parameter}\n{r.pt_low:g}-{r.pt_high:g}" for r in sel], fontsize=7)
+    ax[1, 1].set_ylabel("pull width")
+    ax[1, 1].legend(fontsize=7)
+    columns = {k: [getattr(r, k) for r in rows] for k in ("mode", "parameter", "pt_low", "pt_high", "n", "width", "error")}
+    plots = [save_figure(fig, "pxd_background_gan.png"), write_csv("pxd_background_gan_pulls.csv", columns)]
+    return Verdict(passed=not reasons, figures=figures, plots=plots, message="OK" if not reasons else "; ".join(reasons))

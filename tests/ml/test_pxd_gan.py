@@ -1,0 +1,230 @@
+"""PXDBackgroundGAN: the PXD background overlay, determinism and the payload round trip in a fresh
+process, the validation (passes for a generator that reproduces the background, fails for an untrained
+one and when the GAN's pull widths differ), and the one-line error without PyTorch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from b2luca.conditions import DatabaseChain, LocalDatabase  # noqa: E402
+from b2luca.contract import CalibrationJob  # noqa: E402
+from b2luca.iov import ExpRun, IoV  # noqa: E402
+from b2luca.reco.geometry import nominal_geometry  # noqa: E402
+
+EXPERIMENT = 26
+TINY = {"patch_v": 15, "patch_u": 10, "hidden": 16, "generator_iterations": 20, "learning_rate": 0.001,
+        "threads": 1, "device": "cpu", "min_events": 5}
+
+
+def _hits(geom, n=200, seed=3):
+    """Fake PXD track hits (event 1..5) on the first PXD sensors."""
+    rng = np.random.default_rng(seed)
+    pxd = np.flatnonzero(geom.is_pxd)
+    s = pxd[rng.integers(0, 4, n)]
+    return {"event": rng.integers(1, 6, n), "sensor": geom.sensor_id[s], "u": rng.uniform(-3, 3, n),
+            "v": rng.uniform(-10, 10, n), "charge": rng.gamma(4.0, 12.0, n), "pixel": np.zeros(n, np.int32)}
+
+
+def test_overlay_merges_only_nearby_background_pixels():
+    from b2luca.sim.pxd_overlay import overlay_pxd_hits, pixel_centre
+
+    geom = nominal_geometry()
+    hits = _hits(geom)
+    sidx = geom.sensor_index(hits["sensor"][:1])
+    pix = int(geom.pxd_pixel(sidx, hits["u"][:1], hits["v"][:1])[0])
+    near, far = pix + 1, (pix + 40 * 50) % 7500  # one column over / 40 rows away
+    bkg = {"event": np.array([hits["event"][0]] * 2), "sensor": np.array([hits["sensor"][0]] * 2),
+           "pixel": np.array([near, far]), "adc": np.array([20.0, 20.0])}
+    out = overlay_pxd_hits(hits, bkg, geom)
+    uc, vc = pixel_centre(geom, sidx, np.array([near]))
+    q = hits["charge"][0]
+    assert out["u"][0] == pytest.approx((q * hits["u"][0] + 20 * uc[0]) / (q + 20))
+    assert out["v"][0] == pytest.approx((q * hits["v"][0] + 20 * vc[0]) / (q + 20))
+    assert out["charge"][0] == pytest.approx(q + 20)
+    other = np.ones(hits["u"].size, bool)
+    other[0] = False
+    other &= ~((hits["event"] == hits["event"][0]) & (hits["sensor"] == hits["sensor"][0]))
+    np.testing.assert_array_equal(out["u"][other], hits["u"][other])  # other events/sensors untouched
+    empty = {k: v[:0] for k, v in bkg.items()}
+    np.testing.assert_array_equal(overlay_pxd_hits(hits, empty, geom)["u"], hits["u"])
+
+
+def test_simulate_sample_background_modes():
+    """'none' is the old simulation exactly; 'simulated' moves PXD hits only; a bad mode names the choices."""
+    from b2luca.sim import make_truth, simulate_sample
+
+    geom = nominal_geometry()
+    truth = make_truth(5, geom)
+    base = simulate_sample("hadron_calib", 30, np.random.default_rng(1), truth, geom)
+    none = simulate_sample("hadron_calib", 30, np.random.default_rng(1), truth, geom, pxd_background_mode="none")
+    sim = simulate_sample("hadron_calib", 30, np.random.default_rng(1), truth, geom, pxd_background_mode="simulated")
+    for tree in base.raw:
+        for k in base.raw[tree]:
+            np.testing.assert_array_equal(none.raw[tree][k], base.raw[tree][k])
+            if tree != "pxd" or k not in ("u", "v", "charge"):
+                np.testing.assert_array_equal(sim.raw[tree][k], base.raw[tree][k])
+    moved = sim.raw["pxd"]["u"] != base.raw["pxd"]["u"]
+    assert 0 < moved.mean() < 0.8
+    with pytest.raises(ValueError, match="none, simulated, gan"):
+        simulate_sample("hadron_calib", 5, np.random.default_rng(1), truth, geom, pxd_background_mode="bogus")
+
+
+@pytest.fixture(scope="module")
+def background():
+    from b2luca.sim.pxd_background import pxd_background
+
+    geom = nominal_geometry()
+    return pxd_background(np.random.default_rng(11), 20, geom), 20
+
+
+def test_training_deterministic_and_payload_round_trip_in_fresh_process(background, tmp_path):
+    pytest.importorskip("torch")
+    from b2luca.ml.pxd_gan import GanBackground, train
+    from calibrations.pxd_background_gan import settings
+
+    geom = nominal_geometry()
+    cfg = {**settings.expert_config, **TINY}
+    pixels, n = background
+    a1, _ = train(pixels, n, geom, cfg)
+    a2, _ = train(pixels, n, geom, cfg)
+    assert set(a1) == set(a2)
+    for k in a1:
+        np.testing.assert_array_equal(a1[k], a2[k], err_msg=k)
+    db = LocalDatabase(tmp_path / "db").create()
+    db.store("PXDBackgroundGAN", a1, IoV(EXPERIMENT, 1, EXPERIMENT, 2))
+    here = GanBackground(a1)(np.random.default_rng(7), 3, geom)
+    out = tmp_path / "fresh.npz"
+    code = (f"import sys, numpy as np; sys.path.insert(0, {str(REPO)!r})\n"
+            "from b2luca.conditions import LocalDatabase\n"
+            "from b2luca.ml.pxd_gan import GanBackground\n"
+            "from b2luca.reco.geometry import nominal_geometry\n"
+            f"db = LocalDatabase({str(tmp_path / 'db')!r})\n"
+            "e = [x for x in db.entries() if x.name == 'PXDBackgroundGAN'][-1]\n"
+            "g = GanBackground(db.read(e))\n"
+            "img = g.images(np.random.default_rng(7), np.arange(40) % 20)\n"
+            "d = g(np.random.default_rng(7), 3, nominal_geometry())\n"
+            f"np.savez({str(out)!r}, img=img, **d)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    fresh = np.load(out)
+    np.testing.assert_array_equal(fresh["img"], GanBackground(a1).images(np.random.default_rng(7), np.arange(40) % 20))
+    for k in here:
+        np.testing.assert_array_equal(fresh[k], here[k], err_msg=k)
+
+
+def _validation_job(tmp_path: Path, arrays: dict, bucket_files: list) -> Path:
+    job = tmp_path / "job"
+    db = LocalDatabase(job / "caf_outputdb_results" / "PXDBackgroundGAN").create()
+    db.store("PXDBackgroundGAN", arrays, IoV(EXPERIMENT, 1, EXPERIMENT, 2))
+    (job / "input_data.json").write_text(json.dumps({"random_calib": [[str(p), [EXPERIMENT, 1]] for p in bucket_files]}))
+    return job
+
+
+@pytest.fixture(scope="module")
+def random_files(tmp_path_factory):
+    from b2luca.sim import simulate_bucket
+
+    root = tmp_path_factory.mktemp("pxdgan")
+    summary = simulate_bucket(bucket="pxdgan", experiment=EXPERIMENT, runs=[1, 2], seed=1617,
+                              events={"random_calib": 40}, data_dir=root / "raw", conditions_dir=root / "cond")
+    return [p for p in summary.files if "random_calib" in str(p)]
+
+
+VALIDATION = {"track_events": 350, "max_events": 80}
+
+
+def test_validation_passes_for_faithful_generator_fails_for_untrained(random_files, tmp_path, monkeypatch):
+    """A generator that reproduces the background (the toy full simulation itself, other seeds) passes
+    both parts; an untrained GAN fails, naming the failed image distributions."""
+    pytest.importorskip("torch")
+    from b2luca.ml import pxd_gan
+    from b2luca.sim.pxd_background import pxd_background
+    from calibrations.pxd_background_gan import settings
+    from calibrations.validations import pxd_background_gan as validation
+
+    untrained = pxd_gan.untrained_arrays({**settings.expert_config, **TINY})
+    job = _validation_job(tmp_path, untrained, random_files)
+    monkeypatch.chdir(job)
+    verdict = validation.run_validation(str(job), str(job / "input_data.json"), [EXPERIMENT, 1, EXPERIMENT, 2],
+                                        VALIDATION)
+    assert not verdict.passed
+    assert "occupancy" in verdict.message or "cluster size" in verdict.message
+    assert verdict.figures["d0_none_vs_simulated_sigma_pt0-0.2"] > 0  # part (b) ran too
+
+    class Faithful:  # stands in for a perfectly trained generator
+        def __init__(self, arrays, threads=None):
+            pass
+
+        def __call__(self, rng, n_events, geom, hits=None):
+            return pxd_background(rng, n_events, geom)
+
+    monkeypatch.setattr(pxd_gan, "GanBackground", Faithful)
+    verdict = validation.run_validation(str(job), str(job / "input_data.json"), [EXPERIMENT, 1, EXPERIMENT, 2],
+                                        VALIDATION)
+    assert verdict.passed, verdict.message
+    assert (job / "pxd_background_gan.png").exists()
+    for tag in ("pt0-0.2", "pt0.2-1"):
+        assert max(verdict.figures[f"d0_none_vs_simulated_sigma_{tag}"],
+                   verdict.figures[f"z0_none_vs_simulated_sigma_{tag}"]) > 3
+
+
+def test_compare_pulls_fails_when_gan_widths_differ():
+    from b2luca.sim.pxd_pulls import PT_BINS, PullWidth
+    from calibrations.validations.pxd_background_gan import compare_pulls, settings
+
+    def rows(gan_width):
+        out = []
+        for lo, hi in PT_BINS:
+            for par in ("d0", "z0"):
+                out += [PullWidth("simulated", par, lo, hi, 500, 1.5, 0.05), PullWidth("gan", par, lo, hi, 500, gan_width, 0.05),
+                        PullWidth("none", par, lo, hi, 500, 1.0, 0.03)]
+        return out
+
+    assert compare_pulls(rows(1.52), dict(settings.expert_config))[1] == []
+    reasons = compare_pulls(rows(1.1), dict(settings.expert_config))[1]
+    assert len(reasons) == 4 and all("GAN" in r for r in reasons)
+
+
+def test_calibration_without_torch_fails_before_reading_data(monkeypatch, tmp_path):
+    from b2luca.errors import MLDependencyError
+    from calibrations import pxd_background_gan
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    missing = [(tmp_path / "does_not_exist.root", ExpRun(EXPERIMENT, 1))]
+    job = CalibrationJob(name="PXDBackgroundGAN", input_files={"random_calib": missing},
+                         requested_iov=IoV(EXPERIMENT, 1, EXPERIMENT, 1),
+                         expert_config=dict(pxd_background_gan.settings.expert_config),
+                         output_db=LocalDatabase(tmp_path / "out").create(), database_chain=DatabaseChain([]),
+                         work_dir=tmp_path, log=logging.getLogger("test"))
+    with pytest.raises(MLDependencyError, match=r"install b2luca\[ml\]") as info:
+        pxd_background_gan.calibrate(job)
+    assert "\n" not in str(info.value) and "PXDBackgroundGAN" in str(info.value)
+
+
+def test_config_pxd_background_gan_needs_a_payload(tmp_path):
+    import yaml
+
+    from b2luca.config import load_config
+    from b2luca.errors import UserError
+
+    doc = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    doc["calibrations"]["directory"] = str(REPO / "calibrations")
+    doc["simulation"]["pxd_background"] = "gan"
+    path = tmp_path / "bucket.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match="simulation.pxd_background_payload: is required"):
+        load_config(path)
+    doc["simulation"]["pxd_background_payload"] = "gan.root"
+    path.write_text(yaml.safe_dump(doc))
+    sim = load_config(path).simulation
+    assert sim is not None and sim.pxd_background == "gan" and sim.pxd_background_payload == tmp_path / "gan.root"
