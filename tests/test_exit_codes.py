@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import b2luca.cli
+import b2luca.config
 from b2luca import errors
 from b2luca.cli import main
 
@@ -31,7 +32,7 @@ def test_each_error_class_maps_to_its_exit_code(monkeypatch, capsys, error, code
     def fail(path: str) -> None:
         raise error(f"{path}: something is wrong")
 
-    monkeypatch.setattr(b2luca.cli, "load_config", fail)
+    monkeypatch.setattr(b2luca.config, "load_config", fail)
     assert main(["check", "bucket.yaml"]) == code
     assert _one_error_line(capsys) == "b2luca: error: bucket.yaml: something is wrong"
 
@@ -40,7 +41,7 @@ def test_unexpected_exception_is_one_line_and_a_traceback_file(monkeypatch, caps
     def bug(path: str) -> None:
         {}["missing"]
 
-    monkeypatch.setattr(b2luca.cli, "load_config", bug)
+    monkeypatch.setattr(b2luca.config, "load_config", bug)
     assert main(["check", "bucket.yaml"]) == 1
     line = _one_error_line(capsys)
     match = re.fullmatch(r"b2luca: internal error: KeyError: 'missing' \(traceback written to (.+)\)", line)

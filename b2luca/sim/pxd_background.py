@@ -80,24 +80,3 @@ def pxd_background(rng: np.random.Generator, n_events: int, geom: Geometry) -> d
     event, sensor_index = np.divmod(rest, geom.n_sensors)
     return {"event": event, "sensor": geom.sensor_id[sensor_index].astype(np.int32), "pixel": pixel.astype(np.int32),
             "adc": adc.astype(np.float32)}
-
-
-def clusters(sensor: np.ndarray, pixel: np.ndarray, event: np.ndarray) -> np.ndarray:
-    """Cluster label per fired pixel (8-connected neighbours in the same event and sensor)."""
-    from scipy.ndimage import label
-
-    out = np.zeros(pixel.size, np.int64)
-    key = np.asarray(event, np.int64) * 1_000_000 + np.asarray(sensor, np.int64)
-    order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.diff(key[order])) + 1
-    offset = 0
-    for chunk in np.split(order, bounds):
-        if chunk.size == 0:
-            continue
-        img = np.zeros((PXD_NV, PXD_NU), np.int32)
-        iv, iu = np.divmod(pixel[chunk], PXD_NU)
-        img[iv, iu] = 1
-        lab, nlab = label(img, structure=np.ones((3, 3)))
-        out[chunk] = lab[iv, iu] + offset
-        offset += nlab
-    return out

@@ -40,7 +40,7 @@ def image_statistics(pixels: dict, n_events: int, geom) -> dict[str, np.ndarray]
     """{"occupancy" (events x sensors,), "cluster_sizes" (sizes 1..MAX_SIZE, the last >= MAX_SIZE),
     "hitmap" (layers x v bands) fired-pixel counts} of background pixels."""
     from b2luca.reco.geometry import PXD_NU, PXD_NV
-    from b2luca.sim.pxd_background import clusters
+    from b2luca.reco.pxd_clusters import clusters
 
     pxd = np.flatnonzero(geom.is_pxd)
     sidx = geom.sensor_index(np.asarray(pixels["sensor"]))
