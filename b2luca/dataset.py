@@ -15,7 +15,7 @@ from typing import Any
 
 from .atomic import write_json_atomic
 from .config import BucketConfig
-from .enums import DataSource
+from .enums import DataSource, PXDBackground
 from .iov import ExpRun
 from .errors import DataError
 
@@ -66,7 +66,7 @@ def _simulation_key(cfg: BucketConfig) -> dict[str, Any]:
             "runs": [cfg.bucket.first_run, cfg.bucket.last_run], "seed": sim.seed,
             "events": dict(sorted(sim.events.items())), "files_per_run": sim.files_per_run,
             **({"pxd_background": sim.pxd_background, "pxd_background_payload": str(sim.pxd_background_payload)}
-               if sim.pxd_background != "none" else {})}  # the default keeps the keys of existing simulations
+               if sim.pxd_background != PXDBackground.NONE else {})}  # the default keeps the keys of existing simulations
 
 
 def simulation_is_complete(cfg: BucketConfig) -> bool:
@@ -83,7 +83,7 @@ def simulation_is_complete(cfg: BucketConfig) -> bool:
 def _pxd_generator(cfg: BucketConfig) -> Any:
     """The PXD background GAN of ``simulation.pxd_background_payload`` (mode gan), else None."""
     sim = cfg.simulation
-    if sim is None or sim.pxd_background != "gan" or sim.pxd_background_payload is None:
+    if sim is None or sim.pxd_background != PXDBackground.GAN or sim.pxd_background_payload is None:
         return None
     from .conditions.payload import read_payload
     from .ml.pxd_gan import GanBackground
