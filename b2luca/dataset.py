@@ -49,6 +49,33 @@ def production_runs(cfg: BucketConfig) -> list[int]:
     return sorted(runs)
 
 
+def group_runs(sizes: list[tuple[int, int]], target_bytes: float) -> list[tuple[int, ...]]:
+    """Consecutive runs ``[(run, raw bytes), ...]`` grouped in order: a group closes once it holds at
+    least ``target_bytes`` (``target_bytes <= 0``: one group per run)."""
+    groups: list[tuple[int, ...]] = []
+    current: list[int] = []
+    size = 0
+    for run, nbytes in sizes:
+        current.append(run)
+        size += nbytes
+        if size >= target_bytes or target_bytes <= 0:
+            groups.append(tuple(current))
+            current, size = [], 0
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
+def production_run_groups(cfg: BucketConfig) -> list[tuple[int, ...]]:
+    """The runs of each cDST production task: consecutive runs with raw data, grouped by raw data volume
+    (``data.production_task_mb``; 0 gives one group per run)."""
+    sizes = []
+    for run in production_runs(cfg):
+        directory = run_root(cfg.data.raw_directory, ExpRun(cfg.bucket.experiment, run))
+        sizes.append((run, sum(p.stat().st_size for p in directory.glob("*/*.root"))))
+    return group_runs(sizes, cfg.data.production_task_mb * 1e6)
+
+
 def expand_input(path: "str | Path") -> list[Path]:
     """A file, or every ``*.root`` below a directory (sorted); as basf2 reads input_data.json."""
     path = Path(path)
