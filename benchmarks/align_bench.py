@@ -206,7 +206,12 @@ def run_pede(pede: Path, folder: Path, key: str, timeout: float) -> dict:
         p = subprocess.run([sys.executable, "-c", probe, str(pede), f"steer_{key}.txt"], cwd=work,
                            capture_output=True, text=True, timeout=timeout)
         out = json.loads(p.stdout.strip().splitlines()[-1])
-        if (work / "millepede.res").exists():
+        # pede may stop with exit status 0 and no result (e.g. "Too many rejects (>33.3%) - stop"): a run
+        # without millepede.res is a failure, reported with the end of its output
+        if out["rc"] == 0 and not (work / "millepede.res").exists():
+            out["rc"] = -2
+            out["tail"] = "no millepede.res written; " + out["tail"]
+        if out["rc"] == 0:
             res = read_millepede_res(work / "millepede.res")
             out["labels"], out["values"] = res["label"], res["value"]
         return out
@@ -325,6 +330,9 @@ def main() -> int:
     print(f"note: wall times on a shared machine (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on "
           f"{os.cpu_count()} cores); compare ratios and CPU time")
     gen = find_gen(args.gen)
+    if args.pede is not None and args.save is None:  # our solutions, to compare pede's values with
+        args.save = base / "_solutions"
+    summary: dict[str, dict] = {}
     for size in args.sizes.split(","):
         folder = base / size
         folder.mkdir(parents=True, exist_ok=True)
@@ -354,7 +362,9 @@ def main() -> int:
                 if getattr(args, opt) is not None:
                     cmd += [f"--{opt}", str(getattr(args, opt))]
             try:
+                t0 = time.perf_counter()
                 p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                command_wall = time.perf_counter() - t0
             except subprocess.TimeoutExpired:
                 print(f"[{size}] {method}: timed out after {args.timeout:.0f} s")
                 continue
@@ -362,10 +372,11 @@ def main() -> int:
                 print(f"[{size}] {method}: failed\n{p.stderr[-2000:]}")
                 continue
             r = json.loads(p.stdout.strip().splitlines()[-1])
+            r["command_wall_s"] = command_wall  # the whole process: start-up, imports, fit, checks
             _print_row(size, r)
             ours[method] = r
         if args.pede is not None and size in RECIPES:
-            _pede_rows(size, folder, args, ours)
+            summary[size] = {"ours": ours.get("sparse"), **_pede_rows(size, folder, args, ours)}
         if args.cholmod:
             p = subprocess.run([sys.executable, __file__, "--chol", str(steer)], capture_output=True, text=True,
                                timeout=args.timeout)
@@ -381,36 +392,89 @@ def main() -> int:
                           f"{c['ours_solve_s']:.2f} s, diag(G^-1) {c['ours_diag_inverse_s']:.2f} s | CHOLMOD "
                           f"(cvxopt, AMD) {c['cholmod_factor_s']:.2f} s, solve {c['cholmod_solve_s']:.2f} s | "
                           f"solutions differ by {c['rel_diff']:.1e} (relative)", flush=True)
+    if summary:
+        _print_summary(summary)
     if args.keep is None:
         shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
-def _pede_rows(size: str, folder: Path, args: argparse.Namespace, ours: dict) -> None:
-    """pede's default (sparseMINRES) and, where it fits, its exact method; ratios to our sparse fit."""
+def _pede_rows(size: str, folder: Path, args: argparse.Namespace, ours: dict) -> dict[str, dict]:
+    """pede's default (sparseMINRES) and, where it fits, its exact method; ratios to our sparse fit.
+
+    Returns pede's measurements per method (failed runs included, with ``rc`` != 0)."""
     keys = ["sparseMINRES"] + (["unpackedLAPACK"] if size != "C60k" else [])
     mine = ours.get("sparse")
+    out: dict[str, dict] = {}
     for key in keys:
         pr = run_pede(args.pede, folder, key, args.timeout)
         if pr.get("rc") != 0:
-            print(f"[{size}] pede {key}: failed ({pr.get('tail', '')[-300:]!r})")
+            print(f"[{size}] pede {key}: FAILED (rc {pr.get('rc')}): {pr.get('tail', '')[-300:]!r}", flush=True)
+            out[key] = {"rc": pr.get("rc")}
             continue
+        row = {k: pr[k] for k in ("rc", "wall_s", "cpu_s", "peak_rss_gb")}
         line = (f"[{size}] pede {key}: {pr['wall_s']:.2f} s wall, {pr['cpu_s']:.1f} s cpu, "
                 f"peak {pr['peak_rss_gb']:.2f} GB")
         if mine is not None:
-            line += (f" | ours/pede: time {mine['wall_s'] / pr['wall_s']:.2f}, "
+            line += (f" | ours/pede: wall {mine['wall_s'] / pr['wall_s']:.2f} (whole command "
+                     f"{mine['command_wall_s'] / pr['wall_s']:.2f}), cpu {mine['cpu_s'] / max(pr['cpu_s'], 1e-9):.2f}, "
                      f"memory {mine['peak_rss_gb'] / max(pr['peak_rss_gb'], 1e-9):.2f}")
-            sol = args.save / f"{size}_sparse.npz" if args.save else None
-            if "labels" in pr and sol is not None and sol.exists():
-                s = np.load(sol)
-                o = np.argsort(pr["labels"])
-                plab, pval = pr["labels"][o], pr["values"][o]
-                pos = np.minimum(np.searchsorted(plab, s["labels"]), plab.size - 1)
-                ok = (plab[pos] == s["labels"]) & (s["e"] > 0) if s["e"].size else np.zeros(0, bool)
-                if ok.any():
-                    dv = np.abs(pval[pos[ok]] - s["x"][ok]) / s["e"][ok]
-                    line += f", values differ by <= {dv.max():.2e} sigma (ours)"
+            dv = _pede_value_diff(args.save / f"{size}_sparse.npz", pr["labels"], pr["values"])
+            if dv is not None:
+                row["max_dev_sigma"] = dv
+                line += f" | values differ by <= {dv:.2e} sigma (ours)"
+        out[key] = row
         print(line, flush=True)
+    return out
+
+
+def _pede_value_diff(sol: Path, labels: np.ndarray, values: np.ndarray) -> float | None:
+    """Largest |pede − ours| / σ(ours) over the labels both have (None without our saved solution)."""
+    if not sol.exists():
+        return None
+    s = np.load(sol)
+    if not s["e"].size or not labels.size:
+        return None
+    o = np.argsort(labels)
+    plab, pval = labels[o], values[o]
+    pos = np.minimum(np.searchsorted(plab, s["labels"]), plab.size - 1)
+    ok = (plab[pos] == s["labels"]) & (s["e"] > 0)
+    if not ok.any():
+        return None
+    return float(np.max(np.abs(pval[pos[ok]] - s["x"][ok]) / s["e"][ok]))
+
+
+def _print_summary(summary: dict[str, dict]) -> None:
+    """The side-by-side table (Markdown): ours (exact, with errors) against pede's default and exact."""
+    load = os.getloadavg()
+    print(f"\n## align_bench: b2luca (exact, with errors) vs pede (load now {load[0]:.1f} {load[1]:.1f} "
+          f"{load[2]:.1f} on {os.cpu_count()} cores)\n")
+    print("| problem | ours wall (command) / cpu / peak | pede sparseMINRES wall / cpu / peak | pede exact wall / cpu "
+          "/ peak | ours/MINRES wall | ours/exact wall (command) | max dev vs exact |")
+    print("|---|---|---|---|---|---|---|")
+
+    def cell(r: dict | None) -> str:
+        if not r:
+            return "–"
+        if r.get("rc", 0) != 0:
+            return "failed"
+        return f"{r['wall_s']:.1f} s / {r['cpu_s']:.1f} s / {r['peak_rss_gb']:.2f} GB"
+
+    for size, row in summary.items():
+        o = row.get("ours")
+        mr, ex = row.get("sparseMINRES"), row.get("unpackedLAPACK")
+        ours_cell = (f"{o['wall_s']:.1f} s ({o['command_wall_s']:.1f} s) / {o['cpu_s']:.1f} s / "
+                     f"{o['peak_rss_gb']:.2f} GB") if o else "failed"
+
+        def ratio(p: dict | None, whole: bool = False, o: dict | None = o) -> str:
+            if not o or not p or p.get("rc", 0) != 0:
+                return "–"
+            r = o["wall_s"] / p["wall_s"]
+            return f"{r:.2f}" + (f" ({o['command_wall_s'] / p['wall_s']:.2f})" if whole else "")
+
+        dev = f"{ex['max_dev_sigma']:.1e} σ" if ex and "max_dev_sigma" in ex else "–"
+        print(f"| {size} | {ours_cell} | {cell(mr)} | {cell(ex) if size != 'C60k' else 'does not fit (dense n²)'} "
+              f"| {ratio(mr)} | {ratio(ex, whole=True)} | {dev} |", flush=True)
 
 
 if __name__ == "__main__":
