@@ -330,6 +330,37 @@ def _expand(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.repeat(starts - off, lens) + np.arange(tot)
 
 
+def _gather_block(zt: np.ndarray, rowpos: np.ndarray, colpos: np.ndarray) -> np.ndarray:
+    """``zt[rowpos][:, colpos]`` of an F-ordered panel, gathered through its transpose (C order: a column of
+    the panel is a contiguous row): whole columns first (a slice when ``colpos`` is contiguous), then the
+    rows within them; no flat index array (half the time of one ``take`` through a k x r index map)."""
+    ztT = zt.T
+    c_lo = int(colpos[0])
+    if int(colpos[-1]) - c_lo + 1 == colpos.size:
+        cols = ztT[c_lo:c_lo + colpos.size]
+    else:
+        cols = np.take(ztT, colpos, axis=0)
+    return np.take(cols, rowpos, axis=1).T
+
+
+#: below this many columns the k x k product Lhᵀ W is one full GEMM; above, only its lower trapezoid
+_TRAPEZOID_MIN = 192
+
+
+def _add_lower_product(Z: np.ndarray, Lh: np.ndarray, W: np.ndarray) -> None:
+    """Z += Lhᵀ W on (at least) the lower triangle of the k x k matrix Z (the product is symmetric: only its
+    lower triangle is ever read). Large k: column blocks of the lower trapezoid only, ~(1 + 1/nb)/2 of the
+    flops of the full product."""
+    k = Z.shape[0]
+    if k < _TRAPEZOID_MIN:
+        Z += Lh.T @ W
+        return
+    nb = min(8, k // (_TRAPEZOID_MIN // 2))
+    edges = np.linspace(0, k, nb + 1).astype(np.int64)
+    for j0, j1 in zip(edges[:-1], edges[1:]):
+        Z[j0:, j0:j1] += Lh[:, j0:].T @ W[:, j0:j1]
+
+
 # ---------------------------------------------------------------------------------------- factor
 
 
@@ -612,11 +643,7 @@ class SupernodalCholesky:
                     t = int(sn[a])
                     ft, zt = front[t], Zp[t]
                     assert ft is not None and zt is not None  # ancestors are done first
-                    rowpos = np.searchsorted(ft, R[a:])
-                    colpos = R[a:b] - self.c0[t]
-                    lin = colpos[:, None] * ft.size + rowpos[None, :]  # (b-a, r-a): C order = F of the block
-                    blk = np.take(zt.reshape(-1, order="F"), lin, mode="clip")
-                    Zrr[a:, a:b] = blk.T
+                    Zrr[a:, a:b] = _gather_block(zt, np.searchsorted(ft, R[a:]), R[a:b] - self.c0[t])
                 Lh = _fview(lbuf, r, k)
                 Lh[...] = self.L21[s]
                 blas.dtrsm(1.0, L11, Lh, side=1, lower=1, overwrite_b=1)  # L21 L11⁻¹
@@ -625,7 +652,7 @@ class SupernodalCholesky:
                 if leaf:  # diag(Lhᵀ W) without the k x k product
                     d[c0:c1] = np.diag(Zjj) + np.einsum("ij,ij->j", Lh, W)
                 else:
-                    Zjj = blas.dgemm(1.0, Lh, W, beta=1.0, c=Zjj, trans_a=1, overwrite_c=1)
+                    _add_lower_product(Zjj, Lh, W)
             elif leaf:
                 d[c0:c1] = np.diag(Zjj)
             if not leaf:

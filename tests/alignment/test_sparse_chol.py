@@ -195,3 +195,38 @@ def test_many_isolated_parameters_are_packed():
     assert np.allclose(d[:3000], 1.0 / iso.diagonal(), rtol=1e-14)
     inv_blk = np.linalg.inv(A_blk.toarray())
     assert np.allclose(d[3000:3000 + 6 * nb], np.diag(inv_blk), rtol=1e-10)
+
+
+def test_selected_inversion_kernels() -> None:
+    """The gather of an ancestor's panel block (contiguous and scattered columns) and the lower-trapezoid
+    product against plain numpy."""
+    from b2luca.alignment.sparse_chol import _TRAPEZOID_MIN, _add_lower_product, _gather_block
+
+    rng = np.random.default_rng(5)
+    zt = np.asfortranarray(rng.normal(size=(40, 9)))
+    rowpos = np.array([2, 3, 4, 10, 11, 30, 39])
+    for colpos in (np.array([2, 3, 4]), np.array([1, 4, 8])):
+        assert np.array_equal(_gather_block(zt, rowpos, colpos), zt[np.ix_(rowpos, colpos)])
+    for k in (5, _TRAPEZOID_MIN + 37):
+        Lh, W = rng.normal(size=(60, k)), rng.normal(size=(60, k))
+        Z = np.asfortranarray(rng.normal(size=(k, k)))
+        want = np.tril(Z + Lh.T @ W)
+        _add_lower_product(Z, Lh, W)
+        assert np.allclose(np.tril(Z), want, rtol=0, atol=1e-12)
+
+
+def test_large_supernodes_take_the_trapezoid_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Selected inversion through the lower-trapezoid product (every supernode above the threshold)."""
+    from b2luca.alignment import sparse_chol
+
+    calls = []
+    real = sparse_chol._add_lower_product
+    monkeypatch.setattr(sparse_chol, "_TRAPEZOID_MIN", 8)
+    monkeypatch.setattr(sparse_chol, "_add_lower_product", lambda Z, Lh, W: (calls.append(Z.shape[0]),
+                                                                             real(Z, Lh, W)))
+    rng = np.random.default_rng(17)
+    nb = 60
+    A = _block_spd(sp.random(nb, nb, density=0.06, random_state=8), np.full(nb, 6), rng)
+    ch = SupernodalCholesky(A, leaf=4, reuse_analysis=False)
+    _check_against_dense(A, ch, rng)
+    assert calls and max(calls) >= 8
