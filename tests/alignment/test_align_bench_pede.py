@@ -69,3 +69,10 @@ def test_pede_stopping_without_result_is_a_failure(bench, tmp_path: Path) -> Non
     assert "no millepede.res" in out["tail"] and "Too many rejects" in out["tail"]
     exe = _standin(tmp_path, "sys.exit(3)")
     assert bench.run_pede(exe, folder, "sparseMINRES", timeout=60)["rc"] == 3
+
+
+def test_print_rounding_bound(bench, tmp_path: Path) -> None:
+    sol = tmp_path / "s.npz"
+    np.savez(sol, labels=np.array([1, 2]), x=np.array([0.128124503, -3.0]), e=np.array([0.001, 1.0]))
+    # 0.128124503 is printed 0.12812: 4.503e-6 / 1e-3
+    assert bench._print_rounding(sol) == pytest.approx(4.503e-3, rel=1e-6)
