@@ -29,11 +29,11 @@ Steps
 5. triangular solves per supernode, all right-hand sides at once;
 6. selected inversion (Takahashi recurrences, supernodal form) for diag(A⁻¹): for supernode J with rows R
    and Lh = L21 L11⁻¹, Z_RJ = −Z_RR Lh and Z_JJ = (L11 L11ᵀ)⁻¹ + Lhᵀ Z_RR Lh, where Z_RR (lower triangle)
-   is gathered from the already computed panels of the ancestors (``np.take`` with flat index maps; BLAS
-   trsm/symm/gemm, LAPACK potri, into reused buffers; the blocks are gathered column-first and only the lower
-   trapezoid of Lhᵀ Z_RR Lh is formed for large supernodes). Cost is about twice the factorisation's flops
-   (at 20k parameters 30 GF against 15 GF: 2r²k for Z_RR Lh against r²k for the update matrix), whereas diag(A⁻¹) by n solves would cost n·nnz(L) and the dense inverse
-   would need n² memory (29 GB at 60k parameters).
+   is gathered from the already computed panels of the ancestors (``np.take``, columns first; BLAS
+   trsm/symm/gemm, LAPACK potri, into reused buffers; only the lower trapezoid of Lhᵀ Z_RR Lh is formed for
+   large supernodes). Cost is about twice the factorisation's flops (20k parameters: 30 GF against 15 GF;
+   2r²k for Z_RR Lh against r²k for the update matrix), whereas diag(A⁻¹) by n solves would cost n·nnz(L)
+   and the dense inverse would need n² memory (29 GB at 60k parameters).
 
 Only lower triangles are ever read; upper triangles of the dense blocks may hold stale values. Steps 4 and 6
 run BLAS single-threaded when the machine is already busy (see ``_blas_threads``).
