@@ -35,14 +35,11 @@ Steps
    2r²k for Z_RR Lh against r²k for the update matrix), whereas diag(A⁻¹) by n solves would cost n·nnz(L)
    and the dense inverse would need n² memory (29 GB at 60k parameters).
 
-Only lower triangles are ever read; upper triangles of the dense blocks may hold stale values. Steps 4 and 6
-run BLAS single-threaded when the machine is already busy (see ``_blas_threads``).
+Only lower triangles are ever read; upper triangles of the dense blocks may hold stale values.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 
 import numpy as np
@@ -368,24 +365,6 @@ def _add_lower_product(Z: np.ndarray, Lh: np.ndarray, W: np.ndarray) -> None:
 # ---------------------------------------------------------------------------------------- factor
 
 
-def _cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _blas_threads() -> threadpool_limits | contextlib.nullcontext:
-    """BLAS threads for the factorisation and the selected inversion: the library's default on an idle
-    machine, one thread when the machine is already busy (1-minute load average above the CPUs this process
-    may use). Multithreaded OpenBLAS spin-waits between the per-supernode calls: with other processes
-    competing for the cores, diag(G⁻¹) at 20k parameters took 19-20 CPU-s and 65-92 s wall with 2 threads
-    against 1.0 CPU-s and 5-8 s wall with one (load 8-12 on 2 cores, back to back)."""
-    if os.getloadavg()[0] > _cpus():
-        return threadpool_limits(1, user_api="blas")
-    return contextlib.nullcontext()
-
-
 class _Pool:
     """Reusable float64 work buffers: touching fresh memory is several times slower than reusing it.
 
@@ -523,8 +502,7 @@ class SupernodalCholesky:
         self.perm, self.c0, self.c1, self.rows = an.perm, an.c0, an.c1, an.rows
         self.sn_parent, self.kids, self.nsuper = an.sn_parent, an.kids, an.nsuper
         self.nnz_L, self.flops = an.nnz_L, an.flops
-        with _blas_threads():
-            self._factor(A)
+        self._factor(A)
 
     # ---------------------------------------------------------------------------------- numeric
     def _factor(self, A: sp.csr_matrix) -> None:
@@ -625,10 +603,6 @@ class SupernodalCholesky:
 
     def diag_inverse(self) -> np.ndarray:
         """diag(A⁻¹) by supernodal selected inversion (see module docstring)."""
-        with _blas_threads():
-            return self._diag_inverse()
-
-    def _diag_inverse(self) -> np.ndarray:
         n = self.n
         d = np.empty(n)
         Zp: list[np.ndarray | None] = [None] * self.nsuper  # [Z_JJ; Z_RJ] panels, F order

@@ -230,28 +230,3 @@ def test_large_supernodes_take_the_trapezoid_product(monkeypatch: pytest.MonkeyP
     ch = SupernodalCholesky(A, leaf=4, reuse_analysis=False)
     _check_against_dense(A, ch, rng)
     assert calls and max(calls) >= 8
-
-
-def test_blas_single_threaded_on_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Factorisation and selected inversion run BLAS on one thread when the load exceeds the CPUs."""
-    from threadpoolctl import threadpool_info
-
-    from b2luca.alignment import sparse_chol
-
-    seen = []
-    real = sparse_chol.SupernodalCholesky._diag_inverse
-
-    def spy(self):  # type: ignore[no-untyped-def]
-        seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
-        return real(self)
-
-    monkeypatch.setattr(sparse_chol.SupernodalCholesky, "_diag_inverse", spy)
-    monkeypatch.setattr(sparse_chol, "_cpus", lambda: 2)
-    A = _block_spd(sp.random(20, 20, density=0.1, random_state=2), np.full(20, 6), np.random.default_rng(1))
-    ch = SupernodalCholesky(A, leaf=4, reuse_analysis=False)
-    monkeypatch.setattr(sparse_chol.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
-    d_busy = ch.diag_inverse()
-    monkeypatch.setattr(sparse_chol.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
-    d_idle = ch.diag_inverse()
-    assert seen[0] == 1
-    assert np.allclose(d_busy, d_idle, rtol=1e-12, atol=0)
