@@ -13,9 +13,15 @@ between phases: numpy's buffers included, see :mod:`b2luca.alignment.rss`). Agai
 (fit − truth projected onto the constraint surface) in u and the pull RMS. ``--save DIR`` keeps each
 solution; ``--ref DIR`` compares with solutions saved earlier (e.g. by the previous release) in units of σ.
 
-``--pede PATH``: also runs Millepede II's pede on the same files (its sparseMINRES default and, up to 20k
-parameters, its exact unpackedLAPACK), with its wall time and peak memory, and prints our/pede ratios and
-the largest difference of the values in units of our σ.
+``--pede PATH``: also runs Millepede II's pede on the same files and gen_barrel's steering files
+(``steer_sparseMINRES.txt``, its default, and up to 20k parameters ``steer_unpackedLAPACK.txt``, exact), with
+its wall time, CPU time and peak memory, prints our/pede ratios (in-process and whole command) and the
+largest difference of the values in units of our σ, next to the part of it that pede's 5-digit
+millepede.res alone explains; a pede run that writes no millepede.res (it stops with status 0, e.g. "Too
+many rejects") is reported as failed. At the end a Markdown table, ours against both. Build pede with
+``-DLAPACK64`` against an LP64 OpenBLAS (pede passes 64-bit integers by reference, which LP64 reads
+correctly on little-endian machines; linked against Debian's ILP64 libopenblas64 its constrained
+unpackedLAPACK solution violated the rotation constraints and every record was then rejected).
 
 ``--cholmod``: factorises the assembled matrix of each problem with our supernodal Cholesky and with
 CHOLMOD (``pip install .[bench]``: the cvxopt wheel, AMD ordering) and compares time and solutions.
