@@ -492,8 +492,8 @@ def _print_summary(summary: dict[str, dict]) -> None:
     print(f"\n## align_bench: b2luca (exact, with errors) vs pede (load now {load[0]:.1f} {load[1]:.1f} "
           f"{load[2]:.1f} on {os.cpu_count()} cores)\n")
     print("| problem | ours wall (command) / cpu / peak | pede sparseMINRES wall / cpu / peak | pede exact wall / cpu "
-          "/ peak | ours/MINRES wall | ours/exact wall (command) | max dev vs exact |")
-    print("|---|---|---|---|---|---|---|")
+          "/ peak | ours/MINRES wall (cpu) | ours/exact wall (command) | ours/exact cpu | max dev vs exact |")
+    print("|---|---|---|---|---|---|---|---|")
 
     def cell(r: dict | None) -> str:
         if not r:
@@ -508,17 +508,23 @@ def _print_summary(summary: dict[str, dict]) -> None:
         ours_cell = (f"{o['wall_s']:.1f} s ({o['command_wall_s']:.1f} s) / {o['cpu_s']:.1f} s / "
                      f"{o['peak_rss_gb']:.2f} GB") if o else "failed"
 
-        def ratio(p: dict | None, whole: bool = False, o: dict | None = o) -> str:
+        def ratio(p: dict | None, whole: bool = False, cpu: bool = False, o: dict | None = o) -> str:
             if not o or not p or p.get("rc", 0) != 0:
                 return "–"
             r = o["wall_s"] / p["wall_s"]
-            return f"{r:.2f}" + (f" ({o['command_wall_s'] / p['wall_s']:.2f})" if whole else "")
+            return (f"{r:.2f}" + (f" ({o['command_wall_s'] / p['wall_s']:.2f})" if whole else "")
+                    + (f" ({o['cpu_s'] / p['cpu_s']:.2f})" if cpu else ""))
+
+        def cpu_ratio(p: dict | None, o: dict | None = o) -> str:
+            if not o or not p or p.get("rc", 0) != 0:
+                return "–"
+            return f"{o['cpu_s'] / p['cpu_s']:.2f}"
 
         dev = f"{ex['max_dev_sigma']:.1e} σ" if ex and "max_dev_sigma" in ex else "–"
         if ex and "print_rounding_sigma" in ex:
             dev += f" (5-digit output: {ex['print_rounding_sigma']:.1e} σ)"
         print(f"| {size} | {ours_cell} | {cell(mr)} | {cell(ex) if size != 'C60k' else 'does not fit (dense n²)'} "
-              f"| {ratio(mr)} | {ratio(ex, whole=True)} | {dev} |", flush=True)
+              f"| {ratio(mr, cpu=True)} | {ratio(ex, whole=True)} | {cpu_ratio(ex)} | {dev} |", flush=True)
 
 
 if __name__ == "__main__":

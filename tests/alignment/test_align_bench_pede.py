@@ -76,3 +76,16 @@ def test_print_rounding_bound(bench, tmp_path: Path) -> None:
     np.savez(sol, labels=np.array([1, 2]), x=np.array([0.128124503, -3.0]), e=np.array([0.001, 1.0]))
     # 0.128124503 is printed 0.12812: 4.503e-6 / 1e-3
     assert bench._print_rounding(sol) == pytest.approx(4.503e-3, rel=1e-6)
+
+
+def test_summary_table(bench, capsys: pytest.CaptureFixture[str]) -> None:
+    ours = {"wall_s": 10.0, "command_wall_s": 12.0, "cpu_s": 15.0, "peak_rss_gb": 0.5}
+    bench._print_summary({
+        "B20k": {"ours": ours, "sparseMINRES": {"rc": 0, "wall_s": 20.0, "cpu_s": 30.0, "peak_rss_gb": 0.2},
+                 "unpackedLAPACK": {"rc": 0, "wall_s": 50.0, "cpu_s": 75.0, "peak_rss_gb": 3.2,
+                                    "max_dev_sigma": 1e-3, "print_rounding_sigma": 1e-3}},
+        "C60k": {"ours": ours, "sparseMINRES": {"rc": -2}}})
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| B20k") or r.startswith("| C60k")]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    assert cells[0][4:7] == ["0.50 (0.50)", "0.20 (0.24)", "0.20"]
+    assert cells[1][2] == "failed" and cells[1][3].startswith("does not fit")
