@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 
 from b2luca.conditions import DatabaseChain, LocalDatabase, read_payload
 from b2luca.iov import ExpRun, IoV
@@ -67,3 +70,47 @@ def test_alignment_against_truth_and_validation(bucket, job_factory, script, tmp
     job.output_db.store("VXDAlignment", bad, job.output_iov)
     verdict = val.run_validation(*args, reference_db=bucket.truth)
     assert not verdict.passed and "weak mode" in verdict.message and "pull" in verdict.message
+
+
+
+@pytest.mark.skipif(not os.environ.get("B2LUCA_E2E_ALIGNMENT_PASSES"),
+                    reason="depends on issue 14 part A (constraints defining the frame, broken-line errors, sample "
+                           "mix): today's alignment leaves a global motion (VXD tx ~10 um, ry ~-55 urad), a CDC "
+                           "sagitta and pull widths 0.1-1.5, and the validation rightly fails.  Run with "
+                           "B2LUCA_E2E_ALIGNMENT_PASSES=1 (~40 s)")
+def test_validation_passes_on_the_alignment(bucket, job_factory, script, tmp_path, monkeypatch):
+    job, _vxd, _cdc = _run(bucket, job_factory, script, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    val = script("validations.vxdcdc_alignment")
+    args = (str(job.work_dir), str(job.work_dir / "input_data.json"), [26, 1, -1, -1], job.expert_config)
+    verdict = val.run_validation(*args, reference_db=bucket.truth)
+    assert verdict.passed, verdict.message
+
+
+INJECT = {"vxd_radial_expansion_um": 20.0, "cdc_twist_urad": 50.0}
+
+
+def test_injected_weak_modes_removed_end_to_end(bucket, job_factory, script, tmp_path, monkeypatch):
+    """A sim with a 20 um VXD radial expansion and a 50 urad CDC twist injected: the alignment removes them
+    (amplitude of fitted - true within 3 of its error), while before the alignment they are in the truth."""
+    from b2luca.sim import simulate_bucket
+
+    root = tmp_path / "bucket"
+    events = {"cosmic_calib": 300, "mumu_tight_or_highm_calib": 1500}  # what the alignment reads (tests' conftest)
+    seed = int(os.environ.get("B2LUCA_TEST_SEED", "424242"))  # the session bucket's seed (conftest)
+    summary = simulate_bucket(bucket="weak", experiment=26, runs=bucket.runs, seed=seed, events=events,
+                              data_dir=root / "raw", conditions_dir=root / "conditions", weak_modes=INJECT)
+    weak_bucket = type(bucket)(root / "raw", root / "conditions", dict(summary.global_tags), list(bucket.runs))
+    job, _vxd, _cdc = _run(weak_bucket, job_factory, script, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    val = script("validations.vxdcdc_alignment")
+    args = (str(job.work_dir), str(job.work_dir / "input_data.json"), [26, 1, -1, -1], job.expert_config)
+    f = val.run_validation(*args, reference_db=weak_bucket.truth).figures
+    # before: the constants in force (nominal) minus the truth, which carries the injected modes on top of
+    # make_truth's own SVD radial expansion and twist
+    plain = val.run_validation(*args, reference_db=bucket.truth).figures  # same fit against the plain truth
+    assert f["weak_vxd_radial_expansion_um_before"] - plain["weak_vxd_radial_expansion_um_before"] == \
+        pytest.approx(-20.0, abs=0.1)
+    assert f["weak_cdc_twist_urad_before"] - plain["weak_cdc_twist_urad_before"] == pytest.approx(-50.0, abs=0.1)
+    for mode in INJECT:
+        assert abs(f[f"weak_{mode}"]) < 3 * f[f"weak_{mode}_error"], (mode, f[f"weak_{mode}"])
