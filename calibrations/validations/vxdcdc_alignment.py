@@ -67,7 +67,7 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
     """Pulls per group and weak-mode amplitudes of fitted - true (truth in the alignment frame).
 
     Arrays are payload-shaped ((S, 6) VXD, (L, 3) CDC).  ``before``: the constants in force before the
-    alignment (their weak-mode amplitudes are reported, not checked).  ``cov``: optional full covariance in
+    alignment (their weak-mode amplitudes are reported, not checked; weighted with the same errors).  ``cov``: optional full covariance in
     the packed layout of :class:`b2luca.alignment.weak_modes.ParameterLayout`.
     """
     from b2luca.alignment.frame import frame_motion, truth_in_frame
