@@ -31,6 +31,8 @@ that live in that space exist; with ``R = R_CDC`` (1111 mm, the outer layer):
 
 ================================  ======================================================================
 ``cdc_t{x,y}_um``, ``cdc_rz_urad``  translation / rotation of the whole CDC
+``cdc_tz_um``                     z translation of the whole CDC: in the rigid-layer model a z shift of a
+                                  stereo layer is the rotation dphi = -dz * stereo / r (axial layers: none)
 ``cdc_twist_urad``                dphi = A r / R (relative rotation of the layers growing with radius;
                                   in the rigid-layer model the CDC twist and curl are the same shape)
 ``cdc_sagitta_{x,y}_um``          dx (dy) = A r / R (layer shifts growing linearly with radius)
@@ -63,7 +65,7 @@ UM, URAD = 1e-3, 1e-6  # amplitude units in payload units (mm, rad)
 
 #: the overall translations/rotations (what defines the frame; tracks alone cannot fix them)
 GLOBAL_MODES = ("vxd_tx_um", "vxd_ty_um", "vxd_tz_um", "vxd_rx_urad", "vxd_ry_urad", "vxd_rz_urad",
-                "cdc_tx_um", "cdc_ty_um", "cdc_rz_urad")
+                "cdc_tx_um", "cdc_ty_um", "cdc_tz_um", "cdc_rz_urad")
 #: the distortions that leave the track chi2 (nearly) unchanged for some track samples
 WEAK_MODES = ("vxd_radial_expansion_um", "vxd_telescope_um", "vxd_curl_urad", "vxd_twist_urad",
               "vxd_clamshell_urad", "vxd_bowing_um", "vxd_elliptical_um",
@@ -164,7 +166,8 @@ def _cdc_shape(geom: Geometry, name: str) -> np.ndarray:
     out = np.zeros((geom.n_cdc_layers, 3))
     rel = geom.cdc_r / R_CDC
     table: dict[str, tuple[int, float | np.ndarray]] = {
-        "cdc_tx_um": (0, UM), "cdc_ty_um": (1, UM), "cdc_rz_urad": (2, URAD), "cdc_twist_urad": (2, URAD * rel),
+        "cdc_tx_um": (0, UM), "cdc_ty_um": (1, UM), "cdc_tz_um": (2, -UM * geom.cdc_stereo / geom.cdc_r),
+        "cdc_rz_urad": (2, URAD), "cdc_twist_urad": (2, URAD * rel),
         "cdc_sagitta_x_um": (0, UM * rel), "cdc_sagitta_y_um": (1, UM * rel)}
     col, scale = table[name]
     out[:, col] = scale

@@ -28,8 +28,8 @@ Writes vxdcdc_alignment.png (pulls, weak-mode amplitudes before/after, overlap r
 vs phi0) and vxdcdc_alignment.csv (every figure).
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: the native runner loads this file without registering it in
+# sys.modules, and dataclasses cannot resolve string annotations of such a module
 import math
 from dataclasses import dataclass, field
 
@@ -48,6 +48,32 @@ settings = ValidationSettings(name="VXDCDCAlignment",
 #: pull groups: name -> (detector, parameter columns)
 PULL_GROUPS = {"vxd_du": ("vxd", (0,)), "vxd_dv": ("vxd", (1,)), "vxd_dw": ("vxd", (2,)),
                "vxd_rot": ("vxd", (3, 4, 5)), "cdc_dxdy": ("cdc", (0, 1)), "cdc_dphi": ("cdc", (2,))}
+
+
+@dataclass
+class TrackSample:
+    """What the data-only checks need from one refit of a di-muon sample."""
+
+    chi2_ndf: np.ndarray  # (T,)
+    overlap_pair: np.ndarray  # (O,) int64 key  sensor_a * 1000 + sensor_b  (* 10 + 0 u / 1 v)
+    overlap_diff: np.ndarray  # (O,) residual(a) - residual(b) [mm]
+    d0_sum: np.ndarray  # (E,) d0_1 + d0_2 of two-track events [mm]
+    d0_sum_phi: np.ndarray  # (E,) phi0 of the first track
+    d0: np.ndarray  # (2E,) d0 of the tracks of those events
+    d0_phi: np.ndarray  # (2E,)
+
+
+@dataclass
+class CheckResult:
+    """Figures, failure reasons and the arrays the plots need."""
+
+    figures: dict[str, float | str] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    pulls: dict[str, np.ndarray] = field(default_factory=dict)  # truth checks: pulls per group
+    weak_after: Projection | None = None  # truth checks: modes of fitted - true
+    weak_before: Projection | None = None  # truth checks: modes of (constants before) - true
+    before: TrackSample | None = None  # data checks: refit with the constants in force before
+    after: TrackSample | None = None  # data checks: refit with the new alignment
 
 
 def _pull_stats(pulls: np.ndarray, k: float) -> dict[str, float]:
@@ -81,7 +107,7 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
     tv, tc = truth_in_frame(true_vxd, true_cdc, geom)
     for name, value in zip(("tx_um", "ty_um", "tz_um", "rx_urad", "ry_urad", "rz_urad"),
                            frame_motion(true_vxd, true_cdc, geom)):
-        out.figures[f"truth_frame_{name}"] = float(value)
+        out.figures[f"truth_vxd_rigid_{name}"] = float(value)  # tx, ty, rz of it define the frame
     d_vxd = np.asarray(fitted_vxd, float) - tv
     d_cdc = np.asarray(fitted_cdc, float) - tc
     e_vxd, e_cdc = np.asarray(err_vxd, float), np.asarray(err_cdc, float)
@@ -122,32 +148,6 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
 
 
 # --- data-only checks -------------------------------------------------------------------------------
-@dataclass
-class TrackSample:
-    """What the data-only checks need from one refit of a di-muon sample."""
-
-    chi2_ndf: np.ndarray  # (T,)
-    overlap_pair: np.ndarray  # (O,) int64 key  sensor_a * 1000 + sensor_b  (* 10 + 0 u / 1 v)
-    overlap_diff: np.ndarray  # (O,) residual(a) - residual(b) [mm]
-    d0_sum: np.ndarray  # (E,) d0_1 + d0_2 of two-track events [mm]
-    d0_sum_phi: np.ndarray  # (E,) phi0 of the first track
-    d0: np.ndarray  # (2E,) d0 of the tracks of those events
-    d0_phi: np.ndarray  # (2E,)
-
-
-@dataclass
-class CheckResult:
-    """Figures, failure reasons and the arrays the plots need."""
-
-    figures: dict[str, float | str] = field(default_factory=dict)
-    reasons: list[str] = field(default_factory=list)
-    pulls: dict[str, np.ndarray] = field(default_factory=dict)  # truth checks: pulls per group
-    weak_after: Projection | None = None  # truth checks: modes of fitted - true
-    weak_before: Projection | None = None  # truth checks: modes of (constants before) - true
-    before: TrackSample | None = None  # data checks: refit with the constants in force before
-    after: TrackSample | None = None  # data checks: refit with the new alignment
-
-
 def track_sample(raw, constants) -> TrackSample:
     """Refit ``raw`` with ``constants`` and collect chi2/ndf, overlap residual differences and d0's."""
     from b2luca.reco.measurements import build_measurements
@@ -330,10 +330,10 @@ def _plot(truth: CheckResult | None, data: CheckResult | None, n_bins: int):
         if truth.weak_before is not None:
             ax[1].bar(x + 0.2, truth.weak_before.amplitude / after.error, 0.4, label="before")
             ax[1].set_yscale("symlog", linthresh=3)
-        ax[1].axhspan(-3, 3, color="0.9")
+        ax[1].axhspan(-3, 3, color="0.9", zorder=0)
         ax[1].set_xticks(x, [n.replace("_um", "").replace("_urad", "") for n in after.names], rotation=90,
                          fontsize=6)
-        ax[1].set_ylabel("mode amplitude / its error")
+        ax[1].set_ylabel("mode amplitude / its error (fitted - true)")
         ax[1].legend(fontsize=7)
     else:
         for a in ax[:2]:

@@ -57,6 +57,18 @@ def test_vxd_shapes_are_the_named_distortions():
 
 
 def test_cdc_shapes():
+    from b2luca.reco.geometry import cdc_drift_distance
+
+    # a CDC z shift: every wire of a stereo layer, seen at z, sits where the nominal one sits at z - dz
+    _v, c = W.distortion({"cdc_tz_um": 200.0}, G)
+    rng = np.random.default_rng(1)
+    layer = rng.integers(0, G.n_cdc_layers, 500)
+    phi, z = rng.uniform(-np.pi, np.pi, 500), rng.uniform(-200, 300, 500)
+    x = np.stack([G.cdc_r[layer] * np.cos(phi), G.cdc_r[layer] * np.sin(phi), z], axis=1)
+    shifted, w = cdc_drift_distance(x, layer, G, c)
+    nominal, _ = cdc_drift_distance(x - [0, 0, 0.200], layer, G, np.zeros_like(c), wire=w)
+    np.testing.assert_allclose(shifted, nominal, atol=1e-4)
+    assert np.abs(shifted - cdc_drift_distance(x, layer, G, np.zeros_like(c), wire=w)[0]).max() > 0.008  # 200 um x stereo
     _v, c = W.distortion({"cdc_twist_urad": 50.0, "cdc_sagitta_y_um": 30.0}, G)
     np.testing.assert_allclose(c[:, 2], 50e-6 * G.cdc_r / W.R_CDC)
     np.testing.assert_allclose(c[:, 1], 0.030 * G.cdc_r / W.R_CDC)
@@ -100,13 +112,15 @@ def test_projection_rejects_bad_input():
 
 
 def test_truth_in_frame_removes_the_overall_motion_only():
+    """The overall translation and z rotation of the tracking system go; everything else stays."""
     motion = {"vxd_tx_um": 30.0, "vxd_tz_um": -12.0, "vxd_ry_urad": 40.0, "vxd_rz_urad": 80.0,
-              "cdc_tx_um": 30.0, "cdc_rz_urad": 80.0}
+              "cdc_tx_um": 30.0, "cdc_tz_um": -12.0, "cdc_rz_urad": 80.0}
     weak = {"vxd_radial_expansion_um": 20.0, "cdc_twist_urad": 50.0}
     v, c = W.distortion({**motion, **weak}, G)
     # (the ladder layout is not exactly symmetric: a radial expansion has a 1e-3 um rigid-body part)
     np.testing.assert_allclose(frame_motion(v, c, G), [30, 0, -12, 0, 40, 80], atol=2e-3)
     tv, tc = truth_in_frame(v, c, G)
-    wv, wc = W.distortion(weak, G)
+    # removed: tx, ty, tz, rz of VXD + CDC together; kept: the VXD's ry (measured against the CDC wires)
+    wv, wc = W.distortion({**weak, "vxd_ry_urad": 40.0}, G)
     np.testing.assert_allclose(tv, wv, atol=1e-5)  # mm / rad
     np.testing.assert_allclose(tc, wc, atol=1e-5)
