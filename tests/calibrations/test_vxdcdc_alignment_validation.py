@@ -138,3 +138,13 @@ def test_data_checks_fail_for_misaligned_overlaps_and_d0_bias(val):
     assert any(r.startswith("d0_1 + d0_2 vs phi0") for r in res.reasons), res.reasons
     res = val.data_checks(good, _sample(val, rng, sigma_i=0.030))
     assert any(r.startswith("d0 resolution got worse") for r in res.reasons), res.reasons
+
+
+def test_loads_the_way_the_native_runner_loads_it():
+    """The native runner executes the file outside sys.modules (dataclasses with string annotations broke)."""
+    from pathlib import Path
+
+    from b2luca.runners.native_job import load_script
+
+    module = load_script(Path(__file__).resolve().parents[2] / "calibrations" / "validations" / "vxdcdc_alignment.py")
+    assert module.CheckResult().reasons == [] and callable(module.run_validation)
