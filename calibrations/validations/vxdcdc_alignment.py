@@ -155,6 +155,7 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
 # --- data-only checks -------------------------------------------------------------------------------
 def track_sample(raw, constants) -> TrackSample:
     """Refit ``raw`` with ``constants`` and collect chi2/ndf, overlap residual differences and d0's."""
+    from b2luca.reco.geometry import nominal_geometry
     from b2luca.reco.measurements import build_measurements
     from b2luca.reco.robust import fit_robust
 
@@ -164,8 +165,6 @@ def track_sample(raw, constants) -> TrackSample:
     ok = np.isfinite(chi2_ndf) & (fit.ndf > 0)
     assert fit.residual is not None
     # overlaps: two hits of one track, same layer and measurement kind, different sensors
-    from b2luca.reco.geometry import nominal_geometry
-
     geom = nominal_geometry()
     vxd = (meas.kind < 2) & np.isfinite(fit.residual) & ok[meas.track]
     rows = np.flatnonzero(vxd)
