@@ -75,8 +75,8 @@ def test_alignment_against_truth_and_validation(bucket, job_factory, script, tmp
 
 @pytest.mark.skipif(not os.environ.get("B2LUCA_E2E_ALIGNMENT_PASSES"),
                     reason="depends on issue 14 part A (constraints defining the frame, broken-line errors, sample "
-                           "mix): today's alignment leaves a global motion (VXD tx ~10 um, ry ~-55 urad), a CDC "
-                           "sagitta and pull widths 0.1-1.5, and the validation rightly fails.  Run with "
+                           "mix): today's alignment leaves an overall motion (VXD tx ~10 um), a CDC sagitta "
+                           "(25-37 um) and pull widths 0.1-1.5, and the validation rightly fails.  Run with "
                            "B2LUCA_E2E_ALIGNMENT_PASSES=1 (~40 s)")
 def test_validation_passes_on_the_alignment(bucket, job_factory, script, tmp_path, monkeypatch):
     job, _vxd, _cdc = _run(bucket, job_factory, script, tmp_path)
