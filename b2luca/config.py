@@ -72,6 +72,7 @@ class SimulationConfig:
     seed: int
     events: dict[str, int]
     files_per_run: int = 1
+    weak_modes: dict[str, float] = field(default_factory=dict)  # {mode: amplitude} added to the truth
 
 
 @dataclass(frozen=True)
@@ -392,7 +393,8 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
                           **_present(rundb, "source", "url", "api_key_env", "timeout")),
         data=DataConfig(raw_directory=path_or(data, "raw_directory", work_dir / "data"),
                         cdst_directory=path_or(data, "cdst_directory", work_dir / "cdst"), **_present(data, "source")),
-        simulation=SimulationConfig(seed=sim["seed"], events=dict(sim["events"]), **_present(sim, "files_per_run"))
+        simulation=SimulationConfig(seed=sim["seed"], events=dict(sim["events"]), **_present(sim, "files_per_run"),
+                                    weak_modes={k: float(v) for k, v in sim.get("weak_modes", {}).items()})
         if sim else None,
         conditions=ConditionsConfig(
             directory=path_or(cond, "directory", work_dir / "conditions"),

@@ -161,12 +161,14 @@ def write_conditions(conditions_dir: Path, bucket: str, experiment: int, runs: l
 
 
 def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int, events: Mapping[str, int],
-                    data_dir: Path, conditions_dir: Path, files_per_run: int = 1) -> SimulationSummary:
+                    data_dir: Path, conditions_dir: Path, files_per_run: int = 1,
+                    weak_modes: Mapping[str, float] | None = None) -> SimulationSummary:
     """Simulate a whole bucket: raw files ``<data_dir>/eEEEE/rRRRRR/<tag>/raw_<n>.root``,
     ``<data_dir>/runs.json`` (+ ``runs.csv``), and the global tags ``nominal_<bucket>``,
     ``truth_<bucket>``, ``staging_pxd_<bucket>``, ``staging_svd_<bucket>`` under ``conditions_dir``.
 
-    ``events``: events per run per data tag.  Deterministic for ``seed``.
+    ``events``: events per run per data tag.  Deterministic for ``seed``.  ``weak_modes``: weak-mode
+    distortions added to the truth misalignment (see :func:`b2luca.sim.truth.make_truth`).
     """
     t_start = time.perf_counter()
     unknown = sorted(set(events) - set(DATA_TAGS))
@@ -178,7 +180,7 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
         raise ValueError("simulate_bucket: files_per_run must be >= 1")
     data_dir, conditions_dir = Path(data_dir), Path(conditions_dir)
     geom = nominal_geometry()
-    truth = make_truth(seed, geom)
+    truth = make_truth(seed, geom, weak_modes)
     records = run_records(experiment, list(runs), seed)
     summary = SimulationSummary(bucket=bucket, experiment=int(experiment), runs=sorted(int(r) for r in runs),
                                 seed=int(seed))

@@ -7,7 +7,8 @@ are extra information in the truth tag and are ignored by reconstruction):
     ``sensor_id`` int32 (212,) VxdIDs; ``params`` float64 (212, 6) = (du, dv, dw [mm], alpha, beta,
     gamma [rad]) rigid-body correction per sensor in its nominal local frame (see
     :func:`b2luca.reco.geometry.aligned_frames`).  In the truth these are the *total* effective sensor
-    displacements (half-shell and weak-mode parts folded in).  Truth only: ``halfshell_params`` (4, 6)
+    displacements (half-shell and weak-mode parts folded in, including the weak modes injected on request
+    with ``simulation.weak_modes``, see :func:`make_truth`).  Truth only: ``halfshell_params`` (4, 6)
     global (dx, dy, dz, rot_x, rot_y, rot_z) of the half shells (0 PXD +x, 1 PXD -x, 2 SVD +x, 3 SVD -x;
     rotations about the origin), ``weak_radial`` (1,) relative radial expansion of the SVD,
     ``weak_twist`` (1,) twist d(phi)/dz [rad/mm] of the whole VXD.
@@ -32,9 +33,11 @@ are extra information in the truth tag and are ignored by reconstruction):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
+from ..alignment.weak_modes import distortion
 from ..reco.geometry import (N_ECL_CRYSTALS, N_PXD_PIXELS, NOMINAL_BEAMSPOT_SIZE, Geometry, aligned_frames,
                              nominal_geometry, rotation_angles, rotation_matrix)
 from ..reco.nominal import nominal_payloads as nominal_payloads  # re-exported (moved to b2luca.reco)
@@ -98,8 +101,13 @@ def _effective_params(geom: Geometry, local: np.ndarray, halfshell: np.ndarray, 
     return np.concatenate([d, rotation_angles(delta)], axis=1)
 
 
-def make_truth(seed: int, geom: Geometry | None = None) -> Truth:
-    """Draw the bucket truth from ``seed`` (deterministic)."""
+def make_truth(seed: int, geom: Geometry | None = None, weak_modes: Mapping[str, float] | None = None) -> Truth:
+    """Draw the bucket truth from ``seed`` (deterministic).
+
+    ``weak_modes``: extra distortions injected on request ({mode: amplitude}, names and units of
+    :mod:`b2luca.alignment.weak_modes`, e.g. ``{"vxd_radial_expansion_um": 20, "cdc_twist_urad": 50}``), added
+    to the drawn misalignment (the random draws do not change, so without them the truth is the same).
+    """
     geom = geom or nominal_geometry()
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7AB7]))
     s = geom.n_sensors
@@ -122,7 +130,11 @@ def make_truth(seed: int, geom: Geometry | None = None) -> Truth:
     status[x < PXD_HOT_FRACTION] = 1
     status[(x >= PXD_HOT_FRACTION) & (x < PXD_HOT_FRACTION + PXD_DEAD_FRACTION)] = 2
     svd_noise = rng.normal(4.0, 0.3, (n_svd, 2))
-    return Truth(vxd_params=_effective_params(geom, local, halfshell, radial, twist), halfshell_params=halfshell,
+    vxd = _effective_params(geom, local, halfshell, radial, twist)
+    if weak_modes:
+        extra_vxd, extra_cdc = distortion(weak_modes, geom)
+        vxd, cdc = vxd + extra_vxd, cdc + extra_cdc
+    return Truth(vxd_params=vxd, halfshell_params=halfshell,
                  weak_radial=float(radial), weak_twist=float(twist), cdc_params=cdc, cdc_t0=cdc_t0,
                  svd_offset=svd_offset, ecl_gain=ecl_gain, beam_position=beam_position, beam_size=beam_size,
                  pxd_status=status, svd_noise=svd_noise)
