@@ -64,7 +64,8 @@ def _simulation_key(cfg: BucketConfig) -> dict[str, Any]:
     assert sim is not None
     return {"bucket": cfg.name, "experiment": cfg.bucket.experiment,
             "runs": [cfg.bucket.first_run, cfg.bucket.last_run], "seed": sim.seed,
-            "events": dict(sorted(sim.events.items())), "files_per_run": sim.files_per_run}
+            "events": dict(sorted(sim.events.items())), "files_per_run": sim.files_per_run,
+            **({"movements": [dict(m) for m in sim.movements]} if sim.movements else {})}
 
 
 def simulation_is_complete(cfg: BucketConfig) -> bool:
@@ -94,7 +95,8 @@ def simulate_config(cfg: BucketConfig, force: bool = False) -> str:
             bucket=cfg.name, experiment=cfg.bucket.experiment,
             runs=list(range(cfg.bucket.first_run, cfg.bucket.last_run + 1)), seed=cfg.simulation.seed,
             events=dict(cfg.simulation.events), data_dir=cfg.data.raw_directory,
-            conditions_dir=cfg.conditions.directory, files_per_run=cfg.simulation.files_per_run)
+            conditions_dir=cfg.conditions.directory, files_per_run=cfg.simulation.files_per_run,
+            movements=cfg.simulation.movements)
     except OSError as exc:  # disk full, permissions ...: one line naming the file; no marker, so a rerun redoes it
         where = f" writing {exc.filename}" if exc.filename else ""
         raise DataError(f"simulation of bucket {cfg.name} into {cfg.data.raw_directory} failed{where}: "
