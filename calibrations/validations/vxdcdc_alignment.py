@@ -62,6 +62,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     from b2luca.reco.raw import read_raw
     from calibrations._common import (calibration_output, first_exprun, pull_figures, pyplot, save_figure,
                                       truth_or_none, write_csv)
+    from calibrations.validations._alignment_trend import trend_section
 
     cfg = {**settings.expert_config, **expert_config_dict(expert_config)}
     k = float(cfg["pull_tolerance_sigma"])
@@ -150,8 +151,11 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         figures.update(track_chi2_ndf_before=chi_b, track_chi2_ndf_after=chi_a)
         if not chi_a < chi_b and chi_a > 1.2:
             reasons.append(f"track chi2/ndf did not improve: {chi_a:.3f} after, {chi_b:.3f} before")
+    trend_figures, trend_plots, trend_reasons = trend_section(job_path)  # per-run trend, iterations (own module)
+    figures.update(trend_figures)
+    reasons += trend_reasons
     for key, value in figures.items():
         rows["quantity"].append(key)
         rows["value"].append(value)
-    plots = [save_figure(fig, "vxdcdc_alignment.png"), write_csv("vxdcdc_alignment.csv", rows)]
+    plots = [save_figure(fig, "vxdcdc_alignment.png"), write_csv("vxdcdc_alignment.csv", rows)] + trend_plots
     return Verdict(passed=not reasons, figures=figures, plots=plots, message="OK" if not reasons else "; ".join(reasons))

@@ -52,7 +52,9 @@ def test_alignment_against_truth_and_validation(bucket, job_factory, script, tmp
     verdict = val.run_validation(*args, reference_db=bucket.truth)
     assert verdict.passed, verdict.message
     assert verdict.figures["track_chi2_ndf_after"] < verdict.figures["track_chi2_ndf_before"]
-    assert len(verdict.plots) == 2
+    assert len(verdict.plots) == 3  # figure, table, per-run trend + iterations
+    # a bucket where nothing moves: the per-run monitor proposes no boundary
+    assert verdict.figures["auto_boundaries_proposed"] == "none"
     # an alignment that moved nothing fails (no improvement against the truth)
     bad = dict(vxd)
     bad["params"] = np.zeros_like(vxd["params"])

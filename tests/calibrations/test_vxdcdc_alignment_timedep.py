@@ -96,17 +96,43 @@ def _check_positions(job, bucket: Bucket) -> None:
     assert np.all(np.abs(step[pxd].mean(0) - SHIFT_UM) < 3.5 * err), (step[pxd].mean(0), err)
 
 
-def test_automatic_boundary_found_and_applied(moved, tmp_path, job_factory, script):
+def test_automatic_boundary_found_and_applied(moved, tmp_path, job_factory, script, monkeypatch):
     job, summary = _align(moved, tmp_path, {"auto_boundaries": "apply"}, job_factory, script)
     proposed = summary["proposed_boundaries"]
     assert [(b["part"], b["exp"], b["run"]) for b in proposed] == [("PXD", EXP, 5)], proposed
     assert proposed[0]["jump_um"] == pytest.approx(SHIFT_UM[0], abs=5 * proposed[0]["jump_um"] / proposed[0]["significance"])
     # before applying, the per-run trend shows the jump; after, the PXD has two intervals
     assert summary["timedep"] == [{"part": "PXD", "boundaries": [[EXP, 5]]}]
-    assert len(summary["trend_before_apply"]["runs"]) == 2
+    before = summary["trend_before_apply"]["parts"]["PXD"]
+    jump, err = np.subtract(*before["shift_um"][::-1])[0], np.hypot(*np.array(before["error_um"])[:, 0])
+    assert abs(jump - SHIFT_UM[0]) < 5 * err, (jump, err)  # the monitor measures the movement itself
     assert [it["iteration"] for it in summary["iterations"]][:1] == [1] and len(summary["iterations"]) >= 3
     assert set(summary["timing_s"]) >= {"track_fit_and_records", "solve", "monitor"}
     _check_positions(job, moved)
+    # the validation's trend section: the boundary is modelled, so it passes; the plot is written
+    from calibrations.validations._alignment_trend import trend_section
+
+    monkeypatch.chdir(tmp_path)
+    figures, plots, reasons = trend_section(job.work_dir)
+    assert reasons == [] and figures["auto_boundaries_proposed"] == f"PXD@{EXP},5" and (tmp_path / plots[0]).is_file()
+
+
+def test_trend_section_fails_on_an_unmodelled_jump(tmp_path, monkeypatch):
+    from calibrations.validations._alignment_trend import SUMMARY_FILE, trend_section
+
+    summary = {"iterations": [{"iteration": 1, "max_pull": 9.0, "max_shift_um": 50.0}], "converged": False,
+               "timedep": [], "auto_boundaries": "propose", "trend": {"runs": [[EXP, 4], [EXP, 5]], "reference": "CDC",
+                                                                     "parts": {"PXD": {"shift_um": [[0, 0, 0], [30, 0, 0]],
+                                                                                       "error_um": [[1, 1, 9]] * 2}}},
+               "proposed_boundaries": [{"part": "PXD", "exp": EXP, "run": 5, "jump_um": 30.0, "significance": 21.2}]}
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps(summary))
+    monkeypatch.chdir(tmp_path)
+    figures, plots, reasons = trend_section(tmp_path)
+    assert len(reasons) == 1 and reasons[0].startswith("PXD jumps by 30.0 um (21.2 sigma) at run 26,5")
+    assert figures["iterations_converged"] == "no"
+    summary["timedep"] = [{"part": "PXD", "boundaries": [[EXP, 5]]}]
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps(summary))
+    assert trend_section(tmp_path)[2] == []
 
 
 def test_configured_timedep_basf2_format(moved, tmp_path, job_factory, script):
