@@ -54,14 +54,14 @@ default_config = {"cosmic_calib.max_processed_events_per_file": 200,
                   "hadron_calib.max_processed_events_per_file": 0,
                   "mumu_tight_or_highm_calib.max_processed_events_per_file": 250,
                   "method": "sparse",
-                  "max_iterations": 1,
+                  "max_iterations": 3,
                   "outlier_chi2_cut": 50.0,
                   "min_momentum": 1.0,
                   "presigma_shift_mm": 0.1,
                   "presigma_rotation": 0.002,
                   # iterations: refit the tracks with the corrected geometry until every correction of an
                   # iteration is below convergence_pull times its error (or max_iterations)
-                  "convergence_pull": 1.0,
+                  "convergence_pull": 3.0,
                   # time dependence (basf2's format): [[[parts], [[event, run, exp], ...]], ...] and/or
                   # payload_boundaries [[exp, run], ...] (all parts); parts: b2luca.sim.truth.PARTS
                   "timedep": [],
@@ -281,7 +281,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     errs: dict[int, float] = {}
     per_file: list = []
     last_corr: dict[int, float] = {}
-    cut = float(cfg.get("convergence_pull", 1.0))
+    cut = float(cfg.get("convergence_pull", 3.0))
     for iteration in range(int(cfg["max_iterations"])):
         records, per_file, used, chi2s = [], [], 0, []
         for name, er, raw in raws:
@@ -292,7 +292,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
             if recs is not None:
                 recs = translator.translate_records(recs, er)
                 records.append(recs)
-                per_file.append((er, recs))
+                per_file.append((er, recs, name))
                 used += n
                 chi2s.append(c2)
             timing["label_translation"] += time.perf_counter() - t1
@@ -323,6 +323,9 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         if step["max_pull"] < cut:
             converged = True
             break
+    if not converged:
+        log.warning("%s: not converged after %d iterations (max |correction/error| %.2f >= convergence_pull %g)",
+                    settings.name, len(history), history[-1]["max_pull"], cut)
     fit = {"consts": consts, "keys": keys, "errors": errs, "iterations": history, "converged": converged,
            "records": per_file, "corrections": last_corr, "translator": translator, "start": consts}
     if previous is not None:
@@ -354,10 +357,14 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom) -> dict[str, Any]:
         raise ValueError(f"{settings.name}: expert_config keys 'auto_boundaries_parts'/'auto_boundaries_reference': "
                          f"unknown part(s) {bad}; known: {', '.join(labels)}")
     free = [p for p in parts if p != ref]
-    runs = sorted({er for er, _ in per_file})
+    # collision tracks only (when there are any): every run is then measured with the same kind of tracks, so
+    # the weak modes the static fit leaves do not differ between runs (a cosmic-only run is not measured)
+    collisions = [(er, recs) for er, recs, name in per_file if name != "cosmic_calib"]
+    use = collisions or [(er, recs) for er, recs, _ in per_file]
+    runs = sorted({er for er, _ in use})
     sid = {int(x): i for i, x in enumerate(geom.sensor_id)}
     dense = []
-    for er, recs in per_file:
+    for er, recs in use:
         base, _ = LabelTranslator.split(recs.glb_label)
         c = np.array([corrections.get(int(x), 0.0) for x in recs.glb_label.tolist()])
         y = recs.value - np.bincount(recs.glb_meas, weights=recs.glb_der * c, minlength=recs.n_meas)

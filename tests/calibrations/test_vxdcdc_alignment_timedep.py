@@ -19,7 +19,7 @@ from b2luca.iov import ExpRun, IoV
 from b2luca.reco.geometry import nominal_geometry
 
 EXP, RUNS, SHIFT_UM = 26, [4, 5], np.array([30.0, 0.0, 0.0])
-EVENTS = {"mumu_tight_or_highm_calib": 1500, "cosmic_calib": 300}
+EVENTS = {"mumu_tight_or_highm_calib": 250, "cosmic_calib": 200}  # what the default config reads per file
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _align(bucket: Bucket, tmp_path, overrides: dict, make_job, load):
     t0db = LocalDatabase(tmp_path / "t0").create()
     t0db.store("CDCTimeZeros", bucket.truth.read("CDCTimeZeros", ExpRun(EXP, 4)), IoV(0, 0, -1, -1))
     job = make_job(cal, bucket, tmp_path / "job", {n: bucket.raw_entries(n) for n in cal.settings.input_data_names},
-                   chain=DatabaseChain([t0db, bucket.db("nominal")]), overrides={"max_iterations": 2, **overrides})
+                   chain=DatabaseChain([t0db, bucket.db("nominal")]), overrides=overrides)
     cal.calibrate(job)
     summary = json.loads((job.work_dir / cal.SUMMARY_FILE).read_text())
     return job, summary
@@ -72,7 +72,11 @@ def _global_shift_um(geom, params: np.ndarray) -> np.ndarray:
     return 1e3 * np.einsum("sij,sj->si", geom.rot, params[:, :3])
 
 
-def _check_positions(job, bucket: Bucket) -> None:
+def _check_positions(job, bucket: Bucket, summary: dict) -> None:
+    """Two IoVs; each interval's PXD positions recovered as well as the static alignment does (the overall frame
+    and weak modes of the fit are common to both intervals and removed by comparing with the SVD); the PXD step
+    between the intervals equals the injected 30 um within its statistical error (the per-run monitor's error of
+    the PXD translation relative to the CDC, a joint fit with the track parameters eliminated)."""
     g = nominal_geometry()
     pxd, svd = g.is_pxd, ~g.is_pxd
     vxd = [e for e in job.output_db.entries() if e.name == "VXDAlignment"]
@@ -84,16 +88,15 @@ def _check_positions(job, bucket: Bucket) -> None:
         run = e.iov.run_low
         fit[run] = _global_shift_um(g, read_payload(e.path)["params"])
         true[run] = _global_shift_um(g, bucket.truth.read("VXDAlignment", ExpRun(EXP, run))["params"])
-        d = fit[run] - true[run]
-        # the PXD position relative to the SVD (the fit's overall frame cancels) matches the truth in both intervals
-        rel = d[pxd].mean(0) - d[svd].mean(0)
-        err = np.hypot(d[pxd].std(0) / np.sqrt(pxd.sum()), d[svd].std(0) / np.sqrt(svd.sum()))
-        assert np.all(np.abs(rel) < 3.5 * err), (run, rel, err)
+        after = (fit[run] - true[run])[pxd] - (fit[run] - true[run])[svd].mean(0)
+        before = -true[run][pxd] + true[run][svd].mean(0)
+        rms_after, rms_before = np.sqrt(np.mean(after ** 2, 0)), np.sqrt(np.mean(before ** 2, 0))
+        assert np.all(rms_after[:2] < 0.6 * rms_before[:2]), (run, rms_after, rms_before)
     np.testing.assert_allclose(true[5][pxd].mean(0) - true[4][pxd].mean(0), SHIFT_UM, atol=1e-9)
     step = fit[5] - fit[4]
     assert np.allclose(step[svd], 0.0)  # the SVD has one set of parameters
-    err = step[pxd].std(0) / np.sqrt(pxd.sum())
-    assert np.all(np.abs(step[pxd].mean(0) - SHIFT_UM) < 3.5 * err), (step[pxd].mean(0), err)
+    err = np.hypot(*np.array(summary["trend"]["parts"]["PXD"]["error_um"]))
+    assert np.all(np.abs(step[pxd].mean(0) - SHIFT_UM) < 3 * err), (step[pxd].mean(0), err)
 
 
 def test_automatic_boundary_found_and_applied(moved, tmp_path, job_factory, script, monkeypatch):
@@ -108,7 +111,7 @@ def test_automatic_boundary_found_and_applied(moved, tmp_path, job_factory, scri
     assert abs(jump - SHIFT_UM[0]) < 5 * err, (jump, err)  # the monitor measures the movement itself
     assert [it["iteration"] for it in summary["iterations"]][:1] == [1] and len(summary["iterations"]) >= 3
     assert set(summary["timing_s"]) >= {"track_fit_and_records", "solve", "monitor"}
-    _check_positions(job, moved)
+    _check_positions(job, moved, summary)
     # the validation's trend section: the boundary is modelled, so it passes; the plot is written
     from calibrations.validations._alignment_trend import trend_section
 
@@ -139,7 +142,7 @@ def test_configured_timedep_basf2_format(moved, tmp_path, job_factory, script):
     job, summary = _align(moved, tmp_path, {"timedep": [[["PXD"], [[0, 5, EXP]]]], "auto_boundaries": "propose"},
                           job_factory, script)
     assert summary["proposed_boundaries"] == []  # the movement is already modelled
-    _check_positions(job, moved)
+    _check_positions(job, moved, summary)
 
 
 def test_bad_timedep_config_is_one_clear_error(moved, tmp_path, job_factory, script):
