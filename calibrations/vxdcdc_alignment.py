@@ -166,7 +166,7 @@ def calibrate(job) -> None:
                          settings.name, b["part"], b["exp"], b["run"], b["jump_um"], b["significance"],
                          "; applied" if auto == "apply" else "")
         if auto == "apply" and proposed:
-            translator = add_boundaries(translator, cfg, proposed)
+            translator = add_boundaries(translator, proposed)
             fit = fit_iterations(raws, fit["start"], translator, cfg, geom, first, job.log, timing,
                                  previous=fit)
             fit["trend_before_apply"] = fit["previous_trend"]
@@ -233,7 +233,7 @@ def _translator(geom, bounds: dict):
     return LabelTranslator(part_labels(geom), [TimedepPart(p, b) for p, b in bounds.items()])
 
 
-def add_boundaries(translator, cfg: dict, proposed: list[dict[str, Any]]):
+def add_boundaries(translator, proposed: list[dict[str, Any]]):
     """A translator with the ``proposed`` boundaries added to their parts (a part inside a time-dependent
     larger part, e.g. PXD inside VXD, gets the boundary on the larger part)."""
     from b2luca.reco.geometry import nominal_geometry
@@ -275,7 +275,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
               **{int(lab): ps if k < 2 else pr for row in cdc_lab for k, lab in enumerate(row)}}
     base = np.array(sorted(presig), np.int64)
     full = translator.all_labels(base)
-    spec = {int(lab): ParameterSpec(int(lab), 0.0, presig[int(lab) % 10_000_000]) for lab in full}
+    spec = {int(lab): ParameterSpec(int(lab), 0.0, presig[int(b)]) for lab, b in zip(full, translator.split(full)[0])}
     history: list[dict[str, Any]] = []
     converged = False
     errs: dict[int, float] = {}
