@@ -259,7 +259,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     ``start``: the constants to start from (Constants, or {interval key: Constants} from an earlier fit whose
     intervals are refined by ``translator``).  Returns constants per interval key, errors, per-iteration changes,
     the records of the last iteration (per file) and the per-run trend of the parts."""
-    from b2luca.alignment import AlignmentProblem, ParameterSpec, solve
+    from b2luca.alignment import AlignmentProblem, solve
 
     vxd_lab, cdc_lab = base_labels(geom)
     runs = sorted({er for _, er, _ in raws} | {first})
@@ -275,7 +275,16 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
               **{int(lab): ps if k < 2 else pr for row in cdc_lab for k, lab in enumerate(row)}}
     base = np.array(sorted(presig), np.int64)
     full = translator.all_labels(base)
-    spec = {int(lab): ParameterSpec(int(lab), 0.0, presig[int(b)]) for lab, b in zip(full, translator.split(full)[0])}
+    sigma = np.array([presig[int(b)] for b in translator.split(full)[0]])
+    # the presigma prior holds the TOTAL correction of this calibration (not each iteration's step), so the
+    # weak modes it regularises do not walk further with every iteration: accumulated corrections per label
+    acc = np.zeros(full.size)
+    if previous is not None:  # refined intervals start from the accumulated corrections of their old interval
+        old_acc = dict(zip(previous["labels"].tolist(), previous["acc"].tolist()))
+        index = {lab: i for i, lab in enumerate(full.tolist())}
+        for r in keys.values():
+            for n_, o_ in zip(translator.translate(base, r).tolist(), previous["translator"].translate(base, r).tolist()):
+                acc[index[n_]] = old_acc.get(o_, 0.0)
     history: list[dict[str, Any]] = []
     converged = False
     errs: dict[int, float] = {}
@@ -299,9 +308,11 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         if not records:
             raise RuntimeError(f"{settings.name}: no usable tracks in {len(raws)} files")
         t0 = time.perf_counter()
-        result = solve(AlignmentProblem(records=records, method=str(cfg["method"]), iterations=1, parameters=spec))
+        result = solve(AlignmentProblem(records=records + [prior_records(full, acc, sigma)], method=str(cfg["method"]),
+                                        iterations=1))
         timing["solve"] += time.perf_counter() - t0
         corr = dict(zip(result.labels.tolist(), result.corrections.tolist()))
+        acc = acc + np.array([corr.get(int(x), 0.0) for x in full])
         e = result.errors if result.errors is not None else np.full(result.labels.size, np.nan)
         errs = dict(zip(result.labels.tolist(), e.tolist()))
         pulls = np.abs(result.corrections) / np.where(e > 0, e, np.nan)
@@ -327,7 +338,8 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         log.warning("%s: not converged after %d iterations (max |correction/error| %.2f >= convergence_pull %g)",
                     settings.name, len(history), history[-1]["max_pull"], cut)
     fit = {"consts": consts, "keys": keys, "errors": errs, "iterations": history, "converged": converged,
-           "records": per_file, "corrections": last_corr, "translator": translator, "start": consts}
+           "records": per_file, "corrections": last_corr, "translator": translator, "start": consts,
+           "labels": full, "acc": acc}
     if previous is not None:
         fit["previous_trend"] = previous.get("trend")
         fit["iterations"] = previous["iterations"] + history
@@ -335,6 +347,16 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     fit["trend"] = part_trend(per_file, last_corr, cfg, geom)
     timing["monitor"] += time.perf_counter() - t0
     return fit
+
+
+def prior_records(labels: np.ndarray, acc: np.ndarray, sigma: np.ndarray):
+    """The presigma prior as Mille records: one measurement per label, residual −acc, derivative 1, error sigma,
+    i.e. χ² += ((acc + Δ) / sigma)² for the total correction acc + Δ (pede's presigma acts on Δ alone)."""
+    from b2luca.alignment import records_from_dense
+
+    n = labels.size
+    return records_from_dense(-acc, sigma, np.zeros((n, 0)), labels[:, None], np.ones((n, 1)),
+                              np.arange(n + 1, dtype=np.int64))
 
 
 # --- per-run monitor and automatic boundaries ---------------------------------------------------------------
