@@ -380,7 +380,8 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom) -> dict[str, Any]:
                          f"unknown part(s) {bad}; known: {', '.join(labels)}")
     free = [p for p in parts if p != ref]
     # collision tracks only (when there are any): every run is then measured with the same kind of tracks, so
-    # the weak modes the static fit leaves do not differ between runs (a cosmic-only run is not measured)
+    # the weak modes the static fit leaves do not differ between runs (a cosmic-only run is not measured; with
+    # the cosmics of the physics runs included, the measured jump of a moved PXD is biased low)
     collisions = [(er, recs) for er, recs, name in per_file if name != "cosmic_calib"]
     use = collisions or [(er, recs) for er, recs, _ in per_file]
     runs = sorted({er for er, _ in use})

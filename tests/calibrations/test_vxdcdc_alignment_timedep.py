@@ -19,7 +19,9 @@ from b2luca.iov import ExpRun, IoV
 from b2luca.reco.geometry import nominal_geometry
 
 EXP, RUNS, SHIFT_UM = 26, [4, 5], np.array([30.0, 0.0, 0.0])
-EVENTS = {"mumu_tight_or_highm_calib": 250, "cosmic_calib": 200}  # what the default config reads per file
+EVENTS = {"mumu_tight_or_highm_calib": 500, "cosmic_calib": 200}
+#: twice the default di-muons per file: the monitor's jump significance ~10 sigma (5 needed) instead of ~7
+READ = {"mumu_tight_or_highm_calib.max_processed_events_per_file": 500}
 
 
 @dataclass
@@ -62,7 +64,7 @@ def _align(bucket: Bucket, tmp_path, overrides: dict, make_job, load):
     t0db = LocalDatabase(tmp_path / "t0").create()
     t0db.store("CDCTimeZeros", bucket.truth.read("CDCTimeZeros", ExpRun(EXP, 4)), IoV(0, 0, -1, -1))
     job = make_job(cal, bucket, tmp_path / "job", {n: bucket.raw_entries(n) for n in cal.settings.input_data_names},
-                   chain=DatabaseChain([t0db, bucket.db("nominal")]), overrides=overrides)
+                   chain=DatabaseChain([t0db, bucket.db("nominal")]), overrides={**READ, **overrides})
     cal.calibrate(job)
     summary = json.loads((job.work_dir / cal.SUMMARY_FILE).read_text())
     return job, summary
