@@ -63,7 +63,7 @@ default_config = {"cosmic_calib.max_processed_events_per_file": 200,
                   # iteration is below convergence_pull times its error (or max_iterations)
                   "convergence_pull": 3.0,
                   # time dependence (basf2's format): [[[parts], [[event, run, exp], ...]], ...] and/or
-                  # payload_boundaries [[exp, run], ...] (all parts); parts: b2luca.sim.truth.PARTS
+                  # payload_boundaries [[exp, run], ...] (all parts); parts: b2luca.reco.parts.PARTS
                   "timedep": [],
                   "payload_boundaries": [],
                   # per-run monitor of the parts' positions: "off", "propose" (report only) or "apply"
@@ -204,8 +204,8 @@ def base_labels(geom) -> tuple[np.ndarray, np.ndarray]:
 
 
 def part_labels(geom) -> dict[str, np.ndarray]:
-    """The labels of each part of :data:`b2luca.sim.truth.PARTS`."""
-    from b2luca.sim.truth import PARTS, vxd_part_mask
+    """The labels of each part of :data:`b2luca.reco.parts.PARTS`."""
+    from b2luca.reco.parts import PARTS, vxd_part_mask
 
     vxd, cdc = base_labels(geom)
     return {p: (cdc.ravel() if p == "CDC" else vxd[vxd_part_mask(geom, p)].ravel()) for p in PARTS}
@@ -216,7 +216,7 @@ def timedep_translator(cfg: dict, geom):
 
     ``payload_boundaries`` makes the VXD (as a whole) and the CDC time dependent."""
     from b2luca.alignment.timedep import parse_timedep
-    from b2luca.sim.truth import PARTS
+    from b2luca.reco.parts import PARTS
 
     parts = parse_timedep({"timedep": cfg.get("timedep") or []}, PARTS, source=settings.name)
     whole = parse_timedep({"payload_boundaries": cfg.get("payload_boundaries") or []}, ("VXD", "CDC"),

@@ -39,6 +39,7 @@ import numpy as np
 from ..reco.geometry import (N_ECL_CRYSTALS, N_PXD_PIXELS, NOMINAL_BEAMSPOT_SIZE, Geometry, aligned_frames,
                              nominal_geometry, rotation_angles, rotation_matrix)
 from ..reco.nominal import nominal_payloads as nominal_payloads  # re-exported (moved to b2luca.reco)
+from ..reco.parts import PARTS, vxd_part_mask
 
 # truth scales
 SIGMA_SENSOR_SHIFT = 0.020  # mm
@@ -130,27 +131,6 @@ def make_truth(seed: int, geom: Geometry | None = None) -> Truth:
 
 
 # --- parts that move between runs (simulation.movements) ---------------------------------------------
-#: detector parts, as named by ``simulation.movements`` and the alignment's ``timedep`` configuration
-#: (half shells: 0 PXD +x, 1 PXD -x, 2 SVD +x, 3 SVD -x of :attr:`Geometry.halfshell`)
-PARTS = ("VXD", "PXD", "SVD", "PXD+X", "PXD-X", "SVD+X", "SVD-X", "CDC")
-
-
-def vxd_part_mask(geom: Geometry, part: str) -> np.ndarray:
-    """(S,) bool: the VXD sensors of ``part`` (all False for "CDC")."""
-    hs = {"PXD+X": 0, "PXD-X": 1, "SVD+X": 2, "SVD-X": 3}
-    if part == "VXD":
-        return np.ones(geom.n_sensors, bool)
-    if part == "PXD":
-        return geom.is_pxd.copy()
-    if part == "SVD":
-        return ~geom.is_pxd
-    if part in hs:
-        return geom.halfshell == hs[part]
-    if part == "CDC":
-        return np.zeros(geom.n_sensors, bool)
-    raise ValueError(f"unknown detector part {part!r}; known: {', '.join(PARTS)}")
-
-
 @dataclass(frozen=True)
 class Movement:
     """A rigid translation ``shift_um`` (global x, y, z in µm) of ``part`` from run ``from_run`` on."""
