@@ -308,8 +308,10 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         if not records:
             raise RuntimeError(f"{settings.name}: no usable tracks in {len(raws)} files")
         t0 = time.perf_counter()
-        result = solve(AlignmentProblem(records=records + [prior_records(full, acc, sigma)], method=str(cfg["method"]),
-                                        iterations=1))
+        # the prior only for labels the data measure (as pede's presigma: a label without data stays out of the fit)
+        seen = np.isin(full, np.unique(np.concatenate([r.glb_label for r in records])))
+        result = solve(AlignmentProblem(records=records + [prior_records(full[seen], acc[seen], sigma[seen])],
+                                        method=str(cfg["method"]), iterations=1))
         timing["solve"] += time.perf_counter() - t0
         corr = dict(zip(result.labels.tolist(), result.corrections.tolist()))
         acc = acc + np.array([corr.get(int(x), 0.0) for x in full])
