@@ -224,7 +224,31 @@ def timedep_translator(cfg: dict, geom):
     merged: dict[str, set] = {}
     for t in parts + whole:
         merged.setdefault(t.part, set()).update(t.boundaries)
-    return _translator(geom, {p: tuple(sorted(b)) for p, b in merged.items()})
+    return _translator(geom, resolve_parts(merged))
+
+
+#: the smallest parts (every part of b2luca.reco.parts.PARTS is a union of these) and what each part covers
+ATOMS = ("PXD+X", "PXD-X", "SVD+X", "SVD-X", "CDC")
+COVER = {"VXD": frozenset(ATOMS[:4]), "PXD": frozenset(ATOMS[:2]), "SVD": frozenset(ATOMS[2:4]),
+         **{a: frozenset([a]) for a in ATOMS}}
+
+
+def resolve_parts(bounds: dict[str, set]) -> dict[str, tuple]:
+    """Disjoint time-dependent parts from possibly nested ones: each half shell / the CDC gets the boundaries of
+    every configured part containing it; parts with the same boundaries are named by the largest part covering
+    them exactly (``{"VXD": {5}, "PXD": {7}}`` -> PXD from 5 and 7, SVD from 5)."""
+    atom = {a: set().union(*(b for p, b in bounds.items() if a in COVER[p])) for a in ATOMS}
+    groups: dict[tuple, set] = {}
+    for a, b in atom.items():
+        if b:
+            groups.setdefault(tuple(sorted(b)), set()).add(a)
+    out: dict[str, tuple] = {}
+    for b, atoms in groups.items():
+        for name in sorted(COVER, key=lambda n: -len(COVER[n])):
+            if COVER[name] <= atoms:
+                out[name] = b
+                atoms -= COVER[name]
+    return out
 
 
 def _translator(geom, bounds: dict):
@@ -234,17 +258,13 @@ def _translator(geom, bounds: dict):
 
 
 def add_boundaries(translator, proposed: list[dict[str, Any]]):
-    """A translator with the ``proposed`` boundaries added to their parts (a part inside a time-dependent
-    larger part, e.g. PXD inside VXD, gets the boundary on the larger part)."""
+    """A translator with the ``proposed`` boundaries added to their parts."""
     from b2luca.reco.geometry import nominal_geometry
 
-    geom = nominal_geometry()
     bounds = {t.part: set(t.boundaries) for t in translator.timedep}
-    labels = part_labels(geom)
     for b in proposed:
-        target = next((p for p in bounds if np.isin(labels[b["part"]], labels[p]).all()), b["part"])
-        bounds.setdefault(target, set()).add((b["exp"], b["run"]))
-    return _translator(geom, {p: tuple(sorted(v)) for p, v in bounds.items()})
+        bounds.setdefault(b["part"], set()).add((b["exp"], b["run"]))
+    return _translator(nominal_geometry(), resolve_parts(bounds))
 
 
 def _key(translator, exprun: tuple[int, int]) -> tuple[int, ...]:

@@ -152,3 +152,14 @@ def test_bad_timedep_config_is_one_clear_error(moved, tmp_path, job_factory, scr
 
     with pytest.raises(TimedepConfigError, match=r"VXDCDCAlignment: expert_config key 'timedep'\[0\]: unknown part"):
         _align(moved, tmp_path, {"timedep": [[["TOP"], [[0, 5, EXP]]]]}, job_factory, script)
+
+
+def test_payload_boundaries_make_vxd_and_cdc_time_dependent(script):
+    cal = script("vxdcdc_alignment")
+    tr = cal.timedep_translator({"payload_boundaries": [[EXP, 5]], "timedep": [[["PXD"], [[0, 7, EXP]]]]},
+                                nominal_geometry())
+    # nested parts resolve into disjoint ones: the PXD changes at both runs, the SVD and the CDC at run 5
+    assert {t.part: t.boundaries for t in tr.timedep} == {"PXD": ((EXP, 5), (EXP, 7)), "SVD": ((EXP, 5),),
+                                                          "CDC": ((EXP, 5),)}
+    assert cal.resolve_parts({"PXD+X": {(EXP, 5)}, "PXD-X": {(EXP, 5)}, "SVD+X": {(EXP, 6)}}) == {
+        "PXD": ((EXP, 5),), "SVD+X": ((EXP, 6),)}
