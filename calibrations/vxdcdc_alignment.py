@@ -11,8 +11,8 @@ constants in force (database chain: the CDC T0s, SVD time offsets and PXD masks 
 record (residuals, 5 local derivatives, the 6 rigid-body derivatives of its VXD sensors / 3 of its
 CDC layers) and :func:`b2luca.alignment.solve` solves for all 212 x 6 + 56 x 3 parameters at once.
 Weak modes (global translations/rotations, which tracks alone cannot fix) are regularised with
-presigmas ``presigma_shift_mm`` / ``presigma_rotation`` around the current values.  Hadron tracks
-below ``min_momentum`` GeV are not used (the fit has no scattering model); tracks with
+presigmas ``presigma_shift_mm`` / ``presigma_rotation`` on the total correction (relative to the values in
+force before this bucket, over all iterations).  Hadron tracks below ``min_momentum`` GeV are not used (the fit has no scattering model); tracks with
 chi2/ndf > ``outlier_chi2_cut`` are rejected.  Up to ``max_iterations`` outer iterations (refit tracks with
 the corrected geometry, solve again) until every correction is below ``convergence_pull`` times its error.
 Extra payload keys: ``params_error`` (same shape as params).
