@@ -73,6 +73,8 @@ class SimulationConfig:
     events: dict[str, int]
     files_per_run: int = 1
     weak_modes: dict[str, float] = field(default_factory=dict)  # {mode: amplitude} added to the truth
+    #: parts moved between runs: ({"part", "from_run", "shift_um": [x, y, z]}, ...) (b2luca.sim.truth.parse_movements)
+    movements: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,12 @@ def config_problems(cfg: BucketConfig) -> list[str]:
                      for key in ("url", "api_key_env") if getattr(cfg.rundb, key) is None]
     if cfg.data.source == DataSource.SYNTHETIC and cfg.simulation is None:
         problems.append("simulation: is required when data.source is 'synthetic' (the default)")
+    for i, m in enumerate(cfg.simulation.movements if cfg.simulation else ()):
+        if m["part"] == "CDC" and m["shift_um"][2] != 0:
+            problems.append(f"simulation.movements[{i}].shift_um: the CDC layers have no z parameter; z must be 0")
+        if not b.first_run < m["from_run"] <= b.last_run:
+            problems.append(f"simulation.movements[{i}].from_run: must be a run of the bucket after its first run "
+                            f"({b.first_run + 1}..{b.last_run}), got {m['from_run']}")
     if cfg.report.transport == Transport.GITLAB:
         gitlab = cfg.report.gitlab
         if gitlab is None:
@@ -394,7 +402,8 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
         data=DataConfig(raw_directory=path_or(data, "raw_directory", work_dir / "data"),
                         cdst_directory=path_or(data, "cdst_directory", work_dir / "cdst"), **_present(data, "source")),
         simulation=SimulationConfig(seed=sim["seed"], events=dict(sim["events"]), **_present(sim, "files_per_run"),
-                                    weak_modes={k: float(v) for k, v in sim.get("weak_modes", {}).items()})
+                                    weak_modes={k: float(v) for k, v in sim.get("weak_modes", {}).items()},
+                                    movements=tuple(dict(m) for m in sim.get("movements", ())))
         if sim else None,
         conditions=ConditionsConfig(
             directory=path_or(cond, "directory", work_dir / "conditions"),

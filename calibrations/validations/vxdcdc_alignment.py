@@ -382,6 +382,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     from b2luca.reco.raw import read_raw
     from calibrations._common import (calibration_output, expert_config_dict, first_exprun, save_figure,
                                       truth_or_none, write_csv)
+    from calibrations.validations._alignment_trend import trend_section
 
     cfg = {**settings.expert_config, **expert_config_dict(expert_config)}
     k, k_weak = float(cfg["pull_tolerance_sigma"]), float(cfg["weak_mode_tolerance_sigma"])
@@ -431,9 +432,12 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         reasons += data_res.reasons
     elif truth_res is None:
         reasons.append("no truth and no di-muon file: nothing to validate")
+    trend_figures, trend_plots, trend_reasons = trend_section(job_path)  # per-run trend, iterations (own module)
+    figures.update(trend_figures)
+    reasons += trend_reasons
     rows: dict[str, list] = {"quantity": list(figures), "value": list(figures.values())}
     plots = [save_figure(_plot(truth_res, data_res, n_bins), "vxdcdc_alignment.png"),
-             write_csv("vxdcdc_alignment.csv", rows)]
+             write_csv("vxdcdc_alignment.csv", rows)] + trend_plots
     note = "" if truth_res is not None else \
         " (no truth -- reference_global_tag absent: data-only checks only: overlap residuals, d0, chi2/ndf)"
     message = ("OK" if not reasons else "; ".join(reasons)) + note

@@ -53,13 +53,15 @@ def test_alignment_against_truth_and_validation(bucket, job_factory, script, tmp
     verdict = val.run_validation(*args, reference_db=bucket.truth)
     f = verdict.figures
     assert f["mode"] == "truth"
-    assert len(verdict.plots) == 2 and all((tmp_path / p).is_file() for p in verdict.plots)
+    assert len(verdict.plots) == 3 and all((tmp_path / p).is_file() for p in verdict.plots)
     assert f["track_chi2_ndf_after"] < f["track_chi2_ndf_before"]
     assert f["overlap_n_after"] > 50 and f["d0_n_events_after"] > 50
     assert f["overlap_rms_um_after"] < f["overlap_rms_um_before"]
     assert f["d0_sigma_i_um_after"] < f["d0_sigma_i_um_before"]
     # the injected truth's radial expansion / twist (make_truth) is seen before the alignment
     assert abs(f["weak_vxd_radial_expansion_um_before"]) > 10
+    # a bucket where nothing moves: the per-run monitor proposes no boundary
+    assert f["auto_boundaries_proposed"] == "none"
     # real data: no truth -> the data-only checks, and the verdict says so
     verdict = val.run_validation(*args)
     assert verdict.figures["mode"] == "data-only" and "data-only checks only" in verdict.message
