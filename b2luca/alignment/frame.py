@@ -1,0 +1,77 @@
+"""The simulation truth expressed in the alignment's global frame (for validations).
+
+The alignment fixes the frame with the six constraints of :func:`b2luca.alignment.constraints.
+frame_constraints`: the overall (least-squares) translation and rotation of the VXD sensors against the
+nominal geometry are zero.  Tracks cannot see a rigid motion of the whole tracking system together
+with the beam spot, so a truth that contains such a motion (e.g. the mean of the half-shell shifts)
+is compared after removing it: :func:`truth_in_frame` finds the rigid motion (T, w) of the true VXD in
+the constraints' metric and expresses every true position in the frame moved with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..reco.geometry import Geometry, nominal_geometry
+from .constraints import rigid_motion_jacobian
+
+__all__ = ["FrameTruth", "truth_in_frame"]
+
+
+@dataclass(frozen=True)
+class FrameTruth:
+    """Truth in the alignment frame.
+
+    ``vxd`` (S, 6) VXDAlignment params, ``cdc`` (L, 3) CDCAlignment params (dx, dy, dphi),
+    ``beam_position`` (3,) [mm] or None; ``translation`` (3,) [mm] and ``rotation`` (3,) [rad]: the rigid
+    motion (T, w) of the true VXD that was removed (first order: x_frame = x_true - T - w x x_true).
+    """
+
+    vxd: np.ndarray
+    cdc: np.ndarray
+    beam_position: np.ndarray | None
+    translation: np.ndarray
+    rotation: np.ndarray
+
+
+def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position: np.ndarray | None = None,
+                   geom: Geometry | None = None) -> FrameTruth:
+    """Express a true alignment (and beam spot) in the alignment's frame.
+
+    Args:
+        vxd_params: (S, 6) true VXDAlignment ``params`` in the nominal sensor order (``geom.sensor_id``).
+        cdc_params: (L, 3) true CDCAlignment ``params`` (dx, dy [mm], dphi [rad]) per layer.
+        beam_position: (3,) true BeamSpot ``position`` [mm], optional.
+        geom: the nominal geometry (default :func:`b2luca.reco.geometry.nominal_geometry`).
+
+    Returns:
+        :class:`FrameTruth` whose ``vxd`` satisfies the frame constraints exactly (``Σ_s A_sᵀ p_s = 0``):
+        ``vxd = p - A (T, w)`` with (T, w) the least-squares rigid motion of ``vxd_params``; the CDC layers
+        and the beam spot are moved by the same motion (CDC: dx -= T_x - w_z dy ... to first order:
+        (dx, dy) -= (T_x, T_y) + w_z x (dx, dy) and dphi -= w_z; beam: b - T - w x b).  Compare fitted
+        constants with these, never with the raw truth.
+    """
+    geom = geom or nominal_geometry()
+    p = np.asarray(vxd_params, float)
+    if p.shape != (geom.n_sensors, 6):
+        raise ValueError(f"truth_in_frame: vxd_params must have shape ({geom.n_sensors}, 6), got {p.shape}")
+    cdc = np.asarray(cdc_params, float)
+    if cdc.ndim != 2 or cdc.shape[1] != 3:
+        raise ValueError(f"truth_in_frame: cdc_params must have shape (layers, 3), got {cdc.shape}")
+    a = rigid_motion_jacobian(geom)
+    ata = np.einsum("sik,sil->kl", a, a)
+    atp = np.einsum("sik,si->k", a, p)
+    x = np.linalg.solve(ata, atp)
+    t, w = x[:3], x[3:]
+    vxd = p - np.einsum("sik,k->si", a, x)
+    cdc_f = cdc.copy()
+    cdc_f[:, 0] -= t[0] - w[2] * cdc[:, 1]
+    cdc_f[:, 1] -= t[1] + w[2] * cdc[:, 0]
+    cdc_f[:, 2] -= w[2]
+    beam = None
+    if beam_position is not None:
+        b = np.asarray(beam_position, float)
+        beam = b - t - np.cross(w, b)
+    return FrameTruth(vxd=vxd, cdc=cdc_f, beam_position=beam, translation=t, rotation=w)
