@@ -15,8 +15,9 @@ active kinks, one pseudo-measurement per kink (0 +- its Highland width), the 6 r
 of its VXD sensors / 3 of its CDC layers; collision tracks add the beam-spot measurement (d0 against the
 beam spot, error = the beam size seen by the track) with the beam-spot position (x, y) as two more
 global parameters.  :func:`b2luca.alignment.solve` solves for all 212 x 6 + 56 x 3 (+ 2) parameters at
-once.  Hadron tracks down to ``min_momentum`` GeV are used (the kinks give soft tracks their weight);
-tracks with chi2/ndf > ``outlier_chi2_cut`` are rejected.
+once.  Collision tracks down to a transverse momentum of ``min_pt`` GeV are used (the kinks give soft
+tracks their weight; below 0.2 GeV curlers have CDC hits near their turning point that the model does
+not describe); tracks with chi2/ndf > ``outlier_chi2_cut`` are rejected.
 
 Global frame: fixed by six constraints (:func:`b2luca.alignment.constraints.frame_constraints`, written
 to ``frame_constraints.txt`` in pede's format): the overall translation and rotation of the VXD sensors
@@ -49,7 +50,7 @@ default_config = {"cosmic_calib.max_processed_events_per_file": 200,
                   "method": "sparse",
                   "max_iterations": 1,
                   "outlier_chi2_cut": 10.0,
-                  "min_momentum": 0.25,
+                  "min_pt": 0.2,
                   "beam_spot_constraint": True,
                   "frame_constraints": True,
                   "presigma_shift_mm": 0.0,
@@ -90,6 +91,7 @@ def mille_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
     ``beam_spot``: a :class:`b2luca.reco.track_model.BeamSpotConstraint` added to every collision track
     (None: no beam-spot measurement; never for cosmics)."""
     from b2luca.alignment import records_from_dense
+    from b2luca.reco.geometry import C_B
     from b2luca.reco.measurements import build_measurements
     from b2luca.reco.track_model import beam_spot_rows, fit_track_model
 
@@ -101,7 +103,7 @@ def mille_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
     good = (chi2_ndf < float(cfg["outlier_chi2_cut"])) & (model.ndf > 5)
     cosmic = sample == "cosmic_calib"
     if not cosmic:
-        good &= model.momentum() > float(cfg["min_momentum"])
+        good &= C_B / np.maximum(np.abs(model.params[:, 2]), 1e-12) > float(cfg["min_pt"])
     use = np.flatnonzero(good)
     if not use.size:
         return None, 0, chi2_ndf[good]
