@@ -43,10 +43,11 @@ quality_flags = [INPUT_DATA_FILTERS["Run Type"]["physics"],
                  "NOT " + INPUT_DATA_FILTERS["Data Quality Tag"]["Bad For Alignment"],
                  INPUT_DATA_FILTERS["Magnet"]["On"]]
 
-# events per file (0: the collection is not used; the solver's assembly time grows with the number of tracks)
-default_config = {"cosmic_calib.max_processed_events_per_file": 200,
-                  "hadron_calib.max_processed_events_per_file": 60,
-                  "mumu_tight_or_highm_calib.max_processed_events_per_file": 250,
+# events per file (0: the collection is not used).  The assembly time grows with the number of tracks and with
+# the number of local parameters (5 + 2 per active kink: ~21 for collision tracks, ~37 for cosmics)
+default_config = {"cosmic_calib.max_processed_events_per_file": 150,
+                  "hadron_calib.max_processed_events_per_file": 30,
+                  "mumu_tight_or_highm_calib.max_processed_events_per_file": 150,
                   "method": "sparse",
                   "max_iterations": 1,
                   "outlier_chi2_cut": 10.0,
