@@ -17,7 +17,8 @@ beam spot, error = the beam size seen by the track) with the beam-spot position 
 global parameters.  :func:`b2luca.alignment.solve` solves for all 212 x 6 + 56 x 3 (+ 2) parameters at
 once.  Collision tracks down to a transverse momentum of ``min_pt`` GeV are used (the kinks give soft
 tracks their weight; below 0.2 GeV curlers have CDC hits near their turning point that the model does
-not describe); tracks with chi2/ndf > ``outlier_chi2_cut`` are rejected.
+not describe); tracks with chi2/ndf > ``outlier_chi2_cut`` are rejected.  Parameters measured by fewer
+than ``min_entries`` hits stay at their current values (pede's ``entries``; error NaN).
 
 Global frame: fixed by six constraints (:func:`b2luca.alignment.constraints.frame_constraints`, written
 to ``frame_constraints.txt`` in pede's format): the overall translation and rotation of the VXD sensors
@@ -51,6 +52,7 @@ default_config = {"cosmic_calib.max_processed_events_per_file": 150,
                   "method": "sparse",
                   "max_iterations": 1,
                   "outlier_chi2_cut": 10.0,
+                  "min_entries": 10,
                   "min_pt": 0.2,
                   "beam_spot_constraint": True,
                   "frame_constraints": True,
@@ -164,7 +166,7 @@ def solve_alignment(raws: list[tuple[str, dict]], constants, cfg: dict, log=None
         raise RuntimeError(f"{settings.name}: no usable tracks in {len(raws)} files")
     constraints = frame_constraints(geom, constants.vxd_params) if cfg["frame_constraints"] else []
     problem = AlignmentProblem(records=records, method=str(cfg["method"]), iterations=1,
-                               constraints=constraints, parameters=params)
+                               constraints=constraints, parameters=params, entries=int(cfg["min_entries"]))
     result = solve(problem)
     corr = dict(zip(result.labels.tolist(), result.corrections.tolist()))
     errs = dict(zip(result.labels.tolist(), (result.errors if result.errors is not None
