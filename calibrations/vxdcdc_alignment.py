@@ -169,8 +169,9 @@ def solve_alignment(raws: list[tuple[str, dict]], constants, cfg: dict, log=None
                                constraints=constraints, parameters=params, entries=int(cfg["min_entries"]))
     result = solve(problem)
     corr = dict(zip(result.labels.tolist(), result.corrections.tolist()))
-    errs = dict(zip(result.labels.tolist(), (result.errors if result.errors is not None
-                                             else np.full(result.labels.size, np.nan)).tolist()))
+    err_all = result.errors if result.errors is not None else np.full(result.labels.size, np.nan)
+    # parameters left fixed (fewer than min_entries hits) have no error
+    errs = dict(zip(result.labels.tolist(), np.where(err_all > 0, err_all, np.nan).tolist()))
 
     def table(labels, d):
         return np.array([[d.get(int(lab), 0.0 if d is corr else np.nan) for lab in row] for row in labels])

@@ -1,14 +1,19 @@
 """Frame constraints of the VXD+CDC alignment, and pede constraint files (writer and reader).
 
-The global frame (what tracks cannot see: a rigid motion of the whole tracking system together with
-the beam spot) is fixed against the nominal geometry by six linear constraints on the VXD sensor
-parameters: the overall translation (x, y, z) and rotation (about x, y, z) of the VXD, in the
-least-squares sense over all sensors, equal zero.  A rigid motion (T, w) of the VXD changes sensor s's
-parameters (du, dv, dw, alpha, beta, gamma) by ``A_s (T, w)`` with ``A_s = [[R_sᵀ, R_sᵀ [−c_s]ₓ],
-[0, R_sᵀ]]`` (R_s, c_s: nominal rotation and centre); the constraints are ``Σ_s A_sᵀ p_s = 0`` for the
-*total* parameters p (current value + correction), so the VXD is on average where the nominal geometry
-puts it.  The CDC layers (dx, dy, dphi) and the beam spot are then measured by the tracks relative to
-the VXD.  :func:`b2luca.alignment.frame.truth_in_frame` removes the same rigid motion from a truth.
+The global frame (what tracks cannot see: a motion of the whole tracking system together with the beam
+spot) is fixed against the nominal geometry by linear constraints on the VXD sensor parameters.  A rigid
+motion (T, w) of the VXD changes sensor s's parameters (du, dv, dw, alpha, beta, gamma) by
+``A_s (T, w)`` with ``A_s = [[R_sᵀ, R_sᵀ [−c_s]ₓ], [0, R_sᵀ]]`` (R_s, c_s: nominal rotation and centre);
+the constraint for the degree of freedom k is ``Σ_s (A_s)ᵀ_k p_s = 0`` for the *total* parameters p
+(current value + correction): the VXD is, in the least-squares sense, where the nominal geometry puts it.
+
+Which degrees of freedom define the frame (:data:`FRAME_DOFS`): all six, as Belle II fixes the overall
+position and orientation of the tracking system against the nominal geometry.  The translations x, y
+and the rotation about z are exact invariances of the data (the CDC layers (dx, dy, dphi) and the
+beam-spot position (x, y) follow them).  The z translation and the tilts are only measured through the
+CDC stereo layers (the CDC of this detector model has no z or tilt parameters), far too weakly: left
+free, the VXD z position wanders by hundreds of micrometres.  ``dofs`` selects a subset for studies.
+:func:`b2luca.alignment.frame.truth_in_frame` removes the same motion from a truth.
 
 Files use pede's text format::
 
@@ -30,12 +35,14 @@ from ..atomic import atomic_path
 from ..reco.geometry import Geometry
 from .steering import Constraint, read_text_file
 
-__all__ = ["FRAME_NAMES", "frame_constraints", "read_constraints", "rigid_motion_jacobian", "vxd_labels",
+__all__ = ["FRAME_DOFS", "FRAME_NAMES", "frame_constraints", "read_constraints", "rigid_motion_jacobian", "vxd_labels",
            "write_constraints"]
 
 #: Names of the six frame constraints, in order.
 FRAME_NAMES = ("VXD translation x", "VXD translation y", "VXD translation z",
                "VXD rotation about x", "VXD rotation about y", "VXD rotation about z")
+#: The degrees of freedom (indices into :data:`FRAME_NAMES`) that define the frame: all six.
+FRAME_DOFS = (0, 1, 2, 3, 4, 5)
 
 
 def vxd_labels(geom: Geometry) -> np.ndarray:
@@ -59,14 +66,16 @@ def rigid_motion_jacobian(geom: Geometry) -> np.ndarray:
     return a
 
 
-def frame_constraints(geom: Geometry, current_vxd: np.ndarray | None = None) -> list[Constraint]:
-    """The six frame constraints ``Σ_s A_sᵀ (p_s + Δp_s) = 0`` on the corrections Δp of the VXD labels
-    (:func:`vxd_labels`), given the parameters ``current_vxd`` (S, 6) in force (nominal: zeros)."""
+def frame_constraints(geom: Geometry, current_vxd: np.ndarray | None = None,
+                      dofs: tuple[int, ...] = FRAME_DOFS) -> list[Constraint]:
+    """The frame constraints ``Σ_s (A_s)ᵀ_k (p_s + Δp_s) = 0`` (k in ``dofs``) on the corrections Δp of the
+    VXD labels (:func:`vxd_labels`), given the parameters ``current_vxd`` (S, 6) in force (nominal: zeros)."""
     a = rigid_motion_jacobian(geom)
     cur = np.zeros((geom.n_sensors, 6)) if current_vxd is None else np.asarray(current_vxd, float)
     labels = vxd_labels(geom).ravel()
     out = []
-    for k, name in enumerate(FRAME_NAMES):
+    for k in dofs:
+        name = FRAME_NAMES[k]
         f = a[:, :, k].ravel()  # factor of each (sensor, param) label
         keep = f != 0
         out.append(Constraint(value=-float(f @ cur.ravel()), labels=labels[keep], factors=f[keep],

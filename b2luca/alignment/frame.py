@@ -1,11 +1,12 @@
 """The simulation truth expressed in the alignment's global frame (for validations).
 
-The alignment fixes the frame with the six constraints of :func:`b2luca.alignment.constraints.
+The alignment fixes the frame with the constraints of :func:`b2luca.alignment.constraints.
 frame_constraints`: the overall (least-squares) translation and rotation of the VXD sensors against the
-nominal geometry are zero.  Tracks cannot see a rigid motion of the whole tracking system together
-with the beam spot, so a truth that contains such a motion (e.g. the mean of the half-shell shifts)
-is compared after removing it: :func:`truth_in_frame` finds the rigid motion (T, w) of the true VXD in
-the constraints' metric and expresses every true position in the frame moved with it.
+nominal geometry are zero (:data:`~b2luca.alignment.constraints.FRAME_DOFS`).  Tracks cannot see (or
+barely see) such a motion of the whole tracking system together with the beam spot, so a truth that
+contains one (e.g. the mean of the half-shell shifts) is compared after removing it: :func:`truth_in_frame`
+finds that motion of the true VXD in the constraints' metric and expresses every true position in the
+frame moved with it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..reco.geometry import Geometry, nominal_geometry
-from .constraints import rigid_motion_jacobian
+from .constraints import FRAME_DOFS, rigid_motion_jacobian
 
 __all__ = ["FrameTruth", "truth_in_frame"]
 
@@ -37,7 +38,7 @@ class FrameTruth:
 
 
 def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position: np.ndarray | None = None,
-                   geom: Geometry | None = None) -> FrameTruth:
+                   geom: Geometry | None = None, dofs: tuple[int, ...] = FRAME_DOFS) -> FrameTruth:
     """Express a true alignment (and beam spot) in the alignment's frame.
 
     Args:
@@ -45,13 +46,15 @@ def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position
         cdc_params: (L, 3) true CDCAlignment ``params`` (dx, dy [mm], dphi [rad]) per layer.
         beam_position: (3,) true BeamSpot ``position`` [mm], optional.
         geom: the nominal geometry (default :func:`b2luca.reco.geometry.nominal_geometry`).
+        dofs: the frame's degrees of freedom (indices of (T_x, T_y, T_z, w_x, w_y, w_z)); the default is
+            the alignment's (:data:`~b2luca.alignment.constraints.FRAME_DOFS`: all six).
 
     Returns:
-        :class:`FrameTruth` whose ``vxd`` satisfies the frame constraints exactly (``Σ_s A_sᵀ p_s = 0``):
-        ``vxd = p - A (T, w)`` with (T, w) the least-squares rigid motion of ``vxd_params``; the CDC layers
-        and the beam spot are moved by the same motion (CDC: dx -= T_x - w_z dy ... to first order:
-        (dx, dy) -= (T_x, T_y) + w_z x (dx, dy) and dphi -= w_z; beam: b - T - w x b).  Compare fitted
-        constants with these, never with the raw truth.
+        :class:`FrameTruth` whose ``vxd`` satisfies the frame constraints exactly:
+        ``vxd = p - A (T, w)`` with (T, w) the least-squares motion of ``vxd_params`` restricted to ``dofs``
+        (the other components are zero); the CDC layers and the beam spot are moved by the same motion
+        (first order: (dx, dy) -= (T_x, T_y) + w_z x (dx, dy), dphi -= w_z; beam: b - T - w x b).
+        Compare fitted constants with these, never with the raw truth.
     """
     geom = geom or nominal_geometry()
     p = np.asarray(vxd_params, float)
@@ -60,12 +63,13 @@ def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position
     cdc = np.asarray(cdc_params, float)
     if cdc.ndim != 2 or cdc.shape[1] != 3:
         raise ValueError(f"truth_in_frame: cdc_params must have shape (layers, 3), got {cdc.shape}")
-    a = rigid_motion_jacobian(geom)
+    a = rigid_motion_jacobian(geom)[:, :, list(dofs)]
     ata = np.einsum("sik,sil->kl", a, a)
     atp = np.einsum("sik,si->k", a, p)
-    x = np.linalg.solve(ata, atp)
+    x = np.zeros(6)
+    x[list(dofs)] = np.linalg.solve(ata, atp)
     t, w = x[:3], x[3:]
-    vxd = p - np.einsum("sik,k->si", a, x)
+    vxd = p - np.einsum("sik,k->si", a, x[list(dofs)])
     cdc_f = cdc.copy()
     cdc_f[:, 0] -= t[0] - w[2] * cdc[:, 1]
     cdc_f[:, 1] -= t[1] + w[2] * cdc[:, 0]

@@ -34,7 +34,7 @@ def test_write_read_roundtrip_and_bad_file(tmp_path):
     g = nominal_geometry()
     cur = np.random.default_rng(1).normal(0, 0.01, (g.n_sensors, 6))
     cons = frame_constraints(g, cur)
-    assert len(cons) == 6
+    assert len(cons) == 6 and len(frame_constraints(g, dofs=(0, 1, 5))) == 3
     path = write_constraints(tmp_path / "frame.txt", cons)
     back = read_constraints(path)
     assert len(back) == 6
@@ -79,6 +79,12 @@ def test_truth_in_frame_removes_a_rigid_motion_only():
     assert np.max(np.abs(np.einsum("sik,si->k", a, f.vxd))) < 1e-9
     with pytest.raises(ValueError, match="vxd_params"):
         truth_in_frame(moved[:10], cdc)
+    # a frame of fewer degrees of freedom keeps the others (here the z translation and the tilts)
+    tilt = np.einsum("sik,k->si", a, np.array([0, 0, 0.05, 1e-4, -2e-4, 0]))
+    f3 = truth_in_frame(local + tilt, cdc, geom=g, dofs=(0, 1, 5))
+    assert f3.translation[2] == 0 and np.all(f3.rotation[:2] == 0)
+    assert np.max(np.abs(np.einsum("sik,si->k", a[:, :, [0, 1, 5]], f3.vxd))) < 1e-9
+    np.testing.assert_allclose(truth_in_frame(local + tilt, cdc, geom=g).vxd, local, atol=1e-9)
     # consistency with the sensor frames: the overall shift of the sensor centres is the translation
     c_moved, _ = aligned_frames(g, moved)
     c_frame, _ = aligned_frames(g, f.vxd)
