@@ -6,8 +6,9 @@ probability ``p_false``; the largest single pull below the Gaussian limit for 3 
 The tracks are measured in the alignment's global frame (the overall VXD position and orientation
 fixed to the nominal geometry, :mod:`b2luca.alignment.constraints`), so the true position is first
 expressed in that frame (:func:`true_position_in_frame`: :func:`b2luca.alignment.frame.truth_in_frame`
-with the true VXDAlignment, moved with the used alignment's own overall motion); no other correction.  A residual misalignment of the alignment the cDSTs were made with (read from the
-cDST manifests) still moves the reconstructed beam spot: the position covariance used against the
+with the true VXDAlignment, moved with the used alignment's own overall motion); no other correction.
+A residual misalignment of the alignment the cDSTs were made with (read from the cDST manifests) still
+moves the reconstructed beam spot: the position covariance used against the
 truth adds, per axis, the mean square displacement (truth in the frame - used) of the PXD sensor
 centres as a systematic (zero when the cDSTs were made with the true alignment), and the size
 variances add the variance of those displacements about their mean (the extra spread of the impact
