@@ -4,7 +4,7 @@
 Simulates a bucket (the alignment's samples only: di-muons and cosmics), runs the calibration as the native
 runner does and then its validation, and reports wall and CPU time per phase:
 
-* track fitting (``build_measurements`` + ``fit_robust``, the reconstruction's fit),
+* track fitting (``build_measurements`` + ``fit_track_model``, the broken-line fit),
 * record writing (``records_from_dense``: Mille records in memory) and the per-interval label translation,
 * solve (the global fit: local elimination, assembly, sparse solve, errors),
 * the per-run monitor (automatic boundaries), and
@@ -67,11 +67,11 @@ def instrument() -> None:
     """Wrap the functions the calibration looks up at call time."""
     import b2luca.alignment as A
     import b2luca.reco.measurements as M
-    import b2luca.reco.robust as R
+    import b2luca.reco.track_model as T
     import calibrations.vxdcdc_alignment as cal
 
     M.build_measurements = timed("track fitting", M.build_measurements)
-    R.fit_robust = timed("track fitting", R.fit_robust)
+    T.fit_track_model = timed("track fitting", T.fit_track_model)
     A.records_from_dense = timed("record writing", A.records_from_dense)
     cal.part_trend = timed("monitor (per-run trend)", cal.part_trend)  # its own records and solve: counted here
     A.solve = timed("solve", A.solve)

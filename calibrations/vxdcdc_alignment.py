@@ -1,25 +1,37 @@
 """Full VXD and CDC alignment.
 
-Simultaneous global alignment of the VXD sensors and CDC layers with b2luca's Millepede-style solver:
-cosmic tracks through the whole detector, di-muons and hadronic tracks from the interaction point.
-Local track parameters are eliminated per track, the global system is solved with constraints on
-the weak modes. Results go to the VXDAlignment and CDCAlignment payloads. Needs the CDC time offsets, the SVD time
+Simultaneous global alignment of the VXD sensors and CDC layers with b2luca's Millepede-style solver
+from a mix of track samples, each of which pins weak modes the others leave free: cosmic tracks through
+the whole detector (both halves, off the IP), di-muons and hadronic tracks from the interaction point
+with the beam spot as a measurement (beam-spot constraint).  Needs the CDC time offsets, the SVD time
 offsets and the PXD masks of this bucket (the track finding reads all three).
 
-Implementation: tracks are fitted with :mod:`b2luca.reco.fit` (helix, no scattering kinks) with the
-constants in force (database chain: the CDC T0s, SVD time offsets and PXD masks of this bucket); every fitted track becomes one Mille
-record (residuals, 5 local derivatives, the 6 rigid-body derivatives of its VXD sensors / 3 of its
-CDC layers) and :func:`b2luca.alignment.solve` solves for all 212 x 6 + 56 x 3 parameters at once.
-Weak modes (global translations/rotations, which tracks alone cannot fix) are regularised with
-presigmas ``presigma_shift_mm`` / ``presigma_rotation`` on the total correction (relative to the values in
-force before this bucket, over all iterations).  Hadron tracks below ``min_momentum`` GeV are not used (the fit has no scattering model); tracks with
-chi2/ndf > ``outlier_chi2_cut`` are rejected.  Up to ``max_iterations`` outer iterations (refit tracks with
-the corrected geometry, solve again) until every correction is below ``convergence_pull`` times its error.
-Extra payload keys: ``params_error`` (same shape as params).
+Track model (General Broken Lines): tracks are fitted with the reconstruction's fit
+(:func:`b2luca.reco.track_model.fit_track_model`: helix + multiple-scattering kinks at the beam pipe, the
+six VXD layers and the CDC inner wall, muon or pion mass hypothesis) with the constants in force
+(database chain: the CDC T0s, SVD time offsets and PXD masks of this bucket).  Every fitted track
+becomes one Mille record: its residuals, the local derivatives w.r.t. the 5 helix parameters and its
+active kinks, one pseudo-measurement per kink (0 +- its Highland width), the 6 rigid-body derivatives
+of its VXD sensors / 3 of its CDC layers; collision tracks add the beam-spot measurement (d0 against the
+beam spot, error = the beam size seen by the track) with the beam-spot position (x, y) as two more
+global parameters.  :func:`b2luca.alignment.solve` solves for all 212 x 6 + 56 x 3 (+ 2) parameters at
+once.  Collision tracks down to a transverse momentum of ``min_pt`` GeV are used (the kinks give soft
+tracks their weight; below 0.2 GeV curlers have CDC hits near their turning point that the model does
+not describe); tracks with chi2/ndf > ``outlier_chi2_cut`` are rejected.  Parameters measured by fewer
+than ``min_entries`` hits stay at their current values (pede's ``entries``; error NaN).
+
+Global frame: fixed by six constraints (:func:`b2luca.alignment.constraints.frame_constraints`, written
+to ``frame_constraints.txt`` in pede's format): the overall translation and rotation of the VXD sensors
+against the nominal geometry are zero.  The CDC layers and the beam spot are measured relative to the
+VXD, so the BeamSpot calibrated after the alignment is in this frame too
+(:func:`b2luca.alignment.frame.truth_in_frame` expresses a truth in it).  No presigma regularisation by
+default (``presigma_shift_mm`` / ``presigma_rotation`` > 0 adds soft priors around the current values,
+for studies).  ``max_iterations`` outer iterations (refit tracks with the corrected geometry, solve
+again).  Extra payload keys: ``params_error`` (same shape as params).
 
 Time dependence: ``timedep`` (basf2 format, naming parts such as ``PXD``, ``PXD+X``, ``CDC``) and
 ``payload_boundaries`` give parts one set of parameters per run interval, all in the same global fit
-(:mod:`b2luca.alignment.timedep`); VXDAlignment / CDCAlignment are then written once per interval.
+(:mod:`b2luca.alignment.timedep`; the frame constraints are repeated for every interval's VXD labels); VXDAlignment / CDCAlignment are then written once per interval.
 ``auto_boundaries`` monitors the per-run position of each part of ``auto_boundaries_parts`` relative to
 ``auto_boundaries_reference`` (the rigid translations that fit the track residuals, local track parameters
 eliminated; a jump of every monitored part at once is attributed to the reference) and proposes ("propose") or applies ("apply") a boundary where it
@@ -48,17 +60,20 @@ quality_flags = [INPUT_DATA_FILTERS["Run Type"]["physics"],
                  "NOT " + INPUT_DATA_FILTERS["Data Quality Tag"]["Bad For Alignment"],
                  INPUT_DATA_FILTERS["Magnet"]["On"]]
 
-# events per file (0: the collection is not used; hadron tracks are soft and the fit has no scattering
-# model; the solver's assembly time grows with the number of tracks)
-default_config = {"cosmic_calib.max_processed_events_per_file": 200,
-                  "hadron_calib.max_processed_events_per_file": 0,
-                  "mumu_tight_or_highm_calib.max_processed_events_per_file": 250,
+# events per file (0: the collection is not used).  The assembly time grows with the number of tracks and with
+# the number of local parameters (5 + 2 per active kink: ~21 for collision tracks, ~37 for cosmics)
+default_config = {"cosmic_calib.max_processed_events_per_file": 150,
+                  "hadron_calib.max_processed_events_per_file": 30,
+                  "mumu_tight_or_highm_calib.max_processed_events_per_file": 150,
                   "method": "sparse",
                   "max_iterations": 3,
-                  "outlier_chi2_cut": 50.0,
-                  "min_momentum": 1.0,
-                  "presigma_shift_mm": 0.1,
-                  "presigma_rotation": 0.002,
+                  "outlier_chi2_cut": 10.0,
+                  "min_entries": 10,
+                  "min_pt": 0.2,
+                  "beam_spot_constraint": True,
+                  "frame_constraints": True,
+                  "presigma_shift_mm": 0.0,
+                  "presigma_rotation": 0.0,
                   # iterations: refit the tracks with the corrected geometry until every correction of an
                   # iteration is below convergence_pull times its error (or max_iterations)
                   "convergence_pull": 3.0,
@@ -96,36 +111,41 @@ RECO_PAYLOADS = ("VXDAlignment", "CDCAlignment", "CDCTimeZeros", "SVDTimeOffsets
 
 VXD_LABEL_FACTOR = 10
 CDC_LABEL_BASE = 1_000_000
+#: Millepede labels of the beam-spot position (x, y), fitted with the alignment.
+BEAM_SPOT_LABELS = (2_000_001, 2_000_002)
+#: Particle hypothesis (scattering widths) of each sample.
+SAMPLE_MASS = {"cosmic_calib": 0.1056584, "mumu_tight_or_highm_calib": 0.1056584, "hadron_calib": 0.1395704}
 
 
-def mille_records(raw, constants, cfg: dict, cosmic: bool):
-    """Fit the track candidates of ``raw`` and return (MilleRecords, number of tracks used, chi2/ndf array)."""
+
+
+def mille_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
+    """Fit the track candidates of ``raw`` (collection ``sample``) with the broken-line track model and
+    return (MilleRecords or None, number of tracks used, chi2/ndf array of the used tracks).
+
+    ``beam_spot``: a :class:`b2luca.reco.track_model.BeamSpotConstraint` added to every collision track
+    (None: no beam-spot measurement; never for cosmics)."""
     from b2luca.alignment import records_from_dense
-    from b2luca.reco import helix as H
+    from b2luca.reco.geometry import C_B
     from b2luca.reco.measurements import build_measurements
-    from b2luca.reco.robust import fit_robust
+    from b2luca.reco.track_model import beam_spot_rows, fit_track_model
 
     meas = build_measurements(raw, constants)
     if meas.n_tracks == 0:
         return None, 0, np.zeros(0)
-    fit = fit_robust(meas, constants, row_keys=("residual", "local_derivs", "global_derivs", "global_labels"))
-    meas = fit.meas
-    assert fit.residual is not None and fit.local_derivs is not None
-    assert fit.global_labels is not None and fit.global_derivs is not None
-    chi2_ndf = fit.chi2 / np.maximum(fit.ndf, 1)
-    good = (chi2_ndf < float(cfg["outlier_chi2_cut"])) & (fit.ndf > 5)
+    model = fit_track_model(meas, constants, mass=SAMPLE_MASS[sample])
+    chi2_ndf = model.chi2 / np.maximum(model.ndf, 1)
+    good = (chi2_ndf < float(cfg["outlier_chi2_cut"])) & (model.ndf > 5)
+    cosmic = sample == "cosmic_calib"
     if not cosmic:
-        good &= H.momentum(fit.params) > float(cfg["min_momentum"])
-    rows = good[meas.track]
-    track = meas.track[rows]
-    if not rows.any():
-        return None, 0, chi2_ndf
-    new_index = np.cumsum(good) - 1
-    counts = np.bincount(new_index[track], minlength=int(good.sum()))
-    rec_ptr = np.concatenate([[0], np.cumsum(counts)])
-    recs = records_from_dense(fit.residual[rows], meas.sigma[rows], fit.local_derivs[rows],
-                              fit.global_labels[rows], fit.global_derivs[rows], rec_ptr)
-    return recs, int(good.sum()), chi2_ndf[good]
+        good &= C_B / np.maximum(np.abs(model.params[:, 2]), 1e-12) > float(cfg["min_pt"])
+    use = np.flatnonzero(good)
+    if not use.size:
+        return None, 0, chi2_ndf[good]
+    extra = beam_spot_rows(model, use, beam_spot) if beam_spot is not None and not cosmic else None
+    recs = records_from_dense(*model.dense_rows(use, extra))
+    return recs, int(use.size), chi2_ndf[good]
+
 
 
 SUMMARY_FILE = "vxdcdc_alignment_summary.json"
@@ -171,6 +191,10 @@ def calibrate(job) -> None:
                                  previous=fit)
             fit["trend_before_apply"] = fit["previous_trend"]
     store_payloads(job, fit, translator, geom, first)
+    if fit["constraints"]:
+        from b2luca.alignment.constraints import write_constraints
+
+        write_constraints(Path(job.work_dir) / "frame_constraints.txt", fit["constraints"])
     summary = {"iterations": fit["iterations"], "converged": fit["converged"],
                "timedep": [{"part": t.part, "boundaries": [list(b) for b in t.boundaries]} for t in translator.timedep],
                "auto_boundaries": auto, "proposed_boundaries": proposed, "trend": fit.get("trend"),
@@ -280,6 +304,8 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     intervals are refined by ``translator``).  Returns constants per interval key, errors, per-iteration changes,
     the records of the last iteration (per file) and the per-run trend of the parts."""
     from b2luca.alignment import AlignmentProblem, solve
+    from b2luca.reco.geometry import NOMINAL_BEAMSPOT_SIZE
+    from b2luca.reco.track_model import BeamSpotConstraint
 
     vxd_lab, cdc_lab = base_labels(geom)
     runs = sorted({er for _, er, _ in raws} | {first})
@@ -296,8 +322,8 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     base = np.array(sorted(presig), np.int64)
     full = translator.all_labels(base)
     sigma = np.array([presig[int(b)] for b in translator.split(full)[0]])
-    # the presigma prior holds the TOTAL correction of this calibration (not each iteration's step), so the
-    # weak modes it regularises do not walk further with every iteration: accumulated corrections per label
+    # the presigma prior (off by default) holds the TOTAL correction of this calibration (not each iteration's
+    # step), so the weak modes it regularises do not walk further with every iteration: accumulated corrections
     acc = np.zeros(full.size)
     if previous is not None:  # refined intervals start from the accumulated corrections of their old interval
         old_acc = dict(zip(previous["labels"].tolist(), previous["acc"].tolist()))
@@ -305,17 +331,23 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         for r in keys.values():
             for n_, o_ in zip(translator.translate(base, r).tolist(), previous["translator"].translate(base, r).tolist()):
                 acc[index[n_]] = old_acc.get(o_, 0.0)
+    # the beam-spot position (x, y) is fitted with the alignment (one value for the bucket)
+    beam = np.asarray(next(iter(consts.values())).beam_position, float).copy()
     history: list[dict[str, Any]] = []
     converged = False
     errs: dict[int, float] = {}
     per_file: list = []
     last_corr: dict[int, float] = {}
+    constraints: list = []
     cut = float(cfg.get("convergence_pull", 3.0))
     for iteration in range(int(cfg["max_iterations"])):
+        bs = (BeamSpotConstraint(position=(float(beam[0]), float(beam[1])),
+                                 size=(float(NOMINAL_BEAMSPOT_SIZE[0]), float(NOMINAL_BEAMSPOT_SIZE[1])),
+                                 labels=BEAM_SPOT_LABELS) if cfg["beam_spot_constraint"] else None)
         records, per_file, used, chi2s = [], [], 0, []
         for name, er, raw in raws:
             t0 = time.perf_counter()
-            recs, n, c2 = mille_records(raw, consts[_key(translator, er)], cfg, cosmic=name == "cosmic_calib")
+            recs, n, c2 = mille_records(raw, consts[_key(translator, er)], cfg, name, beam_spot=bs)
             t1 = time.perf_counter()
             timing["track_fit_and_records"] += t1 - t0
             if recs is not None:
@@ -328,23 +360,31 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         if not records:
             raise RuntimeError(f"{settings.name}: no usable tracks in {len(raws)} files")
         t0 = time.perf_counter()
+        measured = np.unique(np.concatenate([r.glb_label for r in records]))
+        constraints = frame_constraints_per_interval(consts, keys, translator, geom, measured) \
+            if cfg["frame_constraints"] else []
         # the prior only for labels the data measure (as pede's presigma: a label without data stays out of the fit)
-        seen = np.isin(full, np.unique(np.concatenate([r.glb_label for r in records])))
-        result = solve(AlignmentProblem(records=records + [prior_records(full[seen], acc[seen], sigma[seen])],
-                                        method=str(cfg["method"]), iterations=1))
+        seen = np.isin(full, measured) & (sigma > 0)
+        prior = [prior_records(full[seen], acc[seen], sigma[seen])] if seen.any() else []
+        result = solve(AlignmentProblem(records=records + prior, method=str(cfg["method"]), iterations=1,
+                                        constraints=constraints, entries=int(cfg["min_entries"])))
         timing["solve"] += time.perf_counter() - t0
         corr = dict(zip(result.labels.tolist(), result.corrections.tolist()))
         acc = acc + np.array([corr.get(int(x), 0.0) for x in full])
         e = result.errors if result.errors is not None else np.full(result.labels.size, np.nan)
+        e = np.where(e > 0, e, np.nan)  # parameters left fixed (fewer than min_entries hits) have no error
         errs = dict(zip(result.labels.tolist(), e.tolist()))
-        pulls = np.abs(result.corrections) / np.where(e > 0, e, np.nan)
+        pulls = np.abs(result.corrections) / e
+        beam[:2] += np.array([corr.get(lab, 0.0) for lab in BEAM_SPOT_LABELS])
         for k, r in keys.items():
             dv = np.array([corr.get(int(x), 0.0) for x in translator.translate(vxd_lab.ravel(), r)]).reshape(vxd_lab.shape)
             dc = np.array([corr.get(int(x), 0.0) for x in translator.translate(cdc_lab.ravel(), r)]).reshape(cdc_lab.shape)
-            consts[k] = replace(consts[k], vxd_params=consts[k].vxd_params + dv, cdc_params=consts[k].cdc_params + dc)
+            consts[k] = replace(consts[k], vxd_params=consts[k].vxd_params + dv, cdc_params=consts[k].cdc_params + dc,
+                                beam_position=beam.copy())
         shifts = np.abs(result.corrections[(result.labels % 10) <= 3])  # translations (VXD du,dv,dw; CDC dx,dy)
         step = {"iteration": iteration + 1, "tracks": used, "median_chi2_ndf": float(np.median(np.concatenate(chi2s))),
-                "solver_chi2_ndf": float(result.chi2_ndf), "max_shift_um": 1e3 * float(shifts.max(initial=0.0)),
+                "solver_chi2_ndf": float(result.chi2_ndf),
+                "beam_spot_xy_um": [1e3 * float(beam[0]), 1e3 * float(beam[1])], "max_shift_um": 1e3 * float(shifts.max(initial=0.0)),
                 "rms_shift_um": 1e3 * float(np.sqrt(np.mean(shifts ** 2))) if shifts.size else 0.0,
                 "max_pull": float(np.nanmax(pulls)) if np.isfinite(pulls).any() else float("nan"),
                 "rms_pull": float(np.sqrt(np.nanmean(pulls ** 2))) if np.isfinite(pulls).any() else float("nan")}
@@ -361,7 +401,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
                     settings.name, len(history), history[-1]["max_pull"], cut)
     fit = {"consts": consts, "keys": keys, "errors": errs, "iterations": history, "converged": converged,
            "records": per_file, "corrections": last_corr, "translator": translator, "start": consts,
-           "labels": full, "acc": acc}
+           "labels": full, "acc": acc, "constraints": constraints}
     if previous is not None:
         fit["previous_trend"] = previous.get("trend")
         fit["iterations"] = previous["iterations"] + history
@@ -369,6 +409,34 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     fit["trend"] = part_trend(per_file, last_corr, cfg, geom)
     timing["monitor"] += time.perf_counter() - t0
     return fit
+
+
+def frame_constraints_per_interval(consts: dict, keys: dict, translator, geom, measured: np.ndarray) -> list:
+    """The frame constraints (:func:`b2luca.alignment.constraints.frame_constraints`) on the VXD labels of the
+    first interval with data, given its constants in force, repeated (on the per-interval labels,
+    :meth:`LabelTranslator.translate`) for every other interval that is an independent copy of the whole
+    tracking system (all its VXD and CDC labels per-interval, e.g. ``payload_boundaries``): there the overall
+    motion is again free.  An interval that shares parts with the first (e.g. only the PXD time dependent) is
+    tied to it by the tracks through the shared parts: the frame is already fixed, and repeating the constraints
+    there would force the moving part's overall position to be the same in every interval."""
+    from b2luca.alignment.constraints import frame_constraints
+
+    vxd_lab, cdc_lab = base_labels(geom)
+    every = np.concatenate([vxd_lab.ravel(), cdc_lab.ravel()])
+    out: list = []
+    ref: np.ndarray | None = None
+    for k, r in sorted(keys.items(), key=lambda kv: kv[1]):
+        mine = translator.translate(every, r)
+        if not np.isin(mine, measured).any():
+            continue
+        if ref is not None and np.isin(mine, ref).any():
+            continue
+        ref = mine if ref is None else ref
+        for c in frame_constraints(geom, consts[k].vxd_params):
+            labels = translator.translate(c.labels, r)
+            out.append(replace(c, labels=labels,
+                               origin=f"{c.origin} (interval {list(k)})" if translator.active else c.origin))
+    return out
 
 
 def prior_records(labels: np.ndarray, acc: np.ndarray, sigma: np.ndarray):

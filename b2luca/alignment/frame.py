@@ -1,61 +1,92 @@
-"""The global frame of the VXD + CDC alignment, and the simulation truth expressed in it.
+"""The simulation truth expressed in the alignment's global frame (for validations).
 
-TEMPORARY minimal version written for issue 14 part C (the validation); issue 14 part A owns this module
-and the constraints that define the frame -- the lead reconciles the two.
-
-The frame: the overall position and orientation of the tracking system is fixed to the nominal geometry
-(as in Belle II).  The rigid-body motion of the VXD (3 translations, 3 small rotations about the origin) is
-the least-squares fit to the displacements of its sensor centres (equal weights).  Its translation and its
-rotation about z, applied to the VXD *and* the CDC together (a CDC z shift is the stereo-layer rotation
-``cdc_tz_um`` of :mod:`b2luca.alignment.weak_modes`), is the overall motion of the tracking system that
-tracks cannot measure; :func:`truth_in_frame` removes it from the truth.  The VXD's rotations about x/y are
-kept: CDC layers cannot tilt (dx, dy, dphi only), so the CDC wires fix them and tracks through both
-detectors measure them.
+The alignment fixes the frame with the constraints of :func:`b2luca.alignment.constraints.
+frame_constraints`: the overall (least-squares) translation and rotation of the VXD sensors against the
+nominal geometry are zero (:data:`~b2luca.alignment.constraints.FRAME_DOFS`).  Tracks cannot see (or
+barely see) such a motion of the whole tracking system together with the beam spot, so a truth that
+contains one (e.g. the mean of the half-shell shifts) is compared after removing it: :func:`truth_in_frame`
+finds that motion of the true VXD in the constraints' metric and expresses every true position in the
+frame moved with it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..reco.geometry import Geometry, nominal_geometry
-from .weak_modes import mode_matrix, parameter_layout
+from .constraints import FRAME_DOFS, rigid_motion_jacobian
 
-__all__ = ["FRAME_FIXED", "FRAME_MODES", "frame_motion", "truth_in_frame"]
-
-#: the six rigid-body motions of the VXD, each as (VXD mode, CDC mode that moves with it or None)
-FRAME_MODES = (("vxd_tx_um", "cdc_tx_um"), ("vxd_ty_um", "cdc_ty_um"), ("vxd_tz_um", "cdc_tz_um"),
-               ("vxd_rx_urad", None), ("vxd_ry_urad", None), ("vxd_rz_urad", "cdc_rz_urad"))
-#: which of them define the frame (moved together with the CDC; the others are measured against the CDC)
-FRAME_FIXED = (True, True, True, False, False, True)
+__all__ = ["FrameTruth", "frame_motion", "truth_in_frame"]
 
 
-def _tracking_modes(geom: Geometry) -> np.ndarray:
-    cols = []
-    for vxd_name, cdc_name in FRAME_MODES:
-        col = mode_matrix([vxd_name], geom)[:, 0].copy()
-        if cdc_name is not None:
-            col += mode_matrix([cdc_name], geom)[:, 0]
-        cols.append(col)
-    return np.stack(cols, axis=1)
+@dataclass(frozen=True)
+class FrameTruth:
+    """Truth in the alignment frame.
+
+    ``vxd`` (S, 6) VXDAlignment params, ``cdc`` (L, 3) CDCAlignment params (dx, dy, dphi),
+    ``beam_position`` (3,) [mm] or None; ``translation`` (3,) [mm] and ``rotation`` (3,) [rad]: the rigid
+    motion (T, w) of the true VXD that was removed (first order: x_frame = x_true - T - w x x_true).
+    """
+
+    vxd: np.ndarray
+    cdc: np.ndarray
+    beam_position: np.ndarray | None
+    translation: np.ndarray
+    rotation: np.ndarray
 
 
-def frame_motion(vxd: np.ndarray, cdc: np.ndarray, geom: Geometry | None = None) -> np.ndarray:
-    """The rigid-body motion (tx, ty, tz [um], rx, ry, rz [urad]) of the VXD in a set of alignment parameters."""
+def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position: np.ndarray | None = None,
+                   geom: Geometry | None = None, dofs: tuple[int, ...] = FRAME_DOFS) -> FrameTruth:
+    """Express a true alignment (and beam spot) in the alignment's frame.
+
+    Args:
+        vxd_params: (S, 6) true VXDAlignment ``params`` in the nominal sensor order (``geom.sensor_id``).
+        cdc_params: (L, 3) true CDCAlignment ``params`` (dx, dy [mm], dphi [rad]) per layer.
+        beam_position: (3,) true BeamSpot ``position`` [mm], optional.
+        geom: the nominal geometry (default :func:`b2luca.reco.geometry.nominal_geometry`).
+        dofs: the frame's degrees of freedom (indices of (T_x, T_y, T_z, w_x, w_y, w_z)); the default is
+            the alignment's (:data:`~b2luca.alignment.constraints.FRAME_DOFS`: all six).
+
+    Returns:
+        :class:`FrameTruth` whose ``vxd`` satisfies the frame constraints exactly:
+        ``vxd = p - A (T, w)`` with (T, w) the least-squares motion of ``vxd_params`` restricted to ``dofs``
+        (the other components are zero); the CDC layers and the beam spot are moved by the same motion
+        (first order: (dx, dy) -= (T_x, T_y) + w_z x (dx, dy), dphi -= w_z and, the z shift of a stereo layer
+        being its rotation -dz * stereo / r, dphi += T_z * stereo / r; beam: b - T - w x b).
+        Compare fitted constants with these, never with the raw truth.
+    """
     geom = geom or nominal_geometry()
-    lay = parameter_layout(geom)
-    vec = lay.pack(vxd, cdc)
-    m = _tracking_modes(geom)
-    shift = np.zeros(lay.size, bool)  # the VXD sensor shifts (du, dv, dw) define the frame
-    shift[: 6 * geom.n_sensors] = np.tile([True, True, True, False, False, False], geom.n_sensors)
-    sol, *_ = np.linalg.lstsq(m[shift], vec[shift], rcond=None)
-    return sol
+    p = np.asarray(vxd_params, float)
+    if p.shape != (geom.n_sensors, 6):
+        raise ValueError(f"truth_in_frame: vxd_params must have shape ({geom.n_sensors}, 6), got {p.shape}")
+    cdc = np.asarray(cdc_params, float)
+    if cdc.ndim != 2 or cdc.shape[1] != 3:
+        raise ValueError(f"truth_in_frame: cdc_params must have shape (layers, 3), got {cdc.shape}")
+    a = rigid_motion_jacobian(geom)[:, :, list(dofs)]
+    ata = np.einsum("sik,sil->kl", a, a)
+    atp = np.einsum("sik,si->k", a, p)
+    x = np.zeros(6)
+    x[list(dofs)] = np.linalg.solve(ata, atp)
+    t, w = x[:3], x[3:]
+    vxd = p - np.einsum("sik,k->si", a, x[list(dofs)])
+    cdc_f = cdc.copy()
+    cdc_f[:, 0] -= t[0] - w[2] * cdc[:, 1]
+    cdc_f[:, 1] -= t[1] + w[2] * cdc[:, 0]
+    cdc_f[:, 2] -= w[2]
+    if cdc.shape[0] == geom.n_cdc_layers:  # a z shift of a stereo layer is dphi = -dz * stereo / r (weak_modes)
+        cdc_f[:, 2] += t[2] * geom.cdc_stereo / geom.cdc_r
+    beam = None
+    if beam_position is not None:
+        b = np.asarray(beam_position, float)
+        beam = b - t - np.cross(w, b)
+    return FrameTruth(vxd=vxd, cdc=cdc_f, beam_position=beam, translation=t, rotation=w)
 
 
-def truth_in_frame(vxd: np.ndarray, cdc: np.ndarray, geom: Geometry | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The truth ``(vxd (S, 6), cdc (L, 3))`` with the overall tx, ty, tz, rz of the tracking system removed
-    (see the module docstring)."""
-    geom = geom or nominal_geometry()
-    lay = parameter_layout(geom)
-    motion = frame_motion(vxd, cdc, geom) * np.array(FRAME_FIXED)
-    vec = lay.pack(vxd, cdc) - _tracking_modes(geom) @ motion
-    return lay.unpack(vec)
+def frame_motion(vxd_params: np.ndarray, cdc_params: np.ndarray, geom: Geometry | None = None,
+                 dofs: tuple[int, ...] = FRAME_DOFS) -> np.ndarray:
+    """The rigid motion of the VXD that :func:`truth_in_frame` removes, as (tx, ty, tz [um], rx, ry, rz [urad])
+    (for reports)."""
+    f = truth_in_frame(vxd_params, cdc_params, geom=geom, dofs=dofs)
+    return np.concatenate([1e3 * f.translation, 1e6 * f.rotation])

@@ -109,10 +109,11 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
     lay = parameter_layout(geom)
     out = CheckResult()
     out.figures["mode"] = "truth"
-    tv, tc = truth_in_frame(true_vxd, true_cdc, geom)
+    frame = truth_in_frame(true_vxd, true_cdc, geom=geom)
+    tv, tc = frame.vxd, frame.cdc
     for name, value in zip(("tx_um", "ty_um", "tz_um", "rx_urad", "ry_urad", "rz_urad"),
                            frame_motion(true_vxd, true_cdc, geom)):
-        out.figures[f"truth_vxd_rigid_{name}"] = float(value)  # tx, ty, rz of it define the frame
+        out.figures[f"truth_vxd_rigid_{name}"] = float(value)  # removed: the frame fixes all six
     d_vxd = np.asarray(fitted_vxd, float) - tv
     d_cdc = np.asarray(fitted_cdc, float) - tc
     e_vxd, e_cdc = np.asarray(err_vxd, float), np.asarray(err_cdc, float)

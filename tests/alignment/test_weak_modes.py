@@ -112,15 +112,15 @@ def test_projection_rejects_bad_input():
 
 
 def test_truth_in_frame_removes_the_overall_motion_only():
-    """The overall translation and z rotation of the tracking system go; everything else stays."""
+    """The overall translation and rotation of the VXD go (the frame constraints fix all six), the CDC moving
+    with them (its tx, ty, rz and, via the stereo layers, tz); the weak modes stay."""
     motion = {"vxd_tx_um": 30.0, "vxd_tz_um": -12.0, "vxd_ry_urad": 40.0, "vxd_rz_urad": 80.0,
               "cdc_tx_um": 30.0, "cdc_tz_um": -12.0, "cdc_rz_urad": 80.0}
     weak = {"vxd_radial_expansion_um": 20.0, "cdc_twist_urad": 50.0}
     v, c = W.distortion({**motion, **weak}, G)
     # (the ladder layout is not exactly symmetric: a radial expansion has a 1e-3 um rigid-body part)
     np.testing.assert_allclose(frame_motion(v, c, G), [30, 0, -12, 0, 40, 80], atol=2e-3)
-    tv, tc = truth_in_frame(v, c, G)
-    # removed: tx, ty, tz, rz of VXD + CDC together; kept: the VXD's ry (measured against the CDC wires)
-    wv, wc = W.distortion({**weak, "vxd_ry_urad": 40.0}, G)
-    np.testing.assert_allclose(tv, wv, atol=1e-5)  # mm / rad
-    np.testing.assert_allclose(tc, wc, atol=1e-5)
+    f = truth_in_frame(v, c, geom=G)
+    wv, wc = W.distortion(weak, G)
+    np.testing.assert_allclose(f.vxd, wv, atol=1e-5)  # mm / rad
+    np.testing.assert_allclose(f.cdc, wc, atol=1e-5)

@@ -42,7 +42,8 @@ def test_alignment_against_truth_and_validation(bucket, job_factory, script, tmp
     assert vxd["params"].shape == truth["params"].shape == (212, 6)
     np.testing.assert_array_equal(vxd["sensor_id"], truth["sensor_id"])
     assert cdc["params"].shape == (56, 3)
-    tv, _tc = truth_in_frame(truth["params"], truth_cdc["params"], g)
+    _fr = truth_in_frame(truth["params"], truth_cdc["params"], geom=g)
+    tv, _tc = _fr.vxd, _fr.cdc
     # the transverse sensor positions (what tracks measure best) improve several-fold (truth in the frame)
     rms = lambda a: float(np.sqrt(np.mean(a ** 2)))  # noqa: E731
     assert rms(vxd["params"][:, 0] - tv[:, 0]) < 0.4 * rms(tv[:, 0])

@@ -29,7 +29,8 @@ def truth():
 
 def _fitted(truth, seed=2, weak=None, scale=1.0, frame_shift_um=0.0):
     """A perfect alignment: the truth in the frame, smeared by its stated errors (times ``scale``)."""
-    tv, tc = truth_in_frame(truth.vxd_params, truth.cdc_params, G)
+    _fr = truth_in_frame(truth.vxd_params, truth.cdc_params, geom=G)
+    tv, tc = _fr.vxd, _fr.cdc
     rng = np.random.default_rng(seed)
     fv = tv + rng.normal(0, scale * E_VXD)
     fc = tc + rng.normal(0, scale * E_CDC)
@@ -92,7 +93,8 @@ def test_errors_that_do_not_describe_the_result_fail(val, truth, scale, word):
 
 def test_exact_truth_with_nonzero_errors_fails_the_width(val, truth):
     """Feeding the exact truth with finite errors: all pulls 0 -- the errors overstate the scatter."""
-    tv, tc = truth_in_frame(truth.vxd_params, truth.cdc_params, G)
+    _fr = truth_in_frame(truth.vxd_params, truth.cdc_params, geom=G)
+    tv, tc = _fr.vxd, _fr.cdc
     res = val.truth_checks(tv, E_VXD, tc, E_CDC, truth.vxd_params, truth.cdc_params, geom=G)
     assert any("pull width 0.00" in r for r in res.reasons)
     assert not any(r.startswith("weak mode") for r in res.reasons)

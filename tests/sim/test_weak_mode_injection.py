@@ -31,8 +31,10 @@ def test_injection_is_additive_and_recoverable():
     # the truth payloads carry it, and the projection of (bent - plain) in the frame gives the amplitudes back
     tp = truth_payloads(bent, g)
     lay = W.parameter_layout(g)
-    tv, tc = truth_in_frame(tp["VXDAlignment"]["params"], tp["CDCAlignment"]["params"], g)
-    pv, pc = truth_in_frame(plain.vxd_params, plain.cdc_params, g)
+    _fr = truth_in_frame(tp["VXDAlignment"]["params"], tp["CDCAlignment"]["params"], geom=g)
+    tv, tc = _fr.vxd, _fr.cdc
+    _fr = truth_in_frame(plain.vxd_params, plain.cdc_params, geom=g)
+    pv, pc = _fr.vxd, _fr.cdc
     p = W.project(lay.pack(tv - pv, tc - pc), None, names=W.MODE_NAMES, geom=g).as_dict()
     assert p["vxd_radial_expansion_um"][0] == pytest.approx(20.0, abs=0.01)
     assert p["cdc_twist_urad"][0] == pytest.approx(50.0, abs=0.01)
