@@ -20,18 +20,24 @@ tracks their weight; below 0.2 GeV curlers have CDC hits near their turning poin
 not describe); tracks with chi2/ndf > ``outlier_chi2_cut`` are rejected.  Parameters measured by fewer
 than ``min_entries`` hits stay at their current values (pede's ``entries``; error NaN).
 
-Global frame: fixed by six constraints (:func:`b2luca.alignment.constraints.frame_constraints`, written
-to ``frame_constraints.txt`` in pede's format): the overall translation and rotation of the VXD sensors
-against the nominal geometry are zero.  The CDC layers and the beam spot are measured relative to the
+Global frame: fixed by four constraints (:func:`b2luca.alignment.constraints.frame_constraints`, written
+to ``frame_constraints.txt`` in pede's format): the overall translation and the rotation about z of the VXD
+sensors against the nominal geometry are zero; the VXD tilts are measured against the CDC wires (the CDC
+layers cannot tilt).  The CDC layers and the beam spot are measured relative to the
 VXD, so the BeamSpot calibrated after the alignment is in this frame too
 (:func:`b2luca.alignment.frame.truth_in_frame` expresses a truth in it).  No presigma regularisation by
 default (``presigma_shift_mm`` / ``presigma_rotation`` > 0 adds soft priors around the current values,
-for studies).  ``max_iterations`` outer iterations (refit tracks with the corrected geometry, solve
-again).  Extra payload keys: ``params_error`` (same shape as params).
+for studies; they act on the total correction of this calibration, over all iterations).  Up to
+``max_iterations`` outer iterations (refit tracks with the corrected geometry, solve again) until every
+correction is below ``convergence_pull`` times its error.  Extra payload keys: ``params_error`` (same shape
+as params) and, with ``store_covariance``, VXDAlignment's ``params_cov``: the full covariance of the packed
+VXD + CDC parameters (:class:`b2luca.alignment.weak_modes.ParameterLayout`), which alone gives the weak modes'
+errors (the validation decorrelates its pulls with it).
 
 Time dependence: ``timedep`` (basf2 format, naming parts such as ``PXD``, ``PXD+X``, ``CDC``) and
 ``payload_boundaries`` give parts one set of parameters per run interval, all in the same global fit
-(:mod:`b2luca.alignment.timedep`; the frame constraints are repeated for every interval's VXD labels); VXDAlignment / CDCAlignment are then written once per interval.
+(:mod:`b2luca.alignment.timedep`; the frame constraints are repeated for every interval that is an
+independent copy of the whole tracking system, :func:`frame_constraints_per_interval`); VXDAlignment / CDCAlignment are then written once per interval.
 ``auto_boundaries`` monitors the per-run position of each part of ``auto_boundaries_parts`` relative to
 ``auto_boundaries_reference`` (the rigid translations that fit the track residuals, local track parameters
 eliminated; a jump of every monitored part at once is attributed to the reference) and proposes ("propose") or applies ("apply") a boundary where it
@@ -74,6 +80,10 @@ default_config = {"cosmic_calib.max_processed_events_per_file": 150,
                   "frame_constraints": True,
                   "presigma_shift_mm": 0.0,
                   "presigma_rotation": 0.0,
+                  # VXDAlignment carries params_cov: the full (P, P) covariance of the packed VXD + CDC parameters
+                  # (b2luca.alignment.weak_modes.ParameterLayout; float32, ~8 MB) -- the weak modes are correlated
+                  # over many parameters, so only it gives their errors and decorrelated pulls (the validation)
+                  "store_covariance": True,
                   # iterations: refit the tracks with the corrected geometry until every correction of an
                   # iteration is below convergence_pull times its error (or max_iterations)
                   "convergence_pull": 3.0,
@@ -367,7 +377,8 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         seen = np.isin(full, measured) & (sigma > 0)
         prior = [prior_records(full[seen], acc[seen], sigma[seen])] if seen.any() else []
         result = solve(AlignmentProblem(records=records + prior, method=str(cfg["method"]), iterations=1,
-                                        constraints=constraints, entries=int(cfg["min_entries"])))
+                                        constraints=constraints, entries=int(cfg["min_entries"]),
+                                        covariance=bool(cfg.get("store_covariance", True))))
         timing["solve"] += time.perf_counter() - t0
         corr = dict(zip(result.labels.tolist(), result.corrections.tolist()))
         acc = acc + np.array([corr.get(int(x), 0.0) for x in full])
@@ -401,7 +412,8 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
                     settings.name, len(history), history[-1]["max_pull"], cut)
     fit = {"consts": consts, "keys": keys, "errors": errs, "iterations": history, "converged": converged,
            "records": per_file, "corrections": last_corr, "translator": translator, "start": consts,
-           "labels": full, "acc": acc, "constraints": constraints}
+           "labels": full, "acc": acc, "constraints": constraints,
+           "covariance": (result.info.get("covariance_labels"), result.info.get("covariance"))}
     if previous is not None:
         fit["previous_trend"] = previous.get("trend")
         fit["iterations"] = previous["iterations"] + history
@@ -574,4 +586,25 @@ def store_payloads(job, fit: dict, translator, geom, first: tuple[int, int]) -> 
                         "params_error": err}
             else:
                 data = {"sensor_id": geom.sensor_id.astype(np.int32), "params": const.vxd_params, "params_error": err}
+                cov = packed_covariance(fit.get("covariance"), translator, geom, lo)
+                if cov is not None:
+                    data["params_cov"] = cov
             job.output_db.store(payload, data, iov)
+
+
+def packed_covariance(cov_entry, translator, geom, exprun: tuple[int, int]) -> np.ndarray | None:
+    """The (P, P) covariance (float32) of the packed VXD + CDC parameters of run ``exprun``
+    (:class:`b2luca.alignment.weak_modes.ParameterLayout` order), from the fit's covariance of its free labels;
+    rows/columns of parameters not fitted are NaN.  None when the fit has no covariance."""
+    labels, cov = cov_entry if cov_entry is not None else (None, None)
+    if labels is None or cov is None:
+        return None
+    vxd_lab, cdc_lab = base_labels(geom)
+    packed = translator.translate(np.concatenate([vxd_lab.ravel(), cdc_lab.ravel()]), exprun)
+    pos = np.searchsorted(labels, packed)
+    pc = np.minimum(pos, labels.size - 1)
+    hit = labels[pc] == packed
+    out = np.full((packed.size, packed.size), np.nan, np.float32)
+    idx = np.flatnonzero(hit)
+    out[np.ix_(idx, idx)] = cov[np.ix_(pc[hit], pc[hit])]
+    return out

@@ -2,7 +2,8 @@
 
 The alignment fixes the frame with the constraints of :func:`b2luca.alignment.constraints.
 frame_constraints`: the overall (least-squares) translation and rotation of the VXD sensors against the
-nominal geometry are zero (:data:`~b2luca.alignment.constraints.FRAME_DOFS`).  Tracks cannot see (or
+nominal geometry are zero (:data:`~b2luca.alignment.constraints.FRAME_DOFS`: the translations and the rotation about z;
+the tilts are measured against the CDC).  Tracks cannot see (or
 barely see) such a motion of the whole tracking system together with the beam spot, so a truth that
 contains one (e.g. the mean of the half-shell shifts) is compared after removing it: :func:`truth_in_frame`
 finds that motion of the true VXD in the constraints' metric and expresses every true position in the
@@ -47,7 +48,7 @@ def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position
         beam_position: (3,) true BeamSpot ``position`` [mm], optional.
         geom: the nominal geometry (default :func:`b2luca.reco.geometry.nominal_geometry`).
         dofs: the frame's degrees of freedom (indices of (T_x, T_y, T_z, w_x, w_y, w_z)); the default is
-            the alignment's (:data:`~b2luca.alignment.constraints.FRAME_DOFS`: all six).
+            the alignment's (:data:`~b2luca.alignment.constraints.FRAME_DOFS`: T_x, T_y, T_z, w_z).
 
     Returns:
         :class:`FrameTruth` whose ``vxd`` satisfies the frame constraints exactly:
@@ -85,8 +86,9 @@ def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position
 
 
 def frame_motion(vxd_params: np.ndarray, cdc_params: np.ndarray, geom: Geometry | None = None,
-                 dofs: tuple[int, ...] = FRAME_DOFS) -> np.ndarray:
-    """The rigid motion of the VXD that :func:`truth_in_frame` removes, as (tx, ty, tz [um], rx, ry, rz [urad])
-    (for reports)."""
+                 dofs: tuple[int, ...] = (0, 1, 2, 3, 4, 5)) -> np.ndarray:
+    """The least-squares rigid motion of the VXD in ``vxd_params`` over ``dofs`` (default: all six, as in the
+    reports; :func:`truth_in_frame` removes the part over :data:`FRAME_DOFS`), as (tx, ty, tz [um], rx, ry,
+    rz [urad])."""
     f = truth_in_frame(vxd_params, cdc_params, geom=geom, dofs=dofs)
     return np.concatenate([1e3 * f.translation, 1e6 * f.rotation])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from b2luca.alignment.constraints import (frame_constraints, read_constraints, rigid_motion_jacobian, vxd_labels,
+from b2luca.alignment.constraints import (FRAME_DOFS, frame_constraints, read_constraints, rigid_motion_jacobian, vxd_labels,
                                           write_constraints)
 from b2luca.alignment.errors import SteeringError
 from b2luca.alignment.frame import truth_in_frame
@@ -34,10 +34,10 @@ def test_write_read_roundtrip_and_bad_file(tmp_path):
     g = nominal_geometry()
     cur = np.random.default_rng(1).normal(0, 0.01, (g.n_sensors, 6))
     cons = frame_constraints(g, cur)
-    assert len(cons) == 6 and len(frame_constraints(g, dofs=(0, 1, 5))) == 3
+    assert len(cons) == len(FRAME_DOFS) == 4 and len(frame_constraints(g, dofs=(0, 1, 5))) == 3
     path = write_constraints(tmp_path / "frame.txt", cons)
     back = read_constraints(path)
-    assert len(back) == 6
+    assert len(back) == 4
     for a, b in zip(cons, back):
         assert a.value == b.value and a.sigma is None and b.sigma is None
         np.testing.assert_array_equal(a.labels, b.labels)
@@ -86,7 +86,11 @@ def test_truth_in_frame_removes_a_rigid_motion_only():
     f3 = truth_in_frame(local + tilt, cdc, geom=g, dofs=(0, 1, 5))
     assert f3.translation[2] == 0 and np.all(f3.rotation[:2] == 0)
     assert np.max(np.abs(np.einsum("sik,si->k", a[:, :, [0, 1, 5]], f3.vxd))) < 1e-9
-    np.testing.assert_allclose(truth_in_frame(local + tilt, cdc, geom=g).vxd, local, atol=1e-9)
+    np.testing.assert_allclose(truth_in_frame(local + tilt, cdc, geom=g, dofs=tuple(range(6))).vxd, local, atol=1e-9)
+    # the default frame (FRAME_DOFS) keeps the tilts: they are measured against the CDC
+    f4 = truth_in_frame(local + tilt, cdc, geom=g)
+    assert np.all(f4.rotation[:2] == 0) and abs(f4.translation[2]) > 0
+    assert np.max(np.abs(np.einsum("sik,si->k", a[:, :, list(FRAME_DOFS)], f4.vxd))) < 1e-9
     # consistency with the sensor frames: the overall shift of the sensor centres is the translation
     c_moved, _ = aligned_frames(g, moved)
     c_frame, _ = aligned_frames(g, f.vxd)
