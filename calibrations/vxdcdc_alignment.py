@@ -349,6 +349,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     per_file: list = []
     last_corr: dict[int, float] = {}
     constraints: list = []
+    frame_sensors: dict = {}
     cut = float(cfg.get("convergence_pull", 3.0))
     for iteration in range(int(cfg["max_iterations"])):
         bs = (BeamSpotConstraint(position=(float(beam[0]), float(beam[1])),
@@ -370,9 +371,10 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         if not records:
             raise RuntimeError(f"{settings.name}: no usable tracks in {len(raws)} files")
         t0 = time.perf_counter()
-        measured = np.unique(np.concatenate([r.glb_label for r in records]))
-        constraints = frame_constraints_per_interval(consts, keys, translator, geom, measured) \
-            if cfg["frame_constraints"] else []
+        measured, entries = np.unique(np.concatenate([r.glb_label for r in records]), return_counts=True)
+        frame_labels = measured[entries >= int(cfg["min_entries"])]  # the fitted (not fixed) parameters
+        constraints, frame_sensors = frame_constraints_per_interval(consts, keys, translator, geom, frame_labels) \
+            if cfg["frame_constraints"] else ([], {})
         # the prior only for labels the data measure (as pede's presigma: a label without data stays out of the fit)
         seen = np.isin(full, measured) & (sigma > 0)
         prior = [prior_records(full[seen], acc[seen], sigma[seen])] if seen.any() else []
@@ -412,7 +414,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
                     settings.name, len(history), history[-1]["max_pull"], cut)
     fit = {"consts": consts, "keys": keys, "errors": errs, "iterations": history, "converged": converged,
            "records": per_file, "corrections": last_corr, "translator": translator, "start": consts,
-           "labels": full, "acc": acc, "constraints": constraints,
+           "labels": full, "acc": acc, "constraints": constraints, "frame_sensors": frame_sensors,
            "covariance": (result.info.get("covariance_labels"), result.info.get("covariance"))}
     if previous is not None:
         fit["previous_trend"] = previous.get("trend")
@@ -423,19 +425,23 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     return fit
 
 
-def frame_constraints_per_interval(consts: dict, keys: dict, translator, geom, measured: np.ndarray) -> list:
+def frame_constraints_per_interval(consts: dict, keys: dict, translator, geom,
+                                   measured: np.ndarray) -> tuple[list, dict]:
     """The frame constraints (:func:`b2luca.alignment.constraints.frame_constraints`) on the VXD labels of the
     first interval with data, given its constants in force, repeated (on the per-interval labels,
     :meth:`LabelTranslator.translate`) for every other interval that is an independent copy of the whole
     tracking system (all its VXD and CDC labels per-interval, e.g. ``payload_boundaries``): there the overall
     motion is again free.  An interval that shares parts with the first (e.g. only the PXD time dependent) is
     tied to it by the tracks through the shared parts: the frame is already fixed, and repeating the constraints
-    there would force the moving part's overall position to be the same in every interval."""
+    there would force the moving part's overall position to be the same in every interval.  Only sensors whose
+    six parameters are all fitted (in ``measured``) define the frame.  Returns (constraints, {interval key:
+    (S,) bool sensors of the frame})."""
     from b2luca.alignment.constraints import frame_constraints
 
     vxd_lab, cdc_lab = base_labels(geom)
     every = np.concatenate([vxd_lab.ravel(), cdc_lab.ravel()])
     out: list = []
+    sensors: dict = {}
     ref: np.ndarray | None = None
     for k, r in sorted(keys.items(), key=lambda kv: kv[1]):
         mine = translator.translate(every, r)
@@ -444,11 +450,14 @@ def frame_constraints_per_interval(consts: dict, keys: dict, translator, geom, m
         if ref is not None and np.isin(mine, ref).any():
             continue
         ref = mine if ref is None else ref
-        for c in frame_constraints(geom, consts[k].vxd_params):
+        used = np.isin(translator.translate(vxd_lab.ravel(), r), measured).reshape(vxd_lab.shape).all(1)
+        sensors[k] = used
+        for c in frame_constraints(geom, consts[k].vxd_params, sensors=used):
             labels = translator.translate(c.labels, r)
             out.append(replace(c, labels=labels,
                                origin=f"{c.origin} (interval {list(k)})" if translator.active else c.origin))
-    return out
+    first = next(iter(sensors.values())) if sensors else None
+    return out, {k: sensors.get(k, first) for k in keys}
 
 
 def prior_records(labels: np.ndarray, acc: np.ndarray, sigma: np.ndarray):
@@ -586,6 +595,9 @@ def store_payloads(job, fit: dict, translator, geom, first: tuple[int, int]) -> 
                         "params_error": err}
             else:
                 data = {"sensor_id": geom.sensor_id.astype(np.int32), "params": const.vxd_params, "params_error": err}
+                fs = fit.get("frame_sensors", {}).get(_key(translator, lo))
+                if fs is not None:  # the sensors that define the frame (truth_in_frame's ``sensors``)
+                    data["frame_sensors"] = np.asarray(fs, np.int8)
                 cov = packed_covariance(fit.get("covariance"), translator, geom, lo)
                 if cov is not None:
                     data["params_cov"] = cov

@@ -72,10 +72,17 @@ def rigid_motion_jacobian(geom: Geometry) -> np.ndarray:
 
 
 def frame_constraints(geom: Geometry, current_vxd: np.ndarray | None = None,
-                      dofs: tuple[int, ...] = FRAME_DOFS) -> list[Constraint]:
+                      dofs: tuple[int, ...] = FRAME_DOFS, sensors: np.ndarray | None = None) -> list[Constraint]:
     """The frame constraints ``Σ_s (A_s)ᵀ_k (p_s + Δp_s) = 0`` (k in ``dofs``) on the corrections Δp of the
-    VXD labels (:func:`vxd_labels`), given the parameters ``current_vxd`` (S, 6) in force (nominal: zeros)."""
+    VXD labels (:func:`vxd_labels`), given the parameters ``current_vxd`` (S, 6) in force (nominal: zeros).
+
+    ``sensors``: (S,) bool, the sensors that define the frame (default all).  Leave out sensors that the fit
+    does not measure (pede's ``entries``): held at their start values (nominal), they would pull the frame of
+    the measured sensors towards that start (e.g. 3 unmeasured outer sensors ~50 um off turn the demo's
+    VXD by ~20 urad about z against the truth)."""
     a = rigid_motion_jacobian(geom)
+    if sensors is not None:
+        a = a * np.asarray(sensors, bool)[:, None, None]
     cur = np.zeros((geom.n_sensors, 6)) if current_vxd is None else np.asarray(current_vxd, float)
     labels = vxd_labels(geom).ravel()
     out = []

@@ -39,7 +39,8 @@ class FrameTruth:
 
 
 def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position: np.ndarray | None = None,
-                   geom: Geometry | None = None, dofs: tuple[int, ...] = FRAME_DOFS) -> FrameTruth:
+                   geom: Geometry | None = None, dofs: tuple[int, ...] = FRAME_DOFS,
+                   sensors: np.ndarray | None = None) -> FrameTruth:
     """Express a true alignment (and beam spot) in the alignment's frame.
 
     Args:
@@ -47,6 +48,8 @@ def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position
         cdc_params: (L, 3) true CDCAlignment ``params`` (dx, dy [mm], dphi [rad]) per layer.
         beam_position: (3,) true BeamSpot ``position`` [mm], optional.
         geom: the nominal geometry (default :func:`b2luca.reco.geometry.nominal_geometry`).
+        sensors: (S,) bool, the sensors whose motion defines the frame (as the alignment's constraints:
+            VXDAlignment's ``frame_sensors``; default all).
         dofs: the frame's degrees of freedom (indices of (T_x, T_y, T_z, w_x, w_y, w_z)); the default is
             the alignment's (:data:`~b2luca.alignment.constraints.FRAME_DOFS`: T_x, T_y, T_z, w_z).
 
@@ -66,8 +69,9 @@ def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position
     if cdc.ndim != 2 or cdc.shape[1] != 3:
         raise ValueError(f"truth_in_frame: cdc_params must have shape (layers, 3), got {cdc.shape}")
     a = rigid_motion_jacobian(geom)[:, :, list(dofs)]
-    ata = np.einsum("sik,sil->kl", a, a)
-    atp = np.einsum("sik,si->k", a, p)
+    m = np.ones(geom.n_sensors, bool) if sensors is None else np.asarray(sensors, bool)
+    ata = np.einsum("sik,sil->kl", a[m], a[m])
+    atp = np.einsum("sik,si->k", a[m], p[m])
     x = np.zeros(6)
     x[list(dofs)] = np.linalg.solve(ata, atp)
     t, w = x[:3], x[3:]

@@ -116,7 +116,8 @@ def _decorrelated_pulls(d: np.ndarray, e: np.ndarray, cols: tuple[int, ...], cov
 def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.ndarray, err_cdc: np.ndarray,
                  true_vxd: np.ndarray, true_cdc: np.ndarray, *, k: float = 3.0, k_weak: float = 3.0,
                  before: tuple[np.ndarray, np.ndarray] | None = None, cov: np.ndarray | None = None,
-                 geom=None, frame_dofs: tuple[int, ...] | None = None) -> CheckResult:
+                 geom=None, frame_dofs: tuple[int, ...] | None = None,
+                 frame_sensors: np.ndarray | None = None) -> CheckResult:
     """Pulls per group and weak-mode amplitudes of fitted - true (truth in the alignment frame: the rigid-motion
     degrees of freedom ``frame_dofs`` of the VXD that the alignment's constraints fixed, default :data:`b2luca.alignment.constraints.FRAME_DOFS`).
 
@@ -135,7 +136,8 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
     from b2luca.alignment.constraints import FRAME_DOFS
 
     dofs = tuple(FRAME_DOFS if frame_dofs is None else frame_dofs)
-    frame = truth_in_frame(true_vxd, true_cdc, geom=geom, dofs=dofs)
+    # frame_sensors: the sensors whose motion defined the fit's frame (VXDAlignment's ``frame_sensors``)
+    frame = truth_in_frame(true_vxd, true_cdc, geom=geom, dofs=dofs, sensors=frame_sensors)
     tv, tc = frame.vxd, frame.cdc
     for name, value in zip(("tx_um", "ty_um", "tz_um", "rx_urad", "ry_urad", "rz_urad"),
                            frame_motion(true_vxd, true_cdc, geom)):
@@ -441,7 +443,8 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         cov = np.asarray(vxd["params_cov"], float) if "params_cov" in vxd else None
         truth_res = truth_checks(fitted, err, cdc_fit, cdc_err, true, np.asarray(truth_cdc["params"], float),
                                  k=k, k_weak=k_weak, before=(before.vxd_params, before.cdc_params), cov=cov,
-                                 geom=geom)
+                                 geom=geom, frame_sensors=np.asarray(vxd["frame_sensors"], bool)
+                                 if "frame_sensors" in vxd else None)
         figures.update(truth_res.figures)
         reasons += truth_res.reasons
     else:

@@ -95,3 +95,23 @@ def test_truth_in_frame_removes_a_rigid_motion_only():
     c_moved, _ = aligned_frames(g, moved)
     c_frame, _ = aligned_frames(g, f.vxd)
     np.testing.assert_allclose(np.mean(c_moved - c_frame - np.cross(w, g.center), axis=0), t, atol=1e-5)
+
+
+def test_frame_defined_by_the_measured_sensors_only():
+    """Sensors the fit does not measure (held at their start values) stay out of the frame: the constraints
+    and truth_in_frame use the same sensors, so an unmeasured sensor's true offset does not turn the frame."""
+    g = nominal_geometry()
+    rng = np.random.default_rng(3)
+    p = np.concatenate([rng.normal(0, 0.05, (g.n_sensors, 3)), rng.normal(0, 5e-4, (g.n_sensors, 3))], 1)
+    m = np.ones(g.n_sensors, bool)
+    m[[5, 100, 200]] = False
+    cons = frame_constraints(g, p, sensors=m)
+    lab = vxd_labels(g)
+    assert not np.isin(lab[~m].ravel(), np.concatenate([c.labels for c in cons])).any()
+    assert all(abs(c.value) < 1e-12 for c in frame_constraints(g, truth_in_frame(p, np.zeros((0, 3)), geom=g, sensors=m).vxd,
+                                                               sensors=m))
+    moved = p.copy()
+    moved[~m] += 0.05  # the unmeasured sensors far off: the frame of the others does not move
+    a, b = (truth_in_frame(x, np.zeros((0, 3)), geom=g, sensors=m) for x in (p, moved))
+    np.testing.assert_allclose(a.vxd[m], b.vxd[m], atol=1e-12)
+    assert np.abs(truth_in_frame(moved, np.zeros((0, 3)), geom=g).vxd[m] - a.vxd[m]).max() > 1e-4
