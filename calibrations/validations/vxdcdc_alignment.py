@@ -26,7 +26,11 @@ refitted with the constants in force before and with the new alignment:
 * track chi2/ndf: the median must not get worse;
 * overlap residuals: tracks crossing two overlapping sensors of a VXD layer (neighbouring ladders) give the
   difference of their two residuals (u and v); per sensor pair its mean must be compatible with 0 after the
-  alignment (chi2/ndf of the pair means within 1 ± k sqrt(2/ndf)), and the spread must not grow;
+  alignment (chi2/ndf of the pair means within 1 ± k sqrt(2/ndf)), and the spread must not grow.  The pair
+  means' covariance includes the alignment's own uncertainty: diag(sample var / n) + J Σ Jᵀ, Σ = the
+  payload's ``params_cov`` (else ``params_error``²), J = d(mean)/d(params of both sensors) at fixed tracks --
+  with the true constants the sample errors alone describe the means (chi2/ndf ~1), with fitted constants
+  their finite precision (rotations ~0.4 mrad) does not vanish from the means and must be accounted for;
 * d0 resolution from two-track events: var(d0_1 + d0_2) = 2 sigma_i^2 (the beam spot cancels), its mean
   in phi0 bins compatible with 0 after the alignment, and sigma_i must not get worse; with sigma_i fixed,
   the per-track d0 variance in phi0 bins gives the beam size: var(d0) = sigma_i^2 + (sigma_x sin phi0)^2 +
@@ -69,6 +73,9 @@ class TrackSample:
     d0_sum_phi: np.ndarray  # (E,) phi0 of the first track
     d0: np.ndarray  # (2E,) d0 of the tracks of those events
     d0_phi: np.ndarray  # (2E,)
+    #: (O, 12) d(overlap_diff)/d(alignment params of sensor a (6), sensor b (6)) at fixed track parameters;
+    #: None: unknown (the alignment's own uncertainty is then left out of the overlap check)
+    overlap_deriv: np.ndarray | None = None
 
 
 @dataclass
@@ -190,7 +197,7 @@ def track_sample(raw, constants) -> TrackSample:
     from b2luca.reco.measurements import build_measurements
     from b2luca.reco.robust import fit_robust
 
-    fit = fit_robust(build_measurements(raw, constants), constants)
+    fit = fit_robust(build_measurements(raw, constants), constants, row_keys=("residual", "global_derivs"))
     meas = fit.meas
     chi2_ndf = fit.chi2 / np.maximum(fit.ndf, 1)
     ok = np.isfinite(chi2_ndf) & (fit.ndf > 0)
@@ -209,6 +216,8 @@ def track_sample(raw, constants) -> TrackSample:
     a, b = a[diff_sensor], b[diff_sensor]
     pair = (meas.sensor[a].astype(np.int64) * 1000 + meas.sensor[b]) * 10 + meas.kind[a]
     odiff = fit.residual[a] - fit.residual[b]
+    assert fit.global_derivs is not None  # derivatives of the prediction: the residual's are the negative
+    oderiv = np.concatenate([-fit.global_derivs[a], fit.global_derivs[b]], axis=1)
     # two-track events
     ev = meas.track_key[:, 0]
     good = ok & np.isfinite(fit.params[:, 0])
@@ -219,11 +228,18 @@ def track_sample(raw, constants) -> TrackSample:
     d0 = fit.params[pairs, 0]
     phi = fit.params[pairs, 1]
     return TrackSample(chi2_ndf=chi2_ndf[ok], overlap_pair=pair, overlap_diff=odiff, d0_sum=d0.sum(axis=1),
-                       d0_sum_phi=phi[:, 0], d0=d0.ravel(), d0_phi=phi.ravel())
+                       d0_sum_phi=phi[:, 0], d0=d0.ravel(), d0_phi=phi.ravel(), overlap_deriv=oderiv)
 
 
-def overlap_figures(sample: TrackSample, min_hits: int = 3) -> dict[str, float]:
-    """Spread of the overlap residual differences and chi2/ndf of the per-pair means against 0."""
+def overlap_figures(sample: TrackSample, min_hits: int = 3, cov: np.ndarray | None = None) -> dict[str, float]:
+    """Spread of the overlap residual differences and chi2/ndf of the per-pair means against 0.
+
+    Without ``cov`` the means are compared with their sample errors alone.  With ``cov`` -- the covariance of
+    the alignment parameters that produced ``sample`` (packed layout, VXD (S, 6) row-major first; a 1D array is
+    taken as its diagonal, i.e. variances) -- the alignment's own uncertainty is added: the covariance of the
+    pair means is diag(sample variance / n) + J cov Jᵀ, J = the mean of ``sample.overlap_deriv`` per pair
+    (d mean / d params of both sensors at fixed tracks), and chi2 = meanᵀ C⁻¹ mean (pairs sharing a sensor,
+    or tied by a weak mode, are correlated).  An alignment off by more than its errors still fails."""
     diff = sample.overlap_diff
     if diff.size == 0:
         return {"n": 0.0, "rms_um": math.nan, "pair_chi2": math.nan, "pair_ndf": 0.0}
@@ -236,9 +252,28 @@ def overlap_figures(sample: TrackSample, min_hits: int = 3) -> dict[str, float]:
     use = cnt >= min_hits
     mean = s1[use] / cnt[use]
     var = (s2[use] - cnt[use] * mean ** 2) / (cnt[use] - 1)
-    chi2 = float(np.sum(mean ** 2 / np.maximum(var / cnt[use], 1e-16)))
-    return {"n": float(diff.size), "rms_um": float(1e3 * np.sqrt(np.mean((diff - diff.mean()) ** 2))),
-            "pair_chi2": chi2, "pair_ndf": float(use.sum())}
+    stat = np.maximum(var / cnt[use], 1e-16)
+    chi2_stat = float(np.sum(mean ** 2 / stat))
+    res = {"n": float(diff.size), "rms_um": float(1e3 * np.sqrt(np.mean((diff - diff.mean()) ** 2))),
+           "pair_chi2": chi2_stat, "pair_ndf": float(use.sum()), "pair_chi2_stat": chi2_stat}
+    if cov is None or sample.overlap_deriv is None or not use.any():
+        return res
+    deriv = sample.overlap_deriv[keep]
+    jac = np.stack([np.bincount(inv, deriv[:, c], minlength=up.size) for c in range(12)], axis=1)
+    jac = jac[use] / cnt[use, None]
+    sens = np.stack([up[use] // 10 // 1000, up[use] // 10 % 1000], axis=1)
+    idx = (6 * sens[:, :, None] + np.arange(6)).reshape(-1, 12)  # (N, 12) packed indices of both sensors
+    cov = np.asarray(cov, float)
+    flat = np.unique(idx)
+    mat = np.zeros((mean.size, flat.size))  # J over the parameters involved
+    np.add.at(mat, (np.repeat(np.arange(mean.size), 12), np.searchsorted(flat, idx).ravel()), jac.ravel())
+    sub = np.nan_to_num(cov[flat] if cov.ndim == 1 else cov[np.ix_(flat, flat)])  # unknown: no contribution
+    c_align = (mat * sub) @ mat.T if cov.ndim == 1 else mat @ sub @ mat.T
+    c_tot = np.diag(stat) + 0.5 * (c_align + c_align.T)
+    res["pair_chi2"] = float(mean @ np.linalg.solve(c_tot, mean))
+    res["align_err_um_median"] = float(1e3 * np.median(np.sqrt(np.maximum(np.diag(c_align), 0.0))))
+    res["stat_err_um_median"] = float(1e3 * np.median(np.sqrt(stat)))
+    return res
 
 
 def d0_beam_corrected(sample: TrackSample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -308,17 +343,23 @@ def d0_figures(sample: TrackSample, n_bins: int = 8) -> dict[str, float]:
 
 
 def data_checks(before: TrackSample, after: TrackSample, *, k: float = 3.0, n_bins: int = 8,
-                min_overlap_hits: int = 3) -> CheckResult:
-    """The data-only checks (no truth): chi2/ndf, overlap residuals, d0 from two-track events."""
+                min_overlap_hits: int = 3, cov_after: np.ndarray | None = None) -> CheckResult:
+    """The data-only checks (no truth): chi2/ndf, overlap residuals, d0 from two-track events.
+
+    ``cov_after``: covariance (or variances) of the new alignment's parameters, see :func:`overlap_figures`."""
     out = CheckResult()
     chi_b, chi_a = float(np.median(before.chi2_ndf)), float(np.median(after.chi2_ndf))
     out.figures.update(track_chi2_ndf_before=chi_b, track_chi2_ndf_after=chi_a)
     if chi_a > chi_b * (1.0 + k / math.sqrt(max(after.chi2_ndf.size, 1))):
         out.reasons.append(f"track chi2/ndf got worse: {chi_a:.3f} after, {chi_b:.3f} before")
-    ob, oa = overlap_figures(before, min_overlap_hits), overlap_figures(after, min_overlap_hits)
+    ob, oa = overlap_figures(before, min_overlap_hits), overlap_figures(after, min_overlap_hits, cov_after)
     for tag, f in (("before", ob), ("after", oa)):
         out.figures.update({f"overlap_n_{tag}": f["n"], f"overlap_rms_um_{tag}": f["rms_um"],
                             f"overlap_pair_chi2_ndf_{tag}": f["pair_chi2"] / max(f["pair_ndf"], 1.0)})
+    if "align_err_um_median" in oa:  # the alignment's own uncertainty was included
+        out.figures.update(overlap_pair_chi2_ndf_after_stat_only=oa["pair_chi2_stat"] / max(oa["pair_ndf"], 1.0),
+                           overlap_pair_align_err_um_median=oa["align_err_um_median"],
+                           overlap_pair_stat_err_um_median=oa["stat_err_um_median"])
     if oa["pair_ndf"] > 0:
         lim = 1.0 + k * math.sqrt(2.0 / oa["pair_ndf"])
         if oa["pair_chi2"] / oa["pair_ndf"] > lim:
@@ -458,8 +499,12 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         after = copy.deepcopy(before)
         after.vxd_params = fitted
         after.cdc_params = cdc_fit
+        if "params_cov" in vxd:
+            cov_after = np.asarray(vxd["params_cov"], float)
+        else:  # variances only (NaN: unknown, left out)
+            cov_after = (err ** 2).ravel()
         data_res = data_checks(track_sample(raw, before), track_sample(raw, after), k=k, n_bins=n_bins,
-                               min_overlap_hits=int(cfg["min_overlap_hits"]))
+                               min_overlap_hits=int(cfg["min_overlap_hits"]), cov_after=cov_after)
         figures.update(data_res.figures)
         reasons += data_res.reasons
     elif truth_res is None:

@@ -150,3 +150,51 @@ def test_loads_the_way_the_native_runner_loads_it():
 
     module = load_script(Path(__file__).resolve().parents[2] / "calibrations" / "validations" / "vxdcdc_alignment.py")
     assert module.CheckResult().reasons == [] and callable(module.run_validation)
+
+
+# --- overlap check with the alignment's own uncertainty ---------------------------------------------
+def _overlap_sample(val, rng, err_um=6.0, extra_um=0.0, n=100, n_pairs=40):
+    """Pair means = J delta + noise, delta ~ N(0, err^2) the alignment's error (du, gamma of each sensor);
+    ``extra_um``: a shift beyond the errors of the first sensor of pairs 0..7 (one ladder, whose sensors overlap
+    those of its neighbour)."""
+    n_par = 6 * 2 * n_pairs
+    var = np.zeros(n_par)
+    var[0::6] = (1e-3 * err_um) ** 2  # du
+    var[5::6] = (1e-3 * err_um / 20.0) ** 2  # gamma [rad], lever arm ~ +-20 mm in v
+    delta = rng.normal(0.0, np.sqrt(var))
+    delta[0:6 * 16:12] += 1e-3 * extra_um
+    sa = 2 * np.repeat(np.arange(n_pairs), n)
+    sb = sa + 1
+    v = rng.uniform(-20.0, 20.0, sa.size)
+    g = np.zeros((sa.size, 6))
+    g[:, 0], g[:, 5] = -1.0, v  # d(prediction u)/d(du, gamma)
+    deriv = np.concatenate([-g, g], axis=1)  # d(res_a - res_b)/d(params a, params b)
+    pa = 6 * sa[:, None] + np.arange(6)
+    pb = 6 * sb[:, None] + np.arange(6)
+    diff = np.sum(deriv[:, :6] * delta[pa], axis=1) + np.sum(deriv[:, 6:] * delta[pb], axis=1)
+    diff += rng.normal(0.0, 0.020, sa.size)
+    pairs = (sa.astype(np.int64) * 1000 + sb) * 10
+    base = _sample(val, rng)
+    return (val.TrackSample(chi2_ndf=base.chi2_ndf, overlap_pair=pairs, overlap_diff=diff, d0_sum=base.d0_sum,
+                            d0_sum_phi=base.d0_sum_phi, d0=base.d0, d0_phi=base.d0_phi, overlap_deriv=deriv), var)
+
+
+def test_overlap_check_includes_the_alignment_uncertainty(val):
+    rng = np.random.default_rng(7)
+    s, var = _overlap_sample(val, rng)
+    stat_only = val.overlap_figures(s)
+    assert stat_only["pair_chi2"] / stat_only["pair_ndf"] > 3.0  # the sample errors alone do not describe it
+    for cov in (var, np.diag(var)):  # variances or the full covariance
+        f = val.overlap_figures(s, cov=cov)
+        assert f["pair_chi2"] / f["pair_ndf"] < 1.0 + 3.0 * np.sqrt(2.0 / f["pair_ndf"])
+        assert f["align_err_um_median"] == pytest.approx(np.sqrt(2) * 6.0 * np.sqrt(1 + 133.0 / 400), rel=0.3)
+    res = val.data_checks(_sample(val, rng, pair_offsets_um=40.0), s, cov_after=var)
+    assert not any(r.startswith("overlap residuals: pair means") for r in res.reasons), res.reasons
+    assert res.figures["overlap_pair_chi2_ndf_after_stat_only"] > 3.0
+
+
+def test_overlap_check_fails_for_an_alignment_off_beyond_its_errors(val):
+    rng = np.random.default_rng(8)
+    s, var = _overlap_sample(val, rng, err_um=3.0, extra_um=20.0)  # one ladder 20 um off, errors 3 um
+    res = val.data_checks(_sample(val, rng, pair_offsets_um=40.0), s, cov_after=var)
+    assert any(r.startswith("overlap residuals: pair means") for r in res.reasons), res.reasons
