@@ -26,11 +26,12 @@ refitted with the constants in force before and with the new alignment:
 * track chi2/ndf: the median must not get worse;
 * overlap residuals: tracks crossing two overlapping sensors of a VXD layer (neighbouring ladders) give the
   difference of their two residuals (u and v); per sensor pair its mean must be compatible with 0 after the
-  alignment (chi2/ndf of the pair means within 1 ± k sqrt(2/ndf)), and the spread must not grow.  The pair
-  means' covariance includes the alignment's own uncertainty: diag(sample var / n) + J Σ Jᵀ, Σ = the
-  payload's ``params_cov`` (else ``params_error``²), J = d(mean)/d(params of both sensors) at fixed tracks --
-  with the true constants the sample errors alone describe the means (chi2/ndf ~1), with fitted constants
-  their finite precision (rotations ~0.4 mrad) does not vanish from the means and must be accounted for;
+  alignment (chi2/ndf of the pair means within 1 ± k sqrt(2/ndf)), and the spread must not grow.  A pair
+  mean's statistical error uses the variance of one difference pooled per layer and kind (a pair's own few
+  hits give a heavy-tailed Student t: chi2/ndf ~4 even with the true constants).  The covariance of the
+  pair means adds the alignment's own uncertainty, J Σ Jᵀ: Σ = the payload's ``params_cov`` (else
+  ``params_error``²), J = d(mean)/d(params of both sensors) at fixed tracks (the fit's global derivatives);
+  chi2 = meanᵀ C⁻¹ mean.  An alignment off by more than its errors still fails;
 * d0 resolution from two-track events: var(d0_1 + d0_2) = 2 sigma_i^2 (the beam spot cancels), its mean
   in phi0 bins compatible with 0 after the alignment, and sigma_i must not get worse; with sigma_i fixed,
   the per-track d0 variance in phi0 bins gives the beam size: var(d0) = sigma_i^2 + (sigma_x sin phi0)^2 +
@@ -234,7 +235,9 @@ def track_sample(raw, constants) -> TrackSample:
 def overlap_figures(sample: TrackSample, min_hits: int = 3, cov: np.ndarray | None = None) -> dict[str, float]:
     """Spread of the overlap residual differences and chi2/ndf of the per-pair means against 0.
 
-    Without ``cov`` the means are compared with their sample errors alone.  With ``cov`` -- the covariance of
+    A pair mean's statistical error is sqrt(v / n), v the variance of one difference pooled over the pairs of
+    the same layer and measurement kind (not the pair's own sample variance: see the comment below).
+    Without ``cov`` the means are compared with these errors alone.  With ``cov`` -- the covariance of
     the alignment parameters that produced ``sample`` (packed layout, VXD (S, 6) row-major first; a 1D array is
     taken as its diagonal, i.e. variances) -- the alignment's own uncertainty is added: the covariance of the
     pair means is diag(sample variance / n) + J cov Jᵀ, J = the mean of ``sample.overlap_deriv`` per pair
@@ -247,20 +250,30 @@ def overlap_figures(sample: TrackSample, min_hits: int = 3, cov: np.ndarray | No
     keep = np.abs(diff - med) < 5 * 1.4826 * np.median(np.abs(diff - med)) + 1e-12  # drop wrong-hit outliers
     diff, pair = diff[keep], sample.overlap_pair[keep]
     up, inv, cnt = np.unique(pair, return_inverse=True, return_counts=True)
-    s1 = np.bincount(inv, diff)
-    s2 = np.bincount(inv, diff ** 2)
-    use = cnt >= min_hits
-    mean = s1[use] / cnt[use]
-    var = (s2[use] - cnt[use] * mean ** 2) / (cnt[use] - 1)
-    stat = np.maximum(var / cnt[use], 1e-16)
+    mean_all = np.bincount(inv, diff) / cnt
+    # the variance of one difference, pooled over the pairs of one layer and measurement kind (within-pair
+    # spread): a pair's own sample variance from its few hits (often 3-5) makes mean / (s / sqrt(n)) a
+    # Student t with n - 1 dof, whose square has mean (n - 1) / (n - 3) -- infinite for n = 3 -- and inflated
+    # the chi2/ndf to ~4 even with the true constants
+    from b2luca.reco.geometry import nominal_geometry
+
+    geom = nominal_geometry()
+    group = geom.layer[np.clip(up // 10 // 1000, 0, geom.n_sensors - 1)] * 10 + up % 10
+    gu, ginv = np.unique(group, return_inverse=True)
+    ss = np.bincount(ginv[inv], (diff - mean_all[inv]) ** 2, minlength=gu.size)
+    dof = np.bincount(ginv, cnt - 1, minlength=gu.size)
+    var_pooled = ss / np.maximum(dof, 1)
+    use = (cnt >= min_hits) & (dof[ginv] >= 2)
+    mean = mean_all[use]
+    stat = np.maximum(var_pooled[ginv][use] / cnt[use], 1e-16)
     chi2_stat = float(np.sum(mean ** 2 / stat))
     res = {"n": float(diff.size), "rms_um": float(1e3 * np.sqrt(np.mean((diff - diff.mean()) ** 2))),
            "pair_chi2": chi2_stat, "pair_ndf": float(use.sum()), "pair_chi2_stat": chi2_stat}
     if cov is None or sample.overlap_deriv is None or not use.any():
         return res
     deriv = sample.overlap_deriv[keep]
-    jac = np.stack([np.bincount(inv, deriv[:, c], minlength=up.size) for c in range(12)], axis=1)
-    jac = jac[use] / cnt[use, None]
+    jsum = np.stack([np.bincount(inv, deriv[:, c], minlength=up.size) for c in range(12)], axis=1)
+    jac = jsum[use] / cnt[use, None]
     sens = np.stack([up[use] // 10 // 1000, up[use] // 10 % 1000], axis=1)
     idx = (6 * sens[:, :, None] + np.arange(6)).reshape(-1, 12)  # (N, 12) packed indices of both sensors
     cov = np.asarray(cov, float)
