@@ -77,10 +77,9 @@ def test_alignment_against_truth_and_validation(bucket, job_factory, script, tmp
 
 
 @pytest.mark.skipif(not os.environ.get("B2LUCA_E2E_ALIGNMENT_PASSES"),
-                    reason="every truth check passes (pull widths ~1 decorrelated with params_cov, weak modes within "
-                           "3 sigma); the data-only overlap check still fails (pair means chi2/ndf ~4.7: it compares "
-                           "the pair means with their sample errors only, not with the alignment's own errors, "
-                           "rotations ~400 urad).  Run with B2LUCA_E2E_ALIGNMENT_PASSES=1 (~80 s)")
+                    reason="the whole validation passes on a real alignment (truth checks; overlap check with pooled "
+                           "pair-mean errors and the alignment's params_cov): slow, opt in with "
+                           "B2LUCA_E2E_ALIGNMENT_PASSES=1 (~80 s)")
 def test_validation_passes_on_the_alignment(bucket, job_factory, script, tmp_path, monkeypatch):
     job, _vxd, _cdc = _run(bucket, job_factory, script, tmp_path)
     monkeypatch.chdir(tmp_path)

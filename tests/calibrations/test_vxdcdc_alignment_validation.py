@@ -198,3 +198,19 @@ def test_overlap_check_fails_for_an_alignment_off_beyond_its_errors(val):
     s, var = _overlap_sample(val, rng, err_um=3.0, extra_um=20.0)  # one ladder 20 um off, errors 3 um
     res = val.data_checks(_sample(val, rng, pair_offsets_um=40.0), s, cov_after=var)
     assert any(r.startswith("overlap residuals: pair means") for r in res.reasons), res.reasons
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_overlap_check_with_few_hits_per_pair_passes_for_aligned_sensors(val, seed):
+    """3-5 hits per pair (as in the demo): the pooled variance keeps chi2/ndf ~1 (the pairs' own sample
+    variances gave a heavy-tailed Student t, chi2/ndf ~4 with the true constants)."""
+    rng = np.random.default_rng(seed)
+    n = rng.integers(3, 6, 90)
+    sa = np.repeat(2 * np.arange(90), n)
+    pairs = (sa.astype(np.int64) * 1000 + sa + 1) * 10
+    diff = rng.normal(0.0, 0.020, sa.size)
+    f = val.overlap_figures(val.TrackSample(chi2_ndf=np.ones(5), overlap_pair=pairs, overlap_diff=diff,
+                                            d0_sum=np.zeros(0), d0_sum_phi=np.zeros(0), d0=np.zeros(0),
+                                            d0_phi=np.zeros(0)))
+    assert f["pair_ndf"] == 90
+    assert f["pair_chi2"] / f["pair_ndf"] < 1.0 + 3.0 * np.sqrt(2.0 / 90)
