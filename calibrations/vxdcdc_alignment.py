@@ -163,7 +163,17 @@ AUTO_MODES = ("off", "propose", "apply")
 
 
 def calibrate(job) -> None:
-    """Align the VXD sensors and CDC layers (see the module docstring); stores VXDAlignment and CDCAlignment."""
+    """Align the VXD sensors and CDC layers (see the module docstring); stores VXDAlignment and CDCAlignment.
+
+    Runs with one BLAS thread throughout (the batched local fits and the dense covariance too, not only the
+    solver): the payload must not depend on the machine's thread count (reproducibility, issue 17)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        _calibrate(job)
+
+
+def _calibrate(job) -> None:
     from b2luca.reco.geometry import nominal_geometry
     from b2luca.reco.measurements import load_constants
     from calibrations._common import first_exprun, require_files

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from b2luca.reco.geometry import PXD_NU, PXD_NV, nominal_geometry
+from b2luca.reco.pxd_clusters import clusters
 from b2luca.sim import pxd_background as B
 
 
@@ -27,7 +28,7 @@ def test_occupancy_layers_edges_and_clusters():
     # no pixel twice in one (event, sensor)
     key = (bkg["event"] * 1_000_000 + bkg["sensor"]) * npix + bkg["pixel"]
     assert np.unique(key).size == key.size
-    labels = B.clusters(bkg["sensor"], bkg["pixel"], bkg["event"])
+    labels = clusters(bkg["sensor"], bkg["pixel"], bkg["event"])
     sizes = np.bincount(np.unique(labels, return_inverse=True)[1])
     assert 1.5 < sizes.mean() < 5.0
     assert np.mean(sizes == 1) > 0.1 and np.mean(sizes >= 5) > 0.05  # compact clusters and short tracks
