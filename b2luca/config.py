@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 import jsonschema
 
-from .enums import BatchSystem, ConditionsBackend, DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
+from .enums import (BatchSystem, ConditionsBackend, DataSource, OnValidationFailure, PXDBackground, RunDBSource,
+                    RunnerType, Transport)
 from .errors import ConfigError
 from .config_checks import non_finite_problems, parse_config_yaml, raise_problems, read_config_text
 from .iov import IoV
@@ -75,12 +76,15 @@ class SimulationConfig:
     seed: int
     events: dict[str, int]
     files_per_run: int = 1
-    #: PXD beam background overlaid on tracking samples: none | simulated | gan (issue 16)
-    pxd_background: str = "none"
+    #: PXD beam background overlaid on tracking samples (issue 16)
+    pxd_background: PXDBackground = PXDBackground.NONE
     pxd_background_payload: Path | None = None  # the PXDBackgroundGAN payload file (mode gan)
     weak_modes: dict[str, float] = field(default_factory=dict)  # {mode: amplitude} added to the truth
     #: parts moved between runs: ({"part", "from_run", "shift_um": [x, y, z]}, ...) (b2luca.sim.truth.parse_movements)
     movements: tuple[dict[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        _coerce(self, "pxd_background", PXDBackground)
 
 
 @dataclass(frozen=True)
@@ -325,7 +329,7 @@ def config_problems(cfg: BucketConfig) -> list[str]:
                      for key in ("url", "api_key_env") if getattr(cfg.rundb, key) is None]
     if cfg.data.source == DataSource.SYNTHETIC and cfg.simulation is None:
         problems.append("simulation: is required when data.source is 'synthetic' (the default)")
-    if cfg.simulation is not None and cfg.simulation.pxd_background == "gan" and cfg.simulation.pxd_background_payload is None:
+    if cfg.simulation is not None and cfg.simulation.pxd_background == PXDBackground.GAN and cfg.simulation.pxd_background_payload is None:
         problems.append("simulation.pxd_background_payload: is required when simulation.pxd_background is 'gan' "
                         "(a PXDBackgroundGAN payload file)")
     for i, m in enumerate(cfg.simulation.movements if cfg.simulation else ()):

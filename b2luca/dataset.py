@@ -15,7 +15,7 @@ from typing import Any
 
 from .atomic import write_json_atomic
 from .config import BucketConfig
-from .enums import DataSource
+from .enums import DataSource, PXDBackground
 from .iov import ExpRun
 from .errors import DataError
 
@@ -49,6 +49,33 @@ def production_runs(cfg: BucketConfig) -> list[int]:
     return sorted(runs)
 
 
+def group_runs(sizes: list[tuple[int, int]], target_bytes: float) -> list[tuple[int, ...]]:
+    """Consecutive runs ``[(run, raw bytes), ...]`` grouped in order: a group closes once it holds at
+    least ``target_bytes`` (``target_bytes <= 0``: one group per run)."""
+    groups: list[tuple[int, ...]] = []
+    current: list[int] = []
+    size = 0
+    for run, nbytes in sizes:
+        current.append(run)
+        size += nbytes
+        if size >= target_bytes or target_bytes <= 0:
+            groups.append(tuple(current))
+            current, size = [], 0
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
+def production_run_groups(cfg: BucketConfig) -> list[tuple[int, ...]]:
+    """The runs of each cDST production task: consecutive runs with raw data, grouped by raw data volume
+    (``data.production_task_mb``; 0 gives one group per run)."""
+    sizes = []
+    for run in production_runs(cfg):
+        directory = run_root(cfg.data.raw_directory, ExpRun(cfg.bucket.experiment, run))
+        sizes.append((run, sum(p.stat().st_size for p in directory.glob("*/*.root"))))
+    return group_runs(sizes, cfg.data.production_task_mb * 1e6)
+
+
 def expand_input(path: "str | Path") -> list[Path]:
     """A file, or every ``*.root`` below a directory (sorted); as basf2 reads input_data.json."""
     path = Path(path)
@@ -66,7 +93,7 @@ def _simulation_key(cfg: BucketConfig) -> dict[str, Any]:
             "runs": [cfg.bucket.first_run, cfg.bucket.last_run], "seed": sim.seed,
             "events": dict(sorted(sim.events.items())), "files_per_run": sim.files_per_run,
             **({"pxd_background": sim.pxd_background, "pxd_background_payload": str(sim.pxd_background_payload)}
-               if sim.pxd_background != "none" else {}),  # the default keeps the keys of existing simulations
+               if sim.pxd_background != PXDBackground.NONE else {}),  # the default keeps the keys of existing simulations
             **({"weak_modes": dict(sorted(sim.weak_modes.items()))} if sim.weak_modes else {}),
             **({"movements": [dict(m) for m in sim.movements]} if sim.movements else {})}
 
@@ -85,7 +112,7 @@ def simulation_is_complete(cfg: BucketConfig) -> bool:
 def _pxd_generator(cfg: BucketConfig) -> Any:
     """The PXD background GAN of ``simulation.pxd_background_payload`` (mode gan), else None."""
     sim = cfg.simulation
-    if sim is None or sim.pxd_background != "gan" or sim.pxd_background_payload is None:
+    if sim is None or sim.pxd_background != PXDBackground.GAN or sim.pxd_background_payload is None:
         return None
     from .conditions.payload import read_payload
     from .ml.pxd_gan import GanBackground

@@ -102,6 +102,14 @@ class OnValidationFailure(StrEnum):
     CONTINUE = "continue"
 
 
+class PXDBackground(StrEnum):
+    """``simulation.pxd_background``: PXD beam background overlaid on the simulated tracking samples."""
+
+    NONE = "none"
+    SIMULATED = "simulated"  # the toy full simulation (b2luca.sim.pxd_background)
+    GAN = "gan"  # pixels from a PXDBackgroundGAN payload (simulation.pxd_background_payload)
+
+
 class BatchSystem(StrEnum):
     """``batch.system``: run every task in the driver, or calibrations and cDST productions as batch jobs."""
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from b2luca.report import outbox
+
 REPO = Path(__file__).resolve().parents[1]
 #: calibrations that need a data tag a test's small ``events`` may not simulate; left out of the selection then
 NEEDS_DATA_TAG = {"ECLMuPiCNN": "radmumu_calib"}
@@ -55,3 +57,16 @@ def copy_calibrations(base: Path) -> Path:
     target = base / "calibrations"
     shutil.copytree(REPO / "calibrations", target, ignore=shutil.ignore_patterns("__pycache__"))
     return target
+
+
+#: events per run of the small reporting buckets (the GitLab and central conditions-DB end-to-end tests)
+REPORTING_EVENTS = {"cosmic_calib": 150, "mumu_tight_or_highm_calib": 600, "hadron_calib": 300,
+                    "bhabha_all_calib": 300, "random_calib": 50}
+#: the demo's responsible experts, as GitLab users of the fake server
+EXPERTS = ("cdc_expert", "svd_expert", "pxd_expert", "alignment_expert", "beamspot_expert", "ecl_expert")
+
+
+def fast_report_backoff(monkeypatch: Any) -> None:
+    """Shorten the outbox's delivery back-off so outage tests retry within a second."""
+    monkeypatch.setattr(outbox, "BACKOFF_BASE_S", 0.2)
+    monkeypatch.setattr(outbox, "BACKOFF_MAX_S", 1.0)

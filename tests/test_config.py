@@ -126,14 +126,15 @@ def test_site_example_validates():
 
 def test_schema_choices_are_the_enums():
     """Every choice key of the schema lists exactly the members of its enum (one vocabulary)."""
-    from b2luca.enums import BatchSystem, ConditionsBackend, DataSource, OnValidationFailure, RunDBSource, RunnerType, Transport
+    from b2luca.enums import (BatchSystem, ConditionsBackend, DataSource, OnValidationFailure, PXDBackground,
+                              RunDBSource, RunnerType, Transport)
 
     props = load_schema(1)["properties"]
     for section, key, enum in [("data", "source", DataSource), ("rundb", "source", RunDBSource),
                                ("conditions", "backend", ConditionsBackend),
                                ("report", "transport", Transport), ("runner", "type", RunnerType),
                                ("calibrations", "on_validation_failure", OnValidationFailure),
-                               ("batch", "system", BatchSystem)]:
+                               ("batch", "system", BatchSystem), ("simulation", "pxd_background", PXDBackground)]:
         assert props[section]["properties"][key]["enum"] == [m.value for m in enum], (section, key)
 
 

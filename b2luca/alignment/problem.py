@@ -24,10 +24,6 @@ from .steering import PEDE_METHODS, Constraint, FitOptions, ParameterSpec, Steer
 __all__ = ["AlignmentProblem", "assemble", "solve", "solve_steering", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 4 << 20  # file bytes per chunk: keeps the temporaries of one chunk in the allocator's heap
-#: Kept for compatibility: the data pass used to sum chunk k into lane k mod LANES (one partial system per
-#: lane); it now adds every chunk in chunk order into one accumulator (see :func:`assemble`), so neither the
-#: lanes nor the threads change the result or the memory.
-LANES = 8
 #: BLAS threads while solving: a fixed number, because OpenBLAS's threaded kernels (potrf, syrk, the
 #: eigensolvers of the ordering) split their sums by thread count, so the round-off of the corrections
 #: would depend on the machine's cores or OPENBLAS_NUM_THREADS (measured: 4e-13 relative, up to 2e-3 on a
@@ -53,7 +49,6 @@ class AlignmentProblem(FitOptions):
     covariance: bool = False
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     blas_threads: int = SOLVE_BLAS_THREADS  # BLAS threads in the solve (fixed: reproducible round-off)
-    lanes: int = LANES  # no effect any more (see LANES); kept for callers that set it
     #: measure the peak memory of each phase (info['peak_rss_bytes']); resets the process's high-water mark
     #: (ru_maxrss too), so it is for processes that run just the fit (``b2luca align``, benchmarks)
     phase_memory: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,8 +48,9 @@ class BucketTask(_BucketParameters, b2luigi.Task):
     complete, written last and atomically.
     """
 
+    @abc.abstractmethod  # luigi's task metaclass is an ABCMeta: a task without it cannot be instantiated
     def output_path(self) -> Path:
-        raise NotImplementedError(f"{type(self).__name__} must define output_path()")
+        """The file whose existence marks this task complete."""
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.output_path()))

@@ -16,46 +16,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import write_json_atomic
-from ..dataset import production_runs, run_root
+from ..dataset import run_root
 from ..enums import Stage
 from ..iov import ExpRun
 from ..production import produce_runs
 from .context import BucketContext, production_task_name
 from .reporting import reported
 
-_CACHE_KEY = "_cdst_production_groups"
-
-
-def group_runs(sizes: list[tuple[int, int]], target_bytes: float) -> list[tuple[int, ...]]:
-    """Consecutive runs ``[(run, raw bytes), ...]`` grouped in order: a group closes once it holds at
-    least ``target_bytes`` (``target_bytes <= 0``: one group per run)."""
-    groups: list[tuple[int, ...]] = []
-    current: list[int] = []
-    size = 0
-    for run, nbytes in sizes:
-        current.append(run)
-        size += nbytes
-        if size >= target_bytes or target_bytes <= 0:
-            groups.append(tuple(current))
-            current, size = [], 0
-    if current:
-        groups.append(tuple(current))
-    return groups
-
 
 def production_groups(ctx: BucketContext) -> list[tuple[int, ...]]:
-    """The runs of each cDST production task, from the raw data on disk (computed once per context,
-    i.e. once per ``b2luca run`` and per batch job)."""
-    cached = ctx.__dict__.get(_CACHE_KEY)
-    if cached is None:
-        cfg = ctx.cfg
-        sizes = []
-        for run in production_runs(cfg):
-            directory = run_root(cfg.data.raw_directory, ExpRun(cfg.bucket.experiment, run))
-            sizes.append((run, sum(p.stat().st_size for p in directory.glob("*/*.root"))))
-        cached = group_runs(sizes, cfg.data.production_task_mb * 1e6)
-        ctx.__dict__[_CACHE_KEY] = cached
-    return cached
+    """The runs of each cDST production task (:attr:`BucketContext.production_groups`: computed once per
+    context, i.e. once per ``b2luca run`` and per batch job)."""
+    return ctx.production_groups
 
 
 def production_group(ctx: BucketContext, first_run: int) -> tuple[int, ...]:

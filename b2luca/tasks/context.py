@@ -17,6 +17,7 @@ from ..catalogue import Catalogue, Plan, build_plan, discover
 from ..conditions import DatabaseChain, GlobalTag, LocalDatabase
 from ..config import BucketConfig, load_config
 from ..config_checks import expert_config_problems, raise_problems
+from ..dataset import production_run_groups
 from ..enums import Stage
 from ..paths import check_component, check_name, under
 from ..report import Reporter, open_reporter
@@ -81,6 +82,11 @@ class BucketContext:
     @cached_property
     def plan(self) -> Plan:
         return build_plan(self.catalogue)
+
+    @cached_property
+    def production_groups(self) -> list[tuple[int, ...]]:
+        """The runs of each cDST production task, from the raw data on disk (read once per context)."""
+        return production_run_groups(self.cfg)
 
     # --- paths --------------------------------------------------------------------------------
     @property

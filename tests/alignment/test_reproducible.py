@@ -9,7 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from b2luca.alignment import AlignmentProblem, ParameterSpec, solve
 from b2luca.alignment.assemble import Assembler
-from b2luca.alignment.problem import LANES, assemble
+from b2luca.alignment.problem import assemble
 from b2luca.alignment.toy import barrel_geometry, generate_tracks
 
 
@@ -18,7 +18,7 @@ def record_sets():
     geo = barrel_geometry(300, n_layers=5)
     rng = np.random.default_rng(11)
     truth = np.tile([0.1, 0.1, 0.1, 5e-4, 5e-4, 5e-4], geo.n_sensors) * rng.normal(size=6 * geo.n_sensors)
-    return [generate_tracks(geo, 800, truth, rng) for _ in range(LANES + 3)]  # more sets than lanes
+    return [generate_tracks(geo, 800, truth, rng) for _ in range(11)]  # more record sets than threads
 
 
 def test_data_pass_is_bit_identical_for_any_thread_count(record_sets):

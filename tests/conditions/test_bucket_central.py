@@ -14,11 +14,10 @@ from b2luca.cli import main
 from b2luca.conditions import GlobalTag, LocalDatabase
 from b2luca.conditions.backend import file_md5
 from b2luca.config import load_config
-from b2luca.report import outbox as outbox_mod
 from b2luca.tasks.context import context_for
 from b2luca.tasks.driver import run_bucket
 
-from bucket_helpers import make_bucket
+from bucket_helpers import EXPERTS, REPORTING_EVENTS, fast_report_backoff, make_bucket
 from report.fake_gitlab import FakeGitLab
 
 from runners.conftest import standin_path
@@ -31,20 +30,17 @@ pytestmark = pytest.mark.slow
 
 GITLAB_TOKEN_ENV = "B2LUCA_E2E_GITLAB_TOKEN"
 CONDDB_TOKEN_ENV = "B2LUCA_E2E_CONDDB_TOKEN"
-EVENTS = {"cosmic_calib": 150, "mumu_tight_or_highm_calib": 600, "hadron_calib": 300, "bhabha_all_calib": 300,
-          "random_calib": 50}
+EVENTS = REPORTING_EVENTS
 
 
 @pytest.fixture(autouse=True)
 def _fast_backoff(monkeypatch):
-    monkeypatch.setattr(outbox_mod, "BACKOFF_BASE_S", 0.2)
-    monkeypatch.setattr(outbox_mod, "BACKOFF_MAX_S", 1.0)
+    fast_report_backoff(monkeypatch)
 
 
 @pytest.fixture()
 def servers(monkeypatch):
-    experts = ["cdc_expert", "svd_expert", "pxd_expert", "alignment_expert", "beamspot_expert", "ecl_expert"]
-    gitlab = FakeGitLab(users={name: 100 + i for i, name in enumerate(experts)}).start()
+    gitlab = FakeGitLab(users={name: 100 + i for i, name in enumerate(EXPERTS)}).start()
     conddb = FakeCondDB().start()
     monkeypatch.setenv(GITLAB_TOKEN_ENV, gitlab.token)
     monkeypatch.setenv(CONDDB_TOKEN_ENV, conddb.token)

@@ -11,31 +11,27 @@ import pytest
 
 from b2luca.config import load_config
 from b2luca.report import flush
-from b2luca.report import outbox as outbox_mod
 from b2luca.report.markdown import summary_title
 from b2luca.tasks.context import context_for
 from b2luca.tasks.driver import plan_events, run_bucket
 
-from bucket_helpers import make_bucket
+from bucket_helpers import EXPERTS, REPORTING_EVENTS, fast_report_backoff, make_bucket
 from report.fake_gitlab import FakeGitLab
 
 pytestmark = pytest.mark.slow
 
 TOKEN_ENV = "B2LUCA_E2E_GITLAB_TOKEN"
-EVENTS = {"cosmic_calib": 150, "mumu_tight_or_highm_calib": 600, "hadron_calib": 300, "bhabha_all_calib": 300,
-          "random_calib": 50}
+EVENTS = REPORTING_EVENTS
 
 
 @pytest.fixture(autouse=True)
 def _fast_backoff(monkeypatch):
-    monkeypatch.setattr(outbox_mod, "BACKOFF_BASE_S", 0.2)
-    monkeypatch.setattr(outbox_mod, "BACKOFF_MAX_S", 1.0)
+    fast_report_backoff(monkeypatch)
 
 
 @pytest.fixture()
 def gitlab(monkeypatch):
-    experts = ["cdc_expert", "svd_expert", "pxd_expert", "alignment_expert", "beamspot_expert", "ecl_expert"]
-    server = FakeGitLab(users={name: 100 + i for i, name in enumerate(experts)}).start()
+    server = FakeGitLab(users={name: 100 + i for i, name in enumerate(EXPERTS)}).start()
     monkeypatch.setenv(TOKEN_ENV, server.token)
     yield server
     server.stop()

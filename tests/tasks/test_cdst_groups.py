@@ -7,7 +7,8 @@ from pathlib import Path
 import luigi
 
 from b2luca.tasks import ArchiveLogs, CdstProduction
-from b2luca.tasks.cdst import group_runs, production_groups
+from b2luca.dataset import group_runs
+from b2luca.tasks.cdst import production_groups
 from b2luca.tasks.context import context_for
 
 

@@ -267,3 +267,14 @@ def test_result_paths_are_per_calibration(ctx):
     assert ctx.result_path("BeamSpot") == ctx.work_dir / "calibrations" / "BeamSpot" / "result.json"
     assert os.fspath(CalibrationTask(config_path=str(ctx.cfg.path), name="BeamSpot").output_path()) == \
         os.fspath(ctx.result_path("BeamSpot"))
+
+
+def test_a_bucket_task_without_output_path_cannot_be_made() -> None:
+    """output_path() is abstract: a task that forgets it fails when it is created, not when luigi asks it."""
+    from b2luca.tasks.base import BucketTask
+
+    class NoOutput(BucketTask):
+        pass
+
+    with pytest.raises(TypeError, match="output_path"):
+        NoOutput(config_path="bucket.yaml")
