@@ -12,9 +12,10 @@ six VXD layers and the CDC inner wall, muon or pion mass hypothesis) with the co
 (database chain: the CDC T0s, SVD time offsets and PXD masks of this bucket).  Every fitted track
 becomes one Mille record: its residuals, the local derivatives w.r.t. the 5 helix parameters and its
 active kinks, one pseudo-measurement per kink (0 +- its Highland width), the 6 rigid-body derivatives
-of its VXD sensors / 3 of its CDC layers; collision tracks add the beam-spot measurement (d0 against the
-beam spot, error = the beam size seen by the track) with the beam-spot position (x, y) as two more
-global parameters.  :func:`b2luca.alignment.solve` solves for all 212 x 6 + 56 x 3 (+ 2) parameters at
+of its VXD sensors / 3 of its CDC layers; the collision tracks of one event form one record with their common vertex as two more local
+parameters (:mod:`b2luca.alignment.vertex`): each track passes through the vertex, and the vertex lies in the
+beam spot (error: the beam size, counted once per event, not once per track), with the beam-spot position
+(x, y) as two more global parameters.  :func:`b2luca.alignment.solve` solves for all 212 x 6 + 56 x 3 (+ 2) parameters at
 once.  Collision tracks down to a transverse momentum of ``min_pt`` GeV are used (the kinks give soft
 tracks their weight; below 0.2 GeV curlers have CDC hits near their turning point that the model does
 not describe); tracks with chi2/ndf > ``outlier_chi2_cut`` are rejected.  Parameters measured by fewer
@@ -29,10 +30,11 @@ VXD, so the BeamSpot calibrated after the alignment is in this frame too
 default (``presigma_shift_mm`` / ``presigma_rotation`` > 0 adds soft priors around the current values,
 for studies; they act on the total correction of this calibration, over all iterations).  Up to
 ``max_iterations`` outer iterations (refit tracks with the corrected geometry, solve again) until every
-correction is below ``convergence_pull`` times its error.  Extra payload keys: ``params_error`` (same shape
-as params) and, with ``store_covariance``, VXDAlignment's ``params_cov``: the full covariance of the packed
-VXD + CDC parameters (:class:`b2luca.alignment.weak_modes.ParameterLayout`), which alone gives the weak modes'
-errors (the validation decorrelates its pulls with it).
+correction is below ``convergence_pull`` times its error.  Extra payload key: ``params_error`` (same shape
+as params).  With ``store_covariance`` the full covariance of the packed VXD + CDC parameters
+(:class:`b2luca.alignment.weak_modes.ParameterLayout`), which alone gives the weak modes' errors (the validation
+decorrelates its pulls with it), goes beside the payloads into ``vxdalignment_cov.npz`` in the job directory
+(float32, one ``cov_<exp>_<run>`` per interval, named by its first run; ~8 MB each: not a payload).
 
 Time dependence: ``timedep`` (basf2 format, naming parts such as ``PXD``, ``PXD+X``, ``CDC``) and
 ``payload_boundaries`` give parts one set of parameters per run interval, all in the same global fit
@@ -80,9 +82,10 @@ default_config = {"cosmic_calib.max_processed_events_per_file": 150,
                   "frame_constraints": True,
                   "presigma_shift_mm": 0.0,
                   "presigma_rotation": 0.0,
-                  # VXDAlignment carries params_cov: the full (P, P) covariance of the packed VXD + CDC parameters
-                  # (b2luca.alignment.weak_modes.ParameterLayout; float32, ~8 MB) -- the weak modes are correlated
-                  # over many parameters, so only it gives their errors and decorrelated pulls (the validation)
+                  # write vxdalignment_cov.npz beside the payloads: the full (P, P) covariance of the packed VXD +
+                  # CDC parameters per interval (b2luca.alignment.weak_modes.ParameterLayout; float32, ~8 MB) -- the
+                  # weak modes are correlated over many parameters, so only it gives their errors and decorrelated
+                  # pulls (the validation); not a payload (payloads stay small)
                   "store_covariance": True,
                   # iterations: refit the tracks with the corrected geometry until every correction of an
                   # iteration is below convergence_pull times its error (or max_iterations)
@@ -136,9 +139,10 @@ def mille_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
     ``beam_spot``: a :class:`b2luca.reco.track_model.BeamSpotConstraint` added to every collision track
     (None: no beam-spot measurement; never for cosmics)."""
     from b2luca.alignment import records_from_dense
+    from b2luca.alignment.vertex import event_vertex_records
     from b2luca.reco.geometry import C_B
     from b2luca.reco.measurements import build_measurements
-    from b2luca.reco.track_model import beam_spot_rows, fit_track_model
+    from b2luca.reco.track_model import fit_track_model
 
     meas = build_measurements(raw, constants)
     if meas.n_tracks == 0:
@@ -152,13 +156,17 @@ def mille_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
     use = np.flatnonzero(good)
     if not use.size:
         return None, 0, chi2_ndf[good]
-    extra = beam_spot_rows(model, use, beam_spot) if beam_spot is not None and not cosmic else None
-    recs = records_from_dense(*model.dense_rows(use, extra))
+    recs = records_from_dense(*model.dense_rows(use))
+    if beam_spot is not None and not cosmic:  # one record per event: common vertex in the beam spot
+        recs = event_vertex_records(recs, model.meas.track_key[use, 0], model.params[use, 0], model.params[use, 1],
+                                    model.n_local[use], beam_spot.position, beam_spot.size, beam_spot.labels)
     return recs, int(use.size), chi2_ndf[good]
 
 
 
 SUMMARY_FILE = "vxdcdc_alignment_summary.json"
+#: the full covariance of the packed VXD + CDC parameters per interval, beside the payloads (read by the validation)
+COV_FILE = "vxdalignment_cov.npz"
 AUTO_MODES = ("off", "propose", "apply")
 
 
@@ -593,6 +601,7 @@ def store_payloads(job, fit: dict, translator, geom, first: tuple[int, int]) -> 
 
     vxd_lab, cdc_lab = base_labels(geom)
     errs = fit["errors"]
+    covs: dict[str, np.ndarray] = {}
     for payload, is_cdc in (("VXDAlignment", False), ("CDCAlignment", True)):
         bounds = sorted({b for t in translator.timedep if (t.part == "CDC") == is_cdc for b in t.boundaries})
         for lo, hi in interval_ranges(bounds, first):
@@ -610,8 +619,19 @@ def store_payloads(job, fit: dict, translator, geom, first: tuple[int, int]) -> 
                     data["frame_sensors"] = np.asarray(fs, np.int8)
                 cov = packed_covariance(fit.get("covariance"), translator, geom, lo)
                 if cov is not None:
-                    data["params_cov"] = cov
+                    covs[f"cov_{lo[0]}_{lo[1]}"] = cov
             job.output_db.store(payload, data, iov)
+    if covs:  # beside the payloads, not in them: ~8 MB per interval
+        write_covariance(Path(job.work_dir) / COV_FILE, covs)
+
+
+def write_covariance(path: Path, covs: dict[str, np.ndarray]) -> None:
+    """Write the per-interval covariances (``cov_<exp>_<run>``: the interval starting at that run) to
+    ``path`` atomically (a temporary file renamed into place: no half-written file looks complete)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **covs)
+    tmp.replace(path)
 
 
 def packed_covariance(cov_entry, translator, geom, exprun: tuple[int, int]) -> np.ndarray | None:

@@ -5,14 +5,14 @@ fitted - true, the truth expressed in the alignment's global frame (:func:`b2luc
 the overall position and orientation of the tracking system fixed to nominal), weak modes NOT projected away:
 
 * pulls (fitted - true) / error per group -- VXD du, dv, dw, rotations; CDC dx/dy, dphi -- must have
-  mean 0 ± k/sqrt(N) and width 1 ± k/sqrt(2N) (``pull_tolerance_sigma`` = k); when VXDAlignment carries
-  ``params_cov`` the pulls of each group are decorrelated with its covariance block (the weak modes correlate
+  mean 0 ± k/sqrt(N) and width 1 ± k/sqrt(2N) (``pull_tolerance_sigma`` = k); with the calibration's
+  covariance file (``vxdalignment_cov.npz`` in the job directory) the pulls of each group are decorrelated with its covariance block (the weak modes correlate
   the parameters of a group: one coherent fluctuation of the CDC "dy growing with the layer" mode, within its
   error, gives diagonal pulls of width ~0.5 and a trend to ~40 um);
 * every mode of :mod:`b2luca.alignment.weak_modes` (global translations/rotations and the weak modes:
   radial expansion, telescope, curl, twist, clamshell, bowing, elliptical, CDC twist/sagitta), fitted jointly
   to fitted - true, must be within ``weak_mode_tolerance_sigma`` of its statistical error (propagated from
-  the payloads' ``params_error``; when VXDAlignment carries ``params_cov``, the (P, P) covariance of the
+  the payloads' ``params_error``; with the covariance file, the (P, P) covariance of the
   packed VXD + CDC vector of :class:`b2luca.alignment.weak_modes.ParameterLayout`, that is used instead:
   diagonal errors ignore the correlations along the weak modes and understate their errors).
   The amplitudes before the alignment (constants in force - true) are reported next to them.
@@ -29,7 +29,7 @@ refitted with the constants in force before and with the new alignment:
   alignment (chi2/ndf of the pair means within 1 ± k sqrt(2/ndf)), and the spread must not grow.  A pair
   mean's statistical error uses the variance of one difference pooled per layer and kind (a pair's own few
   hits give a heavy-tailed Student t: chi2/ndf ~4 even with the true constants).  The covariance of the
-  pair means adds the alignment's own uncertainty, J Σ Jᵀ: Σ = the payload's ``params_cov`` (else
+  pair means adds the alignment's own uncertainty, J Σ Jᵀ: Σ = the covariance from the file (else
   ``params_error``²), J = d(mean)/d(params of both sensors) at fixed tracks (the fit's global derivatives);
   chi2 = meanᵀ C⁻¹ mean.  An alignment off by more than its errors still fails;
 * d0 resolution from two-track events: var(d0_1 + d0_2) = 2 sigma_i^2 (the beam spot cancels), its mean
@@ -57,6 +57,9 @@ settings = ValidationSettings(name="VXDCDCAlignment",
                               expert_config={"pull_tolerance_sigma": 3.0, "weak_mode_tolerance_sigma": 3.0,
                                              "validation_tracks": 1000, "d0_phi_bins": 8,
                                              "min_overlap_hits": 3})
+
+#: written by calibrations/vxdcdc_alignment.py beside its payloads (the full covariance per interval)
+COV_FILE = "vxdalignment_cov.npz"
 
 #: pull groups: name -> (detector, parameter columns)
 PULL_GROUPS = {"vxd_du": ("vxd", (0,)), "vxd_dv": ("vxd", (1,)), "vxd_dw": ("vxd", (2,)),
@@ -189,6 +192,24 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
         for name, a in zip(b.names, b.amplitude):
             out.figures[f"weak_{name}_before"] = float(a)
     return out
+
+
+def read_covariance(job_path, exprun: tuple[int, int]) -> np.ndarray | None:
+    """The (P, P) covariance of the interval that contains run ``exprun`` from ``<job_path>/`` :data:`COV_FILE`
+    (None: no file, e.g. ``store_covariance`` off).  Intervals are named by their first run: the latest one
+    starting at or before ``exprun``."""
+    from pathlib import Path
+
+    path = Path(job_path) / COV_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        starts = sorted((tuple(int(x) for x in k.split("_")[1:]), k) for k in z.files if k.startswith("cov_"))
+        chosen = [k for start, k in starts if start <= tuple(exprun)]
+        if not chosen:
+            raise ValueError(f"{path}: no covariance for run {exprun[0]},{exprun[1]} (intervals start at "
+                             f"{', '.join(f'{a},{b}' for (a, b), _ in starts)})")
+        return np.asarray(z[chosen[-1]], float)
 
 
 # --- data-only checks -------------------------------------------------------------------------------
@@ -484,8 +505,9 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     cdc_fit = np.asarray(cdc["params"], float)
     cdc_err = np.asarray(cdc["params_error"], float) if "params_error" in cdc else np.full_like(cdc_fit, np.nan)
     config = json.loads((Path(job_path) / "caf_config.json").read_text())
+    first = first_exprun(requested_iov)
     before = load_constants(chain_from_caf_config(config).without_bucket_results(("VXDAlignment", "CDCAlignment")),
-                            first_exprun(requested_iov))
+                            first)
     figures: dict[str, float | str] = {}
     reasons: list[str] = []
     truth_vxd = truth_or_none(kwargs.get("reference_db"), "VXDAlignment", requested_iov)
@@ -494,7 +516,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     if truth_vxd is not None and truth_cdc is not None:
         true = np.zeros((geom.n_sensors, 6))
         true[geom.sensor_index(truth_vxd["sensor_id"])] = truth_vxd["params"]
-        cov = np.asarray(vxd["params_cov"], float) if "params_cov" in vxd else None
+        cov = read_covariance(job_path, (first.exp, first.run))
         truth_res = truth_checks(fitted, err, cdc_fit, cdc_err, true, np.asarray(truth_cdc["params"], float),
                                  k=k, k_weak=k_weak, before=(before.vxd_params, before.cdc_params), cov=cov,
                                  geom=geom, frame_sensors=np.asarray(vxd["frame_sensors"], bool)
@@ -512,9 +534,8 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         after = copy.deepcopy(before)
         after.vxd_params = fitted
         after.cdc_params = cdc_fit
-        if "params_cov" in vxd:
-            cov_after = np.asarray(vxd["params_cov"], float)
-        else:  # variances only (NaN: unknown, left out)
+        cov_after = read_covariance(job_path, (first.exp, first.run))
+        if cov_after is None:  # variances only (NaN: unknown, left out)
             cov_after = (err ** 2).ravel()
         data_res = data_checks(track_sample(raw, before), track_sample(raw, after), k=k, n_bins=n_bins,
                                min_overlap_hits=int(cfg["min_overlap_hits"]), cov_after=cov_after)
