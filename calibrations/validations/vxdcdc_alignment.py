@@ -17,8 +17,15 @@ the overall position and orientation of the tracking system fixed to nominal), w
   diagonal errors ignore the correlations along the weak modes and understate their errors).
   The amplitudes before the alignment (constants in force - true) are reported next to them.
 
-With k = 3 for 20 modes and 12 pull checks a perfect result fails by chance about 5 % of the time
-(tests/calibrations/test_vxdcdc_alignment_validation.py measures it); raise the k's to trade power for that.
+Family-wise tolerance: at k = 3 per check, the 32 truth checks of an interval (12 pull checks, 20 modes) and
+the 5 data-only ones fail a perfect result about 8 % of the time (tests/calibrations/test_vxdcdc_alignment_validation.py
+measures it).  The k of every check is chosen (Šidák, :func:`family_k`) so that the family of all checks fails a
+correct result with probability ``family_false_failure_rate`` (0.3 %; k = 3.94 for 37 checks);
+``pull_tolerance_sigma`` / ``weak_mode_tolerance_sigma`` set k explicitly instead.  A pull group with fewer than
+``min_pulls`` parameters with an error, and a mode the parameters with an error do not determine, report "not
+enough data" (a figure, no verdict).  A time-dependent result is checked interval by interval, each against the
+truth of its own first run (figures prefixed ``e<exp>r<run>_``).  The covariance comes from
+``vxdalignment_cov.npz``, written by the calibration beside its payloads.
 
 Always (data-only; on real data these are the only checks and the verdict says so), on di-muon events
 refitted with the constants in force before and with the new alignment:
@@ -54,12 +61,18 @@ from b2luca.catalogue import ValidationSettings
 settings = ValidationSettings(name="VXDCDCAlignment",
                               description=__doc__,
                               download_files=[],
-                              expert_config={"pull_tolerance_sigma": 3.0, "weak_mode_tolerance_sigma": 3.0,
+                              expert_config={"family_false_failure_rate": 0.003,
+                                             "pull_tolerance_sigma": None, "weak_mode_tolerance_sigma": None,
                                              "validation_tracks": 1000, "d0_phi_bins": 8,
-                                             "min_overlap_hits": 3})
+                                             "min_overlap_hits": 3, "min_pulls": 10})
 
 #: written by calibrations/vxdcdc_alignment.py beside its payloads (the full covariance per interval)
 COV_FILE = "vxdalignment_cov.npz"
+
+#: data-only checks (track chi2/ndf, overlap pair means, overlap spread, d0 resolution, d0 sum vs phi0)
+DATA_CHECKS = 5
+#: fewer parameters with an error than this in a pull group: "not enough data" (no verdict from that group)
+MIN_PULLS = 10
 
 #: pull groups: name -> (detector, parameter columns)
 PULL_GROUPS = {"vxd_du": ("vxd", (0,)), "vxd_dv": ("vxd", (1,)), "vxd_dw": ("vxd", (2,)),
@@ -128,7 +141,7 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
                  true_vxd: np.ndarray, true_cdc: np.ndarray, *, k: float = 3.0, k_weak: float = 3.0,
                  before: tuple[np.ndarray, np.ndarray] | None = None, cov: np.ndarray | None = None,
                  geom=None, frame_dofs: tuple[int, ...] | None = None,
-                 frame_sensors: np.ndarray | None = None) -> CheckResult:
+                 frame_sensors: np.ndarray | None = None, min_pulls: int = MIN_PULLS) -> CheckResult:
     """Pulls per group and weak-mode amplitudes of fitted - true (truth in the alignment frame: the rigid-motion
     degrees of freedom ``frame_dofs`` of the VXD that the alignment's constraints fixed, default :data:`b2luca.alignment.constraints.FRAME_DOFS`).
 
@@ -166,8 +179,9 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
         st = _pull_stats(p, k)
         out.figures.update({f"{group}_pull_n": st["n"], f"{group}_pull_mean": st["mean"],
                             f"{group}_pull_width": st["width"]})
-        if not st["n"] >= 2:
-            out.reasons.append(f"{group}: {int(st['n'])} parameters with a finite error (need >= 2)")
+        if not st["n"] >= min_pulls:  # a width from a handful of pulls cannot tell 1.0 from 1.5
+            out.figures[f"{group}_note"] = f"not enough data: {int(st['n'])} parameters with an error " \
+                                           f"(a verdict needs >= {min_pulls})"
             continue
         if abs(st["mean"]) > st["mean_tol"]:
             out.reasons.append(f"{group}: pull mean {st['mean']:.2f} outside 0 ± {st['mean_tol']:.2f}")
@@ -178,7 +192,11 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
             float(scale * np.sqrt(np.mean(d[:, cols] ** 2)))
     out.pulls = pulls
     errors = lay.pack(e_vxd, e_cdc)
-    after = project(lay.pack(d_vxd, d_cdc), errors, cov=cov, names=MODE_NAMES, geom=geom)
+    names = determined_modes(lay.pack(d_vxd, d_cdc), errors, geom)
+    for name in MODE_NAMES:
+        if name not in names:
+            out.figures[f"weak_{name}_note"] = "not enough data: the parameters with an error do not determine it"
+    after = project(lay.pack(d_vxd, d_cdc), errors, cov=cov, names=names, geom=geom)
     out.weak_after = after
     for name, a, e in zip(after.names, after.amplitude, after.error):
         out.figures[f"weak_{name}"] = float(a)
@@ -187,7 +205,7 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
             out.reasons.append(f"weak mode {name}: amplitude {a:.3g} ± {e:.2g} beyond {k_weak:g} sigma")
     if before is not None:
         b = project(lay.pack(np.asarray(before[0], float) - tv, np.asarray(before[1], float) - tc), errors,
-                    names=MODE_NAMES, geom=geom)
+                    names=names, geom=geom)
         out.weak_before = b
         for name, a in zip(b.names, b.amplitude):
             out.figures[f"weak_{name}_before"] = float(a)
@@ -210,6 +228,22 @@ def read_covariance(job_path, exprun: tuple[int, int]) -> np.ndarray | None:
             raise ValueError(f"{path}: no covariance for run {exprun[0]},{exprun[1]} (intervals start at "
                              f"{', '.join(f'{a},{b}' for (a, b), _ in starts)})")
         return np.asarray(z[chosen[-1]], float)
+
+
+def determined_modes(delta: np.ndarray, errors: np.ndarray, geom) -> tuple[str, ...]:
+    """The modes of :data:`b2luca.alignment.weak_modes.MODE_NAMES` that the parameters with a finite error
+    determine jointly (in order; a mode that adds no rank to the ones before it is left out: its amplitude
+    cannot be measured from these parameters -- "not enough data", not a pass or a failure)."""
+    from b2luca.alignment.weak_modes import MODE_NAMES, mode_matrix
+
+    use = np.isfinite(delta) & np.isfinite(errors) & (errors > 0)
+    m = mode_matrix(MODE_NAMES, geom)[use] / errors[use, None]
+    m = m / np.maximum(np.linalg.norm(m, axis=0), 1e-300)
+    kept: list[int] = []
+    for j in range(m.shape[1]):
+        if np.linalg.matrix_rank(m[:, kept + [j]], tol=1e-8) == len(kept) + 1:
+            kept.append(j)
+    return tuple(MODE_NAMES[j] for j in kept)
 
 
 # --- data-only checks -------------------------------------------------------------------------------
@@ -476,80 +510,128 @@ def _plot(truth: CheckResult | None, data: CheckResult | None, n_bins: int):
     return fig
 
 
+def family_k(n_checks: int, rate: float) -> float:
+    """Two-sided k (in sigma) per check so that ``n_checks`` independent checks of a correct result fail
+    together with probability ``rate`` (Šidák: per check 1 - (1 - rate)^(1/n))."""
+    from scipy.stats import norm
+
+    per_check = -math.expm1(math.log1p(-rate) / max(n_checks, 1))
+    return float(norm.isf(per_check / 2.0))
+
+
+def _intervals(job_path) -> list[tuple[tuple[int, int], dict, dict]]:
+    """((exp, run) first run, VXDAlignment, CDCAlignment) per interval of the VXD payloads (newest revision
+    per IoV; the CDC payload valid for that first run)."""
+    from pathlib import Path
+
+    from b2luca.conditions import LocalDatabase
+    from b2luca.contract import OUTPUT_DB_DIR
+    from b2luca.iov import ExpRun
+    from calibrations._common import calibration_output
+
+    calibration_output(job_path, "VXDCDCAlignment", "VXDAlignment")  # one clear error when there is none
+    db = LocalDatabase(Path(job_path) / OUTPUT_DB_DIR / "VXDCDCAlignment")
+    newest = {}
+    for e in db.entries():
+        if e.name == "VXDAlignment":
+            newest[(e.iov.exp_low, e.iov.run_low)] = e
+    return [(first, db.read(e), db.read("CDCAlignment", ExpRun(*first))) for first, e in sorted(newest.items())]
+
+
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
-    """Validate VXDAlignment + CDCAlignment (see the module docstring); returns a Verdict."""
+    """Validate VXDAlignment + CDCAlignment (see the module docstring); returns a Verdict.
+
+    Every interval of a time-dependent result is compared with the truth of its own first run."""
     import copy
     import json
     from pathlib import Path
 
+    from b2luca.alignment.weak_modes import MODE_NAMES
     from b2luca.contract import Verdict, chain_from_caf_config, read_input_data
+    from b2luca.iov import ExpRun
     from b2luca.reco.geometry import nominal_geometry
     from b2luca.reco.measurements import load_constants
     from b2luca.reco.raw import read_raw
-    from calibrations._common import (calibration_output, expert_config_dict, first_exprun, save_figure,
-                                      truth_or_none, write_csv)
+    from calibrations._common import expert_config_dict, first_exprun, save_figure, truth_or_none, write_csv
     from calibrations.validations._alignment_trend import trend_section
 
     cfg = {**settings.expert_config, **expert_config_dict(expert_config)}
-    k, k_weak = float(cfg["pull_tolerance_sigma"]), float(cfg["weak_mode_tolerance_sigma"])
     n_bins = int(cfg["d0_phi_bins"])
     geom = nominal_geometry()
-    vxd = calibration_output(job_path, "VXDCDCAlignment", "VXDAlignment")
-    cdc = calibration_output(job_path, "VXDCDCAlignment", "CDCAlignment")
-    idx = geom.sensor_index(vxd["sensor_id"])
-    fitted = np.zeros((geom.n_sensors, 6))
-    fitted[idx] = vxd["params"]
-    err = np.full((geom.n_sensors, 6), np.nan)
-    if "params_error" in vxd:
-        err[idx] = vxd["params_error"]
-    cdc_fit = np.asarray(cdc["params"], float)
-    cdc_err = np.asarray(cdc["params_error"], float) if "params_error" in cdc else np.full_like(cdc_fit, np.nan)
+    intervals = _intervals(job_path)
     config = json.loads((Path(job_path) / "caf_config.json").read_text())
-    first = first_exprun(requested_iov)
-    before = load_constants(chain_from_caf_config(config).without_bucket_results(("VXDAlignment", "CDCAlignment")),
-                            first)
-    figures: dict[str, float | str] = {}
+    chain_before = chain_from_caf_config(config).without_bucket_results(("VXDAlignment", "CDCAlignment"))
+    files = [(p, er) for p, er in read_input_data(input_data_path).get("mumu_tight_or_highm_calib", [])][:1]
+    with_truth = [truth_or_none(kwargs.get("reference_db"), "VXDAlignment", [*first, -1, -1]) is not None
+                  for first, _v, _c in intervals]
+    # the family of checks: per interval with truth 2 per pull group + one per weak mode; 5 data-only checks
+    n_checks = sum(with_truth) * (2 * len(PULL_GROUPS) + len(MODE_NAMES)) + (DATA_CHECKS if files else 0)
+    rate = cfg.get("family_false_failure_rate")
+    k_family = family_k(n_checks, float(rate)) if rate else 3.0
+    k = float(cfg["pull_tolerance_sigma"]) if cfg.get("pull_tolerance_sigma") is not None else k_family
+    k_weak = float(cfg["weak_mode_tolerance_sigma"]) if cfg.get("weak_mode_tolerance_sigma") is not None \
+        else k_family
+    figures: dict[str, float | str] = {"checks_in_family": float(n_checks), "k_pulls": k, "k_weak_modes": k_weak}
+    if rate:
+        figures["family_false_failure_rate"] = float(rate)
     reasons: list[str] = []
-    truth_vxd = truth_or_none(kwargs.get("reference_db"), "VXDAlignment", requested_iov)
-    truth_cdc = truth_or_none(kwargs.get("reference_db"), "CDCAlignment", requested_iov)
-    truth_res = None
-    if truth_vxd is not None and truth_cdc is not None:
-        true = np.zeros((geom.n_sensors, 6))
-        true[geom.sensor_index(truth_vxd["sensor_id"])] = truth_vxd["params"]
-        cov = read_covariance(job_path, (first.exp, first.run))
-        truth_res = truth_checks(fitted, err, cdc_fit, cdc_err, true, np.asarray(truth_cdc["params"], float),
-                                 k=k, k_weak=k_weak, before=(before.vxd_params, before.cdc_params), cov=cov,
-                                 geom=geom, frame_sensors=np.asarray(vxd["frame_sensors"], bool)
-                                 if "frame_sensors" in vxd else None)
-        figures.update(truth_res.figures)
-        reasons += truth_res.reasons
-    else:
+    truth_res = data_res = None
+    data_run = (files[0][1].exp, files[0][1].run) if files else tuple(first_exprun(requested_iov))[:2]
+    firsts = [first for first, _v, _c in intervals]
+    data_interval = max((f for f in firsts if f <= data_run), default=firsts[0])  # the one the file belongs to
+    for (first, vxd, cdc), has_truth in zip(intervals, with_truth):
+        tag = "" if len(intervals) == 1 else f"e{first[0]}r{first[1]}_"
+        where = "" if len(intervals) == 1 else f"interval from run {first[0]},{first[1]}: "
+        idx = geom.sensor_index(vxd["sensor_id"])
+        fitted = np.zeros((geom.n_sensors, 6))
+        fitted[idx] = vxd["params"]
+        err = np.full((geom.n_sensors, 6), np.nan)
+        if "params_error" in vxd:
+            err[idx] = vxd["params_error"]
+        cdc_fit = np.asarray(cdc["params"], float)
+        cdc_err = np.asarray(cdc["params_error"], float) if "params_error" in cdc else np.full_like(cdc_fit, np.nan)
+        before = load_constants(chain_before, ExpRun(*first))
+        cov = read_covariance(job_path, first)
+        if has_truth:
+            iov_first = [*first, -1, -1]
+            truth_vxd = truth_or_none(kwargs.get("reference_db"), "VXDAlignment", iov_first)
+            truth_cdc = truth_or_none(kwargs.get("reference_db"), "CDCAlignment", iov_first)
+            assert truth_vxd is not None
+            if truth_cdc is None:
+                reasons.append(f"{where}reference has VXDAlignment but no CDCAlignment for run {first[0]},{first[1]}")
+                continue
+            true = np.zeros((geom.n_sensors, 6))
+            true[geom.sensor_index(truth_vxd["sensor_id"])] = truth_vxd["params"]
+            res = truth_checks(fitted, err, cdc_fit, cdc_err, true, np.asarray(truth_cdc["params"], float),
+                               k=k, k_weak=k_weak, before=(before.vxd_params, before.cdc_params), cov=cov,
+                               geom=geom, frame_sensors=np.asarray(vxd["frame_sensors"], bool)
+                               if "frame_sensors" in vxd else None, min_pulls=int(cfg["min_pulls"]))
+            figures.update({f"{tag}{key}": value for key, value in res.figures.items()})
+            reasons += [where + r for r in res.reasons]
+            truth_res = truth_res or res  # the plot shows the first interval
+        if files and first == data_interval:  # the data-only checks on the di-muon file, with the interval it belongs to
+            raw = read_raw([files[0][0]])
+            limit = int(cfg["validation_tracks"]) // 2
+            raw = {t: {kk: v[c["gevent"] < limit] for kk, v in c.items()} for t, c in raw.items()}
+            after = copy.deepcopy(before)
+            after.vxd_params = fitted
+            after.cdc_params = cdc_fit
+            cov_after = cov if cov is not None else (err ** 2).ravel()  # variances only (NaN: unknown, left out)
+            data_res = data_checks(track_sample(raw, before), track_sample(raw, after), k=k, n_bins=n_bins,
+                                   min_overlap_hits=int(cfg["min_overlap_hits"]), cov_after=cov_after)
+            figures.update(data_res.figures)
+            reasons += data_res.reasons
+    if not any(with_truth):
         figures["mode"] = "data-only"
-    data_res = None
-    files = [p for p, _ in read_input_data(input_data_path).get("mumu_tight_or_highm_calib", [])][:1]
-    if files:
-        raw = read_raw(files)
-        limit = int(cfg["validation_tracks"]) // 2
-        raw = {t: {kk: v[c["gevent"] < limit] for kk, v in c.items()} for t, c in raw.items()}
-        after = copy.deepcopy(before)
-        after.vxd_params = fitted
-        after.cdc_params = cdc_fit
-        cov_after = read_covariance(job_path, (first.exp, first.run))
-        if cov_after is None:  # variances only (NaN: unknown, left out)
-            cov_after = (err ** 2).ravel()
-        data_res = data_checks(track_sample(raw, before), track_sample(raw, after), k=k, n_bins=n_bins,
-                               min_overlap_hits=int(cfg["min_overlap_hits"]), cov_after=cov_after)
-        figures.update(data_res.figures)
-        reasons += data_res.reasons
-    elif truth_res is None:
-        reasons.append("no truth and no di-muon file: nothing to validate")
+        if not files:
+            reasons.append("no truth and no di-muon file: nothing to validate")
     trend_figures, trend_plots, trend_reasons = trend_section(job_path)  # per-run trend, iterations (own module)
     figures.update(trend_figures)
     reasons += trend_reasons
     rows: dict[str, list] = {"quantity": list(figures), "value": list(figures.values())}
     plots = [save_figure(_plot(truth_res, data_res, n_bins), "vxdcdc_alignment.png"),
              write_csv("vxdcdc_alignment.csv", rows)] + trend_plots
-    note = "" if truth_res is not None else \
+    note = "" if any(with_truth) else \
         " (no truth -- reference_global_tag absent: data-only checks only: overlap residuals, d0, chi2/ndf)"
     message = ("OK" if not reasons else "; ".join(reasons)) + note
     return Verdict(passed=not reasons, figures=figures, plots=plots, message=message)

@@ -140,11 +140,26 @@ def test_trend_section_fails_on_an_unmodelled_jump(tmp_path, monkeypatch):
     assert trend_section(tmp_path)[2] == []
 
 
-def test_configured_timedep_basf2_format(moved, tmp_path, job_factory, script):
+def test_configured_timedep_basf2_format(moved, tmp_path, job_factory, script, monkeypatch):
     job, summary = _align(moved, tmp_path, {"timedep": [[["PXD"], [[0, 5, EXP]]]], "auto_boundaries": "propose"},
                           job_factory, script)
     assert summary["proposed_boundaries"] == []  # the movement is already modelled
     _check_positions(job, moved, summary)
+    # the validation compares every interval with the truth of that interval (the covariance file has both)
+    monkeypatch.chdir(tmp_path)
+    val = script("validations.vxdcdc_alignment")
+    args = (str(job.work_dir), str(job.work_dir / "input_data.json"), [EXP, 4, -1, -1], job.expert_config)
+    verdict = val.run_validation(*args, reference_db=moved.truth)
+    f = verdict.figures
+    assert {"e26r4_vxd_du_pull_width", "e26r5_vxd_du_pull_width"} <= set(f)
+    assert "interval from run 26,5" not in verdict.message, verdict.message
+    assert f["checks_in_family"] == 2 * (2 * 6 + 20) + 5
+    # the run-5 payload with the PXD where it was in run 4: only the comparison with run 5's truth sees it
+    e4, e5 = [e for e in job.output_db.entries() if e.name == "VXDAlignment"]
+    job.output_db.store("VXDAlignment", read_payload(e4.path), e5.iov)
+    bad = val.run_validation(*args, reference_db=moved.truth)
+    assert "interval from run 26,5: vxd_du" in bad.message and not bad.passed, bad.message
+    assert bad.figures["e26r4_vxd_du_pull_width"] == f["e26r4_vxd_du_pull_width"]
 
 
 def test_bad_timedep_config_is_one_clear_error(moved, tmp_path, job_factory, script):

@@ -214,3 +214,34 @@ def test_overlap_check_with_few_hits_per_pair_passes_for_aligned_sensors(val, se
                                             d0_phi=np.zeros(0)))
     assert f["pair_ndf"] == 90
     assert f["pair_chi2"] / f["pair_ndf"] < 1.0 + 3.0 * np.sqrt(2.0 / 90)
+
+
+def test_family_k_sidak(val):
+    """k per check such that the whole family of checks of a correct result fails with the stated probability."""
+    from scipy.stats import norm
+
+    k = val.family_k(37, 0.003)
+    assert k == pytest.approx(3.94, abs=0.01)
+    assert 1 - (1 - 2 * norm.sf(k)) ** 37 == pytest.approx(0.003, rel=1e-6)
+    assert val.family_k(1, 0.0027) == pytest.approx(3.0, abs=1e-3)
+
+
+def test_family_k_keeps_perfect_results_passing_and_wrong_ones_failing(val, truth):
+    k = val.family_k(2 * len(val.PULL_GROUPS) + len(W.MODE_NAMES), 0.003)
+    fails = sum(bool(_check(val, truth, _fitted(truth, seed), k=k, k_weak=k).reasons) for seed in range(100, 140))
+    assert fails <= 1
+    for fitted in (_fitted(truth, scale=1.5), _fitted(truth, weak={"vxd_radial_expansion_um": 20.0})):
+        assert _check(val, truth, fitted, k=k, k_weak=k).reasons
+
+
+def test_pull_group_with_too_few_parameters_says_not_enough_data(val, truth):
+    fv, fc = _fitted(truth)
+    e_cdc = E_CDC.copy()
+    e_cdc[5:, 2] = np.nan  # only 5 CDC layers with a dphi error
+    res = val.truth_checks(fv, E_VXD, fc, e_cdc, truth.vxd_params, truth.cdc_params, geom=G)
+    assert res.figures["cdc_dphi_note"].startswith("not enough data: 5 parameters")
+    assert not any(r.startswith("cdc_dphi") for r in res.reasons)
+    fc_bad = fc.copy()
+    fc_bad[:5, 2] += 10 * E_CDC[:5, 2]  # even wrong: no verdict from 5 pulls; the other checks still run
+    res = val.truth_checks(fv, E_VXD, fc_bad, e_cdc, truth.vxd_params, truth.cdc_params, geom=G)
+    assert not any(r.startswith("cdc_dphi") for r in res.reasons) and "vxd_du_pull_width" in res.figures
