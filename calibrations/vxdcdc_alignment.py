@@ -12,11 +12,11 @@ six VXD layers and the CDC inner wall, muon or pion mass hypothesis) with the co
 (database chain: the CDC T0s, SVD time offsets and PXD masks of this bucket).  Every fitted track
 becomes one Mille record: its residuals, the local derivatives w.r.t. the 5 helix parameters and its
 active kinks, one pseudo-measurement per kink (0 +- its Highland width), the 6 rigid-body derivatives
-of its VXD sensors / 3 of its CDC layers; the collision tracks of one event form one record with their common vertex as two more local
-parameters (:mod:`b2luca.alignment.vertex`): each track passes through the vertex, and the vertex lies in the
-beam spot (error: the beam size, counted once per event, not once per track), with the beam-spot position
-(x, y) as two more global parameters.  :func:`b2luca.alignment.solve` solves for all 212 x 6 + 56 x 3 (+ 2) parameters at
-once.  Collision tracks down to a transverse momentum of ``min_pt`` GeV are used (the kinks give soft
+of its VXD sensors / 3 of its CDC layers; the collision tracks of one event form one record with their
+common vertex as two more local parameters (:mod:`b2luca.alignment.vertex`): each track passes through the
+vertex, and the vertex lies in the beam spot (error: the beam size, counted once per event, not once per
+track), with the beam-spot position (x, y) as two more global parameters.  :func:`b2luca.alignment.solve`
+solves for all 212 x 6 + 56 x 3 (+ 2) parameters at once.  Collision tracks down to a transverse momentum of ``min_pt`` GeV are used (the kinks give soft
 tracks their weight; below 0.2 GeV curlers have CDC hits near their turning point that the model does
 not describe); tracks with chi2/ndf > ``outlier_chi2_cut`` are rejected.  Parameters measured by fewer
 than ``min_entries`` hits stay at their current values (pede's ``entries``; error NaN), and their hits are
@@ -634,8 +634,11 @@ def store_payloads(job, fit: dict, translator, geom, first: tuple[int, int]) -> 
                 if cov is not None:
                     covs[f"cov_{lo[0]}_{lo[1]}"] = cov
             job.output_db.store(payload, data, iov)
+    path = Path(job.work_dir) / COV_FILE
     if covs:  # beside the payloads, not in them: ~8 MB per interval
-        write_covariance(Path(job.work_dir) / COV_FILE, covs)
+        write_covariance(path, covs)
+    else:  # no covariance this time: an earlier run's file must not be read as this result's
+        path.unlink(missing_ok=True)
 
 
 def write_covariance(path: Path, covs: dict[str, np.ndarray]) -> None:

@@ -127,7 +127,10 @@ def beam_spot_rows(model: TrackModel, tracks: np.ndarray, bs: BeamSpotConstraint
     A track from the vertex v has d0 = v_x sin(phi0) - v_y cos(phi0); the row measures 0 with prediction
     d0 - (b_x sin(phi0) - b_y cos(phi0)) and error sqrt((s_x sin(phi0))^2 + (s_y cos(phi0))^2) (the beam
     size seen by the track).  Local derivatives w.r.t. d0 and phi0, global ones w.r.t. the beam-spot
-    position (labels ``bs.labels``), so the beam spot is fitted together with the alignment."""
+    position (labels ``bs.labels``), so the beam spot is fitted together with the alignment.
+
+    One row per track treats the tracks as independent: for events with several tracks (one vertex) use
+    :func:`b2luca.alignment.vertex.event_vertex_records`, which measures the beam spot once per event."""
     t = np.asarray(tracks, np.int64)
     d0, phi = model.params[t, 0], model.params[t, 1]
     bx, by = bs.position
