@@ -229,6 +229,9 @@ def _calibrate(job) -> None:
     summary = {"iterations": fit["iterations"], "converged": fit["converged"],
                "timedep": [{"part": t.part, "boundaries": [list(b) for b in t.boundaries]} for t in translator.timedep],
                "auto_boundaries": auto, "proposed_boundaries": proposed, "trend": fit.get("trend"),
+               # the intervals (first runs) whose frame constraints fix the frame; a later interval that is not
+               # one of them is in the frame of the latest one before it (the validation's truth_in_frame)
+               "frame_runs": fit.get("frame_runs", []),
                "trend_before_apply": fit.get("trend_before_apply"), "timing_s": timing}
     (Path(job.work_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=float))
 
@@ -372,6 +375,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     last_corr: dict[int, float] = {}
     constraints: list = []
     frame_sensors: dict = {}
+    frame_runs: list = []
     cut = float(cfg.get("convergence_pull", 3.0))
     for iteration in range(int(cfg["max_iterations"])):
         bs = (BeamSpotConstraint(position=(float(beam[0]), float(beam[1])),
@@ -403,8 +407,9 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
             dropped = int(sum(m.sum() for m in masks))
             records = [drop_rows(r, m) for r, m in zip(records, masks)]
             per_file = [(er, drop_rows(r, rows_with_labels(r, unfitted)), name) for er, r, name in per_file]
-        constraints, frame_sensors = frame_constraints_per_interval(consts, keys, translator, geom, frame_labels) \
-            if cfg["frame_constraints"] else ([], {})
+        constraints, frame_sensors, frame_runs = frame_constraints_per_interval(consts, keys, translator, geom,
+                                                                               frame_labels) \
+            if cfg["frame_constraints"] else ([], {}, [])
         # the prior only for labels the data measure (as pede's presigma: a label without data stays out of the fit)
         seen = np.isin(full, measured) & (sigma > 0)
         prior = [prior_records(full[seen], acc[seen], sigma[seen])] if seen.any() else []
@@ -446,6 +451,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     fit = {"consts": consts, "keys": keys, "errors": errs, "iterations": history, "converged": converged,
            "records": per_file, "corrections": last_corr, "translator": translator, "start": consts,
            "labels": full, "acc": acc, "constraints": constraints, "frame_sensors": frame_sensors,
+           "frame_runs": [list(r) for r in frame_runs],
            "covariance": (result.info.get("covariance_labels"), result.info.get("covariance"))}
     if previous is not None:
         fit["previous_trend"] = previous.get("trend")
@@ -466,7 +472,7 @@ def frame_constraints_per_interval(consts: dict, keys: dict, translator, geom,
     tied to it by the tracks through the shared parts: the frame is already fixed, and repeating the constraints
     there would force the moving part's overall position to be the same in every interval.  Only sensors whose
     six parameters are all fitted (in ``measured``) define the frame.  Returns (constraints, {interval key:
-    (S,) bool sensors of the frame})."""
+    (S,) bool sensors of the frame}, first runs (exp, run) of the intervals whose constraints define a frame)."""
     from b2luca.alignment.constraints import frame_constraints
 
     vxd_lab, cdc_lab = base_labels(geom)
@@ -488,7 +494,7 @@ def frame_constraints_per_interval(consts: dict, keys: dict, translator, geom,
             out.append(replace(c, labels=labels,
                                origin=f"{c.origin} (interval {list(k)})" if translator.active else c.origin))
     first = next(iter(sensors.values())) if sensors else None
-    return out, {k: sensors.get(k, first) for k in keys}
+    return out, {k: sensors.get(k, first) for k in keys}, sorted(tuple(keys[k]) for k in sensors)
 
 
 def prior_records(labels: np.ndarray, acc: np.ndarray, sigma: np.ndarray):

@@ -40,7 +40,8 @@ class FrameTruth:
 
 def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position: np.ndarray | None = None,
                    geom: Geometry | None = None, dofs: tuple[int, ...] = FRAME_DOFS,
-                   sensors: np.ndarray | None = None) -> FrameTruth:
+                   sensors: np.ndarray | None = None,
+                   motion: tuple[np.ndarray, np.ndarray] | None = None) -> FrameTruth:
     """Express a true alignment (and beam spot) in the alignment's frame.
 
     Args:
@@ -52,6 +53,10 @@ def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position
             VXDAlignment's ``frame_sensors``; default all).
         dofs: the frame's degrees of freedom (indices of (T_x, T_y, T_z, w_x, w_y, w_z)); the default is
             the alignment's (:data:`~b2luca.alignment.constraints.FRAME_DOFS`: T_x, T_y, T_z, w_z).
+        motion: the rigid motion (T [mm], w [rad]) to remove instead of the one of ``vxd_params``: for an
+            interval of a time-dependent alignment whose frame is fixed by another interval (the frame
+            constraints hold the first interval; a part that moves later is tied to it by the tracks), pass
+            that interval's ``translation`` and ``rotation``.
 
     Returns:
         :class:`FrameTruth` whose ``vxd`` satisfies the frame constraints exactly:
@@ -74,8 +79,13 @@ def truth_in_frame(vxd_params: np.ndarray, cdc_params: np.ndarray, beam_position
     atp = np.einsum("sik,si->k", a[m], p[m])
     x = np.zeros(6)
     x[list(dofs)] = np.linalg.solve(ata, atp)
+    if motion is not None:
+        x = np.concatenate([np.asarray(motion[0], float), np.asarray(motion[1], float)])
+        if x.shape != (6,):
+            raise ValueError(f"truth_in_frame: motion must be (T (3,), w (3,)), got shapes "
+                             f"{np.shape(motion[0])}, {np.shape(motion[1])}")
     t, w = x[:3], x[3:]
-    vxd = p - np.einsum("sik,k->si", a, x[list(dofs)])
+    vxd = p - np.einsum("sik,k->si", rigid_motion_jacobian(geom), x)
     cdc_f = cdc.copy()
     cdc_f[:, 0] -= t[0] - w[2] * cdc[:, 1]
     cdc_f[:, 1] -= t[1] + w[2] * cdc[:, 0]

@@ -141,7 +141,8 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
                  true_vxd: np.ndarray, true_cdc: np.ndarray, *, k: float = 3.0, k_weak: float = 3.0,
                  before: tuple[np.ndarray, np.ndarray] | None = None, cov: np.ndarray | None = None,
                  geom=None, frame_dofs: tuple[int, ...] | None = None,
-                 frame_sensors: np.ndarray | None = None, min_pulls: int = MIN_PULLS) -> CheckResult:
+                 frame_sensors: np.ndarray | None = None, min_pulls: int = MIN_PULLS,
+                 frame_motion_of: tuple[np.ndarray, np.ndarray] | None = None) -> CheckResult:
     """Pulls per group and weak-mode amplitudes of fitted - true (truth in the alignment frame: the rigid-motion
     degrees of freedom ``frame_dofs`` of the VXD that the alignment's constraints fixed, default :data:`b2luca.alignment.constraints.FRAME_DOFS`).
 
@@ -161,7 +162,13 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
 
     dofs = tuple(FRAME_DOFS if frame_dofs is None else frame_dofs)
     # frame_sensors: the sensors whose motion defined the fit's frame (VXDAlignment's ``frame_sensors``)
-    frame = truth_in_frame(true_vxd, true_cdc, geom=geom, dofs=dofs, sensors=frame_sensors)
+    # frame_motion_of: the true (VXD, CDC) of the interval whose constraints fix this interval's frame (a
+    # time-dependent interval tied to an earlier one by the tracks is in that interval's frame)
+    motion = None
+    if frame_motion_of is not None:
+        ref = truth_in_frame(frame_motion_of[0], frame_motion_of[1], geom=geom, dofs=dofs, sensors=frame_sensors)
+        motion = (ref.translation, ref.rotation)
+    frame = truth_in_frame(true_vxd, true_cdc, geom=geom, dofs=dofs, sensors=frame_sensors, motion=motion)
     tv, tc = frame.vxd, frame.cdc
     for name, value in zip(("tx_um", "ty_um", "tz_um", "rx_urad", "ry_urad", "rz_urad"),
                            frame_motion(true_vxd, true_cdc, geom)):
@@ -579,6 +586,19 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     data_run = (files[0][1].exp, files[0][1].run) if files else tuple(first_exprun(requested_iov))[:2]
     firsts = [first for first, _v, _c in intervals]
     data_interval = max((f for f in firsts if f <= data_run), default=firsts[0])  # the one the file belongs to
+    summary_path = Path(job_path) / "vxdcdc_alignment_summary.json"
+    frame_runs = [tuple(r) for r in json.loads(summary_path.read_text()).get("frame_runs", [])] \
+        if summary_path.is_file() else []
+
+    def true_params(first):
+        tv = truth_or_none(kwargs.get("reference_db"), "VXDAlignment", [*first, -1, -1])
+        tc = truth_or_none(kwargs.get("reference_db"), "CDCAlignment", [*first, -1, -1])
+        if tv is None or tc is None:
+            return None
+        true = np.zeros((geom.n_sensors, 6))
+        true[geom.sensor_index(tv["sensor_id"])] = tv["params"]
+        return true, np.asarray(tc["params"], float)
+
     for (first, vxd, cdc), has_truth in zip(intervals, with_truth):
         tag = "" if len(intervals) == 1 else f"e{first[0]}r{first[1]}_"
         where = "" if len(intervals) == 1 else f"interval from run {first[0]},{first[1]}: "
@@ -593,19 +613,17 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         before = load_constants(chain_before, ExpRun(*first))
         cov = read_covariance(job_path, first)
         if has_truth:
-            iov_first = [*first, -1, -1]
-            truth_vxd = truth_or_none(kwargs.get("reference_db"), "VXDAlignment", iov_first)
-            truth_cdc = truth_or_none(kwargs.get("reference_db"), "CDCAlignment", iov_first)
-            assert truth_vxd is not None
-            if truth_cdc is None:
+            truth = true_params(first)
+            if truth is None:
                 reasons.append(f"{where}reference has VXDAlignment but no CDCAlignment for run {first[0]},{first[1]}")
                 continue
-            true = np.zeros((geom.n_sensors, 6))
-            true[geom.sensor_index(truth_vxd["sensor_id"])] = truth_vxd["params"]
-            res = truth_checks(fitted, err, cdc_fit, cdc_err, true, np.asarray(truth_cdc["params"], float),
+            # the interval whose frame constraints hold this one (itself, or the latest frame interval before it)
+            defining = max((r for r in frame_runs if r <= first), default=first)
+            res = truth_checks(fitted, err, cdc_fit, cdc_err, truth[0], truth[1],
                                k=k, k_weak=k_weak, before=(before.vxd_params, before.cdc_params), cov=cov,
                                geom=geom, frame_sensors=np.asarray(vxd["frame_sensors"], bool)
-                               if "frame_sensors" in vxd else None, min_pulls=int(cfg["min_pulls"]))
+                               if "frame_sensors" in vxd else None, min_pulls=int(cfg["min_pulls"]),
+                               frame_motion_of=None if defining == first else true_params(defining))
             figures.update({f"{tag}{key}": value for key, value in res.figures.items()})
             reasons += [where + r for r in res.reasons]
             truth_res = truth_res or res  # the plot shows the first interval
