@@ -5,7 +5,7 @@ on the model (a bias every sample shows)?
 For each seed, simulates an 8-run bucket (the test buckets' events per run by default), runs the calibration on
 the runs the pipeline gives it (physics runs with the magnet on: its input-data filters), then the validation
 against the truth, and prints the pull widths, the largest weak mode in units of its error, the VXD du residual
-misalignment and the calibration time.
+misalignment of the fitted sensors (and how many were left unfitted) and the calibration time.
 
     python benchmarks/alignment_seed_study.py --seeds 20261124,1,2,3
     python benchmarks/alignment_seed_study.py --seeds 1,2 --overrides '{"min_entries": 1}'
@@ -77,7 +77,8 @@ def one_seed(seed: int, events: dict[str, int], overrides: dict, root: Path) -> 
     return {"seed": seed, "passed": verdict.passed, "message": verdict.message,
             "widths": {g: round(float(f[f"{g}_pull_width"]), 3) for g in val.PULL_GROUPS if f"{g}_pull_width" in f},
             "worst_weak_mode": (worst[0], round(float(worst[1]), 2)), "du_rms_um": round(float(f["vxd_du_rms_after_um"]), 2),
-            "unfitted_labels": summary["iterations"][-1].get("unfitted_labels"), "calibrate_s": round(cal_s, 1)}
+            "du_not_fitted": f.get("vxd_du_not_fitted"), "tracks": summary["iterations"][-1]["tracks"],
+            "calibrate_s": round(cal_s, 1)}
 
 
 def main() -> None:

@@ -195,8 +195,10 @@ def truth_checks(fitted_vxd: np.ndarray, err_vxd: np.ndarray, fitted_cdc: np.nda
         if abs(st["width"] - 1.0) > st["width_tol"]:
             out.reasons.append(f"{group}: pull width {st['width']:.2f} outside 1 ± {st['width_tol']:.2f}")
         scale = 1e3 if det == "vxd" and cols[0] < 3 or det == "cdc" and cols[0] < 2 else 1e6
+        fitted_rows = np.all(np.isfinite(e[:, cols]) & (e[:, cols] > 0), axis=1)  # elements the fit moved
         out.figures[f"{group}_rms_after_{'um' if scale == 1e3 else 'urad'}"] = \
-            float(scale * np.sqrt(np.mean(d[:, cols] ** 2)))
+            float(scale * np.sqrt(np.mean(d[fitted_rows][:, cols] ** 2)))
+        out.figures[f"{group}_not_fitted"] = float((~fitted_rows).sum())  # too few hits: left where they were
     out.pulls = pulls
     errors = lay.pack(e_vxd, e_cdc)
     names = determined_modes(lay.pack(d_vxd, d_cdc), errors, geom)
