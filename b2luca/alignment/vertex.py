@@ -4,9 +4,8 @@ Tracks of one event come from one vertex.  The vertex is smeared around the beam
 (about 10 um in x), and that smearing is the same for every track of the event.  A beam-spot row per track
 (each track alone constrained to the beam spot with the beam size as its error) counts this common smearing
 once per track, as if it were independent: an event with N tracks claims N independent measurements of a
-quantity it measures once.  The global fit then trusts the beam-spot constraint too much, which gives alignment
-errors that are too small and biased results (the alignment pull widths of 1.3-1.6 found on the small test
-buckets; most of it from the multi-track hadron events).
+quantity it measures once.  The global fit then trusts the beam-spot constraint too much (alignment errors
+slightly too small; on the small test buckets the effect is small next to the statistical errors).
 
 Millepede practice (Belle II, CMS) is a vertex constraint: all tracks of the event go into one record, the
 vertex position is a local parameter of that record, and the beam spot measures the vertex once.  Here, with
