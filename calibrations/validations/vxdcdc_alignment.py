@@ -585,7 +585,8 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         figures["family_false_failure_rate"] = float(rate)
     reasons: list[str] = []
     truth_res = data_res = None
-    data_run = (files[0][1].exp, files[0][1].run) if files else tuple(first_exprun(requested_iov))[:2]
+    data_er = files[0][1] if files else first_exprun(requested_iov)
+    data_run = (data_er.exp, data_er.run)
     firsts = [first for first, _v, _c in intervals]
     data_interval = max((f for f in firsts if f <= data_run), default=firsts[0])  # the one the file belongs to
     summary_path = Path(job_path) / "vxdcdc_alignment_summary.json"
