@@ -642,8 +642,8 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
                                    min_overlap_hits=int(cfg["min_overlap_hits"]), cov_after=cov_after)
             figures.update(data_res.figures)
             reasons += data_res.reasons
+    figures["mode"] = "truth" if any(with_truth) else "data-only"
     if not any(with_truth):
-        figures["mode"] = "data-only"
         if not files:
             reasons.append("no truth and no di-muon file: nothing to validate")
     trend_figures, trend_plots, trend_reasons = trend_section(job_path)  # per-run trend, iterations (own module)
