@@ -79,6 +79,9 @@ class SimulationConfig:
     #: PXD beam background overlaid on tracking samples (issue 16)
     pxd_background: PXDBackground = PXDBackground.NONE
     pxd_background_payload: Path | None = None  # the PXDBackgroundGAN payload file (mode gan)
+    weak_modes: dict[str, float] = field(default_factory=dict)  # {mode: amplitude} added to the truth
+    #: parts moved between runs: ({"part", "from_run", "shift_um": [x, y, z]}, ...) (b2luca.sim.truth.parse_movements)
+    movements: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         _coerce(self, "pxd_background", PXDBackground)
@@ -329,6 +332,12 @@ def config_problems(cfg: BucketConfig) -> list[str]:
     if cfg.simulation is not None and cfg.simulation.pxd_background == PXDBackground.GAN and cfg.simulation.pxd_background_payload is None:
         problems.append("simulation.pxd_background_payload: is required when simulation.pxd_background is 'gan' "
                         "(a PXDBackgroundGAN payload file)")
+    for i, m in enumerate(cfg.simulation.movements if cfg.simulation else ()):
+        if m["part"] == "CDC" and m["shift_um"][2] != 0:
+            problems.append(f"simulation.movements[{i}].shift_um: the CDC layers have no z parameter; z must be 0")
+        if not b.first_run < m["from_run"] <= b.last_run:
+            problems.append(f"simulation.movements[{i}].from_run: must be a run of the bucket after its first run "
+                            f"({b.first_run + 1}..{b.last_run}), got {m['from_run']}")
     if cfg.report.transport == Transport.GITLAB:
         gitlab = cfg.report.gitlab
         if gitlab is None:
@@ -409,6 +418,8 @@ def build_config(document: Mapping[str, Any], path: Path) -> BucketConfig:
         simulation=SimulationConfig(seed=sim["seed"], events=dict(sim["events"]),
                                     pxd_background_payload=(resolve(sim["pxd_background_payload"])
                                                             if "pxd_background_payload" in sim else None),
+                                    weak_modes={k: float(v) for k, v in sim.get("weak_modes", {}).items()},
+                                    movements=tuple(dict(m) for m in sim.get("movements", ())),
                                     **_present(sim, "files_per_run", "pxd_background"))
         if sim else None,
         conditions=ConditionsConfig(

@@ -93,7 +93,9 @@ def _simulation_key(cfg: BucketConfig) -> dict[str, Any]:
             "runs": [cfg.bucket.first_run, cfg.bucket.last_run], "seed": sim.seed,
             "events": dict(sorted(sim.events.items())), "files_per_run": sim.files_per_run,
             **({"pxd_background": sim.pxd_background, "pxd_background_payload": str(sim.pxd_background_payload)}
-               if sim.pxd_background != PXDBackground.NONE else {})}  # the default keeps the keys of existing simulations
+               if sim.pxd_background != PXDBackground.NONE else {}),  # the default keeps the keys of existing simulations
+            **({"weak_modes": dict(sorted(sim.weak_modes.items()))} if sim.weak_modes else {}),
+            **({"movements": [dict(m) for m in sim.movements]} if sim.movements else {})}
 
 
 def simulation_is_complete(cfg: BucketConfig) -> bool:
@@ -139,6 +141,8 @@ def simulate_config(cfg: BucketConfig, force: bool = False) -> str:
             runs=list(range(cfg.bucket.first_run, cfg.bucket.last_run + 1)), seed=cfg.simulation.seed,
             events=dict(cfg.simulation.events), data_dir=cfg.data.raw_directory,
             conditions_dir=cfg.conditions.directory, files_per_run=cfg.simulation.files_per_run,
+            weak_modes=dict(cfg.simulation.weak_modes),
+            movements=cfg.simulation.movements,
             pxd_background_mode=cfg.simulation.pxd_background, pxd_generator=_pxd_generator(cfg))
     except OSError as exc:  # disk full, permissions ...: one line naming the file; no marker, so a rerun redoes it
         where = f" writing {exc.filename}" if exc.filename else ""

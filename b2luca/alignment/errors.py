@@ -6,7 +6,7 @@ failure while solving.
 
 from __future__ import annotations
 
-__all__ = ["AlignmentError", "MilleError", "SteeringError", "SolverError"]
+__all__ = ["AlignmentError", "MilleError", "SteeringError", "SolverError", "TimedepConfigError"]
 
 
 class AlignmentError(Exception):
@@ -31,3 +31,9 @@ class SolverError(AlignmentError, RuntimeError):
     """The system cannot be solved (singular with the given constraints, bad method, ...)."""
 
     exit_code = 1
+
+
+class TimedepConfigError(AlignmentError, ValueError):
+    """Bad time-dependence configuration (``timedep`` / ``payload_boundaries``; the message names each key)."""
+
+    exit_code = 2

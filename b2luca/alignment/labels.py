@@ -15,7 +15,11 @@ import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
 from ._arrays import unique_ints
 from .mille import MilleRecords
 
-__all__ = ["LabelRegistry"]
+__all__ = ["INTERVAL_LABEL_STRIDE", "LabelRegistry", "interval_label", "split_interval_label"]
+
+#: per-interval labels of time-dependent parameters: label + interval * stride (interval 0 = the label itself);
+#: base labels must stay below the stride and per-interval labels below 2**31 (Mille's int32): 214 intervals
+INTERVAL_LABEL_STRIDE = 10_000_000
 
 _TABLE_MAX = 1 << 26  # direct label lookup table up to this label value (512 MB at most)
 
@@ -145,3 +149,21 @@ class LabelRegistry:
         lp[order] = rank % S
         self.label_block = np.concatenate([self.label_block, lb])
         self.label_pos = np.concatenate([self.label_pos, lp])
+
+
+def interval_label(label: np.ndarray, interval: np.ndarray) -> np.ndarray:
+    """Per-interval label of base ``label`` in ``interval`` (0: the base label itself)."""
+    label = np.asarray(label, np.int64)
+    interval = np.asarray(interval, np.int64)
+    if label.size and (label.min() <= 0 or label.max() >= INTERVAL_LABEL_STRIDE):
+        raise ValueError(f"time-dependent base labels must be in 1..{INTERVAL_LABEL_STRIDE - 1}, "
+                         f"got {int(label.min())}..{int(label.max())}")
+    if interval.size and (interval.min() < 0 or interval.max() >= (2**31 - 1) // INTERVAL_LABEL_STRIDE):
+        raise ValueError(f"interval index out of range 0..{(2**31 - 1) // INTERVAL_LABEL_STRIDE - 1}")
+    return label + interval * INTERVAL_LABEL_STRIDE
+
+
+def split_interval_label(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(base label, interval) of per-interval labels (inverse of :func:`interval_label`)."""
+    label = np.asarray(label, np.int64)
+    return label % INTERVAL_LABEL_STRIDE, label // INTERVAL_LABEL_STRIDE

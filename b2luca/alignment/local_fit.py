@@ -18,7 +18,7 @@ import numpy as np
 from ._arrays import outer_segsum, pairs_within
 from .mille import MilleRecords
 
-__all__ = ["LocalSystems", "ShapeGroup", "inverse_root", "local_systems", "residuals"]
+__all__ = ["LocalSystems", "ShapeGroup", "inverse_root", "inverse_root_eigh", "local_systems", "residuals"]
 
 
 @dataclass
@@ -106,7 +106,6 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
         wa = a_l * w[:, None]
         r_m = meas_rec
         blk_m = mblk if gm.size else np.zeros(nmeas, np.int64)
-        q_m = q[r_m]
         rstart = np.zeros(nrec + 1, np.int64)
         np.cumsum(nb, out=rstart[1:])
         n_rb = int(rstart[-1])
@@ -119,35 +118,16 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
         # (record, block) slots in shape-group order: γ (S values) and H (S·q values) per slot are summed
         # straight into their buffers (slot k of gambuf/Hbuf = k-th (record, block) in group order)
         rbg_m = (oK[r_m] // S + blk_m)[hg]
-        uniform_q = bool(np.all(q == qmax))
-        if uniform_q:
-            # one product per segment kind with [a | y] on the right: (H | γ) per slot, (Γ | β) per record
-            ay = np.empty((nmeas, qmax + 1))
-            ay[:, :qmax] = a_l
-            ay[:, qmax] = y
-            # (the groups below take strided views of these, no copies)
-            Hg = outer_segsum(rbg_m, wd[hg], ay[hg], n_rb).reshape(n_rb, S, qmax + 1)
-            rg_m = offs["G"][0][r_m] // (qmax * qmax)  # record position in group order
-            Gb = outer_segsum(rg_m, wa, ay, nrec).reshape(nrec, qmax, qmax + 1)
-            oq, totq = offs["q"]
-        else:
-            gambuf = outer_segsum(rbg_m, wd[hg], y[hg, None], n_rb).ravel()
-            o, tot = offs["H"]
-            # entries with local index >= q_r carry exact zeros; their (aliased) index is harmless
-            base = o[r_m] + blk_m * S * q_m
-            idx = base[:, None, None] + np.arange(S)[None, :, None] * q_m[:, None, None] + \
-                np.arange(qmax)[None, None, :]
-            Hbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
-                               weights=(wd[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
-            o, tot = offs["G"]
-            idx = o[r_m][:, None, None] + np.arange(qmax)[None, :, None] * q_m[:, None, None] + \
-                np.arange(qmax)[None, None, :]
-            Gbuf = np.bincount(np.minimum(idx, max(tot - 1, 0)).ravel(),
-                               weights=(wa[:, :, None] * a_l[:, None, :]).ravel(), minlength=tot)[:tot]
-            oq, totq = offs["q"]
-            idx = oq[r_m][:, None] + np.arange(qmax)[None, :]
-            betabuf = np.bincount(np.minimum(idx, max(totq - 1, 0)).ravel(),
-                                  weights=(wa * y[:, None]).ravel(), minlength=totq)[:totq]
+        # one product per segment kind with [a | y] on the right: (H | γ) per slot, (Γ | β) per record, q_max
+        # columns wide (a record with fewer local parameters has zero columns there; the groups below take
+        # strided views of their first q columns, no copies)
+        ay = np.empty((nmeas, qmax + 1))
+        ay[:, :qmax] = a_l
+        ay[:, qmax] = y
+        Hg = outer_segsum(rbg_m, wd[hg], ay[hg], n_rb).reshape(n_rb, S, qmax + 1)
+        gpos = np.empty(nrec, np.int64)  # record position in group order
+        gpos[order] = np.arange(nrec)
+        Gb = outer_segsum(gpos[r_m], wa, ay, nrec).reshape(nrec, qmax, qmax + 1)
     else:
         # D = Σ w d dᵀ, upper block pairs only (pairs of global entries of one measurement)
         i, j = pairs_within(gm)
@@ -161,28 +141,33 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
         o, tot = offs["P"]
         Pbuf = np.bincount(o[rr] + pidx * S2 + (si % S) * S + (sj % S),
                            weights=w[gm[i]] * recs.glb_der[i] * recs.glb_der[j], minlength=tot)
-        # H = Σ w d aᵀ
-        o, tot = offs["H"]
-        if lm.size and gm.size:
-            i, j = pairs_within(gm, lm)
-            rr = meas_rec[gm[i]]
-            Hbuf = np.bincount(o[rr] + eslot[i] * q[rr] + li[j],
-                               weights=w[gm[i]] * recs.glb_der[i] * recs.loc_der[j], minlength=tot)
-        else:
-            Hbuf = np.zeros(tot)
-        # Γ = Σ w a aᵀ, β = Σ w a y
-        o, tot = offs["G"]
-        oq, totq = offs["q"]
-        if lm.size:
-            i, j = pairs_within(lm)
-            rr = meas_rec[lm[i]]
-            Gbuf = np.bincount(o[rr] + li[i] * q[rr] + li[j],
-                               weights=w[lm[i]] * recs.loc_der[i] * recs.loc_der[j], minlength=tot)
-            betabuf = np.bincount(oq[meas_rec[lm]] + li, weights=w[lm] * recs.loc_der * y[lm], minlength=totq)
-        else:
-            Gbuf = np.zeros(tot)
-            betabuf = np.zeros(totq)
+        # H = Σ w d aᵀ and (Γ | β) = Σ w a (aᵀ | y) as sparse x dense products over dense per-measurement
+        # local vectors (q_max wide), rows in shape-group order, then cut to each record's q columns
+        # (pairs of entries would cost O(q²) index arithmetic per measurement with kinks as locals)
+        qmax = max(int(q.max(initial=0)), 1)
+        a_l = np.bincount(lm * qmax + li, weights=recs.loc_der, minlength=nmeas * qmax).reshape(nmeas, qmax)
+        cols = np.arange(qmax)
+        qo = q[order]
         oK, totK = offs["K"]
+        if lm.size and gm.size:
+            Hd = outer_segsum(oK[meas_rec[gm]] + eslot, (w[gm] * recs.glb_der)[:, None], a_l[gm], totK)
+            Hbuf = Hd[cols[None, :] < np.repeat(qo, K[order])[:, None]]
+        else:
+            Hbuf = np.zeros(offs["H"][1])
+        if lm.size:
+            pos = np.empty(nrec, np.int64)
+            pos[order] = np.arange(nrec)
+            ay = np.empty((nmeas, qmax + 1))
+            ay[:, :qmax] = a_l
+            ay[:, qmax] = y
+            Gd = outer_segsum(pos[meas_rec], a_l * w[:, None], ay, nrec).reshape(nrec, qmax, qmax + 1)
+            inq = cols[None, :] < qo[:, None]
+            Gbuf = Gd[:, :, :qmax][inq[:, :, None] & inq[:, None, :]]
+            betabuf = Gd[:, :, qmax][inq]
+        else:
+            Gbuf = np.zeros(offs["G"][1])
+            betabuf = np.zeros(offs["q"][1])
+        oq, totq = offs["q"]
         gambuf = np.bincount(oK[meas_rec[gm]] + eslot, weights=w[gm] * recs.glb_der * y[gm], minlength=totK)
     ywy = np.bincount(meas_rec, weights=w * y * y, minlength=nrec)
 
@@ -202,16 +187,16 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
         P = None if Pbuf is None else Pbuf[offs["P"][0][r0]: offs["P"][0][r0] + R * npg * S2].reshape(R, npg, S, S)
         Mg = None
         if Hg is not None:
-            s0, g0 = oK[r0] // S, offs["G"][0][r0] // (qg * qg) if qg else 0
+            s0, g0 = oK[r0] // S, gpos[r0]
             gam = Hg[s0: s0 + R * nbg, :, -1].reshape(R, Kg)
         else:
             gam = gambuf[oK[r0]: oK[r0] + R * Kg].reshape(R, Kg)
         if qg:
             if Hg is not None:
                 assert Gb is not None
-                Gm = Gb[g0: g0 + R, :, :qg]
+                Gm = Gb[g0: g0 + R, :qg, :qg]
                 H = Hg[s0: s0 + R * nbg, :, :qg].reshape(R, Kg, qg)
-                beta = Gb[g0: g0 + R, :, qg]
+                beta = Gb[g0: g0 + R, :qg, -1]
             else:
                 Gm = Gbuf[offs["G"][0][r0]: offs["G"][0][r0] + R * qg * qg].reshape(R, qg, qg)
                 H = Hbuf[offs["H"][0][r0]: offs["H"][0][r0] + R * Kg * qg].reshape(R, Kg, qg)
@@ -251,15 +236,28 @@ def inverse_root(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """V with V Vᵀ = G⁻¹ for a stack of symmetric (R, q, q) matrices, and which of them are regular.
 
     Small q: Cholesky G = L Lᵀ vectorised over the stack (loops over the q² entries only), V = L⁻ᵀ; a
-    matrix is singular when a pivot falls below 1e-12 of its diagonal element. Large q: eigendecomposition
-    (singular when the eigenvalue ratio is below 1e-12). Singular matrices get V = 0.
+    matrix is singular when a pivot falls below 1e-12 of its diagonal element. Large q: batched LAPACK
+    Cholesky, V = L⁻ᵀ, for the matrices that pass that test; the others by eigendecomposition
+    (:func:`inverse_root_eigh`, singular when the eigenvalue ratio is below 1e-12). Singular matrices get V = 0.
     """
     R, q, _ = G.shape
     if q > 8:
-        lam, V = np.linalg.eigh(G)
-        good = (lam[:, -1] > 0) & (lam[:, 0] > 1e-12 * lam[:, -1])
-        inv_sq = np.where(good[:, None], 1.0 / np.sqrt(np.where(lam > 0, lam, 1.0)), 0.0)
-        return V * inv_sq[:, None, :], good
+        # batched LAPACK Cholesky (several times faster than eigh for the q ~ 20-40 of broken-line records;
+        # a relative ridge of 1e-14 keeps a singular matrix from stopping the batch: it fails the pivot test
+        # below and is redone by eigendecomposition, as is the whole batch if LAPACK still refuses)
+        dg = np.abs(np.einsum("rii->ri", G))
+        try:
+            L = np.linalg.cholesky(G + (1e-14 * dg + 1e-300)[:, :, None] * np.eye(q))
+        except np.linalg.LinAlgError:
+            return inverse_root_eigh(G)
+        ld = np.einsum("rii->ri", L)
+        chol_ok = np.all((ld * ld > 1e-12 * dg) & (dg > 0), axis=1)
+        out = np.zeros_like(G)
+        out[chol_ok] = np.swapaxes(np.linalg.inv(L[chol_ok]), 1, 2)
+        good = chol_ok.copy()
+        if not chol_ok.all():
+            out[~chol_ok], good[~chol_ok] = inverse_root_eigh(G[~chol_ok])
+        return out, good
     L = np.zeros_like(G)
     good = np.ones(R, bool)
     for j in range(q):
@@ -277,6 +275,14 @@ def inverse_root(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             X[:, i, j] = -np.einsum("rk,rk->r", L[:, i, j:i], X[:, j:i, j]) / L[:, i, i]
     X[~good] = 0.0
     return X.transpose(0, 2, 1), good
+
+
+def inverse_root_eigh(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`inverse_root` by eigendecomposition: singular when the eigenvalue ratio is below 1e-12."""
+    lam, V = np.linalg.eigh(G)
+    good = (lam[:, -1] > 0) & (lam[:, 0] > 1e-12 * lam[:, -1])
+    inv_sq = np.where(good[:, None], 1.0 / np.sqrt(np.where(lam > 0, lam, 1.0)), 0.0)
+    return V * inv_sq[:, None, :], good
 
 
 def residuals(recs: MilleRecords, y: np.ndarray, systems: LocalSystems, meas_rec: np.ndarray) -> np.ndarray:

@@ -44,6 +44,9 @@ class AlignmentProblem(FitOptions):
     constraints: list[Constraint] = field(default_factory=list)
     parameters: dict[int, ParameterSpec] = field(default_factory=dict)
     errors: bool = True
+    #: also return the full covariance of the free parameters on the constraint surface (dense: for the
+    #: ~1500 parameters of the VXD+CDC alignment; ``info["covariance"]`` / ``info["covariance_labels"]``)
+    covariance: bool = False
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     blas_threads: int = SOLVE_BLAS_THREADS  # BLAS threads in the solve (fixed: reproducible round-off)
     #: measure the peak memory of each phase (info['peak_rss_bytes']); resets the process's high-water mark
@@ -252,6 +255,21 @@ def _build_constraints(problem: AlignmentProblem, labels: np.ndarray, free: np.n
     return LinearConstraints(A, np.asarray(cvals, np.float64)), Ms.tocsr(), bs, warn
 
 
+def _constrained_covariance(C: sp.spmatrix, A: np.ndarray) -> np.ndarray:
+    """Covariance of the free parameters on the surface A x = c: the top-left block of the inverse of the
+    (dense) KKT matrix [[C, Aᵀ], [A, 0]] (pseudo-inverse when constraints are dependent)."""
+    n, m = C.shape[0], A.shape[0]
+    K = np.zeros((n + m, n + m))
+    K[:n, :n] = C.toarray()
+    K[:n, n:], K[n:, :n] = A.T, A
+    try:
+        inv = np.linalg.inv(K)
+    except np.linalg.LinAlgError:
+        inv = np.linalg.pinv(K, hermitian=True)
+    cov = inv[:n, :n]
+    return 0.5 * (cov + cov.T)
+
+
 def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResult:
     """Run the fit: data pass(es), fixing, priors, constraints, exact or MINRES solution."""
     method = PEDE_METHODS.get((method or problem.method).lower(), None) or (method or problem.method)
@@ -316,6 +334,11 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
             so = solve_system(C, b, cons, method=method, errors=problem.errors, phase_end=memory.end)
         for k, v in so.timings.items():
             timer[k] = timer.get(k, 0.0) + v
+        cov_info = {}
+        if problem.covariance:
+            t0 = time.perf_counter()
+            cov_info = {"covariance": _constrained_covariance(C, cons.A), "covariance_labels": labels[fi].copy()}
+            timer["covariance"] = timer.get("covariance", 0.0) + time.perf_counter() - t0
         delta = np.zeros(n)
         delta[fi] = so.x
         chi2 = gs.chi2_0 - 2.0 * float(bdata @ so.x) + float(so.x @ (Cdata @ so.x))
@@ -332,7 +355,7 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
             fixed_reason=reason, chi2=chi2, ndf=ndf, method=so.method, exact=so.exact, n_records=gs.n_records,
             n_used=gs.n_used, rejected=gs.rejected, timings={}, iterations=ipass + 1, n_meas=gs.n_meas,
             constraint_residual=float(so.info.get("constraint_residual", 0.0)),
-            downweighted_fraction=gs.downweighted_fraction, info={**so.info, "threads": problem.n_threads()},
+            downweighted_fraction=gs.downweighted_fraction, info={**so.info, "threads": problem.n_threads(), **cov_info},
             warnings=warnings,
         )
         if so.info.get("constraints_dropped"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from .ecl_showers import ecl_full_hits, gen_radmumu
 from .pxd_background import pxd_background
 from .pxd_overlay import BackgroundSource, background_for_events, overlay_pxd_hits
 from .runs import data_tags_for_run, run_records
-from .truth import Truth, make_truth, nominal_payloads, staging_payloads, truth_payloads
+from .truth import (Movement, Truth, make_truth, movement_intervals, nominal_payloads, parse_movements,
+                    staging_payloads, truth_for_run, truth_payloads)
 
 DATA_TAGS = ("cosmic_calib", "mumu_tight_or_highm_calib", "hadron_calib", "bhabha_all_calib", "random_calib",
              "radmumu_calib")  # new tags go at the end: the index seeds each sample
@@ -151,8 +152,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def write_conditions(conditions_dir: Path, bucket: str, experiment: int, runs: list[int], seed: int,
-                     truth: Truth, geom: Geometry) -> dict[str, str]:
-    """Create the nominal, truth and staging global tags; returns {role: global tag name}."""
+                     truth: Truth, geom: Geometry, movements: Sequence[Movement] = ()) -> dict[str, str]:
+    """Create the nominal, truth and staging global tags; returns {role: global tag name}.
+
+    With ``movements`` the truth tag holds VXDAlignment and CDCAlignment once per interval of runs with the
+    same movements in force (one IoV each)."""
     from ..conditions import GlobalTag
 
     bucket_iov = IoV(int(experiment), int(min(runs)), int(experiment), int(max(runs)))
@@ -163,7 +167,14 @@ def write_conditions(conditions_dir: Path, bucket: str, experiment: int, runs: l
         nominal.store(name, data, IoV(0, 0, -1, -1))
     tt = GlobalTag.create(conditions_dir, names["truth"])
     for name, data in truth_payloads(truth, geom).items():
+        if movements and name in ("VXDAlignment", "CDCAlignment"):
+            continue
         tt.store(name, data, bucket_iov)
+    if movements:
+        for lo, hi in movement_intervals(movements, runs):
+            moved = truth_payloads(truth_for_run(truth, movements, lo, geom), geom)
+            for name in ("VXDAlignment", "CDCAlignment"):
+                tt.store(name, moved[name], IoV(int(experiment), lo, int(experiment), hi))
     staging = staging_payloads(truth, seed, geom)
     for role in ("pxd", "svd"):
         gt = GlobalTag.create(conditions_dir, names[f"staging_{role}"])
@@ -174,13 +185,18 @@ def write_conditions(conditions_dir: Path, bucket: str, experiment: int, runs: l
 
 def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int, events: Mapping[str, int],
                     data_dir: Path, conditions_dir: Path, files_per_run: int = 1, pxd_background_mode: str = "none",
-                    pxd_generator: BackgroundSource | None = None) -> SimulationSummary:
+                    pxd_generator: BackgroundSource | None = None, weak_modes: Mapping[str, float] | None = None,
+                    movements: Sequence[Mapping[str, Any] | Movement] = ()) -> SimulationSummary:
     """Simulate a whole bucket: raw files ``<data_dir>/eEEEE/rRRRRR/<tag>/raw_<n>.root``,
     ``<data_dir>/runs.json`` (+ ``runs.csv``), and the global tags ``nominal_<bucket>``,
     ``truth_<bucket>``, ``staging_pxd_<bucket>``, ``staging_svd_<bucket>`` under ``conditions_dir``.
 
     ``events``: events per run per data tag.  Deterministic for ``seed``.  ``pxd_background_mode`` /
     ``pxd_generator``: PXD background overlay of the tracking samples (see :func:`simulate_sample`).
+    ``weak_modes``: weak-mode distortions added to the truth misalignment (see
+    :func:`b2luca.sim.truth.make_truth`).  ``movements``: parts that move between runs (``[{part, from_run,
+    shift_um}]``, see :func:`b2luca.sim.truth.parse_movements`): the runs from ``from_run`` on are simulated with
+    the part translated, and the truth tag has one IoV per interval.
     """
     t_start = time.perf_counter()
     unknown = sorted(set(events) - set(DATA_TAGS))
@@ -192,7 +208,9 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
         raise ValueError("simulate_bucket: files_per_run must be >= 1")
     data_dir, conditions_dir = Path(data_dir), Path(conditions_dir)
     geom = nominal_geometry()
-    truth = make_truth(seed, geom)
+    truth = make_truth(seed, geom, weak_modes)
+    moves = [m for m in movements if isinstance(m, Movement)]
+    moves += parse_movements([m for m in movements if not isinstance(m, Movement)])
     records = run_records(experiment, list(runs), seed)
     summary = SimulationSummary(bucket=bucket, experiment=int(experiment), runs=sorted(int(r) for r in runs),
                                 seed=int(seed))
@@ -202,9 +220,9 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
         run = rec["run"]
         for tag in data_tags_for_run(rec, tags):
             rng = np.random.default_rng(sample_seed(seed, experiment, run, tag))
-            res = simulate_sample(tag, int(events[tag]), rng, truth, geom, experiment=experiment, run=run,
-                                  magnet_on=rec["detectors"]["magnet"] == "On", pxd_background_mode=pxd_background_mode,
-                                  pxd_generator=pxd_generator)
+            res = simulate_sample(tag, int(events[tag]), rng, truth_for_run(truth, moves, run, geom), geom,
+                                  experiment=experiment, run=run, magnet_on=rec["detectors"]["magnet"] == "On",
+                                  pxd_background_mode=pxd_background_mode, pxd_generator=pxd_generator)
             summary.events[tag] = summary.events.get(tag, 0) + int(events[tag])
             for det in ("pxd", "svd", "cdc", "ecl", "pxd_digits", "ecl_full", "pxd_bkg"):
                 if det in res.raw:
@@ -231,6 +249,7 @@ def simulate_bucket(*, bucket: str, experiment: int, runs: list[int], seed: int,
 
     summary.runs_csv = data_dir / "runs.csv"
     write_snapshot(records, summary.runs_csv)
-    summary.global_tags = write_conditions(conditions_dir, bucket, experiment, list(runs), seed, truth, geom)
+    summary.global_tags = write_conditions(conditions_dir, bucket, experiment, list(runs), seed, truth, geom,
+                                            moves)
     summary.wall_time_s = time.perf_counter() - t_start
     return summary

@@ -7,7 +7,8 @@ are extra information in the truth tag and are ignored by reconstruction):
     ``sensor_id`` int32 (212,) VxdIDs; ``params`` float64 (212, 6) = (du, dv, dw [mm], alpha, beta,
     gamma [rad]) rigid-body correction per sensor in its nominal local frame (see
     :func:`b2luca.reco.geometry.aligned_frames`).  In the truth these are the *total* effective sensor
-    displacements (half-shell and weak-mode parts folded in).  Truth only: ``halfshell_params`` (4, 6)
+    displacements (half-shell and weak-mode parts folded in, including the weak modes injected on request
+    with ``simulation.weak_modes``, see :func:`make_truth`).  Truth only: ``halfshell_params`` (4, 6)
     global (dx, dy, dz, rot_x, rot_y, rot_z) of the half shells (0 PXD +x, 1 PXD -x, 2 SVD +x, 3 SVD -x;
     rotations about the origin), ``weak_radial`` (1,) relative radial expansion of the SVD,
     ``weak_twist`` (1,) twist d(phi)/dz [rad/mm] of the whole VXD.
@@ -31,13 +32,16 @@ are extra information in the truth tag and are ignored by reconstruction):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..alignment.weak_modes import distortion
 from ..reco.geometry import (N_ECL_CRYSTALS, N_PXD_PIXELS, NOMINAL_BEAMSPOT_SIZE, Geometry, aligned_frames,
                              nominal_geometry, rotation_angles, rotation_matrix)
 from ..reco.nominal import nominal_payloads as nominal_payloads  # re-exported (moved to b2luca.reco)
+from ..reco.parts import PARTS, vxd_part_mask
 
 # truth scales
 SIGMA_SENSOR_SHIFT = 0.020  # mm
@@ -98,8 +102,13 @@ def _effective_params(geom: Geometry, local: np.ndarray, halfshell: np.ndarray, 
     return np.concatenate([d, rotation_angles(delta)], axis=1)
 
 
-def make_truth(seed: int, geom: Geometry | None = None) -> Truth:
-    """Draw the bucket truth from ``seed`` (deterministic)."""
+def make_truth(seed: int, geom: Geometry | None = None, weak_modes: Mapping[str, float] | None = None) -> Truth:
+    """Draw the bucket truth from ``seed`` (deterministic).
+
+    ``weak_modes``: extra distortions injected on request ({mode: amplitude}, names and units of
+    :mod:`b2luca.alignment.weak_modes`, e.g. ``{"vxd_radial_expansion_um": 20, "cdc_twist_urad": 50}``), added
+    to the drawn misalignment (the random draws do not change, so without them the truth is the same).
+    """
     geom = geom or nominal_geometry()
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7AB7]))
     s = geom.n_sensors
@@ -122,10 +131,78 @@ def make_truth(seed: int, geom: Geometry | None = None) -> Truth:
     status[x < PXD_HOT_FRACTION] = 1
     status[(x >= PXD_HOT_FRACTION) & (x < PXD_HOT_FRACTION + PXD_DEAD_FRACTION)] = 2
     svd_noise = rng.normal(4.0, 0.3, (n_svd, 2))
-    return Truth(vxd_params=_effective_params(geom, local, halfshell, radial, twist), halfshell_params=halfshell,
+    vxd = _effective_params(geom, local, halfshell, radial, twist)
+    if weak_modes:
+        extra_vxd, extra_cdc = distortion(weak_modes, geom)
+        vxd, cdc = vxd + extra_vxd, cdc + extra_cdc
+    return Truth(vxd_params=vxd, halfshell_params=halfshell,
                  weak_radial=float(radial), weak_twist=float(twist), cdc_params=cdc, cdc_t0=cdc_t0,
                  svd_offset=svd_offset, ecl_gain=ecl_gain, beam_position=beam_position, beam_size=beam_size,
                  pxd_status=status, svd_noise=svd_noise)
+
+
+# --- parts that move between runs (simulation.movements) ---------------------------------------------
+@dataclass(frozen=True)
+class Movement:
+    """A rigid translation ``shift_um`` (global x, y, z in µm) of ``part`` from run ``from_run`` on."""
+
+    part: str
+    from_run: int
+    shift_um: tuple[float, float, float]
+
+
+def parse_movements(items: Sequence[Mapping[str, Any]] | None, source: str = "simulation.movements") -> list[Movement]:
+    """Movements from their configuration form ``[{part, from_run, shift_um: [x, y, z]}]``; all problems at once
+    (ValueError, one line each naming the entry and key)."""
+    out, problems = [], []
+    for i, m in enumerate(items or []):
+        where = f"{source}[{i}]"
+        if not isinstance(m, Mapping):
+            problems.append(f"{where}: expected a mapping with part, from_run, shift_um, got {m!r}")
+            continue
+        missing = [k for k in ("part", "from_run", "shift_um") if k not in m]
+        if missing:
+            problems.append(f"{where}: missing key(s) {', '.join(missing)}")
+            continue
+        part, run, shift = m["part"], m["from_run"], m["shift_um"]
+        if part not in PARTS:
+            problems.append(f"{where}.part: unknown part {part!r}; known: {', '.join(PARTS)}")
+        if not isinstance(run, int) or isinstance(run, bool) or run < 0:
+            problems.append(f"{where}.from_run: expected a run number >= 0, got {run!r}")
+        if not (isinstance(shift, (list, tuple)) and len(shift) == 3
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in shift)):
+            problems.append(f"{where}.shift_um: expected [x, y, z] in micrometres, got {shift!r}")
+        elif part == "CDC" and shift[2] != 0:
+            problems.append(f"{where}.shift_um: the CDC layers have no z parameter; z must be 0, got {shift[2]!r}")
+        if not problems:
+            out.append(Movement(str(part), int(run), (float(shift[0]), float(shift[1]), float(shift[2]))))
+    if problems:
+        raise ValueError("\n".join(problems))
+    return out
+
+
+def truth_for_run(truth: Truth, movements: Sequence[Movement], run: int, geom: Geometry | None = None) -> Truth:
+    """The truth of ``run``: ``truth`` with every movement whose ``from_run`` <= ``run`` applied (in order)."""
+    active = [m for m in movements if m.from_run <= run]
+    if not active:
+        return truth
+    geom = geom or nominal_geometry()
+    vxd, cdc = truth.vxd_params.copy(), truth.cdc_params.copy()
+    for m in active:
+        t = np.asarray(m.shift_um) * 1e-3  # mm
+        mask = vxd_part_mask(geom, m.part)
+        # a global translation t of a sensor is d -> d + rotᵀ t in its nominal local frame
+        vxd[mask, :3] += np.einsum("sji,j->si", geom.rot[mask], t)
+        if m.part == "CDC":
+            cdc[:, :2] += t[:2]
+    return replace(truth, vxd_params=vxd, cdc_params=cdc)
+
+
+def movement_intervals(movements: Sequence[Movement], runs: Sequence[int]) -> list[tuple[int, int]]:
+    """(first run, last run) of the runs of ``runs`` with the same set of movements in force."""
+    rs = sorted(int(r) for r in runs)
+    starts = sorted({min(rs)} | {m.from_run for m in movements if min(rs) < m.from_run <= max(rs)})
+    return [(s, (starts[i + 1] - 1) if i + 1 < len(starts) else max(rs)) for i, s in enumerate(starts)]
 
 
 # --- payloads ------------------------------------------------------------------------------------

@@ -3,12 +3,16 @@
 With the simulation truth: chi2 of the position (fitted - true) with its 3x3 covariance, and of the
 three size variances (unclipped estimate - true) / error, each below the chi2(3 dof) quantile for
 probability ``p_false``; the largest single pull below the Gaussian limit for 3 values.
-The tracks are measured in the frame of the VXD alignment the cDSTs were made with (read from the
-cDST manifests): a residual misalignment moves the reconstructed beam spot.  The position covariance
-used against the truth therefore adds, per axis, the mean square displacement (true - used) of the
-PXD sensor centres as a systematic (zero when the cDSTs were made with the true alignment), and the
-size variances add the variance of those displacements about their mean (the extra spread of the
-impact parameters a residual misalignment causes).
+The tracks are measured in the alignment's global frame (the overall VXD position and orientation
+fixed to the nominal geometry, :mod:`b2luca.alignment.constraints`), so the true position is first
+expressed in that frame (:func:`true_position_in_frame`: :func:`b2luca.alignment.frame.truth_in_frame`
+with the true VXDAlignment, moved with the used alignment's own overall motion); no other correction.
+A residual misalignment of the alignment the cDSTs were made with (read from the cDST manifests) still
+moves the reconstructed beam spot: the position covariance used against the
+truth adds, per axis, the mean square displacement (truth in the frame - used) of the PXD sensor
+centres as a systematic (zero when the cDSTs were made with the true alignment), and the size
+variances add the variance of those displacements about their mean (the extra spread of the impact
+parameters a residual misalignment causes).
 Always (self-consistency with the input cDSTs): the stored result must agree with a re-fit of the
 data (same chi2 criterion), and the fits of the even and odd events must agree within their errors;
 the x size must be significant and positive.  Writes beam_spot.png and beam_spot.csv.
@@ -45,16 +49,60 @@ def alignment_size_systematic(files, true_vxd) -> np.ndarray:
 
 
 def _pxd_displacements(files, true_vxd) -> np.ndarray:
-    """(n_productions, n_pxd_sensors, 3) displacements true - used of the PXD sensor centres [mm]."""
-    import json
-    from pathlib import Path
-
-    from b2luca.conditions import LocalDatabase
+    """(n_productions, n_pxd_sensors, 3) displacements (truth - used) of the PXD sensor centres [mm], both
+    with their overall rigid motion removed (:func:`b2luca.alignment.frame.truth_in_frame`): only the
+    residual misalignment, not the choice of frame, moves the beam spot against the truth in the frame."""
+    from b2luca.alignment.frame import truth_in_frame
     from b2luca.reco.geometry import aligned_frames, nominal_geometry
 
     geom = nominal_geometry()
     if true_vxd is None:
         return np.zeros((1, int(geom.is_pxd.sum()), 3))
+    true = _params(geom, true_vxd)
+    c_true, _ = aligned_frames(geom, truth_in_frame(true, np.zeros((0, 3)), geom=geom).vxd)
+    out = [(c_true - aligned_frames(geom, truth_in_frame(used, np.zeros((0, 3)), geom=geom).vxd)[0])[geom.is_pxd]
+           for used in _used_alignments(files)]
+    return np.stack(out) if out else np.zeros((1, int(geom.is_pxd.sum()), 3))
+
+
+def true_position_in_frame(files, true_vxd, true_position) -> np.ndarray:
+    """(3,) the true beam-spot position in the frame of the alignment the cDSTs were made with [mm].
+
+    The alignment fixes the frame by its overall VXD rigid motion (zero for the alignment calibration's
+    output, :mod:`b2luca.alignment.constraints`); the truth is expressed in the true VXD's frame by
+    :func:`b2luca.alignment.frame.truth_in_frame` and moved with the used alignment's own overall motion
+    (zero unless the cDSTs were made with e.g. the true alignment); averaged over the productions."""
+    from b2luca.alignment.frame import truth_in_frame
+    from b2luca.reco.geometry import nominal_geometry
+
+    pos = np.asarray(true_position, float)
+    if true_vxd is None:
+        return pos
+    geom = nominal_geometry()
+    b = truth_in_frame(_params(geom, true_vxd), np.zeros((0, 3)), pos, geom=geom).beam_position
+    assert b is not None
+    moved = []
+    for used in _used_alignments(files):
+        f = truth_in_frame(used, np.zeros((0, 3)), geom=geom)
+        moved.append(b + f.translation + np.cross(f.rotation, b))
+    return np.mean(moved, axis=0) if moved else b
+
+
+def _params(geom, payload) -> np.ndarray:
+    params = np.zeros((geom.n_sensors, 6))
+    params[geom.sensor_index(payload["sensor_id"])] = payload["params"]
+    return params
+
+
+def _used_alignments(files) -> list[np.ndarray]:
+    """VXDAlignment params (S, 6) the cDSTs of ``files`` were made with (from their manifests)."""
+    import json
+    from pathlib import Path
+
+    from b2luca.conditions import LocalDatabase
+    from b2luca.reco.geometry import nominal_geometry
+
+    geom = nominal_geometry()
     used = []
     for manifest in sorted({Path(f).resolve().parent.parent / "manifest.json" for f in files}):
         if not manifest.is_file():
@@ -67,15 +115,8 @@ def _pxd_displacements(files, true_vxd) -> np.ndarray:
         entry = next((e for e in db.entries() if e.name == "VXDAlignment" and e.revision == fp["revision"]), None)
         if entry is None:
             raise KeyError(f"{db.database_txt}: VXDAlignment revision {fp['revision']} named by {manifest} is missing")
-        data = db.read(entry)
-        params = np.zeros((geom.n_sensors, 6))
-        params[geom.sensor_index(data["sensor_id"])] = data["params"]
-        used.append(params)
-    true = np.zeros((geom.n_sensors, 6))
-    true[geom.sensor_index(true_vxd["sensor_id"])] = true_vxd["params"]
-    c_true, _ = aligned_frames(geom, true)
-    out = [(c_true - aligned_frames(geom, params)[0])[geom.is_pxd] for params in used]
-    return np.stack(out) if out else np.zeros((1, int(geom.is_pxd.sum()), 3))
+        used.append(_params(geom, db.read(entry)))
+    return used
 
 
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
@@ -132,7 +173,10 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         for i, ax in enumerate("xyz"):
             figures[f"alignment_systematic_{ax}_mm"] = float(np.sqrt(syst[i, i]))
             figures[f"alignment_size_systematic_{ax}{ax}_mm2"] = float(size_syst[i])
-        compare("truth", np.asarray(truth["position"], float), syst, np.asarray(truth["size"], float),
+        true_pos = true_position_in_frame(files, true_vxd, truth["position"])
+        for i, ax in enumerate("xyz"):
+            figures[f"truth_in_frame_{ax}_mm"] = float(true_pos[i])
+        compare("truth", true_pos, syst, np.asarray(truth["size"], float),
                 np.sqrt(np.diag(size_e) ** 2 + size_syst ** 2))
     # self-consistency with the data
     tracks = read_tracks(files)

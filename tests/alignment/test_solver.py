@@ -173,3 +173,23 @@ def test_minres_correction_solves_when_the_penalty_is_not_enough():
     assert len(it.info["minres_iterations"]) == 2  # the first solve missed the constraint: one correction
     assert abs(it.x[0] - 0.5) < 1e-10
     assert np.allclose(it.x, exact.x, rtol=1e-8, atol=1e-8)
+
+
+def test_full_covariance_on_the_constraint_surface(toy):
+    """``covariance=True``: the full covariance of the free parameters; its diagonal is the errors, it is
+    singular exactly along the constrained directions, and its whitened pulls of (fitted - truth) are N(0, 1)."""
+    from dataclasses import replace
+
+    problem = replace(AlignmentProblem.from_steering(toy.steering), covariance=True)
+    res = solve(problem, method="sparse")
+    cov, labels = res.info["covariance"], res.info["covariance_labels"]
+    assert np.array_equal(labels, res.labels[~res.fixed])
+    np.testing.assert_allclose(np.sqrt(np.diag(cov)), res.errors[~res.fixed], rtol=1e-6)
+    assert np.abs(toy.N.T @ cov).max() < 1e-8 * np.abs(cov).max()  # no variance along the constraints
+    lam, u = np.linalg.eigh(cov)
+    keep = lam > 1e-9 * lam.max()
+    assert keep.sum() == cov.shape[0] - toy.N.shape[1]
+    white = (u[:, keep].T @ (res.corrections - _truth_projected(toy))) / np.sqrt(lam[keep])
+    n = white.size  # width 1 ± 3/sqrt(2n), mean 0 ± 3/sqrt(n)
+    assert abs(white.std() - 1.0) < 3 / np.sqrt(2 * n) and abs(white.mean()) < 3 / np.sqrt(n)
+    assert "covariance" not in solve(AlignmentProblem.from_steering(toy.steering), method="sparse").info

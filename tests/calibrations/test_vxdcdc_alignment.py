@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 
 from b2luca.conditions import DatabaseChain, LocalDatabase, read_payload
 from b2luca.iov import ExpRun, IoV
@@ -30,32 +33,89 @@ def _run(bucket, job_factory, script, tmp_path):
 
 def test_alignment_against_truth_and_validation(bucket, job_factory, script, tmp_path, monkeypatch):
     job, vxd, cdc = _run(bucket, job_factory, script, tmp_path)
-    from b2luca.reco.geometry import aligned_frames, nominal_geometry
+    from b2luca.alignment.frame import truth_in_frame
+    from b2luca.reco.geometry import nominal_geometry
 
     g = nominal_geometry()
     truth = bucket.truth.read("VXDAlignment", ExpRun(26, 1))
+    truth_cdc = bucket.truth.read("CDCAlignment", ExpRun(26, 1))
     assert vxd["params"].shape == truth["params"].shape == (212, 6)
     np.testing.assert_array_equal(vxd["sensor_id"], truth["sensor_id"])
     assert cdc["params"].shape == (56, 3)
-    val = script("validations.vxdcdc_alignment")
-    c_true, _ = aligned_frames(g, truth["params"])
-    c_fit, _ = aligned_frames(g, vxd["params"])
-    _w, after = val.rigid_body_fit(g.center, c_fit - c_true)
-    _w, before = val.rigid_body_fit(g.center, g.center - c_true)
-    # the transverse sensor positions (what tracks measure best) improve several-fold
-    loc_a = np.einsum("sji,sj->si", g.rot, after)
-    loc_b = np.einsum("sji,sj->si", g.rot, before)
-    assert np.sqrt(np.mean(loc_a[:, 0] ** 2)) < 0.4 * np.sqrt(np.mean(loc_b[:, 0] ** 2))
+    _fr = truth_in_frame(truth["params"], truth_cdc["params"], geom=g)
+    tv, _tc = _fr.vxd, _fr.cdc
+    # the transverse sensor positions (what tracks measure best) improve several-fold (truth in the frame)
+    rms = lambda a: float(np.sqrt(np.mean(a ** 2)))  # noqa: E731
+    assert rms(vxd["params"][:, 0] - tv[:, 0]) < 0.4 * rms(tv[:, 0])
 
     monkeypatch.chdir(tmp_path)
+    val = script("validations.vxdcdc_alignment")
     args = (str(job.work_dir), str(job.work_dir / "input_data.json"), [26, 1, -1, -1], job.expert_config)
     verdict = val.run_validation(*args, reference_db=bucket.truth)
+    f = verdict.figures
+    assert f["mode"] == "truth"
+    # the alignment passes its own strict validation (every pull width, weak mode, overlap and d0 check)
     assert verdict.passed, verdict.message
-    assert verdict.figures["track_chi2_ndf_after"] < verdict.figures["track_chi2_ndf_before"]
-    assert len(verdict.plots) == 2
-    # an alignment that moved nothing fails (no improvement against the truth)
+    # the covariance is beside the payloads, not in them: the payloads stay small
+    assert "params_cov" not in vxd and (job.work_dir / "vxdalignment_cov.npz").is_file()
+    assert sum(np.asarray(v).nbytes for v in vxd.values()) < 50_000
+    # ... and the validation reads it (decorrelated pulls; without it the weak-mode errors are diagonal ones)
+    assert f["checks_in_family"] == 2 * 6 + 20 + 5 and f["k_pulls"] == pytest.approx(3.94, abs=0.01)
+    assert len(verdict.plots) == 3 and all((tmp_path / p).is_file() for p in verdict.plots)
+    assert f["track_chi2_ndf_after"] < f["track_chi2_ndf_before"]
+    assert f["overlap_n_after"] > 50 and f["d0_n_events_after"] > 50
+    assert f["overlap_rms_um_after"] < f["overlap_rms_um_before"]
+    assert f["d0_sigma_i_um_after"] < f["d0_sigma_i_um_before"]
+    # the injected truth's radial expansion / twist (make_truth) is seen before the alignment
+    assert abs(f["weak_vxd_radial_expansion_um_before"]) > 10
+    # a bucket where nothing moves: the per-run monitor proposes no boundary
+    assert f["auto_boundaries_proposed"] == "none"
+    # real data: no truth -> the data-only checks, and the verdict says so
+    verdict = val.run_validation(*args)
+    assert verdict.figures["mode"] == "data-only" and "data-only checks only" in verdict.message
+    assert "weak_vxd_twist_urad" not in verdict.figures and "overlap_rms_um_after" in verdict.figures
+    # an alignment that moved nothing fails
     bad = dict(vxd)
     bad["params"] = np.zeros_like(vxd["params"])
     job.output_db.store("VXDAlignment", bad, job.output_iov)
     verdict = val.run_validation(*args, reference_db=bucket.truth)
-    assert not verdict.passed and "not below" in verdict.message
+    assert not verdict.passed and "weak mode" in verdict.message and "pull" in verdict.message
+
+
+
+INJECT = {"vxd_radial_expansion_um": 20.0, "cdc_twist_urad": 50.0}
+
+
+def test_injected_weak_modes_removed_end_to_end(bucket, job_factory, script, tmp_path, monkeypatch):
+    """A sim with a 20 um VXD radial expansion and a 50 urad CDC twist injected: the alignment removes them
+    (amplitude of fitted - true within 3 of its error), while before the alignment they are in the truth."""
+    from b2luca.sim import simulate_bucket
+
+    root = tmp_path / "bucket"
+    events = {"cosmic_calib": 300, "mumu_tight_or_highm_calib": 1500}  # what the alignment reads (tests' conftest)
+    seed = int(os.environ.get("B2LUCA_TEST_SEED", "424242"))  # the session bucket's seed (conftest)
+    summary = simulate_bucket(bucket="weak", experiment=26, runs=bucket.runs, seed=seed, events=events,
+                              data_dir=root / "raw", conditions_dir=root / "conditions", weak_modes=INJECT)
+    weak_bucket = type(bucket)(root / "raw", root / "conditions", dict(summary.global_tags), list(bucket.runs))
+    job, vxd, cdc = _run(weak_bucket, job_factory, script, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    val = script("validations.vxdcdc_alignment")
+    args = (str(job.work_dir), str(job.work_dir / "input_data.json"), [26, 1, -1, -1], job.expert_config)
+    f = val.run_validation(*args, reference_db=weak_bucket.truth).figures
+    # before: the constants in force (nominal) minus the truth, which carries the injected modes on top of
+    # make_truth's own SVD radial expansion and twist
+    plain = val.run_validation(*args, reference_db=bucket.truth).figures  # same fit against the plain truth
+    assert f["weak_vxd_radial_expansion_um_before"] - plain["weak_vxd_radial_expansion_um_before"] == \
+        pytest.approx(-20.0, abs=0.1)
+    assert f["weak_cdc_twist_urad_before"] - plain["weak_cdc_twist_urad_before"] == pytest.approx(-50.0, abs=0.1)
+    for mode in INJECT:
+        assert abs(f[f"weak_{mode}"]) < 3 * f[f"weak_{mode}_error"], (mode, f[f"weak_{mode}"])
+    # the same result with the injected modes left in: the validation names both (the amplitudes' errors come
+    # from the full covariance that VXDAlignment carries)
+    from b2luca.alignment.weak_modes import distortion
+
+    dv, dc = distortion(INJECT)
+    job.output_db.store("VXDAlignment", {**vxd, "params": vxd["params"] + dv}, job.output_iov)
+    job.output_db.store("CDCAlignment", {**cdc, "params": cdc["params"] + dc}, job.output_iov)
+    message = val.run_validation(*args, reference_db=weak_bucket.truth).message
+    assert "weak mode vxd_radial_expansion_um" in message and "weak mode cdc_twist_urad" in message, message

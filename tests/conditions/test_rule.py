@@ -10,9 +10,9 @@ import pytest
 from scipy import stats
 
 from b2luca.conditions import GlobalTag, LocalDatabase
-from b2luca.conditions.promote import promote_payloads
+from b2luca.conditions.promote import promote_payloads, result_entries
 from b2luca.conditions.rule import NOT_UPLOADED, UPLOADED, VETOED, UploadRule, compare, decide, rule_for, significance
-from b2luca.iov import IoV
+from b2luca.iov import ExpRun, IoV
 
 
 def test_significance_is_the_gaussian_equivalent_of_the_chi2_probability():
@@ -106,3 +106,25 @@ def test_promote_payloads_judges_against_the_chain_and_stores_only_what_passes(t
         assert stored == [] and result.uploads == []
     event = result.event("local", "prompt")
     assert event["rule"].startswith("upload when significance >=") and event["decisions"][0]["outcome"] == outcome
+
+
+def test_time_dependent_result_is_promoted_with_one_iov_per_interval(tmp_path):
+    cfg = _bucket_cfg(tmp_path, {})
+    new, old = _payloads(0.5)
+    moved = {k: v + 1.0 if k == "offset" else v for k, v in new.items()}
+    GlobalTag.create(cfg.conditions.directory, "nominal").store("Offsets", old, IoV(0, 0, -1, -1))
+    source = LocalDatabase(tmp_path / "output").create()
+    source.store("Offsets", {"offset": np.zeros(50)}, IoV(3, 10, -1, -1))  # an earlier, single-IoV result
+    source.store("Offsets", new, IoV(3, 10, 3, 14))
+    source.store("Offsets", moved, IoV(3, 15, -1, -1))
+    prompt = GlobalTag.create(cfg.conditions.directory, "prompt")
+    result = promote_payloads(cfg, "Cal", source, prompt)
+    assert [d.outcome for d in result.decisions] == [UPLOADED, UPLOADED]
+    assert [p["iov"] for p in result.payloads] == [str(IoV(3, 10, 3, 14)), str(IoV(3, 15, -1, -1))]
+    assert np.array_equal(prompt.db.read("Offsets", ExpRun(3, 12))["offset"], new["offset"])
+    assert np.array_equal(prompt.db.read("Offsets", ExpRun(3, 15))["offset"], moved["offset"])
+    # intervals that do not reach back to the bucket's first run are not a result: the last line alone is
+    other = LocalDatabase(tmp_path / "other").create()
+    other.store("Offsets", new, IoV(3, 12, 3, 14))
+    other.store("Offsets", moved, IoV(3, 15, -1, -1))
+    assert [e.iov for e in result_entries(other.entries(), ExpRun(3, 10))["Offsets"]] == [IoV(3, 15, -1, -1)]
