@@ -101,15 +101,17 @@ def sensor_patches(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geomet
     nb_v, nb_u, _ = regions(patch_v, patch_u)
     pxd = np.flatnonzero(geom.is_pxd)
     n_sens = pxd.size
-    img = np.zeros((n_events, n_sens, PXD_NV, PXD_NU), np.float32)
+    # written straight into patch order (event, sensor, v band, u column): no full-image copy
+    patches = np.zeros((n_events * n_sens * nb_v * nb_u, patch_v, patch_u), np.float32)
     pos = np.searchsorted(pxd, geom.sensor_index(np.asarray(pixels["sensor"])))
     iv, iu = np.divmod(np.asarray(pixels["pixel"], np.int64), PXD_NU)
-    img[np.asarray(pixels["event"], np.int64), pos, iv, iu] = np.asarray(pixels["adc"], np.float32) / adc_scale
-    patches = img.reshape(n_events, n_sens, nb_v, patch_v, nb_u, patch_u).transpose(0, 1, 2, 4, 3, 5)
+    (bv, v_in), (bu, u_in) = np.divmod(iv, patch_v), np.divmod(iu, patch_u)
+    patch = ((np.asarray(pixels["event"], np.int64) * n_sens + pos) * nb_v + bv) * nb_u + bu
+    patches[patch, v_in, u_in] = np.asarray(pixels["adc"], np.float32) / adc_scale
     layer = geom.layer[pxd] - 1
     region = (layer[None, :, None, None] * nb_v + np.arange(nb_v)[None, None, :, None])
     region = np.broadcast_to(region, (n_events, n_sens, nb_v, nb_u))
-    return patches.reshape(-1, patch_v, patch_u), region.reshape(-1).astype(np.int64)
+    return patches, region.reshape(-1).astype(np.int64)
 
 
 def _lr_lambda(total: int):
