@@ -4,9 +4,9 @@ The native runner records every payload a calibration looked up in its database 
 (``payloads_read.json`` beside ``caf_config.json``).  A payload that another calibration of this bucket
 produces may only be read when that calibration is guaranteed to have finished first: it is one of
 the reader's ``depends_on`` (directly or transitively), or it runs in an earlier stage (raw before
-cDST; see below for what "earlier" guarantees).  Anything else is an undeclared dependency: the reader got whatever happened to be in force
-when it ran (the nominal constants, a failed calibration's absence, or the previous bucket run's
-revision), so its result depends on scheduling.  That is an error, not a warning: the payloads would
+cDST; see below for which raw calibrations that covers).  Anything else is an undeclared dependency: the
+reader got whatever happened to be in force when it ran (the nominal constants, a failed calibration's
+absence, or the previous bucket run's revision), so its result depends on scheduling.  That is an error, not a warning: the payloads would
 otherwise be published, and nobody reads warnings of an automated run.
 
 cDST production (reconstruction) reads a fixed set of payloads, :data:`PRODUCTION_READS` (what
