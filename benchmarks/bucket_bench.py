@@ -11,12 +11,16 @@
    ``--runs N`` spreads the demo's events over N runs instead of 8 (events per run scaled by 8/N, so the
    total stays the same): the cost must grow with the data, not with the number of runs (issue 15);
    the cDST production's own time (sum over its tasks, and per run) is printed separately.
+   Then a table of the tasks' durations (calibrate/validate steps of each calibration), the critical
+   path (the longest chain of dependent task durations: the DAG cannot be faster with any number of
+   workers) and the bound from the sum of task durations over the workers (issue 15).
 Targets (issue 5): demo bucket < 60 s on 2 cores, overhead < 50 ms per task.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
 import sys
@@ -32,7 +36,8 @@ sys.path.insert(0, str(REPO))
 
 from b2luca.config import load_config  # noqa: E402
 from b2luca.dataset import simulate_config  # noqa: E402
-from b2luca.tasks.driver import RecordingFactory, configure_luigi, run_bucket  # noqa: E402
+from b2luca.tasks import Bucket  # noqa: E402
+from b2luca.tasks.driver import RecordingFactory, _walk, configure_luigi, run_bucket  # noqa: E402
 
 OUT_DIR = Path(tempfile.mkdtemp(prefix="b2luca-bench-"))
 
@@ -117,12 +122,45 @@ def demo(workers: int, runs: int | None = None, keep_conditions: Path | None = N
           f"exit code {outcome.exit_code}")
     print(f"demo bucket CPU time (this process and its luigi workers): simulation {cpu1 - cpu0:.1f} s, "
           f"DAG {cpu2 - cpu1:.1f} s (compare these on a busy machine)")
+    print_task_table(cfg, outcome.rows)
+    path_seconds, path = critical_path(str(config), {r.name: r.duration or 0.0 for r in outcome.rows
+                                                     if r.state == "success"})
+    print(f"critical path (longest chain of dependent task durations): {path_seconds:.1f} s = "
+          + " -> ".join(path))
+    print(f"lower bound of the DAG wall time: max(critical path {path_seconds:.1f} s, sum of task durations / "
+          f"{workers} workers {task_seconds / workers:.1f} s); measured {outcome.seconds:.1f} s")
     start = time.perf_counter()
     again = run_bucket(cfg, workers=workers, echo=lambda _: None)
     print(f"demo bucket rerun (everything complete): {time.perf_counter() - start:.2f} s, exit code {again.exit_code}")
     if keep_conditions is not None:  # for benchmarks/compare_payloads.py
         shutil.copytree(base / "work" / "conditions", keep_conditions)
     shutil.rmtree(base, ignore_errors=True)
+
+
+def critical_path(config_path: str, durations: dict[str, float]) -> tuple[float, list[str]]:
+    """(seconds, task names) of the longest chain of dependent tasks of the bucket, weighted by
+    ``durations`` (task name -> seconds; wrapper tasks and tasks not listed count 0)."""
+    finish: dict[str, tuple[float, list[str]]] = {}
+    for task in _walk([Bucket(config_path=config_path)]):  # requirements first
+        before = max((finish[dep.task_id] for dep in luigi.task.flatten(task.requires())),
+                     key=lambda item: item[0], default=(0.0, []))
+        own = 0.0 if isinstance(task, luigi.WrapperTask) else durations.get(task.task_name, 0.0)
+        finish[task.task_id] = (before[0] + own, before[1] + ([task.task_name] if own > 0 else []))
+    return max(finish.values(), key=lambda item: item[0], default=(0.0, []))
+
+
+def print_task_table(cfg, rows) -> None:
+    """Per task: duration, and for a calibration its calibrate and validate steps (from result.json)."""
+    print(f"{'task':30s} {'duration':>9s} {'calibrate':>10s} {'validate':>9s}")
+    for row in rows:
+        if row.state != "success" or not row.duration:
+            continue
+        steps: dict = {}
+        result = cfg.work_dir / "calibrations" / row.name / "result.json"
+        if row.kind == "calibration" and result.is_file():
+            steps = json.loads(result.read_text()).get("steps", {})
+        cells = [f"{steps[k]['duration']:.1f}" if k in steps else "" for k in ("calibrate", "validate")]
+        print(f"{row.name:30s} {row.duration:8.1f}s {cells[0]:>10s} {cells[1]:>9s}")
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ from b2luca.catalogue import build_plan, discover
 from b2luca.conditions import DatabaseChain, LocalDatabase
 from b2luca.errors import UndeclaredDependencyError
 from b2luca.iov import ExpRun, IoV
-from b2luca.payload_deps import check_reads, undeclared_reads, write_reads
+from b2luca.payload_deps import (PRODUCTION_READS, check_production_reads, check_reads, production_requirements,
+                                undeclared_reads, write_reads)
 
 from bucket_helpers import REPO, copy_calibrations
 
@@ -104,3 +105,31 @@ def test_native_chain_knows_the_bucket_database(tmp_path: Path):
                                    "database_chain": ["nominal"], "b2luca": {"conditions_directory": str(tmp_path)}})
     assert chain.bucket_database is chain.databases[0] and chain.databases[0].path == tmp_path / "prompt"
     assert chain.databases[1].path == tmp_path / "nominal"
+
+
+def test_production_waits_for_the_raw_producers_of_what_reconstruction_reads():
+    catalogue = discover(REPO / "calibrations")
+    plan = build_plan(catalogue)
+    assert set(production_requirements(catalogue, plan)) == {
+        "CDCTimeZeros", "SVDTimeOffsets", "PXDHotDeadPixels", "VXDCDCAlignment"}
+    assert "PXDBackgroundGAN" not in production_requirements(catalogue, plan)
+    # reconstruction looks up exactly PRODUCTION_READS (what the static rule is built from)
+    assert set(ALIGNMENT_READS) <= set(PRODUCTION_READS)
+
+
+def test_a_cdst_calibration_may_not_read_a_raw_payload_production_does_not_wait_for():
+    """The GAN runs beside production, so a cDST calibration reading its payload must declare it."""
+    catalogue = discover(REPO / "calibrations")
+    plan = build_plan(catalogue)
+    assert undeclared_reads(catalogue, plan, "ECLMuPiCNN", ["PXDBackgroundGAN", "PXDMasks"]) == [
+        ("PXDBackgroundGAN", ["PXDBackgroundGAN"])]
+
+
+def test_production_reading_a_payload_it_does_not_wait_for_is_an_error():
+    catalogue = discover(REPO / "calibrations")
+    plan = build_plan(catalogue)
+    check_production_reads(catalogue, plan, list(PRODUCTION_READS), "CdstProduction:r00001")  # cDST payloads too
+    with pytest.raises(UndeclaredDependencyError) as info:
+        check_production_reads(catalogue, plan, ["CDCTimeZeros", "PXDBackgroundGAN"], "CdstProduction:r00001")
+    assert str(info.value).startswith("CdstProduction:r00001 read payloads of raw calibrations it does not wait "
+                                      "for: PXDBackgroundGAN (produced by PXDBackgroundGAN)")

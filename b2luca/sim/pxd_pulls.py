@@ -18,7 +18,8 @@ import numpy as np
 
 from ..reco.fit import fit_tracks
 from ..reco.geometry import C_B, Geometry, nominal_geometry
-from ..reco.measurements import Constants, build_measurements
+from ..reco.measurements import Constants, Measurements, build_measurements
+from ..reco.robust import subset_measurements
 from .generate import MASS
 from .pxd_overlay import BackgroundSource, background_for_events, overlay_pxd_hits
 from .simulate import simulate_sample
@@ -59,7 +60,8 @@ def track_pulls(n_events: int, seed: int, generator: BackgroundSource | None, mo
     """{mode: {"pt", "d0", "z0"}}: pulls of the well-fitted tracks of ``n_events`` hadron events.
 
     Every mode sees the same tracks and hits; the background of ``simulated`` and ``gan`` is drawn from
-    the same seed (different generators)."""
+    the same seed (different generators).  Without background the tracks are fitted once; with
+    background only the tracks whose rows the background changed are fitted again."""
     geom = geom or nominal_geometry()
     truth = make_truth(seed, geom)
     constants = Constants.from_payloads(truth_payloads(truth, geom), geom)
@@ -70,7 +72,8 @@ def track_pulls(n_events: int, seed: int, generator: BackgroundSource | None, mo
     cand = np.arange(len(tracks)) - first
     truth_key = (tracks.event + 1).astype(np.int64) * 65536 + cand
     out: dict[str, dict[str, np.ndarray]] = {}
-    for mode in modes:
+    reference: tuple[Measurements, _Fit] | None = None  # the fit without background, shared by the modes
+    for mode in sorted(modes, key=lambda m: m != "none"):  # "none" first: the others reuse its fits
         raw = {k: dict(v) for k, v in res.raw.items()}
         hits0 = {**raw["pxd"], "event": raw["pxd"]["event"] - 1}
         bkg = background_for_events(mode, np.random.default_rng([seed, 16]), n_events, geom, generator, hits0)
@@ -80,7 +83,9 @@ def track_pulls(n_events: int, seed: int, generator: BackgroundSource | None, mo
             if "event" in tree:
                 tree["gevent"] = tree["event"]
         meas = build_measurements(raw, constants, geom)
-        fit = fit_tracks(meas, constants, geom, mass=MASS[2])
+        fit = _fit_reusing(meas, reference, constants, geom)
+        if mode == "none":
+            reference = (meas, fit)
         key = meas.track_key[:, 0] * 65536 + meas.track_key[:, 1]
         idx = np.searchsorted(truth_key, key)
         ok = fit.ok & (fit.chi2 < 5 * np.maximum(fit.ndf, 1))
@@ -89,7 +94,48 @@ def track_pulls(n_events: int, seed: int, generator: BackgroundSource | None, mo
         pt = C_B / np.abs(h_true[:, 2])  # omega = q C_B / pT
         out[mode] = {"pt": pt[ok], "d0": ((fit.params[:, 0] - h_true[:, 0]) / err[:, 0])[ok],
                      "z0": ((fit.params[:, 3] - h_true[:, 3]) / err[:, 3])[ok]}
-    return out
+    return {mode: out[mode] for mode in modes}
+
+
+def changed_tracks(meas: Measurements, reference: Measurements) -> np.ndarray | None:
+    """Sorted indices of the candidates whose measurement rows differ from ``reference`` (the same events
+    without background), or None when the two do not have the same candidates and rows."""
+    if (meas.track_key.shape != reference.track_key.shape or meas.track.shape != reference.track.shape
+            or not np.array_equal(meas.track_key, reference.track_key) or not np.array_equal(meas.track, reference.track)
+            or not np.array_equal(meas.hit, reference.hit) or not np.array_equal(meas.det, reference.det)):
+        return None
+    differ = (meas.m != reference.m) | (meas.sigma != reference.sigma) | np.any(meas.approx_pos != reference.approx_pos, 1)
+    return np.unique(meas.track[differ])
+
+
+def _fit_reusing(meas: Measurements, reference: "tuple[Measurements, _Fit] | None", constants: Constants,
+                 geom: Geometry) -> _Fit:
+    """The fit of every candidate of ``meas``; with a ``reference`` (the fit of the same candidates without
+    background) only the candidates whose rows the background changed are fitted again: a track's fit
+    depends only on its own rows (fit_tracks stops each track on its own criterion), so the others'
+    results are the reference's."""
+    changed = None if reference is None else changed_tracks(meas, reference[0])
+    if changed is None or reference is None:
+        full = fit_tracks(meas, constants, geom, mass=MASS[2])
+        return _Fit(full.params, full.cov, full.chi2, full.ndf, full.ok)
+    ref = reference[1]
+    params, cov, chi2, ndf, ok = (np.array(a, copy=True) for a in (ref.params, ref.cov, ref.chi2, ref.ndf, ref.ok))
+    if changed.size:
+        sub = fit_tracks(subset_measurements(meas, changed), constants, geom, mass=MASS[2])
+        params[changed], cov[changed], chi2[changed], ndf[changed], ok[changed] = (
+            sub.params, sub.cov, sub.chi2, sub.ndf, sub.ok)
+    return _Fit(params, cov, chi2, ndf, ok)
+
+
+@dataclass
+class _Fit:
+    """The per-track part of a :class:`~b2luca.reco.fit.FitResult` that the pulls need."""
+
+    params: np.ndarray
+    cov: np.ndarray
+    chi2: np.ndarray
+    ndf: np.ndarray
+    ok: np.ndarray
 
 
 def pull_table(pulls: dict[str, dict[str, np.ndarray]], clip: float = 10.0) -> list[PullWidth]:
@@ -104,4 +150,4 @@ def pull_table(pulls: dict[str, dict[str, np.ndarray]], clip: float = 10.0) -> l
     return rows
 
 
-__all__ = ["MODES", "PT_BINS", "PullWidth", "pull_table", "pull_width", "track_pulls"]
+__all__ = ["MODES", "PT_BINS", "PullWidth", "changed_tracks", "pull_table", "pull_width", "track_pulls"]

@@ -19,6 +19,7 @@ from ..atomic import write_json_atomic
 from ..dataset import run_root
 from ..enums import Stage
 from ..iov import ExpRun
+from ..payload_deps import check_production_reads
 from ..production import produce_runs
 from .context import BucketContext, production_task_name
 from .reporting import reported
@@ -47,9 +48,13 @@ def produce(ctx: BucketContext, runs: tuple[int, ...], outputs: list[Path]) -> N
     """Reconstruct every data tag of ``runs`` into cDST files; write the runs' markers ``outputs`` last."""
     cfg = ctx.cfg
     expruns = [ExpRun(cfg.bucket.experiment, int(run)) for run in runs]
-    with reported(ctx, group_task_name(runs), stage=Stage.PRODUCTION, group=Stage.PRODUCTION) as report:
+    name = group_task_name(runs)
+    with reported(ctx, name, stage=Stage.PRODUCTION, group=Stage.PRODUCTION) as report:
+        chain = ctx.chain()
         summaries = produce_runs([(run_root(cfg.data.raw_directory, er), run_root(cfg.data.cdst_directory, er), er)
-                                  for er in expruns], ctx.chain())
+                                  for er in expruns], chain)
+        # before any marker: a production that read a payload it does not wait for must not look complete
+        check_production_reads(ctx.catalogue, ctx.plan, [str(item["name"]) for item in chain.lookups()], name)
     for run, output, summary in zip(runs, outputs, summaries):
         write_json_atomic(output, {"run": int(run), "runs": [int(r) for r in runs], "start": report.start,
                                    "duration": report.elapsed(), **summary})

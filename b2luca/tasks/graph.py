@@ -3,7 +3,7 @@
 The work of each task is a plain function in its own module (:mod:`.setup`, :mod:`.local`,
 :mod:`.calibration`, :mod:`.cdst`, :mod:`.archive`); those modules never import this one, so the
 class graph (which is cyclic: ``ArchiveLogs`` needs groups, cDST calibrations need the production,
-the production needs the raw stage's archives) lives in this one module and the imports stay acyclic.
+the production needs raw calibrations) lives in this one module and the imports stay acyclic.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import luigi
 
 from ..enums import Stage
 from ..paths import check_name, under
+from ..payload_deps import production_requirements
 from . import archive, calibration, cdst, local, setup
 from .base import BucketTask, BucketWrapperTask
 from .context import archive_task_name, group_name, local_task_name, parse_group
@@ -85,10 +86,9 @@ class CalibrationTask(BucketTask):
         ctx = self.ctx
         info = ctx.catalogue[self.name]
         required: list[luigi.Task] = [PullSettings.req(self), MakeRunDB.req(self), LocalCalibrations.req(self)]
+        # Only what it depends on: a payload of any other calibration of the bucket is an undeclared read
+        # (b2luca.payload_deps), so a calibration need not wait for the unrelated ones of the groups before.
         required += [CalibrationTask.req(self, name=dep) for dep in info.depends_on]
-        stage, level = ctx.plan.group_of(self.name)
-        if level > 0:  # the groups of a stage run in series: every payload of the group before is in the prompt tag
-            required.append(GroupTask.req(self, stage=stage, level=level - 1))
         if info.stage == Stage.CDST:
             required += [CdstProduction.req(self, run_number=runs[0]) for runs in cdst.production_groups(ctx)]
         return required
@@ -110,7 +110,9 @@ class GroupTask(BucketWrapperTask):
 
 # --- cDST production --------------------------------------------------------------------------------
 class CdstProduction(BucketTask):
-    """Reconstruct a group of consecutive runs (every data tag) into cDST files, after the whole raw stage.
+    """Reconstruct a group of consecutive runs (every data tag) into cDST files, after the raw calibrations
+    whose payloads reconstruction reads (:func:`b2luca.payload_deps.production_requirements`); the other raw
+    calibrations run beside it, and their failure does not stop it.
 
     The group starts at ``run_number``; its runs come from :func:`~b2luca.tasks.cdst.production_groups`
     (sized by data volume, ``data.production_task_mb``; 0 gives one task per run).  The outputs are the
@@ -140,8 +142,11 @@ class CdstProduction(BucketTask):
     def output(self) -> list[luigi.LocalTarget]:  # type: ignore[override]
         return [luigi.LocalTarget(str(self.marker(run))) for run in self.runs]
 
-    def requires(self) -> RunRawCalibrations:
-        return RunRawCalibrations.req(self)
+    def requires(self) -> list[luigi.Task]:
+        ctx = self.ctx
+        required: list[luigi.Task] = [PullSettings.req(self), MakeRunDB.req(self), LocalCalibrations.req(self)]
+        return required + [CalibrationTask.req(self, name=name)
+                           for name in production_requirements(ctx.catalogue, ctx.plan)]
 
     def run(self) -> None:
         runs = self.runs

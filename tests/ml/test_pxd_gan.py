@@ -228,3 +228,34 @@ def test_config_pxd_background_gan_needs_a_payload(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     sim = load_config(path).simulation
     assert sim is not None and sim.pxd_background == "gan" and sim.pxd_background_payload == tmp_path / "gan.root"
+
+
+def test_generator_inference_is_the_module_and_fired_pixels_are_those_of_the_full_images(background):
+    """The fast inference path (convolution as one matrix, only the generated patches looked at) gives the
+    generator module's images and the fired pixels a full event x sensor image would, in the same order."""
+    torch = pytest.importorskip("torch")
+    from b2luca.ml.pxd_gan import ADC_THRESHOLD, GanBackground, regions, untrained_arrays
+    from b2luca.reco.geometry import PXD_NU, PXD_NV
+    from calibrations.pxd_background_gan import settings
+
+    geom = nominal_geometry()
+    cfg = {**settings.expert_config, **TINY}
+    gan = GanBackground(untrained_arrays(cfg), threads=1)
+    with torch.no_grad():
+        z, cond = torch.randn(64, gan.latent), torch.arange(64) % gan.model.n_cond
+        np.testing.assert_allclose(gan._forward(z, cond).numpy(), gan.model(z, cond).numpy(), atol=1e-5)
+    gan.scale *= 20  # an untrained generator's outputs are small: make some pixels fire
+    n_events = 3
+    out = gan(np.random.default_rng(5), n_events, geom)
+    nb_v, nb_u, _ = regions(gan.pv, gan.pu)
+    pxd = np.flatnonzero(geom.is_pxd)
+    region = np.broadcast_to((geom.layer[pxd] - 1)[None, :, None, None] * nb_v + np.arange(nb_v)[None, None, :, None],
+                             (n_events, pxd.size, nb_v, nb_u)).reshape(-1)
+    full = gan.images(np.random.default_rng(5), region).reshape(n_events, pxd.size, nb_v, nb_u, gan.pv, gan.pu)
+    full = full.transpose(0, 1, 2, 4, 3, 5).reshape(n_events, pxd.size, PXD_NV, PXD_NU)
+    ev, s, iv, iu = np.nonzero(full > ADC_THRESHOLD)
+    assert 0 < ev.size < full.size
+    np.testing.assert_array_equal(out["event"], ev)
+    np.testing.assert_array_equal(out["sensor"], geom.sensor_id[pxd[s]])
+    np.testing.assert_array_equal(out["pixel"], iv * PXD_NU + iu)
+    np.testing.assert_array_equal(out["adc"], full[ev, s, iv, iu])

@@ -61,3 +61,28 @@ def test_raw_files_written_before_the_new_trees_still_read(tmp_path):
     data = read_raw(tmp_path)
     assert data["event"]["event"].tolist() == [1, 2, 3]
     assert all(data[t]["event"].size == 0 and "gevent" in data[t] for t in OPTIONAL_TREES)
+
+
+def test_clusters_label_each_sensor_image_as_scipy_does_one_image_at_a_time():
+    from scipy.ndimage import label
+
+    from b2luca.reco.geometry import PXD_NU, PXD_NV, nominal_geometry
+    from b2luca.sim.pxd_background import pxd_background
+
+    geom = nominal_geometry()
+    px = pxd_background(np.random.default_rng(4), 3, geom)
+    perm = np.random.default_rng(0).permutation(px["event"].size)  # any input order
+    sensor, pixel, event = px["sensor"][perm], px["pixel"][perm], px["event"][perm]
+    got = clusters(sensor, pixel, event, block=7)  # several blocks of sensor images
+    expected = np.zeros(pixel.size, np.int64)
+    offset = 0
+    for e, s in sorted(set(zip(event.tolist(), sensor.tolist()))):
+        sel = np.flatnonzero((event == e) & (sensor == s))
+        img = np.zeros((PXD_NV, PXD_NU), np.int32)
+        iv, iu = np.divmod(pixel[sel], PXD_NU)
+        img[iv, iu] = 1
+        lab, n = label(img, structure=np.ones((3, 3)))
+        expected[sel] = lab[iv, iu] + offset
+        offset += n
+    np.testing.assert_array_equal(got, expected)
+    assert clusters(sensor[:0], pixel[:0], event[:0]).size == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from b2luca.catalogue import discover
 from b2luca.conditions import GlobalTag, LocalDatabase, payload_checksum, read_payload
 from b2luca.config import load_config
 from b2luca.tasks.context import context_for, production_task_name
@@ -137,6 +138,28 @@ def test_failing_calibration_stops_only_its_dependents(tmp_path):
     assert not (cfg.work_dir / "calibrations" / "CDCTimeZeros" / "result.json").exists()
     prompt_names = {line.split()[0] for line in _prompt_lines(cfg)}
     assert "dbstore/CDCTimeZeros" not in prompt_names
+
+
+def test_a_crash_of_a_calibration_production_does_not_read_leaves_production_and_cdst_running(tmp_path):
+    """cDST production waits only for the calibrations whose payloads reconstruction reads: the GAN's crash
+    stops nothing else, but the bucket fails, the GAN's group is not archived and the tag stays OPEN."""
+    calibrations = copy_calibrations(tmp_path)
+    _break_calibration(calibrations, "pxd_background_gan.py", '''
+        def calibrate(job):
+            raise RuntimeError("simulated crash in the GAN training")
+        ''')
+    select = [n for n in discover(calibrations).names if n != "ECLMuPiCNN"]  # small events: no radmumu_calib
+    config = make_bucket(tmp_path, events=SMALL_EVENTS, calibrations=calibrations, select=select)
+    cfg = load_config(config)
+    ctx = context_for(str(config))
+    outcome = run_bucket(cfg, workers=2, echo=lambda _: None)
+    assert outcome.exit_code == 1
+    states = {r.name: r.state for r in outcome.rows}
+    assert states["PXDBackgroundGAN"] == "failed"
+    assert all(states[n] == "success" for n in ctx.plan.order if n != "PXDBackgroundGAN"), states
+    assert all(states[production_task_name(g[0], g[-1])] == "success" for g in ctx.production_groups)
+    assert states["ArchiveLogs:raw-0"].startswith("not run") and states["ArchiveLogs:raw-1"] == "success"
+    assert GlobalTag.open(cfg.conditions.directory, cfg.conditions.prompt_global_tag).state.value == "OPEN"
 
 
 def test_validation_failure_is_reported_and_not_published(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from b2luca.dataset import production_runs
 from b2luca.enums import Stage, TaskStatus
 from b2luca.errors import CatalogueError
+from b2luca.payload_deps import PRODUCTION_READS
 from b2luca.tasks import (ArchiveLogs, Bucket, CalibrationTask, CdstProduction, CopyLocalPayloads, GroupTask,
                           RunRawCalibrations)
 from b2luca.tasks.context import BucketContext, context_for
@@ -212,13 +213,25 @@ def test_groups_run_in_dependency_order_and_requirements_come_first(ctx):
             assert order[dep.task_id] < order[task.task_id]
 
 
-def test_cdst_calibrations_wait_for_every_production_which_waits_for_the_raw_stage(ctx):
+def test_production_requires_exactly_the_calibrations_whose_payloads_it_reads(ctx):
+    """cDST production waits for the raw calibrations producing a payload reconstruction reads (and the
+    setup), nothing else: the GAN runs beside it; the cDST calibrations wait for every production."""
     config = str(ctx.cfg.path)
     assert production_runs(ctx.cfg) == RUNS
     beam = CalibrationTask(config_path=config, name="BeamSpot")
     productions = [t for t in beam.requires() if isinstance(t, CdstProduction)]
     assert [t.run_number for t in productions] == RUNS
-    assert productions[0].requires() == RunRawCalibrations(config_path=config)
+    readers = {name for name in RAW if set(ctx.catalogue[name].settings.produced_payloads) & set(PRODUCTION_READS)}
+    assert readers == {"CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets", "VXDCDCAlignment"}
+    for production in productions:
+        required = production.requires()
+        assert {t.name for t in required if isinstance(t, CalibrationTask)} == readers
+        assert {type(t).__name__ for t in required if not isinstance(t, CalibrationTask)} == {
+            "PullSettings", "MakeRunDB", "LocalCalibrations"}
+    # the GAN is reached from the bucket only through its raw group's archive, never through production
+    gan = CalibrationTask(config_path=config, name="PXDBackgroundGAN")
+    assert gan not in _walk(productions) and gan not in _walk([beam])
+    assert gan in _walk([RunRawCalibrations(config_path=config)]) and gan in _walk([Bucket(config_path=config)])
     assert [t.group for t in RunRawCalibrations(config_path=config).requires()] == ["raw-0", "raw-1"]
     assert ArchiveLogs(config_path=config, group="raw-1").requires() == GroupTask(config_path=config,
                                                                                   stage="raw", level=1)
@@ -227,18 +240,24 @@ def test_cdst_calibrations_wait_for_every_production_which_waits_for_the_raw_sta
     assert CalibrationTask(config_path=config, name="CDCTimeZeros") in raw.requires()
 
 
-def test_groups_of_a_stage_run_in_series(ctx):
-    """A calibration of group n waits for all of group n-1, not only for what it depends on: it reads the
-    prompt global tag, which must hold every payload of the groups before (PXDMasks for the alignment)."""
+def test_a_calibration_waits_for_what_it_depends_on_not_for_the_group_before(ctx):
+    """The alignment (raw-1) waits for its three dependencies, not for the GAN of raw-0: a payload of a
+    calibration it does not depend on is an undeclared read (b2luca.payload_deps) anyway."""
     _complete_everything(ctx)
     config = str(ctx.cfg.path)
     align = CalibrationTask(config_path=config, name="VXDCDCAlignment")
-    assert GroupTask(config_path=config, stage="raw", level=0) in align.requires()
+    assert not any(isinstance(t, GroupTask) for t in align.requires())
+    assert {t.name for t in align.requires() if isinstance(t, CalibrationTask)} == {
+        "CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets"}
     assert not any(isinstance(t, GroupTask) for t in CalibrationTask(config_path=config, name="BeamSpot").requires())
     for name in ["PXDHotDeadPixels", "VXDCDCAlignment"]:
         ctx.result_path(name).unlink()
     rows = _dry(ctx)
     assert rows["VXDCDCAlignment"] == (TaskStatus.WOULD_RUN, "output missing; after PXDHotDeadPixels")
+    ctx.result_path("PXDHotDeadPixels").write_text(json.dumps({"name": "PXDHotDeadPixels", "status": "success"}))
+    ctx.result_path("PXDBackgroundGAN").unlink()
+    rows = _dry(ctx)  # the GAN's absence holds nothing else back
+    assert rows["VXDCDCAlignment"][0] == TaskStatus.WOULD_RUN and "after" not in rows["VXDCDCAlignment"][1]
 
 
 def test_req_copies_the_shared_parameters(ctx):
