@@ -117,6 +117,10 @@ def demo(workers: int, runs: int | None = None, keep_conditions: Path | None = N
           f"exit code {outcome.exit_code}")
     print(f"demo bucket CPU time (this process and its luigi workers): simulation {cpu1 - cpu0:.1f} s, "
           f"DAG {cpu2 - cpu1:.1f} s (compare these on a busy machine)")
+    if runs is not None:  # where a bucket of many small runs spends its time (issue 15)
+        for row in sorted((r for r in outcome.rows if r.state == "success" and r.kind != "cdst_production"),
+                          key=lambda r: -(r.duration or 0.0))[:8]:
+            print(f"  {row.name:40s} {row.duration or 0.0:7.1f} s")
     start = time.perf_counter()
     again = run_bucket(cfg, workers=workers, echo=lambda _: None)
     print(f"demo bucket rerun (everything complete): {time.perf_counter() - start:.2f} s, exit code {again.exit_code}")
