@@ -1,6 +1,7 @@
 """Raw-data file layout of the toy detector and :func:`read_raw`.
 
-One ROOT file (written with uproot) holds flat TTrees, one row per hit; ``event`` numbers a run's
+One ROOT file (written with uproot) holds flat tables, one row per hit (each a packed-table TTree, see
+:mod:`b2luca.rootio`; the table below lists each table's columns); ``event`` numbers a run's
 events, ``cand`` is the index of the track candidate inside the event as an idealised (MC-matched)
 track finder would give it -- the raw data carry no true positions or parameters.
 
