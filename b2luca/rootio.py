@@ -23,6 +23,7 @@ trees are created explicitly with ``mktree``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Collection, Mapping
@@ -46,14 +47,20 @@ _LEAF_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.]*)(?P<shape>(\[\d+\])*)/
 
 def _leaf(name: str, array: np.ndarray) -> str:
     """The leaf-list entry of one column, e.g. ``cov[3]/F``."""
+    return _leaf_of(name, array.dtype, array.shape[1:])
+
+
+@functools.lru_cache(maxsize=1024)
+def _leaf_of(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> str:
     if not _LEAF_RE.match(f"{name}/D"):
         raise ValueError(f"column name {name!r} is not a ROOT leaf name (letters, digits, '_' and '.')")
-    code = _CODE_OF.get(array.dtype.newbyteorder("="))
+    code = _CODE_OF.get(dtype.newbyteorder("="))
     if code is None:
-        raise ValueError(f"column {name!r} has dtype {array.dtype}, which a ROOT leaf cannot hold")
-    return name + "".join(f"[{n}]" for n in array.shape[1:]) + "/" + code
+        raise ValueError(f"column {name!r} has dtype {dtype}, which a ROOT leaf cannot hold")
+    return name + "".join(f"[{n}]" for n in shape) + "/" + code
 
 
+@functools.lru_cache(maxsize=256)  # the same few tables in every file
 def _record_dtype(leaflist: str) -> np.dtype:
     """The packed record of a leaf list (``ValueError`` naming the entry that is not one)."""
     fields = []
