@@ -9,11 +9,11 @@ B b S s I i L l F D O as in ``TTree::Branch``; values big-endian, as ROOT stores
 array column).  uproot reads it as a ``(rows, record bytes)`` array that :func:`read_trees` views as the
 columns.
 
-Why: a TTree's fixed cost in uproot is per TBranch (its metadata is deserialised, and each branch is
-interpreted, compressed and written separately: ~0.4 ms per branch per read or write, against ~0.6 ms per
-tree), so a file of many small per-column branches costs 20-25 ms however few rows it holds; a packed
-table costs one branch.  The price: a reader of a few columns decompresses the whole table (cheap
-against the fixed cost at Belle II file sizes of our tables' widths).
+Why: uproot's fixed cost per file is per TTree (~0.6 ms to read its metadata) and per TBranch (~0.4 ms
+more to deserialise, interpret, compress and write each), so a file of many small per-column branches
+cost 20-25 ms however few rows it held; a packed table costs one branch.  The price: a reader of a few
+columns decompresses its whole table, and rows compress less well than columns (zlib: +5 % bytes for a
+60-event raw file, +36 % for 1,500 events; ``benchmarks/rootio_bench.py``).
 
 Files of the earlier layout (one branch per column, written by b2luca before issue 15) are read as well.
 
