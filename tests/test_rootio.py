@@ -111,3 +111,12 @@ def test_corrupt_packed_table_names_file_and_tree(tmp_path):
         read_trees(f, {"cdc": None})
     with pytest.raises(RootReadError, match=r"bad\.root: tree 'svd': corrupt column list .*'event/Q'"):
         read_trees(f, {"svd": ["event"]})
+
+
+def test_truncated_file_is_named(tmp_path):
+    """A file cut short (a copy that died half-way) names the file instead of returning partial tables."""
+    f = tmp_path / "cut.root"
+    write_trees(f, {"hits": {"x": np.random.default_rng(2).normal(size=5000)}})
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(RootReadError, match=r"cut\.root: cannot read trees \['hits'\]"):
+        read_trees(f, {"hits": None})
