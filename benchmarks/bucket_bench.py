@@ -10,7 +10,8 @@
    prints simulation time, DAG wall time, the sum of task durations, and a rerun (everything complete).
    ``--runs N`` spreads the demo's events over N runs instead of 8 (events per run scaled by 8/N, so the
    total stays the same): the cost must grow with the data, not with the number of runs (issue 15);
-   the cDST production's own time (sum over its tasks, and per run) is printed separately.
+   the cDST production's own time (sum over its tasks, and per run) and the slowest other tasks are
+   printed separately.
 Targets (issue 5): demo bucket < 60 s on 2 cores, overhead < 50 ms per task.
 """
 
