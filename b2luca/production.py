@@ -1,7 +1,7 @@
 """cDST production: reconstruct one run's raw data with the constants in force and write cDST files.
 
 Layout: ``<cdst_run_dir>/<data_tag>/cdst_<n>.root`` for every ``<raw_run_dir>/<data_tag>/raw_<n>.root``,
-and ``<cdst_run_dir>/manifest.json`` (written last).  A cDST file holds flat TTrees in three *branch
+and ``<cdst_run_dir>/manifest.json`` (written last).  A cDST file holds flat tables (packed-table TTrees, :mod:`b2luca.rootio`) in three *branch
 groups*, each computed from the raw file and a set of payloads:
 
 ``hits`` (payloads SVDTimeOffsets, CDCTimeZeros)

@@ -14,6 +14,8 @@
    Then a table of the tasks' durations (calibrate/validate steps of each calibration), the critical
    path (the longest chain of dependent task durations: the DAG cannot be faster with any number of
    workers) and the bound from the sum of task durations over the workers (issue 15).
+   the cDST production's own time (sum over its tasks, and per run) and the slowest other tasks are
+   printed separately.
 Targets (issue 5): demo bucket < 60 s on 2 cores, overhead < 50 ms per task.
 """
 

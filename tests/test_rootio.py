@@ -27,3 +27,96 @@ def test_missing_tree_branch_or_unreadable_file_names_them(tmp_path):
     bad.write_bytes(b"not a ROOT file")
     with pytest.raises(RootReadError, match=r"bad\.root: cannot read"):
         read_trees(bad, {"hits": ["x"]})
+
+
+def test_packed_tables_keep_every_dtype_shape_and_value(tmp_path):
+    """Every column type a leaf list can hold, a fixed-size array column and an empty table round-trip
+    exactly (values, dtype, native byte order)."""
+    rng = np.random.default_rng(1)
+    n = 37
+    cols = {"i1": rng.integers(-128, 127, n).astype(np.int8), "u1": rng.integers(0, 255, n).astype(np.uint8),
+            "i2": rng.integers(-9, 9, n).astype(np.int16), "i4": rng.integers(-9, 9, n).astype(np.int32),
+            "i8": rng.integers(-2 ** 60, 2 ** 60, n), "u8": rng.integers(0, 2 ** 62, n).astype(np.uint64),
+            "f4": rng.normal(size=n).astype(np.float32), "f8": rng.normal(size=n), "ok": rng.random(n) < 0.5,
+            "cov": rng.normal(size=(n, 2, 3)), "big": rng.normal(size=n).astype(">f8")}
+    f = tmp_path / "t.root"
+    write_trees(f, {"hits": cols, "none": {"x": np.zeros(0, np.int16), "y": np.zeros((0, 3))}})
+    got = read_trees(f, {"hits": None, "none": None})
+    assert list(got["hits"]) == list(cols)
+    for name, values in cols.items():
+        assert got["hits"][name].dtype == values.dtype.newbyteorder("="), name
+        np.testing.assert_array_equal(got["hits"][name], values, err_msg=name)
+    assert got["none"]["x"].shape == (0,) and got["none"]["x"].dtype == np.int16 and got["none"]["y"].shape == (0, 3)
+
+
+def test_packed_table_is_one_branch_described_by_a_root_leaf_list(tmp_path):
+    """The file is plain ROOT: one TTree per table with one fixed-size byte branch; the title carries the
+    leaf list (what a ROOT user needs to read it) -- a file's fixed cost is one branch per table."""
+    import uproot
+
+    from b2luca.rootio import PACKED_BRANCH, PACKED_TITLE
+
+    f = tmp_path / "a.root"
+    write_trees(f, {"hits": {"event": np.arange(4), "u": np.ones((4, 2), np.float32), "lr": np.ones(4, np.int8)}})
+    with uproot.open(f) as src:
+        tree = src["hits"]
+        assert tree.keys() == [PACKED_BRANCH] and tree.num_entries == 4
+        assert tree.title == PACKED_TITLE + "event/L:u[2]/F:lr/B"
+        rows = tree[PACKED_BRANCH].array(library="np")
+    assert rows.shape == (4, 8 + 8 + 1)
+    assert rows[1, :8].tobytes() == (1).to_bytes(8, "big")  # big-endian, as ROOT stores values
+
+
+def test_files_of_the_per_column_layout_still_read(tmp_path):
+    """Files written before the packed layout (one branch per column) read as before."""
+    import uproot
+
+    f = tmp_path / "old.root"
+    with uproot.recreate(f) as out:
+        tree = out.mktree("hits", {"x": np.float64, "n": np.int32})
+        tree.extend({"x": np.arange(3.0), "n": np.arange(3, dtype=np.int32)})
+    got = read_trees(f, {"hits": ["n"]})
+    assert list(got["hits"]) == ["n"] and got["hits"]["n"].tolist() == [0, 1, 2]
+    assert set(read_trees(f, {"hits": None})["hits"]) == {"x", "n"}
+    with pytest.raises(RootReadError, match=r"old\.root: tree 'hits' lacks branch\(es\) \['y'\]"):
+        read_trees(f, {"hits": ["y"]})
+
+
+def test_optional_trees_are_left_out_and_bad_input_is_named(tmp_path):
+    f = tmp_path / "a.root"
+    write_trees(f, {"hits": {"x": np.arange(3.0)}})
+    assert set(read_trees(f, {"hits": None, "extra": None}, optional=("extra",))) == {"hits"}
+    with pytest.raises(ValueError, match=r"a\.root: tree 'hits': column name 'a:b' is not a ROOT leaf name"):
+        write_trees(f, {"hits": {"a:b": np.arange(3.0)}})
+    with pytest.raises(ValueError, match=r"tree 'hits': column 's' has dtype <U1"):
+        write_trees(f, {"hits": {"s": np.array(["a"])}})
+    with pytest.raises(ValueError, match=r"tree 'hits': columns of different lengths \[2, 3\]"):
+        write_trees(f, {"hits": {"x": np.arange(3.0), "y": np.arange(2.0)}})
+    assert read_trees(f, {"hits": None})["hits"]["x"].tolist() == [0.0, 1.0, 2.0]  # failed writes left it alone
+
+
+def test_corrupt_packed_table_names_file_and_tree(tmp_path):
+    """A table whose rows do not match its leaf list, or whose leaf list is damaged, is named."""
+    import uproot
+
+    from b2luca.rootio import PACKED_BRANCH, PACKED_TITLE
+
+    f = tmp_path / "bad.root"
+    with uproot.recreate(f) as out:
+        tree = out.mktree("cdc", {PACKED_BRANCH: np.dtype((np.uint8, (5,)))}, title=PACKED_TITLE + "event/L")
+        tree.extend({PACKED_BRANCH: np.zeros((2, 5), np.uint8)})
+        tree = out.mktree("svd", {PACKED_BRANCH: np.dtype((np.uint8, (8,)))}, title=PACKED_TITLE + "event/Q")
+        tree.extend({PACKED_BRANCH: np.zeros((2, 8), np.uint8)})
+    with pytest.raises(RootReadError, match=r"bad\.root: tree 'cdc': corrupt rows .*expected \(n, 8\) bytes"):
+        read_trees(f, {"cdc": None})
+    with pytest.raises(RootReadError, match=r"bad\.root: tree 'svd': corrupt column list .*'event/Q'"):
+        read_trees(f, {"svd": ["event"]})
+
+
+def test_truncated_file_is_named(tmp_path):
+    """A file cut short (a copy that died half-way) names the file instead of returning partial tables."""
+    f = tmp_path / "cut.root"
+    write_trees(f, {"hits": {"x": np.random.default_rng(2).normal(size=5000)}})
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(RootReadError, match=r"cut\.root: cannot read trees \['hits'\]"):
+        read_trees(f, {"hits": None})

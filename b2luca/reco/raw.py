@@ -1,6 +1,7 @@
 """Raw-data file layout of the toy detector and :func:`read_raw`.
 
-One ROOT file (written with uproot) holds flat TTrees, one row per hit; ``event`` numbers a run's
+One ROOT file (written with uproot) holds flat tables, one row per hit (each a packed-table TTree, see
+:mod:`b2luca.rootio`; the table below lists each table's columns); ``event`` numbers a run's
 events, ``cand`` is the index of the track candidate inside the event as an idealised (MC-matched)
 track finder would give it -- the raw data carry no true positions or parameters.
 
@@ -61,17 +62,6 @@ def write_raw(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str, n
     write_trees(path, columns)
 
 
-def _has_tree(path: Path, tree: str) -> bool:
-    """Whether the ROOT file holds ``tree`` (an unreadable file answers True: read_trees then names the problem)."""
-    import uproot
-
-    try:
-        with uproot.open(path) as src:
-            return tree in src
-    except Exception:  # noqa: BLE001 - reported by read_trees with the file name
-        return True
-
-
 def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]") -> dict[str, dict[str, np.ndarray]]:
     """Read and concatenate raw files (or directories: all ``*.root`` below, sorted).
 
@@ -89,7 +79,7 @@ def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]")
     offset = 0
     for f in files:
         try:
-            data = read_trees(f, {t: b for t, b in RAW_BRANCHES.items() if t not in OPTIONAL_TREES or _has_tree(f, t)})
+            data = read_trees(f, RAW_BRANCHES, optional=OPTIONAL_TREES)
         except RootReadError as exc:
             raise RawDataError(f"{exc} (not a usable raw file)") from exc
         for t in OPTIONAL_TREES:
