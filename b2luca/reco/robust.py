@@ -59,6 +59,31 @@ def subset_measurements(meas: Measurements, tracks: np.ndarray) -> Measurements:
     return dataclasses.replace(meas, track_key=meas.track_key[tracks], track=remap[meas.track[keep]], **cols)
 
 
+def fit_bisecting(meas: Measurements, constants: Constants, *, chunk: int, n_iter: int, scattering: bool,
+                  mass: "float | np.ndarray | None" = None) -> list[tuple[np.ndarray, FitResult]]:
+    """``[(candidate indices, FitResult)]`` of ``meas`` fitted in chunks of ``chunk``; a chunk whose fit fails
+    (singular system, non-finite values) is bisected until only the offending candidates are left out.
+    ``mass``: the scattering hypothesis per candidate (or a scalar); None: the fit's default."""
+    masses = None if mass is None else np.broadcast_to(np.asarray(mass, float), (meas.n_tracks,))
+
+    def fit(idx: np.ndarray) -> list[tuple[np.ndarray, FitResult]]:
+        sub = subset_measurements(meas, idx)
+        extra = {} if masses is None else {"mass": masses[idx]}
+        try:
+            with np.errstate(all="ignore"):
+                return [(idx, fit_tracks(sub, constants, n_iter=n_iter, scattering=scattering, **extra))]
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            if idx.size == 1:
+                return []
+            half = idx.size // 2
+            return fit(idx[:half]) + fit(idx[half:])
+
+    parts: list[tuple[np.ndarray, FitResult]] = []
+    for start in range(0, meas.n_tracks, chunk):
+        parts += fit(np.arange(start, min(start + chunk, meas.n_tracks)))
+    return parts
+
+
 def fit_robust(meas: Measurements, constants: Constants, *, chunk: int = 1000,
                row_keys: tuple[str, ...] = ("residual",), scattering: bool = FIT_SCATTERING,
                n_iter: int = FIT_ITERATIONS) -> RobustFit:
@@ -69,20 +94,7 @@ def fit_robust(meas: Measurements, constants: Constants, *, chunk: int = 1000,
     if unknown:
         raise ValueError(f"fit_robust: unknown row key(s) {unknown}; known: {', '.join(ROW_KEYS)}")
 
-    def fit(idx: np.ndarray) -> list[tuple[np.ndarray, FitResult]]:
-        sub = subset_measurements(meas, idx)
-        try:
-            with np.errstate(all="ignore"):
-                return [(idx, fit_tracks(sub, constants, n_iter=n_iter, scattering=scattering))]
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-            if idx.size == 1:
-                return []
-            half = idx.size // 2
-            return fit(idx[:half]) + fit(idx[half:])
-
-    parts: list[tuple[np.ndarray, FitResult]] = []
-    for start in range(0, meas.n_tracks, chunk):
-        parts += fit(np.arange(start, min(start + chunk, meas.n_tracks)))
+    parts = fit_bisecting(meas, constants, chunk=chunk, n_iter=n_iter, scattering=scattering)
     idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     cat = {k: np.concatenate([getattr(p[1], k) for p in parts]) if parts else np.zeros(0)
            for k in _TRACK_KEYS + tuple(row_keys)}

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import helix as H
-from .fit import MUON_MASS, FitResult, fit_tracks
+from .fit import MUON_MASS, FitResult
 from .measurements import Constants, Measurements
-from .robust import subset_measurements
+from .robust import fit_bisecting, subset_measurements
 
 __all__ = ["BeamSpotConstraint", "TrackModel", "beam_spot_rows", "fit_track_model"]
 
@@ -170,24 +170,9 @@ def fit_track_model(meas: Measurements, constants: Constants, *, mass: float | n
 
     ``mass``: particle hypothesis of the scattering widths (scalar or per candidate).  Chunks of ``chunk``
     candidates are fitted at once; a chunk whose fit fails is bisected so that only the offending
-    candidates are dropped (counted in ``failed``), as :func:`b2luca.reco.robust.fit_robust` does.
+    candidates are dropped (counted in ``failed``): :func:`b2luca.reco.robust.fit_bisecting`.
     Candidates with non-finite parameters, covariance or chi2 are dropped too."""
-    mass_all = np.broadcast_to(np.asarray(mass, float), (meas.n_tracks,))
-
-    def fit(idx: np.ndarray) -> list[tuple[np.ndarray, FitResult]]:
-        sub = subset_measurements(meas, idx)
-        try:
-            with np.errstate(all="ignore"):
-                return [(idx, fit_tracks(sub, constants, mass=mass_all[idx], n_iter=n_iter, scattering=scattering))]
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-            if idx.size == 1:
-                return []
-            half = idx.size // 2
-            return fit(idx[:half]) + fit(idx[half:])
-
-    parts: list[tuple[np.ndarray, FitResult]] = []
-    for start in range(0, meas.n_tracks, chunk):
-        parts += fit(np.arange(start, min(start + chunk, meas.n_tracks)))
+    parts = fit_bisecting(meas, constants, chunk=chunk, n_iter=n_iter, scattering=scattering, mass=mass)
     pieces = []
     for idx, fr in parts:
         ok = (np.all(np.isfinite(fr.params), axis=1) & np.all(np.isfinite(fr.cov), axis=(1, 2))
