@@ -8,8 +8,6 @@ the common frame of the fit) within the statistical errors, and the PXD shift be
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,42 +22,19 @@ EVENTS = {"mumu_tight_or_highm_calib": 500, "cosmic_calib": 200}
 READ = {"mumu_tight_or_highm_calib.max_processed_events_per_file": 500}
 
 
-@dataclass
-class Bucket:
-    """The moved bucket (the interface of conftest's Bucket that make_job uses)."""
-
-    data_dir: Path
-    conditions_dir: Path
-    names: dict[str, str]
-
-    def raw_entries(self, tag: str) -> list[tuple[Path, ExpRun]]:
-        return [(p, ExpRun(EXP, run)) for run in RUNS
-                for p in sorted((self.data_dir / f"e{EXP:04d}" / f"r{run:05d}" / tag).glob("*.root"))]
-
-    def db(self, role: str) -> LocalDatabase:
-        return LocalDatabase(self.conditions_dir / self.names[role])
-
-    @property
-    def truth(self) -> DatabaseChain:
-        return DatabaseChain([self.db("truth")])
-
-    @property
-    def iov(self) -> IoV:
-        return IoV(EXP, min(RUNS), EXP, max(RUNS))
-
-
 @pytest.fixture(scope="module")
-def moved(tmp_path_factory) -> Bucket:
+def moved(tmp_path_factory, bucket):
+    """The moved bucket, as conftest's Bucket (the type of the session's ``bucket``)."""
     from b2luca.sim import simulate_bucket
 
     root = tmp_path_factory.mktemp("moved")
     s = simulate_bucket(bucket="moved", experiment=EXP, runs=RUNS, seed=1414, events=EVENTS, data_dir=root / "raw",
                         conditions_dir=root / "conditions",
                         movements=[{"part": "PXD", "from_run": 5, "shift_um": SHIFT_UM.tolist()}])
-    return Bucket(root / "raw", root / "conditions", dict(s.global_tags))
+    return type(bucket)(root / "raw", root / "conditions", dict(s.global_tags), list(RUNS))
 
 
-def _align(bucket: Bucket, tmp_path, overrides: dict, make_job, load):
+def _align(bucket, tmp_path, overrides: dict, make_job, load):
     cal = load("vxdcdc_alignment")
     t0db = LocalDatabase(tmp_path / "t0").create()
     t0db.store("CDCTimeZeros", bucket.truth.read("CDCTimeZeros", ExpRun(EXP, 4)), IoV(0, 0, -1, -1))
@@ -74,7 +49,7 @@ def _global_shift_um(geom, params: np.ndarray) -> np.ndarray:
     return 1e3 * np.einsum("sij,sj->si", geom.rot, params[:, :3])
 
 
-def _check_positions(job, bucket: Bucket, summary: dict) -> None:
+def _check_positions(job, bucket, summary: dict) -> None:
     """Two IoVs; each interval's PXD positions recovered as well as the static alignment does (the overall frame
     and weak modes of the fit are common to both intervals and removed by comparing with the SVD); the PXD step
     between the intervals equals the injected 30 um within its statistical error (the per-run monitor's error of
