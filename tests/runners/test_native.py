@@ -26,6 +26,8 @@ SCRIPT = textwrap.dedent('''
             raise RuntimeError("asked to fail")
         upstream = job.database_chain.read("Upstream", job.requested_iov.first)["value"]
         n = sum(len(v) for v in job.input_files.values())
+        from threadpoolctl import threadpool_info
+        job.log.info("blas threads: %s", sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}))
         secrets = [k for k in os.environ if "TOKEN" in k]
         job.log.info("env secrets visible: %s", secrets)
         job.output_db.store("CountFiles", {"n": np.array([n * job.expert_config["scale"]]),
@@ -33,7 +35,7 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _setup(tmp_path, expert_config):
+def _setup(tmp_path, expert_config, backend_args=None):
     script = tmp_path / "calibrations" / "count_files.py"
     script.parent.mkdir()
     script.write_text(SCRIPT)
@@ -45,7 +47,7 @@ def _setup(tmp_path, expert_config):
     LocalDatabase(tmp_path / "conditions" / "nominal").store("Upstream", {"value": np.array([7.0])}, IoV.always())
     work = tmp_path / "work"
     work.mkdir()
-    caf = {"caf_script": str(script), "database_chain": ["nominal"], "backend_args": {},
+    caf = {"caf_script": str(script), "database_chain": ["nominal"], "backend_args": backend_args or {},
            "requested_iov": [26, 1, 26, 8], "expert_config": expert_config,
            "testing_payloads": str(prompt.database_txt),
            "b2luca": {"conditions_directory": str(tmp_path / "conditions")}}
@@ -74,3 +76,15 @@ def test_native_runner_failure_keeps_traceback(tmp_path):
     result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")
     assert not result.ok and result.returncode == 1
     assert "RuntimeError: asked to fail" in log_tail(result.log_path)
+
+
+def test_native_runner_gives_blas_the_calibrations_cpus(tmp_path, monkeypatch):
+    """BLAS threads = the calibration's cpus (1 by default), whatever the environment asks: side-by-side
+    processes must not spin threads for cores they do not hold, and a batch job computes like a local run."""
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    for cpus, expected in ((None, "[1]"), (2, "[2]")):
+        (tmp_path / str(cpus)).mkdir()
+        work = _setup(tmp_path / str(cpus), {"scale": 1.0, "fail": False}, {} if cpus is None else {"cpus": cpus})
+        result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "cal.log")
+        assert result.ok, log_tail(result.log_path)
+        assert f"blas threads: {expected}" in result.log_path.read_text()
