@@ -201,6 +201,9 @@ def _calibrate(job) -> None:
     if auto not in AUTO_MODES:
         raise ValueError(f"{settings.name}: expert_config key 'auto_boundaries': expected one of {AUTO_MODES}, "
                          f"got {auto!r}")
+    from calibrations.validations.vxdcdc_alignment import mode_requirements
+
+    mode_requirements(cfg.get("max_weak_mode_error"))  # a bad requirement: one clear error before the fit
     # start from the alignment in force before this bucket, never from this calibration's own earlier result
     # (a --rerun must reproduce the first run, not iterate on it)
     chain = job.database_chain.without_bucket_results(settings.produced_payloads)

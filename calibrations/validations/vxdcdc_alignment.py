@@ -358,7 +358,10 @@ def precision_checks(errors: dict[str, float], required: dict[str, float],
         out.figures[f"weak_{name}_error"] = float(e)
         out.figures[f"weak_{name}_max_error"] = req
         out.precision[name] = (float(e), req)
-        if not e <= req:
+        if not math.isfinite(e):
+            over.append(f"weak mode {name}: statistical error undefined (nothing fixes the mode), required at "
+                        f"most {req:g} {unit}")
+        elif not e <= req:
             over.append(f"weak mode {name}: statistical error {e:.3g} {unit} above the required {req:g} {unit}")
     out.figures["weak_modes_above_max_error"] = float(len(over))
     ratios = [e / r for e, r in out.precision.values()]
@@ -594,8 +597,12 @@ def _plot(truth: CheckResult | None, data: CheckResult | None, n_bins: int, prec
         err = np.array([precision.precision[n][0] for n in names])
         req = np.array([precision.precision[n][1] for n in names])
         x = np.arange(len(names))
-        ax[6].bar(x, np.where(np.isfinite(err), err / req, 0.0), 0.6,
+        finite = np.isfinite(err)
+        ratio = np.where(finite, err / req, 100.0)  # undefined errors (nothing fixes the mode): drawn at 100
+        ax[6].bar(x, np.maximum(ratio, 1e-3), 0.6,
                   color=["C3" if not e <= r else "C0" for e, r in zip(err, req)])
+        for i in np.flatnonzero(~finite):
+            ax[6].text(x[i], 100.0, "undefined", rotation=90, fontsize=6, ha="center", va="bottom")
         ax[6].axhline(1.0, color="k", ls="--", label="largest acceptable error (max_weak_mode_error)")
         ax[6].set_yscale("log")
         ax[6].set_xticks(x, [f"{n.replace('_um', '').replace('_urad', '')} ({r:g})" for n, r in zip(names, req)],
@@ -794,6 +801,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     plots = [save_figure(_plot(truth_res, data_res, n_bins, precision_res), "vxdcdc_alignment.png"),
              write_csv("vxdcdc_alignment.csv", rows)] + trend_plots
     note = "" if any(with_truth) else \
-        " (no truth -- reference_global_tag absent: data-only checks only: overlap residuals, d0, chi2/ndf)"
+        " (no truth -- reference_global_tag absent: data-only checks only: overlap residuals, d0, chi2/ndf, " \
+        "mode precision)"
     message = ("OK" if not reasons else "; ".join(reasons)) + note
     return Verdict(passed=not reasons, figures=figures, plots=plots, message=message)

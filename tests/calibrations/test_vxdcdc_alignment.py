@@ -173,3 +173,13 @@ def test_without_cosmics_the_validation_fails_for_precision(bucket, job_factory,
     assert f["weak_modes_above_max_error"] >= 1
     assert f["weak_vxd_telescope_um_error"] > f["weak_vxd_telescope_um_max_error"]
 
+
+
+def test_bad_precision_requirement_is_one_clear_error_before_the_fit(bucket, job_factory, script, tmp_path):
+    cal = script("vxdcdc_alignment")
+    job = job_factory(cal, bucket, tmp_path / "job", {n: bucket.raw_entries(n) for n in cal.settings.input_data_names},
+                      overrides={"max_weak_mode_error": {"cdc_banana_um": 1.0, "vxd_weak_um": 0}})
+    with pytest.raises(ValueError, match=r"VXDCDCAlignment: max_weak_mode_error.cdc_banana_um: not a mode family .*"
+                                         r"max_weak_mode_error.vxd_weak_um: expected a positive number"):
+        cal.calibrate(job)
+    assert not job.output_db.exists() or not list(job.output_db.entries())  # nothing half-written

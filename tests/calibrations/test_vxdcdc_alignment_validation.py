@@ -288,7 +288,7 @@ def test_precision_check_just_below_and_above_the_requirement(val, factor, fails
 def test_precision_check_fails_an_unpinned_mode_and_skips_undetermined_ones(val):
     req = val.mode_requirements()
     res = val.precision_checks({"vxd_telescope_um": float("nan")}, req, {"cosmic_calib": 500})
-    assert len(res.reasons) == 1 and res.reasons[0].startswith("weak mode vxd_telescope_um: statistical error nan")
+    assert len(res.reasons) == 1 and res.reasons[0].startswith("weak mode vxd_telescope_um: statistical error undefined")
     assert "add cosmics" not in res.reasons[0]  # cosmics were used: more tracks of the pinning samples
     # a mode the parameters do not determine has no error: "not enough data" (truth_checks), no precision verdict
     assert "weak_vxd_tx_um_error" not in res.figures
