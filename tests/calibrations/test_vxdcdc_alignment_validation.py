@@ -280,15 +280,16 @@ def test_precision_check_just_below_and_above_the_requirement(val, factor, fails
         assert not res.reasons
         return
     [reason] = res.reasons
-    assert reason.startswith(f"weak mode cdc_tx_um: statistical error {factor * req['cdc_tx_um']:.3g} um above the "
-                             f"required {req['cdc_tx_um']:g} um: the track-sample mix does not pin it")
+    assert reason.startswith(f"weak modes known less precisely than required (cdc_tx_um error "
+                             f"{factor * req['cdc_tx_um']:.3g} um > required {req['cdc_tx_um']:g} um): the track-sample "
+                             f"mix does not pin them")
     assert "cosmic_calib 0" in reason and "add cosmics" in reason
 
 
 def test_precision_check_fails_an_unpinned_mode_and_skips_undetermined_ones(val):
     req = val.mode_requirements()
     res = val.precision_checks({"vxd_telescope_um": float("nan")}, req, {"cosmic_calib": 500})
-    assert len(res.reasons) == 1 and res.reasons[0].startswith("weak mode vxd_telescope_um: statistical error undefined")
+    assert len(res.reasons) == 1 and "(vxd_telescope_um error undefined (nothing fixes it) > required" in res.reasons[0]
     assert "add cosmics" not in res.reasons[0]  # cosmics were used: more tracks of the pinning samples
     # a mode the parameters do not determine has no error: "not enough data" (truth_checks), no precision verdict
     assert "weak_vxd_tx_um_error" not in res.figures
