@@ -305,3 +305,15 @@ def test_mode_errors_are_the_truth_checks_errors(val, truth):
     e_cdc = E_CDC.copy()
     e_cdc[:, 2] = np.nan  # no CDC dphi fitted: the modes living in dphi are not determined, so not checked
     assert not {"cdc_rz_urad", "cdc_twist_urad", "cdc_tz_um"} & set(val.mode_errors(E_VXD, e_cdc, None, G))
+
+
+def test_requirement_is_settable_in_the_bucket_yaml(val):
+    """The validation reads the calibration's expert_config: the calibration declares the key (empty: the
+    validation's defaults), so a bucket YAML may loosen or tighten a family under VXDCDCAlignment."""
+    import calibrations.vxdcdc_alignment as cal
+    from b2luca.config_checks import expert_config_problems
+
+    block = {"VXDCDCAlignment": {"max_weak_mode_error": {"cdc_weak_um": 60.0}}}
+    assert expert_config_problems("bucket.yaml", block, {"VXDCDCAlignment": cal.settings.expert_config}) == []
+    merged = {**val.settings.expert_config, **cal.settings.expert_config}  # what run_validation sees by default
+    assert val.mode_requirements(merged["max_weak_mode_error"]) == val.mode_requirements()
