@@ -103,7 +103,11 @@ default_config = {"cosmic_calib.max_processed_events_per_file": 150,
                   "auto_boundaries_parts": ["PXD", "SVD"],
                   "auto_boundaries_reference": "CDC",
                   "auto_boundaries_k_sigma": 5.0,
-                  "auto_boundaries_min_jump_um": 5.0}
+                  "auto_boundaries_min_jump_um": 5.0,
+                  # the validation's precision requirement: largest acceptable statistical error of each global /
+                  # weak mode amplitude [um / urad], per mode family or mode name, on top of the validation's
+                  # defaults (calibrations/validations/vxdcdc_alignment.py, MODE_FAMILIES); {}: those defaults
+                  "max_weak_mode_error": {}}
 
 #: Tells the automated system some details of this script
 settings = CalibrationSettings(name="VXDCDCAlignment",
@@ -197,6 +201,9 @@ def _calibrate(job) -> None:
     if auto not in AUTO_MODES:
         raise ValueError(f"{settings.name}: expert_config key 'auto_boundaries': expected one of {AUTO_MODES}, "
                          f"got {auto!r}")
+    from calibrations.validations.vxdcdc_alignment import mode_requirements
+
+    mode_requirements(cfg.get("max_weak_mode_error"))  # a bad requirement: one clear error before the fit
     # start from the alignment in force before this bucket, never from this calibration's own earlier result
     # (a --rerun must reproduce the first run, not iterate on it)
     chain = job.database_chain.without_bucket_results(settings.produced_payloads)
@@ -382,6 +389,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
                                  size=(float(NOMINAL_BEAMSPOT_SIZE[0]), float(NOMINAL_BEAMSPOT_SIZE[1])),
                                  labels=BEAM_SPOT_LABELS) if cfg["beam_spot_constraint"] else None)
         records, per_file, used, chi2s = [], [], 0, []
+        used_by_sample = dict.fromkeys(collection_names, 0)
         for name, er, raw in raws:
             t0 = time.perf_counter()
             recs, n, c2 = mille_records(raw, consts[_key(translator, er)], cfg, name, beam_spot=bs)
@@ -392,6 +400,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
                 records.append(recs)
                 per_file.append((er, recs, name))
                 used += n
+                used_by_sample[name] = used_by_sample.get(name, 0) + int(n)
                 chi2s.append(c2)
             timing["label_translation"] += time.perf_counter() - t1
         if not records:
@@ -431,6 +440,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
                                 beam_position=beam.copy())
         shifts = np.abs(result.corrections[(result.labels % 10) <= 3])  # translations (VXD du,dv,dw; CDC dx,dy)
         step = {"iteration": iteration + 1, "tracks": used, "unfitted_labels": int(unfitted.size), "dropped_hits": dropped,
+                "tracks_by_sample": used_by_sample,
                 "median_chi2_ndf": float(np.median(np.concatenate(chi2s))),
                 "solver_chi2_ndf": float(result.chi2_ndf),
                 "beam_spot_xy_um": [1e3 * float(beam[0]), 1e3 * float(beam[1])], "max_shift_um": 1e3 * float(shifts.max(initial=0.0)),

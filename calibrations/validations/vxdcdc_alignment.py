@@ -27,7 +27,40 @@ enough data" (a figure, no verdict).  A time-dependent result is checked interva
 truth of its own first run (figures prefixed ``e<exp>r<run>_``).  The covariance comes from
 ``vxdalignment_cov.npz``, written by the calibration beside its payloads.
 
-Always (data-only; on real data these are the only checks and the verdict says so), on di-muon events
+Precision requirement (needs no truth: checked on real data too).  A result can be consistent with the truth and
+still useless: without cosmics the modes they pin are known only to several times their error with cosmics, the
+pulls stay ~1 and every check above passes.  So the statistical error of every mode amplitude
+(:func:`mode_errors`: the same joint projection, from the covariance file) must be at most its requirement,
+``max_weak_mode_error`` per family of :data:`MODE_FAMILIES` (or per mode name; an alignment whose weak mode is
+known only to +-50 um is not usable for physics).  The modes above it fail with one reason naming each mode,
+its error and its requirement, and the tracks used per sample ("add cosmics" when there were none); a mode the
+fitted parameters do not determine stays "not enough data" (no error, no precision verdict); an undefined
+error (nothing fixes the mode, e.g. no frame constraints) fails.  Defaults [um / urad] and the largest error of
+each family they were set against (seed 20261124, 8 runs): the demo (``b2luca run configs/demo.yaml``, reading
+600/400/120 di-muon/cosmic/hadron events per file), the small test buckets (150 cosmics per run; run as
+``benchmarks/alignment_seed_study.py`` does) and the demo with ``cosmic_calib.max_processed_events_per_file: 0``:
+
+======================  =======  ==================  ==================  ==========================
+family                  default  demo                test buckets        demo without cosmics
+======================  =======  ==================  ==================  ==========================
+``vxd_translation_um``  5        1.2 (tz)            1.4 (tz)            **12.8** (tz)
+``vxd_rotation_urad``   50       6.0 (rx)            6.1 (rx)            7.8 (rz)
+``vxd_weak_um``         8        1.1 (telescope)     1.5 (telescope)     **18.5** (telescope)
+``vxd_weak_urad``       50       6.2 (clamshell)     7.9 (clamshell)     16.8 (clamshell)
+``cdc_translation_um``  15       5.4 (tz)            6.5 (tz)            **41.1** (tz)
+``cdc_rotation_urad``   10       2.6 (rz)            3.4 (twist)         **23.8** (twist)
+``cdc_weak_um``         30       16.3 (sagitta x)    16.4 (sagitta x)    22.2 (sagitta x)
+======================  =======  ==================  ==================  ==========================
+
+Scales: 50 urad is ~7 um at the outer SVD layer (r = 135 mm); 10 urad is ~11 um at the outer CDC layer (1111
+mm).  The rotations, the VXD urad modes and the CDC sagitta are not pinned by the cosmics in particular (their
+requirement is a physics bound, not a separator); the z translations, the VXD telescope and the CDC twist are:
+without cosmics they miss the requirement by 2.4-2.7x, and the demo's worst mode uses 0.54 of its own.  The
+2-run calibration test buckets know the CDC modes less well (with cosmics: CDC tz 12.9 um, sagitta 51 um) and
+set looser ``cdc_translation_um`` / ``cdc_weak_um`` explicitly in their expert_config.
+
+Always (data-only; on real data these and the precision requirement are the only checks and the verdict says
+so), on di-muon events
 refitted with the constants in force before and with the new alignment:
 
 * track chi2/ndf: the median must not get worse;
@@ -65,7 +98,16 @@ settings = ValidationSettings(name="VXDCDCAlignment",
                               expert_config={"family_false_failure_rate": 0.003,
                                              "pull_tolerance_sigma": None, "weak_mode_tolerance_sigma": None,
                                              "validation_tracks": 1000, "d0_phi_bins": 8,
-                                             "min_overlap_hits": 3, "min_pulls": 10})
+                                             "min_overlap_hits": 3, "min_pulls": 10,
+                                             # largest acceptable statistical error of a mode amplitude, per
+                                             # family of MODE_FAMILIES (or per mode name) [um / urad]
+                                             "max_weak_mode_error": {"vxd_translation_um": 5.0,
+                                                                     "vxd_rotation_urad": 50.0,
+                                                                     "vxd_weak_um": 8.0,
+                                                                     "vxd_weak_urad": 50.0,
+                                                                     "cdc_translation_um": 15.0,
+                                                                     "cdc_rotation_urad": 10.0,
+                                                                     "cdc_weak_um": 30.0}})
 
 #: written by calibrations/vxdcdc_alignment.py beside its payloads (the full covariance per interval)
 COV_FILE = "vxdalignment_cov.npz"
@@ -74,6 +116,18 @@ COV_FILE = "vxdalignment_cov.npz"
 DATA_CHECKS = 5
 #: fewer parameters with an error than this in a pull group: "not enough data" (no verdict from that group)
 MIN_PULLS = 10
+
+#: families of :data:`b2luca.alignment.weak_modes.MODE_NAMES` for the precision requirement
+#: (``max_weak_mode_error``: one figure per family, or per mode name)
+MODE_FAMILIES = {"vxd_translation_um": ("vxd_tx_um", "vxd_ty_um", "vxd_tz_um"),
+                 "vxd_rotation_urad": ("vxd_rx_urad", "vxd_ry_urad", "vxd_rz_urad"),
+                 "vxd_weak_um": ("vxd_radial_expansion_um", "vxd_telescope_um", "vxd_bowing_um", "vxd_elliptical_um"),
+                 "vxd_weak_urad": ("vxd_curl_urad", "vxd_twist_urad", "vxd_clamshell_urad"),
+                 "cdc_translation_um": ("cdc_tx_um", "cdc_ty_um", "cdc_tz_um"),
+                 "cdc_rotation_urad": ("cdc_rz_urad", "cdc_twist_urad"),
+                 "cdc_weak_um": ("cdc_sagitta_x_um", "cdc_sagitta_y_um")}
+
+_MODE_FAMILY = {mode: fam for fam, modes in MODE_FAMILIES.items() for mode in modes}
 
 #: pull groups: name -> (detector, parameter columns)
 PULL_GROUPS = {"vxd_du": ("vxd", (0,)), "vxd_dv": ("vxd", (1,)), "vxd_dw": ("vxd", (2,)),
@@ -105,6 +159,7 @@ class CheckResult:
     pulls: dict[str, np.ndarray] = field(default_factory=dict)  # truth checks: pulls per group
     weak_after: Projection | None = None  # truth checks: modes of fitted - true
     weak_before: Projection | None = None  # truth checks: modes of (constants before) - true
+    precision: dict[str, tuple[float, float]] = field(default_factory=dict)  # mode -> (error, largest allowed)
     before: TrackSample | None = None  # data checks: refit with the constants in force before
     after: TrackSample | None = None  # data checks: refit with the new alignment
 
@@ -254,6 +309,75 @@ def determined_modes(delta: np.ndarray, errors: np.ndarray, geom) -> tuple[str, 
         if np.linalg.matrix_rank(m[:, kept + [j]], tol=1e-8) == len(kept) + 1:
             kept.append(j)
     return tuple(MODE_NAMES[j] for j in kept)
+
+
+# --- precision requirement -------------------------------------------------------------------------
+def mode_requirements(overrides=None) -> dict[str, float]:
+    """The largest acceptable statistical error of each mode of :data:`b2luca.alignment.weak_modes.MODE_NAMES`
+    [its unit, um or urad]: the family figures of ``settings.expert_config["max_weak_mode_error"]``, updated by
+    ``overrides`` (keys: a family of :data:`MODE_FAMILIES` or a mode name; a mode name wins over its family).
+
+    Raises ValueError naming every unknown key and every value that is not a positive number."""
+    defaults = settings.expert_config["max_weak_mode_error"]
+    given = dict(overrides or {})
+    problems = [f"max_weak_mode_error.{key}: not a mode family ({', '.join(MODE_FAMILIES)}) or mode name"
+                for key in given if key not in MODE_FAMILIES and key not in _MODE_FAMILY]
+    problems += [f"max_weak_mode_error.{key}: expected a positive number [um or urad], got {value!r}"
+                 for key, value in given.items() if isinstance(value, bool) or not isinstance(value, (int, float))
+                 or not value > 0]
+    if problems:
+        raise ValueError(f"{settings.name}: " + "; ".join(problems))
+    family = {**defaults, **{k: v for k, v in given.items() if k in MODE_FAMILIES}}
+    return {name: float(given.get(name, family[fam])) for name, fam in _MODE_FAMILY.items()}
+
+
+def mode_errors(err_vxd: np.ndarray, err_cdc: np.ndarray, cov: np.ndarray | None, geom) -> dict[str, float]:
+    """Statistical error of each mode amplitude that the parameters with an error determine (the others are
+    left out: "not enough data"), fitted jointly as in :func:`truth_checks`; from ``cov`` (packed layout) when
+    given, else from the diagonal errors.  Needs no truth: the error of an amplitude does not depend on it."""
+    from b2luca.alignment.weak_modes import parameter_layout, project
+
+    errors = parameter_layout(geom).pack(np.asarray(err_vxd, float), np.asarray(err_cdc, float))
+    zero = np.zeros_like(errors)
+    names = determined_modes(zero, errors, geom)
+    if not names:
+        return {}
+    with np.errstate(invalid="ignore"):  # modes nothing pins (no frame constraints): variance < 0 -> NaN
+        p = project(zero, errors, cov=cov, names=names, geom=geom)
+    return {n: float(e) for n, e in zip(p.names, p.error)}
+
+
+def precision_checks(errors: dict[str, float], required: dict[str, float],
+                     tracks_by_sample: dict[str, int] | None = None) -> CheckResult:
+    """Each mode amplitude's statistical error (``errors``, e.g. :func:`mode_errors`) must be at most its
+    requirement (``required``, :func:`mode_requirements`): an alignment whose weak mode is known only to
+    +-50 um is not usable for physics, even if it is statistically consistent with the truth.  A mode without
+    an error (not determined) is not checked here; a NaN error (nothing pins the mode) fails.
+    ``tracks_by_sample``: tracks the calibration used per collection, named in the failure reason."""
+    out = CheckResult()
+    over = []
+    for name, e in errors.items():
+        req = required[name]
+        unit = name.rsplit("_", 1)[1]
+        out.figures[f"weak_{name}_error"] = float(e)
+        out.figures[f"weak_{name}_max_error"] = req
+        out.precision[name] = (float(e), req)
+        if not math.isfinite(e):
+            over.append(f"{name} error undefined (nothing fixes it) > required {req:g} {unit}")
+        elif not e <= req:
+            over.append(f"{name} error {e:.3g} {unit} > required {req:g} {unit}")
+    out.figures["weak_modes_above_max_error"] = float(len(over))
+    ratios = [e / r for e, r in out.precision.values()]
+    out.figures["weak_mode_worst_error_over_max"] = float(np.max(ratios)) if ratios else math.nan
+    if over:
+        samples = tracks_by_sample or {}
+        used = ", ".join(f"{n} {c}" for n, c in samples.items()) if samples else "unknown"
+        hint = "add cosmics (cosmic_calib: tracks through both halves, off the IP)" \
+            if samples and not samples.get("cosmic_calib") else \
+            "add tracks of the samples that pin them (cosmics, off-IP tracks)"
+        out.reasons.append(f"weak modes known less precisely than required ({', '.join(over)}): the track-sample "
+                           f"mix does not pin them (tracks used: {used}); {hint}")
+    return out
 
 
 # --- data-only checks -------------------------------------------------------------------------------
@@ -466,12 +590,31 @@ def data_checks(before: TrackSample, after: TrackSample, *, k: float = 3.0, n_bi
 
 
 # --- plots and the entry point ------------------------------------------------------------------------
-def _plot(truth: CheckResult | None, data: CheckResult | None, n_bins: int):
+def _plot(truth: CheckResult | None, data: CheckResult | None, n_bins: int, precision: CheckResult | None = None):
     from calibrations._common import pyplot
 
     plt = pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
     ax = axes.ravel()
+    if precision is not None and precision.precision:  # the precision requirement
+        names = list(precision.precision)
+        err = np.array([precision.precision[n][0] for n in names])
+        req = np.array([precision.precision[n][1] for n in names])
+        x = np.arange(len(names))
+        finite = np.isfinite(err)
+        ratio = np.where(finite, err / req, 100.0)  # undefined errors (nothing fixes the mode): drawn at 100
+        ax[6].bar(x, np.maximum(ratio, 1e-3), 0.6,
+                  color=["C3" if not e <= r else "C0" for e, r in zip(err, req)])
+        for i in np.flatnonzero(~finite):
+            ax[6].text(x[i], 100.0, "undefined", rotation=90, fontsize=6, ha="center", va="bottom")
+        ax[6].axhline(1.0, color="k", ls="--", label="largest acceptable error (max_weak_mode_error)")
+        ax[6].set_yscale("log")
+        ax[6].set_ylim(top=max(3.0, 3.0 * float(ratio.max())))
+        ax[6].set_xticks(x, [f"{n.replace('_um', '').replace('_urad', '')} ({r:g})" for n, r in zip(names, req)],
+                         rotation=90, fontsize=6)
+        ax[6].set_ylabel("mode error / required (required in um or urad)")
+        ax[6].legend(fontsize=7, loc="upper left")
+    ax[7].axis("off")
     if truth is not None:
         for group, p in truth.pulls.items():
             ax[0].hist(np.clip(p[np.isfinite(p)], -6, 6), bins=48, range=(-6, 6), histtype="step", label=group)
@@ -514,7 +657,7 @@ def _plot(truth: CheckResult | None, data: CheckResult | None, n_bins: int):
         ax[4].set_ylabel("median d0_1 + d0_2 [um]")
         ax[5].set_xlabel("phi0")
         ax[5].set_ylabel("RMS of d0, beam-spot offset removed [um]")
-        for a in ax[2:]:
+        for a in ax[2:6]:
             a.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -583,14 +726,18 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     if rate:
         figures["family_false_failure_rate"] = float(rate)
     reasons: list[str] = []
-    truth_res = data_res = None
+    truth_res = data_res = precision_res = None
     data_er = files[0][1] if files else first_exprun(requested_iov)
     data_run = (data_er.exp, data_er.run)
     firsts = [first for first, _v, _c in intervals]
     data_interval = max((f for f in firsts if f <= data_run), default=firsts[0])  # the one the file belongs to
     summary_path = Path(job_path) / "vxdcdc_alignment_summary.json"
-    frame_runs = [tuple(r) for r in json.loads(summary_path.read_text()).get("frame_runs", [])] \
-        if summary_path.is_file() else []
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    frame_runs = [tuple(r) for r in summary.get("frame_runs", [])]
+    tracks_by_sample = (summary.get("iterations") or [{}])[-1].get("tracks_by_sample")
+    required = mode_requirements(cfg.get("max_weak_mode_error"))
+    figures.update({f"max_error_{fam}": float(required[modes[0]]) for fam, modes in MODE_FAMILIES.items()
+                    if all(required[m] == required[modes[0]] for m in modes)})
 
     def true_params(first):
         tv = truth_or_none(kwargs.get("reference_db"), "VXDAlignment", [*first, -1, -1])
@@ -614,6 +761,11 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         cdc_err = np.asarray(cdc["params_error"], float) if "params_error" in cdc else np.full_like(cdc_fit, np.nan)
         before = load_constants(chain_before, ExpRun(*first))
         cov = read_covariance(job_path, first)
+        # the precision requirement: needs no truth (the errors of the mode amplitudes)
+        prec = precision_checks(mode_errors(err, cdc_err, cov, geom), required, tracks_by_sample)
+        figures.update({f"{tag}{key}": value for key, value in prec.figures.items()})
+        reasons += [where + r for r in prec.reasons]
+        precision_res = precision_res or prec  # the plot shows the first interval
         if has_truth:
             truth = true_params(first)
             if truth is None:
@@ -649,9 +801,10 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     figures.update(trend_figures)
     reasons += trend_reasons
     rows: dict[str, list] = {"quantity": list(figures), "value": list(figures.values())}
-    plots = [save_figure(_plot(truth_res, data_res, n_bins), "vxdcdc_alignment.png"),
+    plots = [save_figure(_plot(truth_res, data_res, n_bins, precision_res), "vxdcdc_alignment.png"),
              write_csv("vxdcdc_alignment.csv", rows)] + trend_plots
     note = "" if any(with_truth) else \
-        " (no truth -- reference_global_tag absent: data-only checks only: overlap residuals, d0, chi2/ndf)"
+        " (no truth -- reference_global_tag absent: data-only checks only: overlap residuals, d0, chi2/ndf, " \
+        "mode precision)"
     message = ("OK" if not reasons else "; ".join(reasons)) + note
     return Verdict(passed=not reasons, figures=figures, plots=plots, message=message)

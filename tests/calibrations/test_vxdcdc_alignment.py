@@ -10,6 +10,12 @@ import pytest
 from b2luca.conditions import DatabaseChain, LocalDatabase, read_payload
 from b2luca.iov import ExpRun, IoV
 
+#: the tiny bucket (2 runs, 400 cosmics, 500 di-muons read) knows the CDC modes less well than the demo-sized
+#: buckets the validation's defaults are set for (with cosmics: CDC tz 12.9 um, sagitta 51 um against 15 / 30):
+#: looser requirements for those two families, set here explicitly; without cosmics the z translations, the VXD
+#: telescope and the CDC twist still miss theirs by > 4x (VXD telescope 52 um against 8)
+TINY_REQUIREMENT = {"max_weak_mode_error": {"cdc_translation_um": 25.0, "cdc_weak_um": 80.0}}
+
 
 def _run(bucket, job_factory, script, tmp_path, **overrides):
     cal = script("vxdcdc_alignment")
@@ -20,7 +26,7 @@ def _run(bucket, job_factory, script, tmp_path, **overrides):
     job = job_factory(cal, bucket, tmp_path / "job", {n: bucket.raw_entries(n) for n in cal.settings.input_data_names},
                       chain=chain, overrides={"cosmic_calib.max_processed_events_per_file": 200,
                                               "mumu_tight_or_highm_calib.max_processed_events_per_file": 250,
-                                              "validation_tracks": 400, **overrides})
+                                              "validation_tracks": 400, **TINY_REQUIREMENT, **overrides})
     import json
 
     cfg = json.loads((job.work_dir / "caf_config.json").read_text())
@@ -70,6 +76,9 @@ def test_alignment_against_truth_and_validation(bucket, job_factory, script, tmp
     assert abs(f["weak_vxd_radial_expansion_um_before"]) > 10
     # a bucket where nothing moves: the per-run monitor proposes no boundary
     assert f["auto_boundaries_proposed"] == "none"
+    # the precision requirement: with cosmics every mode is known well enough (the figures say how well)
+    assert f["weak_modes_above_max_error"] == 0 and f["weak_mode_worst_error_over_max"] < 1.0
+    assert f["weak_cdc_tz_um_error"] < f["weak_cdc_tz_um_max_error"] == f["max_error_cdc_translation_um"]
     # real data: no truth -> the data-only checks, and the verdict says so
     verdict = val.run_validation(*args)
     assert verdict.figures["mode"] == "data-only" and "data-only checks only" in verdict.message
@@ -124,9 +133,9 @@ def test_injected_weak_modes_removed_end_to_end(bucket, job_factory, script, tmp
 
 def test_injected_weak_modes_fail_without_the_frame_constraints(bucket, job_factory, script, tmp_path, monkeypatch):
     """The injected-weak-mode sim aligned without the frame constraints: the overall motion is undetermined,
-    the result is in no defined frame, and the validation fails it (pull widths, weak modes).  (Without the
-    cosmic sample the result still passes, with honestly larger weak-mode errors -- e.g. the CDC x shift
-    ~33 um instead of ~3 um: tests/alignment/test_weak_modes_pinned.py shows the mode errors growing.)"""
+    the result is in no defined frame, and the validation fails it (pull widths, weak modes).  Without the
+    cosmic sample the result stays consistent with the truth but its weak-mode errors grow several-fold: the
+    precision requirement fails it (test_without_cosmics_the_validation_fails_for_precision)."""
     from b2luca.sim import simulate_bucket
 
     root = tmp_path / "bucket"
@@ -143,3 +152,37 @@ def test_injected_weak_modes_fail_without_the_frame_constraints(bucket, job_fact
         verdict = val.run_validation(*args, reference_db=weak_bucket.truth)
     assert not verdict.passed
     assert "pull width" in verdict.message and "weak mode" in verdict.message, verdict.message
+
+
+def test_without_cosmics_the_validation_fails_for_precision(bucket, job_factory, script, tmp_path, monkeypatch):
+    """The same bucket without its cosmic sample: the result stays consistent with the truth (its errors grow
+    honestly), but the modes the cosmics pin (the z translations, the VXD telescope, the CDC twist) are known
+    only to several times the required precision, and the validation fails for that reason alone (with
+    cosmics it passes: test_alignment_against_truth_and_validation)."""
+    job, _vxd, _cdc = _run(bucket, job_factory, script, tmp_path, **{"cosmic_calib.max_processed_events_per_file": 0})
+    monkeypatch.chdir(tmp_path)
+    val = script("validations.vxdcdc_alignment")
+    args = (str(job.work_dir), str(job.work_dir / "input_data.json"), [26, 1, -1, -1], job.expert_config)
+    verdict = val.run_validation(*args, reference_db=bucket.truth)
+    assert not verdict.passed
+    message = verdict.message
+    assert message.startswith("weak modes known less precisely than required (") and \
+        "the track-sample mix does not pin them (tracks used: cosmic_calib 0, " in message, message
+    assert "vxd_telescope_um error" in message and message.endswith("add cosmics (cosmic_calib: tracks through both "
+                                                                     "halves, off the IP)"), message
+    # nothing else fails: the pulls and the mode amplitudes stay within their (larger) errors
+    assert not any(word in message for word in ("pull", "amplitude", "overlap", "d0", "chi2")), message
+    f = verdict.figures
+    assert f["weak_modes_above_max_error"] >= 1
+    assert f["weak_vxd_telescope_um_error"] > f["weak_vxd_telescope_um_max_error"]
+
+
+
+def test_bad_precision_requirement_is_one_clear_error_before_the_fit(bucket, job_factory, script, tmp_path):
+    cal = script("vxdcdc_alignment")
+    job = job_factory(cal, bucket, tmp_path / "job", {n: bucket.raw_entries(n) for n in cal.settings.input_data_names},
+                      overrides={"max_weak_mode_error": {"cdc_banana_um": 1.0, "vxd_weak_um": 0}})
+    with pytest.raises(ValueError, match=r"VXDCDCAlignment: max_weak_mode_error.cdc_banana_um: not a mode family .*"
+                                         r"max_weak_mode_error.vxd_weak_um: expected a positive number"):
+        cal.calibrate(job)
+    assert not job.output_db.exists() or not list(job.output_db.entries())  # nothing half-written

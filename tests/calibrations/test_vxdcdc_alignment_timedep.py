@@ -19,7 +19,10 @@ from b2luca.reco.geometry import nominal_geometry
 EXP, RUNS, SHIFT_UM = 26, [4, 5], np.array([30.0, 0.0, 0.0])
 EVENTS = {"mumu_tight_or_highm_calib": 500, "cosmic_calib": 200}
 #: twice the default di-muons per file: the monitor's jump significance ~10 sigma (5 needed) instead of ~7
-READ = {"mumu_tight_or_highm_calib.max_processed_events_per_file": 500}
+#: this 2-run bucket without hadrons knows the CDC sagitta modes to ~95 um (the demo: ~15 um): a looser
+#: precision requirement for that family, set explicitly (the validation's default is 30 um)
+READ = {"mumu_tight_or_highm_calib.max_processed_events_per_file": 500,
+        "max_weak_mode_error": {"cdc_weak_um": 150.0}}
 
 
 @pytest.fixture(scope="module")

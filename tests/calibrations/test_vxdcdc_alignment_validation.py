@@ -245,3 +245,75 @@ def test_pull_group_with_too_few_parameters_says_not_enough_data(val, truth):
     fc_bad[:5, 2] += 10 * E_CDC[:5, 2]  # even wrong: no verdict from 5 pulls; the other checks still run
     res = val.truth_checks(fv, E_VXD, fc_bad, e_cdc, truth.vxd_params, truth.cdc_params, geom=G)
     assert not any(r.startswith("cdc_dphi") for r in res.reasons) and "vxd_du_pull_width" in res.figures
+
+
+# --- precision requirement: the largest acceptable error of each mode amplitude -----------------------------
+def test_mode_families_cover_every_mode_once(val):
+    listed = [m for modes in val.MODE_FAMILIES.values() for m in modes]
+    assert sorted(listed) == sorted(W.MODE_NAMES)
+    assert set(val.settings.expert_config["max_weak_mode_error"]) == set(val.MODE_FAMILIES)
+
+
+def test_mode_requirements_family_and_mode_overrides(val):
+    default = val.mode_requirements()
+    fam = val.settings.expert_config["max_weak_mode_error"]
+    assert default["cdc_tz_um"] == fam["cdc_translation_um"] and default["vxd_twist_urad"] == fam["vxd_weak_urad"]
+    req = val.mode_requirements({"cdc_translation_um": 40, "cdc_tz_um": 90.0})
+    assert req["cdc_tx_um"] == 40.0 and req["cdc_tz_um"] == 90.0 and req["vxd_tx_um"] == default["vxd_tx_um"]
+    with pytest.raises(ValueError) as err:  # every problem in one message
+        val.mode_requirements({"cdc_banana_um": 1.0, "vxd_weak_um": -2.0, "cdc_twist_urad": "wide"})
+    text = str(err.value)
+    assert "max_weak_mode_error.cdc_banana_um: not a mode family" in text
+    assert "max_weak_mode_error.vxd_weak_um: expected a positive number" in text and "cdc_twist_urad" in text
+
+
+@pytest.mark.parametrize("factor, fails", [(0.98, False), (1.02, True)])
+def test_precision_check_just_below_and_above_the_requirement(val, factor, fails):
+    req = val.mode_requirements()
+    errors = {name: 0.5 * r for name, r in req.items()}
+    errors["cdc_tx_um"] = factor * req["cdc_tx_um"]
+    res = val.precision_checks(errors, req, {"cosmic_calib": 0, "mumu_tight_or_highm_calib": 3000})
+    assert res.figures["weak_cdc_tx_um_max_error"] == req["cdc_tx_um"]
+    assert res.figures["weak_cdc_tx_um_error"] == pytest.approx(factor * req["cdc_tx_um"])
+    assert res.figures["weak_modes_above_max_error"] == float(fails)
+    if not fails:
+        assert not res.reasons
+        return
+    [reason] = res.reasons
+    assert reason.startswith(f"weak modes known less precisely than required (cdc_tx_um error "
+                             f"{factor * req['cdc_tx_um']:.3g} um > required {req['cdc_tx_um']:g} um): the track-sample "
+                             f"mix does not pin them")
+    assert "cosmic_calib 0" in reason and "add cosmics" in reason
+
+
+def test_precision_check_fails_an_unpinned_mode_and_skips_undetermined_ones(val):
+    req = val.mode_requirements()
+    res = val.precision_checks({"vxd_telescope_um": float("nan")}, req, {"cosmic_calib": 500})
+    assert len(res.reasons) == 1 and "(vxd_telescope_um error undefined (nothing fixes it) > required" in res.reasons[0]
+    assert "add cosmics" not in res.reasons[0]  # cosmics were used: more tracks of the pinning samples
+    # a mode the parameters do not determine has no error: "not enough data" (truth_checks), no precision verdict
+    assert "weak_vxd_tx_um_error" not in res.figures
+
+
+def test_mode_errors_are_the_truth_checks_errors(val, truth):
+    """The precision check needs no truth, and its errors are the ones the weak-mode check uses."""
+    res = _check(val, truth, _fitted(truth))
+    errors = val.mode_errors(E_VXD, E_CDC, None, G)
+    assert set(errors) == set(W.MODE_NAMES)
+    for name, e in errors.items():
+        assert e == pytest.approx(res.figures[f"weak_{name}_error"], rel=1e-9)
+    e_cdc = E_CDC.copy()
+    e_cdc[:, 2] = np.nan  # no CDC dphi fitted: the modes living in dphi are not determined, so not checked
+    assert not {"cdc_rz_urad", "cdc_twist_urad", "cdc_tz_um"} & set(val.mode_errors(E_VXD, e_cdc, None, G))
+
+
+def test_requirement_is_settable_in_the_bucket_yaml(val):
+    """The validation reads the calibration's expert_config: the calibration declares the key (empty: the
+    validation's defaults), so a bucket YAML may loosen or tighten a family under VXDCDCAlignment."""
+    import calibrations.vxdcdc_alignment as cal
+    from b2luca.config_checks import expert_config_problems
+
+    block = {"VXDCDCAlignment": {"max_weak_mode_error": {"cdc_weak_um": 60.0}}}
+    assert expert_config_problems("bucket.yaml", block, {"VXDCDCAlignment": cal.settings.expert_config}) == []
+    merged = {**val.settings.expert_config, **cal.settings.expert_config}  # what run_validation sees by default
+    assert val.mode_requirements(merged["max_weak_mode_error"]) == val.mode_requirements()
