@@ -439,9 +439,16 @@ class Assembler:
 
 
 def _unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct values of ``keys`` and the position of each key among them (one stable argsort:
-    cheaper than sorting and then searching every key)."""
-    o = np.argsort(keys, kind="stable")
+    """Sorted distinct values of the block-pair ``keys`` (a·NBIG + b) and the position of each key among them
+    (one stable argsort: cheaper than sorting and then searching every key). Below 65536 blocks the order
+    comes from two stable argsorts of 16-bit halves (b, then a), which numpy does by radix sort (~2.5x
+    faster than sorting the 64-bit keys)."""
+    hi, lo = np.divmod(keys, NBIG)
+    if keys.size and int(hi.max()) < 65536 and int(lo.max()) < 65536:
+        o = np.argsort(lo.astype(np.uint16), kind="stable")
+        o = o[np.argsort(hi.astype(np.uint16)[o], kind="stable")]
+    else:
+        o = np.argsort(keys, kind="stable")
     sk = keys[o]
     first = np.ones(sk.size, bool)
     np.not_equal(sk[1:], sk[:-1], out=first[1:])
