@@ -73,7 +73,8 @@ def potrf_lower(A: np.ndarray) -> tuple[np.ndarray, int]:
     info = ctypes.c_int(0)
     if k:
         _dpotrf(_c("L"), _i(k), _a(L), _i(k), ctypes.byref(info))
-        L[np.triu_indices(k, 1)] = 0.0
+        for j in range(1, k):  # the upper triangle, column by column (contiguous in F order; an index
+            L[:j, j] = 0.0  # array of the k²/2 positions cost as much as the factorisation)
     return L, int(info.value)
 
 
