@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import scipy.linalg.cython_blas as _cblas
 import scipy.linalg.cython_lapack as _clapack
+from threadpoolctl import ThreadpoolController
 
-__all__ = ["potrf_lower", "potri_lower", "run_tree", "symm_left_lower", "syrk_lower_update", "trsm_right_lower"]
+__all__ = ["one_blas_thread", "potrf_lower", "potri_lower", "run_tree", "symm_left_lower", "syrk_lower_update",
+           "trsm_right_lower"]
 
 _P = ctypes.c_void_p
 _get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
@@ -109,6 +111,18 @@ def symm_left_lower(S: np.ndarray, B: np.ndarray, out: np.ndarray) -> np.ndarray
     if r and k:
         _dsymm(_c("L"), _c("L"), _i(r), _i(k), _d(1.0), _a(S), _i(r), _a(B), _i(r), _d(0.0), _a(out), _i(r))
     return out
+
+
+_controller: list[ThreadpoolController] = []
+
+
+def one_blas_thread() -> Any:
+    """Context: BLAS runs single-threaded in every thread (the kernels' round-off then does not depend on the
+    caller's BLAS setting, and worker threads do not oversubscribe the cores). The library scan is done
+    once per process."""
+    if not _controller:
+        _controller.append(ThreadpoolController())
+    return _controller[0].limit(limits=1, user_api="blas")
 
 
 def run_tree(n: int, waits_for: Sequence[int], unlocks: Sequence[Sequence[int]], key: Callable[[int], int],

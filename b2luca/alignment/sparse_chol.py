@@ -55,10 +55,17 @@ import scipy.linalg.blas as blas
 import scipy.sparse as sp
 import scipy.sparse.csgraph as csg
 import scipy.sparse.linalg as spla
-from threadpoolctl import threadpool_limits
 
 from ._arrays import unique_ints
-from ._tree_blas import potrf_lower, potri_lower, run_tree, symm_left_lower, syrk_lower_update, trsm_right_lower
+from ._tree_blas import (
+    one_blas_thread,
+    potrf_lower,
+    potri_lower,
+    run_tree,
+    symm_left_lower,
+    syrk_lower_update,
+    trsm_right_lower,
+)
 
 __all__ = ["SupernodalCholesky", "NotPositiveDefinite", "nested_dissection"]
 
@@ -599,8 +606,9 @@ class SupernodalCholesky:
         # bottom-up: a supernode waits for its children; the lowest ready one first (postorder: the fronts of
         # one path to the root alive at a time per thread)
         parent = self.sn_parent
-        run_tree(self.nsuper, [len(c) for c in self.kids], [[int(p)] if p >= 0 else [] for p in parent],
-                 key=lambda s: s, work=front, threads=nt)
+        with one_blas_thread():
+            run_tree(self.nsuper, [len(c) for c in self.kids], [[int(p)] if p >= 0 else [] for p in parent],
+                     key=lambda s: s, work=front, threads=nt)
 
     def _threads(self) -> int:
         """Worker threads for the factorisation and the selected inversion: ``threads``, else up to
@@ -621,7 +629,7 @@ class SupernodalCholesky:
         The per-supernode calls are small: BLAS runs single-threaded here (its thread start-up made the
         20k solve 6x slower with 2 threads).
         """
-        with threadpool_limits(1, user_api="blas"):
+        with one_blas_thread():
             return self._solve(b)
 
     def _solve(self, b: np.ndarray) -> np.ndarray:
@@ -724,8 +732,9 @@ class SupernodalCholesky:
 
         # top-down: a supernode waits for its parent; the highest ready one first (the sequential order)
         self.released = release
-        run_tree(self.nsuper, [1 if p >= 0 else 0 for p in parent], self.kids, key=lambda s: -s, work=column,
-                 threads=self._threads(), done=finished)
+        with one_blas_thread():
+            run_tree(self.nsuper, [1 if p >= 0 else 0 for p in parent], self.kids, key=lambda s: -s,
+                     work=column, threads=self._threads(), done=finished)
         out = np.empty(n)
         out[self.perm] = d
         return out
