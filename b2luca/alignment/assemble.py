@@ -403,13 +403,17 @@ class Assembler:
             picked[col_in_rec] = 1
             indptr = np.zeros(B * K * nbg + 1, it)
             np.cumsum(np.tile(picked, B), out=indptr[1:])
+            # target rows of every record's picked rows of F, in the index type of the pick (one pass per group)
+            rows_rec = kf[:, pid].astype(it)
+            rows_rec *= S
+            rows_rec += gs.astype(it)[None, :]
             for r0 in range(0, R, B):
                 r1 = min(R, r0 + B)
                 batch = order[r0:r1]
                 Mb = M[batch]
                 F = self._scratch((r1 - r0) * K * K).reshape(r1 - r0, K, K)
                 np.matmul(Mb, np.ascontiguousarray(Mb.transpose(0, 2, 1)), out=F)  # BLAS: contiguous operands
-                rows = (kf[batch][:, pid] * S + gs[None, :]).ravel().astype(it, copy=False)
+                rows = rows_rec[batch].ravel()
                 _add_picked(tot, indptr[: (r1 - r0) * K * nbg + 1], rows, F.reshape(-1, S))
         p.pairs.append((uk, tot.reshape(uk.size, S * S)))
 
