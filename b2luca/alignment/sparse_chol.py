@@ -37,9 +37,11 @@ Steps
 
 Steps 4 and 6 run on up to TREE_THREADS worker threads: a supernode is ready when its children (step 4) or
 its parent (step 6) are done, and ready supernodes are independent, so two threads with single-threaded,
-GIL-free BLAS (:mod:`b2luca.alignment._tree_blas`) share the large fronts near the root (simulated on the 60k
-tree: 0.57-0.60 of the one-thread time), with the same bits for any number of threads. OpenBLAS's own threads
-were tried instead and made a busy machine 3-14x slower (idle threads spinning).
+GIL-free BLAS (:mod:`b2luca.alignment._tree_blas`) share the large fronts near the root, with the same bits
+for any number of threads (60k parameters: 0.57-0.60 of the one-thread time by a flop-count simulation of the
+schedule; measured 11.2 CPU-s factorisation in 6.9 s and 12.3 CPU-s inversion in 6.8 s on a partly busy
+2-core machine). OpenBLAS's own threads were tried instead and made a busy machine 3-14x slower (idle
+threads spinning).
 
 Only lower triangles are ever read; upper triangles of the dense blocks may hold stale values.
 """
