@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._arrays import index_type, outer_segsum, unique_ints
-from .global_system import NBIG, BlockPairStore, GlobalSystem, merge_systems
+from .global_system import NBIG, BlockPairStore, GlobalSystem, add_rows, merge_systems
 from .labels import LabelRegistry
 from .local_fit import LocalSystems, local_systems, residuals
 from .mille import MilleRecords, RawChunk
@@ -378,15 +378,17 @@ class Assembler:
         if not parts:
             return
         # sums per distinct block pair of the chunk (compact), merged into the store by absorb()
-        uk = unique_ints(np.concatenate([q[0] for q in parts]))
+        uk, kinv = _unique_inverse(np.concatenate([q[0] for q in parts]))
         tot = np.zeros((uk.size * S, S))
         nout = tot.shape[0]
+        k0 = 0
         for keys, nbg, M, bl in parts:
             R, K = M.shape[0], nbg * S
             # batches of records along similar tracks (sorted by their blocks): their block pairs
             # repeat, so the sums they are added to stay in the cache
             order = np.lexsort(bl.T[::-1])
-            kf = np.searchsorted(uk, keys).reshape(R, -1)
+            kf = kinv[k0: k0 + keys.size].reshape(R, -1)  # row of each record's pairs in uk
+            k0 += keys.size
             # rows of S values of F[r].reshape(nb, S, nb, S) with b >= a, in ascending order (a, s, b)
             ga, gs, gb = np.nonzero(np.arange(nbg)[None, None, :] >= np.arange(nbg)[:, None, None]
                                     + np.zeros((1, S, 1), np.int64))
@@ -401,13 +403,17 @@ class Assembler:
             picked[col_in_rec] = 1
             indptr = np.zeros(B * K * nbg + 1, it)
             np.cumsum(np.tile(picked, B), out=indptr[1:])
+            # target rows of every record's picked rows of F, in the index type of the pick (one pass per group)
+            rows_rec = kf[:, pid].astype(it)
+            rows_rec *= S
+            rows_rec += gs.astype(it)[None, :]
             for r0 in range(0, R, B):
                 r1 = min(R, r0 + B)
                 batch = order[r0:r1]
                 Mb = M[batch]
                 F = self._scratch((r1 - r0) * K * K).reshape(r1 - r0, K, K)
                 np.matmul(Mb, np.ascontiguousarray(Mb.transpose(0, 2, 1)), out=F)  # BLAS: contiguous operands
-                rows = (kf[batch][:, pid] * S + gs[None, :]).ravel().astype(it, copy=False)
+                rows = rows_rec[batch].ravel()
                 _add_picked(tot, indptr[: (r1 - r0) * K * nbg + 1], rows, F.reshape(-1, S))
         p.pairs.append((uk, tot.reshape(uk.size, S * S)))
 
@@ -436,6 +442,25 @@ class Assembler:
         )
 
 
+def _unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of the block-pair ``keys`` (a·NBIG + b) and the position of each key among them
+    (one stable argsort: cheaper than sorting and then searching every key). Below 65536 blocks the order
+    comes from two stable argsorts of 16-bit halves (b, then a), which numpy does by radix sort (~2.5x
+    faster than sorting the 64-bit keys)."""
+    hi, lo = np.divmod(keys, NBIG)
+    if keys.size and int(hi.max()) < 65536 and int(lo.max()) < 65536:
+        o = np.argsort(lo.astype(np.uint16), kind="stable")
+        o = o[np.argsort(hi.astype(np.uint16)[o], kind="stable")]
+    else:
+        o = np.argsort(keys, kind="stable")
+    sk = keys[o]
+    first = np.ones(sk.size, bool)
+    np.not_equal(sk[1:], sk[:-1], out=first[1:])
+    inv = np.empty(sk.size, np.int64)
+    inv[o] = np.cumsum(first) - 1
+    return sk[first], inv
+
+
 def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
     """χ² value with upper-tail probability 0.27 % (3σ) for each ndf (≥ 1)."""
     from scipy.stats import chi2
@@ -448,21 +473,6 @@ def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
     return out
 
 
-try:  # scipy's compiled y += A x (CSC A, several vectors); public `A @ x` would allocate and zero a new y
-    # (private API, present in every scipy since sparsetools; the public product is the fallback)
-    from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
-except ImportError:  # pragma: no cover - private scipy API; fall back to the public product
-    _csc_matvecs = None
-
-
 def _add_picked(out: np.ndarray, indptr: np.ndarray, rows: np.ndarray, x: np.ndarray) -> None:
     """out[rows[k]] −= x[j] for the k-th entry, column j (CSC pattern ``indptr``, at most one per column)."""
-    if _csc_matvecs is None or not out.flags.c_contiguous:
-        out += sp.csc_matrix((np.full(rows.size, -1.0), rows, indptr), shape=(out.shape[0], x.shape[0])) @ x
-        return
-    ones = _MINUS_ONES if _MINUS_ONES.size >= rows.size else np.full(rows.size, -1.0)
-    _csc_matvecs(out.shape[0], x.shape[0], x.shape[1], indptr, rows, ones[: rows.size],
-                 np.ascontiguousarray(x, np.float64).ravel(), out.reshape(-1))
-
-
-_MINUS_ONES = np.full(1 << 16, -1.0)
+    add_rows(out, indptr, rows, x, -1.0)

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from ._arrays import index_type, unique_ints
 
-__all__ = ["NBIG", "BlockPairStore", "GlobalSystem", "merge_systems"]
+__all__ = ["NBIG", "BlockPairStore", "GlobalSystem", "add_rows", "merge_systems"]
 
 #: block-pair key = a * NBIG + b
 NBIG = np.int64(1 << 31)
@@ -59,7 +59,11 @@ class BlockPairStore:
             pos = np.searchsorted(self.pair_keys, uk)
             pc = np.minimum(pos, n_old - 1)
             found = self.pair_keys[pc] == uk
-            self.vals[self.pair_slot[pc[found]]] += sums[found]
+            # vals[slot of key k] += sums[k] for the keys found, in one pass (no gathered copies)
+            it = index_type(self.vals.shape[0], uk.size)
+            indptr = np.zeros(uk.size + 1, it)
+            np.cumsum(found, out=indptr[1:])
+            add_rows(self.vals, indptr, self.pair_slot[pc[found]].astype(it, copy=False), sums, 1.0)
         else:
             found = np.zeros(uk.size, bool)
         if found.all():
@@ -175,3 +179,24 @@ def merge_systems(parts: list[GlobalSystem]) -> GlobalSystem:
         downweighted_fraction=dw_sum / dw_n if dw_n else 0.0, bytes_read=sum(p.bytes_read for p in parts),
         dw_sum=dw_sum, dw_n=dw_n,
     )
+
+
+try:  # scipy's compiled y += A x (CSC A, several vectors); public `A @ x` would allocate and zero a new y
+    # (private API, present in every scipy since sparsetools; the public product is the fallback)
+    from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
+except ImportError:  # pragma: no cover - private scipy API; fall back to the public product
+    _csc_matvecs = None
+
+_SIGNS = {1.0: np.ones(1 << 16), -1.0: np.full(1 << 16, -1.0)}
+
+
+def add_rows(out: np.ndarray, indptr: np.ndarray, rows: np.ndarray, x: np.ndarray, sign: float) -> None:
+    """out[rows[k]] += sign · x[j] for the k-th entry, in column j of the CSC pattern ``indptr`` (at most one
+    entry per column: the columns pick rows of ``x``), in place; ``sign`` is +1 or −1."""
+    if _csc_matvecs is None or not out.flags.c_contiguous:
+        A = sp.csc_matrix((np.full(rows.size, sign), rows, indptr), shape=(out.shape[0], x.shape[0]))
+        out += A @ x
+        return
+    coef = _SIGNS[sign] if _SIGNS[sign].size >= rows.size else np.full(rows.size, sign)
+    _csc_matvecs(out.shape[0], x.shape[0], x.shape[1], indptr, rows, coef[: rows.size],
+                 np.ascontiguousarray(x, np.float64).ravel(), out.reshape(-1))

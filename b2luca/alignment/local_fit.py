@@ -178,6 +178,15 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
     bounds = np.flatnonzero(np.diff(sk)) + 1
     starts = np.concatenate([[0], bounds]).astype(np.int64)
     ends = np.concatenate([bounds, [nrec]]).astype(np.int64)
+    # fast path: Γ^-½ of all records with the same q at once (groups of one q are consecutive in ``order``,
+    # so are their rows of Gb): one batched call per q, not one per (q, nb) group
+    vs_q: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+    if Gb is not None:
+        qs = q[order]
+        for qv in np.unique(qs[qs > 0]):
+            at = np.flatnonzero(qs == qv)
+            a0, a1 = int(at[0]), int(at[-1]) + 1
+            vs_q[int(qv)] = (a0, *inverse_root(Gb[a0:a1, :qv, :qv]))
     for s, e in zip(starts, ends):
         rec = order[s:e]
         R = rec.size
@@ -201,7 +210,11 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
                 Gm = Gbuf[offs["G"][0][r0]: offs["G"][0][r0] + R * qg * qg].reshape(R, qg, qg)
                 H = Hbuf[offs["H"][0][r0]: offs["H"][0][r0] + R * Kg * qg].reshape(R, Kg, qg)
                 beta = betabuf[oq[r0]: oq[r0] + R * qg].reshape(R, qg)
-            Vs, good = inverse_root(Gm)  # Γ⁻¹ = Vs Vsᵀ
+            if qg in vs_q:  # Γ⁻¹ = Vs Vsᵀ
+                a0, vs_all, good_all = vs_q[qg]
+                Vs, good = vs_all[g0 - a0: g0 - a0 + R], good_all[g0 - a0: g0 - a0 + R]
+            else:
+                Vs, good = inverse_root(Gm)
             M = H @ Vs  # (R, K, q)
             u = np.einsum("rqp,rq->rp", Vs, beta)  # Vsᵀ β
             br = gam - np.matmul(M, u[:, :, None])[:, :, 0]

@@ -233,7 +233,8 @@ def solve_system(C: sp.csr_matrix, b: np.ndarray, cons: LinearConstraints | None
     err = None
     if errors:
         t0 = time.perf_counter()
-        dG = fac.diag_inverse()
+        # the factor is not needed afterwards: the selected inversion lets go of it as it goes (memory)
+        dG = fac.diag_inverse(release=True) if isinstance(fac, SupernodalCholesky) else fac.diag_inverse()
         if m:
             Tinv = np.linalg.inv(T)
             dG = dG - np.einsum("ia,ab,ib->i", WB, Tinv, WB)

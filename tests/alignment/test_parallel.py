@@ -72,6 +72,7 @@ def test_thread_count_from_steering(tmp_path):
 def test_in_place_pick_matches_explicit_sums(monkeypatch):
     """out[rows[k]] -= x[column of entry k], compiled in place and through the public fallback."""
     from b2luca.alignment import assemble as asm_mod
+    from b2luca.alignment import global_system as gs_mod
 
     rng = np.random.default_rng(3)
     ncol, nout = 500, 40
@@ -85,7 +86,7 @@ def test_in_place_pick_matches_explicit_sums(monkeypatch):
         expect[rows[k]] -= x[j]
     fast = base.copy()
     asm_mod._add_picked(fast, indptr, rows, x)
-    monkeypatch.setattr(asm_mod, "_csc_matvecs", None)
+    monkeypatch.setattr(gs_mod, "_csc_matvecs", None)
     public = base.copy()
     asm_mod._add_picked(public, indptr, rows, x)
     assert np.allclose(fast, expect, rtol=1e-14, atol=1e-14)
@@ -105,3 +106,20 @@ def test_chunk_sums_add_up_to_the_systems_of_the_chunks(three_files):
     assert np.array_equal(whole.entries, summed.entries)
     assert (whole.n_used, whole.ndf) == (summed.n_used, summed.ndf)
     assert whole.chi2_0 == pytest.approx(summed.chi2_0, rel=1e-12)
+
+
+@pytest.mark.parametrize("nblocks", [300, 70_000])  # 16-bit radix path, and 64-bit keys beyond 65535 blocks
+def test_pair_keys_unique_inverse(nblocks):
+    """The chunk's block-pair keys: sorted distinct keys and each key's position, as np.unique gives."""
+    from b2luca.alignment.assemble import _unique_inverse
+    from b2luca.alignment.global_system import NBIG
+
+    rng = np.random.default_rng(nblocks)
+    a = rng.integers(0, nblocks, 5000)
+    b = a + rng.integers(0, 40, a.size)
+    b = np.minimum(b, nblocks - 1)
+    keys = a * NBIG + b
+    uk, inv = _unique_inverse(keys)
+    ref_u, ref_inv = np.unique(keys, return_inverse=True)
+    assert np.array_equal(uk, ref_u) and np.array_equal(inv, ref_inv.ravel())
+    assert np.array_equal(uk[inv], keys)

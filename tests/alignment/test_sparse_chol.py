@@ -230,3 +230,38 @@ def test_large_supernodes_take_the_trapezoid_product(monkeypatch: pytest.MonkeyP
     ch = SupernodalCholesky(A, leaf=4, reuse_analysis=False)
     _check_against_dense(A, ch, rng)
     assert calls and max(calls) >= 8
+
+
+def test_threads_give_the_same_bits_and_errors_surface() -> None:
+    """Supernodes factorised / inverted on several worker threads (GIL-free BLAS): the factor, the solution
+    and diag(A⁻¹) are bit-identical to one thread, and a failure in a worker reaches the caller."""
+    rng = np.random.default_rng(23)
+    nb = 120
+    A = _block_spd(sp.random(nb, nb, density=0.04, random_state=9), np.full(nb, 6), rng)
+    one = SupernodalCholesky(A, leaf=4, reuse_analysis=False, threads=1)
+    b = rng.normal(size=(A.shape[0], 3))
+    for threads in (2, 3):
+        many = SupernodalCholesky(A, leaf=4, reuse_analysis=False, threads=threads)
+        assert many._threads() == threads
+        assert all(np.array_equal(x, y) for x, y in zip(one.L11, many.L11))
+        assert all(np.array_equal(x, y) for x, y in zip(one.L21, many.L21))
+        assert np.array_equal(one.solve(b), many.solve(b))
+        assert np.array_equal(one.diag_inverse(), many.diag_inverse())
+    _check_against_dense(A, SupernodalCholesky(A, leaf=4, threads=2), rng)
+    # indefinite (a positive diagonal, a 2x2 minor < 0): the worker's NotPositiveDefinite is raised here
+    Abad = A.tolil()
+    Abad[5, 6] = Abad[6, 5] = 10.0 * np.sqrt(A[5, 5] * A[6, 6])
+    with pytest.raises(NotPositiveDefinite):
+        SupernodalCholesky(Abad.tocsr(), leaf=4, reuse_analysis=False, threads=2)
+
+
+def test_diag_inverse_can_release_the_factor() -> None:
+    rng = np.random.default_rng(29)
+    nb = 50
+    A = _block_spd(sp.random(nb, nb, density=0.06, random_state=3), np.full(nb, 6), rng)
+    ch = SupernodalCholesky(A, leaf=4, threads=2)
+    keep = ch.diag_inverse()
+    assert np.array_equal(ch.diag_inverse(release=True), keep)
+    assert all(x is None for x in ch.L11) and all(x is None for x in ch.L21)  # the factor is gone
+    with pytest.raises(RuntimeError, match="released"):
+        ch.solve(np.ones(A.shape[0]))
