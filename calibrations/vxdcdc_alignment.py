@@ -252,7 +252,7 @@ def read_inputs(inputs: dict, cfg: dict) -> list[tuple[str, tuple[int, int], dic
     read: dict[Path, dict] = {}  # files looked at by select_events, until used
 
     def count(f: Path) -> int:
-        read[f] = read_raw([f])
+        read[f] = read_raw([f], ("event", "pxd", "svd", "cdc"))  # the trees the track fit reads
         return int(read[f]["event"]["event"].size)
 
     for name, entries in inputs.items():
