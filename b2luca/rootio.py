@@ -19,8 +19,8 @@ Files of the earlier layout (one branch per column, written by b2luca before iss
 
 **Compression.**  Zstandard level 1 (ROOT's algorithm 5, read by ROOT >= 6.20 and by uproot through its
 ``cramjam`` dependency): on a cDST file it writes 4x and reads 1.5x faster than ROOT's historical default
-ZLIB level 1 at the same size (5.2 MB for a 1,500-event di-muon cDST file), and zlib was half of the cDST
-production's CPU time (issue 15).  Files written with any compression are read.
+ZLIB level 1 at the same size (5.2 MB for a 1,500-event di-muon cDST file); the 8-run demo's cDST
+production took 18.6 instead of 22.3 CPU-s (issue 15; small files gain nothing: their cost is per file).  Files written with any compression are read.
 
 uproot >= 5.7 writes an RNTuple for ``file[name] = {...}``; Belle II raw and cDST files are TTrees, so
 trees are created explicitly with ``mktree``.
