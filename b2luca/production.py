@@ -69,6 +69,8 @@ GROUP_TREES: dict[str, tuple[str, ...]] = {
     "tracks": ("tracks", "track_hits"),
     "ecl": ("ecl", "ecl_clusters"),
 }
+#: the raw trees production reads (the hit trees it copies, ``ecl`` for the ECL group): not ``pxd_bkg``
+RAW_TREES_READ = ("event", "pxd", "svd", "cdc", "ecl", "pxd_digits", "ecl_full")
 _COV_INDEX = [(i, j) for i in range(5) for j in range(i, 5)]
 _PARAM_NAMES = ("d0", "phi0", "omega", "z0", "tanl")
 
@@ -418,7 +420,7 @@ def _batches(jobs: list[_FileJob]) -> list[list[_FileJob]]:
 
 def _produce_batch(batch: list[_FileJob], constants: Constants, scattering: bool) -> None:
     """Compute, copy and write the cDST files of one batch; record them in their runs' ``files_out``."""
-    raws = [read_raw([job.raw_file]) for job in batch]
+    raws = [read_raw([job.raw_file], RAW_TREES_READ) for job in batch]
     fitted = [i for i, job in enumerate(batch) if "tracks" in job.todo]
     track_trees = dict(zip(fitted, _fit_files([raws[i] for i in fitted], constants, scattering)))
     for i, job in enumerate(batch):

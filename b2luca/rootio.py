@@ -17,6 +17,11 @@ columns decompresses its whole table, and rows compress less well than columns (
 
 Files of the earlier layout (one branch per column, written by b2luca before issue 15) are read as well.
 
+**Compression.**  Zstandard level 1 (ROOT's algorithm 5, read by ROOT >= 6.20 and by uproot through its
+``cramjam`` dependency): on a cDST file it writes 4x and reads 1.5x faster than ROOT's historical default
+ZLIB level 1 at the same size (5.2 MB for a 1,500-event di-muon cDST file); the 8-run demo's cDST
+production took 18.6 instead of 22.3 CPU-s (issue 15; small files gain nothing: their cost is per file).  Files written with any compression are read.
+
 uproot >= 5.7 writes an RNTuple for ``file[name] = {...}``; Belle II raw and cDST files are TTrees, so
 trees are created explicitly with ``mktree``.
 """
@@ -34,6 +39,8 @@ import uproot
 from .atomic import atomic_path
 from .errors import RootReadError
 
+#: compression of written files (see the module docstring)
+COMPRESSION = uproot.ZSTD(1)
 #: title prefix of a packed table's TTree; the ROOT leaf list of its columns follows
 PACKED_TITLE = "b2luca-rows:"
 #: the single branch of a packed table
@@ -108,7 +115,7 @@ def write_trees(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str,
             packed[name] = pack_table(columns)
         except ValueError as exc:
             raise ValueError(f"{path}: tree {name!r}: {exc}") from exc
-    with atomic_path(path) as tmp, uproot.recreate(tmp) as out:
+    with atomic_path(path) as tmp, uproot.recreate(tmp, compression=COMPRESSION) as out:
         for name, (leaflist, rows) in packed.items():
             tree = out.mktree(name, {PACKED_BRANCH: np.dtype((np.uint8, rows.shape[1:]))},
                               title=PACKED_TITLE + leaflist)

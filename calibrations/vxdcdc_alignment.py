@@ -71,11 +71,15 @@ quality_flags = [INPUT_DATA_FILTERS["Run Type"]["physics"],
                  "NOT " + INPUT_DATA_FILTERS["Data Quality Tag"]["Bad For Alignment"],
                  INPUT_DATA_FILTERS["Magnet"]["On"]]
 
-# events per file (0: the collection is not used).  The assembly time grows with the number of tracks and with
+# events per file (0: the collection is not used) and in all, spread over the runs (<name>.max_processed_events,
+# b2luca.input_sample; -1: no total cap).  The assembly time grows with the number of tracks and with
 # the number of local parameters (5 + 2 per active kink: ~21 for collision tracks, ~37 for cosmics)
 default_config = {"cosmic_calib.max_processed_events_per_file": 150,
                   "hadron_calib.max_processed_events_per_file": 30,
                   "mumu_tight_or_highm_calib.max_processed_events_per_file": 150,
+                  "cosmic_calib.max_processed_events": -1,
+                  "hadron_calib.max_processed_events": -1,
+                  "mumu_tight_or_highm_calib.max_processed_events": -1,
                   "method": "sparse",
                   "max_iterations": 3,
                   "outlier_chi2_cut": 10.0,
@@ -244,19 +248,32 @@ def _calibrate(job) -> None:
 
 
 def read_inputs(inputs: dict, cfg: dict) -> list[tuple[str, tuple[int, int], dict]]:
-    """(collection, (exp, run), raw trees) of every input file, cut to ``<name>.max_processed_events_per_file``."""
+    """(collection, (exp, run), raw trees) of the input files read, each cut to its first events: at most
+    ``<name>.max_processed_events_per_file`` per file and ``<name>.max_processed_events`` in all, spread over the
+    runs (:func:`b2luca.input_sample.select_events`; <= 0: no cap).  A file is read only when its run still needs
+    events."""
+    from b2luca.input_sample import select_events
     from b2luca.reco.raw import read_raw
 
     raws = []
+    read: dict[Path, dict] = {}  # files looked at by select_events, until used
+
+    def count(f: Path) -> int:
+        read[f] = read_raw([f], ("event", "pxd", "svd", "cdc"))  # the trees the track fit reads
+        return int(read[f]["event"]["event"].size)
+
     for name, entries in inputs.items():
         limit = int(cfg.get(f"{name}.max_processed_events_per_file", -1))
         if limit == 0:
             continue
-        for f, er in entries:
-            raw = read_raw([f])
-            if 0 < limit < raw["event"]["event"].size:
-                raw = {t: {k: v[c["gevent"] < limit] for k, v in c.items()} for t, c in raw.items()}
+        picked = select_events([(Path(f), er) for f, er in entries], count,
+                               int(cfg.get(f"{name}.max_processed_events", -1)), limit)
+        for f, er, n in picked:
+            raw = read.pop(f)
+            if n < raw["event"]["event"].size:
+                raw = {t: {k: v[c["gevent"] < n] for k, v in c.items()} for t, c in raw.items()}
             raws.append((name, (int(er.exp), int(er.run)), raw))
+        read.clear()
     return raws
 
 

@@ -120,3 +120,19 @@ def test_truncated_file_is_named(tmp_path):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(RootReadError, match=r"cut\.root: cannot read trees \['hits'\]"):
         read_trees(f, {"hits": None})
+
+
+def test_files_are_written_with_zstd_and_zlib_files_still_read(tmp_path):
+    """Written files use Zstandard (issue 15: 4x faster to write than zlib); files with ROOT's zlib default read."""
+    import uproot
+
+    from b2luca.rootio import pack_table
+
+    f = tmp_path / "new.root"
+    write_trees(f, {"t": {"a": np.arange(1000.0)}})
+    assert isinstance(uproot.open(f).file.compression, uproot.ZSTD)
+    old = tmp_path / "zlib.root"
+    leaflist, rows = pack_table({"a": np.arange(5.0)})
+    with uproot.recreate(old, compression=uproot.ZLIB(1)) as out:
+        out.mktree("t", {"rows": np.dtype((np.uint8, rows.shape[1:]))}, title="b2luca-rows:" + leaflist).extend({"rows": rows})
+    assert read_trees(old, {"t": None})["t"]["a"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]

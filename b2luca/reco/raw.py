@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 import numpy as np
 
@@ -62,27 +62,33 @@ def write_raw(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str, n
     write_trees(path, columns)
 
 
-def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]") -> dict[str, dict[str, np.ndarray]]:
+def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]",
+             trees: "Collection[str] | None" = None) -> dict[str, dict[str, np.ndarray]]:
     """Read and concatenate raw files (or directories: all ``*.root`` below, sorted).
 
-    Returns ``{tree: {branch: array}}`` for every tree of :data:`RAW_BRANCHES`; every tree also gets
+    Returns ``{tree: {branch: array}}`` for every tree of :data:`RAW_BRANCHES` (or only those of ``trees``, and
+    ``event``: a reader that needs a few trees does not open and decompress the others); every tree also gets
     ``gevent`` (int64), a global event index unique across all files read (the ``event`` tree row).
     Track candidates are identified by (gevent, cand).
     """
+    wanted = {t: b for t, b in RAW_BRANCHES.items() if trees is None or t == "event" or t in trees}
+    unknown = sorted(set(trees or ()) - set(RAW_BRANCHES))
+    if unknown:
+        raise ValueError(f"read_raw: unknown raw tree(s) {unknown}; expected some of {list(RAW_BRANCHES)}")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[Path] = []
     for p in paths:
         p = Path(p)
         files.extend(sorted(p.rglob("*.root")) if p.is_dir() else [p])
-    out: dict[str, dict[str, list]] = {t: {b: [] for b in (*br, "gevent")} for t, br in RAW_BRANCHES.items()}
+    out: dict[str, dict[str, list]] = {t: {b: [] for b in (*br, "gevent")} for t, br in wanted.items()}
     offset = 0
     for f in files:
         try:
-            data = read_trees(f, RAW_BRANCHES, optional=OPTIONAL_TREES)
+            data = read_trees(f, wanted, optional=OPTIONAL_TREES)
         except RootReadError as exc:
             raise RawDataError(f"{exc} (not a usable raw file)") from exc
-        for t in OPTIONAL_TREES:
+        for t in (t for t in OPTIONAL_TREES if t in wanted):
             data.setdefault(t, {b: np.zeros(0, dt) for b, dt in RAW_BRANCHES[t].items()})
         ev = data["event"]["event"]
         for tree, cols in data.items():

@@ -34,38 +34,45 @@ def _chi2(delta: np.ndarray, cov: np.ndarray) -> float:
     return float(delta @ np.linalg.solve(cov, delta))
 
 
-def alignment_systematic(files, true_vxd) -> np.ndarray:
+def alignment_systematic(files, true_vxd, used=None) -> np.ndarray:
     """Diagonal covariance (3, 3) [mm^2]: per axis the mean square displacement (true - used) of the PXD
-    sensor centres, the used alignment being the VXDAlignment recorded in the cDST manifests."""
-    return np.diag(np.mean(_pxd_displacements(files, true_vxd) ** 2, axis=(0, 1)))
+    sensor centres, the used alignment being the VXDAlignment recorded in the cDST manifests (averaged over
+    the productions: runs); ``used``: :func:`used_alignments` of ``files`` when already read."""
+    d, w = _pxd_displacements(files, true_vxd, used)
+    return np.diag(np.average(np.mean(d ** 2, axis=1), axis=0, weights=w))
 
 
-def alignment_size_systematic(files, true_vxd) -> np.ndarray:
+def alignment_size_systematic(files, true_vxd, used=None) -> np.ndarray:
     """Per axis (3,) [mm^2]: the variance of the PXD sensor displacements (true - used) about their mean:
     a residual misalignment spreads the track impact parameters by about that much, which the size
     variances absorb."""
-    d = _pxd_displacements(files, true_vxd)
-    return np.mean(np.var(d, axis=1), axis=0)
+    d, w = _pxd_displacements(files, true_vxd, used)
+    return np.average(np.var(d, axis=1), axis=0, weights=w)
 
 
-def _pxd_displacements(files, true_vxd) -> np.ndarray:
-    """(n_productions, n_pxd_sensors, 3) displacements (truth - used) of the PXD sensor centres [mm], both
-    with their overall rigid motion removed (:func:`b2luca.alignment.frame.truth_in_frame`): only the
-    residual misalignment, not the choice of frame, moves the beam spot against the truth in the frame."""
+def _pxd_displacements(files, true_vxd, used=None) -> tuple[np.ndarray, np.ndarray]:
+    """(n_alignments, n_pxd_sensors, 3) displacements (truth - used) of the PXD sensor centres [mm] per distinct
+    used alignment, and (n_alignments,) its number of productions (weights); both alignments with their
+    overall rigid motion removed (:func:`b2luca.alignment.frame.truth_in_frame`): only the residual
+    misalignment, not the choice of frame, moves the beam spot against the truth in the frame."""
     from b2luca.alignment.frame import truth_in_frame
     from b2luca.reco.geometry import aligned_frames, nominal_geometry
 
     geom = nominal_geometry()
+    none = (np.zeros((1, int(geom.is_pxd.sum()), 3)), np.ones(1))
     if true_vxd is None:
-        return np.zeros((1, int(geom.is_pxd.sum()), 3))
+        return none
+    used = used_alignments(files) if used is None else used
+    if not used:
+        return none
     true = _params(geom, true_vxd)
     c_true, _ = aligned_frames(geom, truth_in_frame(true, np.zeros((0, 3)), geom=geom).vxd)
-    out = [(c_true - aligned_frames(geom, truth_in_frame(used, np.zeros((0, 3)), geom=geom).vxd)[0])[geom.is_pxd]
-           for used in _used_alignments(files)]
-    return np.stack(out) if out else np.zeros((1, int(geom.is_pxd.sum()), 3))
+    out = [(c_true - aligned_frames(geom, truth_in_frame(params, np.zeros((0, 3)), geom=geom).vxd)[0])[geom.is_pxd]
+           for params, _ in used]
+    return np.stack(out), np.array([n for _, n in used], float)
 
 
-def true_position_in_frame(files, true_vxd, true_position) -> np.ndarray:
+def true_position_in_frame(files, true_vxd, true_position, used=None) -> np.ndarray:
     """(3,) the true beam-spot position in the frame of the alignment the cDSTs were made with [mm].
 
     The alignment fixes the frame by its overall VXD rigid motion (zero for the alignment calibration's
@@ -81,11 +88,13 @@ def true_position_in_frame(files, true_vxd, true_position) -> np.ndarray:
     geom = nominal_geometry()
     b = truth_in_frame(_params(geom, true_vxd), np.zeros((0, 3)), pos, geom=geom).beam_position
     assert b is not None
-    moved = []
-    for used in _used_alignments(files):
-        f = truth_in_frame(used, np.zeros((0, 3)), geom=geom)
+    used = used_alignments(files) if used is None else used
+    moved, weights = [], []
+    for params, n in used:
+        f = truth_in_frame(params, np.zeros((0, 3)), geom=geom)
         moved.append(b + f.translation + np.cross(f.rotation, b))
-    return np.mean(moved, axis=0) if moved else b
+        weights.append(n)
+    return np.average(moved, axis=0, weights=weights) if moved else b
 
 
 def _params(geom, payload) -> np.ndarray:
@@ -94,8 +103,9 @@ def _params(geom, payload) -> np.ndarray:
     return params
 
 
-def _used_alignments(files) -> list[np.ndarray]:
-    """VXDAlignment params (S, 6) the cDSTs of ``files`` were made with (from their manifests)."""
+def used_alignments(files) -> list[tuple[np.ndarray, int]]:
+    """The distinct VXDAlignment params (S, 6) the cDSTs of ``files`` were made with (from their manifests), each
+    with its number of productions (runs): a payload is read once however many runs used it."""
     import json
     from pathlib import Path
 
@@ -103,19 +113,25 @@ def _used_alignments(files) -> list[np.ndarray]:
     from b2luca.reco.geometry import nominal_geometry
 
     geom = nominal_geometry()
-    used = []
+    counts: dict[tuple[str, int] | None, int] = {}
+    named_by: dict[tuple[str, int] | None, Path] = {}
     for manifest in sorted({Path(f).resolve().parent.parent / "manifest.json" for f in files}):
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: the cDST manifest is missing (needed for the alignment used)")
         fp = json.loads(manifest.read_text())["groups"]["tracks"]["VXDAlignment"]
-        if fp is None:
-            used.append(np.zeros((geom.n_sensors, 6)))
+        key = None if fp is None else (str(fp["database"]), int(fp["revision"]))
+        counts[key] = counts.get(key, 0) + 1
+        named_by.setdefault(key, manifest)
+    used = []
+    for key, n in counts.items():
+        if key is None:
+            used.append((np.zeros((geom.n_sensors, 6)), n))
             continue
-        db = LocalDatabase(fp["database"])
-        entry = next((e for e in db.entries() if e.name == "VXDAlignment" and e.revision == fp["revision"]), None)
+        db = LocalDatabase(key[0])
+        entry = next((e for e in db.entries() if e.name == "VXDAlignment" and e.revision == key[1]), None)
         if entry is None:
-            raise KeyError(f"{db.database_txt}: VXDAlignment revision {fp['revision']} named by {manifest} is missing")
-        used.append(_params(geom, db.read(entry)))
+            raise KeyError(f"{db.database_txt}: VXDAlignment revision {key[1]} named by {named_by[key]} is missing")
+        used.append((_params(geom, db.read(entry)), n))
     return used
 
 
@@ -168,12 +184,13 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     files = [p for p, _ in read_input_data(input_data_path).get("mumu_tight_or_highm_calib", [])]
     if truth is not None:
         true_vxd = truth_or_none(kwargs.get("reference_db"), "VXDAlignment", requested_iov)
-        syst = alignment_systematic(files, true_vxd)
-        size_syst = alignment_size_systematic(files, true_vxd)
+        used = used_alignments(files) if true_vxd is not None else []
+        syst = alignment_systematic(files, true_vxd, used)
+        size_syst = alignment_size_systematic(files, true_vxd, used)
         for i, ax in enumerate("xyz"):
             figures[f"alignment_systematic_{ax}_mm"] = float(np.sqrt(syst[i, i]))
             figures[f"alignment_size_systematic_{ax}{ax}_mm2"] = float(size_syst[i])
-        true_pos = true_position_in_frame(files, true_vxd, truth["position"])
+        true_pos = true_position_in_frame(files, true_vxd, truth["position"], used)
         for i, ax in enumerate("xyz"):
             figures[f"truth_in_frame_{ax}_mm"] = float(true_pos[i])
         compare("truth", true_pos, syst, np.asarray(truth["size"], float),

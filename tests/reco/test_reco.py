@@ -153,6 +153,18 @@ def test_read_raw_names_bad_file(tmp_path):
         read_raw([bad])
 
 
+def test_read_raw_of_some_trees_equals_the_full_read(setup):
+    """``read_raw(paths, trees)`` (issue 15: readers skip trees they do not use) gives those trees and ``event``,
+    identical to the full read; an unknown tree name is an error naming it."""
+    part = read_raw(setup["tmp"] / "data", ("cdc", "svd"))
+    assert set(part) == {"event", "cdc", "svd"}
+    for tree in part:
+        for branch, values in part[tree].items():
+            np.testing.assert_array_equal(values, setup["raw"][tree][branch])
+    with pytest.raises(ValueError, match="unknown raw tree.*'cdcx'"):
+        read_raw(setup["tmp"] / "data", ("cdcx",))
+
+
 @pytest.mark.parametrize("tag,n,mass", [("cosmic_calib", 300, 0.1057), ("hadron_calib", 150, 0.1396)])
 def test_cosmic_and_hadron_fits(setup, tag, n, mass):
     """Cosmics (one helix through both hemispheres, kinks on both arms) and low-momentum pions

@@ -22,9 +22,6 @@ from bucket_helpers import copy_calibrations, make_bucket
 
 pytestmark = pytest.mark.slow
 
-SMALL_EVENTS = {"cosmic_calib": 150, "mumu_tight_or_highm_calib": 600, "hadron_calib": 300,
-                "bhabha_all_calib": 300, "random_calib": 50}
-
 
 def _prompt_lines(cfg) -> list[str]:
     return (cfg.conditions.directory / cfg.conditions.prompt_global_tag / "database.txt").read_text().splitlines()
@@ -89,6 +86,16 @@ def test_demo_bucket_end_to_end(tmp_path):
     assert {r.state for r in again.rows} == {"done before"}
     assert _prompt_lines(cfg) == before
 
+
+def test_rerun_of_a_raw_calibration_redoes_its_dependents_and_copies_unchanged_branches(simulated_bucket, tmp_path):
+    """``--rerun`` on the session bucket with the calibrations it needs, not on the whole demo (whose alignment
+    and cdst stage would run a second time: issue 15's CI time)."""
+    config = simulated_bucket.config(tmp_path, select=["CDCTimeZeros", "SVDTimeOffsets", "ECLCrystalEnergy"])
+    cfg = load_config(config)
+    ctx = context_for(str(config))
+    first = run_bucket(cfg, workers=2, echo=lambda _: None)
+    assert first.exit_code == 0, [(r.name, r.state) for r in first.rows]
+    before = _prompt_lines(cfg)
     # --rerun of a raw calibration redoes it, the cdst calibrations and cDST production.  Its result is the
     # same content (no new revision), so production copies the hit and track branches; only the ECL branches,
     # whose constants the first run's cdst stage refined, are recomputed.
@@ -115,13 +122,13 @@ def _break_calibration(calibrations: Path, script: str, body: str) -> None:
     path.write_text(path.read_text() + "\n\n" + textwrap.dedent(body))
 
 
-def test_failing_calibration_stops_only_its_dependents(tmp_path):
+def test_failing_calibration_stops_only_its_dependents(simulated_bucket, tmp_path):
     calibrations = copy_calibrations(tmp_path)
     _break_calibration(calibrations, "cdc_time_zeros.py", '''
         def calibrate(job):
             raise RuntimeError("simulated crash in the CDC t0 fit")
         ''')
-    config = make_bucket(tmp_path, events=SMALL_EVENTS, calibrations=calibrations)
+    config = simulated_bucket.config(tmp_path, calibrations=calibrations)
     cfg = load_config(config)
     ctx = context_for(str(config))
     outcome = run_bucket(cfg, workers=2, echo=lambda _: None)
@@ -140,7 +147,7 @@ def test_failing_calibration_stops_only_its_dependents(tmp_path):
     assert "dbstore/CDCTimeZeros" not in prompt_names
 
 
-def test_a_crash_of_a_calibration_production_does_not_read_leaves_production_and_cdst_running(tmp_path):
+def test_a_crash_of_a_calibration_production_does_not_read_leaves_production_and_cdst_running(simulated_bucket, tmp_path):
     """cDST production waits only for the calibrations whose payloads reconstruction reads: the GAN's crash
     stops nothing else, but the bucket fails, the GAN's group is not archived and the tag stays OPEN."""
     calibrations = copy_calibrations(tmp_path)
@@ -149,7 +156,7 @@ def test_a_crash_of_a_calibration_production_does_not_read_leaves_production_and
             raise RuntimeError("simulated crash in the GAN training")
         ''')
     select = [n for n in discover(calibrations).names if n != "ECLMuPiCNN"]  # small events: no radmumu_calib
-    config = make_bucket(tmp_path, events=SMALL_EVENTS, calibrations=calibrations, select=select)
+    config = simulated_bucket.config(tmp_path, calibrations=calibrations, select=select)
     cfg = load_config(config)
     ctx = context_for(str(config))
     outcome = run_bucket(cfg, workers=2, echo=lambda _: None)
@@ -162,7 +169,7 @@ def test_a_crash_of_a_calibration_production_does_not_read_leaves_production_and
     assert GlobalTag.open(cfg.conditions.directory, cfg.conditions.prompt_global_tag).state.value == "OPEN"
 
 
-def test_validation_failure_is_reported_and_not_published(tmp_path):
+def test_validation_failure_is_reported_and_not_published(simulated_bucket, tmp_path):
     calibrations = copy_calibrations(tmp_path)
     # A bug that shifts every SVD offset by 10 ns: the validation against the truth must catch it.
     _break_calibration(calibrations, "svd_time_offsets.py", '''
@@ -175,7 +182,7 @@ def test_validation_failure_is_reported_and_not_published(tmp_path):
             data["offset"] = data["offset"] + 10.0
             job.output_db.store(entry.name, data, entry.iov)
         ''')
-    config = make_bucket(tmp_path, events=SMALL_EVENTS, calibrations=calibrations)
+    config = simulated_bucket.config(tmp_path, calibrations=calibrations)
     cfg = load_config(config)
     outcome = run_bucket(cfg, workers=2, echo=lambda _: None)
     assert outcome.exit_code == 1
@@ -190,8 +197,8 @@ def test_validation_failure_is_reported_and_not_published(tmp_path):
     assert states["CDCTimeZeros"] == "success"
 
 
-def test_killed_driver_resumes_without_redoing_finished_work(tmp_path):
-    config = make_bucket(tmp_path, events=SMALL_EVENTS)
+def test_killed_driver_resumes_without_redoing_finished_work(simulated_bucket, tmp_path):
+    config = simulated_bucket.config(tmp_path)
     cfg = load_config(config)
     driver = subprocess.Popen([sys.executable, "-m", "b2luca.cli", "run", str(config), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

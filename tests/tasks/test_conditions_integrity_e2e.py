@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from b2luca.cli import main
@@ -14,17 +11,11 @@ from b2luca.iov import ExpRun
 from b2luca.conditions import LocalDatabase
 from b2luca.tasks.driver import run_bucket
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: bucket_helpers
-from bucket_helpers import make_bucket  # noqa: E402
-
 pytestmark = pytest.mark.slow
 
-SMALL_EVENTS = {"cosmic_calib": 100, "mumu_tight_or_highm_calib": 300, "hadron_calib": 200,
-                "bhabha_all_calib": 200, "random_calib": 20}
 
-
-def test_damaged_payload_status_run_and_rerun(tmp_path, capsys):
-    config = make_bucket(tmp_path, events=SMALL_EVENTS, select=["PXDHotDeadPixels"])
+def test_damaged_payload_status_run_and_rerun(simulated_bucket, tmp_path, capsys):
+    config = simulated_bucket.config(tmp_path, select=["PXDHotDeadPixels"])
     cfg = load_config(config)
     lines: list[str] = []
     assert run_bucket(cfg, workers=2, echo=lines.append).exit_code == 0, "\n".join(lines)

@@ -1,0 +1,54 @@
+"""PXDBackgroundGAN validation, part (a): tolerances = model allowance + statistical error from the sample sizes
+(issue 15).  A faithful generator passes on a few events (where the fixed 30 % hit-map tolerance alone failed it),
+a generator with a wrong hit map still fails there, and on a large sample the limit shrinks to the allowance."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from b2luca.reco.geometry import PXD_NU, nominal_geometry
+from b2luca.sim.pxd_background import pxd_background
+from calibrations.validations.pxd_background_gan import V_BAND, compare_images, image_statistics, settings
+
+GEOM = nominal_geometry()
+CFG = dict(settings.expert_config)
+
+
+def _stats(pixels: dict, n: int) -> dict:
+    return image_statistics(pixels, n, GEOM)
+
+
+def _wrong_hitmap(pixels: dict) -> dict:
+    """The layer-1 pixels of the first v band moved 70 rows up: same occupancy and clusters, wrong hit map."""
+    sidx = GEOM.sensor_index(np.asarray(pixels["sensor"]))
+    row = np.asarray(pixels["pixel"]) // PXD_NU
+    move = (GEOM.layer[sidx] == 1) & (row < V_BAND)
+    out = {k: np.asarray(v).copy() for k, v in pixels.items()}
+    out["pixel"][move] += 70 * PXD_NU
+    return out
+
+
+def test_few_events_faithful_passes_wrong_hitmap_fails():
+    n = 4
+    ref = _stats(pxd_background(np.random.default_rng(11), n, GEOM), n)
+    faithful = pxd_background(np.random.default_rng(12), n, GEOM)
+    fig, reasons = compare_images(ref, _stats(faithful, n), CFG)
+    assert reasons == [], reasons
+    # the fixed tolerance alone would have failed this faithful sample: the statistical part is what passes it
+    assert fig["hitmap_max_relative_difference"] > CFG["hitmap_tolerance"]
+    fig, reasons = compare_images(ref, _stats(_wrong_hitmap(faithful), n), CFG)
+    assert len(reasons) == 1 and "hit map" in reasons[0], reasons
+
+
+def test_large_sample_limits_shrink_to_the_allowance_and_a_wrong_occupancy_fails():
+    n = 150
+    ref = _stats(pxd_background(np.random.default_rng(21), n, GEOM), n)
+    gen = pxd_background(np.random.default_rng(22), n, GEOM)
+    fig, reasons = compare_images(ref, _stats(gen, n), CFG)
+    assert reasons == []
+    assert fig["hitmap_largest_relative_error"] < 0.04
+    assert fig["occupancy_limit"] < CFG["occupancy_tolerance"] + 0.02
+    assert compare_images(ref, _stats(_wrong_hitmap(gen), n), CFG)[1]
+    keep = np.random.default_rng(1).random(gen["pixel"].size) < 0.6  # 40 % of the pixels lost
+    fig, reasons = compare_images(ref, _stats({k: np.asarray(v)[keep] for k, v in gen.items()}, n), CFG)
+    assert any("occupancy" in r for r in reasons)
