@@ -253,7 +253,7 @@ def read_inputs(inputs: dict, cfg: dict) -> list[tuple[str, tuple[int, int], dic
     runs (:func:`b2luca.input_sample.select_events`; <= 0: no cap).  A file is read only when its run still needs
     events."""
     from b2luca.input_sample import select_events
-    from b2luca.reco.raw import read_raw
+    from b2luca.reco.raw import first_events, read_raw
 
     raws = []
     read: dict[Path, dict] = {}  # files looked at by select_events, until used
@@ -271,7 +271,7 @@ def read_inputs(inputs: dict, cfg: dict) -> list[tuple[str, tuple[int, int], dic
         for f, er, n in picked:
             raw = read.pop(f)
             if n < raw["event"]["event"].size:
-                raw = {t: {k: v[c["gevent"] < n] for k, v in c.items()} for t, c in raw.items()}
+                raw = first_events(raw, n)
             raws.append((name, (int(er.exp), int(er.run)), raw))
         read.clear()
     return raws

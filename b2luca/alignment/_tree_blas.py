@@ -64,7 +64,10 @@ def _d(v: float) -> Any:
 
 
 def _a(x: np.ndarray) -> int:
-    assert x.dtype == np.float64 and x.flags.f_contiguous
+    # a real check, not an assert (python -O strips those): BLAS would read and write a wrong layout silently
+    if x.dtype != np.float64 or not x.flags.f_contiguous:
+        raise ValueError(f"BLAS kernel argument must be F-ordered float64, got {x.dtype} "
+                         f"({'F' if x.flags.f_contiguous else 'not F'}-contiguous)")
     return x.ctypes.data
 
 

@@ -105,3 +105,8 @@ def read_raw(paths: "Iterable[str | os.PathLike[str]] | str | os.PathLike[str]",
         offset += ev.size
     return {t: {b: (np.concatenate(v) if v else np.zeros(0, RAW_BRANCHES[t].get(b, "i8"))) for b, v in cols.items()}
             for t, cols in out.items()}
+
+
+def first_events(raw: Mapping[str, Mapping[str, np.ndarray]], n: int) -> dict[str, dict[str, np.ndarray]]:
+    """The rows of :func:`read_raw`'s ``raw`` that belong to its first ``n`` events (``gevent`` < n), every tree."""
+    return {t: {b: v[cols["gevent"] < n] for b, v in cols.items()} for t, cols in raw.items()}

@@ -702,7 +702,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     from b2luca.iov import ExpRun
     from b2luca.reco.geometry import nominal_geometry
     from b2luca.reco.measurements import load_constants
-    from b2luca.reco.raw import read_raw
+    from b2luca.reco.raw import first_events, read_raw
     from calibrations._common import expert_config_dict, first_exprun, save_figure, truth_or_none, write_csv
     from calibrations.validations._alignment_trend import trend_section
 
@@ -783,8 +783,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
             truth_res = truth_res or res  # the plot shows the first interval
         if files and first == data_interval:  # the data-only checks on the di-muon file, with the interval it belongs to
             raw = read_raw([files[0][0]])
-            limit = int(cfg["validation_tracks"]) // 2
-            raw = {t: {kk: v[c["gevent"] < limit] for kk, v in c.items()} for t, c in raw.items()}
+            raw = first_events(raw, int(cfg["validation_tracks"]) // 2)
             after = copy.deepcopy(before)
             after.vxd_params = fitted
             after.cdc_params = cdc_fit

@@ -122,16 +122,23 @@ def _break_calibration(calibrations: Path, script: str, body: str) -> None:
     path.write_text(path.read_text() + "\n\n" + textwrap.dedent(body))
 
 
-def test_failing_calibration_stops_only_its_dependents(simulated_bucket, tmp_path):
+def _run_with_crash(simulated_bucket, tmp_path, script: str, message: str, skip: tuple[str, ...] = ()):
+    """Run the session bucket with ``script``'s calibrate() raising ``message`` (calibrations ``skip`` left out):
+    (config, context, outcome)."""
     calibrations = copy_calibrations(tmp_path)
-    _break_calibration(calibrations, "cdc_time_zeros.py", '''
+    _break_calibration(calibrations, script, f'''
         def calibrate(job):
-            raise RuntimeError("simulated crash in the CDC t0 fit")
+            raise RuntimeError("{message}")
         ''')
-    config = simulated_bucket.config(tmp_path, calibrations=calibrations)
+    select = [n for n in discover(calibrations).names if n not in skip] if skip else None
+    config = simulated_bucket.config(tmp_path, calibrations=calibrations, select=select)
     cfg = load_config(config)
-    ctx = context_for(str(config))
-    outcome = run_bucket(cfg, workers=2, echo=lambda _: None)
+    return cfg, context_for(str(config)), run_bucket(cfg, workers=2, echo=lambda _: None)
+
+
+def test_failing_calibration_stops_only_its_dependents(simulated_bucket, tmp_path):
+    cfg, ctx, outcome = _run_with_crash(simulated_bucket, tmp_path, "cdc_time_zeros.py",
+                                        "simulated crash in the CDC t0 fit")
     assert outcome.exit_code == 1
     states = {r.name: r.state for r in outcome.rows}
     assert states["CDCTimeZeros"] == "failed"
@@ -150,16 +157,9 @@ def test_failing_calibration_stops_only_its_dependents(simulated_bucket, tmp_pat
 def test_a_crash_of_a_calibration_production_does_not_read_leaves_production_and_cdst_running(simulated_bucket, tmp_path):
     """cDST production waits only for the calibrations whose payloads reconstruction reads: the GAN's crash
     stops nothing else, but the bucket fails, the GAN's group is not archived and the tag stays OPEN."""
-    calibrations = copy_calibrations(tmp_path)
-    _break_calibration(calibrations, "pxd_background_gan.py", '''
-        def calibrate(job):
-            raise RuntimeError("simulated crash in the GAN training")
-        ''')
-    select = [n for n in discover(calibrations).names if n != "ECLMuPiCNN"]  # small events: no radmumu_calib
-    config = simulated_bucket.config(tmp_path, calibrations=calibrations, select=select)
-    cfg = load_config(config)
-    ctx = context_for(str(config))
-    outcome = run_bucket(cfg, workers=2, echo=lambda _: None)
+    cfg, ctx, outcome = _run_with_crash(simulated_bucket, tmp_path, "pxd_background_gan.py",
+                                        "simulated crash in the GAN training",
+                                        skip=("ECLMuPiCNN",))  # small events: no radmumu_calib
     assert outcome.exit_code == 1
     states = {r.name: r.state for r in outcome.rows}
     assert states["PXDBackgroundGAN"] == "failed"
