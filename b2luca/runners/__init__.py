@@ -1,6 +1,7 @@
 """Runners: how one calibration script is executed: native Python, or basf2's b2caf-prompt-run."""
 
 from ..enums import RunnerType
+from . import job_server
 from .base import OUTPUT_DB_DIR, RunnerError, RunResult, log_tail, output_database
 from .basf2 import Basf2Runner
 from .caf_state import CafState, read_caf_state
@@ -20,5 +21,5 @@ def runner_for(cfg) -> NativeRunner | Basf2Runner:
     raise RunnerError(f"{cfg.path}: runner.type: {runner_cfg.type!r} is not a runner (native or basf2)")
 
 
-__all__ = ["Basf2Runner", "CafState", "NativeRunner", "OUTPUT_DB_DIR", "RunResult", "RunnerError", "log_tail",
+__all__ = ["Basf2Runner", "CafState", "NativeRunner", "OUTPUT_DB_DIR", "RunResult", "RunnerError", "job_server", "log_tail",
            "output_database", "read_caf_state", "runner_for"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import RunResult, child_environment, run_logged
+from .job_server import current_address, run_in_server
 
 
 class NativeRunner:
@@ -31,7 +32,7 @@ class NativeRunner:
     def calibrate(self, caf_config: Path, input_data: Path, work_dir: Path, log_path: Path) -> RunResult:
         """Run the calibration script named in ``caf_config`` on ``input_data``."""
         command = [sys.executable, "-m", "b2luca.runners.native_job", "calibrate", str(caf_config), str(input_data)]
-        return run_logged(command, cwd=work_dir, log_path=log_path, env=child_environment(self.secret_names), timeout=self.timeout)
+        return self._run(command, work_dir, log_path)
 
     def validate(self, validation_script: Path, job_path: Path, input_data: Path, verdict_path: Path,
                  work_dir: Path, log_path: Path, reference: list[str] | None) -> RunResult:
@@ -40,4 +41,15 @@ class NativeRunner:
                    str(job_path), str(input_data), str(verdict_path)]
         for path in reference or []:
             command += ["--reference", path]
-        return run_logged(command, cwd=work_dir, log_path=log_path, env=child_environment(self.secret_names), timeout=self.timeout)
+        return self._run(command, work_dir, log_path)
+
+    def _run(self, command: list[str], work_dir: Path, log_path: Path) -> RunResult:
+        """Through this run's job server when there is one (:mod:`.job_server`), else a fresh subprocess."""
+        address = current_address()
+        if address is not None:
+            try:
+                return run_in_server(address, command, work_dir, log_path, timeout=self.timeout)
+            except OSError:  # no server to take it (ConnectionError, FileNotFoundError): run it ourselves
+                pass
+        return run_logged(command, cwd=work_dir, log_path=log_path, env=child_environment(self.secret_names),
+                          timeout=self.timeout)

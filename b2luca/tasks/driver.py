@@ -8,6 +8,7 @@ with one worker or many and does not depend on luigi's event handlers (they run 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -33,6 +34,8 @@ from ..enums import Stage, TaskStatus
 from ..failures import cause_from_expl
 from ..report import local_issue_path, open_reporter
 from ..runlock import run_lock
+from ..runners import job_server, runner_for
+from ..runners.native import NativeRunner
 from . import batch, cdst, progress  # batch clusters and live progress (issue 13)
 from .context import BucketContext, context_for, group_name, local_task_name, read_json
 from .graph import ArchiveLogs, Bucket, CalibrationTask, CdstProduction, CopyLocalPayloads, PullSettings
@@ -411,7 +414,7 @@ def _run_locked(cfg: BucketConfig, ctx: BucketContext, tasks: list[luigi.Task], 
     ledger = getattr(build_factory, "ledger", None)
     labels = {t.task_id: _describe(t, ctx)[::2] for t in _walk(tasks) if not isinstance(t, luigi.WrapperTask)}
     try:
-        with progress.Progress(cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
+        with _job_server(cfg), progress.Progress(cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
                                (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval):
             result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
                                  detailed_summary=True, worker_scheduler_factory=build_factory)
@@ -460,6 +463,15 @@ def _run_locked(cfg: BucketConfig, ctx: BucketContext, tasks: list[luigi.Task], 
         if damage:
             echo("\n".join(damage_report(damage)))
     return RunOutcome(0 if ok else 1, rows, result.status.name, seconds)
+
+
+def _job_server(cfg: BucketConfig) -> contextlib.AbstractContextManager:
+    """A fork server for the native jobs of a local run (:mod:`b2luca.runners.job_server`); batch jobs and the
+    basf2 runner start their processes as before."""
+    runner = runner_for(cfg)
+    if cfg.batch.system.is_cluster or not isinstance(runner, NativeRunner):
+        return contextlib.nullcontext()
+    return job_server.serving(runner.secret_names, cfg.work_dir / "job_server.log")
 
 
 def _pull_settings(ctx: BucketContext, config_path: str) -> str | None:

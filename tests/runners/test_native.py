@@ -1,13 +1,23 @@
 """Native runner: caf_config.json + input_data.json in, caf_outputdb_results/<Name>/ out, like b2caf-prompt-run."""
 
+import contextlib
 import json
 import textwrap
 
 import numpy as np
+import pytest
 
 from b2luca.conditions import LocalDatabase, write_payload
 from b2luca.iov import ExpRun, IoV
-from b2luca.runners import NativeRunner, log_tail, output_database
+from b2luca.runners import NativeRunner, job_server, log_tail, output_database
+
+#: how a job is started: a fresh ``python -m`` subprocess, or a fork of the run's job server (issue 15)
+MODES = ("subprocess", "server")
+
+
+def _started(mode):
+    """The context a runner runs in: a job server for ``server`` (started now, with the current environment)."""
+    return job_server.serving() if mode == "server" else contextlib.nullcontext()
 
 SCRIPT = textwrap.dedent('''
     """Counts input files; reads an upstream constant through the database chain."""
@@ -30,6 +40,9 @@ SCRIPT = textwrap.dedent('''
         job.log.info("blas threads: %s", sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}))
         secrets = [k for k in os.environ if "TOKEN" in k]
         job.log.info("env secrets visible: %s", secrets)
+        with open(f"/proc/{os.getppid()}/environ", "rb") as parent:
+            job.log.info("parent has secrets: %s", any(s in parent.read() for s in (b"glpat-", b"rundb-secret")))
+        job.log.info("string hash: %s; argv0: %s", hash("CountFiles"), os.path.basename(__import__("sys").argv[0]))
         job.output_db.store("CountFiles", {"n": np.array([n * job.expert_config["scale"]]),
                                            "upstream": upstream}, job.output_iov)
 ''')
@@ -56,10 +69,14 @@ def _setup(tmp_path, expert_config, backend_args=None):
     return work
 
 
-def test_native_runner_leaves_basf2_layout(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_native_runner_leaves_basf2_layout(tmp_path, monkeypatch, mode):
     monkeypatch.setenv("GITLAB_PRIVATE_TOKEN", "glpat-secret")
+    monkeypatch.setenv("B2LUCA_RUNDB_KEY", "rundb-secret")
     work = _setup(tmp_path, {"scale": 2.0, "fail": False})
-    result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")
+    with _started(mode):
+        result = NativeRunner(secret_names=("B2LUCA_RUNDB_KEY",)).calibrate(
+            work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")
     assert result.ok, log_tail(result.log_path)
     out = LocalDatabase(output_database(work, "CountFiles"))
     assert (out.path / "database.txt").read_text().split() == ["dbstore/CountFiles", "1", "26,1,-1,-1"]
@@ -69,22 +86,60 @@ def test_native_runner_leaves_basf2_layout(tmp_path, monkeypatch):
     assert payload["upstream"][0] == 7.0  # the chain reached the nominal tag
     log = result.log_path.read_text()
     assert "env secrets visible: []" in log and "glpat-secret" not in log
+    assert "argv0: native_job.py" in log
+    if mode == "server":  # the job server (the job's parent) never had the secrets either
+        assert "parent has secrets: False" in log
 
 
-def test_native_runner_failure_keeps_traceback(tmp_path):
+def test_job_server_job_equals_subprocess_job(tmp_path):
+    """The same payload values, string hash (PYTHONHASHSEED=0) and log lines through the server as a subprocess."""
+    logs, payloads = {}, {}
+    for mode in MODES:
+        (tmp_path / mode).mkdir()
+        work = _setup(tmp_path / mode, {"scale": 2.0, "fail": False})
+        with _started(mode):
+            result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "c.log")
+        assert result.ok, log_tail(result.log_path)
+        logs[mode] = [line.split(": ", 1)[-1] for line in result.log_path.read_text().splitlines()
+                      if "hash" in line or "blas" in line]
+        payloads[mode] = LocalDatabase(output_database(work, "CountFiles")).read("CountFiles", ExpRun(26, 1))
+    assert logs["server"] == logs["subprocess"] and len(logs["server"]) == 2
+    assert {k: v.tobytes() for k, v in payloads["server"].items()} == \
+        {k: v.tobytes() for k, v in payloads["subprocess"].items()}
+
+
+def test_job_server_timeout_kills_the_job(tmp_path):
+    work = _setup(tmp_path, {"scale": 1.0, "fail": False})
+    script = tmp_path / "calibrations" / "count_files.py"
+    script.write_text(script.read_text().replace("    if job.expert_config[\"fail\"]:",
+                                                 "    import time; time.sleep(60)\n    if job.expert_config[\"fail\"]:"))
+    with job_server.serving():
+        runner = NativeRunner(timeout_min=2 / 60)
+        result = runner.calibrate(work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")
+    assert result.returncode < 0 and result.duration < 20
+    assert "killed after the time limit of 2 s" in result.log_path.read_text()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_native_runner_failure_keeps_traceback(tmp_path, mode):
     work = _setup(tmp_path, {"scale": 1.0, "fail": True})
-    result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")
+    with _started(mode):
+        result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work,
+                                          work / "calibrate.log")
     assert not result.ok and result.returncode == 1
     assert "RuntimeError: asked to fail" in log_tail(result.log_path)
 
 
-def test_native_runner_gives_blas_the_calibrations_cpus(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_native_runner_gives_blas_the_calibrations_cpus(tmp_path, monkeypatch, mode):
     """BLAS threads = the calibration's cpus (1 by default), whatever the environment asks: side-by-side
     processes must not spin threads for cores they do not hold, and a batch job computes like a local run."""
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     for cpus, expected in ((None, "[1]"), (2, "[2]")):
         (tmp_path / str(cpus)).mkdir()
         work = _setup(tmp_path / str(cpus), {"scale": 1.0, "fail": False}, {} if cpus is None else {"cpus": cpus})
-        result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "cal.log")
+        with _started(mode):
+            result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work,
+                                              work / "cal.log")
         assert result.ok, log_tail(result.log_path)
         assert f"blas threads: {expected}" in result.log_path.read_text()

@@ -1,0 +1,272 @@
+"""A fork server for native calibration and validation jobs of a local run (issue 15: fixed cost per task).
+
+A fresh ``python -m b2luca.runners.native_job`` pays Python's start-up and the imports of numpy, scipy, uproot
+and matplotlib for every calibration and every validation (0.4–2 s each).  For a local run, ``b2luca run``
+starts one server process per run (:func:`serving`) that imports them once; each job is then a
+``fork()`` of that server, which runs :func:`b2luca.runners.native_job.main` exactly as the subprocess would:
+
+* the same environment: the server is started with :func:`~b2luca.runners.base.child_environment` (the
+  bucket's secrets and look-alikes removed, ``PYTHONHASHSEED=0``), so no secret ever reaches it or its jobs;
+* its own session (process group), working directory, ``sys.argv`` and ``sys.path[0]`` (as ``python -m``
+  sets them), stdout and stderr appended to the job's log, stdin from ``/dev/null``;
+* the exit code comes back to the caller; a job whose caller dies (the luigi worker was killed) kills its
+  own process group, as a subprocess does through ``PR_SET_PDEATHSIG``; a timeout kills the job's group.
+
+Batch jobs (Slurm, LSF, HTCondor) never use it: the server's address lives in this module of the driver
+process and of the luigi workers forked from it, not in the environment, so a batch job (or any process
+not forked from the driver) runs ``python -m`` as before.  When no server is running, or it cannot be
+reached, :class:`~b2luca.runners.native.NativeRunner` falls back to the subprocess.
+
+Protocol (one Unix-socket connection per job): the caller sends one JSON line ``{"argv", "cwd", "log"}``;
+the server answers ``{"pid": N}`` when it has forked, then ``{"returncode": N}`` when the job has ended
+(negative: killed by that signal, as :mod:`subprocess` reports it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .base import RunResult, _die_with_parent, child_environment
+
+#: What the server imports before it serves: everything a native job's start-up and the calibrations'
+#: common imports need (not torch: the ML calibrations import it themselves, in their job).
+PRELOAD = ("b2luca.runners.native_job", "b2luca.reco.fit", "b2luca.reco.raw", "b2luca.reco.measurements",
+           "b2luca.reco.nominal", "b2luca.rootio", "scipy.special", "scipy.sparse", "scipy.optimize", "scipy.stats",
+           "matplotlib.pyplot")
+
+_address: str | None = None  # the socket of this run's server (driver and the luigi workers forked from it)
+
+
+def current_address() -> str | None:
+    """The socket path of the running job server, or None (batch jobs, tests calling a runner directly)."""
+    return _address
+
+
+@contextlib.contextmanager
+def serving(secret_names: Sequence[str] = (), log_path: Path | None = None) -> Iterator[str]:
+    """Run a job server while the block runs (jobs of processes forked inside the block use it).
+
+    The listening socket is bound here, so jobs can connect at once (they queue while the server imports).
+    """
+    global _address
+    directory = tempfile.mkdtemp(prefix="b2luca-jobs-")
+    path = os.path.join(directory, "server.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "b2luca.runners.job_server", str(listener.fileno())],
+                                   pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, env=child_environment(secret_names),
+                                   start_new_session=True, preexec_fn=_die_with_parent)
+    finally:
+        listener.close()
+        if not isinstance(log, int):
+            log.close()
+    previous, _address = _address, path
+    try:
+        yield path
+    finally:
+        _address = previous
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            os.rmdir(directory)
+
+
+# --- the caller's side --------------------------------------------------------------------------------
+def _read_message(conn: socket.socket, buffer: bytearray, deadline: float | None) -> dict | None:
+    """The next JSON line from ``conn`` (None at end of stream); raises TimeoutError past ``deadline``."""
+    while b"\n" not in buffer:
+        conn.settimeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
+        try:
+            chunk = conn.recv(4096)
+        except socket.timeout as exc:
+            raise TimeoutError from exc
+        if not chunk:
+            return None
+        buffer += chunk
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    return json.loads(line)
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):  # the job may not have made its own group yet
+        with contextlib.suppress(OSError):
+            kill(pid, signal.SIGKILL)
+            return
+
+
+def run_in_server(address: str, command: Sequence[str], cwd: Path, log_path: Path,
+                  timeout: float | None = None) -> RunResult:
+    """Run ``command`` (``python -m b2luca.runners.native_job ...``) as a fork of the server at ``address``,
+    like :func:`~b2luca.runners.base.run_logged`: log appended to ``log_path``, never raises on failure.
+
+    Raises :class:`ConnectionError` when the server cannot take the job (the caller then runs a subprocess).
+    """
+    argv = list(command)[3:]  # after "python -m b2luca.runners.native_job"
+    start = time.perf_counter()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with conn:
+        conn.connect(address)  # OSError (a ConnectionError or FileNotFoundError): no server
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            log.write(f"$ {' '.join(command)}\n".encode())
+        conn.sendall(json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log_path)}).encode() + b"\n")
+        buffer = bytearray()
+        first = _read_message(conn, buffer, time.monotonic() + 600)
+        if first is None or "pid" not in first:
+            raise ConnectionError(f"job server at {address} did not start the job: {first}")
+        pid = int(first["pid"])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            done = _read_message(conn, buffer, deadline)
+            returncode = int(done["returncode"]) if done else -signal.SIGKILL
+        except TimeoutError:
+            _kill_group(pid)
+            done = _read_message(conn, buffer, time.monotonic() + 30)
+            with open(log_path, "ab") as log:
+                log.write(f"\nb2luca: killed after the time limit of {timeout:.0f} s\n".encode())
+            returncode = -signal.SIGKILL
+        except BaseException:
+            _kill_group(pid)
+            raise
+    return RunResult(returncode, log_path, time.perf_counter() - start, tuple(command))
+
+
+# --- the server -----------------------------------------------------------------------------------------
+def _run_job(conn: socket.socket, request: dict) -> int:
+    """In the forked child: become the job (own session, cwd, log, argv) and run native_job.main."""
+    os.setsid()
+    for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    os.chdir(request["cwd"])
+    sys.argv = [str(Path(sys.modules["b2luca.runners.native_job"].__file__ or "native_job")), *request["argv"]]
+    sys.path[0] = os.getcwd()  # what `python -m` puts first
+    log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.close(null)
+
+    def watch_caller() -> None:  # the caller (a luigi worker) died: take the whole job down, like PDEATHSIG
+        with contextlib.suppress(OSError):
+            while conn.recv(1):
+                pass
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch_caller, daemon=True).start()
+    from .native_job import main
+
+    return main(request["argv"])
+
+
+def _child(conn: socket.socket, request: dict, close: list[socket.socket], fds: Sequence[int]) -> None:
+    """The forked child: never returns."""
+    code = 1
+    try:
+        for item in close:
+            item.close()
+        for fd in fds:
+            os.close(fd)
+        code = _run_job(conn, request)
+    except BaseException:  # noqa: BLE001 - the job's own traceback goes to its log
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(listener: socket.socket) -> None:
+    """Accept jobs until SIGTERM; fork one child per job and report its pid and exit code."""
+    for name in PRELOAD:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    jobs: dict[int, socket.socket] = {}
+    while not stop or jobs:
+        if stop and listener.fileno() >= 0:
+            selector.unregister(listener)
+            listener.close()
+        for key, _ in selector.select(timeout=1.0):
+            if key.fileobj is listener:
+                _accept(listener, jobs, (wake_r, wake_w))
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+        _reap(jobs)
+
+
+def _accept(listener: socket.socket, jobs: dict[int, socket.socket], fds: Sequence[int]) -> None:
+    """Take one job request: fork its child, tell the caller the pid."""
+    conn, _ = listener.accept()
+    try:
+        conn.settimeout(10)
+        request = _read_message(conn, bytearray(), time.monotonic() + 10)
+        if request is None:
+            conn.close()
+            return
+        conn.settimeout(None)
+        pid = os.fork()
+        if pid == 0:
+            _child(conn, request, [listener, *jobs.values()], fds)
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        jobs[pid] = conn
+    except (OSError, ValueError, TimeoutError):
+        conn.close()
+
+
+def _reap(jobs: dict[int, socket.socket]) -> None:
+    """Collect every ended child and send its exit code to its caller."""
+    while jobs:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = jobs.pop(pid, None)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+            conn.close()
+
+
+if __name__ == "__main__":
+    serve(socket.socket(fileno=int(sys.argv[1])))
