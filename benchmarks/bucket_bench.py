@@ -24,6 +24,7 @@ Targets (issue 5): demo bucket < 60 s on 2 cores, overhead < 50 ms per task.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from b2luca.config import load_config  # noqa: E402
 from b2luca.dataset import simulate_config  # noqa: E402
 from b2luca.tasks import Bucket  # noqa: E402
+from b2luca.tasks.context import context_for  # noqa: E402
 from b2luca.tasks.driver import RecordingFactory, _walk, configure_luigi, run_bucket  # noqa: E402
 
 OUT_DIR = Path(tempfile.mkdtemp(prefix="b2luca-bench-"))
@@ -71,7 +73,8 @@ class Fan(luigi.WrapperTask):
         return [NoOp(index=i) for i in range(self.n)]
 
 
-def overhead(n: int, workers: int) -> None:
+def scheduling(n: int, workers: int) -> None:
+    """luigi alone: no-op tasks through the same luigi configuration and scheduler hook as ``b2luca run``."""
     configure_luigi(OUT_DIR / "luigi.log")
     for label, root in (("fan", Fan(n=n)), ("chain", NoOp(index=n - 1, chain=True))):
         for path in OUT_DIR.glob(f"{label}-*"):
@@ -81,8 +84,171 @@ def overhead(n: int, workers: int) -> None:
                              worker_scheduler_factory=RecordingFactory())
         wall = time.perf_counter() - start
         assert result.status.name == "SUCCESS", result.summary_text
-        print(f"scheduling overhead, {label:5s} of {n} no-op tasks, {workers} worker(s): "
+        print(f"luigi scheduling, {label:5s} of {n} no-op tasks, {workers} worker(s): "
               f"{wall:.2f} s wall = {1000 * wall / n:.1f} ms per task")
+
+
+# --- the fixed cost of a bucket task that does no work (issue 15) ----------------------------------------
+NOOP_CALIBRATION = '''"""A calibration that does no work: reads nothing, stores one constant (bucket_bench overhead)."""
+import numpy as np
+from b2luca.catalogue import CalibrationSettings, INPUT_DATA_FILTERS
+{imports}
+settings = CalibrationSettings(
+    name="{name}", expert_username="bench", subsystem="example", description=__doc__,
+    input_data_formats=["{fmt}"], input_data_names=["hadron_calib"],
+    input_data_filters={{"hadron_calib": [INPUT_DATA_FILTERS["Data Tag"]["hadron_calib"]]}},
+    depends_on={depends}, expert_config={{}}, produced_payloads=["{name}"])
+
+
+def calibrate(job):
+    job.output_db.store("{name}", {{"value": np.zeros(1)}}, job.output_iov)
+'''
+NOOP_VALIDATION = '''"""Passes (bucket_bench overhead)."""
+from b2luca.catalogue import ValidationSettings
+from b2luca.contract import Verdict
+
+settings = ValidationSettings(name="{name}", description=__doc__, download_files=[], expert_config={{}})
+
+
+def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
+    return Verdict(passed=True, figures={{}}, message="no-op")
+'''
+
+
+class Timers:
+    """Wall seconds and calls of wrapped functions (tasks run in this process with one luigi worker)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner: object, attribute: str, label: str) -> None:
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
+                self.calls[label] = self.calls.get(label, 0) + 1
+
+        self._undo.append((owner, attribute, original))
+        setattr(owner, attribute, timed)
+
+    def restore(self) -> None:
+        for owner, attribute, original in reversed(self._undo):
+            setattr(owner, attribute, original)
+
+
+def _noop_bucket(base: Path, runs: int, calibrations: int) -> Path:
+    """The demo bucket with ``runs`` runs of 1 event per data tag, one cDST production task per run, and
+    ``calibrations`` no-op calibrations per stage (raw and cdst) instead of the real ones."""
+    directory = base / "calibrations"
+    (directory / "validations").mkdir(parents=True)
+    for stage in ("raw", "cdst"):
+        for i in range(calibrations):
+            name = f"NoOp{stage.capitalize()}{i}"
+            imports = f"from calibrations.noopraw{i} import settings as upstream" if stage == "cdst" else ""
+            (directory / f"{name.lower()}.py").write_text(NOOP_CALIBRATION.format(
+                name=name, fmt=stage, imports=imports, depends="[upstream]" if stage == "cdst" else "[]"))
+            (directory / "validations" / f"{name.lower()}.py").write_text(NOOP_VALIDATION.format(name=name))
+    doc = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    doc["work_dir"] = str(base / "work")
+    doc["rundb"]["snapshot"] = str(base / "rundb.csv")
+    doc["data"]["raw_directory"] = str(base / "work" / "data")
+    doc["data"]["production_task_mb"] = 0  # one production task per run: the per-task cost
+    doc["conditions"]["directory"] = str(base / "work" / "conditions")
+    doc["conditions"].pop("reference_global_tag", None)
+    doc["archive"]["directory"] = str(base / "archive")
+    doc["calibrations"] = {"directory": str(directory), "on_validation_failure": "stop"}
+    doc["bucket"]["last_run"] = doc["bucket"]["first_run"] + runs - 1
+    doc["simulation"]["events"] = {tag: 1 for tag in doc["simulation"]["events"]}
+    config = base / "noop.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    return config
+
+
+def job_startup(base: Path, jobs: int) -> None:
+    """One native job that does nothing: a fresh ``python -m`` subprocess against a fork of the job server
+    (in the no-op bucket ``base`` after its run)."""
+    from b2luca.runners import NativeRunner, job_server
+
+    ctx = context_for(str(base / "noop.yaml"))
+    info = ctx.catalogue["NoOpRaw0"]
+    work = base / "startup"
+    work.mkdir()
+    from b2luca.tasks.calibration import write_caf_config, write_input_data
+
+    caf, data = write_caf_config(ctx, info, work), write_input_data(ctx, info, work)
+    for mode in ("subprocess", "job server"):
+        with (job_server.serving() if mode == "job server" else contextlib.nullcontext()):
+            NativeRunner().calibrate(caf, data, work, work / "warm.log")  # the server's imports, the page cache
+            start = time.perf_counter()
+            for i in range(jobs):
+                result = NativeRunner().calibrate(caf, data, work, work / f"{i}.log")
+                assert result.ok, (work / f"{i}.log").read_text()
+            seconds = (time.perf_counter() - start) / jobs
+        print(f"native job that does nothing ({mode}): {1000 * seconds:.0f} ms per job (mean of {jobs}; "
+              "a calibration task runs two: calibrate and validate)")
+
+
+def overhead(n: int, workers: int, runs: int, calibrations: int) -> None:
+    """The fixed cost per task: luigi alone, a native job's start-up, then a whole bucket of tasks that do no
+    work (1-event runs, no-op calibrations) with the time of each component of the tasks."""
+    for w in sorted({1, workers}):
+        scheduling(n, w)
+    from b2luca import production
+    from b2luca.tasks import calibration as calibration_work, cdst, context
+
+    base = Path(tempfile.mkdtemp(prefix="b2luca-overhead-"))
+    config = _noop_bucket(base, runs, calibrations)
+    cfg = load_config(config)
+    simulate_config(cfg)
+    for w in sorted({1, workers}):
+        shutil.rmtree(cfg.work_dir / "calibrations", ignore_errors=True)
+        for sub in ("cdst_production", "archive", "local", "cdst", "report", "settings"):
+            shutil.rmtree(cfg.work_dir / sub, ignore_errors=True)
+        shutil.rmtree(cfg.conditions.directory / cfg.conditions.prompt_global_tag, ignore_errors=True)
+        timers = Timers()
+        if w == 1:  # the tasks run in this process: time their parts
+            timers.wrap(production, "load_constants", "conditions: read the constants")
+            timers.wrap(context.BucketContext, "chain", "conditions: open the database chain")
+            timers.wrap(production, "read_raw", "inputs: read the raw files")
+            timers.wrap(production, "_read_trees", "inputs: read the cDST files")
+            timers.wrap(production, "_write_trees_atomic", "outputs: write the cDST files")
+            timers.wrap(production, "_write_json_atomic", "outputs: manifests")
+            timers.wrap(cdst, "write_json_atomic", "outputs: markers")
+            timers.wrap(calibration_work, "write_caf_config", "calibration: caf_config.json")
+            timers.wrap(calibration_work, "write_input_data", "calibration: input_data.json")
+            timers.wrap(calibration_work, "calibrate", "calibration: calibrate job")
+            timers.wrap(calibration_work, "validate", "calibration: validate job")
+            timers.wrap(calibration_work, "import_payloads", "calibration: import payloads")
+            timers.wrap(calibration_work, "write_json_atomic", "outputs: result.json")
+            timers.wrap(context.BucketContext, "emit", "report: events")
+        try:
+            outcome = run_bucket(cfg, workers=w, echo=lambda _: None)
+        finally:
+            timers.restore()
+        assert outcome.exit_code == 0, [(r.name, r.state, r.cause) for r in outcome.rows]
+        done = [r for r in outcome.rows if r.state == "success"]
+        by_kind: dict[str, list[float]] = {}
+        for row in done:
+            by_kind.setdefault(row.kind, []).append(row.duration or 0.0)
+        busy = sum(r.duration or 0.0 for r in done)
+        print(f"bucket of tasks that do no work, {w} worker(s): {len(done)} tasks, DAG {outcome.seconds:.2f} s "
+              f"= {1000 * outcome.seconds / len(done):.0f} ms per task; sum of task durations {busy:.2f} s")
+        for kind, seconds in sorted(by_kind.items()):
+            print(f"  {kind:16s} {len(seconds):3d} tasks, {1000 * sum(seconds) / len(seconds):6.0f} ms per task")
+        if w == 1:
+            print(f"  outside the tasks (luigi scheduling, completeness checks, driver): "
+                  f"{1000 * (outcome.seconds - busy) / len(done):.0f} ms per task")
+            for label in sorted(timers.seconds):
+                print(f"  {label:40s} {1000 * timers.seconds[label]:8.1f} ms in {timers.calls[label]:3d} calls "
+                      f"= {1000 * timers.seconds[label] / timers.calls[label]:6.1f} ms per call")
+    job_startup(base, 5)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _cpu() -> float:
@@ -175,14 +341,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--skip-demo", action="store_true")
-    parser.add_argument("--skip-overhead", action="store_true", help="skip the no-op scheduling benchmark")
+    parser.add_argument("--skip-overhead", action="store_true", help="skip the fixed-cost (no-op tasks) benchmark")
+    parser.add_argument("--overhead-runs", type=int, default=20, help="runs of the no-op bucket (one task each)")
+    parser.add_argument("--overhead-calibrations", type=int, default=4,
+                        help="no-op calibrations per stage (raw, cdst) of the no-op bucket")
     parser.add_argument("--runs", type=int, default=None, help="spread the demo's events over this many runs")
     parser.add_argument("--keep-conditions", type=Path, default=None,
                         help="copy the demo's conditions folder here (for benchmarks/compare_payloads.py)")
     args = parser.parse_args()
     if not args.skip_overhead:
-        for workers in sorted({1, args.workers}):
-            overhead(args.tasks, workers)
+        overhead(args.tasks, args.workers, args.overhead_runs, args.overhead_calibrations)
     if not args.skip_demo:
         demo(args.workers, args.runs, args.keep_conditions)
     shutil.rmtree(OUT_DIR, ignore_errors=True)
