@@ -299,13 +299,13 @@ class DatabaseChain:
 
 
 def read_verified(path: Path) -> dict[str, np.ndarray]:
-    """Read a payload file after checking its content against the checksum stored in it."""
-    from .verify import check_payload_file
+    """Read a payload file after checking its content against the checksum stored in it (one opening)."""
+    from .verify import read_checked
 
-    _, problem = check_payload_file(path)
-    if problem:
+    arrays, _, problem = read_checked(path)
+    if problem or arrays is None:
         raise PayloadError(f"{path}: damaged payload: {problem}")
-    return read_payload(path)
+    return arrays
 
 
 def check_payload_file(path: Path) -> tuple[str | None, str | None]:

@@ -75,19 +75,25 @@ def read_payload(path: "str | os.PathLike[str]") -> dict[str, np.ndarray]:
     """Read a payload file written by :func:`write_payload` back into named arrays."""
     path = Path(path)
     try:
-        with uproot.open(path) as source:
-            meta = json.loads(str(source[META_KEY]))
-            arrays: dict[str, np.ndarray] = {}
-            for key, info in meta.items():
-                if key.startswith("__"):
-                    continue
-                values = source[key]["value"].array(library="np")
-                arrays[key] = np.asarray(values, dtype=np.dtype(info["dtype"])).reshape(info["shape"])
+        return read_payload_and_meta(path)[0]
     except FileNotFoundError:
         raise
     except Exception as exc:  # uproot raises many kinds for a damaged file
         raise PayloadError(f"{path}: not a readable b2luca payload file ({exc})") from exc
-    return arrays
+
+
+def read_payload_and_meta(path: "str | os.PathLike[str]") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The named arrays and the metadata (dtypes, shapes, ``__checksum__``) of a payload file, in one
+    opening of the file (memory-mapped); uproot's own exceptions pass through."""
+    with uproot.open(path, handler=uproot.MemmapSource) as source:
+        meta = json.loads(str(source[META_KEY]))
+        arrays: dict[str, np.ndarray] = {}
+        for key, info in meta.items():
+            if key.startswith("__"):
+                continue
+            values = source[key]["value"].array(library="np")
+            arrays[key] = np.asarray(values, dtype=np.dtype(info["dtype"])).reshape(info["shape"])
+    return arrays, meta
 
 
 def read_checksum(path: "str | os.PathLike[str]") -> str:

@@ -9,35 +9,39 @@ while the bucket's prompt database has any.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import uproot
+import numpy as np
 
 from ..errors import DatabaseError, PayloadError
-from .payload import META_KEY, payload_checksum, read_payload
+from .payload import payload_checksum, read_payload_and_meta
 
 __all__ = ["bucket_databases", "check_payload_file", "damage_report", "verify_database", "verify_databases"]
 
 
 def check_payload_file(path: "str | Path") -> tuple[str | None, str | None]:
     """``(checksum, None)`` for an intact payload file, ``(None, problem)`` for a missing or damaged one."""
+    _, checksum, problem = read_checked(path)
+    return checksum, problem
+
+
+def read_checked(path: "str | Path") -> tuple[dict[str, np.ndarray] | None, str | None, str | None]:
+    """``(arrays, checksum, None)`` for an intact payload file, ``(None, None, problem)`` for a missing or
+    damaged one: the file is opened once, its content checked against the checksum stored in it."""
     path = Path(path)
     if not path.is_file():
-        return None, "payload file is missing"
+        return None, None, "payload file is missing"
     try:
-        with uproot.open(path) as source:
-            meta = json.loads(str(source[META_KEY]))
+        arrays, meta = read_payload_and_meta(path)
         stored = meta.get("__checksum__") if isinstance(meta, dict) else None
-        arrays = read_payload(path)
         actual = payload_checksum(arrays)
     except (PayloadError, OSError, ValueError, KeyError, TypeError) as exc:
-        return None, f"unreadable ({' '.join(str(exc).split())[:200]})"
+        return None, None, f"unreadable ({' '.join(str(exc).split())[:200]})"
     except Exception as exc:  # uproot raises many kinds for random bytes
-        return None, f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        return None, None, f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
     if stored is not None and stored != actual:  # a file without a stored checksum is only checked for readability
-        return None, f"content checksum {actual[:12]}… does not match the stored {str(stored)[:12]}…"
-    return actual, None
+        return None, None, f"content checksum {actual[:12]}… does not match the stored {str(stored)[:12]}…"
+    return arrays, actual, None
 
 
 def verify_database(directory: "str | Path") -> list[str]:

@@ -47,6 +47,9 @@ PRELOAD = ("b2luca.runners.native_job", "b2luca.dataset", "b2luca.reco.fit", "b2
            "b2luca.reco.nominal", "b2luca.rootio", "scipy.special", "scipy.sparse", "scipy.optimize", "scipy.stats",
            "matplotlib.pyplot")
 
+#: the server process's program (not ``-m``: this module is imported by its package first)
+_ENTRY = "import socket, sys; from b2luca.runners.job_server import serve; serve(socket.socket(fileno=int(sys.argv[1])))"
+
 _address: str | None = None  # the socket of this run's server (driver and the luigi workers forked from it)
 
 
@@ -69,7 +72,7 @@ def serving(secret_names: Sequence[str] = (), log_path: Path | None = None) -> I
     listener.listen(64)
     log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
     try:
-        process = subprocess.Popen([sys.executable, "-m", "b2luca.runners.job_server", str(listener.fileno())],
+        process = subprocess.Popen([sys.executable, "-c", _ENTRY, str(listener.fileno())],
                                    pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, env=child_environment(secret_names),
                                    start_new_session=True, preexec_fn=_die_with_parent)
@@ -267,7 +270,3 @@ def _reap(jobs: dict[int, socket.socket]) -> None:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
             conn.close()
-
-
-if __name__ == "__main__":
-    serve(socket.socket(fileno=int(sys.argv[1])))
