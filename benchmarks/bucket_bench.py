@@ -173,7 +173,12 @@ def _noop_bucket(base: Path, runs: int, calibrations: int) -> Path:
 def job_startup(base: Path, jobs: int) -> None:
     """One native job that does nothing: a fresh ``python -m`` subprocess against a fork of the job server
     (in the no-op bucket ``base`` after its run)."""
-    from b2luca.runners import NativeRunner, job_server
+    from b2luca.runners import NativeRunner
+
+    try:
+        from b2luca.runners import job_server
+    except ImportError:  # the benchmark run against a b2luca from before the job server (a "before" figure)
+        job_server = None
 
     ctx = context_for(str(base / "noop.yaml"))
     info = ctx.catalogue["NoOpRaw0"]
@@ -182,8 +187,8 @@ def job_startup(base: Path, jobs: int) -> None:
     from b2luca.tasks.calibration import write_caf_config, write_input_data
 
     caf, data = write_caf_config(ctx, info, work), write_input_data(ctx, info, work)
-    for mode in ("subprocess", "job server"):
-        with (job_server.serving() if mode == "job server" else contextlib.nullcontext()):
+    for mode in ("subprocess", "job server") if job_server is not None else ("subprocess",):
+        with (job_server.serving() if job_server and mode == "job server" else contextlib.nullcontext()):
             NativeRunner().calibrate(caf, data, work, work / "warm.log")  # the server's imports, the page cache
             start = time.perf_counter()
             for i in range(jobs):

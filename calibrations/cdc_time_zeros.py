@@ -55,9 +55,14 @@ def _terms(x: np.ndarray, half_cell: np.ndarray, sigma: float):
     from scipy.special import log_ndtr
 
     a, b = x / sigma, (x - half_cell) / sigma
-    # F = Phi(a) - Phi(b), computed stably in both tails
-    log_f = np.where(a < 0, log_ndtr(a) + np.log1p(-np.exp(np.minimum(log_ndtr(b) - log_ndtr(a), -1e-300))),
-                     log_ndtr(-b) + np.log1p(-np.exp(np.minimum(log_ndtr(-a) - log_ndtr(-b), -1e-300))))
+    # F = Phi(a) - Phi(b), computed stably in both tails; each element's log_ndtr only in the tail it needs
+    log_f = np.empty_like(a)
+    left = a < 0
+    la = log_ndtr(a[left])
+    log_f[left] = la + np.log1p(-np.exp(np.minimum(log_ndtr(b[left]) - la, -1e-300)))
+    right = ~left
+    lb = log_ndtr(-b[right])
+    log_f[right] = lb + np.log1p(-np.exp(np.minimum(log_ndtr(-a[right]) - lb, -1e-300)))
     fa = np.exp(-0.5 * a * a - 0.5 * np.log(2 * np.pi) - log_f)  # phi(a) / F
     fb = np.exp(-0.5 * b * b - 0.5 * np.log(2 * np.pi) - log_f)  # phi(b) / F
     g = (fa - fb) / sigma
