@@ -111,36 +111,8 @@ class RecordingScheduler(luigi.scheduler.Scheduler):
         return response
 
 
-class PromptResults:
-    """A luigi worker's task-result queue that lets the worker go on at once after a result.
-
-    luigi's ``Worker._handle_next_task`` takes a result, then waits ``wait_interval`` for another one before
-    it asks the scheduler for the next task: every task whose dependency just finished started 50 ms late
-    (a chain of no-op tasks: 64 ms per task with 2 workers).  After a result, this queue answers the next
-    ``get`` at once (the next result if one is waiting, else ``queue.Empty``); otherwise it blocks as luigi asks.
-    Everything else (``put`` from the task processes, ``close``) is the wrapped queue's.
-    """
-
-    def __init__(self, results: Any) -> None:
-        self._results = results
-        self._after_result = False
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        """The next result; right after a result, only one that is already waiting."""
-        if self._after_result:
-            self._after_result = False
-            item = self._results.get_nowait()  # queue.Empty: luigi asks the scheduler for work now
-        else:
-            item = self._results.get(block, timeout)
-        self._after_result = True
-        return item
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._results, name)
-
-
 class RecordingFactory(luigi.interface._WorkerSchedulerFactory):
-    """Hands luigi our recording scheduler, and workers whose result queue is a :class:`PromptResults`."""
+    """Hands luigi our recording scheduler."""
 
     def __init__(self) -> None:
         self.scheduler: RecordingScheduler | None = None
@@ -148,11 +120,6 @@ class RecordingFactory(luigi.interface._WorkerSchedulerFactory):
     def create_local_scheduler(self) -> RecordingScheduler:
         self.scheduler = RecordingScheduler(prune_on_get_work=True, record_task_history=False)
         return self.scheduler
-
-    def create_worker(self, scheduler: Any, worker_processes: int, assistant: bool = False) -> luigi.worker.Worker:
-        worker = super().create_worker(scheduler, worker_processes, assistant=assistant)
-        worker._task_result_queue = PromptResults(worker._task_result_queue)
-        return worker
 
 
 # --- what the run did -----------------------------------------------------------------------------
