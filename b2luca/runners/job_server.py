@@ -70,6 +70,8 @@ def serving(secret_names: Sequence[str] = (), log_path: Path | None = None) -> I
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
     try:
         process = subprocess.Popen([sys.executable, "-c", _ENTRY, str(listener.fileno())],

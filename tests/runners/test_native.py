@@ -143,3 +143,38 @@ def test_native_runner_gives_blas_the_calibrations_cpus(tmp_path, monkeypatch, m
                                               work / "cal.log")
         assert result.ok, log_tail(result.log_path)
         assert f"blas threads: {expected}" in result.log_path.read_text()
+
+
+def test_job_server_job_dies_with_its_caller(tmp_path):
+    """A killed luigi worker (the caller) takes its job down, as PR_SET_PDEATHSIG does for a subprocess."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    work = _setup(tmp_path, {"scale": 1.0, "fail": False})
+    script = tmp_path / "calibrations" / "count_files.py"
+    script.write_text(script.read_text().replace(
+        "    if job.expert_config[\"fail\"]:",
+        "    import time; (job.work_dir / 'pid').write_text(str(os.getpid())); time.sleep(60)\n"
+        "    if job.expert_config[\"fail\"]:"))
+    with job_server.serving():
+        caller = multiprocessing.get_context("fork").Process(target=NativeRunner().calibrate, args=(
+            work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log"))
+        caller.start()
+        deadline = time.monotonic() + 60
+        while not (work / "pid").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int((work / "pid").read_text())
+        os.kill(caller.pid, signal.SIGKILL)
+        caller.join()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError("the job outlived its caller")

@@ -297,3 +297,21 @@ def test_a_bucket_task_without_output_path_cannot_be_made() -> None:
 
     with pytest.raises(TypeError, match="output_path"):
         NoOutput(config_path="bucket.yaml")
+
+
+def test_a_local_native_run_has_a_job_server_a_batch_run_none(bucket_config):
+    """Native jobs of a local run fork from the run's job server; batch jobs start their own processes."""
+    import dataclasses
+
+    from b2luca.config import load_config
+    from b2luca.enums import BatchSystem
+    from b2luca.runners import job_server
+    from b2luca.tasks.driver import _job_server
+
+    cfg = load_config(bucket_config())
+    with _job_server(cfg) as address:
+        assert address is not None and job_server.current_address() == address
+    assert job_server.current_address() is None
+    batch = dataclasses.replace(cfg, batch=dataclasses.replace(cfg.batch, system=BatchSystem.SLURM))
+    with _job_server(batch) as address:
+        assert address is None and job_server.current_address() is None
