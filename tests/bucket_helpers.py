@@ -62,6 +62,9 @@ def copy_calibrations(base: Path) -> Path:
 #: events per run of the small reporting buckets (the GitLab and central conditions-DB end-to-end tests)
 REPORTING_EVENTS = {"cosmic_calib": 150, "mumu_tight_or_highm_calib": 600, "hadron_calib": 300,
                     "bhabha_all_calib": 300, "random_calib": 50}
+#: a selection for tests of orchestration only (reporting, outages): every stage and group kind (local, raw, cDST
+#: production, cdst, archives) without the alignment's and the ML trainings' minute (issue 15: CI time)
+ORCHESTRATION = ("CDCTimeZeros", "PXDHotDeadPixels", "SVDTimeOffsets", "ECLCrystalEnergy")
 #: the demo's responsible experts, as GitLab users of the fake server
 EXPERTS = ("cdc_expert", "svd_expert", "pxd_expert", "alignment_expert", "beamspot_expert", "ecl_expert")
 

@@ -18,7 +18,7 @@ from b2luca.config import load_config
 from b2luca.tasks.context import context_for, production_task_name
 from b2luca.tasks.driver import run_bucket
 
-from bucket_helpers import copy_calibrations, make_bucket
+from bucket_helpers import ORCHESTRATION, copy_calibrations, make_bucket
 
 pytestmark = pytest.mark.slow
 
@@ -198,7 +198,7 @@ def test_validation_failure_is_reported_and_not_published(simulated_bucket, tmp_
 
 
 def test_killed_driver_resumes_without_redoing_finished_work(simulated_bucket, tmp_path):
-    config = simulated_bucket.config(tmp_path)
+    config = simulated_bucket.config(tmp_path, select=list(ORCHESTRATION))  # every stage, no minute-long training
     cfg = load_config(config)
     driver = subprocess.Popen([sys.executable, "-m", "b2luca.cli", "run", str(config), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

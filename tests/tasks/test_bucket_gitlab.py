@@ -15,7 +15,7 @@ from b2luca.report.markdown import summary_title
 from b2luca.tasks.context import context_for
 from b2luca.tasks.driver import plan_events, run_bucket
 
-from bucket_helpers import EXPERTS, REPORTING_EVENTS, fast_report_backoff, make_bucket
+from bucket_helpers import EXPERTS, ORCHESTRATION, REPORTING_EVENTS, fast_report_backoff
 from report.fake_gitlab import FakeGitLab
 
 pytestmark = pytest.mark.slow
@@ -37,8 +37,11 @@ def gitlab(monkeypatch):
     server.stop()
 
 
-def _bucket(tmp_path: Path, server: FakeGitLab) -> Path:
-    return make_bucket(tmp_path, events=EVENTS, changes={
+def _bucket(tmp_path: Path, server: FakeGitLab, simulated_bucket) -> Path:
+    """A bucket reporting to ``server``, on the session's simulated data (its events are the reporting
+    buckets' :data:`REPORTING_EVENTS`), with the calibrations of :data:`ORCHESTRATION`."""
+    assert simulated_bucket.events == EVENTS
+    return simulated_bucket.config(tmp_path, select=list(ORCHESTRATION), changes={
         "report.transport": "gitlab",
         "report.gitlab": {"url": server.url, "project": server.project_path, "token_env": TOKEN_ENV, "timeout": 2.0}})
 
@@ -62,8 +65,8 @@ def _assert_token_nowhere(token: str, *roots: Path, server: FakeGitLab) -> None:
     assert not any(token in text for text in _issue_texts(server))
 
 
-def test_demo_bucket_creates_one_issue_per_calibration_and_a_summary(tmp_path, gitlab):
-    config = _bucket(tmp_path, gitlab)
+def test_demo_bucket_creates_one_issue_per_calibration_and_a_summary(tmp_path, gitlab, simulated_bucket):
+    config = _bucket(tmp_path, gitlab, simulated_bucket)
     cfg = load_config(config)
     outcome = run_bucket(cfg, workers=2, echo=lambda _: None)
     assert outcome.exit_code == 0, [(r.name, r.state) for r in outcome.rows]
@@ -77,7 +80,7 @@ def test_demo_bucket_creates_one_issue_per_calibration_and_a_summary(tmp_path, g
     assert "b2luca" in issue["labels"] and "bucket::demo" in issue["labels"] and "status::success" in issue["labels"]
     assert [a["username"] for a in issue["assignees"]] == ["svd_expert"]
     # The summary by its title: an issue that merely mentions SVDTimeOffsets can be a calibration's own
-    # (VXDCDCAlignment's lists it among its dependencies), which carries no archive location.
+    # (VXDCDCAlignment's lists it among its dependencies, when selected), which carries no archive location.
     summary = next(i for i in gitlab.issues if i["title"] == summary_title("demo"))
     assert "SVDTimeOffsets" in summary["description"]
     assert str(cfg.archive.directory) in summary["description"]
@@ -88,8 +91,8 @@ def test_demo_bucket_creates_one_issue_per_calibration_and_a_summary(tmp_path, g
     _assert_token_nowhere(gitlab.token, cfg.work_dir, cfg.archive.directory, server=gitlab)
 
 
-def test_gitlab_outage_mid_run_never_fails_the_run_and_flush_delivers_once(tmp_path, gitlab):
-    config = _bucket(tmp_path, gitlab)
+def test_gitlab_outage_mid_run_never_fails_the_run_and_flush_delivers_once(tmp_path, gitlab, simulated_bucket):
+    config = _bucket(tmp_path, gitlab, simulated_bucket)
     cfg = load_config(config)
     port = gitlab.port
 
