@@ -210,7 +210,8 @@ def _child(conn: socket.socket, request: dict, close: list[socket.socket], fds: 
 
 
 def serve(listener: socket.socket) -> None:
-    """Accept jobs until SIGTERM; fork one child per job and report its pid and exit code."""
+    """Accept jobs until SIGTERM (then kill the jobs still running); fork one child per job and report its pid
+    and exit code."""
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
@@ -226,9 +227,11 @@ def serve(listener: socket.socket) -> None:
     selector.register(wake_r, selectors.EVENT_READ)
     jobs: dict[int, socket.socket] = {}
     while not stop or jobs:
-        if stop and listener.fileno() >= 0:
+        if stop and listener.fileno() >= 0:  # the run is over (or interrupted): no new jobs, none left running
             selector.unregister(listener)
             listener.close()
+            for pid in jobs:
+                _kill_group(pid)
         for key, _ in selector.select(timeout=1.0):
             if key.fileobj is listener:
                 _accept(listener, jobs, (wake_r, wake_w))

@@ -178,3 +178,34 @@ def test_job_server_job_dies_with_its_caller(tmp_path):
         else:
             os.kill(pid, signal.SIGKILL)
             raise AssertionError("the job outlived its caller")
+
+
+def test_jobs_still_running_when_the_run_ends_are_killed(tmp_path):
+    """An interrupted run (the driver leaves the server's block with jobs running) leaves no job behind."""
+    import os
+    import threading
+    import time
+
+    work = _setup(tmp_path, {"scale": 1.0, "fail": False})
+    script = tmp_path / "calibrations" / "count_files.py"
+    script.write_text(script.read_text().replace(
+        "    if job.expert_config[\"fail\"]:",
+        "    import time; (job.work_dir / 'pid').write_text(str(os.getpid())); time.sleep(60)\n"
+        "    if job.expert_config[\"fail\"]:"))
+    results = []
+    with job_server.serving():
+        caller = threading.Thread(target=lambda: results.append(NativeRunner().calibrate(
+            work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")))
+        caller.start()
+        deadline = time.monotonic() + 60
+        while not (work / "pid").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start = time.monotonic()
+    caller.join(timeout=30)
+    assert results and results[0].returncode < 0 and time.monotonic() - start < 10
+    pid = int((work / "pid").read_text())
+    try:
+        os.kill(pid, 0)
+        raise AssertionError("the job outlived the run")
+    except ProcessLookupError:
+        pass
