@@ -412,7 +412,8 @@ def _run_locked(cfg: BucketConfig, ctx: BucketContext, tasks: list[luigi.Task], 
     labels = {t.task_id: _describe(t, ctx)[::2] for t in _walk(tasks) if not isinstance(t, luigi.WrapperTask)}
     try:
         with progress.Progress(cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
-                               (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval):
+                               (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval,
+                               on_tick=ctx.reporter.deliver_local):
             result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
                                  detailed_summary=True, worker_scheduler_factory=build_factory)
     except KeyboardInterrupt:
