@@ -79,9 +79,10 @@ def _gitlab_transport(report_cfg: ReportConfig, bucket: str) -> Transport:
     return GitLabTransport(gcfg, bucket)
 
 
-def _transports(report_cfg: ReportConfig | None, work_dir: Path, bucket: str, strict: bool = True) -> list[Transport]:
+def _transports(report_cfg: ReportConfig | None, work_dir: Path, bucket: str, strict: bool = True,
+                local_interval_s: float = 0.0) -> list[Transport]:
     kind = report_cfg.transport if report_cfg is not None else TransportKind.LOCAL
-    out: list[Transport] = [LocalTransport(report_dir(work_dir))]
+    out: list[Transport] = [LocalTransport(report_dir(work_dir), min_interval_s=local_interval_s)]
     if kind == TransportKind.GITLAB:
         assert report_cfg is not None
         try:
@@ -100,7 +101,9 @@ class Reporter:
 
     def __init__(self, report_cfg: ReportConfig | None, work_dir: Path, bucket: str,
                  transports: list[Transport] | None = None, deliver_on_emit: bool = True,
-                 strict: bool = True) -> None:
+                 strict: bool = True, local_interval_s: float = 0.0) -> None:
+        """``local_interval_s`` > 0: emit() re-renders the local files at most that often (see
+        :func:`open_reporter`)."""
         self.report_cfg = report_cfg
         #: deliver to remote transports (GitLab) inside emit(); if False only the local files are
         #: updated by emit() and the driver calls deliver()/flush() (e.g. after each finished task)
@@ -109,7 +112,8 @@ class Reporter:
         self.bucket = bucket
         self.outbox = Outbox(report_dir(self.work_dir))
         self.transports = (transports if transports is not None
-                           else _transports(report_cfg, self.work_dir, bucket, strict=strict))
+                           else _transports(report_cfg, self.work_dir, bucket, strict=strict,
+                                            local_interval_s=local_interval_s))
 
     def emit(self, kind: str, task: str | None = None, **data: Any) -> None:
         """Record one event and try to deliver it.
@@ -146,6 +150,11 @@ class Reporter:
         back-off after a failure (cheap to call often, e.g. from the driver).  Returns the pending count."""
         return self._deliver(blocking=False, force=False)
 
+    def deliver_local(self) -> None:
+        """Bring the local Markdown up to date if it is due (never touches the network: safe to call from
+        the driver's progress tick)."""
+        self._deliver(blocking=False, force=False, remote=False)
+
     def flush(self) -> int:
         """Deliver everything pending to every transport now (waits for other deliverers).
 
@@ -159,7 +168,7 @@ class Reporter:
 
 
 def open_reporter(report_cfg: ReportConfig | None, work_dir: Path, bucket: str, preflight: bool = True,
-                  deliver_on_emit: bool = True) -> Reporter:
+                  deliver_on_emit: bool = True, local_interval_s: float = 0.0) -> Reporter:
     """Reporter for ``bucket`` writing its outbox under ``<work_dir>/report``.
 
     With GitLab and ``preflight`` (the driver): a missing token raises; GET the project once; a missing
@@ -171,8 +180,13 @@ def open_reporter(report_cfg: ReportConfig | None, work_dir: Path, bucket: str, 
     the local files; the driver's flush delivers).
     ``deliver_on_emit=False``: emit() only writes the outbox and the local files; GitLab delivery then
     happens in :meth:`Reporter.deliver` / :meth:`Reporter.flush`.
+    ``local_interval_s`` > 0 (a bucket run): emit() appends every event durably but re-renders the local
+    Markdown at most that often; whoever calls :meth:`Reporter.deliver` periodically (the driver's
+    progress tick) and the final :meth:`Reporter.flush` bring the files up to date.  Each emit otherwise
+    re-renders, which costs a few fsyncs per event: most of a small task's fixed cost (issue 15).
     """
-    reporter = Reporter(report_cfg, work_dir, bucket, deliver_on_emit=deliver_on_emit, strict=preflight)
+    reporter = Reporter(report_cfg, work_dir, bucket, deliver_on_emit=deliver_on_emit, strict=preflight,
+                        local_interval_s=local_interval_s)
     if preflight:
         for t in reporter.transports:
             if hasattr(t, "preflight"):

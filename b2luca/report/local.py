@@ -15,7 +15,7 @@ from typing import Any
 from ._io import atomic_write_text
 from .markdown import carry_checklist, marker_bucket, parse_checklist, parse_marker, render_calibration, render_summary
 from .outbox import DeliveryContext
-from .state import BucketState, fold
+from .state import BucketState, apply_all, fold
 
 
 def safe_filename(name: str) -> str:
@@ -23,15 +23,37 @@ def safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name) or "_"
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def _write_if_changed(path: Path, old: str | None, new: str) -> None:
+    """Replace ``path`` atomically, unless it already holds ``new`` (most events change one file or none)."""
+    if old != new:
+        atomic_write_text(path, new)
+
+
 class LocalTransport:
     """Writes the report Markdown files under ``report_dir``."""
 
     name = "local"
 
-    def __init__(self, report_dir: Path) -> None:
+    def __init__(self, report_dir: Path, min_interval_s: float = 0.0) -> None:
+        """``min_interval_s`` > 0: re-render at most that often, except on a flush (coalesces the
+        events of a bucket run; the driver's tick and its final flush bring the files up to date)."""
         self.dir = Path(report_dir)
         self.issues_dir = self.dir / "issues"
         self.summary_path = self.dir / "summary.md"
+        self.min_interval_s = min_interval_s
+        self._folded: tuple[str, int, BucketState] | None = None  # (outbox id, last seq folded, state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_folded"] = None  # a pickled copy folds the log afresh
+        return state
 
     def issue_path(self, name: str) -> Path:
         """Markdown file of calibration ``name``."""
@@ -46,7 +68,7 @@ class LocalTransport:
         pending = ctx.pending
         if not pending:
             return
-        state = fold(ctx.bucket, ctx.events)
+        state = self._fold(ctx)
         names: set[str] = set()
         all_tasks = any(e.kind in ("bucket_started", "global_tag") for e in pending)
         for t in state.calibrations():
@@ -54,6 +76,18 @@ class LocalTransport:
                 names.add(t.name)
         self.render(state, names)
         ctx.mark_delivered(pending[-1])
+
+    def _fold(self, ctx: DeliveryContext) -> BucketState:
+        """The bucket state after ``ctx.events``, folding only the events this process has not folded yet."""
+        last = ctx.events[-1].seq or 0
+        cached = self._folded
+        if cached is not None and cached[0] == ctx.outbox_id and cached[1] <= last:
+            state = cached[2]
+            apply_all(state, (e for e in ctx.events if (e.seq or 0) > cached[1]))
+        else:
+            state = fold(ctx.bucket, ctx.events)
+        self._folded = (ctx.outbox_id, last, state)
+        return state
 
     def render(self, state: BucketState, names: set[str] | None = None) -> None:
         """Write the issue files of ``names`` (all calibrations if None) and the summary."""
@@ -63,10 +97,10 @@ class LocalTransport:
             path = self.issue_path(t.name)
             links = {p: os.path.relpath(p, self.issues_dir) for p in (t.validation or {}).get("plots", [])}
             body = render_calibration(state, t, plot_links=links, summary_link="../summary.md")
-            old = path.read_text(encoding="utf-8") if path.exists() else None
-            atomic_write_text(path, carry_checklist(old, body))
+            old = _read(path)
+            _write_if_changed(path, old, carry_checklist(old, body))
         links = {t.name: f"issues/{safe_filename(t.name)}.md" for t in state.calibrations()}
-        atomic_write_text(self.summary_path, render_summary(state, links))
+        _write_if_changed(self.summary_path, _read(self.summary_path), render_summary(state, links))
 
     def read_signoffs(self, bucket: str) -> dict[str, dict[str, Any]]:
         """Checklist state of every local issue file of ``bucket``."""

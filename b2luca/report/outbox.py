@@ -37,6 +37,7 @@ log = logging.getLogger("b2luca.report")
 #: Back-off after a failed delivery, before emit() tries again (flush() ignores it unless rate limited).
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
+_HEAD = 64  # bytes of the log's start that identify it (its first event's time) across reads
 
 
 @dataclass
@@ -66,8 +67,19 @@ class DeliveryContext:
         self.commit()
 
 
+def _due(transport: "Transport", cursor: dict[str, Any], force: bool) -> bool:
+    """Whether ``transport`` delivers now: a transport with ``min_interval_s`` (the local files during a
+    bucket run) delivers at most that often unless forced (a flush); what waits is delivered by the next
+    due emit, the driver's tick or the final flush."""
+    interval = float(getattr(transport, "min_interval_s", 0.0))
+    return force or interval <= 0 or time.time() - float(cursor.get("attempted", 0.0)) >= interval
+
+
 class Transport(Protocol):
-    """A report transport (local Markdown files, GitLab)."""
+    """A report transport (local Markdown files, GitLab).
+
+    A transport may have ``min_interval_s``: then it is delivered to at most that often, except by a flush.
+    """
 
     name: str
 
@@ -76,6 +88,17 @@ class Transport(Protocol):
 
     def pending_extra(self, cursor: dict[str, Any]) -> int:
         """Work left besides undelivered events (e.g. bodies still to refresh)."""
+
+
+@dataclass
+class _ParsedLog:
+    """What one process has parsed of the event log so far."""
+
+    inode: int
+    head: bytes  # the log's first bytes (its first event's time): a new log with a reused inode differs
+    offset: int  # end of the last complete line parsed
+    lines: int
+    events: list[ReportEvent]
 
 
 class Outbox:
@@ -87,6 +110,14 @@ class Outbox:
         self._lock_path = self.dir / ".events.lock"
         self._id_path = self.dir / "outbox_id"
         self._cursor_dir = self.dir / "cursors"
+        #: events already parsed by this process: (inode, head bytes, end offset of the last complete
+        #: line, events); the log is append-only, so a later read parses only what was appended since
+        self._cache: _ParsedLog | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = None  # a pickled copy reads the log afresh
+        return state
 
     # ------------------------------------------------------------------ append / read
     def append(self, ev: ReportEvent) -> ReportEvent:
@@ -151,23 +182,37 @@ class Outbox:
             raise ValueError(f"{self.events_path}: corrupt last line ({exc})") from exc
 
     def read_events(self) -> list[ReportEvent]:
-        """All complete events in seq order (a torn or corrupt line is skipped with a warning)."""
+        """All complete events in seq order (a torn or corrupt line is skipped with a warning).
+
+        Incremental within a process: only the bytes appended since the previous call are parsed (the
+        log is append-only; a replaced or shortened log is read afresh), so a bucket's report costs
+        grow with its events, not with their square.
+        """
         try:
-            raw = self.events_path.read_bytes()
+            fh = open(self.events_path, "rb")
         except FileNotFoundError:
+            self._cache = None
             return []
-        lines = raw.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        elif lines:
-            lines.pop()  # incomplete last line: being written right now
-        out: list[ReportEvent] = []
-        for i, line in enumerate(lines, 1):
+        with fh:
+            st = os.fstat(fh.fileno())
+            head = fh.read(_HEAD)
+            cache = self._cache
+            if (cache is not None and cache.inode == st.st_ino and st.st_size >= cache.offset
+                    and head[:len(cache.head)] == cache.head):
+                offset, lines, events = cache.offset, cache.lines, cache.events
+            else:
+                offset, lines, events = 0, 0, []
+            fh.seek(offset)
+            raw = fh.read()
+        end = raw.rfind(b"\n") + 1  # an incomplete last line is being written right now: not yet
+        for line in raw[:end].split(b"\n")[:-1]:
+            lines += 1
             try:
-                out.append(ReportEvent.from_json(line.decode("utf-8")))
+                events.append(ReportEvent.from_json(line.decode("utf-8")))
             except Exception as exc:  # noqa: BLE001
-                log.warning("%s line %d: skipping unreadable event (%s)", self.events_path, i, exc)
-        return out
+                log.warning("%s line %d: skipping unreadable event (%s)", self.events_path, lines, exc)
+        self._cache = _ParsedLog(st.st_ino, head, offset + end, lines, events)
+        return list(events)
 
     def last_seq(self) -> int:
         """seq of the last appended event (0 if none)."""
@@ -211,8 +256,10 @@ class Outbox:
                 if not got:  # another process delivers; it re-checks for our event after releasing
                     return self.pending_count(transport)
                 cursor = self.load_cursor(transport.name)
-                if not self._may_try(cursor, force, max_wait):
+                if not self._may_try(cursor, force, max_wait) or not _due(transport, cursor, force):
                     break
+                if getattr(transport, "min_interval_s", 0.0) > 0:
+                    cursor["attempted"] = time.time()  # saved with the cursor by the next mark_delivered
                 cpath = self.cursor_path(transport.name)
                 ctx = DeliveryContext(
                     bucket=bucket, outbox_id=self.outbox_id, events=self.read_events(), cursor=cursor,

@@ -239,12 +239,16 @@ def _duration(d: dict[str, Any], t: TaskState, ev: ReportEvent) -> float | None:
     return None if t.started is None else max(0.0, ev.time - t.started)
 
 
-def fold(bucket: str, events: Iterable[ReportEvent]) -> BucketState:
-    """Fold ``events`` (in seq order) into a fresh :class:`BucketState`."""
-    state = BucketState(bucket=bucket)
+def apply_all(state: BucketState, events: Iterable[ReportEvent]) -> BucketState:
+    """Apply ``events`` (in seq order, after those already in ``state``) to ``state``."""
     for ev in events:
         apply_event(state, ev)
     return state
+
+
+def fold(bucket: str, events: Iterable[ReportEvent]) -> BucketState:
+    """Fold ``events`` (in seq order) into a fresh :class:`BucketState`."""
+    return apply_all(BucketState(bucket=bucket), events)
 
 
 def ordered_steps(t: TaskState) -> list[tuple[str, StepState]]:

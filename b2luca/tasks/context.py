@@ -22,6 +22,10 @@ from ..enums import Stage
 from ..paths import check_component, check_name, under
 from ..report import Reporter, open_reporter
 
+#: During a bucket run the local report Markdown is re-rendered at most this often by the tasks' events;
+#: the driver's progress tick and its final flush bring it up to date (every event is still appended durably).
+LOCAL_REPORT_INTERVAL_S = 1.0
+
 # The stage names as they were before the Stage enum (the same objects), for code that imports them from here.
 STAGE_LOCAL, STAGE_RAW, STAGE_PRODUCTION, STAGE_CDST = Stage.LOCAL, Stage.RAW, Stage.PRODUCTION, Stage.CDST
 
@@ -135,7 +139,8 @@ class BucketContext:
     @cached_property
     def reporter(self) -> Reporter:
         # The driver did the pre-flight check (and stopped on a bad GitLab config); workers must not.
-        return open_reporter(self.cfg.report, self.work_dir, self.cfg.name, preflight=False)
+        return open_reporter(self.cfg.report, self.work_dir, self.cfg.name, preflight=False,
+                             local_interval_s=LOCAL_REPORT_INTERVAL_S)
 
     def emit(self, kind: str, task: str | None = None, **data: Any) -> None:
         """Emit a report event; reporting trouble never fails a task."""

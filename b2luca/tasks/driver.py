@@ -414,8 +414,10 @@ def _run_locked(cfg: BucketConfig, ctx: BucketContext, tasks: list[luigi.Task], 
     ledger = getattr(build_factory, "ledger", None)
     labels = {t.task_id: _describe(t, ctx)[::2] for t in _walk(tasks) if not isinstance(t, luigi.WrapperTask)}
     try:
-        with _job_server(cfg), progress.Progress(cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
-                               (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval):
+        with _job_server(cfg), progress.Progress(
+                cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
+                (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval,
+                on_tick=ctx.reporter.deliver_local):
             result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
                                  detailed_summary=True, worker_scheduler_factory=build_factory)
     except KeyboardInterrupt:

@@ -34,9 +34,11 @@ class Progress:
 
     def __init__(self, work_dir: Path, labels: dict[str, tuple[str, str]], records: Callable[[], dict],
                  ledger: Callable[[], dict] | None = None, stream: TextIO | None = None,
-                 interval: float = 10.0, tick: float = 1.0) -> None:
+                 interval: float = 10.0, tick: float = 1.0, on_tick: Callable[[], Any] | None = None) -> None:
         """``labels``: task id -> (name, stage) of every task to count; ``records()``: the scheduler's
-        records (task id -> object with ``status``); ``ledger()``: the job ledger's tasks, or None."""
+        records (task id -> object with ``status``); ``ledger()``: the job ledger's tasks, or None;
+        ``on_tick()``: called every tick (the driver brings the local report files up to date)."""
+        self.on_tick = on_tick
         self.path = progress_path(work_dir)
         self.labels, self.records, self.ledger = labels, records, ledger
         self.stream = stream or sys.stdout
@@ -105,6 +107,11 @@ class Progress:
     def _loop(self) -> None:
         last_line = 0.0
         while not self._stop.wait(self.tick):
+            if self.on_tick is not None:
+                try:
+                    self.on_tick()
+                except Exception:  # noqa: BLE001 - the reporter logs its own trouble; progress goes on
+                    pass
             try:
                 snap = self.snapshot()
             except Exception:  # the scheduler's dict changed under us: next tick

@@ -64,3 +64,20 @@ def test_live_table_on_a_terminal(tmp_path):
     out = stream.getvalue()
     assert "\x1b[" in out and "pending" in out and "failed" in out and "CDCTimeZeros" in out
     assert p.lines_printed == 0  # the table, not plain lines
+
+
+def test_every_tick_calls_on_tick_and_its_errors_do_not_stop_the_progress(tmp_path):
+    calls = []
+
+    def on_tick():
+        calls.append(time.time())
+        if len(calls) == 1:
+            raise OSError("disk full")  # the reporter's trouble must not end the progress display
+
+    with Progress(tmp_path, LABELS, lambda: _records(t1="RUNNING"), None, stream=io.StringIO(),
+                  interval=0.05, tick=0.02, on_tick=on_tick):
+        deadline = time.time() + 5
+        while len(calls) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+    assert len(calls) >= 3
+    assert read_progress(tmp_path)["finished"]  # the final sample was still written

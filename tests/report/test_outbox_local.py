@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import multiprocessing as mp
 from pathlib import Path
 
@@ -129,3 +130,65 @@ def test_local_signoff_survives_rerender_until_new_attempt(tmp_path: Path) -> No
     emit_calibration(rep, "SVDTimeOffsets", tmp_path / "plots", revision=2)  # a new attempt
     assert not parse_checklist(path.read_text())["sign-off"]
     assert "**Attempt:** 2" in path.read_text()
+
+
+def test_the_event_log_is_read_incrementally_and_afresh_when_replaced(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "report")
+    rep = open_reporter(LOCAL, tmp_path, BUCKET)
+    rep.emit("task_started", "A", stage="raw", group=0)
+    assert [e.seq for e in box.read_events()] == [1]
+    other = open_reporter(LOCAL, tmp_path, BUCKET)  # another process's reporter appends
+    other.emit("task_succeeded", "A", duration=1.0)
+    path = tmp_path / "report" / "events.jsonl"
+    with open(path, "ab") as fh:
+        fh.write(b'{"kind":"step","bucket":"demo","ta')  # being written right now: not read yet
+    assert [e.seq for e in box.read_events()] == [1, 2]
+    assert box._cache is not None and box._cache.offset == len(path.read_bytes()) - 34
+    rep.emit("task_started", "B", stage="raw", group=0)  # cuts the torn line, appends seq 3
+    assert [(e.seq, e.task) for e in box.read_events()] == [(1, "A"), (2, "A"), (3, "B")]
+    # a fresh outbox (the report dir removed for a clean rerun) is read afresh, not from the old offset
+    shutil.rmtree(tmp_path / "report")
+    fresh = open_reporter(LOCAL, tmp_path, BUCKET)
+    fresh.emit("task_started", "C", stage="raw", group=0)
+    assert [(e.seq, e.task) for e in box.read_events()] == [(1, "C")]
+    assert box.read_events() == Outbox(tmp_path / "report").read_events()
+
+
+def test_a_bucket_run_coalesces_the_local_rendering(tmp_path: Path) -> None:
+    rep = open_reporter(LOCAL, tmp_path, BUCKET, local_interval_s=3600.0)
+    summary = tmp_path / "report" / "summary.md"
+    rep.emit("bucket_started", requested_iov=[0, 1, -1, -1], settings_commit=None, work_dir=str(tmp_path), plan=PLAN)
+    assert summary.is_file()  # the first event renders at once
+    first = summary.read_text()
+    for name in ("CDCTimeZeros", "SVDTimeOffsets"):
+        rep.emit("task_started", name, stage="raw", group=0)
+        rep.emit("task_succeeded", name, duration=2.0)
+    assert summary.read_text() == first  # not due: the events wait, durably appended
+    assert [e.seq for e in Outbox(tmp_path / "report").read_events()] == [1, 2, 3, 4, 5]
+    rep.deliver_local()
+    assert summary.read_text() == first  # the driver's tick respects the interval too
+    assert rep.flush() == 0  # the final flush renders everything
+    assert summary.read_text() != first and "| CDCTimeZeros |" in summary.read_text()
+    assert "`success`" in (tmp_path / "report" / "issues" / "SVDTimeOffsets.md").read_text()
+    # an unchanged file is not rewritten (same inode, same mtime)
+    before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((tmp_path / "report").rglob("*.md"))]
+    rep.flush()
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((tmp_path / "report").rglob("*.md"))] == before
+    # a reporter without the interval (the default) renders on every event
+    eager = open_reporter(LOCAL, tmp_path, BUCKET)
+    eager.emit("task_started", "BeamSpot", stage="raw", group=1)
+    assert "`running`" in (tmp_path / "report" / "issues" / "BeamSpot.md").read_text()
+
+
+def test_incremental_folding_equals_a_full_fold(tmp_path: Path) -> None:
+    from b2luca.report.markdown import render_summary
+    from b2luca.report.state import fold
+
+    rep = open_reporter(LOCAL, tmp_path, BUCKET)
+    emit_bucket(rep, tmp_path, fail={"BeamSpot": "calibrate"})
+    local = rep.transports[0]
+    events = Outbox(tmp_path / "report").read_events()
+    assert local._folded is not None and local._folded[1] == events[-1].seq
+    full = fold(BUCKET, events)
+    assert render_summary(local._folded[2], {}) == render_summary(full, {})
+    assert local._folded[2] == full
