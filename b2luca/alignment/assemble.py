@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg.blas as _blas
 import scipy.sparse as sp
 
 from ._arrays import index_type, outer_segsum, unique_ints
@@ -42,6 +43,10 @@ from .mille import MilleRecords, RawChunk
 __all__ = ["Assembler", "ChunkSums", "GlobalSystem", "DownWeighting", "merge_systems"]
 
 _F_BATCH_BYTES = 1 << 20  # records per F = M Mᵀ batch: about this many bytes of F (fits the L2 cache)
+#: records with at least this many block rows (nb·S) are summed by :func:`_add_union_batches`
+UNION_MIN_K = 128
+UNION_COLUMNS = 384  # at most this many local columns (Σq) per union batch
+UNION_GROWTH = 2.0  # and a union of at most sqrt(this × Σ nb²) blocks
 HUBER_C = 3.0  # Huber cut in units of the normalised residual (first down-weighting iteration)
 CAUCHY_C = 2.3849  # Cauchy scale (later iterations), as pede
 
@@ -382,8 +387,13 @@ class Assembler:
         tot = np.zeros((uk.size * S, S))
         nout = tot.shape[0]
         k0 = 0
+        wide = []  # records of many label blocks: summed batch by batch over the union of their blocks
         for keys, nbg, M, bl in parts:
             R, K = M.shape[0], nbg * S
+            if K >= UNION_MIN_K:
+                wide.append((kinv[k0: k0 + keys.size].reshape(R, -1), M, bl))
+                k0 += keys.size
+                continue
             # batches of records along similar tracks (sorted by their blocks): their block pairs
             # repeat, so the sums they are added to stay in the cache
             order = np.lexsort(bl.T[::-1])
@@ -415,6 +425,8 @@ class Assembler:
                 np.matmul(Mb, np.ascontiguousarray(Mb.transpose(0, 2, 1)), out=F)  # BLAS: contiguous operands
                 rows = rows_rec[batch].ravel()
                 _add_picked(tot, indptr[: (r1 - r0) * K * nbg + 1], rows, F.reshape(-1, S))
+        if wide:
+            _add_union_batches(tot, uk, wide, bmem)
         p.pairs.append((uk, tot.reshape(uk.size, S * S)))
 
     # ---------------------------------------------------------------------------------------- result
@@ -459,6 +471,83 @@ def _unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inv = np.empty(sk.size, np.int64)
     inv[o] = np.cumsum(first) - 1
     return sk[first], inv
+
+
+def _add_union_batches(tot: np.ndarray, uk: np.ndarray, wide: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       bmem: np.ndarray) -> None:
+    """tot[pair rows] −= Σ_r M_r M_rᵀ for records of many label blocks (``wide``: per shape group, each record's
+    rows of ``uk`` (its upper block pairs, triu order), M (R, nb·S, q) and its sorted block ids (R, nb));
+    ``bmem``: the label members of every block (−1: unused position).
+
+    One record's F = M Mᵀ is (nb·S)² values for only q columns: formed and picked record by record, the picking
+    (a scatter of every upper block pair) costs several times the product.  Records sorted by their blocks
+    share most of them (a track crosses every CDC layer), so a batch of them is stacked side by side in
+    Z (labels of the union of their blocks, Σq), and the upper triangle of F = Z Zᵀ is one BLAS ``syrk``
+    whose block pairs are picked once per batch: only the pairs some record of the batch has (the others are
+    not in the matrix's pattern).  A record joins a batch while the union stays within :data:`UNION_GROWTH`
+    times the records' own sizes (Σ nb²) and Σq within :data:`UNION_COLUMNS`, so records that share no blocks
+    are summed one by one."""
+    S = bmem.shape[1]
+    recs = [(g, i) for g, (_, M, _) in enumerate(wide) for i in range(M.shape[0])]
+    nbmax = max(bl.shape[1] for _, _, bl in wide)
+    padded = np.full((len(recs), nbmax), np.iinfo(np.int64).max, np.int64)
+    r0 = 0
+    for _, M, bl in wide:
+        padded[r0: r0 + bl.shape[0], : bl.shape[1]] = bl
+        r0 += bl.shape[0]
+    order = np.lexsort(padded.T[::-1])  # records along similar tracks next to each other
+    mark = np.zeros(bmem.shape[0], bool)
+    pairs = tot.reshape(uk.size, S * S)
+    seen = np.zeros(uk.size, bool)
+    batch: list[tuple[int, int]] = []
+    width = own = 0
+
+    def flush() -> None:
+        blocks = np.unique(np.concatenate([wide[g][2][i] for g, i in batch]))
+        mark[blocks] = False
+        valid = bmem[blocks] >= 0
+        nl = int(valid.sum())
+        rowid = np.full(valid.shape, -1, np.int64)  # row of Z of every (union block, position)
+        rowid[valid] = np.arange(nl)
+        Z = np.zeros((width, nl))  # Zᵀ, C order: Z itself is Fortran-ordered for syrk
+        c0 = 0
+        pair_rows = []
+        for g, i in batch:
+            kf, M, bl = wide[g]
+            q = M.shape[2]
+            rr = rowid[np.searchsorted(blocks, bl[i])].ravel()
+            keep = rr >= 0
+            Z[c0: c0 + q, rr[keep]] = M[i][keep].T
+            c0 += q
+            pair_rows.append(kf[i])
+        F = _blas.dsyrk(1.0, Z.T)  # upper triangle of Z Zᵀ (Fortran order), the lower one zero
+        Fx = np.zeros((nl + 1, nl + 1))  # symmetric, plus a zero row and column for the unused positions
+        Fx[:nl, :nl] = F
+        Fx[:nl, :nl] += F.T
+        Fx[np.arange(nl), np.arange(nl)] = np.diagonal(F)
+        for rows in pair_rows:
+            seen[rows] = True
+        kp = np.flatnonzero(seen)  # distinct block pairs of the batch
+        seen[kp] = False
+        rowid[rowid < 0] = nl
+        ra = rowid[np.searchsorted(blocks, uk[kp] // NBIG)]  # (pairs, S)
+        rb = rowid[np.searchsorted(blocks, uk[kp] % NBIG)]
+        pairs[kp] -= Fx.reshape(-1)[(ra * (nl + 1))[:, :, None] + rb[:, None, :]].reshape(kp.size, S * S)
+
+    for r in order.tolist():
+        g, i = recs[r]
+        bl = wide[g][2][i]
+        q = wide[g][1].shape[2]
+        nu = int(np.count_nonzero(mark)) + int(np.count_nonzero(~mark[bl])) if batch else bl.size
+        if batch and (width + q > UNION_COLUMNS or nu * nu > UNION_GROWTH * (own + bl.size ** 2)):
+            flush()
+            batch, width, own = [], 0, 0
+        batch.append((g, i))
+        mark[bl] = True
+        width += q
+        own += bl.size ** 2
+    if batch:
+        flush()
 
 
 def _chi2_3sigma(ndf: np.ndarray) -> np.ndarray:
