@@ -565,11 +565,18 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom, threads: int = 1) -
     collisions = [(er, recs) for er, recs, name in per_file if name != "cosmic_calib"]
     use = collisions or [(er, recs) for er, recs, _ in per_file]
     runs = sorted({er for er, _ in use})
-    sid = {int(x): i for i, x in enumerate(geom.sensor_id)}
+    sid = np.full(int(geom.sensor_id.max()) + 1, -1, np.int64)  # sensor id -> sensor index
+    sid[geom.sensor_id.astype(np.int64)] = np.arange(geom.sensor_id.size)
+    corr_lab = np.array(sorted(corrections), np.int64)
+    corr_val = np.array([corrections[int(k)] for k in corr_lab.tolist()], float)
     dense = []
     for er, recs in use:
         base, _ = LabelTranslator.split(recs.glb_label)
-        c = np.array([corrections.get(int(x), 0.0) for x in recs.glb_label.tolist()])
+        c = np.zeros(recs.glb_label.size)
+        if corr_lab.size:
+            at = np.minimum(np.searchsorted(corr_lab, recs.glb_label), corr_lab.size - 1)
+            hit = corr_lab[at] == recs.glb_label
+            c[hit] = corr_val[at[hit]]
         y = recs.value - np.bincount(recs.glb_meas, weights=recs.glb_der * c, minlength=recs.n_meas)
         k = base % 10
         lab = np.zeros((recs.n_meas, 3 * len(free)), np.int64)
@@ -580,7 +587,7 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom, threads: int = 1) -
                 d = np.zeros((int(sel.sum()), 3))
                 d[np.arange(d.shape[0]), k[sel] - 1] = recs.glb_der[sel]
             else:
-                s_idx = np.array([sid[int(b) // VXD_LABEL_FACTOR] for b in base[sel].tolist()], np.int64)
+                s_idx = sid[base[sel] // VXD_LABEL_FACTOR]
                 d = recs.glb_der[sel, None] * geom.rot[s_idx, :, k[sel] - 1]  # d(model)/d(global translation)
             np.add.at(der[:, 3 * ip:3 * ip + 3], recs.glb_meas[sel], d)
             lab[:, 3 * ip:3 * ip + 3] = _trend_label(runs.index(er), ip, np.arange(3))

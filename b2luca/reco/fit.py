@@ -291,6 +291,10 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     # number of scatterers between the perigee and the hit: beam pipe + inner VXD layers (+ CDC wall)
     li = np.where(meas.kind[rows] == KIND_CDC, N_SCAT, geom.layer[np.maximum(meas.sensor[rows], 0)])
     before = np.arange(N_SCAT)[None, :] < li[:, None]  # (R, N_SCAT)
+    before2 = np.repeat(before, 2, axis=1)
+    # flat row indices (one index array gathers several times faster than a pair of them)
+    track_arm = track * len(arms) + slot  # (track, arm) of every row
+    row_slot = track * mmax + slot_in  # its row in the per-track padded layout
     eye = np.eye(nl)
     chi2_prev = np.full(nt, np.inf)
     ngood_prev = np.zeros(nt)
@@ -303,7 +307,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
             jac, sig = _kink_jacobians(h, arms, geom, p, mass[t0:t1])
             dh = np.einsum("tajkc,tajc->tajk", jac, theta)
             cum = np.concatenate([np.zeros((nt, len(arms), 1, 5)), np.cumsum(dh, axis=2)], axis=2)
-            h_rows = h[track] + cum[track, slot, li]
+            h_rows = h[track] + np.take(cum.reshape(-1, 5), (track_arm * (N_SCAT + 1)) + li, axis=0)
         else:
             h_rows = h[track]
         pred, s = pr(h_rows, update=True)
@@ -317,7 +321,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         if scattering:
             # d(pred)/d(kink) = d(pred)/d(h) . J(kink); J laid out as (T, arms, 5, N_SCAT * 2)
             j2 = np.ascontiguousarray(jac.transpose(0, 1, 3, 2, 4)).reshape(nt, len(arms), 5, 2 * N_SCAT)
-            dj = (d[:, None, :] @ j2[track, slot])[:, 0, :] * np.repeat(before, 2, axis=1)
+            dj = (d[:, None, :] @ np.take(j2.reshape(-1, 5, 2 * N_SCAT), track_arm, axis=0))[:, 0, :] * before2
             if len(arms) == 1:
                 loc[:, 5:] = dj
             else:
@@ -325,9 +329,9 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
                 loc[:, 5 + 2 * N_SCAT:] = np.where((slot == 1)[:, None], dj, 0.0)
         sw = np.sqrt(w)
         padded = np.zeros((nt, mmax, nl))
-        padded[track, slot_in] = loc * sw[:, None]
+        padded.reshape(-1, nl)[row_slot] = loc * sw[:, None]
         rpad = np.zeros((nt, mmax))
-        rpad[track, slot_in] = res * sw
+        rpad.reshape(-1)[row_slot] = res * sw
         pt = np.swapaxes(padded, 1, 2)
         a = pt @ padded
         b = (pt @ rpad[..., None])[..., 0]
