@@ -45,7 +45,7 @@ __all__ = ["Assembler", "ChunkSums", "GlobalSystem", "DownWeighting", "merge_sys
 _F_BATCH_BYTES = 1 << 20  # records per F = M Mᵀ batch: about this many bytes of F (fits the L2 cache)
 #: records with at least this many block rows (nb·S) are summed by :func:`_add_union_batches`
 UNION_MIN_K = 128
-UNION_COLUMNS = 384  # at most this many local columns (Σq) per union batch
+UNION_COLUMNS = 192  # at most this many local columns (Σq) per union batch (demo: 192 ~ 15 % faster than 384)
 UNION_GROWTH = 2.0  # and a union of at most sqrt(this × Σ nb²) blocks
 HUBER_C = 3.0  # Huber cut in units of the normalised residual (first down-weighting iteration)
 CAUCHY_C = 2.3849  # Cauchy scale (later iterations), as pede
