@@ -31,7 +31,6 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg.blas as _blas
 import scipy.sparse as sp
 
 from ._arrays import index_type, outer_segsum, unique_ints
@@ -482,7 +481,7 @@ def _add_union_batches(tot: np.ndarray, uk: np.ndarray, wide: list[tuple[np.ndar
     One record's F = M Mᵀ is (nb·S)² values for only q columns: formed and picked record by record, the picking
     (a scatter of every upper block pair) costs several times the product.  Records sorted by their blocks
     share most of them (a track crosses every CDC layer), so a batch of them is stacked side by side in
-    Z (labels of the union of their blocks, Σq), and the upper triangle of F = Z Zᵀ is one BLAS ``syrk``
+    Z (labels of the union of their blocks, Σq), and F = Z Zᵀ is one BLAS product (a ``syrk``)
     whose block pairs are picked once per batch: only the pairs some record of the batch has (the others are
     not in the matrix's pattern).  A record joins a batch while the union stays within :data:`UNION_GROWTH`
     times the records' own sizes (Σ nb²) and Σq within :data:`UNION_COLUMNS`, so records that share no blocks
@@ -509,7 +508,7 @@ def _add_union_batches(tot: np.ndarray, uk: np.ndarray, wide: list[tuple[np.ndar
         nl = int(valid.sum())
         rowid = np.full(valid.shape, -1, np.int64)  # row of Z of every (union block, position)
         rowid[valid] = np.arange(nl)
-        Z = np.zeros((width, nl))  # Zᵀ, C order: Z itself is Fortran-ordered for syrk
+        Z = np.zeros((width, nl))  # Zᵀ: a record's local columns are rows here
         c0 = 0
         pair_rows = []
         for g, i in batch:
@@ -520,11 +519,10 @@ def _add_union_batches(tot: np.ndarray, uk: np.ndarray, wide: list[tuple[np.ndar
             Z[c0: c0 + q, rr[keep]] = M[i][keep].T
             c0 += q
             pair_rows.append(kf[i])
-        F = _blas.dsyrk(1.0, Z.T)  # upper triangle of Z Zᵀ (Fortran order), the lower one zero
-        Fx = np.zeros((nl + 1, nl + 1))  # symmetric, plus a zero row and column for the unused positions
-        Fx[:nl, :nl] = F
-        Fx[:nl, :nl] += F.T
-        Fx[np.arange(nl), np.arange(nl)] = np.diagonal(F)
+        # numpy's product (numpy's BLAS, under the same thread limits as the rest of the assembly; numpy takes
+        # Zᵀ·Z for a syrk and fills the other triangle), plus a zero row and column for the unused positions
+        Fx = np.zeros((nl + 1, nl + 1))
+        np.matmul(Z.T, Z, out=Fx[:nl, :nl])
         for rows in pair_rows:
             seen[rows] = True
         kp = np.flatnonzero(seen)  # distinct block pairs of the batch
