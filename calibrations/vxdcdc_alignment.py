@@ -189,6 +189,7 @@ def calibrate(job) -> None:
     solver's data pass runs with as many threads as the runner granted BLAS threads (the calibration's ``cpus``
     resource, 1 by default): two threads on a core another job holds fight for it and for the GIL (measured at
     load 4 on the demo: the three solves took 85 s with two threads, against ~14 s single-threaded)."""
+    import scipy.linalg  # noqa: F401  (loads scipy's own BLAS now, so that the limit below covers it too)
     from threadpoolctl import threadpool_info, threadpool_limits
 
     granted = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
