@@ -491,7 +491,7 @@ def _add_union_batches(tot: np.ndarray, uk: np.ndarray, wide: list[tuple[np.ndar
     nbmax = max(bl.shape[1] for _, _, bl in wide)
     padded = np.full((len(recs), nbmax), np.iinfo(np.int64).max, np.int64)
     r0 = 0
-    for _, M, bl in wide:
+    for *_, bl in wide:
         padded[r0: r0 + bl.shape[0], : bl.shape[1]] = bl
         r0 += bl.shape[0]
     order = np.lexsort(padded.T[::-1])  # records along similar tracks next to each other
