@@ -7,14 +7,17 @@ batched numpy linear algebra.  The global matrix is accumulated by label *blocks
 appear in the same measurements, e.g. the 6 rigid-body parameters of a sensor; registry in
 :mod:`b2luca.alignment.labels`), so each record contributes a few dense block pairs, summed per chunk with
 one sparse x dense product into the store of :mod:`b2luca.alignment.global_system`.  There is no Python
-loop over records anywhere.
+loop over records except in the union batches below (records of hundreds of labels, where each record's
+product outweighs the loop).
 
 Fast path (every measurement touches one label block, the usual case): the per-record sums are sparse x
 dense products that never form per-measurement outer products; D is summed per global block directly;
 F = M Mᵀ (M = H Γ^-½, Γ factorised by a Cholesky vectorised over the records) is formed in cache-sized
 batches of records sorted by their blocks, and its upper block pairs are added in place to the block-pair
 sums of the chunk by a −1 sparse pattern whose columns pick rows of F (``_add_picked``), so no per-record
-block-pair array is gathered or copied.
+block-pair array is gathered or copied.  Records of many blocks (nb·S >= :data:`UNION_MIN_K`: a track through the
+VXD and every CDC layer) are instead stacked side by side, a batch of similar records at a time, and summed by one
+product over the union of their blocks (:func:`_add_union_batches`).
 
 A chunk goes through :meth:`Assembler.index` (labels; in chunk order), :meth:`Assembler.compute` (its
 compact :class:`ChunkSums`; any thread) and :meth:`Assembler.absorb` (into the one accumulator; in chunk
