@@ -20,6 +20,7 @@ from .mille import MilleRecords
 
 _GRAM_MIN_Q = 8  # (Γ | β) by per-record products (_record_grams) above this many local parameters
 _GRAM_BATCH = 64  # records per batched product of _record_grams
+_GRAM_ELEMENTS = 1 << 22  # and at most this many padded values (32 MB) per batch
 
 __all__ = ["LocalSystems", "ShapeGroup", "inverse_root", "inverse_root_eigh", "local_systems", "residuals"]
 
@@ -268,8 +269,13 @@ def _record_grams(rec_ptr: np.ndarray, order: np.ndarray, q: np.ndarray, w: np.n
             continue
         pos = np.flatnonzero(qo == qv)  # positions in ``order`` (output rows)
         pos = pos[np.argsort(n_r[order[pos]], kind="stable")]  # similar sizes together: little padding
-        for b0 in range(0, pos.size, _GRAM_BATCH):
-            pb = pos[b0: b0 + _GRAM_BATCH]
+        b0 = 0
+        while b0 < pos.size:
+            # at most _GRAM_BATCH records and _GRAM_ELEMENTS padded values (sizes ascend: the last is the largest)
+            m_hi = int(n_r[order[pos[min(b0 + _GRAM_BATCH, pos.size) - 1]]])
+            nb = max(1, min(_GRAM_BATCH, _GRAM_ELEMENTS // max(1, m_hi * (qv + 1))))
+            pb = pos[b0: b0 + nb]
+            b0 += nb
             rec = order[pb]
             cnt = n_r[rec]
             m = int(cnt.max(initial=0))
