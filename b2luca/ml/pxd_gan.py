@@ -148,8 +148,8 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
         held = (np.arange(images.shape[0]) // (images.shape[0] // n_events)) % every == every - 1
     else:
         eval_every = 0
-    real = torch.from_numpy(images[~held] if held.any() else images).to(device)
-    cond_all = torch.from_numpy(region[~held] if held.any() else region).to(device)
+    real, cond_all = torch.from_numpy(images).to(device), torch.from_numpy(region).to(device)
+    train_rows = torch.from_numpy(np.flatnonzero(~held)).to(device)  # no copy of the (N, pv, pu) images
     monitor = (HeldOutMonitor(torch, torch.from_numpy(images[held]), torch.from_numpy(region[held]), n_cond,
                               ADC_THRESHOLD / scale, latent, int(cfg.get("eval_per_region", 500)), seed, device)
                if eval_every > 0 else None)
@@ -167,7 +167,7 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
     best: tuple[float, int, Any, dict[str, float]] = (np.inf, iters, None, {})
     for it in range(iters):
         for _ in range(n_critic):
-            idx = torch.randint(0, real.shape[0], (batch,), generator=g).to(device)
+            idx = train_rows[torch.randint(0, train_rows.numel(), (batch,), generator=g).to(device)]
             x, c = real[idx], cond_all[idx]
             z = torch.randn(batch, latent, generator=g).to(device)
             with torch.no_grad():
