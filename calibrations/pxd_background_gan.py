@@ -13,7 +13,11 @@ an event gives its patches.
 The payload PXDBackgroundGAN holds the generator's state dict and its hyper-parameters as plain arrays
 (no pickle; b2luca/ml/model_payload.py), plus ``input_occupancy`` (1,) and ``n_events`` (1,).
 expert_config: ``device`` (auto: CUDA when present), ``threads`` (CPU threads), ``seed``, the sizes,
-``generator_iterations``, ``learning_rate``, ``min_events``.
+``generator_iterations``, ``learning_rate``, ``min_events``.  Snapshot choice (issue 15,
+b2luca/ml/gan_monitor.py): every ``holdout_every``-th event is held out of the training; every
+``eval_every`` generator iterations ``eval_per_region`` patches per region are generated from fixed
+latent inputs and compared with the held-out events (occupancy per region, cluster size); the payload is
+the snapshot that reproduced them best (``eval_every`` 0: the last one, no events held out).
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ settings = CalibrationSettings(name="PXDBackgroundGAN",
                                               "gp_lambda": 10.0,
                                               "adc_scale": 30.0,
                                               "max_events": 500,
-                                              "min_events": 20},
+                                              "min_events": 20,
+                                              "holdout_every": 5,
+                                              "eval_every": 500,
+                                              "eval_per_region": 500},
                                produced_payloads=["PXDBackgroundGAN"])
 
 PAYLOAD = "PXDBackgroundGAN"

@@ -185,14 +185,19 @@ def calibrate(job) -> None:
     """Align the VXD sensors and CDC layers (see the module docstring); stores VXDAlignment and CDCAlignment.
 
     Runs with one BLAS thread throughout (the batched local fits and the dense covariance too, not only the
-    solver): the payload must not depend on the machine's thread count (reproducibility, issue 17)."""
-    from threadpoolctl import threadpool_limits
+    solver): the payload must not depend on the machine's thread count (reproducibility, issue 17).  The
+    solver's data pass runs with as many threads as the runner granted BLAS threads (the calibration's ``cpus``
+    resource, 1 by default): two threads on a core another job holds fight for it and for the GIL (measured at
+    load 4 on the demo: the three solves took 85 s with two threads, against ~14 s single-threaded)."""
+    import scipy.linalg  # noqa: F401  (loads scipy's own BLAS now, so that the limit below covers it too)
+    from threadpoolctl import threadpool_info, threadpool_limits
 
+    granted = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
     with threadpool_limits(1, user_api="blas"):
-        _calibrate(job)
+        _calibrate(job, threads=max(1, min(granted, default=1)))
 
 
-def _calibrate(job) -> None:
+def _calibrate(job, threads: int = 1) -> None:
     from b2luca.reco.geometry import nominal_geometry
     from b2luca.reco.measurements import load_constants
     from calibrations._common import first_exprun, require_files
@@ -219,7 +224,7 @@ def _calibrate(job) -> None:
     raws = read_inputs(inputs, cfg)
     timing["read"] = time.perf_counter() - t0
     first = (exprun.exp, exprun.run)
-    fit = fit_iterations(raws, constants, translator, cfg, geom, first, job.log, timing)
+    fit = fit_iterations(raws, constants, translator, cfg, geom, first, job.log, timing, threads=threads)
     proposed: list[dict[str, Any]] = []
     if auto != "off":
         proposed = propose_boundaries(fit, cfg, geom, timing)
@@ -230,7 +235,7 @@ def _calibrate(job) -> None:
         if auto == "apply" and proposed:
             translator = add_boundaries(translator, proposed)
             fit = fit_iterations(raws, fit["start"], translator, cfg, geom, first, job.log, timing,
-                                 previous=fit)
+                                 previous=fit, threads=threads)
             fit["trend_before_apply"] = fit["previous_trend"]
     store_payloads(job, fit, translator, geom, first)
     if fit["constraints"]:
@@ -355,8 +360,9 @@ def _key(translator, exprun: tuple[int, int]) -> tuple[int, ...]:
 
 # --- the iterated global fit --------------------------------------------------------------------------------
 def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, int], log, timing: dict,
-                   previous: dict | None = None) -> dict[str, Any]:
+                   previous: dict | None = None, threads: int = 1) -> dict[str, Any]:
     """Refit tracks and solve until the corrections are compatible with their errors (or ``max_iterations``).
+    ``threads``: the solver's data-pass threads.
 
     ``start``: the constants to start from (Constants, or {interval key: Constants} from an earlier fit whose
     intervals are refined by ``translator``).  Returns constants per interval key, errors, per-iteration changes,
@@ -441,7 +447,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         prior = [prior_records(full[seen], acc[seen], sigma[seen])] if seen.any() else []
         result = solve(AlignmentProblem(records=records + prior, method=str(cfg["method"]), iterations=1,
                                         constraints=constraints, entries=int(cfg["min_entries"]),
-                                        covariance=bool(cfg.get("store_covariance", True))))
+                                        covariance=bool(cfg.get("store_covariance", True)), threads=threads))
         timing["solve"] += time.perf_counter() - t0
         corr = dict(zip(result.labels.tolist(), result.corrections.tolist()))
         acc = acc + np.array([corr.get(int(x), 0.0) for x in full])
@@ -484,7 +490,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         fit["previous_trend"] = previous.get("trend")
         fit["iterations"] = previous["iterations"] + history
     t0 = time.perf_counter()
-    fit["trend"] = part_trend(per_file, last_corr, cfg, geom)
+    fit["trend"] = part_trend(per_file, last_corr, cfg, geom, threads=threads)
     timing["monitor"] += time.perf_counter() - t0
     return fit
 
@@ -535,7 +541,7 @@ def prior_records(labels: np.ndarray, acc: np.ndarray, sigma: np.ndarray):
 
 
 # --- per-run monitor and automatic boundaries ---------------------------------------------------------------
-def part_trend(per_file, corrections: dict, cfg: dict, geom) -> dict[str, Any]:
+def part_trend(per_file, corrections: dict, cfg: dict, geom, threads: int = 1) -> dict[str, Any]:
     """Per run, the rigid translation (x, y, z in um, with errors) of each part of ``auto_boundaries_parts``
     relative to ``auto_boundaries_reference`` (the frame of the monitor), fitted to the track residuals of the
     last iteration after its corrections.
@@ -560,11 +566,18 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom) -> dict[str, Any]:
     collisions = [(er, recs) for er, recs, name in per_file if name != "cosmic_calib"]
     use = collisions or [(er, recs) for er, recs, _ in per_file]
     runs = sorted({er for er, _ in use})
-    sid = {int(x): i for i, x in enumerate(geom.sensor_id)}
+    sid = np.full(int(geom.sensor_id.max()) + 1, -1, np.int64)  # sensor id -> sensor index
+    sid[geom.sensor_id.astype(np.int64)] = np.arange(geom.sensor_id.size)
+    corr_lab = np.array(sorted(corrections), np.int64)
+    corr_val = np.array([corrections[int(k)] for k in corr_lab.tolist()], float)
     dense = []
     for er, recs in use:
         base, _ = LabelTranslator.split(recs.glb_label)
-        c = np.array([corrections.get(int(x), 0.0) for x in recs.glb_label.tolist()])
+        c = np.zeros(recs.glb_label.size)
+        if corr_lab.size:
+            at = np.minimum(np.searchsorted(corr_lab, recs.glb_label), corr_lab.size - 1)
+            hit = corr_lab[at] == recs.glb_label
+            c[hit] = corr_val[at[hit]]
         y = recs.value - np.bincount(recs.glb_meas, weights=recs.glb_der * c, minlength=recs.n_meas)
         k = base % 10
         lab = np.zeros((recs.n_meas, 3 * len(free)), np.int64)
@@ -575,7 +588,7 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom) -> dict[str, Any]:
                 d = np.zeros((int(sel.sum()), 3))
                 d[np.arange(d.shape[0]), k[sel] - 1] = recs.glb_der[sel]
             else:
-                s_idx = np.array([sid[int(b) // VXD_LABEL_FACTOR] for b in base[sel].tolist()], np.int64)
+                s_idx = sid[base[sel] // VXD_LABEL_FACTOR]
                 d = recs.glb_der[sel, None] * geom.rot[s_idx, :, k[sel] - 1]  # d(model)/d(global translation)
             np.add.at(der[:, 3 * ip:3 * ip + 3], recs.glb_meas[sel], d)
             lab[:, 3 * ip:3 * ip + 3] = _trend_label(runs.index(er), ip, np.arange(3))
@@ -589,7 +602,7 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom) -> dict[str, Any]:
     spec = {int(lab): ParameterSpec(int(lab), 0.0, 1.0) for lab in  # 1 mm: only keeps unmeasured directions finite
             _trend_label(np.arange(len(runs))[:, None, None], np.arange(len(free))[None, :, None],
                          np.arange(3)[None, None, :]).ravel()}
-    res = solve(AlignmentProblem(records=dense, method="sparse", iterations=1, parameters=spec))
+    res = solve(AlignmentProblem(records=dense, method="sparse", iterations=1, parameters=spec, threads=threads))
     val = dict(zip(res.labels.tolist(), (1e3 * res.corrections).tolist()))
     err = dict(zip(res.labels.tolist(), (1e3 * res.errors if res.errors is not None
                                          else np.full(res.labels.size, np.nan)).tolist()))

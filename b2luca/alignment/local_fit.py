@@ -18,6 +18,10 @@ import numpy as np
 from ._arrays import outer_segsum, pairs_within
 from .mille import MilleRecords
 
+_GRAM_MIN_Q = 8  # (Γ | β) by per-record products (_record_grams) above this many local parameters
+_GRAM_BATCH = 64  # records per batched product of _record_grams
+_GRAM_ELEMENTS = 1 << 22  # and at most this many padded values (32 MB) per batch
+
 __all__ = ["LocalSystems", "ShapeGroup", "inverse_root", "inverse_root_eigh", "local_systems", "residuals"]
 
 
@@ -127,7 +131,10 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
         Hg = outer_segsum(rbg_m, wd[hg], ay[hg], n_rb).reshape(n_rb, S, qmax + 1)
         gpos = np.empty(nrec, np.int64)  # record position in group order
         gpos[order] = np.arange(nrec)
-        Gb = outer_segsum(gpos[r_m], wa, ay, nrec).reshape(nrec, qmax, qmax + 1)
+        if qmax > _GRAM_MIN_Q:
+            Gb = _record_grams(recs.rec_ptr, order, q, w, ay, qmax)
+        else:  # few local parameters: per-measurement outer products are as cheap and need no padding
+            Gb = outer_segsum(gpos[r_m], wa, ay, nrec).reshape(nrec, qmax, qmax + 1)
     else:
         # D = Σ w d dᵀ, upper block pairs only (pairs of global entries of one measurement)
         i, j = pairs_within(gm)
@@ -243,6 +250,49 @@ def local_systems(recs: MilleRecords, y: np.ndarray, w: np.ndarray, meas_rec: np
         return LocalSystems(chi2=chi2, ok=ok, groups=groups, Pbuf=None, Poff=offs["P"][0] // S2,
                             wd=wd[hg], d=d[hg], rb_m=rb_mh)
     return LocalSystems(chi2=chi2, ok=ok, groups=groups, Pbuf=Pbuf, Poff=offs["P"][0] // S2)
+
+
+def _record_grams(rec_ptr: np.ndarray, order: np.ndarray, q: np.ndarray, w: np.ndarray, ay: np.ndarray,
+                  qmax: int) -> np.ndarray:
+    """(Γ | β) = Σ_m w a (aᵀ | y) of every record, rows in ``order`` (nrec, qmax, qmax + 1), each record's
+    first q columns only (the rest zero).
+
+    A record's rows are contiguous (``rec_ptr``), so its sum is one small matrix product of its measurement
+    rows, batched with numpy over records of the same q and similar size (padded with zero rows): q² + q
+    products per measurement, not qmax² as a sum of per-measurement outer products."""
+    nrec = order.size
+    out = np.zeros((nrec, qmax, qmax + 1))
+    n_r = np.diff(rec_ptr)
+    qo = q[order]
+    for qv in np.unique(qo).tolist():
+        if qv == 0:
+            continue
+        pos = np.flatnonzero(qo == qv)  # positions in ``order`` (output rows)
+        pos = pos[np.argsort(n_r[order[pos]], kind="stable")]  # similar sizes together: little padding
+        b0 = 0
+        while b0 < pos.size:
+            # at most _GRAM_BATCH records and _GRAM_ELEMENTS padded values (sizes ascend: the last is the largest)
+            m_hi = int(n_r[order[pos[min(b0 + _GRAM_BATCH, pos.size) - 1]]])
+            nb = max(1, min(_GRAM_BATCH, _GRAM_ELEMENTS // max(1, m_hi * (qv + 1))))
+            pb = pos[b0: b0 + nb]
+            b0 += nb
+            rec = order[pb]
+            cnt = n_r[rec]
+            m = int(cnt.max(initial=0))
+            if m == 0:
+                continue
+            # measurement rows of these records, padded to m rows each
+            slot = np.arange(m)[None, :]
+            live = slot < cnt[:, None]
+            rows = (rec_ptr[rec][:, None] + slot)[live]
+            A = np.zeros((pb.size, m, qv + 1))
+            A[live] = ay[rows][:, np.r_[0:qv, qmax]]
+            WA = np.zeros((pb.size, m, qv))
+            WA[live] = A[live][:, :qv] * w[rows][:, None]
+            G = np.matmul(WA.transpose(0, 2, 1), A)  # (R, q, q + 1)
+            out[pb, :qv, :qv] = G[:, :, :qv]
+            out[pb, :qv, qmax] = G[:, :, qv]
+    return out
 
 
 def inverse_root(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -159,7 +159,8 @@ def highland(p: np.ndarray, mass: np.ndarray | float, x_over_x0: np.ndarray) -> 
     return 0.0136 / (beta * p) * np.sqrt(x) * np.maximum(1 + 0.038 * np.log(x), 0.1)
 
 
-def scatter_sigma(h: np.ndarray, s: np.ndarray, x0: float, p: np.ndarray, mass: np.ndarray | float) -> np.ndarray:
+def scatter_sigma(h: np.ndarray, s: np.ndarray, x0: "float | np.ndarray", p: np.ndarray,
+                  mass: np.ndarray | float) -> np.ndarray:
     """Kink width at arc length s where the helix crosses a cylindrical layer of thickness x0 (x/X0 at
     normal incidence); the path length grows with 1/|cos(incidence)| (capped at 20)."""
     pos = position(h, s)

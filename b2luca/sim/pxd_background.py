@@ -35,9 +35,12 @@ def _v_weight(iv: np.ndarray) -> np.ndarray:
     return 1 + 0.8 * np.abs(vc)
 
 
-def pxd_background(rng: np.random.Generator, n_events: int, geom: Geometry) -> dict[str, np.ndarray]:
+def pxd_background(rng: np.random.Generator, n_events: int, geom: Geometry,
+                   sensors: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Background pixels ``{"event" (0-based), "sensor" (VxdID), "pixel", "adc"}`` sorted by
-    (event, sensor, pixel) for ``n_events`` random-trigger events."""
+    (event, sensor, pixel) for ``n_events`` random-trigger events.  ``sensors`` (events x PXD sensors in
+    geometry order, bool): only the pixels of these (event, sensor) pairs are made, from the same random
+    draws, so they are exactly the full simulation's pixels there (an overlay needs only the hit sensors)."""
     pxd = np.flatnonzero(geom.is_pxd)
     layer = geom.layer[pxd]
     scale = np.array([LAYER_SCALE[int(x)] for x in layer])
@@ -60,9 +63,15 @@ def pxd_background(rng: np.random.Generator, n_events: int, geom: Geometry) -> d
     length = rng.exponential(3.0, n)
     angle = rng.uniform(0, np.pi, n)
     charge = rng.gamma(3.0, 15.0, n)
+    gauss = rng.standard_normal((n, STEPS, 2))
+    if sensors is not None:
+        pos = np.repeat(np.tile(np.arange(pxd.size), n_events), counts.reshape(-1))
+        sel = np.asarray(sensors, bool)[ev, pos]
+        ev, sens, u, v, compact, width, length, angle, charge, gauss = (
+            a[sel] for a in (ev, sens, u, v, compact, width, length, angle, charge, gauss))
+        n = ev.size
     # charge deposition points: compact clusters get Gaussian points, tracks points along the segment
     t = (np.arange(STEPS) + 0.5) / STEPS - 0.5
-    gauss = rng.standard_normal((n, STEPS, 2))
     pu = np.where(compact[:, None], u[:, None] + gauss[:, :, 0] * width[:, None],
                   u[:, None] + t[None, :] * length[:, None] * np.cos(angle)[:, None] + 0.2 * gauss[:, :, 0])
     pv = np.where(compact[:, None], v[:, None] + gauss[:, :, 1] * width[:, None],

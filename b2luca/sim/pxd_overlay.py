@@ -84,13 +84,19 @@ def background_for_events(mode: str, rng: np.random.Generator, n_events: int, ge
                           hits: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
     """Background pixels of ``n_events`` events (0-based) for ``mode``: ``none`` -> None, ``simulated``
     -> the toy full simulation (:func:`pxd_background`), ``gan`` -> ``generator`` (a GAN payload; given
-    the PXD ``hits`` with 0-based events, it may fill only the pick-up neighbourhood of the hits)."""
+    the PXD ``hits`` with 0-based events, it may fill only the pick-up neighbourhood of the hits; the
+    simulation then makes only the hits' sensors, the same pixels there as without ``hits``)."""
     if mode not in BACKGROUND_MODES:
         raise ValueError(f"PXD background mode must be one of {', '.join(BACKGROUND_MODES)}, got {mode!r}")
     if mode == "none":
         return None
     if mode == "simulated":
-        return pxd_background(rng, n_events, geom)
+        if hits is None:
+            return pxd_background(rng, n_events, geom)
+        pxd = np.flatnonzero(geom.is_pxd)  # only the hits' sensors can pick background up
+        on = np.zeros((n_events, pxd.size), bool)
+        on[np.asarray(hits["event"], np.int64), np.searchsorted(pxd, geom.sensor_index(np.asarray(hits["sensor"])))] = True
+        return pxd_background(rng, n_events, geom, sensors=on)
     if generator is None:
         raise ValueError("PXD background mode 'gan' needs a generator (the PXDBackgroundGAN payload)")
     return {k: np.asarray(v) for k, v in generator(rng, n_events, geom, hits=hits).items()}

@@ -16,6 +16,8 @@ Also written: fake rates in bins of p (ecl_mupi_cnn_pbins.csv), ROC curves and t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from b2luca.catalogue import ValidationSettings
@@ -27,6 +29,27 @@ settings = ValidationSettings(name="ECLMuPiCNN",
                                              "min_improvement_sigma": 2.0, "stability_p_value": 1e-3,
                                              "min_test_tracks": 100,
                                              "p_bins": [0.3, 0.45, 0.6, 0.8, 1.0, 1.5, 3.0]})
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """P(chi2 > x) for ``dof`` >= 1 degrees of freedom, closed form for integer dof (no scipy.stats import,
+    ~1 s of the job): Q(dof/2, x/2) = exp(-x/2) sum_{i<dof/2} (x/2)^i / i! for even dof, and
+    erfc(sqrt(x/2)) + exp(-x/2) sum_{i=1}^{(dof-1)/2} (x/2)^(i-1/2) / Gamma(i+1/2) for odd dof."""
+    if dof < 1:
+        raise ValueError(f"chi2_sf: dof must be >= 1, got {dof}")
+    h = max(float(x), 0.0) / 2
+    if dof % 2 == 0:
+        term = total = math.exp(-h)
+        for i in range(1, dof // 2):
+            term *= h / i
+            total += term
+        return total
+    total = math.erfc(math.sqrt(h))
+    term = math.exp(-h) * math.sqrt(h) / math.gamma(1.5) if h > 0 else 0.0
+    for i in range(1, (dof - 1) // 2 + 1):
+        total += term
+        term *= h / (i + 0.5)
+    return total
 
 
 def fake_rate_at(mu_score: np.ndarray, pi_score: np.ndarray, efficiency: float) -> tuple[float, float, float]:
@@ -49,10 +72,8 @@ def roc(mu_score: np.ndarray, pi_score: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def run_validation(job_path, input_data_path, requested_iov, expert_config, **kwargs):
     """Validate ECLMuPiCNN (see the module docstring); returns a Verdict."""
-    from scipy.stats import chi2 as chi2_dist
-
     from b2luca.contract import Verdict, read_input_data
-    from b2luca.ml.ecl_cnn import load_models, muon_probability
+    from b2luca.ml.ecl_cnn import muon_probability
     from b2luca.ml.ecl_images import TEST, THRESHOLDS_GEV, e_over_p, threshold
     from calibrations._common import calibration_output, expert_config_dict, pyplot, save_figure, write_csv
     from calibrations.ecl_mupi_cnn import samples
@@ -61,7 +82,6 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     cfg = {**cal_settings.expert_config, **settings.expert_config, **expert_config_dict(expert_config)}
     eff_wp, p_low = float(cfg["muon_efficiency"]), float(cfg["p_low"])
     arrays = calibration_output(job_path, "ECLMuPiCNN", "ECLMuPiCNN")
-    models = load_models(arrays)
     mu, pi = samples(read_input_data(input_data_path), np.asarray(arrays["ecl_constant"], float), cfg)
     mu, pi = mu.select(mu.split == TEST), pi.select(pi.split == TEST)
     lo_mu, lo_pi = mu.p < p_low, pi.p < p_low
@@ -80,8 +100,8 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
                                   "fake_cnn": [], "fake_cnn_error": [], "fake_ep": [], "fake_ep_error": []}
     for thr in THRESHOLDS_GEV:
         tag = f"{thr * 1000:.0f}MeV"
-        s_mu = muon_probability(arrays, mu, threshold(mu.image, thr), models)
-        s_pi = muon_probability(arrays, pi, threshold(pi.image, thr), models)
+        s_mu = muon_probability(arrays, mu, threshold(mu.image, thr))
+        s_pi = muon_probability(arrays, pi, threshold(pi.image, thr))
         ep_mu = -e_over_p(threshold(mu.image, thr), mu.p)  # small E/p = muon-like
         ep_pi = -e_over_p(threshold(pi.image, thr), pi.p)
         f_cnn, e_cnn, _ = fake_rate_at(s_mu[lo_mu], s_pi[lo_pi], eff_wp)
@@ -112,7 +132,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
         w = 1 / errs ** 2
         mean = float(np.sum(w * rates) / np.sum(w))
         chi2 = float(np.sum(w * (rates - mean) ** 2))
-        p_value = float(chi2_dist.sf(chi2, rates.size - 1))
+        p_value = chi2_sf(chi2, rates.size - 1)
         figures.update(threshold_stability_chi2=chi2, threshold_stability_p_value=p_value)
         if p_value < float(cfg["stability_p_value"]):
             reasons.append(f"CNN fake rate not stable across thresholds 1/2/5 MeV: {np.round(rates, 3).tolist()} "

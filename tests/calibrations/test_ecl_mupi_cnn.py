@@ -154,3 +154,32 @@ def test_training_is_deterministic(mupi):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     c, _ = train(mu, pi, {**cfg, "seed": cfg["seed"] + 1})
     assert not np.array_equal(a["pos_fc1_weight"], c["pos_fc1_weight"])
+
+
+def test_numpy_inference_is_the_torch_model(mupi):
+    """The validation's torch-free forward pass gives the torch module's probabilities (issue 15: no torch
+    import in the validation job)."""
+    from b2luca.ml.ecl_cnn import load_models, muon_probability
+    from b2luca.ml.ecl_images import threshold
+    from calibrations.ecl_mupi_cnn import samples
+
+    arrays = _payload(mupi["job"])
+    mu, pi = samples(mupi["inputs"], np.asarray(arrays["ecl_constant"]), {"max_chi2_ndf": 5.0})
+    models = load_models(arrays)
+    for t in (mu, pi):
+        image = threshold(t.image, 0.001)
+        fast = muon_probability(arrays, t, image)
+        assert np.all(np.isfinite(fast)) and fast.std() > 0.01
+        np.testing.assert_allclose(fast, muon_probability(arrays, t, image, models), atol=2e-6)
+
+
+def test_chi2_survival_function_matches_scipy():
+    from scipy.stats import chi2
+
+    from calibrations.validations.ecl_mupi_cnn import chi2_sf
+
+    for dof in range(1, 9):
+        for x in (0.0, 0.05, 1.0, 2.0, 7.3, 25.0, 80.0):
+            assert chi2_sf(x, dof) == pytest.approx(chi2.sf(x, dof), rel=1e-10, abs=1e-300)
+    with pytest.raises(ValueError, match="dof"):
+        chi2_sf(1.0, 0)

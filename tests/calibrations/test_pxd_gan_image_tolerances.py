@@ -52,3 +52,40 @@ def test_large_sample_limits_shrink_to_the_allowance_and_a_wrong_occupancy_fails
     keep = np.random.default_rng(1).random(gen["pixel"].size) < 0.6  # 40 % of the pixels lost
     fig, reasons = compare_images(ref, _stats({k: np.asarray(v)[keep] for k, v in gen.items()}, n), CFG)
     assert any("occupancy" in r for r in reasons)
+
+
+def test_generated_events_meet_the_statistical_fraction_and_wrong_samples_still_fail():
+    """The generated sample is sized from the required precision: fewer events than the input, every limit's
+    statistical part within ``statistical_fraction`` of its allowance, and the checks still fail wrong images."""
+    from calibrations._common import max_abs_pull_limit
+    from calibrations.validations.pxd_background_gan import generated_events
+
+    n = 300  # the demo's input (150 events alone use more than the fraction: then all 150 are generated)
+    ref = _stats(pxd_background(np.random.default_rng(21), n, GEOM), n)
+    n_gen = generated_events(ref, CFG)
+    assert CFG["min_generated_events"] <= n_gen < n
+    gen_pixels = pxd_background(np.random.default_rng(23), n_gen, GEOM)
+    fig, reasons = compare_images(ref, _stats(gen_pixels, n_gen), CFG)
+    assert reasons == [], reasons
+    k = max_abs_pull_limit(30, CFG["p_false"])  # 2 layers x 15 v bands
+    # predicted from the input's spread: the measured errors agree to their own statistical scatter (~10 %)
+    assert k * fig["hitmap_largest_relative_error"] < 1.15 * CFG["statistical_fraction"] * CFG["hitmap_tolerance"]
+    assert fig["occupancy_limit"] < CFG["occupancy_tolerance"] * (1 + 1.15 * CFG["statistical_fraction"])
+    assert compare_images(ref, _stats(_wrong_hitmap(gen_pixels), n_gen), CFG)[1]
+    # a looser precision requirement needs fewer events; the input is never exceeded; tiny inputs: all of them
+    assert generated_events(ref, {**CFG, "statistical_fraction": 0.6, "min_generated_events": 1}) < n_gen
+    assert generated_events(ref, {**CFG, "statistical_fraction": 0.01}) == n
+    small = _stats(pxd_background(np.random.default_rng(11), 4, GEOM), 4)
+    assert generated_events(small, CFG) == 4
+
+
+def test_p_values_agree_with_scipy_stats():
+    from scipy.stats import chi2_contingency, ks_2samp
+
+    from calibrations.validations.pxd_background_gan import chi2_homogeneity_p_value, ks_2samp_p_value
+
+    rng = np.random.default_rng(3)
+    for table in (np.array([[10, 20, 30], [12, 25, 20]]), np.array([[10, 20], [18, 9]])):
+        assert np.isclose(chi2_homogeneity_p_value(table), chi2_contingency(table)[1], rtol=1e-9)
+    a, b = rng.normal(size=3000), rng.normal(0.05, size=2000)
+    assert np.isclose(ks_2samp_p_value(a, b), ks_2samp(a, b, method="asymp").pvalue, rtol=0.05)

@@ -230,12 +230,40 @@ def test_config_pxd_background_gan_needs_a_payload(tmp_path):
     assert sim is not None and sim.pxd_background == "gan" and sim.pxd_background_payload == tmp_path / "gan.root"
 
 
+def _phased_full_images(gan, rng, n_events, geom):
+    """Full (event, sensor, v, u) images built the slow way from the random-phase tiling of GanBackground:
+    the same random draws (phases, then the patches in (event, sensor, k, u column) order)."""
+    from b2luca.ml.pxd_gan import regions
+    from b2luca.reco.geometry import PXD_NU, PXD_NV
+
+    nb_v, nb_u, _ = regions(gan.pv, gan.pu)
+    pxd = np.flatnonzero(geom.is_pxd)
+    offset = rng.integers(0, gan.pv, (n_events, pxd.size))
+    full = np.zeros((n_events, pxd.size, (nb_v + 2) * gan.pv, PXD_NU), np.float32)  # pv rows of margin each side
+    keys, region = [], []
+    for e in range(n_events):
+        for s in range(pxd.size):
+            for k in range(nb_v + 1):
+                first = k * gan.pv - offset[e, s]
+                if first >= PXD_NV or first + gan.pv <= 0:
+                    continue
+                band = min(max((first + (gan.pv - 1) // 2) // gan.pv, 0), nb_v - 1)
+                for bu in range(nb_u):
+                    keys.append((e, s, first, bu))
+                    region.append((geom.layer[pxd[s]] - 1) * nb_v + band)
+    images = gan.images(rng, np.array(region))
+    for (e, s, first, bu), img in zip(keys, images):
+        full[e, s, gan.pv + first:2 * gan.pv + first, bu * gan.pu:(bu + 1) * gan.pu] = img
+    return full[:, :, gan.pv:gan.pv + PXD_NV]
+
+
 def test_generator_inference_is_the_module_and_fired_pixels_are_those_of_the_full_images(background):
     """The fast inference path (convolution as one matrix, only the generated patches looked at) gives the
-    generator module's images and the fired pixels a full event x sensor image would, in the same order."""
+    generator module's images and the fired pixels of full event x sensor images tiled with each sensor's
+    random phase, in the same order."""
     torch = pytest.importorskip("torch")
-    from b2luca.ml.pxd_gan import ADC_THRESHOLD, GanBackground, regions, untrained_arrays
-    from b2luca.reco.geometry import PXD_NU, PXD_NV
+    from b2luca.ml.pxd_gan import ADC_THRESHOLD, GanBackground, untrained_arrays
+    from b2luca.reco.geometry import PXD_NU
     from calibrations.pxd_background_gan import settings
 
     geom = nominal_geometry()
@@ -247,15 +275,38 @@ def test_generator_inference_is_the_module_and_fired_pixels_are_those_of_the_ful
     gan.scale *= 20  # an untrained generator's outputs are small: make some pixels fire
     n_events = 3
     out = gan(np.random.default_rng(5), n_events, geom)
-    nb_v, nb_u, _ = regions(gan.pv, gan.pu)
+    full = _phased_full_images(gan, np.random.default_rng(5), n_events, geom)
     pxd = np.flatnonzero(geom.is_pxd)
-    region = np.broadcast_to((geom.layer[pxd] - 1)[None, :, None, None] * nb_v + np.arange(nb_v)[None, None, :, None],
-                             (n_events, pxd.size, nb_v, nb_u)).reshape(-1)
-    full = gan.images(np.random.default_rng(5), region).reshape(n_events, pxd.size, nb_v, nb_u, gan.pv, gan.pu)
-    full = full.transpose(0, 1, 2, 4, 3, 5).reshape(n_events, pxd.size, PXD_NV, PXD_NU)
     ev, s, iv, iu = np.nonzero(full > ADC_THRESHOLD)
     assert 0 < ev.size < full.size
     np.testing.assert_array_equal(out["event"], ev)
     np.testing.assert_array_equal(out["sensor"], geom.sensor_id[pxd[s]])
     np.testing.assert_array_equal(out["pixel"], iv * PXD_NU + iu)
     np.testing.assert_array_equal(out["adc"], full[ev, s, iv, iu])
+
+
+def test_random_phase_tiling_spreads_a_fixed_patch_pattern_over_the_rows(background):
+    """A generator whose clusters sit at one row of its patch (the dense generator's defect, exaggerated)
+    gives a hit map flat along v within its statistical error, not a comb with the patch period: the
+    cause of the 200-run zig-zag (issue 15).  Without the random phase the same generator fails this."""
+    pytest.importorskip("torch")
+    from b2luca.ml.pxd_gan import GanBackground, untrained_arrays
+    from b2luca.reco.geometry import PXD_NU, PXD_NV
+    from calibrations.pxd_background_gan import settings
+
+    geom = nominal_geometry()
+    gan = GanBackground(untrained_arrays({**settings.expert_config, **TINY}), threads=1)
+
+    def one_row(rng, region):  # fires pixel (row 2, column 3) of every patch
+        rng.standard_normal((region.size, gan.latent))
+        img = np.zeros((region.size, gan.pv, gan.pu), np.float32)
+        img[:, 2, 3] = 20.0
+        return img
+
+    gan.images = one_row  # type: ignore[method-assign]
+    out = gan(np.random.default_rng(3), 40, geom)
+    rows = np.bincount(out["pixel"] // PXD_NU, minlength=PXD_NV)
+    per_band = rows.reshape(-1, 10).sum(axis=1)  # the validation's 10-row bins
+    expected = per_band.mean()
+    assert np.all(np.abs(per_band - expected) < 5 * np.sqrt(expected) + 0.05 * expected), per_band
+    assert np.count_nonzero(rows) > 0.9 * PXD_NV  # every row gets hits, not one row in 15

@@ -86,3 +86,17 @@ def test_clusters_label_each_sensor_image_as_scipy_does_one_image_at_a_time():
         offset += n
     np.testing.assert_array_equal(got, expected)
     assert clusters(sensor[:0], pixel[:0], event[:0]).size == 0
+
+
+def test_background_on_chosen_sensors_is_the_full_simulation_there():
+    """The pull study's overlay makes only the hit sensors: the same pixels there as the full simulation."""
+    geom = nominal_geometry()
+    pxd = np.flatnonzero(geom.is_pxd)
+    n_events = 12
+    full = B.pxd_background(np.random.default_rng(5), n_events, geom)
+    on = np.random.default_rng(6).random((n_events, pxd.size)) < 0.3
+    part = B.pxd_background(np.random.default_rng(5), n_events, geom, sensors=on)
+    keep = on[full["event"], np.searchsorted(pxd, geom.sensor_index(full["sensor"]))]
+    assert 0 < keep.sum() < keep.size
+    for key in ("event", "sensor", "pixel", "adc"):
+        np.testing.assert_array_equal(part[key], full[key][keep], err_msg=key)

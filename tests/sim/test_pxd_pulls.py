@@ -51,3 +51,16 @@ def test_changed_tracks_finds_the_candidates_whose_rows_differ():
     assert pxd_pulls.changed_tracks(dataclasses.replace(meas, m=moved), meas).tolist() == sorted(set(meas.track[rows]))
     fewer = dataclasses.replace(meas, track_key=meas.track_key[:-1])
     assert pxd_pulls.changed_tracks(fewer, meas) is None
+
+
+def test_simulated_background_on_the_hit_sensors_only_gives_the_pulls_of_the_full_simulation(monkeypatch):
+    from b2luca.sim import pxd_overlay
+
+    part = pxd_pulls.track_pulls(120, 12, None, modes=("simulated",))
+    full_background = pxd_overlay.pxd_background
+
+    monkeypatch.setattr(pxd_overlay, "pxd_background",
+                        lambda rng, n_events, geom, sensors=None: full_background(rng, n_events, geom))
+    full = pxd_pulls.track_pulls(120, 12, None, modes=("simulated",))
+    for key in ("pt", "d0", "z0"):
+        np.testing.assert_array_equal(part["simulated"][key], full["simulated"][key], err_msg=key)
