@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
+import scipy.linalg  # noqa: F401 - loads scipy's own BLAS now, so that threadpool_limits below covers it too
 from threadpoolctl import threadpool_limits
 
 from ..catalogue.prompt_api import FilterVocabulary, using_vocabulary

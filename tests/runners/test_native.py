@@ -36,6 +36,7 @@ SCRIPT = textwrap.dedent('''
             raise RuntimeError("asked to fail")
         upstream = job.database_chain.read("Upstream", job.requested_iov.first)["value"]
         n = sum(len(v) for v in job.input_files.values())
+        import scipy.linalg  # noqa: F401 - loads scipy's own BLAS inside the job, after the runner's limit
         from threadpoolctl import threadpool_info
         job.log.info("blas threads: %s", sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}))
         secrets = [k for k in os.environ if "TOKEN" in k]
