@@ -171,15 +171,3 @@ def test_numpy_inference_is_the_torch_model(mupi):
         fast = muon_probability(arrays, t, image)
         assert np.all(np.isfinite(fast)) and fast.std() > 0.01
         np.testing.assert_allclose(fast, muon_probability(arrays, t, image, models), atol=2e-6)
-
-
-def test_chi2_survival_function_matches_scipy():
-    from scipy.stats import chi2
-
-    from calibrations.validations.ecl_mupi_cnn import chi2_sf
-
-    for dof in range(1, 9):
-        for x in (0.0, 0.05, 1.0, 2.0, 7.3, 25.0, 80.0):
-            assert chi2_sf(x, dof) == pytest.approx(chi2.sf(x, dof), rel=1e-10, abs=1e-300)
-    with pytest.raises(ValueError, match="dof"):
-        chi2_sf(1.0, 0)
