@@ -28,7 +28,9 @@ point away from the IP; tracks with hits on both sides of the perigee (cosmics) 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +42,10 @@ MUON_MASS = 0.1056584
 N_SCAT = 8  # beam pipe, 6 VXD layers, CDC inner wall
 _STEP = np.array([1e-5, 1e-8, 1e-10, 1e-5, 1e-8])
 LABEL_CDC_BASE = 1_000_000
+#: from this Gauss-Newton iteration on, once at least half of a chunk's tracks have converged, the others are fitted
+#: on alone (the converged ones no longer ride along through the remaining iterations)
+_SPLIT_AT = 2
+_TRACK_RESULTS = ("params", "ndf", "cov", "chi2", "kinks", "kink_sigma", "ok")
 
 
 @dataclass
@@ -275,7 +281,14 @@ def _kink_jacobians(h: np.ndarray, arms: tuple[float, ...], geom: G.Geometry, p:
 
 def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray, arm: np.ndarray,
                geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
-               arms: tuple[float, ...]) -> dict[str, np.ndarray]:
+               arms: tuple[float, ...], split_at: int | None = None,
+               resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Gauss-Newton fit of the tracks t0..t1 (rows ``rows`` of ``meas``) from the helices ``h``.
+
+    ``split_at``: from that iteration on, once at least half of the tracks (not all) have converged, stop and
+    return every track's results of this evaluation, ``done`` (which tracks converged: their results are final)
+    and ``state`` (the iteration state before this evaluation, per track); ``resume``: such a state (of the
+    remaining tracks) to continue from, with their current helices as ``h``."""
     nt = t1 - t0
     track = meas.track[rows] - t0
     st = _starts(track, nt)
@@ -300,6 +313,10 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     delta_prev = np.zeros((nt, nl))
     done = np.zeros(nt, bool)
     it = 0
+    if resume is not None:
+        theta, chi2_prev, ngood_prev = resume["theta"].copy(), resume["chi2_prev"], resume["ngood_prev"]
+        delta_prev, it = resume["delta_prev"], int(resume["it"])
+    stopped = False
     while True:
         p = H.momentum(h)
         if scattering:
@@ -354,7 +371,8 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         # other tracks of the batch (the batch size, the files and runs fitted together)
         if it >= 2:
             done |= ~worse & (np.max(np.abs(step), axis=1) < 1e-3)
-        if it >= n_iter or done.all():
+        stopped = split_at is not None and split_at <= it < n_iter and nt <= 2 * done.sum() < 2 * nt
+        if it >= n_iter or done.all() or stopped:
             cov = np.linalg.solve(a_s, np.broadcast_to(eye, a_s.shape)) * scale[:, :, None] * scale[:, None, :]
             break
         delta = step * scale
@@ -382,9 +400,36 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     gl[pr.cdc, :3] = LABEL_CDC_BASE + pr.layer[:, None] * 10 + np.arange(1, 4)
     ndf = np.bincount(track, weights=good, minlength=nt) - 5
     ok = np.all(np.isfinite(h), axis=1) & np.isfinite(chi2) & (ndf > 0)
-    return dict(params=h, ndf=ndf, cov=cov[:, :5, :5], chi2=chi2, kinks=theta.reshape(nt, -1) if scattering else np.zeros((nt, 0)),
-                kink_sigma=(np.repeat(sig.reshape(nt, -1), 2, axis=1) if scattering else np.zeros((nt, 0))),
-                pred=pred, residual=np.where(good, res, np.nan), local=loc, gd=gd, gl=gl, ok=ok)
+    out: dict[str, Any] = dict(
+        params=h, ndf=ndf, cov=cov[:, :5, :5], chi2=chi2, kinks=theta.reshape(nt, -1) if scattering else np.zeros((nt, 0)),
+        kink_sigma=(np.repeat(sig.reshape(nt, -1), 2, axis=1) if scattering else np.zeros((nt, 0))),
+        pred=pred, residual=np.where(good, res, np.nan), local=loc, gd=gd, gl=gl, ok=ok)
+    if stopped:
+        out["done"] = done
+        out["state"] = dict(theta=theta, chi2_prev=chi2_prev, ngood_prev=ngood_prev, delta_prev=delta_prev, it=it)
+    return out
+
+
+def _resume_stragglers(r: dict[str, Any], meas: Measurements, rows: slice, t0: int, arm_rows: np.ndarray,
+                       geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
+                       arms: tuple[float, ...]) -> None:
+    """Continue the fit of a split chunk's unconverged tracks from their state (the converged ones keep the
+    results of the evaluation they converged at: their parameters do not move after it) and put their results
+    into ``r`` in place; drops ``done`` and ``state``."""
+    done, state = r.pop("done"), r.pop("state")
+    left = np.flatnonzero(~done)
+    track = meas.track[rows] - t0
+    keep = ~done[track]
+    remap = np.full(done.size, -1, np.int64)
+    remap[left] = np.arange(left.size)
+    cols = {f.name: getattr(meas, f.name)[rows][keep] for f in dataclasses.fields(meas)
+            if f.name not in ("track_key", "track")}
+    sub = dataclasses.replace(meas, track_key=meas.track_key[t0 + left], track=remap[track[keep]], **cols)
+    resume = {k: (v if k == "it" else v[left]) for k, v in state.items()}
+    rs = _fit_chunk(sub, slice(0, int(keep.sum())), 0, left.size, r["params"][left], arm_rows[keep], geom, constants,
+                    mass[t0 + left], n_iter, scattering, arms, resume=resume)
+    for k, v in rs.items():  # per-track results by track, the others by row
+        r[k][left if k in _TRACK_RESULTS else keep] = v
 
 
 def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None = None,
@@ -418,7 +463,10 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
         h_start = h0[t0:t1]
         if scattering and prefit:  # pre-fit without kinks: a robust start for low-momentum tracks
             h_start = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, 2, False, arms)["params"]
-        r = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, n_iter, scattering, arms)
+        r = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, n_iter, scattering, arms,
+                       split_at=_SPLIT_AT)
+        if "done" in r:  # most tracks converged: the others go on alone
+            _resume_stragglers(r, meas, rows, t0, arm[rows], geom, constants, mass, n_iter, scattering, arms)
         for k, v in r.items():
             out.setdefault(k, []).append(v)
     cat = {k: np.concatenate(v) for k, v in out.items()}
