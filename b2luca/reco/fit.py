@@ -437,8 +437,10 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
                chunk_tracks: int = 2000, prefit: bool = False) -> FitResult:
     """Fit all track candidates of ``meas`` (batched Gauss-Newton from the seed, at most ``n_iter``
     iterations; a track stops once its next step is below 1e-3 of its errors, so its result does not depend
-    on the other tracks of the batch, and a chunk stops when all have; a step that raises a track's
-    chi2 is halved).  ``prefit``: first 2 helix-only iterations (rarely needed).
+    on the other tracks of the batch, and a chunk stops when all have; once at least half of a chunk has
+    converged, from the third iteration on, the other tracks go on alone from their state, with the same
+    results up to round-off; a step that raises a track's chi2 is halved).  ``prefit``: first 2 helix-only
+    iterations (rarely needed).
 
     ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed
     in chunks of ``chunk_tracks`` to bound memory; there is no Python loop per track or hit.
