@@ -288,8 +288,10 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     ``split_at``: from that iteration on, once some (not all) tracks have converged, stop after the update and
     return every track's results of this evaluation, ``done`` (which tracks converged: their results are final)
     and ``state`` (the iteration state for the next evaluation, per track: helices, kinks, step control, the
-    VXD crossings to start from); ``resume``: such a state (of the remaining tracks) to continue from.  A track's
-    result is the evaluation it converged at (or the last), so splitting does not change any number."""
+    VXD crossings to start from, the padded width); ``resume``: such a state (of the remaining tracks) to
+    continue from, computing the same numbers as the chunk would have.  A converged track's result is the
+    evaluation it converged at (unsplit, its parameters stay but it is evaluated again: round-off apart, the
+    same results)."""
     nt = t1 - t0
     track = meas.track[rows] - t0
     st = _starts(track, nt)
@@ -456,8 +458,8 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
     """Fit all track candidates of ``meas`` (batched Gauss-Newton from the seed, at most ``n_iter``
     iterations; a track stops once its next step is below 1e-3 of its errors, so its result does not depend
     on the other tracks of the batch, and a chunk stops when all have; once some tracks of a chunk have
-    converged, the others go on alone from their state, which changes no number; a step that raises a
-    track's chi2 is halved).  ``prefit``: first 2 helix-only
+    converged, the others go on alone from their state (the results change by round-off only); a step that
+    raises a track's chi2 is halved).  ``prefit``: first 2 helix-only
     iterations (rarely needed).
 
     ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed
