@@ -459,8 +459,7 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
     iterations; a track stops once its next step is below 1e-3 of its errors, so its result does not depend
     on the other tracks of the batch, and a chunk stops when all have; once some tracks of a chunk have
     converged, the others go on alone from their state (the results change by round-off only); a step that
-    raises a track's chi2 is halved).  ``prefit``: first 2 helix-only
-    iterations (rarely needed).
+    raises a track's chi2 is halved).  ``prefit``: first 2 helix-only iterations (rarely needed).
 
     ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed
     in chunks of ``chunk_tracks`` to bound memory; there is no Python loop per track or hit.
