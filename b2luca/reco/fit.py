@@ -28,7 +28,9 @@ point away from the IP; tracks with hits on both sides of the perigee (cosmics) 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +42,10 @@ MUON_MASS = 0.1056584
 N_SCAT = 8  # beam pipe, 6 VXD layers, CDC inner wall
 _STEP = np.array([1e-5, 1e-8, 1e-10, 1e-5, 1e-8])
 LABEL_CDC_BASE = 1_000_000
+#: from this Gauss-Newton iteration on, once some of a chunk's tracks have converged, the others are fitted on alone
+#: (the converged ones no longer ride along through the remaining iterations)
+_SPLIT_AT = 2
+_TRACK_RESULTS = ("params", "ndf", "cov", "chi2", "kinks", "kink_sigma", "ok")
 
 
 @dataclass
@@ -275,12 +281,23 @@ def _kink_jacobians(h: np.ndarray, arms: tuple[float, ...], geom: G.Geometry, p:
 
 def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray, arm: np.ndarray,
                geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
-               arms: tuple[float, ...]) -> dict[str, np.ndarray]:
+               arms: tuple[float, ...], split_at: int | None = None,
+               resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Gauss-Newton fit of the tracks t0..t1 (rows ``rows`` of ``meas``) from the helices ``h``.
+
+    ``split_at``: from that iteration on, once some (not all) tracks have converged, stop after the update and
+    return every track's results of this evaluation, ``done`` (which tracks converged: their results are final)
+    and ``state`` (the iteration state for the next evaluation, per track: helices, kinks, step control, the
+    VXD crossings to start from, the padded width); ``resume``: such a state (of the remaining tracks) to
+    continue from, computing the same numbers as the chunk would have.  A converged track's result is the
+    evaluation it converged at (unsplit, its parameters stay but it is evaluated again: round-off apart, the
+    same results)."""
     nt = t1 - t0
     track = meas.track[rows] - t0
     st = _starts(track, nt)
     slot_in = np.arange(track.size) - st[track]  # position of the row inside its track (padding)
-    mmax = int(slot_in.max()) + 1
+    # rows per track in the padded layout (a resumed chunk keeps its parent's width: the products sum the same terms)
+    mmax = int(slot_in.max()) + 1 if resume is None else int(resume["mmax"])
     m, w0 = meas.m[rows], 1.0 / meas.sigma[rows] ** 2
     pr = _Predictor(meas, rows, geom, constants, arm)
     nk = len(arms) * N_SCAT * 2 if scattering else 0
@@ -300,6 +317,10 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     delta_prev = np.zeros((nt, nl))
     done = np.zeros(nt, bool)
     it = 0
+    if resume is not None:  # the next evaluation of an earlier call: the same numbers as in that call
+        theta, chi2_prev, ngood_prev = resume["theta"], resume["chi2_prev"], resume["ngood_prev"]
+        delta_prev, it, pr.s_vxd = resume["delta_prev"], int(resume["it"]), resume["s_vxd"]
+    stopped = False
     while True:
         p = H.momentum(h)
         if scattering:
@@ -357,6 +378,10 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         if it >= n_iter or done.all():
             cov = np.linalg.solve(a_s, np.broadcast_to(eye, a_s.shape)) * scale[:, :, None] * scale[:, None, :]
             break
+        stopped = split_at is not None and it >= split_at and bool(done.any())
+        if stopped:  # the converged tracks' results are this evaluation's; the others go on alone
+            cov = np.linalg.solve(a_s, np.broadcast_to(eye, a_s.shape)) * scale[:, :, None] * scale[:, None, :]
+            h_eval, theta_eval = h, theta
         delta = step * scale
         delta = np.where(worse[:, None], -0.5 * delta_prev, delta)
         delta[done] = 0.0
@@ -368,6 +393,13 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         h[:, 1] = np.arctan2(np.sin(h[:, 1]), np.cos(h[:, 1]))
         if scattering:
             theta = theta + delta[:, 5:].reshape(theta.shape)
+        if stopped:
+            break
+    state = None
+    if stopped:
+        state = dict(h=h, theta=theta, chi2_prev=chi2_prev, ngood_prev=ngood_prev, delta_prev=delta_prev, it=it,
+                     s_vxd=pr.s_vxd, vxd_rows=pr.vxd, mmax=mmax)
+        h, theta = h_eval, theta_eval
     # global derivatives
     nr = res.size
     gd = np.zeros((nr, 6))
@@ -382,9 +414,42 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     gl[pr.cdc, :3] = LABEL_CDC_BASE + pr.layer[:, None] * 10 + np.arange(1, 4)
     ndf = np.bincount(track, weights=good, minlength=nt) - 5
     ok = np.all(np.isfinite(h), axis=1) & np.isfinite(chi2) & (ndf > 0)
-    return dict(params=h, ndf=ndf, cov=cov[:, :5, :5], chi2=chi2, kinks=theta.reshape(nt, -1) if scattering else np.zeros((nt, 0)),
-                kink_sigma=(np.repeat(sig.reshape(nt, -1), 2, axis=1) if scattering else np.zeros((nt, 0))),
-                pred=pred, residual=np.where(good, res, np.nan), local=loc, gd=gd, gl=gl, ok=ok)
+    out: dict[str, Any] = dict(
+        params=h, ndf=ndf, cov=cov[:, :5, :5], chi2=chi2, kinks=theta.reshape(nt, -1) if scattering else np.zeros((nt, 0)),
+        kink_sigma=(np.repeat(sig.reshape(nt, -1), 2, axis=1) if scattering else np.zeros((nt, 0))),
+        pred=pred, residual=np.where(good, res, np.nan), local=loc, gd=gd, gl=gl, ok=ok)
+    if state is not None:
+        out["done"] = done
+        out["state"] = state
+    return out
+
+
+def _resume_stragglers(r: dict[str, Any], meas: Measurements, rows: slice, t0: int, arm_rows: np.ndarray,
+                       geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
+                       arms: tuple[float, ...]) -> None:
+    """Continue the fit of a split chunk's unconverged tracks from their state (the converged ones keep the
+    results of the evaluation they converged at) and put their results into ``r`` in place (splitting again
+    as tracks converge); drops ``done`` and ``state``."""
+    done, state = r.pop("done"), r.pop("state")
+    left = np.flatnonzero(~done)
+    track = meas.track[rows] - t0
+    keep = ~done[track]
+    remap = np.full(done.size, -1, np.int64)
+    remap[left] = np.arange(left.size)
+    cols = {f.name: getattr(meas, f.name)[rows][keep] for f in dataclasses.fields(meas)
+            if f.name not in ("track_key", "track")}
+    sub = dataclasses.replace(meas, track_key=meas.track_key[t0 + left], track=remap[track[keep]], **cols)
+    vxd_rows, s_vxd = state.pop("vxd_rows"), state.pop("s_vxd")
+    resume = {k: (v if k in ("it", "mmax") else v[left]) for k, v in state.items()}
+    resume["s_vxd"] = s_vxd[keep[vxd_rows]]
+    h = resume.pop("h")
+    rs = _fit_chunk(sub, slice(0, int(keep.sum())), 0, left.size, h, arm_rows[keep], geom, constants,
+                    mass[t0 + left], n_iter, scattering, arms, split_at=_SPLIT_AT, resume=resume)
+    if "done" in rs:
+        _resume_stragglers(rs, sub, slice(0, int(keep.sum())), 0, arm_rows[keep], geom, constants, mass[t0 + left],
+                           n_iter, scattering, arms)
+    for k, v in rs.items():  # per-track results by track, the others by row
+        r[k][left if k in _TRACK_RESULTS else keep] = v
 
 
 def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None = None,
@@ -392,8 +457,9 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
                chunk_tracks: int = 2000, prefit: bool = False) -> FitResult:
     """Fit all track candidates of ``meas`` (batched Gauss-Newton from the seed, at most ``n_iter``
     iterations; a track stops once its next step is below 1e-3 of its errors, so its result does not depend
-    on the other tracks of the batch, and a chunk stops when all have; a step that raises a track's
-    chi2 is halved).  ``prefit``: first 2 helix-only iterations (rarely needed).
+    on the other tracks of the batch, and a chunk stops when all have; once some tracks of a chunk have
+    converged, the others go on alone from their state (the results change by round-off only); a step that
+    raises a track's chi2 is halved).  ``prefit``: first 2 helix-only iterations (rarely needed).
 
     ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed
     in chunks of ``chunk_tracks`` to bound memory; there is no Python loop per track or hit.
@@ -418,7 +484,10 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
         h_start = h0[t0:t1]
         if scattering and prefit:  # pre-fit without kinks: a robust start for low-momentum tracks
             h_start = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, 2, False, arms)["params"]
-        r = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, n_iter, scattering, arms)
+        r = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, n_iter, scattering, arms,
+                       split_at=_SPLIT_AT)
+        if "done" in r:  # some tracks converged: the others go on alone
+            _resume_stragglers(r, meas, rows, t0, arm[rows], geom, constants, mass, n_iter, scattering, arms)
         for k, v in r.items():
             out.setdefault(k, []).append(v)
     cat = {k: np.concatenate(v) for k, v in out.items()}
