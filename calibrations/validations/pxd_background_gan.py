@@ -244,7 +244,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     from b2luca.contract import Verdict, read_input_data
     from b2luca.ml.pxd_gan import GanBackground
     from b2luca.reco.geometry import nominal_geometry
-    from b2luca.sim.pxd_pulls import pull_table, track_pulls
+    from b2luca.sim.pxd_pulls import PT_BINS, pull_table, track_pulls
     from calibrations._common import calibration_output, expert_config_dict, pyplot, save_figure, write_csv
     from calibrations.pxd_background_gan import read_background
 
@@ -261,7 +261,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
     gen = image_statistics(gan(np.random.default_rng(seed), n_gen, geom), n_gen, geom)
     figures, reasons = compare_images(ref, gen, cfg)
     figures.update(events_compared=float(n_events), events_generated=float(n_gen))
-    rows = pull_table(track_pulls(int(cfg["track_events"]), seed, gan))
+    rows = pull_table(track_pulls(int(cfg["track_events"]), seed, gan, max_pt=max(hi for _, hi in PT_BINS)))
     fig_b, reasons_b = compare_pulls(rows, cfg)
     figures.update(fig_b)
     reasons += reasons_b

@@ -269,9 +269,12 @@ def test_generator_inference_is_the_module_and_fired_pixels_are_those_of_the_ful
     geom = nominal_geometry()
     cfg = {**settings.expert_config, **TINY}
     gan = GanBackground(untrained_arrays(cfg), threads=1)
+    assert gan._weights is not None  # the numpy path
     with torch.no_grad():
         z, cond = torch.randn(64, gan.latent), torch.arange(64) % gan.model.n_cond
-        np.testing.assert_allclose(gan._forward(z, cond).numpy(), gan.model(z, cond).numpy(), atol=1e-5)
+        module = gan.model(z, cond).numpy()
+    assert module.max() > 0
+    np.testing.assert_allclose(gan._forward_numpy(z.numpy(), cond.numpy()), module, atol=1e-5)
     gan.scale *= 20  # an untrained generator's outputs are small: make some pixels fire
     n_events = 3
     out = gan(np.random.default_rng(5), n_events, geom)
@@ -310,3 +313,24 @@ def test_random_phase_tiling_spreads_a_fixed_patch_pattern_over_the_rows(backgro
     expected = per_band.mean()
     assert np.all(np.abs(per_band - expected) < 5 * np.sqrt(expected) + 0.05 * expected), per_band
     assert np.count_nonzero(rows) > 0.9 * PXD_NV  # every row gets hits, not one row in 15
+
+
+def test_generator_payload_problems_are_one_error_and_the_whole_sensor_runs_through_torch():
+    """The numpy inference checks the payload's arrays (every bad one named in one PayloadError); a
+    whole-sensor patch (no dense convolution matrix) is evaluated by the torch module."""
+    pytest.importorskip("torch")
+    from b2luca.errors import PayloadError
+    from b2luca.ml.pxd_gan import GanBackground, untrained_arrays
+    from calibrations.pxd_background_gan import settings
+
+    arrays = untrained_arrays({**settings.expert_config, **TINY})
+    bad = {k: v for k, v in arrays.items() if k != "gen_net_2_bias"}
+    bad["gen_conv_weight"] = np.zeros((1, 2, 3, 3), np.float32)
+    with pytest.raises(PayloadError, match="gen_net_2_bias missing.*|gen_conv_weight has shape") as err:
+        GanBackground(bad)
+    assert "gen_net_2_bias missing" in str(err.value) and "gen_conv_weight has shape" in str(err.value)
+    whole = GanBackground(untrained_arrays({**settings.expert_config, **TINY, "patch_v": 150, "patch_u": 50,
+                                            "hidden": 8}), threads=1)
+    assert whole._weights is None
+    images = whole.images(np.random.default_rng(1), np.array([0, 1, 1]))
+    assert images.shape == (3, 150, 50) and np.all(images >= 0)

@@ -64,3 +64,28 @@ def test_simulated_background_on_the_hit_sensors_only_gives_the_pulls_of_the_ful
     full = pxd_pulls.track_pulls(120, 12, None, modes=("simulated",))
     for key in ("pt", "d0", "z0"):
         np.testing.assert_array_equal(part["simulated"][key], full["simulated"][key], err_msg=key)
+
+
+def test_pulls_below_a_pt_are_those_of_fitting_every_track(monkeypatch):
+    """The validation fits only tracks below its highest pT bin: the same tracks and pulls there (to the
+    round-off of batched linear algebra on other batch shapes, ~1e-9), fewer fits."""
+    fitted: list[int] = []
+    fit_tracks_all = pxd_pulls.fit_tracks
+
+    def counting(meas, *args, **kwargs):
+        fitted.append(meas.n_tracks)
+        return fit_tracks_all(meas, *args, **kwargs)
+
+    monkeypatch.setattr(pxd_pulls, "fit_tracks", counting)
+    every = pxd_pulls.track_pulls(120, 13, None, modes=("simulated", "none"))
+    n_every = sum(fitted)
+    fitted.clear()
+    low = pxd_pulls.track_pulls(120, 13, None, modes=("simulated", "none"), max_pt=0.6)
+    assert sum(fitted) < n_every
+    for mode in every:
+        sel = every[mode]["pt"] < 0.6
+        assert 0 < sel.sum() < sel.size
+        np.testing.assert_array_equal(low[mode]["pt"], every[mode]["pt"][sel], err_msg=mode)
+        for key in ("d0", "z0"):
+            np.testing.assert_allclose(low[mode][key], every[mode][key][sel], rtol=1e-7, atol=1e-7,
+                                       err_msg=f"{mode} {key}")
