@@ -77,15 +77,3 @@ def test_generated_events_meet_the_statistical_fraction_and_wrong_samples_still_
     assert generated_events(ref, {**CFG, "statistical_fraction": 0.01}) == n
     small = _stats(pxd_background(np.random.default_rng(11), 4, GEOM), 4)
     assert generated_events(small, CFG) == 4
-
-
-def test_p_values_agree_with_scipy_stats():
-    from scipy.stats import chi2_contingency, ks_2samp
-
-    from calibrations.validations.pxd_background_gan import chi2_homogeneity_p_value, ks_2samp_p_value
-
-    rng = np.random.default_rng(3)
-    for table in (np.array([[10, 20, 30], [12, 25, 20]]), np.array([[10, 20], [18, 9]])):
-        assert np.isclose(chi2_homogeneity_p_value(table), chi2_contingency(table)[1], rtol=1e-9)
-    a, b = rng.normal(size=3000), rng.normal(0.05, size=2000)
-    assert np.isclose(ks_2samp_p_value(a, b), ks_2samp(a, b, method="asymp").pvalue, rtol=0.05)
