@@ -146,6 +146,26 @@ def test_native_runner_gives_blas_the_calibrations_cpus(tmp_path, monkeypatch, m
         assert f"blas threads: {expected}" in result.log_path.read_text()
 
 
+def _sleeping_job(tmp_path):
+    """A calibration job that writes its pid to ``<work>/pid`` and then sleeps for a minute."""
+    work = _setup(tmp_path, {"scale": 1.0, "fail": False})
+    script = tmp_path / "calibrations" / "count_files.py"
+    script.write_text(script.read_text().replace(
+        "    if job.expert_config[\"fail\"]:",
+        "    import time; (job.work_dir / 'pid').write_text(str(os.getpid())); time.sleep(60)\n"
+        "    if job.expert_config[\"fail\"]:"))
+    return work
+
+
+def _wait_for(path, seconds=60.0):
+    """Wait until ``path`` exists (at most ``seconds``)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_job_server_job_dies_with_its_caller(tmp_path):
     """A killed luigi worker (the caller) takes its job down, as PR_SET_PDEATHSIG does for a subprocess."""
     import multiprocessing
@@ -153,19 +173,12 @@ def test_job_server_job_dies_with_its_caller(tmp_path):
     import signal
     import time
 
-    work = _setup(tmp_path, {"scale": 1.0, "fail": False})
-    script = tmp_path / "calibrations" / "count_files.py"
-    script.write_text(script.read_text().replace(
-        "    if job.expert_config[\"fail\"]:",
-        "    import time; (job.work_dir / 'pid').write_text(str(os.getpid())); time.sleep(60)\n"
-        "    if job.expert_config[\"fail\"]:"))
+    work = _sleeping_job(tmp_path)
     with job_server.serving():
         caller = multiprocessing.get_context("fork").Process(target=NativeRunner().calibrate, args=(
             work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log"))
         caller.start()
-        deadline = time.monotonic() + 60
-        while not (work / "pid").is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for(work / "pid")
         pid = int((work / "pid").read_text())
         os.kill(caller.pid, signal.SIGKILL)
         caller.join()
@@ -187,20 +200,13 @@ def test_jobs_still_running_when_the_run_ends_are_killed(tmp_path):
     import threading
     import time
 
-    work = _setup(tmp_path, {"scale": 1.0, "fail": False})
-    script = tmp_path / "calibrations" / "count_files.py"
-    script.write_text(script.read_text().replace(
-        "    if job.expert_config[\"fail\"]:",
-        "    import time; (job.work_dir / 'pid').write_text(str(os.getpid())); time.sleep(60)\n"
-        "    if job.expert_config[\"fail\"]:"))
+    work = _sleeping_job(tmp_path)
     results = []
     with job_server.serving():
         caller = threading.Thread(target=lambda: results.append(NativeRunner().calibrate(
             work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")))
         caller.start()
-        deadline = time.monotonic() + 60
-        while not (work / "pid").is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for(work / "pid")
         start = time.monotonic()
     caller.join(timeout=30)
     assert results and results[0].returncode < 0 and time.monotonic() - start < 10
