@@ -199,7 +199,8 @@ class Outbox:
             cache = self._cache
             if (cache is not None and cache.inode == st.st_ino and st.st_size >= cache.offset
                     and head[:len(cache.head)] == cache.head):
-                offset, lines, events = cache.offset, cache.lines, cache.events
+                # a new list: the driver's progress thread and a task in the same process may read at once
+                offset, lines, events = cache.offset, cache.lines, list(cache.events)
             else:
                 offset, lines, events = 0, 0, []
             fh.seek(offset)

@@ -144,8 +144,11 @@ def test_the_event_log_is_read_incrementally_and_afresh_when_replaced(tmp_path: 
         fh.write(b'{"kind":"step","bucket":"demo","ta')  # being written right now: not read yet
     assert [e.seq for e in box.read_events()] == [1, 2]
     assert box._cache is not None and box._cache.offset == len(path.read_bytes()) - 34
+    parsed = box._cache.events
     rep.emit("task_started", "B", stage="raw", group=0)  # cuts the torn line, appends seq 3
     assert [(e.seq, e.task) for e in box.read_events()] == [(1, "A"), (2, "A"), (3, "B")]
+    # a read never extends a list another thread of the process may be reading from
+    assert [e.seq for e in parsed] == [1, 2] and box._cache.events is not parsed
     # a fresh outbox (the report dir removed for a clean rerun) is read afresh, not from the old offset
     shutil.rmtree(tmp_path / "report")
     fresh = open_reporter(LOCAL, tmp_path, BUCKET)
