@@ -8,10 +8,6 @@ import pytest
 from b2luca.reco import helix as H
 from b2luca.reco.fit import _Predictor, fit_tracks
 from b2luca.reco.geometry import nominal_geometry
-from b2luca.reco.measurements import Constants, build_measurements
-from b2luca.reco.raw import read_raw, write_raw
-from b2luca.sim import make_truth, simulate_sample
-from b2luca.sim.truth import truth_payloads
 
 GEOM = nominal_geometry()
 
@@ -34,16 +30,8 @@ def test_position_jacobian_matches_central_differences():
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("derivs")
-    truth = make_truth(7, GEOM)
-    c = Constants.from_payloads(truth_payloads(truth, GEOM), GEOM)
-    out = {}
-    for tag, n in (("mumu_tight_or_highm_calib", 200), ("cosmic_calib", 150), ("hadron_calib", 100)):
-        res = simulate_sample(tag, n, np.random.default_rng(5), truth, GEOM, experiment=26, run=1)
-        write_raw(tmp / tag / "raw_0.root", res.raw)
-        out[tag] = build_measurements(read_raw(tmp / tag), c, GEOM)
-    return c, out
+def sample(tmp_path_factory, simulated_measurements):
+    return simulated_measurements(tmp_path_factory.mktemp("derivs"), 7, (("mumu_tight_or_highm_calib", 200), ("cosmic_calib", 150), ("hadron_calib", 100)), 5)
 
 
 @pytest.mark.parametrize("tag", ["mumu_tight_or_highm_calib", "cosmic_calib", "hadron_calib"])

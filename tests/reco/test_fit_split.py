@@ -7,25 +7,13 @@ import pytest
 
 from b2luca.reco import fit as F
 from b2luca.reco.geometry import nominal_geometry
-from b2luca.reco.measurements import Constants, build_measurements
-from b2luca.reco.raw import read_raw, write_raw
-from b2luca.sim import make_truth, simulate_sample
-from b2luca.sim.truth import truth_payloads
 
 GEOM = nominal_geometry()
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("split")
-    truth = make_truth(11, GEOM)
-    c = Constants.from_payloads(truth_payloads(truth, GEOM), GEOM)
-    out = {}
-    for tag, n in (("cosmic_calib", 120), ("hadron_calib", 120)):
-        res = simulate_sample(tag, n, np.random.default_rng(3), truth, GEOM, experiment=26, run=1)
-        write_raw(tmp / tag / "raw_0.root", res.raw)
-        out[tag] = build_measurements(read_raw(tmp / tag), c, GEOM)
-    return c, out
+def sample(tmp_path_factory, simulated_measurements):
+    return simulated_measurements(tmp_path_factory.mktemp("split"), 11, (("cosmic_calib", 120), ("hadron_calib", 120)), 3)
 
 
 @pytest.mark.parametrize("tag", ["cosmic_calib", "hadron_calib"])
