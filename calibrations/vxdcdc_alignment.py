@@ -149,15 +149,23 @@ def mille_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
 
     ``beam_spot``: a :class:`b2luca.reco.track_model.BeamSpotConstraint` added to every collision track
     (None: no beam-spot measurement; never for cosmics)."""
+    recs, n, chi2_ndf, _ = track_records(raw, constants, cfg, sample, beam_spot)
+    return recs, n, chi2_ndf
+
+
+def track_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
+    """:func:`mille_records`, plus the event (``gevent`` of ``raw``) of every record: (records or None, tracks
+    used, chi2/ndf of the used tracks, (n_records,) int64 events, non-decreasing)."""
     from b2luca.alignment import records_from_dense
     from b2luca.alignment.vertex import event_vertex_records
     from b2luca.reco.geometry import C_B
     from b2luca.reco.measurements import build_measurements
     from b2luca.reco.track_model import fit_track_model
 
+    none = np.zeros(0, np.int64)
     meas = build_measurements(raw, constants)
     if meas.n_tracks == 0:
-        return None, 0, np.zeros(0)
+        return None, 0, np.zeros(0), none
     model = fit_track_model(meas, constants, mass=SAMPLE_MASS[sample])
     chi2_ndf = model.chi2 / np.maximum(model.ndf, 1)
     good = (chi2_ndf < float(cfg["outlier_chi2_cut"])) & (model.ndf > 5)
@@ -166,13 +174,29 @@ def mille_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
         good &= C_B / np.maximum(np.abs(model.params[:, 2]), 1e-12) > float(cfg["min_pt"])
     use = np.flatnonzero(good)
     if not use.size:
-        return None, 0, chi2_ndf[good]
+        return None, 0, chi2_ndf[good], none
     recs = records_from_dense(*model.dense_rows(use))
+    event = model.meas.track_key[use, 0].astype(np.int64)  # tracks are sorted by (event, candidate)
     if beam_spot is not None and not cosmic:  # one record per event: common vertex in the beam spot
-        recs = event_vertex_records(recs, model.meas.track_key[use, 0], model.params[use, 0], model.params[use, 1],
+        recs = event_vertex_records(recs, event, model.params[use, 0], model.params[use, 1],
                                     model.n_local[use], beam_spot.position, beam_spot.size, beam_spot.labels)
-    return recs, int(use.size), chi2_ndf[good]
+        event = np.unique(event)  # one record per event, in event order
+    return recs, int(use.size), chi2_ndf[good], event
 
+
+def join_raws(raws: list[dict]) -> tuple[dict, np.ndarray]:
+    """The raw trees of several files (:func:`b2luca.reco.raw.read_raw` each) as one: every tree's columns
+    concatenated, with ``gevent`` shifted by the events of the files before (event ids restart in every file, so a
+    track candidate (gevent, cand) stays unique).  Returns (joined trees, (files + 1,) event offsets: file ``i``
+    holds the joined events ``offsets[i]:offsets[i + 1]``)."""
+    sizes = [int(r["event"]["gevent"].size) for r in raws]
+    offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    if len(raws) == 1:
+        return raws[0], offsets
+    trees = set(raws[0]).intersection(*raws[1:])
+    out = {t: {b: np.concatenate([r[t][b] + offsets[i] if b == "gevent" else r[t][b] for i, r in enumerate(raws)])
+               for b in raws[0][t]} for t in trees}
+    return out, offsets
 
 
 SUMMARY_FILE = "vxdcdc_alignment_summary.json"
@@ -358,6 +382,58 @@ def _key(translator, exprun: tuple[int, int]) -> tuple[int, ...]:
     return tuple(translator.intervals(exprun))
 
 
+#: track candidates per joint track fit: files of one (collection, interval) are fitted together up to about this
+#: many (one chunk of the track fit): small files share the fixed cost of a fit call, and the temporaries of a
+#: call (dense local derivatives, the solver's record chunk) stay bounded however many files there are
+FIT_BATCH_CANDIDATES = 1000
+
+
+def group_inputs(raws, translator, batch: int = FIT_BATCH_CANDIDATES) -> list[dict[str, Any]]:
+    """The files of :func:`read_inputs` in batches of one collection and constants interval, in input order, each
+    batch consecutive files of that (collection, interval) with up to ``batch`` track candidates in all (a larger
+    file alone).  Per batch: ``name``, ``key`` (interval key), ``runs`` ((exp, run) of each file), ``raw`` (the
+    files joined, :func:`join_raws`) and ``offsets`` (the event range of each file in the joined ``raw``)."""
+    order: dict[tuple, list] = {}
+    for name, er, raw in raws:
+        order.setdefault((name, _key(translator, er)), []).append((er, raw))
+    groups = []
+    for (name, key), files in order.items():
+        cands = [int(np.sum(r["event"]["n_cand"])) for _, r in files]
+        start = 0
+        while start < len(files):
+            stop, total = start + 1, cands[start]
+            while stop < len(files) and total + cands[stop] <= batch:
+                total += cands[stop]
+                stop += 1
+            raw, offsets = join_raws([r for _, r in files[start:stop]])
+            groups.append({"name": name, "key": key, "runs": [er for er, _ in files[start:stop]], "raw": raw,
+                           "offsets": offsets})
+            start = stop
+    return groups
+
+
+def records_per_run(groups: list[dict[str, Any]]) -> list[tuple[tuple[int, int], Any, str]]:
+    """(run, records, collection) per collection and run, from the joint fits of :func:`group_inputs`' groups:
+    each group's records cut back into its files (a file's records are contiguous, in file order) and the files of
+    one run concatenated in input order."""
+    from b2luca.alignment import concat_records
+    from b2luca.alignment.select import split_records
+
+    per_run: dict[tuple, list] = {}
+    for g in groups:
+        recs = g["records"]
+        if recs is None:
+            continue
+        rf = g["record_file"]
+        if rf.size and (rf[0] < 0 or np.any(np.diff(rf) < 0)):
+            raise RuntimeError(f"{settings.name}: records of the joint fit of {g['name']} are not in file order")
+        bounds = np.searchsorted(rf, np.arange(len(g["runs"]) + 1))
+        for er, piece in zip(g["runs"], split_records(recs, bounds)):
+            if piece.n_records:
+                per_run.setdefault((g["name"], er), []).append(piece)
+    return [(er, p[0] if len(p) == 1 else concat_records(p), name) for (name, er), p in per_run.items()]
+
+
 # --- the iterated global fit --------------------------------------------------------------------------------
 def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, int], log, timing: dict,
                    previous: dict | None = None, threads: int = 1) -> dict[str, Any]:
@@ -401,7 +477,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
     history: list[dict[str, Any]] = []
     converged = False
     errs: dict[int, float] = {}
-    per_file: list = []
+    groups = group_inputs(raws, translator)
     last_corr: dict[int, float] = {}
     constraints: list = []
     frame_sensors: dict = {}
@@ -411,19 +487,20 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         bs = (BeamSpotConstraint(position=(float(beam[0]), float(beam[1])),
                                  size=(float(NOMINAL_BEAMSPOT_SIZE[0]), float(NOMINAL_BEAMSPOT_SIZE[1])),
                                  labels=BEAM_SPOT_LABELS) if cfg["beam_spot_constraint"] else None)
-        records, per_file, used, chi2s = [], [], 0, []
+        records, used, chi2s = [], 0, []
         used_by_sample = dict.fromkeys(collection_names, 0)
-        for name, er, raw in raws:
+        for g in groups:  # one track fit per batch of files of one (collection, interval)
             t0 = time.perf_counter()
-            recs, n, c2 = mille_records(raw, consts[_key(translator, er)], cfg, name, beam_spot=bs)
+            recs, n, c2, event = track_records(g["raw"], consts[g["key"]], cfg, g["name"], beam_spot=bs)
             t1 = time.perf_counter()
             timing["track_fit_and_records"] += t1 - t0
-            if recs is not None:
-                recs = translator.translate_records(recs, er)
-                records.append(recs)
-                per_file.append((er, recs, name))
+            g["records"] = None
+            if recs is not None:  # the labels depend on the interval only: one translation for all its files
+                g["records"] = translator.translate_records(recs, g["runs"][0])
+                g["record_file"] = np.searchsorted(g["offsets"], event, side="right") - 1
+                records.append(g["records"])
                 used += n
-                used_by_sample[name] = used_by_sample.get(name, 0) + int(n)
+                used_by_sample[g["name"]] = used_by_sample.get(g["name"], 0) + int(n)
                 chi2s.append(c2)
             timing["label_translation"] += time.perf_counter() - t1
         if not records:
@@ -438,7 +515,8 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
             masks = [rows_with_labels(r, unfitted) for r in records]
             dropped = int(sum(m.sum() for m in masks))
             records = [drop_rows(r, m) for r, m in zip(records, masks)]
-            per_file = [(er, drop_rows(r, rows_with_labels(r, unfitted)), name) for er, r, name in per_file]
+            for g, r in zip((g for g in groups if g["records"] is not None), records):
+                g["records"] = r
         constraints, frame_sensors, frame_runs = frame_constraints_per_interval(consts, keys, translator, geom,
                                                                                frame_labels) \
             if cfg["frame_constraints"] else ([], {}, [])
@@ -482,7 +560,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         log.warning("%s: not converged after %d iterations (max |correction/error| %.2f >= convergence_pull %g)",
                     settings.name, len(history), history[-1]["max_pull"], cut)
     fit = {"consts": consts, "keys": keys, "errors": errs, "iterations": history, "converged": converged,
-           "records": per_file, "corrections": last_corr, "translator": translator, "start": consts,
+           "records": [], "corrections": last_corr, "translator": translator, "start": consts,
            "labels": full, "acc": acc, "constraints": constraints, "frame_sensors": frame_sensors,
            "frame_runs": [list(r) for r in frame_runs],
            "covariance": (result.info.get("covariance_labels"), result.info.get("covariance"))}
@@ -490,6 +568,7 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         fit["previous_trend"] = previous.get("trend")
         fit["iterations"] = previous["iterations"] + history
     t0 = time.perf_counter()
+    fit["records"] = per_file = records_per_run(groups)
     fit["trend"] = part_trend(per_file, last_corr, cfg, geom, threads=threads)
     timing["monitor"] += time.perf_counter() - t0
     return fit
