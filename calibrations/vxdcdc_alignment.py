@@ -442,7 +442,8 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
 
     ``start``: the constants to start from (Constants, or {interval key: Constants} from an earlier fit whose
     intervals are refined by ``translator``).  Returns constants per interval key, errors, per-iteration changes,
-    the records of the last iteration (per file) and the per-run trend of the parts."""
+    the records of the last iteration (per collection and run: :func:`records_per_run`) and the per-run trend of
+    the parts."""
     from b2luca.alignment import AlignmentProblem, solve
     from b2luca.alignment.select import drop_rows, rows_with_labels
     from b2luca.reco.geometry import NOMINAL_BEAMSPOT_SIZE
@@ -568,8 +569,8 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         fit["previous_trend"] = previous.get("trend")
         fit["iterations"] = previous["iterations"] + history
     t0 = time.perf_counter()
-    fit["records"] = per_file = records_per_run(groups)
-    fit["trend"] = part_trend(per_file, last_corr, cfg, geom, threads=threads)
+    fit["records"] = per_run = records_per_run(groups)
+    fit["trend"] = part_trend(per_run, last_corr, cfg, geom, threads=threads)
     timing["monitor"] += time.perf_counter() - t0
     return fit
 
@@ -620,15 +621,18 @@ def prior_records(labels: np.ndarray, acc: np.ndarray, sigma: np.ndarray):
 
 
 # --- per-run monitor and automatic boundaries ---------------------------------------------------------------
-def part_trend(per_file, corrections: dict, cfg: dict, geom, threads: int = 1) -> dict[str, Any]:
+def part_trend(per_run, corrections: dict, cfg: dict, geom, threads: int = 1) -> dict[str, Any]:
     """Per run, the rigid translation (x, y, z in um, with errors) of each part of ``auto_boundaries_parts``
     relative to ``auto_boundaries_reference`` (the frame of the monitor), fitted to the track residuals of the
     last iteration after its corrections.
 
     One fit for all runs: every record gets, instead of its sensor/layer derivatives, the derivatives of its
     part's translation (chained through the sensor rotations) under a per-run label, with its track parameters
-    as local parameters, so a movement is attributed to the part that moved (not smeared into the tracks)."""
-    from b2luca.alignment import AlignmentProblem, ParameterSpec, records_from_dense, solve
+    as local parameters, so a movement is attributed to the part that moved (not smeared into the tracks).
+    ``per_run``: (run, records, collection) items (:func:`records_per_run`; several items of one run are fine),
+    put together, run after run, in record sets of up to :data:`MONITOR_CHUNK_MEAS` rows (not one set per run:
+    hundreds of runs cost no more than a few)."""
+    from b2luca.alignment import AlignmentProblem, MilleRecords, ParameterSpec, concat_records, solve
     from b2luca.alignment.timedep import LabelTranslator
 
     parts = [str(p) for p in cfg.get("auto_boundaries_parts") or []]
@@ -642,15 +646,18 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom, threads: int = 1) -
     # collision tracks only (when there are any): every run is then measured with the same kind of tracks, so
     # the weak modes the static fit leaves do not differ between runs (a cosmic-only run is not measured; with
     # the cosmics of the physics runs included, the measured jump of a moved PXD is biased low)
-    collisions = [(er, recs) for er, recs, name in per_file if name != "cosmic_calib"]
-    use = collisions or [(er, recs) for er, recs, _ in per_file]
+    collisions = [(er, recs) for er, recs, name in per_run if name != "cosmic_calib"]
+    use = collisions or [(er, recs) for er, recs, _ in per_run]
     runs = sorted({er for er, _ in use})
+    run_index = {er: i for i, er in enumerate(runs)}
     sid = np.full(int(geom.sensor_id.max()) + 1, -1, np.int64)  # sensor id -> sensor index
     sid[geom.sensor_id.astype(np.int64)] = np.arange(geom.sensor_id.size)
     corr_lab = np.array(sorted(corrections), np.int64)
     corr_val = np.array([corrections[int(k)] for k in corr_lab.tolist()], float)
     dense = []
-    for er, recs in use:
+    for chunk in _bounded_chunks(use, MONITOR_CHUNK_MEAS):  # several runs per record set, of bounded size
+        recs = chunk[0][1] if len(chunk) == 1 else concat_records([r for _, r in chunk])
+        run_m = np.repeat([run_index[er] for er, _ in chunk], [r.n_meas for _, r in chunk])  # run of each row
         base, _ = LabelTranslator.split(recs.glb_label)
         c = np.zeros(recs.glb_label.size)
         if corr_lab.size:
@@ -659,22 +666,24 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom, threads: int = 1) -
             c[hit] = corr_val[at[hit]]
         y = recs.value - np.bincount(recs.glb_meas, weights=recs.glb_der * c, minlength=recs.n_meas)
         k = base % 10
-        lab = np.zeros((recs.n_meas, 3 * len(free)), np.int64)
-        der = np.zeros((recs.n_meas, 3 * len(free)))
+        nf = len(free)
+        der = np.zeros(recs.n_meas * 3 * nf)
         for ip, p in enumerate(free):
             sel = np.isin(base, labels[p]) & (k <= (2 if p == "CDC" else 3))
+            gm = recs.glb_meas[sel] * (3 * nf) + 3 * ip
             if p == "CDC":
-                d = np.zeros((int(sel.sum()), 3))
-                d[np.arange(d.shape[0]), k[sel] - 1] = recs.glb_der[sel]
+                der += np.bincount(gm + k[sel] - 1, weights=recs.glb_der[sel], minlength=der.size)
             else:
                 s_idx = sid[base[sel] // VXD_LABEL_FACTOR]
                 d = recs.glb_der[sel, None] * geom.rot[s_idx, :, k[sel] - 1]  # d(model)/d(global translation)
-            np.add.at(der[:, 3 * ip:3 * ip + 3], recs.glb_meas[sel], d)
-            lab[:, 3 * ip:3 * ip + 3] = _trend_label(runs.index(er), ip, np.arange(3))
-        q = int(recs.loc_index.max()) + 1 if recs.loc_index.size else 0
-        loc = np.zeros((recs.n_meas, q))
-        loc[recs.loc_meas, recs.loc_index] = recs.loc_der
-        dense.append(records_from_dense(y, recs.sigma, loc, lab, der, recs.rec_ptr))
+                for j in range(3):
+                    der += np.bincount(gm + j, weights=d[:, j], minlength=der.size)
+        der = der.reshape(recs.n_meas, 3 * nf)
+        lab = _trend_label(run_m[:, None], np.repeat(np.arange(nf), 3)[None, :], np.tile(np.arange(3), nf)[None, :])
+        gm, gi = np.nonzero(der)
+        dense.append(MilleRecords(rec_ptr=recs.rec_ptr, value=y, sigma=recs.sigma, loc_meas=recs.loc_meas,
+                                  loc_index=recs.loc_index, loc_der=recs.loc_der, glb_meas=gm.astype(np.int64),
+                                  glb_label=lab[gm, gi].astype(np.int64), glb_der=der[gm, gi]))
     out: dict[str, Any] = {"runs": [list(r) for r in runs], "reference": ref, "parts": {}}
     if not free or not dense:
         return out
@@ -693,6 +702,24 @@ def part_trend(per_file, corrections: dict, cfg: dict, geom, threads: int = 1) -
         unmeasured = ~(e < 500.0)
         v[unmeasured], e[unmeasured] = np.nan, np.nan
         out["parts"][p] = {"shift_um": v.tolist(), "error_um": e.tolist()}
+    return out
+
+
+#: measurement rows per record set of the per-run monitor (the solver's chunk): runs are put together up to this
+MONITOR_CHUNK_MEAS = 32_768
+
+
+def _bounded_chunks(items: list, limit: int) -> list[list]:
+    """Consecutive (run, records) items in lists of up to ``limit`` measurement rows (a larger item alone)."""
+    out: list[list] = []
+    size = 0
+    for it in items:
+        if out and size + it[1].n_meas <= limit:
+            out[-1].append(it)
+            size += it[1].n_meas
+        else:
+            out.append([it])
+            size = it[1].n_meas
     return out
 
 

@@ -18,12 +18,17 @@ from .assemble import Assembler, DownWeighting, GlobalSystem
 from .mille import MilleRecords, RawChunk, iter_raw_chunks
 from .result import AlignmentResult
 from .rss import PhasePeaks
+from .select import split_records
 from .solve import LinearConstraints, SolverError, solve_system
 from .steering import PEDE_METHODS, Constraint, FitOptions, ParameterSpec, Steering, read_steering
 
 __all__ = ["AlignmentProblem", "assemble", "solve", "solve_steering", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 4 << 20  # file bytes per chunk: keeps the temporaries of one chunk in the allocator's heap
+#: measurement rows per chunk of an in-memory record set (a larger set is cut at record boundaries): as
+#: CHUNK_BYTES for files, bounds the temporaries of a chunk (a set of a whole calibration's tracks in one chunk
+#: made the local fits' arrays large enough to be served by fresh, zero-filled mmaps: system time)
+RECORD_CHUNK_MEAS = 32_768
 #: BLAS threads while solving: a fixed number, because OpenBLAS's threaded kernels (potrf, syrk, the
 #: eigensolvers of the ordering) split their sums by thread count, so the round-off of the corrections
 #: would depend on the machine's cores or OPENBLAS_NUM_THREADS (measured: 4e-13 relative, up to 2e-3 on a
@@ -66,7 +71,8 @@ class AlignmentProblem(FitOptions):
     def chunks(self, timer: dict[str, float]) -> Iterator[MilleRecords | RawChunk]:
         """All records, chunk by chunk: in-memory record sets, then the files' chunks framed but not
         decoded (``RawChunk.decode()``); the time spent reading and framing is added to ``timer['read']``."""
-        yield from self.records
+        for recs in self.records:
+            yield from record_chunks(recs, RECORD_CHUNK_MEAS)
         for files, fortran in ((self.cfiles, False), (self.ffiles, True)):
             for f in files:
                 it = iter_raw_chunks(f, fortran=fortran, chunk_bytes=CHUNK_BYTES)
@@ -88,6 +94,19 @@ class AlignmentProblem(FitOptions):
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # not on Linux
             return max(1, os.cpu_count() or 1)
+
+
+def record_chunks(recs: MilleRecords, limit: int) -> list[MilleRecords]:
+    """``recs`` cut at record boundaries into consecutive sets of at most ``limit`` measurement rows (a record
+    with more rows alone); ``recs`` itself when it is that small."""
+    if recs.n_meas <= limit:
+        return [recs]
+    bounds = [0]
+    ptr = recs.rec_ptr
+    while bounds[-1] < recs.n_records:
+        b = int(np.searchsorted(ptr, ptr[bounds[-1]] + limit, side="right")) - 1  # last record end within limit
+        bounds.append(max(b, bounds[-1] + 1))
+    return split_records(recs, np.array(bounds, np.int64))
 
 
 def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: dict[str, float]) -> GlobalSystem:

@@ -46,8 +46,10 @@ def drop_rows(recs: MilleRecords, drop: np.ndarray) -> MilleRecords:
 
 def split_records(recs: MilleRecords, bounds: np.ndarray) -> list[MilleRecords]:
     """``recs`` cut into consecutive record ranges ``bounds[i]:bounds[i+1]`` (``bounds``: non-decreasing record
-    indices from 0 to ``n_records``); each piece keeps its records, rows and derivatives in their order, with
-    measurement ids renumbered from 0 (:func:`b2luca.alignment.concat_records` of the pieces gives ``recs``)."""
+    indices from 0 to ``n_records``); each piece keeps its records and rows in their order, with measurement ids
+    renumbered from 0.  Derivative entries keep their order when they are in measurement order (as written or
+    decoded: :func:`b2luca.alignment.concat_records` of the pieces then gives ``recs``), else they are put in
+    measurement order (stable)."""
     bounds = np.asarray(bounds, np.int64)
     if bounds.ndim != 1 or bounds.size < 1 or bounds[0] != 0 or bounds[-1] != recs.n_records \
             or np.any(np.diff(bounds) < 0):

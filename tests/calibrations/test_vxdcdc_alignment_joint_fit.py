@@ -70,6 +70,14 @@ def test_joint_fit_records_per_run_equal_the_per_file_fits(bucket, script, input
                                            for r in (1, 2)}
     for key, parts in per_file.items():
         _same(joint[key], concat_records(parts))
+    # the per-run monitor on the joint fit's records equals the one on the per-file fits' records
+    corr = {int(x): 2e-3 for x in np.unique(np.concatenate([r.glb_label for r in joint.values()]))[::5]}
+    a = cal.part_trend(cal.records_per_run(groups), corr, cfg, geom)
+    b = cal.part_trend([(er, r, name) for (name, er), parts in per_file.items() for r in parts], corr, cfg, geom)
+    assert a["runs"] == b["runs"] == [[26, 1], [26, 2]] and set(a["parts"]) == {"PXD", "SVD"}
+    for part, tr in a["parts"].items():
+        for key in ("shift_um", "error_um"):
+            np.testing.assert_allclose(tr[key], b["parts"][part][key], rtol=1e-6, atol=1e-6)
     # the di-muon records are one per event: 2 x 60 events per run, each file's events kept apart
     assert all(joint[("mumu_tight_or_highm_calib", (26, r))].n_records > 60 for r in (1, 2))
 
