@@ -14,6 +14,12 @@ runner does and then its validation, and reports wall and CPU time per phase:
     python benchmarks/alignment_calib_bench.py --runs 1-4 --mumu 3000 --iterations 3
     python benchmarks/alignment_calib_bench.py --move PXD:5:30,0,0 --overrides '{"auto_boundaries": "apply"}'
 
+The same events in few large or many small runs (the cost must follow the tracks, not the runs; per-file caps off):
+
+    OFF='{"mumu_tight_or_highm_calib.max_processed_events_per_file": -1, "cosmic_calib.max_processed_events_per_file": -1}'
+    python benchmarks/alignment_calib_bench.py --runs 1-2 --mumu 600 --cosmics 160 --overrides "$OFF"
+    python benchmarks/alignment_calib_bench.py --runs 1-40 --mumu 30 --cosmics 8 --overrides "$OFF"
+
 Phases are timed by wrapping the library functions the calibration calls (nothing in the calibration
 changes); "other" is the rest of ``calibrate`` (reading raw files, bookkeeping, storing payloads).
 """
