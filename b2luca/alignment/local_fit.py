@@ -269,6 +269,7 @@ def _record_grams(rec_ptr: np.ndarray, order: np.ndarray, q: np.ndarray, w: np.n
             continue
         pos = np.flatnonzero(qo == qv)  # positions in ``order`` (output rows)
         pos = pos[np.argsort(n_r[order[pos]], kind="stable")]  # similar sizes together: little padding
+        cols = np.r_[0:qv, qmax]  # the record's q local columns and y
         b0 = 0
         while b0 < pos.size:
             # at most _GRAM_BATCH records and _GRAM_ELEMENTS padded values (sizes ascend: the last is the largest)
@@ -281,14 +282,14 @@ def _record_grams(rec_ptr: np.ndarray, order: np.ndarray, q: np.ndarray, w: np.n
             m = int(cnt.max(initial=0))
             if m == 0:
                 continue
-            # measurement rows of these records, padded to m rows each
+            # measurement rows of these records, padded to m rows each (padding reads row 0, then zeroed): one
+            # gather of the q + 1 columns, no boolean-mask copies
             slot = np.arange(m)[None, :]
             live = slot < cnt[:, None]
-            rows = (rec_ptr[rec][:, None] + slot)[live]
-            A = np.zeros((pb.size, m, qv + 1))
-            A[live] = ay[rows][:, np.r_[0:qv, qmax]]
-            WA = np.zeros((pb.size, m, qv))
-            WA[live] = A[live][:, :qv] * w[rows][:, None]
+            rows = np.where(live, rec_ptr[rec][:, None] + slot, 0)
+            A = ay[rows[:, :, None], cols[None, None, :]] if qv < qmax else ay[rows]  # (R, m, q + 1)
+            A *= live[:, :, None]
+            WA = A[:, :, :qv] * np.where(live, w[rows], 0.0)[:, :, None]
             G = np.matmul(WA.transpose(0, 2, 1), A)  # (R, q, q + 1)
             out[pb, :qv, :qv] = G[:, :, :qv]
             out[pb, :qv, qmax] = G[:, :, qv]
