@@ -1,0 +1,355 @@
+"""Compiled (numba) kernels of the assembly's single-block fast path.
+
+Records whose measurements each touch one label block, with at most :data:`SMALL_Q` local parameters and
+fewer than ``UNION_MIN_K`` block rows, are fitted and summed record by record here: per record the sums
+Γ = Σ w a aᵀ, β = Σ w a y, H = Σ w d aᵀ, γ = Σ w d y and D = Σ w d dᵀ (one pass over its measurements), the
+Cholesky factor Γ = L Lᵀ (with the singular test of :func:`b2luca.alignment.local_fit.inverse_root`),
+M = H L⁻ᵀ, b_r = γ − M L⁻¹β, χ² = yᵀWy − |L⁻¹β|², and the upper block pairs of D − M Mᵀ added straight
+into the chunk's compact pair sums. Everything of one record stays in a few small work arrays (in cache);
+nothing is formed per measurement or per entry.
+
+Two passes, so the cuts stay in numpy (:meth:`b2luca.alignment.assemble.Assembler.compute`): :func:`fit_records`
+(local fits and the down-weighting iterations: χ², regular or not, final weights) and, for the accepted records,
+:func:`accumulate` (the sums). The kernels release the GIL (the assembly threads run them in parallel) and are
+compiled once into numba's on-disk cache (``__pycache__`` next to this file).
+
+Importing this module imports numba (~0.3 s): the assembly imports it when it first takes the fast path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["SMALL_Q", "accumulate", "chunk_structure", "fit_records", "pair_keys"]
+
+#: at most this many local parameters: the record's Cholesky is the one of inverse_root's small-q branch
+SMALL_Q = 8
+_PIVOT_REL = 1e-12  # a pivot below this fraction of its diagonal element: Γ singular (as inverse_root)
+
+
+@njit(cache=True, nogil=True)
+def _meas_ptr(meas: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover - compiled
+    """CSR pointer (n + 1,) of the non-decreasing measurement ids ``meas`` (entries of measurement m:
+    ptr[m]..ptr[m+1])."""
+    ptr = np.zeros(n + 1, np.int64)
+    for i in range(meas.size):
+        ptr[meas[i] + 1] += 1
+    for m in range(n):
+        ptr[m + 1] += ptr[m]
+    return ptr
+
+
+@njit(cache=True, nogil=True)
+def chunk_structure(rec_ptr: np.ndarray, loc_meas: np.ndarray, loc_index: np.ndarray, glb_meas: np.ndarray,
+                    gblk: np.ndarray, gpos: np.ndarray, S: int) -> tuple:  # pragma: no cover - compiled
+    """The record-block structure of a chunk (entries sorted by measurement; ``gblk``/``gpos``: label block and
+    position in the block of every global entry).
+
+    Returns (single, loc_ptr, glb_ptr, q, nb, ustart, ublk, eslot): single = every measurement's global
+    entries lie in one block (else the rest is incomplete); entry pointers per measurement; local parameters
+    (highest index + 1) and distinct blocks per record; the record's blocks, ascending, at
+    ublk[ustart[r]:ustart[r + 1]]; eslot = the block's rank in its record · S + position, per global entry."""
+    n = rec_ptr[rec_ptr.size - 1]
+    nrec = rec_ptr.size - 1
+    loc_ptr = _meas_ptr(loc_meas, n)
+    glb_ptr = _meas_ptr(glb_meas, n)
+    q = np.zeros(nrec, np.int64)
+    nb = np.zeros(nrec, np.int64)
+    ustart = np.zeros(nrec + 1, np.int64)
+    ublk = np.empty(glb_meas.size, np.int64)
+    eslot = np.empty(glb_meas.size, np.int64)
+    u = 0
+    for r in range(nrec):
+        ustart[r] = u
+        qr = 0
+        nbr = 0
+        for m in range(rec_ptr[r], rec_ptr[r + 1]):
+            for e in range(loc_ptr[m], loc_ptr[m + 1]):
+                qr = max(qr, loc_index[e] + 1)
+            g0, g1 = glb_ptr[m], glb_ptr[m + 1]
+            if g1 == g0:
+                continue
+            b = gblk[g0]
+            for e in range(g0 + 1, g1):
+                if gblk[e] != b:
+                    return False, loc_ptr, glb_ptr, q, nb, ustart, ublk, eslot
+            k = u + nbr  # insert b into the record's ascending blocks (few: a linear pass)
+            while k > u and ublk[k - 1] > b:
+                k -= 1
+            if k > u and ublk[k - 1] == b:
+                continue
+            for j in range(u + nbr, k, -1):
+                ublk[j] = ublk[j - 1]
+            ublk[k] = b
+            nbr += 1
+        q[r] = qr
+        nb[r] = nbr
+        u += nbr
+        for m in range(rec_ptr[r], rec_ptr[r + 1]):
+            g0, g1 = glb_ptr[m], glb_ptr[m + 1]
+            if g1 == g0:
+                continue
+            rank = 0
+            while ublk[ustart[r] + rank] != gblk[g0]:
+                rank += 1
+            for e in range(g0, g1):
+                eslot[e] = rank * S + gpos[e]
+    ustart[nrec] = u
+    return True, loc_ptr, glb_ptr, q, nb, ustart, ublk[:u], eslot
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _local_gram(m0: int, m1: int, loc_ptr: np.ndarray, loc_index: np.ndarray, loc_der: np.ndarray,
+                y: np.ndarray, wm: np.ndarray, q: int, G: np.ndarray, beta: np.ndarray,
+                a: np.ndarray) -> float:  # pragma: no cover - compiled
+    """Γ (lower triangle) and β of measurements m0..m1 into G, beta; returns yᵀWy."""
+    for i in range(q):
+        beta[i] = 0.0
+        for j in range(i + 1):
+            G[i, j] = 0.0
+    ywy = 0.0
+    for m in range(m0, m1):
+        for i in range(q):
+            a[i] = 0.0
+        for e in range(loc_ptr[m], loc_ptr[m + 1]):
+            a[loc_index[e]] += loc_der[e]
+        wmm = wm[m]
+        ym = y[m]
+        for i in range(q):
+            wa = wmm * a[i]
+            beta[i] += wa * ym
+            for j in range(i + 1):
+                G[i, j] += wa * a[j]
+        ywy += wmm * ym * ym
+    return ywy
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cholesky(G: np.ndarray, L: np.ndarray, q: int) -> bool:  # pragma: no cover - compiled
+    """G = L Lᵀ (lower triangles); False when a pivot is below 1e-12 of its diagonal element (singular)."""
+    good = True
+    for j in range(q):
+        piv = G[j, j]
+        for k in range(j):
+            piv -= L[j, k] * L[j, k]
+        if piv > _PIVOT_REL * abs(G[j, j]):
+            d = np.sqrt(piv)
+        else:
+            good = False
+            d = 1.0
+        L[j, j] = d
+        for i in range(j + 1, q):
+            t = G[i, j]
+            for k in range(j):
+                t -= L[i, k] * L[j, k]
+            L[i, j] = t / d
+    return good
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _forward(L: np.ndarray, q: int, x: np.ndarray) -> None:  # pragma: no cover - compiled
+    """x ← L⁻¹ x (lower triangular L)."""
+    for i in range(q):
+        t = x[i]
+        for k in range(i):
+            t -= L[i, k] * x[k]
+        x[i] = t / L[i, i]
+
+
+@njit(cache=True, nogil=True)
+def fit_records(rec_ptr: np.ndarray, loc_ptr: np.ndarray, loc_index: np.ndarray, loc_der: np.ndarray,
+                y: np.ndarray, w: np.ndarray, q: np.ndarray, iterations: int, huber_c: float,
+                cauchy_c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+    """Local fit of every record, with ``iterations`` down-weighting passes (the first Huber, the later ones
+    Cauchy, on |r|·√w of the previous fit's residuals r).
+
+    Returns χ² and regular-or-not of the last fit per record, Σ (final weight / w) per record, and the final
+    weight of every measurement. A singular record's local parameters are taken as zero (as inverse_root)."""
+    nrec = rec_ptr.size - 1
+    qmax = 1
+    for r in range(nrec):
+        qmax = max(qmax, q[r])
+    G = np.zeros((qmax, qmax))
+    L = np.zeros((qmax, qmax))
+    u = np.zeros(qmax)
+    a = np.zeros(qmax)
+    chi2 = np.empty(nrec)
+    ok = np.empty(nrec, np.bool_)
+    fsum = np.empty(nrec)
+    wm = w.copy()
+    for r in range(nrec):
+        m0, m1, qr = rec_ptr[r], rec_ptr[r + 1], q[r]
+        for it in range(iterations + 1):
+            if it > 0:  # new weights from the residuals of the previous fit (u holds its local parameters)
+                for m in range(m0, m1):
+                    pred = 0.0
+                    for e in range(loc_ptr[m], loc_ptr[m + 1]):
+                        pred += loc_der[e] * u[loc_index[e]]
+                    z = abs(y[m] - pred) * np.sqrt(w[m])
+                    if it == 1:
+                        f = huber_c / max(z, 1e-300) if z > huber_c else 1.0
+                    else:
+                        f = 1.0 / (1.0 + (z / cauchy_c) ** 2)
+                    wm[m] = w[m] * f
+            ywy = _local_gram(m0, m1, loc_ptr, loc_index, loc_der, y, wm, qr, G, u, a)
+            good = _cholesky(G, L, qr)
+            c2 = ywy
+            if good:
+                _forward(L, qr, u)
+                for i in range(qr):
+                    c2 -= u[i] * u[i]
+                if it < iterations:  # local parameters L⁻ᵀ u for the next weights
+                    for i in range(qr - 1, -1, -1):
+                        t = u[i]
+                        for k in range(i + 1, qr):
+                            t -= L[k, i] * u[k]
+                        u[i] = t / L[i, i]
+            else:
+                for i in range(qr):
+                    u[i] = 0.0
+            chi2[r] = c2
+            ok[r] = good
+        s = 0.0
+        for m in range(m0, m1):
+            s += wm[m] / w[m]
+        fsum[r] = s
+    return chi2, ok, fsum, wm
+
+
+@njit(cache=True, nogil=True)
+def pair_keys(accept: np.ndarray, nb: np.ndarray, ustart: np.ndarray, ublk: np.ndarray,
+              nbig: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Upper block-pair keys a·nbig + b (record by record, triu order) of the accepted records, and the
+    position of each record's first key (−1: none)."""
+    nrec = accept.size
+    off = np.full(nrec, -1, np.int64)
+    n = 0
+    for r in range(nrec):
+        if accept[r] and nb[r] > 0:
+            off[r] = n
+            n += nb[r] * (nb[r] + 1) // 2
+    keys = np.empty(n, np.int64)
+    for r in range(nrec):
+        k = off[r]
+        if k < 0:
+            continue
+        s = ustart[r]
+        for ia in range(nb[r]):
+            for ib in range(ia, nb[r]):
+                keys[k] = ublk[s + ia] * nbig + ublk[s + ib]
+                k += 1
+    return keys, off
+
+
+@njit(cache=True, nogil=True)
+def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_ptr: np.ndarray, loc_index: np.ndarray,
+               loc_der: np.ndarray, glb_ptr: np.ndarray, eslot: np.ndarray, glb_der: np.ndarray,
+               lidx: np.ndarray, y: np.ndarray, wm: np.ndarray, q: np.ndarray, nb: np.ndarray, ustart: np.ndarray,
+               ublk: np.ndarray, bmem: np.ndarray, pair_off: np.ndarray, kinv: np.ndarray, tot: np.ndarray,
+               dblk: np.ndarray, bsum: np.ndarray, entries: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Add the accepted records' (taken in ``order``) Schur complements and right-hand sides (weights ``wm``) to the chunk's sums.
+
+    ``tot`` (distinct pairs, S·S): −Σ M Mᵀ per upper block pair, row ``kinv[pair_off[r] + pair]`` for record
+    r; ``dblk`` (blocks, S·S): Σ w d dᵀ per global block; ``bsum`` (labels): Σ b_r; ``entries`` (labels):
+    global entries. ``eslot``: block rank in the record · S + position in the block, per global entry."""
+    nrec = accept.size
+    S = bmem.shape[1]
+    qmax, kmax = 1, 1
+    for r in range(nrec):
+        if accept[r]:
+            qmax = max(qmax, q[r])
+            kmax = max(kmax, nb[r] * S)
+    G = np.zeros((qmax, qmax))
+    L = np.zeros((qmax, qmax))
+    u = np.zeros(qmax)
+    a = np.zeros(qmax)
+    H = np.zeros((kmax, qmax))  # then M = H L⁻ᵀ in place
+    Mt = np.zeros((qmax, kmax))
+    F = np.zeros((kmax, kmax))
+    gam = np.zeros(kmax)
+    d = np.zeros(S)
+    for r in order:
+        if not accept[r] or nb[r] == 0:
+            continue
+        m0, m1, qr, nbr = rec_ptr[r], rec_ptr[r + 1], q[r], nb[r]
+        K = nbr * S
+        s0 = ustart[r]
+        for i in range(K):
+            gam[i] = 0.0
+            for k in range(qr):
+                H[i, k] = 0.0
+        for i in range(qr):
+            u[i] = 0.0
+            for j in range(i + 1):
+                G[i, j] = 0.0
+        for m in range(m0, m1):
+            for i in range(qr):
+                a[i] = 0.0
+            for e in range(loc_ptr[m], loc_ptr[m + 1]):
+                a[loc_index[e]] += loc_der[e]
+            wmm = wm[m]
+            ym = y[m]
+            for i in range(qr):
+                wa = wmm * a[i]
+                u[i] += wa * ym
+                for j in range(i + 1):
+                    G[i, j] += wa * a[j]
+            g0, g1 = glb_ptr[m], glb_ptr[m + 1]
+            if g1 == g0:
+                continue
+            base = (eslot[g0] // S) * S
+            for s in range(S):
+                d[s] = 0.0
+            for e in range(g0, g1):
+                d[eslot[e] - base] += glb_der[e]
+                entries[lidx[e]] += 1
+            gb = ublk[s0 + base // S]
+            for s in range(S):
+                wd = wmm * d[s]
+                if wd == 0.0:
+                    continue
+                gam[base + s] += wd * ym
+                for k in range(qr):
+                    H[base + s, k] += wd * a[k]
+                for t in range(S):
+                    dblk[gb, s * S + t] += wd * d[t]
+        _cholesky(G, L, qr)  # regular: accepted records passed fit_records' test on the same sums
+        _forward(L, qr, u)
+        for i in range(K):  # row i of M = L⁻¹ H[i]ᵀ (kept transposed: Mt); b_r[i] = γ_i − M[i]·u
+            bi = gam[i]
+            for k in range(qr):
+                t = H[i, k]
+                for j in range(k):
+                    t -= L[k, j] * H[i, j]
+                t /= L[k, k]
+                H[i, k] = t
+                Mt[k, i] = t
+                bi -= t * u[k]
+            lab = bmem[ublk[s0 + i // S], i % S]
+            if lab >= 0:
+                bsum[lab] += bi
+        if qr == 0:
+            continue
+        for i in range(K):  # F = M Mᵀ, the block rows' upper block pairs (contiguous inner loops)
+            j0 = (i // S) * S
+            fi = F[i]
+            c = Mt[0, i]
+            mk = Mt[0]
+            for j in range(j0, K):
+                fi[j] = c * mk[j]
+            for k in range(1, qr):
+                c = Mt[k, i]
+                mk = Mt[k]
+                for j in range(j0, K):
+                    fi[j] += c * mk[j]
+        kp = pair_off[r]
+        for ia in range(nbr):
+            for ib in range(ia, nbr):
+                trow = tot[kinv[kp]]
+                kp += 1
+                for s in range(S):
+                    fs = F[ia * S + s]
+                    o = ib * S
+                    for t in range(S):
+                        trow[s * S + t] -= fs[o + t]
