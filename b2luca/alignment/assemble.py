@@ -203,9 +203,10 @@ class Assembler:
             y -= np.bincount(recs.glb_meas, weights=recs.glb_der * cv, minlength=recs.n_meas)
         w = 1.0 / recs.sigma ** 2
         # narrow single-block records: the record-block structure, local fits and sums by compiled kernels
-        kern = compiled_path(recs, label_block[lidx], label_pos[lidx], S, UNION_MIN_K)
+        gpos = label_pos[lidx]
+        kern = compiled_path(recs, label_block[lidx], S, UNION_MIN_K)
         if kern is not None:
-            nloc, nb, ustart, ublk, eslot = kern.q, kern.nb, kern.ustart, kern.ublk, kern.eslot
+            nloc, nb, ustart, ublk = kern.q, kern.nb, kern.ustart, kern.ublk
         else:
             nloc = np.zeros(nrec, np.int64)
             if recs.loc_index.size:
@@ -231,7 +232,7 @@ class Assembler:
             ustart = np.zeros(nrec + 1, np.int64)
             np.cumsum(nb, out=ustart[1:])
             urank = np.arange(ukey.size) - ustart[urec]
-            eslot = urank[einv.ravel()] * S + label_pos[lidx]
+            eslot = urank[einv.ravel()] * S + gpos
         has_glb = nb > 0
         p.reject("no_globals", int((~has_glb).sum()))
         K = nb * S
@@ -289,7 +290,7 @@ class Assembler:
         p.chi2_0 = float(chi2_r[accept].sum())
         p.ndf = int(ndf_r[accept].sum())
         if kern is not None:
-            self._accumulate_compiled(p, kern, recs, accept, lidx, eslot, y, wfin, q, nb, ustart, ublk, bmem)
+            self._accumulate_compiled(p, kern, recs, accept, lidx, gpos, y, wfin, bmem)
             return p
         acc_e = accept[erec]
         p.entries = np.bincount(lidx[acc_e], minlength=self.registry.labels.size)
@@ -360,13 +361,14 @@ class Assembler:
             self._dblk[:nblk] += p.dblk
 
     def _accumulate_compiled(self, p: ChunkSums, kern: CompiledPath, recs: MilleRecords, accept: np.ndarray,
-                             lidx: np.ndarray, eslot: np.ndarray, y: np.ndarray, wfin: np.ndarray, q: np.ndarray,
-                             nb: np.ndarray, ustart: np.ndarray, ublk: np.ndarray, bmem: np.ndarray) -> None:
+                             lidx: np.ndarray, gpos: np.ndarray, y: np.ndarray, wfin: np.ndarray,
+                             bmem: np.ndarray) -> None:
         """The sums of the accepted records of a chunk on the compiled path (weights ``wfin`` of their last
         fit): b, entries and D per block in dense per-chunk arrays, −M Mᵀ into the rows of the chunk's
         distinct upper block pairs (sorted keys found before the kernel runs)."""
         S = bmem.shape[1]
         nlab = self.registry.labels.size
+        nb, ustart, ublk = kern.nb, kern.ustart, kern.ublk
         keys, pair_off = kern.kernels.pair_keys(accept, nb, ustart, ublk, int(NBIG))
         uk, kinv = _unique_inverse(keys)
         tot = np.zeros((uk.size, S * S))
@@ -377,8 +379,8 @@ class Assembler:
         first = ublk[np.minimum(ustart[:-1], ublk.size - 1)]
         last = ublk[np.maximum(ustart[1:] - 1, 0)]
         order = np.argsort(first * np.int64(bmem.shape[0]) + last, kind="stable")
-        kern.kernels.accumulate(order, accept, recs.rec_ptr, kern.loc_ptr, recs.loc_index, recs.loc_der, kern.glb_ptr, eslot,
-                                recs.glb_der, lidx, y, wfin, q, nb, ustart, ublk, bmem, pair_off, kinv, tot, p.dblk,
+        kern.kernels.accumulate(order, accept, recs.rec_ptr, kern.loc_ptr, recs.loc_index, recs.loc_der, kern.glb_ptr, kern.mrank,
+                                gpos, recs.glb_der, lidx, y, wfin, kern.q, nb, ustart, ublk, bmem, pair_off, kinv, tot, p.dblk,
                                 bsum, p.entries)
         p.b_index.append(np.flatnonzero(bsum))
         p.b_value.append(bsum[p.b_index[-1]])

@@ -32,19 +32,18 @@ class CompiledPath:
     nb: np.ndarray  # label blocks per record
     ustart: np.ndarray  # record r's blocks, ascending: ublk[ustart[r]:ustart[r + 1]]
     ublk: np.ndarray
-    eslot: np.ndarray  # per global entry: its block's rank in the record · S + position in the block
+    mrank: np.ndarray  # per measurement: its block's rank in the record (−1: no global entries)
 
 
-def compiled_path(recs: MilleRecords, gblk: np.ndarray, gpos: np.ndarray, S: int, k_limit: int) -> CompiledPath | None:
-    """The compiled path for this prepared chunk (entries sorted by measurement; ``gblk``/``gpos``: label
-    block and position in it of every global entry; ``k_limit``: block rows nb·S from which a record is wide),
-    or None when the chunk does not qualify."""
+def compiled_path(recs: MilleRecords, gblk: np.ndarray, S: int, k_limit: int) -> CompiledPath | None:
+    """The compiled path for this prepared chunk (entries sorted by measurement; ``gblk``: label block of every
+    global entry; ``k_limit``: block rows nb·S from which a record is wide), or None when it does not
+    qualify."""
     if not COMPILED or recs.n_records == 0:
         return None
     from . import _kernels  # numba: only when a chunk is assembled
 
-    single, *arrays = _kernels.chunk_structure(recs.rec_ptr, recs.loc_meas, recs.loc_index, recs.glb_meas, gblk,
-                                               gpos, S)
+    single, *arrays = _kernels.chunk_structure(recs.rec_ptr, recs.loc_meas, recs.loc_index, recs.glb_meas, gblk)
     kp = CompiledPath(_kernels, *arrays)
     if not single or int(kp.q.max()) > _kernels.SMALL_Q or int(kp.nb.max()) * S >= k_limit:
         return None
