@@ -1,6 +1,7 @@
 """Compiled (numba) kernels of the assembly's single-block fast path.
 
-Records whose measurements each touch one label block, with at most :data:`SMALL_Q` local parameters and
+Records whose measurements each touch one label block, with at most
+:data:`~b2luca.alignment.local_fit.SMALL_Q` local parameters and
 fewer than ``UNION_MIN_K`` block rows, are fitted and summed record by record here: per record the sums
 Γ = Σ w a aᵀ, β = Σ w a y, H = Σ w d aᵀ, γ = Σ w d y and D = Σ w d dᵀ (one pass over its measurements), the
 Cholesky factor Γ = L Lᵀ (with the singular test of :func:`b2luca.alignment.local_fit.inverse_root`),
@@ -23,10 +24,8 @@ from typing import Any
 import numpy as np
 from numba import njit, uint64
 
-__all__ = ["SMALL_Q", "accumulate", "chunk_structure", "fit_records", "pair_keys"]
+__all__ = ["accumulate", "chunk_structure", "fit_records", "pair_keys"]
 
-#: at most this many local parameters: the record's Cholesky is the one of inverse_root's small-q branch
-SMALL_Q = 8
 U: Any = uint64  # the kernels' unsigned index type (a numba type: mypy sees a callable)
 _PIVOT_REL = 1e-12  # a pivot below this fraction of its diagonal element: Γ singular (as inverse_root)
 

@@ -1,7 +1,7 @@
 """Which chunks the assembly sums with the compiled kernels of :mod:`b2luca.alignment._kernels`.
 
 A chunk qualifies when every measurement's global entries lie in one label block, no record has more than
-:data:`~b2luca.alignment._kernels.SMALL_Q` local parameters and every record has fewer block rows (nb·S) than
+:data:`~b2luca.alignment.local_fit.SMALL_Q` local parameters and every record has fewer block rows (nb·S) than
 the union-batch threshold (wide records keep their numpy path). numba is imported on the first call only,
 so importing the alignment package (``b2luca align --help``, the task graph) does not pay for it.
 """
@@ -13,6 +13,7 @@ from types import ModuleType
 
 import numpy as np
 
+from .local_fit import SMALL_Q
 from .mille import MilleRecords
 
 __all__ = ["COMPILED", "CompiledPath", "compiled_path"]
@@ -39,12 +40,12 @@ def compiled_path(recs: MilleRecords, gblk: np.ndarray, S: int, k_limit: int) ->
     """The compiled path for this prepared chunk (entries sorted by measurement; ``gblk``: label block of every
     global entry; ``k_limit``: block rows nb·S from which a record is wide), or None when it does not
     qualify."""
-    if not COMPILED or recs.n_records == 0:
-        return None
+    if not COMPILED or recs.n_records == 0 or (recs.loc_index.size and int(recs.loc_index.max()) >= SMALL_Q):
+        return None  # (a record of more local parameters: known without numba, e.g. the demo's vertex records)
     from . import _kernels  # numba: only when a chunk is assembled
 
     single, *arrays = _kernels.chunk_structure(recs.rec_ptr, recs.loc_meas, recs.loc_index, recs.glb_meas, gblk)
     kp = CompiledPath(_kernels, *arrays)
-    if not single or int(kp.q.max()) > _kernels.SMALL_Q or int(kp.nb.max()) * S >= k_limit:
+    if not single or int(kp.nb.max()) * S >= k_limit:
         return None
     return kp

@@ -4,6 +4,9 @@ local fit and a record without global entries."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -101,5 +104,29 @@ def test_wide_or_many_local_records_keep_the_numpy_path(monkeypatch):
     assert fast_path.compiled_path(r, gblk, S, 1 << 20) is not None
     assert fast_path.compiled_path(r, gblk, S, 6) is None  # a record of one block is already "wide"
     r.loc_index = r.loc_index.copy()
-    r.loc_index[0] = _kernels.SMALL_Q  # one record with SMALL_Q + 1 local parameters
+    r.loc_index[0] = fast_path.SMALL_Q  # one record with SMALL_Q + 1 local parameters
     assert fast_path.compiled_path(r, gblk, S, 1 << 20) is None
+
+
+def test_numba_is_imported_only_by_the_assembly_of_a_qualifying_chunk():
+    code = """
+import sys
+import numpy as np
+import b2luca.alignment, b2luca.alignment.cli, b2luca.alignment.problem
+from b2luca.alignment.assemble import Assembler
+from b2luca.alignment.mille import MilleRecords
+print("numba" in sys.modules)
+i8 = lambda *v: np.array(v, np.int64)
+# one record, 9 local parameters (as a common-vertex record): the numpy path, decided without numba
+recs = MilleRecords(rec_ptr=i8(0, 9), value=np.zeros(9), sigma=np.ones(9), loc_meas=i8(*range(9)),
+                    loc_index=np.arange(9, dtype=np.int32), loc_der=np.ones(9), glb_meas=i8(*range(9)),
+                    glb_label=i8(*range(1, 10)), glb_der=np.ones(9))
+Assembler().add(recs)
+print("numba" in sys.modules)
+recs.loc_index[:] = 0
+Assembler().add(recs)
+print("numba" in sys.modules)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["False", "False", "True"]
