@@ -90,6 +90,20 @@ class AlignmentProblem(FitOptions):
             return max(1, os.cpu_count() or 1)
 
 
+def _preload_kernels() -> None:
+    """Load the assembly's compiled kernels (numba's on-disk cache, or a compilation on the first run) by
+    assembling one tiny record with the array types of decoded Mille files; a failure is left for the
+    assembly itself to report."""
+    i8 = np.arange(3, dtype=np.int64)
+    recs = MilleRecords(rec_ptr=np.array([0, 2], np.int64), value=np.zeros(2), sigma=np.ones(2),
+                        loc_meas=i8[:2].copy(), loc_index=np.zeros(2, np.int32), loc_der=np.ones(2),
+                        glb_meas=i8[:2].copy(), glb_label=i8[1:].copy(), glb_der=np.ones(2), meas_sorted=True)
+    try:
+        Assembler().add(recs)
+    except Exception:  # noqa: BLE001 - reported by the assembly, which runs the same code
+        pass
+
+
 def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: dict[str, float]) -> GlobalSystem:
     """One pass over the data: the normal equations of all records, in one accumulator.
 
@@ -102,6 +116,9 @@ def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: di
     """
     asm = make()
     nt = problem.n_threads()
+    if problem.cfiles or problem.ffiles:
+        # numba's import and the kernels' loading from its cache (~0.5-1 s) beside the first reads and decodes
+        threading.Thread(target=_preload_kernels, name="b2luca-kernels", daemon=True).start()
     if nt <= 1:
         for c in problem.chunks(timer):
             asm.add(c)
