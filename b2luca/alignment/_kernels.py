@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numba import njit, uint64
 
-__all__ = ["accumulate", "chunk_structure", "fit_records", "pair_keys"]
+__all__ = ["accumulate", "chunk_structure", "decode_float32", "fit_records", "pair_keys"]
 
 U: Any = uint64  # the kernels' unsigned index type (a numba type: mypy sees a callable)
 _PIVOT_REL = 1e-12  # a pivot below this fraction of its diagonal element: Γ singular (as inverse_root)
@@ -362,3 +362,95 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
                 for s in range(Su):
                     for t in range(Su):
                         tot[row, s * Su + t] -= F[ia * Su + s, ib * Su + t]
+
+
+@njit(cache=True, nogil=True)
+def decode_float32(words: np.ndarray, wf: np.ndarray, starts: np.ndarray, nw: np.ndarray) -> tuple:  # pragma: no cover
+    """Decode float32 Mille records (C layout at word ``starts``, ``nw`` words each; ``wf``: the same words
+    as float32) record by record.
+
+    A record's pairs (float, int) are: the header (int 0), then per measurement the value (int 0), its local
+    derivatives (int = index + 1), the sigma (int 0) and its global derivatives (int = label).
+    Returns (status, record, sigma, arrays): status 0 = decoded (arrays: rec_ptr, value, sigma, loc_meas,
+    loc_index, loc_der, glb_meas, glb_label, glb_der); 1 = a special block (a (0.0, 0) pair followed by a
+    negative float with int 0, not at a header): for the general decoder; 2 = malformed pair sequence in
+    ``record`` (an even number of int-0 pairs, no value after the header, or else a negative int);
+    3 = non-positive ``sigma`` in ``record``."""
+    nrec = starts.size
+    first_bad, first_neg = -1, -1
+    n_val = n_loc = n_glb = 0
+    prev_zero, prev_f, prev_hdr = False, 0.0, False
+    for r in range(nrec):
+        n = nw[r] // 2
+        f0 = starts[r] + 1
+        i0 = f0 + n
+        zeros = 0
+        for p in range(n):
+            iv = words[i0 + p]
+            fv = wf[f0 + p]
+            if iv == 0:
+                if prev_zero and prev_f == 0.0 and fv < 0 and not prev_hdr:
+                    return 1, -1, 0.0, _empty_records()
+                zeros += 1
+                if zeros % 2 == 0:
+                    n_val += 1
+            elif iv < 0:
+                if first_neg < 0:
+                    first_neg = r
+            elif zeros % 2 == 0:
+                n_loc += 1
+            else:
+                n_glb += 1
+            prev_zero, prev_f, prev_hdr = iv == 0, fv, p == 0
+        if first_bad < 0 and (zeros % 2 == 0 or (n >= 2 and words[i0 + 1] != 0)):
+            first_bad = r
+    if first_bad >= 0 or first_neg >= 0:
+        return 2, first_bad if first_bad >= 0 else first_neg, 0.0, _empty_records()
+    rec_ptr = np.zeros(nrec + 1, np.int64)
+    value = np.empty(n_val)
+    sigma = np.empty(n_val)
+    loc_meas = np.empty(n_loc, np.int64)
+    loc_index = np.empty(n_loc, np.int32)
+    loc_der = np.empty(n_loc)
+    glb_meas = np.empty(n_glb, np.int64)
+    glb_label = np.empty(n_glb, np.int64)
+    glb_der = np.empty(n_glb)
+    m = -1
+    kl = kg = 0
+    for r in range(nrec):
+        n = nw[r] // 2
+        f0 = starts[r] + 1
+        i0 = f0 + n
+        zeros = 0
+        for p in range(n):
+            iv = words[i0 + p]
+            fv = wf[f0 + p]
+            if iv == 0:
+                zeros += 1
+                if zeros == 1:
+                    continue  # header
+                if zeros % 2 == 0:
+                    m += 1
+                    value[m] = fv
+                else:
+                    sigma[m] = fv
+                    if fv <= 0:  # (NaN passes: a non-finite record, dropped by the caller)
+                        return 3, r, np.float64(fv), _empty_records()
+            elif zeros % 2 == 0:
+                loc_meas[kl] = m
+                loc_index[kl] = iv - 1
+                loc_der[kl] = fv
+                kl += 1
+            else:
+                glb_meas[kg] = m
+                glb_label[kg] = iv
+                glb_der[kg] = fv
+                kg += 1
+        rec_ptr[r + 1] = m + 1
+    return 0, -1, 0.0, (rec_ptr, value, sigma, loc_meas, loc_index, loc_der, glb_meas, glb_label, glb_der)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _empty_records() -> tuple:  # pragma: no cover - compiled
+    z, zi = np.zeros(0), np.zeros(0, np.int64)
+    return (np.zeros(1, np.int64), z, z, zi, np.zeros(0, np.int32), z, zi, zi, z)

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from .assemble import Assembler, DownWeighting, GlobalSystem
-from .mille import MilleRecords, RawChunk, iter_raw_chunks
+from .mille import MilleRecords, RawChunk, _encode, _frame_chunk, iter_raw_chunks
 from .result import AlignmentResult
 from .rss import PhasePeaks
 from .solve import LinearConstraints, SolverError, solve_system
@@ -92,14 +92,15 @@ class AlignmentProblem(FitOptions):
 
 def _preload_kernels() -> None:
     """Load the assembly's compiled kernels (numba's on-disk cache, or a compilation on the first run) by
-    assembling one tiny record with the array types of decoded Mille files; a failure is left for the
-    assembly itself to report."""
+    decoding and assembling one tiny record of a Mille file; a failure is left for the assembly itself to
+    report."""
     i8 = np.arange(3, dtype=np.int64)
     recs = MilleRecords(rec_ptr=np.array([0, 2], np.int64), value=np.zeros(2), sigma=np.ones(2),
                         loc_meas=i8[:2].copy(), loc_index=np.zeros(2, np.int32), loc_der=np.ones(2),
                         glb_meas=i8[:2].copy(), glb_label=i8[1:].copy(), glb_der=np.ones(2), meas_sorted=True)
-    try:
-        Assembler().add(recs)
+    try:  # through the bytes of a file (read-only words: the decoder's argument types)
+        raw = _frame_chunk(_encode(recs, False, False), False, True, "<preload>", 0)
+        Assembler().add(raw if raw is not None else recs)
     except Exception:  # noqa: BLE001 - reported by the assembly, which runs the same code
         pass
 
