@@ -375,10 +375,13 @@ class Assembler:
         p.dblk = np.zeros((bmem.shape[0], S * S))
         bsum = np.zeros(nlab)
         p.entries = np.zeros(nlab, np.int64)
-        # records along similar tracks one after the other: the pair sums they add to stay in the cache
-        first = ublk[np.minimum(ustart[:-1], ublk.size - 1)]
-        last = ublk[np.maximum(ustart[1:] - 1, 0)]
-        order = np.argsort(first * np.int64(bmem.shape[0]) + last, kind="stable")
+        # records along similar tracks one after the other (by first and last block; records without blocks
+        # are skipped): the pair sums they add to stay in the cache
+        order = np.arange(nb.size)
+        if ublk.size:
+            first = ublk[np.minimum(ustart[:-1], ublk.size - 1)]
+            last = ublk[np.maximum(ustart[1:] - 1, 0)]
+            order = np.argsort(first * np.int64(bmem.shape[0]) + last, kind="stable")
         kern.kernels.accumulate(order, accept, recs.rec_ptr, kern.loc_ptr, recs.loc_index, recs.loc_der, kern.glb_ptr, kern.mrank,
                                 gpos, recs.glb_der, lidx, y, wfin, kern.q, nb, ustart, ublk, bmem, pair_off, kinv, tot, p.dblk,
                                 bsum, p.entries)

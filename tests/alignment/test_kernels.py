@@ -77,6 +77,15 @@ def test_compiled_path_gives_the_numpy_system(monkeypatch):
                  _system(records, False, monkeypatch, corr, DownWeighting()))
 
 
+def test_chunk_without_global_entries(monkeypatch):
+    r = _records(6, 40)
+    g = _records(7, 40)
+    r.glb_meas, r.glb_label, r.glb_der = r.glb_meas[:0], r.glb_label[:0], r.glb_der[:0]
+    ref = _system([g, r], False, monkeypatch)
+    assert ref.rejected["no_globals"] >= r.n_records
+    _assert_same(_system([g, r], True, monkeypatch), ref)
+
+
 def test_comparison_fails_when_the_kernel_drops_a_record(monkeypatch):
     """The check above can fail: one accepted record left out of the sums changes the matrix."""
     records = [_records(4, 200)]
