@@ -268,8 +268,7 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
     u = np.zeros(qmax)
     a = np.zeros(qmax)
     dinv = np.zeros(qmax)
-    H = np.zeros((kmax, qmax))  # then M = H L⁻ᵀ in place
-    Mt = np.zeros((qmax, kmax))
+    Mt = np.zeros((qmax, kmax))  # Hᵀ, then Mᵀ = L⁻¹ Hᵀ in place
     F = np.zeros((kmax, kmax))
     gam = np.zeros(kmax)
     d = np.zeros(S)
@@ -284,8 +283,9 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
         s0 = U(ustart[r])
         for i in range(K):
             gam[i] = 0.0
-            for k in range(qr):
-                H[i, k] = 0.0
+        for k in range(qr):
+            for i in range(K):
+                Mt[k, i] = 0.0
         for i in range(qr):
             u[i] = 0.0
             for j in range(i + U(1)):
@@ -319,29 +319,29 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
                     continue
                 gam[base + s] += wd * ym
                 for k in range(qr):
-                    H[base + s, k] += wd * a[k]
+                    Mt[k, base + s] += wd * a[k]
                 for t in range(Su):
                     dblk[gb, s * Su + t] += wd * d[t]
         _cholesky(G, L, q[r])  # regular: accepted records passed fit_records' test on the same sums
         _forward(L, q[r], u)
         for k in range(qr):
             dinv[k] = 1.0 / L[k, k]
-        for ia in range(nbr):  # row i of M = L⁻¹ H[i]ᵀ (kept transposed: Mt); b_r[i] = γ_i − M[i]·u
+        for k in range(qr):  # Mᵀ = L⁻¹ Hᵀ row by row (inner loops over the K rows of M: vectorised)
+            for j in range(k):
+                c = L[k, j]
+                for i in range(K):
+                    Mt[k, i] -= c * Mt[j, i]
+            c = dinv[k]
+            uk = u[k]
+            for i in range(K):
+                Mt[k, i] *= c
+                gam[i] -= Mt[k, i] * uk  # b_r = γ − M L⁻¹β
+        for ia in range(nbr):
             blk = U(ublk[s0 + ia])
             for s in range(Su):
-                i = ia * Su + s
-                bi = gam[i]
-                for k in range(qr):
-                    t = H[i, k]
-                    for j in range(k):
-                        t -= L[k, j] * H[i, j]
-                    t *= dinv[k]
-                    H[i, k] = t
-                    Mt[k, i] = t
-                    bi -= t * u[k]
                 lab = bmem[blk, s]
                 if lab >= 0:
-                    bsum[lab] += bi
+                    bsum[lab] += gam[ia * Su + s]
         if qr == 0:
             continue
         for ia in range(nbr):  # F = M Mᵀ, the upper block pairs (contiguous inner loops)
