@@ -9,12 +9,19 @@ M = H L⁻ᵀ, b_r = γ − M L⁻¹β, χ² = yᵀWy − |L⁻¹β|², and the 
 into the chunk's compact pair sums. Everything of one record stays in a few small work arrays (in cache);
 nothing is formed per measurement or per entry.
 
-Two passes, so the cuts stay in numpy (:meth:`b2luca.alignment.assemble.Assembler.compute`): :func:`fit_records`
+:func:`chunk_structure` finds each record's blocks and local parameter count first. Two passes, so the cuts
+stay in numpy (:meth:`b2luca.alignment.assemble.Assembler.compute`): :func:`fit_records`
 (local fits and the down-weighting iterations: χ², regular or not, final weights) and, for the accepted records,
 :func:`accumulate` (the sums). The kernels release the GIL (the assembly threads run them in parallel) and are
 compiled once into numba's on-disk cache (``__pycache__`` next to this file).
 
-Importing this module imports numba (~0.3 s): the assembly imports it when it first takes the fast path.
+:func:`decode_float32` decodes float32 Mille records (no special blocks) record by record for
+:mod:`b2luca.alignment.mille`.
+
+Importing this module imports numba, and the first call of each kernel in a process loads it from the cache
+(together ~0.5-1 s of CPU; a first, uncached run compiles them: ~5 s): only the decoding of Mille files and the
+assembly of a qualifying chunk import it (and :func:`b2luca.alignment.problem.assemble` loads them in a thread
+while the first chunks are read).
 """
 
 from __future__ import annotations
