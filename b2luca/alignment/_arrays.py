@@ -34,6 +34,8 @@ def outer_segsum(seg: np.ndarray, left: np.ndarray, right: np.ndarray, nseg: int
     A sparse (nseg·L, n) matrix holding left[m, i] at row seg[m]·L + i of column m, times ``right`` (n, W).
     """
     n, L = left.shape
+    if nseg == 0:  # (reshape cannot infer a width from an empty product)
+        return np.zeros((0, L * right.shape[1]))
     it = index_type(nseg * L, n * L)
     indptr = np.arange(0, n * L + 1, L, dtype=it)
     idx = (seg.astype(it, copy=False)[:, None] * L + np.arange(L, dtype=it)[None, :]).ravel()

@@ -19,6 +19,11 @@ block-pair array is gathered or copied.  Records of many blocks (nb·S >= :data:
 VXD and every CDC layer) are instead stacked side by side, a batch of similar records at a time, and summed by one
 product over the union of their blocks (:func:`_add_union_batches`).
 
+Chunks of narrow single-block records (at most :data:`~b2luca.alignment.local_fit.SMALL_Q` local parameters, every
+record below :data:`UNION_MIN_K`: the usual Mille files) skip all of the above: compiled kernels fit and sum them
+record by record (:mod:`b2luca.alignment.fast_path` decides, :mod:`b2luca.alignment._kernels` computes); the cuts and
+reject counts below are shared by both paths.
+
 A chunk goes through :meth:`Assembler.index` (labels; in chunk order), :meth:`Assembler.compute` (its
 compact :class:`ChunkSums`; any thread) and :meth:`Assembler.absorb` (into the one accumulator; in chunk
 order), so the sums, to the last bit, do not depend on how many threads computed them, and memory holds one
@@ -38,6 +43,7 @@ import scipy.sparse as sp
 
 from ._arrays import index_type, outer_segsum, unique_ints
 from .global_system import NBIG, BlockPairStore, GlobalSystem, add_rows, merge_systems
+from .fast_path import CompiledPath, compiled_path
 from .labels import LabelRegistry
 from .local_fit import LocalSystems, local_systems, residuals
 from .mille import MilleRecords, RawChunk
@@ -201,31 +207,37 @@ class Assembler:
             cv = np.where(self.corr_labels[pc] == recs.glb_label, self.corr_values[pc], 0.0)
             y -= np.bincount(recs.glb_meas, weights=recs.glb_der * cv, minlength=recs.n_meas)
         w = 1.0 / recs.sigma ** 2
-        nloc = np.zeros(nrec, np.int64)
-        if recs.loc_index.size:
-            # highest local index per record: entries are in measurement (so record) order
-            lrec = meas_rec[recs.loc_meas]
-            first = np.flatnonzero(np.r_[True, lrec[1:] != lrec[:-1]])
-            nloc[lrec[first]] = np.maximum.reduceat(recs.loc_index, first).astype(np.int64) + 1
-        # record-block structure
-        blk = label_block[lidx]
-        erec = meas_rec[recs.glb_meas]
-        NB = np.int64(bmem.shape[0])
-        ekey = erec * NB + blk
-        # consecutive entries mostly repeat the key (all derivatives of a hit): unique over the changes only
-        chg = np.ones(ekey.size, bool)
-        if ekey.size > 1:
-            np.not_equal(ekey[1:], ekey[:-1], out=chg[1:])
-        kc = ekey[chg]
-        ukey = unique_ints(kc)
-        einv = np.searchsorted(ukey, kc)[np.cumsum(chg) - 1]  # search the changes only, then spread
-        urec = ukey // NB
-        ublk = ukey % NB
-        nb = np.bincount(urec, minlength=nrec)
-        ustart = np.zeros(nrec + 1, np.int64)
-        np.cumsum(nb, out=ustart[1:])
-        urank = np.arange(ukey.size) - ustart[urec]
-        eslot = urank[einv.ravel()] * S + label_pos[lidx]
+        # narrow single-block records: the record-block structure, local fits and sums by compiled kernels
+        gpos = label_pos[lidx]
+        kern = compiled_path(recs, label_block[lidx], S, UNION_MIN_K)
+        if kern is not None:
+            nloc, nb, ustart, ublk = kern.q, kern.nb, kern.ustart, kern.ublk
+        else:
+            nloc = np.zeros(nrec, np.int64)
+            if recs.loc_index.size:
+                # highest local index per record: entries are in measurement (so record) order
+                lrec = meas_rec[recs.loc_meas]
+                first = np.flatnonzero(np.r_[True, lrec[1:] != lrec[:-1]])
+                nloc[lrec[first]] = np.maximum.reduceat(recs.loc_index, first).astype(np.int64) + 1
+            # record-block structure
+            blk = label_block[lidx]
+            erec = meas_rec[recs.glb_meas]
+            NB = np.int64(bmem.shape[0])
+            ekey = erec * NB + blk
+            # consecutive entries mostly repeat the key (all derivatives of a hit): unique over the changes only
+            chg = np.ones(ekey.size, bool)
+            if ekey.size > 1:
+                np.not_equal(ekey[1:], ekey[:-1], out=chg[1:])
+            kc = ekey[chg]
+            ukey = unique_ints(kc)
+            einv = np.searchsorted(ukey, kc)[np.cumsum(chg) - 1]  # search the changes only, then spread
+            urec = ukey // NB
+            ublk = ukey % NB
+            nb = np.bincount(urec, minlength=nrec)
+            ustart = np.zeros(nrec + 1, np.int64)
+            np.cumsum(nb, out=ustart[1:])
+            urank = np.arange(ukey.size) - ustart[urec]
+            eslot = urank[einv.ravel()] * S + gpos
         has_glb = nb > 0
         p.reject("no_globals", int((~has_glb).sum()))
         K = nb * S
@@ -235,10 +247,18 @@ class Assembler:
         def system(wm: np.ndarray) -> LocalSystems:
             return local_systems(recs, y, wm, meas_rec, eslot, K, q, S)
 
-        local = system(w)
-        chi2_r, ok = local.chi2, local.ok
         frac_dw = np.zeros(nrec)
-        if self.dw.iterations > 0:
+        if kern is not None:
+            chi2_r, ok, fsum, wfin = kern.kernels.fit_records(recs.rec_ptr, kern.loc_ptr, recs.loc_index, recs.loc_der,
+                                                              y, w, q, self.dw.iterations, HUBER_C, CAUCHY_C)
+            if self.dw.iterations > 0:
+                frac_dw = 1.0 - fsum / np.maximum(nmeas_r, 1)
+                p.dw_sum += float((nmeas_r - fsum).sum())
+                p.dw_n += int(nmeas_r.sum())
+        else:
+            local = system(w)
+            chi2_r, ok = local.chi2, local.ok
+        if kern is None and self.dw.iterations > 0:
             wm = w
             for it in range(self.dw.iterations):
                 resid = residuals(recs, y, local, meas_rec)
@@ -274,6 +294,9 @@ class Assembler:
         p.n_meas = int(nmeas_r[accept].sum())
         p.chi2_0 = float(chi2_r[accept].sum())
         p.ndf = int(ndf_r[accept].sum())
+        if kern is not None:
+            self._accumulate_compiled(p, kern, recs, accept, lidx, gpos, y, wfin, bmem)
+            return p
         acc_e = accept[erec]
         p.entries = np.bincount(lidx[acc_e], minlength=self.registry.labels.size)
         # accumulate the block pairs of accepted records, group by group
@@ -341,6 +364,36 @@ class Assembler:
             if self._dblk.shape[0] < nblk:
                 self._dblk = np.concatenate([self._dblk, np.zeros((nblk - self._dblk.shape[0], p.dblk.shape[1]))])
             self._dblk[:nblk] += p.dblk
+
+    def _accumulate_compiled(self, p: ChunkSums, kern: CompiledPath, recs: MilleRecords, accept: np.ndarray,
+                             lidx: np.ndarray, gpos: np.ndarray, y: np.ndarray, wfin: np.ndarray,
+                             bmem: np.ndarray) -> None:
+        """The sums of the accepted records of a chunk on the compiled path (weights ``wfin`` of their last
+        fit): b, entries and D per block in dense per-chunk arrays, −M Mᵀ into the rows of the chunk's
+        distinct upper block pairs (sorted keys found before the kernel runs)."""
+        S = bmem.shape[1]
+        nlab = self.registry.labels.size
+        nb, ustart, ublk = kern.nb, kern.ustart, kern.ublk
+        keys, pair_off = kern.kernels.pair_keys(accept, nb, ustart, ublk, int(NBIG))
+        uk, kinv = _unique_inverse(keys)
+        tot = np.zeros((uk.size, S * S))
+        p.dblk = np.zeros((bmem.shape[0], S * S))
+        bsum = np.zeros(nlab)
+        p.entries = np.zeros(nlab, np.int64)
+        # records along similar tracks one after the other (by first and last block; records without blocks
+        # are skipped): the pair sums they add to stay in the cache
+        order = np.arange(nb.size)
+        if ublk.size:
+            first = ublk[np.minimum(ustart[:-1], ublk.size - 1)]
+            last = ublk[np.maximum(ustart[1:] - 1, 0)]
+            order = np.argsort(first * np.int64(bmem.shape[0]) + last, kind="stable")
+        kern.kernels.accumulate(order, accept, recs.rec_ptr, kern.loc_ptr, recs.loc_index, recs.loc_der, kern.glb_ptr, kern.mrank,
+                                gpos, recs.glb_der, lidx, y, wfin, kern.q, nb, ustart, ublk, bmem, pair_off, kinv, tot, p.dblk,
+                                bsum, p.entries)
+        p.b_index.append(np.flatnonzero(bsum))
+        p.b_value.append(bsum[p.b_index[-1]])
+        if uk.size:
+            p.pairs.append((uk, tot))
 
     def _accumulate_fd(self, p: ChunkSums, bmem: np.ndarray, local: LocalSystems, accept: np.ndarray,
                        ublk: np.ndarray, ustart: np.ndarray, nb: np.ndarray) -> None:

@@ -18,11 +18,14 @@ import numpy as np
 from ._arrays import outer_segsum, pairs_within
 from .mille import MilleRecords
 
+#: inverse_root's vectorised Cholesky (and its singular test) up to this many local parameters; the compiled
+#: path of the assembly (b2luca/alignment/_kernels.py) takes records up to this size and applies the same test
+SMALL_Q = 8
 _GRAM_MIN_Q = 8  # (Γ | β) by per-record products (_record_grams) above this many local parameters
 _GRAM_BATCH = 64  # records per batched product of _record_grams
 _GRAM_ELEMENTS = 1 << 22  # and at most this many padded values (32 MB) per batch
 
-__all__ = ["LocalSystems", "ShapeGroup", "inverse_root", "inverse_root_eigh", "local_systems", "residuals"]
+__all__ = ["SMALL_Q", "LocalSystems", "ShapeGroup", "inverse_root", "inverse_root_eigh", "local_systems", "residuals"]
 
 
 @dataclass
@@ -305,7 +308,7 @@ def inverse_root(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (:func:`inverse_root_eigh`, singular when the eigenvalue ratio is below 1e-12). Singular matrices get V = 0.
     """
     R, q, _ = G.shape
-    if q > 8:
+    if q > SMALL_Q:
         # batched LAPACK Cholesky (several times faster than eigh for the q ~ 20-40 of broken-line records;
         # a relative ridge of 1e-14 keeps a singular matrix from stopping the batch: it fails the pivot test
         # below and is redone by eigendecomposition, as is the whole batch if LAPACK still refuses)

@@ -332,80 +332,26 @@ def _corrupt(source: str, recno: int, what: str) -> MilleError:
 
 def _decode_fast(words: np.ndarray, starts: np.ndarray, nw: np.ndarray, source: str, rec0: int
                  ) -> MilleRecords | None:
-    """float32 records without special blocks (the common case), in int32/float32 arithmetic.
+    """float32 records without special blocks (the common case), record by record in a compiled kernel
+    (:func:`b2luca.alignment._kernels.decode_float32`; numba is imported here, when files are decoded).
 
-    A valid record has 1 + 2·n_meas zero-int pairs, so the zeros before record r number r (mod 2): the
-    parity of a pair's zero rank inside its record is (global zero count + r) mod 2 - no per-record base.
     Returns None when a special block is present (handled by the general decoder).
     """
-    nrec = starts.size
-    n = nw.astype(np.int64) // 2
-    pptr = np.zeros(nrec + 1, dtype=np.int64)
-    np.cumsum(n, out=pptr[1:])
-    npairs = int(pptr[-1])
-    # word classes by run lengths: (gap before the record: 0)(length word: 0)(floats: 1)(ints: 2), then two
-    # compressions, instead of computing a word index for every pair
-    ends = starts + 1 + 2 * n
-    runs = np.empty(4 * nrec, np.int64)
-    runs[0] = starts[0]
-    runs[4::4] = starts[1:] - ends[:-1]  # Fortran record markers
-    runs[1::4] = 1
-    runs[2::4] = n
-    runs[3::4] = n
-    cls = np.repeat(np.tile(np.array([0, 0, 1, 2], np.int8), nrec), runs)
-    w = words[: int(ends[-1])]
-    fl = w.view(np.float32)[cls == 1]
-    ints = w[cls == 2]
-    z = ints == 0
-    hdr = pptr[:-1]
-    zz = np.flatnonzero(z[:-1] & z[1:])
-    if zz.size:
-        cand = zz[(fl[zz] == 0.0) & (fl[zz + 1] < 0)]
-        if cand.size:
-            at_hdr = np.zeros(npairs, bool)
-            at_hdr[hdr] = True
-            if not at_hdr[cand].all():  # (0.0, 0), (-nsp, 0) not at a header: a special block
-                return None
-    i32 = np.int32 if npairs < 2**31 - 1 else np.int64
-    cz = np.cumsum(z, dtype=i32)
-    par0 = ((cz + np.repeat(np.arange(nrec, dtype=i32), n)) & 1) == 0
-    # zeros per record must be odd (header + value/sigma pairs); the pair after the header is a value
-    czb = np.zeros(nrec + 1, np.int64)
-    czb[1:] = cz[pptr[1:] - 1]
-    zc = np.diff(czb)
-    bad = (zc % 2 == 0)
-    two = n >= 2
-    bad[two] |= ints[hdr[two] + 1] != 0
-    if bad.any() or np.any(ints < 0):
-        if bad.any():
-            r = int(np.flatnonzero(bad)[0])
-        else:
-            r = int(np.searchsorted(pptr, np.flatnonzero(ints < 0)[0], side="right") - 1)
+    from . import _kernels  # numba: only when records are decoded
+
+    status, r, sig, arrays = _kernels.decode_float32(words, words.view(np.float32), starts, nw)
+    if status == 1:
+        return None
+    if status == 2:
         raise _corrupt(source, rec0 + r + 1, "malformed pair sequence (derivative before a measurement, "
                        "negative index, or value without sigma)")
-    nz = ~z
-    is_val = z & par0
-    i_val = np.flatnonzero(is_val)
-    is_sig = z ^ is_val
-    is_sig[hdr] = False
-    i_sig = np.flatnonzero(is_sig)
-    i_loc = np.flatnonzero(nz & par0)
-    i_glb = np.flatnonzero(nz & ~par0)
-    meas_id = np.cumsum(is_val, dtype=i32)
-    meas_id -= 1
-    sigma = fl[i_sig].astype(np.float64)
-    if np.any(sigma <= 0):  # NaN: a non-finite record, dropped and counted by _decode
-        m = int(np.flatnonzero(sigma <= 0)[0])
-        nm = (zc - 1) // 2
-        r = int(np.searchsorted(np.cumsum(nm), m, side="right"))
-        raise _corrupt(source, rec0 + r + 1, f"non-positive sigma {sigma[m]}")
-    rec_ptr = np.zeros(nrec + 1, dtype=np.int64)
-    np.cumsum((zc - 1) // 2, out=rec_ptr[1:])
+    if status == 3:
+        raise _corrupt(source, rec0 + r + 1, f"non-positive sigma {sig}")
+    rec_ptr, value, sigma, loc_meas, loc_index, loc_der, glb_meas, glb_label, glb_der = arrays
     return MilleRecords(
-        rec_ptr=rec_ptr, value=fl[i_val].astype(np.float64), sigma=sigma,
-        loc_meas=meas_id[i_loc].astype(np.int64), loc_index=ints[i_loc] - 1, loc_der=fl[i_loc].astype(np.float64),
-        glb_meas=meas_id[i_glb].astype(np.int64), glb_label=ints[i_glb].astype(np.int64),
-        glb_der=fl[i_glb].astype(np.float64), source=source, first_record=rec0, meas_sorted=True,
+        rec_ptr=rec_ptr, value=value, sigma=sigma, loc_meas=loc_meas, loc_index=loc_index, loc_der=loc_der,
+        glb_meas=glb_meas, glb_label=glb_label, glb_der=glb_der, source=source, first_record=rec0,
+        meas_sorted=True,
     )
 
 

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from .assemble import Assembler, DownWeighting, GlobalSystem
-from .mille import MilleRecords, RawChunk, iter_raw_chunks
+from .mille import MilleRecords, RawChunk, _encode, _frame_chunk, iter_raw_chunks
 from .result import AlignmentResult
 from .rss import PhasePeaks
 from .select import split_records
@@ -109,6 +109,21 @@ def record_chunks(recs: MilleRecords, limit: int) -> list[MilleRecords]:
     return split_records(recs, np.array(bounds, np.int64))
 
 
+def _preload_kernels() -> None:
+    """Load the assembly's compiled kernels (numba's on-disk cache, or a compilation on the first run) by
+    decoding and assembling one tiny record of a Mille file; a failure is left for the assembly itself to
+    report."""
+    i8 = np.arange(3, dtype=np.int64)
+    recs = MilleRecords(rec_ptr=np.array([0, 2], np.int64), value=np.zeros(2), sigma=np.ones(2),
+                        loc_meas=i8[:2].copy(), loc_index=np.zeros(2, np.int32), loc_der=np.ones(2),
+                        glb_meas=i8[:2].copy(), glb_label=i8[1:].copy(), glb_der=np.ones(2), meas_sorted=True)
+    try:  # through the bytes of a file (read-only words: the decoder's argument types)
+        raw = _frame_chunk(_encode(recs, False, False), False, True, "<preload>", 0)
+        Assembler().add(raw if raw is not None else recs)
+    except Exception:  # noqa: BLE001 - reported by the assembly, which runs the same code
+        pass
+
+
 def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: dict[str, float]) -> GlobalSystem:
     """One pass over the data: the normal equations of all records, in one accumulator.
 
@@ -121,6 +136,9 @@ def assemble(problem: AlignmentProblem, make: Callable[[], Assembler], timer: di
     """
     asm = make()
     nt = problem.n_threads()
+    if problem.cfiles or problem.ffiles:
+        # numba's import and the kernels' loading from its cache (~0.5-1 s) beside the first reads and decodes
+        threading.Thread(target=_preload_kernels, name="b2luca-kernels", daemon=True).start()
     if nt <= 1:
         for c in problem.chunks(timer):
             asm.add(c)

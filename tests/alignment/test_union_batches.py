@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from b2luca.alignment import assemble as asm_mod
+from b2luca.alignment import fast_path
 from b2luca.alignment._arrays import outer_segsum
 from b2luca.alignment.local_fit import _record_grams
 from b2luca.alignment.toy import barrel_geometry, generate_tracks
@@ -14,6 +15,7 @@ from b2luca.alignment.toy import barrel_geometry, generate_tracks
 
 def _system(records, monkeypatch, min_k: int, columns: int = 384):
     monkeypatch.setattr(asm_mod, "UNION_MIN_K", min_k)
+    monkeypatch.setattr(fast_path, "COMPILED", False)  # both sides on the numpy path
     monkeypatch.setattr(asm_mod, "UNION_COLUMNS", columns)
     asm = asm_mod.Assembler()
     for recs in records:

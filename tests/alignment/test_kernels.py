@@ -1,0 +1,141 @@
+"""The compiled single-block path of the assembly (b2luca/alignment/_kernels.py) against the numpy path:
+the same normal equations, χ², cuts and reject counts on records with outliers, down-weighting, a singular
+local fit and a record without global entries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from b2luca.alignment import _kernels, fast_path
+from b2luca.alignment.assemble import Assembler, DownWeighting
+from b2luca.alignment.mille import MilleRecords
+from b2luca.alignment.toy import barrel_geometry, generate_tracks
+
+DW = DownWeighting(iterations=3, chi2_factor=0.6, hugecut=3.0, dwfractioncut=0.2)
+
+
+def _records(seed: int, n_tracks: int) -> MilleRecords:
+    """Toy tracks with 1 % of the measurements shifted by 8-40 σ, one record whose local derivatives are all
+    zero (singular local fit) and one without global entries."""
+    geo = barrel_geometry(180, n_layers=6)
+    rng = np.random.default_rng(seed)
+    truth = np.tile([5e-4, 5e-4, 5e-4, 3e-6, 3e-6, 3e-6], geo.n_sensors) * rng.normal(size=6 * geo.n_sensors)
+    r = generate_tracks(geo, n_tracks, truth, rng)
+    out = rng.random(r.n_meas) < 0.01
+    r.value[out] += rng.choice([-1, 1], out.sum()) * rng.uniform(8, 40, out.sum()) * r.sigma[out]
+    meas_rec = r.meas_record()
+    r.loc_der[meas_rec[r.loc_meas] == 3] = 0.0  # record 3: Γ = 0
+    keep = meas_rec[r.glb_meas] != 5  # record 5: no global entries
+    r.glb_meas, r.glb_label, r.glb_der = r.glb_meas[keep], r.glb_label[keep], r.glb_der[keep]
+    return r
+
+
+def _system(records: list[MilleRecords], compiled: bool, monkeypatch: pytest.MonkeyPatch,
+            corrections: tuple[np.ndarray, np.ndarray] | None = None, dw: DownWeighting = DW):
+    monkeypatch.setattr(fast_path, "COMPILED", compiled)
+    taken = []
+    real = fast_path.compiled_path
+
+    def spy(*a, **k):
+        kp = real(*a, **k)
+        taken.append(kp is not None)
+        return kp
+
+    monkeypatch.setattr("b2luca.alignment.assemble.compiled_path", spy)
+    asm = Assembler(corrections=corrections, downweight=dw)
+    for recs in records:
+        asm.add(recs)
+    assert all(taken) if compiled else not any(taken)
+    return asm.finish()
+
+
+def _assert_same(a, b) -> None:
+    assert np.array_equal(a.labels, b.labels)
+    assert a.rejected == b.rejected and a.n_used == b.n_used and a.n_meas == b.n_meas and a.ndf == b.ndf
+    assert np.array_equal(a.entries, b.entries)
+    assert abs(a.C - b.C).max() <= 1e-11 * abs(b.C).max()
+    assert np.allclose(a.b, b.b, rtol=0, atol=1e-10 * abs(b.b).max())
+    assert a.chi2_0 == pytest.approx(b.chi2_0, rel=1e-9)  # yᵀWy − |L⁻¹β|²: round-off of the cancellation
+    assert a.dw_sum == pytest.approx(b.dw_sum, rel=1e-11) and a.dw_n == b.dw_n
+
+
+def test_compiled_path_gives_the_numpy_system(monkeypatch):
+    records = [_records(1, 500), _records(2, 300)]
+    ref = _system(records, False, monkeypatch)
+    # every cut is exercised, so the comparison covers each of them
+    assert {"singular", "no_globals", "hugecut", "chiscut", "dwfraction"} <= set(ref.rejected), ref.rejected
+    new = _system(records, True, monkeypatch)
+    _assert_same(new, ref)
+    # with corrections (a later iteration's residuals) and without down-weighting
+    rng = np.random.default_rng(3)
+    corr = (ref.labels, 0.01 * rng.normal(size=ref.labels.size))
+    _assert_same(_system(records, True, monkeypatch, corr, DownWeighting()),
+                 _system(records, False, monkeypatch, corr, DownWeighting()))
+
+
+def test_chunk_without_global_entries(monkeypatch):
+    r = _records(6, 40)
+    g = _records(7, 40)
+    r.glb_meas, r.glb_label, r.glb_der = r.glb_meas[:0], r.glb_label[:0], r.glb_der[:0]
+    ref = _system([g, r], False, monkeypatch)
+    assert ref.rejected["no_globals"] >= r.n_records
+    _assert_same(_system([g, r], True, monkeypatch), ref)
+
+
+def test_comparison_fails_when_the_kernel_drops_a_record(monkeypatch):
+    """The check above can fail: one accepted record left out of the sums changes the matrix."""
+    records = [_records(4, 200)]
+    ref = _system(records, False, monkeypatch)
+    real = _kernels.accumulate
+
+    def drop_one(order, accept, *rest):
+        accept = accept.copy()
+        accept[np.flatnonzero(accept)[7]] = False
+        real(order, accept, *rest)
+
+    monkeypatch.setattr(_kernels, "accumulate", drop_one)
+    new = _system(records, True, monkeypatch)
+    assert abs(new.C - ref.C).max() > 1e-6 * abs(ref.C).max()
+
+
+def test_wide_or_many_local_records_keep_the_numpy_path(monkeypatch):
+    r = _records(5, 50)
+    monkeypatch.setattr(fast_path, "COMPILED", True)
+    asm = Assembler()
+    asm.add(r)  # fixes the stride and registers the labels
+    lidx = asm.index(r)
+    gblk = asm.registry.label_block[lidx]
+    S = asm.registry.stride
+    assert fast_path.compiled_path(r, gblk, S, 1 << 20) is not None
+    assert fast_path.compiled_path(r, gblk, S, 6) is None  # a record of one block is already "wide"
+    r.loc_index = r.loc_index.copy()
+    r.loc_index[0] = fast_path.SMALL_Q  # one record with SMALL_Q + 1 local parameters
+    assert fast_path.compiled_path(r, gblk, S, 1 << 20) is None
+
+
+def test_numba_is_imported_only_by_the_assembly_of_a_qualifying_chunk():
+    code = """
+import sys
+import numpy as np
+import b2luca.alignment, b2luca.alignment.cli, b2luca.alignment.problem
+from b2luca.alignment.assemble import Assembler
+from b2luca.alignment.mille import MilleRecords
+print("numba" in sys.modules)
+i8 = lambda *v: np.array(v, np.int64)
+# one record, 9 local parameters (as a common-vertex record): the numpy path, decided without numba
+recs = MilleRecords(rec_ptr=i8(0, 9), value=np.zeros(9), sigma=np.ones(9), loc_meas=i8(*range(9)),
+                    loc_index=np.arange(9, dtype=np.int32), loc_der=np.ones(9), glb_meas=i8(*range(9)),
+                    glb_label=i8(*range(1, 10)), glb_der=np.ones(9))
+Assembler().add(recs)
+print("numba" in sys.modules)
+recs.loc_index[:] = 0
+Assembler().add(recs)
+print("numba" in sys.modules)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["False", "False", "True"]
