@@ -25,6 +25,7 @@ the server answers ``{"pid": N}`` when it has forked, then ``{"returncode": N}``
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -215,6 +216,12 @@ def serve(listener: socket.socket) -> None:
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
+    with contextlib.suppress(Exception):  # threadpoolctl's scan of the loaded libraries once for all jobs, and
+        importlib.import_module("b2luca.runners.native_job").set_blas_threads(1)  # the jobs' usual 1 BLAS thread
+    # Every object so far into the permanent generation: a job's garbage collections then never touch (and so
+    # never copy-on-write) the server's pages of numpy, scipy and matplotlib objects (Python's gc.freeze advice).
+    gc.collect()
+    gc.freeze()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)

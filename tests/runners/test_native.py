@@ -216,3 +216,30 @@ def test_jobs_still_running_when_the_run_ends_are_killed(tmp_path):
         raise AssertionError("the job outlived the run")
     except ProcessLookupError:
         pass
+
+
+def test_blas_limit_reuses_its_scan_until_a_library_is_loaded(monkeypatch):
+    """The threadpoolctl controller is made once; a newly loaded shared library (a script importing torch)
+    makes a fresh one, and a job asking for the server's thread count changes nothing."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from b2luca.runners import native_job
+
+    libraries = {"now": frozenset({"/lib/libopenblas.so"})}
+    monkeypatch.setattr(native_job, "_shared_libraries", lambda: libraries["now"])
+    monkeypatch.setattr(native_job, "_controller", None)
+    blas = lambda: sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})  # noqa: E731
+    with threadpool_limits(limits=None):  # this process's BLAS threads are as before afterwards
+        native_job.set_blas_threads(1)
+        first = native_job._controller
+        assert first is not None and first[2] == 1 and blas() == [1]
+        with native_job.blas_limit(1):  # already set: nothing to do
+            assert native_job._controller is first and blas() == [1]
+        with native_job.blas_limit(2):
+            assert native_job._controller is first and blas() == [2]
+        assert blas() == [1]
+        libraries["now"] = frozenset({"/lib/libopenblas.so", "/lib/libtorch.so"})
+        with native_job.blas_limit(1):  # a new library: scanned again, and limited (the new one may not be at 1)
+            assert native_job._controller is not first and native_job._controller[2] is None
+        with native_job.blas_limit(2):
+            assert blas() == [2]
