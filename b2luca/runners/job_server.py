@@ -168,7 +168,8 @@ def _run_job(conn: socket.socket, request: dict) -> int:
         signal.signal(number, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     os.chdir(request["cwd"])
-    sys.argv = [str(Path(sys.modules["b2luca.runners.native_job"].__file__ or "native_job")), *request["argv"]]
+    native_job = importlib.import_module("b2luca.runners.native_job")
+    sys.argv = [str(Path(native_job.__file__ or "native_job")), *request["argv"]]
     sys.path[0] = os.getcwd()  # what `python -m` puts first
     log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -185,9 +186,7 @@ def _run_job(conn: socket.socket, request: dict) -> int:
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch_caller, daemon=True).start()
-    from .native_job import main
-
-    return main(request["argv"])
+    return int(native_job.main(request["argv"]))
 
 
 def _child(conn: socket.socket, request: dict, close: list[socket.socket], fds: Sequence[int]) -> None:
@@ -210,18 +209,30 @@ def _child(conn: socket.socket, request: dict, close: list[socket.socket], fds: 
         os._exit(code)
 
 
-def serve(listener: socket.socket) -> None:
-    """Accept jobs until SIGTERM (then kill the jobs still running); fork one child per job and report its pid
-    and exit code."""
+def _preloads() -> Iterator[str]:
+    """Import :data:`PRELOAD` one module per step; after the last, threadpoolctl finds the BLAS libraries once for
+    all jobs and sets them to the jobs' usual 1 thread (:func:`~b2luca.runners.native_job.set_blas_threads`).  After
+    each step every object so far
+    goes into the permanent generation: a job's garbage collections then never touch (and so never copy on
+    write) the server's pages of numpy, scipy and matplotlib objects (Python's ``gc.freeze`` advice)."""
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
-    with contextlib.suppress(Exception):  # threadpoolctl's scan of the loaded libraries once for all jobs, and
-        importlib.import_module("b2luca.runners.native_job").set_blas_threads(1)  # the jobs' usual 1 BLAS thread
-    # Every object so far into the permanent generation: a job's garbage collections then never touch (and so
-    # never copy-on-write) the server's pages of numpy, scipy and matplotlib objects (Python's gc.freeze advice).
-    gc.collect()
-    gc.freeze()
+        if name == PRELOAD[-1]:  # every library loaded: found once for all jobs, BLAS set to 1 thread
+            with contextlib.suppress(Exception):
+                importlib.import_module("b2luca.runners.native_job").set_blas_threads(1)
+            gc.collect()
+        gc.freeze()
+        yield name
+
+
+def serve(listener: socket.socket) -> None:
+    """Accept jobs until SIGTERM (then kill the jobs still running); fork one child per job and report its pid
+    and exit code.  The preloads run between jobs: a job that comes before they are done (the first
+    calibration of a short bucket) is forked at once and imports what it still lacks itself."""
+    steps = _preloads()
+    next(steps)  # native_job, which every job needs: the jobs that come meanwhile wait in the listen queue
+    preloads: Iterator[str] | None = steps
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -239,7 +250,10 @@ def serve(listener: socket.socket) -> None:
             listener.close()
             for pid in jobs:
                 _kill_group(pid)
-        for key, _ in selector.select(timeout=1.0):
+        events = selector.select(timeout=0 if preloads is not None else 1.0)
+        if not events and preloads is not None and next(preloads, None) is None:
+            preloads = None
+        for key, _ in events:
             if key.fileobj is listener:
                 _accept(listener, jobs, (wake_r, wake_w))
             else:
