@@ -51,6 +51,9 @@ PRELOAD = ("b2luca.runners.native_job", "b2luca.dataset", "b2luca.reco.fit", "b2
 #: the server process's program (not ``-m``: this module is imported by its package first)
 _ENTRY = "import socket, sys; from b2luca.runners.job_server import serve; serve(socket.socket(fileno=int(sys.argv[1])))"
 
+#: what the server prints (to its log) when its preloads are done
+READY = "b2luca job server: preloads done"
+
 _address: str | None = None  # the socket of this run's server (driver and the luigi workers forked from it)
 
 
@@ -215,6 +218,7 @@ def _preloads() -> Iterator[str]:
     each step every object so far
     goes into the permanent generation: a job's garbage collections then never touch (and so never copy on
     write) the server's pages of numpy, scipy and matplotlib objects (Python's ``gc.freeze`` advice)."""
+    start = time.perf_counter()
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
@@ -222,6 +226,7 @@ def _preloads() -> Iterator[str]:
             with contextlib.suppress(Exception):
                 importlib.import_module("b2luca.runners.native_job").set_blas_threads(1)
             gc.collect()
+            print(f"{READY} in {time.perf_counter() - start:.2f} s", flush=True)
         gc.freeze()
         yield name
 

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -243,3 +244,21 @@ def test_blas_limit_reuses_its_scan_until_a_library_is_loaded(monkeypatch):
             assert native_job._controller is not first and native_job._controller[2] is None
         with native_job.blas_limit(2):
             assert blas() == [2]
+
+
+def test_job_server_serves_while_it_preloads_and_says_when_done(tmp_path):
+    """Jobs are served from the start; the server imports its preloads between them and logs when it is done
+    (every preload imported: later jobs are forked with numpy, scipy and matplotlib already loaded)."""
+    work = _setup(tmp_path, {"scale": 1.0, "fail": False})
+    server_log = tmp_path / "job_server.log"
+    with job_server.serving(log_path=server_log):
+        for i in range(2):
+            result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work,
+                                              work / f"{i}.log")
+            assert result.ok, log_tail(result.log_path)
+        deadline = time.monotonic() + 120
+        while job_server.READY not in server_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job_server.READY in server_log.read_text()
+        result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "2.log")
+        assert result.ok, log_tail(result.log_path)
