@@ -308,6 +308,7 @@ _VERIFIED: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
 _VERIFIED_LOCK = threading.Lock()
 VERIFIED_CACHE_FILES = 64
 VERIFIED_CACHE_MAX_BYTES = 16 * 2 ** 20  # per file: larger payloads (network weights) are read each time
+VERIFIED_CACHE_TOTAL_BYTES = 128 * 2 ** 20  # of arrays in memory, all files together
 
 
 def read_verified(path: Path) -> dict[str, np.ndarray]:
@@ -331,10 +332,12 @@ def read_verified(path: Path) -> dict[str, np.ndarray]:
     arrays, _, problem = read_checked(path)
     if problem or arrays is None:
         raise PayloadError(f"{path}: damaged payload: {problem}")
-    if key is not None and key[3] <= VERIFIED_CACHE_MAX_BYTES:
+    size = sum(array.nbytes for array in arrays.values())
+    if key is not None and key[3] <= VERIFIED_CACHE_MAX_BYTES and size <= VERIFIED_CACHE_MAX_BYTES:
         with _VERIFIED_LOCK:
             _VERIFIED[key] = {name: array.copy() for name, array in arrays.items()}
-            while len(_VERIFIED) > VERIFIED_CACHE_FILES:
+            while len(_VERIFIED) > VERIFIED_CACHE_FILES or sum(
+                    a.nbytes for entry in _VERIFIED.values() for a in entry.values()) > VERIFIED_CACHE_TOTAL_BYTES:
                 _VERIFIED.popitem(last=False)
     return arrays
 
