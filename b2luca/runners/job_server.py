@@ -213,11 +213,12 @@ def _child(conn: socket.socket, request: dict, close: list[socket.socket], fds: 
 
 
 def _preloads() -> Iterator[str]:
-    """Import :data:`PRELOAD` one module per step; after the last, threadpoolctl finds the BLAS libraries once for
-    all jobs and sets them to the jobs' usual 1 thread (:func:`~b2luca.runners.native_job.set_blas_threads`).  After
-    each step every object so far
-    goes into the permanent generation: a job's garbage collections then never touch (and so never copy on
-    write) the server's pages of numpy, scipy and matplotlib objects (Python's ``gc.freeze`` advice)."""
+    """Import :data:`PRELOAD` one module per step; after the last, threadpoolctl finds the BLAS libraries once
+    for all jobs and sets them to the jobs' usual 1 thread (:func:`~b2luca.runners.native_job.set_blas_threads`).
+
+    After each step every object so far goes into the permanent generation: a job's garbage collections then
+    never touch (and so never copy on write) the server's pages of numpy, scipy and matplotlib objects
+    (Python's ``gc.freeze`` advice).  A job finished while a module is imported is reported after it."""
     start = time.perf_counter()
     for name in PRELOAD:
         with contextlib.suppress(Exception):
