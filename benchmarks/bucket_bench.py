@@ -193,9 +193,16 @@ def job_startup(base: Path, jobs: int) -> None:
     from b2luca.tasks.calibration import write_caf_config, write_input_data
 
     caf, data = write_caf_config(ctx, info, work), write_input_data(ctx, info, work)
+    server_log = work / "job_server.log"
     for mode in ("subprocess", "job server") if job_server is not None else ("subprocess",):
-        with (job_server.serving() if job_server and mode == "job server" else contextlib.nullcontext()):
+        with (job_server.serving(log_path=server_log) if job_server and mode == "job server"
+              else contextlib.nullcontext()):
             NativeRunner().calibrate(caf, data, work, work / "warm.log")  # the server's imports, the page cache
+            ready = getattr(job_server, "READY", None) if mode == "job server" else None
+            for _ in range(600):  # the server imports its preloads between jobs: time the jobs once it is done
+                if ready is None or (server_log.is_file() and ready in server_log.read_text()):
+                    break
+                time.sleep(0.1)
             start = time.perf_counter()
             for i in range(jobs):
                 result = NativeRunner().calibrate(caf, data, work, work / f"{i}.log")
@@ -238,10 +245,12 @@ def overhead(n: int, workers: int, runs: int, calibrations: int) -> None:
             timers.wrap(calibration_work, "import_payloads", "calibration: import payloads")
             timers.wrap(calibration_work, "write_json_atomic", "outputs: result.json")
             timers.wrap(context.BucketContext, "emit", "report: events")
+        cpu0 = _cpu()
         try:
             outcome = run_bucket(cfg, workers=w, echo=lambda _: None)
         finally:
             timers.restore()
+        cpu = _cpu() - cpu0  # the driver, luigi's task processes, the job server and its jobs
         assert outcome.exit_code == 0, [(r.name, r.state, r.cause) for r in outcome.rows]
         done = [r for r in outcome.rows if r.state == "success"]
         by_kind: dict[str, list[float]] = {}
@@ -249,7 +258,8 @@ def overhead(n: int, workers: int, runs: int, calibrations: int) -> None:
             by_kind.setdefault(row.kind, []).append(row.duration or 0.0)
         busy = sum(r.duration or 0.0 for r in done)
         print(f"bucket of tasks that do no work, {w} worker(s): {len(done)} tasks, DAG {outcome.seconds:.2f} s "
-              f"= {1000 * outcome.seconds / len(done):.0f} ms per task; sum of task durations {busy:.2f} s")
+              f"= {1000 * outcome.seconds / len(done):.0f} ms per task; sum of task durations {busy:.2f} s; "
+              f"CPU {cpu:.2f} s = {1000 * cpu / len(done):.0f} ms per task (load {os.getloadavg()[0]:.1f})")
         for kind, seconds in sorted(by_kind.items()):
             print(f"  {kind:16s} {len(seconds):3d} tasks, {1000 * sum(seconds) / len(seconds):6.0f} ms per task")
         if w == 1:

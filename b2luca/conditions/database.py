@@ -15,6 +15,8 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,13 +300,45 @@ class DatabaseChain:
         return None if entry is None else read_verified(entry.path)
 
 
+#: Payload files read and verified by this process, newest last: (path, device, inode, size, mtime, ctime) ->
+#: arrays.  A payload file is never rewritten in place (a new revision is a new file, written atomically), and
+#: any write changes its ctime, so an entry is the file as it is now.  A local run's tasks in the driver process
+#: (one worker) and a production task's runs read the same few constants again and again (issue 15).
+_VERIFIED: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+_VERIFIED_LOCK = threading.Lock()
+VERIFIED_CACHE_FILES = 64
+VERIFIED_CACHE_MAX_BYTES = 16 * 2 ** 20  # per file: larger payloads (network weights) are read each time
+VERIFIED_CACHE_TOTAL_BYTES = 128 * 2 ** 20  # of arrays in memory, all files together
+
+
 def read_verified(path: Path) -> dict[str, np.ndarray]:
-    """Read a payload file after checking its content against the checksum stored in it (one opening)."""
+    """Read a payload file after checking its content against the checksum stored in it (one opening);
+    a file this process has read and verified before, unchanged since, comes from memory (as a copy)."""
     from .verify import read_checked
 
+    try:
+        st = os.stat(path)
+        key: tuple | None = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    except OSError:
+        key = None  # read_checked says what is wrong
+    cached = None
+    if key is not None:
+        with _VERIFIED_LOCK:
+            cached = _VERIFIED.get(key)
+            if cached is not None:
+                _VERIFIED.move_to_end(key)
+    if cached is not None:
+        return {name: array.copy() for name, array in cached.items()}
     arrays, _, problem = read_checked(path)
     if problem or arrays is None:
         raise PayloadError(f"{path}: damaged payload: {problem}")
+    size = sum(array.nbytes for array in arrays.values())
+    if key is not None and key[3] <= VERIFIED_CACHE_MAX_BYTES and size <= VERIFIED_CACHE_MAX_BYTES:
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = {name: array.copy() for name, array in arrays.items()}
+            while len(_VERIFIED) > VERIFIED_CACHE_FILES or sum(
+                    a.nbytes for entry in _VERIFIED.values() for a in entry.values()) > VERIFIED_CACHE_TOTAL_BYTES:
+                _VERIFIED.popitem(last=False)
     return arrays
 
 

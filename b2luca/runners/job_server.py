@@ -25,6 +25,7 @@ the server answers ``{"pid": N}`` when it has forked, then ``{"returncode": N}``
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -49,6 +50,9 @@ PRELOAD = ("b2luca.runners.native_job", "b2luca.dataset", "b2luca.reco.fit", "b2
 
 #: the server process's program (not ``-m``: this module is imported by its package first)
 _ENTRY = "import socket, sys; from b2luca.runners.job_server import serve; serve(socket.socket(fileno=int(sys.argv[1])))"
+
+#: what the server prints (to its log) when its preloads are done
+READY = "b2luca job server: preloads done"
 
 _address: str | None = None  # the socket of this run's server (driver and the luigi workers forked from it)
 
@@ -167,7 +171,8 @@ def _run_job(conn: socket.socket, request: dict) -> int:
         signal.signal(number, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     os.chdir(request["cwd"])
-    sys.argv = [str(Path(sys.modules["b2luca.runners.native_job"].__file__ or "native_job")), *request["argv"]]
+    native_job = importlib.import_module("b2luca.runners.native_job")
+    sys.argv = [str(Path(native_job.__file__ or "native_job")), *request["argv"]]
     sys.path[0] = os.getcwd()  # what `python -m` puts first
     log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -184,9 +189,7 @@ def _run_job(conn: socket.socket, request: dict) -> int:
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch_caller, daemon=True).start()
-    from .native_job import main
-
-    return main(request["argv"])
+    return int(native_job.main(request["argv"]))
 
 
 def _child(conn: socket.socket, request: dict, close: list[socket.socket], fds: Sequence[int]) -> None:
@@ -209,12 +212,33 @@ def _child(conn: socket.socket, request: dict, close: list[socket.socket], fds: 
         os._exit(code)
 
 
-def serve(listener: socket.socket) -> None:
-    """Accept jobs until SIGTERM (then kill the jobs still running); fork one child per job and report its pid
-    and exit code."""
+def _preloads() -> Iterator[str]:
+    """Import :data:`PRELOAD` one module per step; after the last, threadpoolctl finds the BLAS libraries once
+    for all jobs and sets them to the jobs' usual 1 thread (:func:`~b2luca.runners.native_job.set_blas_threads`).
+
+    After each step every object so far goes into the permanent generation: a job's garbage collections then
+    never touch (and so never copy on write) the server's pages of numpy, scipy and matplotlib objects
+    (Python's ``gc.freeze`` advice).  A job finished while a module is imported is reported after it."""
+    start = time.perf_counter()
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
+        if name == PRELOAD[-1]:  # every library loaded: found once for all jobs, BLAS set to 1 thread
+            with contextlib.suppress(Exception):
+                importlib.import_module("b2luca.runners.native_job").set_blas_threads(1)
+            gc.collect()
+            print(f"{READY} in {time.perf_counter() - start:.2f} s", flush=True)
+        gc.freeze()
+        yield name
+
+
+def serve(listener: socket.socket) -> None:
+    """Accept jobs until SIGTERM (then kill the jobs still running); fork one child per job and report its pid
+    and exit code.  The preloads run between jobs: a job that comes before they are done (the first
+    calibration of a short bucket) is forked at once and imports what it still lacks itself."""
+    steps = _preloads()
+    next(steps)  # native_job, which every job needs: the jobs that come meanwhile wait in the listen queue
+    preloads: Iterator[str] | None = steps
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -232,7 +256,10 @@ def serve(listener: socket.socket) -> None:
             listener.close()
             for pid in jobs:
                 _kill_group(pid)
-        for key, _ in selector.select(timeout=1.0):
+        events = selector.select(timeout=0 if preloads is not None else 1.0)
+        if not events and preloads is not None and next(preloads, None) is None:
+            preloads = None
+        for key, _ in events:
             if key.fileobj is listener:
                 _accept(listener, jobs, (wake_r, wake_w))
             else:

@@ -16,6 +16,7 @@ payload's round-off the same in a local run and a batch job.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -23,9 +24,10 @@ import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-import scipy.linalg  # noqa: F401 - loads scipy's own BLAS now, so that threadpool_limits below covers it too
-from threadpoolctl import threadpool_limits
+import scipy.linalg  # noqa: F401 - loads scipy's own BLAS now, so that the BLAS limit below covers it too
+from threadpoolctl import ThreadpoolController
 
 from ..catalogue.prompt_api import FilterVocabulary, using_vocabulary
 from ..conditions import DatabaseChain, LocalDatabase
@@ -58,6 +60,47 @@ def blas_threads(caf_config: dict) -> int:
         return 1
 
 
+#: (the shared libraries loaded when it was made, the controller, the BLAS threads it left set): see blas_limit
+_controller: tuple[frozenset[str], ThreadpoolController, int | None] | None = None
+
+
+def _shared_libraries() -> frozenset[str] | None:
+    """The shared objects mapped into this process (Linux ``/proc/self/maps``; None elsewhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return frozenset(line.rsplit(None, 1)[-1] for line in maps if ".so" in line)
+    except OSError:
+        return None
+
+
+def blas_limit(threads: int) -> contextlib.AbstractContextManager[Any]:
+    """A context that runs with this process's BLAS libraries limited to ``threads`` threads (threadpoolctl).
+
+    threadpoolctl finds the libraries by resolving every shared object of the process (10-15 ms, most of a
+    no-op job's time), so the controller is made once and reused while no shared library was loaded since
+    (a script that imports torch gets a fresh one).  The job server calls :func:`set_blas_threads` before it
+    forks its jobs: a job that wants the threads already set changes nothing.
+    """
+    global _controller
+    loaded = _shared_libraries()
+    if _controller is None or loaded is None or _controller[0] != loaded:
+        _controller = (loaded or frozenset(), ThreadpoolController(), None)
+    if _controller[2] == threads:
+        return contextlib.nullcontext()
+    return _controller[1].limit(limits=threads, user_api="blas")
+
+
+def set_blas_threads(threads: int) -> None:
+    """Limit this process's BLAS libraries to ``threads`` threads from now on (the job server, before forking)."""
+    global _controller
+    _controller = None
+    with blas_limit(threads):
+        pass
+    assert _controller is not None
+    _controller[1].limit(limits=threads, user_api="blas")  # not undone: the server's setting from now on
+    _controller = (_controller[0], _controller[1], threads)
+
+
 def do_calibrate(caf_config: Path, input_data: Path) -> None:
     """Run one native calibration as b2caf-prompt-run would."""
     config = json.loads(caf_config.read_text())
@@ -78,7 +121,7 @@ def do_calibrate(caf_config: Path, input_data: Path) -> None:
     log.info("calibrating %s on %s", settings.name,
              ", ".join(f"{k}: {len(v)} files" for k, v in job.input_files.items()))
     try:
-        with threadpool_limits(blas_threads(config), user_api="blas"):
+        with blas_limit(blas_threads(config)):
             function(job)
     finally:  # what it read, also when it failed (the task checks it against depends_on)
         try:
@@ -100,7 +143,7 @@ def do_validate(script: Path, job_path: Path, input_data: Path, verdict_path: Pa
         raise AttributeError(f"{script}: defines no {RUN_VALIDATION}(...) function")
     config = json.loads((job_path / "caf_config.json").read_text())
     reference_db = DatabaseChain([LocalDatabase(p) for p in reference]) if reference else None
-    with threadpool_limits(blas_threads(config), user_api="blas"):
+    with blas_limit(blas_threads(config)):
         verdict = function(str(job_path), str(input_data), config["requested_iov"],
                            dict(config.get("expert_config", {})), reference_db=reference_db)
     if not isinstance(verdict, Verdict):

@@ -10,11 +10,15 @@ passed and the update/veto rule of :mod:`b2luca.conditions.promote` lets them), 
 from __future__ import annotations
 
 import fcntl
+import functools
+import os
 import shutil
 import time
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import pandas as pd
 
 from ..atomic import write_json_atomic
 from ..catalogue import CalibrationInfo
@@ -142,12 +146,27 @@ def write_caf_config(ctx: BucketContext, info: CalibrationInfo, work: Path) -> P
     return path
 
 
+@functools.lru_cache(maxsize=4)
+def _snapshot(path: str, identity: tuple[int, ...]) -> pd.DataFrame:
+    return read_snapshot(path)
+
+
+def snapshot(path: Path) -> pd.DataFrame:
+    """The RunDB snapshot (:func:`~b2luca.rundb.read_snapshot`, checked), parsed once per process while the file
+    stays the same (device, inode, size, mtime, ctime): the calibrations of a local run read it in one process."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return read_snapshot(path)  # its clear error
+    return _snapshot(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)).copy()
+
+
 def write_input_data(ctx: BucketContext, info: CalibrationInfo, work: Path) -> Path:
     """Step (b): ``input_data.json`` from the RunDB snapshot and the data on disk."""
     cfg = ctx.cfg
     root = cfg.data.raw_directory if info.stage == Stage.RAW else cfg.data.cdst_directory
     with using_vocabulary(FilterVocabulary().extended(cfg.calibrations.extra_input_data_filters)):
-        document = build_input_data(info.settings, read_snapshot(cfg.rundb.snapshot), root)
+        document = build_input_data(info.settings, snapshot(cfg.rundb.snapshot), root)
     empty = [name for name, entries in document.items() if not entries]
     if empty:
         raise CalibrationFailed(f"no input data for {', '.join(empty)} in {root} after the input_data_filters "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import gc
 import logging
 import os
 import time
@@ -418,8 +419,15 @@ def _run_locked(cfg: BucketConfig, ctx: BucketContext, tasks: list[luigi.Task], 
                 cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
                 (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval,
                 on_tick=ctx.reporter.deliver_local):
-            result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
-                                 detailed_summary=True, worker_scheduler_factory=build_factory)
+            # Objects of the driver's imports exempt from garbage collection during the build: luigi forks a
+            # process per task (several workers), whose collections would otherwise touch and so copy every page
+            # of them (Python's gc.freeze advice); with one worker the collections have less to scan.
+            gc.freeze()
+            try:
+                result = luigi.build(tasks, workers=workers or cfg.batch.workers, local_scheduler=True,
+                                     detailed_summary=True, worker_scheduler_factory=build_factory)
+            finally:
+                gc.unfreeze()
     except KeyboardInterrupt:
         cancelled = batch.cancel_live_jobs(cfg)
         echo(f"interrupted; cancelled {len(cancelled)} batch job(s)" if cancelled else "interrupted")

@@ -109,3 +109,27 @@ def test_retire_damaged_lines_keeps_everything_else(db):
     assert db.lookup("CDCTimeZeros", ExpRun(26, 1)) == older  # the earlier revision is in force again
     assert db.store("CDCTimeZeros", {"t0": np.ones(10), "ok": np.array(False)}, IOV).revision == 3
     assert verify_database(db.path) == []
+
+
+def test_verified_payload_read_once_and_damage_still_seen(db, monkeypatch):
+    """A payload read again by the same process comes from memory (as a copy); a file changed since, in
+    place, is read and checked again."""
+    from b2luca.conditions import database as database_module, verify
+    from b2luca.conditions.payload import write_payload
+
+    calls = []
+    original = verify.read_checked
+    monkeypatch.setattr(verify, "read_checked", lambda path: calls.append(path) or original(path))
+    first = db.read("CDCTimeZeros", ExpRun(26, 1))
+    first["t0"][:] = -1  # a caller changing its arrays does not change the next reader's
+    again = db.read("CDCTimeZeros", ExpRun(26, 2))
+    assert len(calls) == 1 and np.array_equal(again["t0"], DATA["t0"])
+    path = _payload(db, "CDCTimeZeros")
+    write_payload(tmp := path.with_name("other.root"), {**DATA, "t0": DATA["t0"] + 1})
+    path.write_bytes(tmp.read_bytes())  # same inode, new content
+    assert np.array_equal(db.read("CDCTimeZeros", ExpRun(26, 3))["t0"], DATA["t0"] + 1)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(PayloadError, match=f"{path.name}: damaged payload"):
+        db.read("CDCTimeZeros", ExpRun(26, 3))
+    assert len(calls) == 3
+    assert len(database_module._VERIFIED) <= database_module.VERIFIED_CACHE_FILES

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -216,3 +217,48 @@ def test_jobs_still_running_when_the_run_ends_are_killed(tmp_path):
         raise AssertionError("the job outlived the run")
     except ProcessLookupError:
         pass
+
+
+def test_blas_limit_reuses_its_scan_until_a_library_is_loaded(monkeypatch):
+    """The threadpoolctl controller is made once; a newly loaded shared library (a script importing torch)
+    makes a fresh one, and a job asking for the server's thread count changes nothing."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from b2luca.runners import native_job
+
+    libraries = {"now": frozenset({"/lib/libopenblas.so"})}
+    monkeypatch.setattr(native_job, "_shared_libraries", lambda: libraries["now"])
+    monkeypatch.setattr(native_job, "_controller", None)
+    blas = lambda: sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})  # noqa: E731
+    with threadpool_limits(limits=None):  # this process's BLAS threads are as before afterwards
+        native_job.set_blas_threads(1)
+        first = native_job._controller
+        assert first is not None and first[2] == 1 and blas() == [1]
+        with native_job.blas_limit(1):  # already set: nothing to do
+            assert native_job._controller is first and blas() == [1]
+        with native_job.blas_limit(2):
+            assert native_job._controller is first and blas() == [2]
+        assert blas() == [1]
+        libraries["now"] = frozenset({"/lib/libopenblas.so", "/lib/libtorch.so"})
+        with native_job.blas_limit(1):  # a new library: scanned again, and limited (the new one may not be at 1)
+            assert native_job._controller is not first and native_job._controller[2] is None
+        with native_job.blas_limit(2):
+            assert blas() == [2]
+
+
+def test_job_server_serves_while_it_preloads_and_says_when_done(tmp_path):
+    """Jobs are served from the start; the server imports its preloads between them and logs when it is done
+    (every preload imported: later jobs are forked with numpy, scipy and matplotlib already loaded)."""
+    work = _setup(tmp_path, {"scale": 1.0, "fail": False})
+    server_log = tmp_path / "job_server.log"
+    with job_server.serving(log_path=server_log):
+        for i in range(2):
+            result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work,
+                                              work / f"{i}.log")
+            assert result.ok, log_tail(result.log_path)
+        deadline = time.monotonic() + 120
+        while job_server.READY not in server_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job_server.READY in server_log.read_text()
+        result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "2.log")
+        assert result.ok, log_tail(result.log_path)
