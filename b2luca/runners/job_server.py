@@ -24,9 +24,11 @@ the server answers ``{"pid": N}`` when it has forked, then ``{"returncode": N}``
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import selectors
@@ -38,18 +40,23 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .base import RunResult, _die_with_parent, child_environment
 
 #: What the server imports before it serves: everything a native job's start-up and the calibrations'
-#: common imports need (not torch: the ML calibrations import it themselves, in their job).
+#: common imports need (torch only for a run with ML calibrations: :data:`ML_PRELOAD`).
 PRELOAD = ("b2luca.runners.native_job", "b2luca.dataset", "b2luca.reco.fit", "b2luca.reco.raw", "b2luca.reco.measurements",
            "b2luca.reco.nominal", "b2luca.rootio", "scipy.special", "scipy.sparse", "scipy.optimize", "scipy.stats",
            "matplotlib.pyplot")
 
+#: Imported as well when a calibration of the run uses the ML library (:func:`preloads_for`): torch, and the
+#: compiler stack that ``torch.optim``'s first optimiser imports (~1.2 s) — ~2 s of every ML training job.
+ML_PRELOAD = ("torch", "torch._dynamo")
+
 #: the server process's program (not ``-m``: this module is imported by its package first)
-_ENTRY = "import socket, sys; from b2luca.runners.job_server import serve; serve(socket.socket(fileno=int(sys.argv[1])))"
+_ENTRY = ("import socket, sys; from b2luca.runners.job_server import serve; "
+          "serve(socket.socket(fileno=int(sys.argv[1])), sys.argv[2:])")
 
 #: what the server prints (to its log) when its preloads are done
 READY = "b2luca job server: preloads done"
@@ -63,8 +70,10 @@ def current_address() -> str | None:
 
 
 @contextlib.contextmanager
-def serving(secret_names: Sequence[str] = (), log_path: Path | None = None) -> Iterator[str]:
-    """Run a job server while the block runs (jobs of processes forked inside the block use it).
+def serving(secret_names: Sequence[str] = (), log_path: Path | None = None,
+            extra_preloads: Sequence[str] = ()) -> Iterator[str]:
+    """Run a job server while the block runs (jobs of processes forked inside the block use it);
+    ``extra_preloads``: modules it imports after :data:`PRELOAD` (e.g. :func:`preloads_for`).
 
     The listening socket is bound here, so jobs can connect at once (they queue while the server imports).
     """
@@ -78,7 +87,7 @@ def serving(secret_names: Sequence[str] = (), log_path: Path | None = None) -> I
         log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
     try:
-        process = subprocess.Popen([sys.executable, "-c", _ENTRY, str(listener.fileno())],
+        process = subprocess.Popen([sys.executable, "-c", _ENTRY, str(listener.fileno()), *extra_preloads],
                                    pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, env=child_environment(secret_names),
                                    start_new_session=True, preexec_fn=_die_with_parent)
@@ -212,18 +221,37 @@ def _child(conn: socket.socket, request: dict, close: list[socket.socket], fds: 
         os._exit(code)
 
 
-def _preloads() -> Iterator[str]:
-    """Import :data:`PRELOAD` one module per step; after the last, threadpoolctl finds the BLAS libraries once
+def preloads_for(scripts: Iterable[Path]) -> tuple[str, ...]:
+    """:data:`ML_PRELOAD` when one of these calibration scripts imports the ML library (``b2luca.ml``) or torch,
+    anywhere in the script, and torch is installed; else nothing (a bucket without ML pays no torch import)."""
+    if importlib.util.find_spec("torch") is None:
+        return ()
+    for path in scripts:
+        try:
+            tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            continue  # the catalogue reports unreadable scripts; nothing to preload for them
+        for node in ast.walk(tree):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if any(n.split(".")[0] == "torch" or n == "b2luca.ml" or n.startswith("b2luca.ml.") for n in names):
+                return ML_PRELOAD
+    return ()
+
+
+def _preloads(extra: Sequence[str] = ()) -> Iterator[str]:
+    """Import :data:`PRELOAD`, then ``extra``, one module per step; after the last, threadpoolctl finds the BLAS libraries once
     for all jobs and sets them to the jobs' usual 1 thread (:func:`~b2luca.runners.native_job.set_blas_threads`).
 
     After each step every object so far goes into the permanent generation: a job's garbage collections then
     never touch (and so never copy on write) the server's pages of numpy, scipy and matplotlib objects
     (Python's ``gc.freeze`` advice).  A job finished while a module is imported is reported after it."""
     start = time.perf_counter()
-    for name in PRELOAD:
+    modules = (*PRELOAD, *extra)
+    for name in modules:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
-        if name == PRELOAD[-1]:  # every library loaded: found once for all jobs, BLAS set to 1 thread
+        if name == modules[-1]:  # every library loaded: found once for all jobs, BLAS set to 1 thread
             with contextlib.suppress(Exception):
                 importlib.import_module("b2luca.runners.native_job").set_blas_threads(1)
             gc.collect()
@@ -232,11 +260,11 @@ def _preloads() -> Iterator[str]:
         yield name
 
 
-def serve(listener: socket.socket) -> None:
+def serve(listener: socket.socket, extra_preloads: Sequence[str] = ()) -> None:
     """Accept jobs until SIGTERM (then kill the jobs still running); fork one child per job and report its pid
     and exit code.  The preloads run between jobs: a job that comes before they are done (the first
     calibration of a short bucket) is forked at once and imports what it still lacks itself."""
-    steps = _preloads()
+    steps = _preloads(extra_preloads)
     next(steps)  # native_job, which every job needs: the jobs that come meanwhile wait in the listen queue
     preloads: Iterator[str] | None = steps
     wake_r, wake_w = os.pipe()

@@ -415,7 +415,7 @@ def _run_locked(cfg: BucketConfig, ctx: BucketContext, tasks: list[luigi.Task], 
     ledger = getattr(build_factory, "ledger", None)
     labels = {t.task_id: _describe(t, ctx)[::2] for t in _walk(tasks) if not isinstance(t, luigi.WrapperTask)}
     try:
-        with _job_server(cfg), progress.Progress(
+        with _job_server(cfg, ctx), progress.Progress(
                 cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
                 (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval,
                 on_tick=ctx.reporter.deliver_local):
@@ -475,13 +475,16 @@ def _run_locked(cfg: BucketConfig, ctx: BucketContext, tasks: list[luigi.Task], 
     return RunOutcome(0 if ok else 1, rows, result.status.name, seconds)
 
 
-def _job_server(cfg: BucketConfig) -> contextlib.AbstractContextManager:
-    """A fork server for the native jobs of a local run (:mod:`b2luca.runners.job_server`); batch jobs and the
-    basf2 runner start their processes as before."""
+def _job_server(cfg: BucketConfig, ctx: BucketContext) -> contextlib.AbstractContextManager:
+    """A fork server for the native jobs of a local run (:mod:`b2luca.runners.job_server`), with torch
+    preloaded when a selected calibration uses the ML library; batch jobs and the basf2 runner start their
+    processes as before."""
     runner = runner_for(cfg)
     if cfg.batch.system.is_cluster or not isinstance(runner, NativeRunner):
         return contextlib.nullcontext()
-    return job_server.serving(runner.secret_names, cfg.work_dir / "job_server.log")
+    scripts = [p for info in ctx.catalogue.calibrations.values() for p in (info.script_path,) if p is not None]
+    return job_server.serving(runner.secret_names, cfg.work_dir / "job_server.log",
+                              extra_preloads=job_server.preloads_for(scripts))
 
 
 def _pull_settings(ctx: BucketContext, config_path: str) -> str | None:

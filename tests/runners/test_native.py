@@ -45,6 +45,7 @@ SCRIPT = textwrap.dedent('''
         with open(f"/proc/{os.getppid()}/environ", "rb") as parent:
             job.log.info("parent has secrets: %s", any(s in parent.read() for s in (b"glpat-", b"rundb-secret")))
         job.log.info("string hash: %s; argv0: %s", hash("CountFiles"), os.path.basename(__import__("sys").argv[0]))
+        job.log.info("extra preload present: %s", "xml.dom.minidom" in __import__("sys").modules)
         job.output_db.store("CountFiles", {"n": np.array([n * job.expert_config["scale"]]),
                                            "upstream": upstream}, job.output_iov)
 ''')
@@ -251,7 +252,7 @@ def test_job_server_serves_while_it_preloads_and_says_when_done(tmp_path):
     (every preload imported: later jobs are forked with numpy, scipy and matplotlib already loaded)."""
     work = _setup(tmp_path, {"scale": 1.0, "fail": False})
     server_log = tmp_path / "job_server.log"
-    with job_server.serving(log_path=server_log):
+    with job_server.serving(log_path=server_log, extra_preloads=("xml.dom.minidom",)):
         for i in range(2):
             result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work,
                                               work / f"{i}.log")
@@ -262,3 +263,21 @@ def test_job_server_serves_while_it_preloads_and_says_when_done(tmp_path):
         assert job_server.READY in server_log.read_text()
         result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "2.log")
         assert result.ok, log_tail(result.log_path)
+        assert "extra preload present: True" in result.log_path.read_text()  # imported after PRELOAD, forked with it
+
+
+def test_torch_is_preloaded_only_for_scripts_that_use_the_ml_library(tmp_path):
+    """A run whose calibrations import b2luca.ml (or torch), even inside a function, gets torch preloaded in its job
+    server; a run without them does not pay for the import."""
+    plain = tmp_path / "plain.py"
+    plain.write_text("import numpy\ndef calibrate(job):\n    from b2luca.reco import fit\n")
+    ml = tmp_path / "ml.py"
+    ml.write_text("def calibrate(job):\n    from b2luca.ml.pxd_gan import train\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("def (:\n")
+    assert job_server.preloads_for([plain, broken]) == ()
+    pytest.importorskip("torch")
+    assert job_server.preloads_for([plain, broken, ml]) == job_server.ML_PRELOAD
+    direct = tmp_path / "direct.py"
+    direct.write_text("import torch.nn\n")
+    assert job_server.preloads_for([direct]) == job_server.ML_PRELOAD

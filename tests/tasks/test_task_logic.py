@@ -306,12 +306,14 @@ def test_a_local_native_run_has_a_job_server_a_batch_run_none(bucket_config):
     from b2luca.config import load_config
     from b2luca.enums import BatchSystem
     from b2luca.runners import job_server
+    from b2luca.tasks.context import BucketContext
     from b2luca.tasks.driver import _job_server
 
     cfg = load_config(bucket_config())
-    with _job_server(cfg) as address:
+    ctx = BucketContext(cfg)
+    with _job_server(cfg, ctx) as address:
         assert address is not None and job_server.current_address() == address
     assert job_server.current_address() is None
     batch = dataclasses.replace(cfg, batch=dataclasses.replace(cfg.batch, system=BatchSystem.SLURM))
-    with _job_server(batch) as address:
+    with _job_server(batch, ctx) as address:
         assert address is None and job_server.current_address() is None
