@@ -35,31 +35,15 @@ def resolve_device(device: str, what: str = "expert_config.device") -> str:
     raise ValueError(f"{what} must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
 
 
-def deterministic_kernels(torch: Any) -> None:
-    """Make torch's eager kernels deterministic (an error for an op without a deterministic version).
-
-    The switch of ``torch.use_deterministic_algorithms`` for eager mode (``torch._C._set_deterministic_algorithms``)
-    without its import of ``torch._inductor`` (dynamo and inductor: ~1 s on this machine) to set the flag that
-    only torch.compile reads.  A torch without that function falls back to the public call."""
-    switch = getattr(getattr(torch, "_C", None), "_set_deterministic_algorithms", None)
-    if switch is None:
-        torch.use_deterministic_algorithms(True)
-    else:
-        switch(True)
-
-
 def set_up_torch(seed: int, threads: int) -> Any:
     """Seed every generator, switch on deterministic algorithms and limit the CPU threads; returns torch.
 
     ``threads`` <= 0 means all cores.  On CUDA, deterministic cuBLAS needs CUBLAS_WORKSPACE_CONFIG,
-    set here unless the environment already has it.  Deterministic kernels are switched on through
-    :func:`deterministic_kernels`: ``torch.use_deterministic_algorithms`` also sets the flag of the
-    torch.compile back end, and importing that back end costs ~1 CPU second per job (issue 15); b2luca
-    compiles nothing."""
+    set here unless the environment already has it."""
     torch = require_torch()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(int(seed))
-    deterministic_kernels(torch)
+    torch.use_deterministic_algorithms(True)
     n = int(threads) if int(threads) > 0 else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
     return torch
