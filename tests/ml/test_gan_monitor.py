@@ -106,3 +106,44 @@ def test_fired_images_are_thresholded_with_a_straight_through_gradient():
     np.testing.assert_array_equal(y.detach().numpy(), np.array([0.0, 0.2, 0.0, 1.0], np.float32))
     (y * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [1.0, 2.0, 3.0, 4.0])
+
+
+def test_training_with_ema_scores_and_stores_the_moving_average_of_the_generator(monkeypatch):
+    """ema_decay d: the snapshot scored after iteration t is the average a_t = d a_(t-1) + (1 - d) g_t of the
+    trained generator's weights g_t (a_0 its initial weights), and the payload is the best-scored average."""
+    from b2luca.ml import gan_monitor, pxd_gan
+    from b2luca.sim.pxd_background import pxd_background
+    from calibrations.pxd_background_gan import settings
+
+    decay = 0.6
+    built, expected, scored = [], [], []
+    build = pxd_gan.build_generator
+
+    def recording_build(*args):
+        gen = build(*args)
+        built.append(gen)
+        expected.append({k: v.detach().clone() for k, v in gen.state_dict().items()})  # a_0
+        return gen
+
+    scores = iter([0.5, 0.1, 0.4])
+
+    def scripted(self, gen):
+        raw = built[0].state_dict()  # the generator being trained, after this iteration's step
+        expected[0] = {k: decay * v + (1 - decay) * raw[k] for k, v in expected[0].items()}
+        assert gen is not built[0]
+        scored.append({k: v.detach().clone() for k, v in gen.state_dict().items()})
+        for k, v in gen.state_dict().items():
+            torch.testing.assert_close(v, expected[0][k], rtol=1e-5, atol=1e-6)
+        score = next(scores)
+        return score, {"occupancy_deviation": score, "occupancy_rms_deviation": score, "cluster_size_deviation": 0.0}
+
+    monkeypatch.setattr(pxd_gan, "build_generator", recording_build)
+    monkeypatch.setattr(gan_monitor.HeldOutMonitor, "score", scripted)
+    geom = nominal_geometry()
+    cfg = {**settings.expert_config, "patch_v": 15, "patch_u": 10, "hidden": 16, "generator_iterations": 3,
+           "eval_every": 1, "eval_per_region": 4, "threads": 1, "device": "cpu", "ema_decay": decay}
+    arrays, figures = pxd_gan.train(pxd_background(np.random.default_rng(4), 10, geom), 10, geom, cfg)
+    assert len(scored) == 3 and figures["kept_iteration"] == 2
+    for name, value in scored[1].items():
+        np.testing.assert_array_equal(arrays["gen_" + name.replace(".", "_")], value.numpy())
+    assert not np.array_equal(arrays["gen_net_4_weight"], built[0].state_dict()["net.4.weight"].numpy())
