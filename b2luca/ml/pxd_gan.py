@@ -30,7 +30,6 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
-from scipy.sparse import csr_matrix
 
 from .gan_monitor import HeldOutMonitor
 from .model_payload import hyper_from_arrays, hyper_to_arrays, load_state, state_to_arrays
@@ -310,9 +309,7 @@ class GanBackground:
                 "cond": np.ascontiguousarray(w0[:, self.latent:].T + w["net_0_bias"]),  # one-hot row + bias
                 "w2": np.ascontiguousarray(w["net_2_weight"].T), "b2": w["net_2_bias"],
                 "w4": np.ascontiguousarray(w["net_4_weight"].T), "b4": w["net_4_bias"],
-                # sparse (CSR, output pixels x map pixels): 36 of the 600 entries of a column are not zero, and
-                # the dense product was the largest of the forward pass (issue 15: the product ~25 % faster)
-                "conv": csr_matrix(conv.reshape(n_map, self.pv * self.pu).T), "conv_bias": w["conv_bias"]}
+                "conv": conv.reshape(n_map, self.pv * self.pu), "conv_bias": w["conv_bias"]}
 
     def _forward_numpy(self, z: np.ndarray, cond: np.ndarray) -> np.ndarray:
         """The generator's forward pass with numpy, float32 (the torch module's function; sums in another
@@ -326,7 +323,7 @@ class GanBackground:
             h = h @ w[name]
             h += w["b" + name[1]]
         np.maximum(h, 0.2 * h, out=h)
-        out = np.ascontiguousarray((w["conv"] @ h.T).T)
+        out = h @ w["conv"]
         out += w["conv_bias"]
         np.maximum(out, 0, out=out)
         return out.reshape(-1, self.pv, self.pu)
