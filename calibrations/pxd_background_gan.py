@@ -18,9 +18,6 @@ b2luca/ml/gan_monitor.py): every ``holdout_every``-th event is held out of the t
 ``eval_every`` generator iterations ``eval_per_region`` patches per region are generated from fixed
 latent inputs and compared with the held-out events (occupancy per region, cluster size); the payload is
 the snapshot that reproduced them best (``eval_every`` 0: the last one, no events held out).
-``ema_decay`` > 0: the snapshots are the exponential moving average of the generator's weights with that
-decay per generator iteration (0, the default: the generator itself; the demo uses 0.98, see
-b2luca/ml/pxd_gan.py).
 """
 
 from __future__ import annotations
@@ -64,8 +61,7 @@ settings = CalibrationSettings(name="PXDBackgroundGAN",
                                               "min_events": 20,
                                               "holdout_every": 5,
                                               "eval_every": 500,
-                                              "eval_per_region": 500,
-                                              "ema_decay": 0.0},
+                                              "eval_per_region": 500},
                                produced_payloads=["PXDBackgroundGAN"])
 
 PAYLOAD = "PXDBackgroundGAN"

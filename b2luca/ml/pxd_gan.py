@@ -16,16 +16,13 @@ it is what trains in a minute.  Gradient penalty weight ``gp_lambda`` (10), Adam
 learning rate decaying linearly to 0 over the run.  Issue 15: the critic sees the generated images
 thresholded as the detector reads them (:func:`fired`, straight-through gradient); the payload is the
 snapshot that best reproduces held-out events (:mod:`.gan_monitor`); sensors are tiled with a random
-phase per (event, sensor) (:meth:`GanBackground.__call__`); with ``ema_decay`` > 0 the snapshots are those
-of the exponential moving average of the generator's weights (:func:`average_into`: the demo's fix for
-the training seeds whose last snapshots missed the hit map).  Determinism: seeds +
+phase per (event, sensor) (:meth:`GanBackground.__call__`).  Determinism: seeds +
 ``torch.use_deterministic_algorithms``; latent noise and batches come from a seeded generator, so a
 rerun gives the same payload (on the same device and thread count).
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any, Mapping
 
@@ -130,16 +127,6 @@ def fired(images: Any, threshold: float) -> Any:
     return images + (images * (images > threshold) - images).detach()
 
 
-def average_into(average: Any, model: Any, decay: float) -> None:
-    """``average`` <- ``decay`` x ``average`` + (1 - ``decay``) x ``model``, parameter by parameter: the
-    exponential moving average of the generator's weights (Yazici et al., "The Unusual Effectiveness of
-    Averaging in GAN Training", ICLR 2019; Karras et al., ICLR 2018).  A WGAN-GP generator circles around
-    the target instead of converging on it; the average sits near the centre of that orbit."""
-    torch = require_torch("the PXD background GAN")
-    with torch.no_grad():
-        torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 - float(decay))
-
-
 def _lr_lambda(total: int):
     return lambda step: max(0.0, 1.0 - step / max(total, 1))
 
@@ -171,9 +158,6 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
     betas = (float(cfg["beta1"]), float(cfg["beta2"]))
     opt_g = torch.optim.Adam(gen.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
     opt_c = torch.optim.Adam(critic.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
-    ema_decay = float(cfg.get("ema_decay", 0.0))
-    # ema_decay > 0: the moving average of the generator's weights is what is scored and stored
-    shown = copy.deepcopy(gen).requires_grad_(False) if ema_decay > 0 else gen
     iters, n_critic, batch = int(cfg["generator_iterations"]), int(cfg["critic_updates"]), int(cfg["batch_size"])
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(iters))
     sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, _lr_lambda(iters * n_critic))
@@ -207,19 +191,17 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
         loss_g.backward()
         opt_g.step()
         sched_g.step()
-        if shown is not gen:
-            average_into(shown, gen, ema_decay)
         if monitor is not None and ((it + 1) % eval_every == 0 or it == iters - 1):
-            score, dev = monitor.score(shown)
+            score, dev = monitor.score(gen)
             if score < best[0]:
-                best = (score, it + 1, {k: v.detach().cpu().clone() for k, v in shown.state_dict().items()}, dev)
+                best = (score, it + 1, {k: v.detach().cpu().clone() for k, v in gen.state_dict().items()}, dev)
             if log is not None:
                 log.info("generator iteration %d/%d: Wasserstein estimate %.4f, held-out score %.3f (occupancy %+.3f, "
                          "RMS over regions %.3f, cluster size %+.3f)", it + 1, iters, w_dist, score,
                          dev["occupancy_deviation"], dev["occupancy_rms_deviation"], dev["cluster_size_deviation"])
         elif log is not None and (it % max(iters // 10, 1) == 0 or it == iters - 1):
             log.info("generator iteration %d/%d: Wasserstein estimate %.4f", it + 1, iters, w_dist)
-    state = best[2] if best[2] is not None else shown.state_dict()
+    state = best[2] if best[2] is not None else gen.state_dict()
     arrays = state_to_arrays(state, "gen")
     arrays.update(hyper_to_arrays({"latent": latent, "hidden": ch, "patch_v": pv, "patch_u": pu,
                                    "n_layers": N_LAYERS, "adc_scale": scale, "format_version": FORMAT_VERSION}))
@@ -398,5 +380,5 @@ class GanBackground:
                 "pixel": pixel[order].astype(np.int32), "adc": adc[order].astype(np.float32)}
 
 
-__all__ = ["ADC_THRESHOLD", "GanBackground", "PAYLOAD", "average_into", "build_critic", "build_generator", "fired",
-           "regions", "sensor_patches", "train", "untrained_arrays"]
+__all__ = ["ADC_THRESHOLD", "GanBackground", "PAYLOAD", "build_critic", "build_generator", "fired", "regions",
+           "sensor_patches", "train", "untrained_arrays"]
