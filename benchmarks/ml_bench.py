@@ -1,14 +1,16 @@
 """Time the ECLMuPiCNN and PXDBackgroundGAN trainings on the demo bucket (run `b2luca run configs/demo.yaml` first).
 
     python benchmarks/ml_bench.py [--work work/demo] [--config configs/demo.yaml] [--only cnn|gan]
-                                  [--gan-seeds 16,18,19]
+                                  [--gan-seeds 16,18,19] [--gan-override '{"ema_decay": 0}']
 
 PXDBackgroundGAN: reads the random_calib background of the demo job's input files and trains with the
 demo's expert_config (the generator iterations, wall and CPU time), then times the generation of the
 background of 100 events.  ``--gan-seeds``: trains once per seed and prints the validation's image
 statistics (part (a): occupancy, mean cluster size, worst hit-map bin, each against its limit) of the
-generator on the validation's events, the snapshot kept by the held-out monitor and its score: the
-quality of a training setting on seeds other than the demo's (issue 15).
+generator on the validation's events, with as many generated events as the validation generates
+(``generated_events``), the snapshot kept by the held-out monitor and its score: the quality of a
+training setting on seeds other than the demo's (issue 15).  ``--gan-override``: expert_config values (JSON)
+on top of the demo's, e.g. to compare a setting with and without one change.
 
 Prints the number of candidates, the seconds to read the images and to train both charge models with the
 demo's expert_config (wall and CPU time: on an idle machine the wall time is about the CPU time divided by
@@ -35,6 +37,7 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     parser.add_argument("--only", choices=("cnn", "gan"), default=None)
     parser.add_argument("--gan-seeds", default=None, help="comma-separated seeds: GAN quality per training seed")
+    parser.add_argument("--gan-override", default="{}", help="JSON expert_config values on top of the demo's (--gan-seeds)")
     args = parser.parse_args()
     if args.gan_seeds:
         gan_quality(args, [int(x) for x in args.gan_seeds.split(",")])
@@ -103,18 +106,19 @@ def gan_quality(args: argparse.Namespace, seeds: list[int]) -> None:
     vcfg = dict(validation.settings.expert_config)
     ref_pixels, n_ref = read_background(files, int(vcfg["max_events"]))
     ref = validation.image_statistics(ref_pixels, n_ref, geom)
+    n_gen = validation.generated_events(ref, vcfg)  # what the validation generates
     for seed in seeds:
-        cfg = {**settings.expert_config, **overrides, "seed": seed}
+        cfg = {**settings.expert_config, **overrides, **json.loads(args.gan_override), "seed": seed}
         pixels, n_events = read_background(files, int(cfg["max_events"]))
         load_before = os.getloadavg()
         t0, cpu0 = time.perf_counter(), time.process_time()
         arrays, figures = train(pixels, n_events, geom, cfg)
         t1, cpu1 = time.perf_counter(), time.process_time()
-        gen = GanBackground(arrays, threads=1)(np.random.default_rng(int(vcfg["validation_seed"])), n_ref, geom)
-        fig, reasons = validation.compare_images(ref, validation.image_statistics(gen, n_ref, geom), vcfg)
+        gen = GanBackground(arrays, threads=1)(np.random.default_rng(int(vcfg["validation_seed"])), n_gen, geom)
+        fig, reasons = validation.compare_images(ref, validation.image_statistics(gen, n_gen, geom), vcfg)
         keys = ("occupancy_gan", "occupancy_input", "occupancy_limit", "mean_cluster_size_gan",
                 "mean_cluster_size_input", "mean_cluster_size_limit", "hitmap_max_relative_difference")
-        print(json.dumps({"seed": seed, "train_s": round(t1 - t0, 1), "train_cpu_s": round(cpu1 - cpu0, 1),
+        print(json.dumps({"seed": seed, "override": json.loads(args.gan_override), "events_generated": n_gen, "train_s": round(t1 - t0, 1), "train_cpu_s": round(cpu1 - cpu0, 1),
                           "kept_iteration": figures.get("kept_iteration"),
                           "heldout_score": round(figures.get("heldout_score", float("nan")), 3),
                           "occupancy_rel": round(fig["occupancy_gan"] / fig["occupancy_input"] - 1, 3),

@@ -334,3 +334,18 @@ def test_generator_payload_problems_are_one_error_and_the_whole_sensor_runs_thro
     assert whole._weights is None
     images = whole.images(np.random.default_rng(1), np.array([0, 1, 1]))
     assert images.shape == (3, 150, 50) and np.all(images >= 0)
+
+
+def test_fired_fraction_counts_in_blocks_the_fraction_of_the_whole_array(background):
+    """input_occupancy without temporaries of the whole patch array: the same value as the one-line mean, and
+    the number of background pixels above the ADC threshold over all the patches' pixels (issue 15)."""
+    from b2luca.ml.pxd_gan import ADC_THRESHOLD, fired_fraction, sensor_patches
+
+    geom = nominal_geometry()
+    pixels, n = background
+    images, _ = sensor_patches(pixels, n, geom, 15, 10, 30.0)
+    expected = float(np.mean(images * 30.0 > ADC_THRESHOLD))
+    assert fired_fraction(images, 30.0) == expected
+    assert fired_fraction(images, 30.0, rows=7) == expected  # blocks that do not divide the patches
+    above = np.count_nonzero(np.asarray(pixels["adc"]) > ADC_THRESHOLD)
+    assert expected == pytest.approx(above / images.size, rel=1e-12) and above > 0
