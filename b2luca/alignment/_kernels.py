@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from numba import njit, uint64
 
-__all__ = ["accumulate", "chunk_structure", "decode_float32", "fit_records", "pair_keys"]
+__all__ = ["accumulate", "chunk_structure", "decode_float32", "fit_records", "frame_records", "pair_keys"]
 
 U: Any = uint64  # the kernels' unsigned index type (a numba type: mypy sees a callable)
 _PIVOT_REL = 1e-12  # a pivot below this fraction of its diagonal element: Γ singular (as inverse_root)
@@ -369,6 +369,47 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
                 for s in range(Su):
                     for t in range(Su):
                         tot[row, s * Su + t] -= F[ia * Su + s, ib * Su + t]
+
+
+@njit(cache=True, nogil=True)
+def frame_records(words: np.ndarray, fortran: bool, max_nw: int) -> tuple:  # pragma: no cover - compiled
+    """The whole, well-formed records at the start of the int32 ``words`` of a Mille buffer, walked from one
+    record's length word to the next: (starts, nw, end) = the word index of each record's length word (the
+    ``RawChunk`` layout), its word count (negative: double precision), and the word where the walk stopped
+    (the end of the last record framed).
+
+    A record is taken when its length word is even, non-zero and below ``max_nw`` in size, it fits in
+    ``words``, its header pair is (0.0, 0) (two float words for double precision), the pair after the header
+    is a value (int 0) when there is one, and for a Fortran file both record markers equal its byte length;
+    the walk stops at the first record that is not (the caller tells an incomplete record from a corrupt one)."""
+    off = 1 if fortran else 0
+    nwords = words.size
+    cap = nwords // 3 + 1  # the shortest record: length word, one float, one int
+    starts = np.empty(cap, np.int64)
+    nws = np.empty(cap, np.int64)
+    k = 0
+    p = 0
+    while p + off + 1 < nwords:
+        cnw = int(words[p + off])
+        if cnw == 0 or cnw % 2 != 0 or cnw >= max_nw or cnw <= -max_nw or words[p + off + 1] != 0:
+            break
+        n = abs(cnw) // 2
+        fw = n if cnw > 0 else 2 * n
+        body = 1 + fw + n
+        reclen = body + 2 * off
+        if p + reclen > nwords:
+            break
+        if fortran and (words[p] != 4 * body or words[p + reclen - 1] != 4 * body):
+            break
+        if cnw < 0 and words[min(p + off + 2, nwords - 1)] != 0:
+            break
+        if words[p + off + 1 + fw] != 0 or (n >= 2 and words[p + off + 2 + fw] != 0):
+            break
+        starts[k] = p + off
+        nws[k] = cnw
+        k += 1
+        p += reclen
+    return starts[:k], nws[:k], p
 
 
 @njit(cache=True, nogil=True)

@@ -138,32 +138,6 @@ def _detect_fortran(head: bytes) -> bool:
     return end < w.size and int(w[end]) == nbytes or end >= w.size
 
 
-def _chain(cand: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-    """Indices into ``cand`` of the chain cand[0] -> nxt -> ..., by pointer doubling (no per-record loop)."""
-    k = cand.size
-    pos = np.searchsorted(cand, nxt)
-    pos_c = np.minimum(pos, k - 1)
-    succ = np.where((pos < k) & (cand[pos_c] == nxt), pos_c, -1)
-    reached = np.zeros(k, dtype=bool)
-    reached[0] = True
-    front = np.array([0], dtype=np.int64)  # the first 2^j chain elements
-    jump = succ
-    while True:
-        new = jump[front]
-        new = new[new >= 0]
-        if new.size == 0:
-            break
-        reached[new] = True
-        front = np.concatenate([front, new])
-        if new.size < front.size - new.size:  # chain exhausted
-            break
-        jj = jump.copy()
-        ok = jj >= 0
-        jj[ok] = jump[jj[ok]]
-        jump = jj
-    return np.flatnonzero(reached)
-
-
 @dataclass
 class RawChunk:
     """Whole records of one file chunk, framed but not decoded (decoding can run in a worker thread)."""
@@ -196,38 +170,16 @@ def _frame_chunk(buf: memoryview | bytes, fortran: bool, eof: bool, source: str,
         if eof and nwords:
             raise MilleError(f"{source}: truncated record {rec0 + 1} at end of file")
         return None
-    # candidate record starts (word index p): header float word zero, length word even, record fits.
-    # The cheap int32 test on the header word comes first, so the rest runs on few candidates.
-    head = words[off: nwords - 1]
-    cidx = np.flatnonzero((words[off + 1:] == 0) & ((head & 1) == 0) & (head != 0))  # even, non-zero
-    cnw = words[cidx + off]
-    good = (cnw < _MAX_NW) & (cnw > -_MAX_NW)
-    cidx, cnw = cidx[good].astype(np.int64), cnw[good].astype(np.int64)
-    n = np.abs(cnw) // 2
-    fw = np.where(cnw > 0, n, 2 * n)
-    body = 1 + fw + n  # words of the C record (length word, floats, ints)
-    reclen = body + 2 * off
-    good = cidx + reclen <= nwords
-    if fortran:
-        good &= words[cidx] == 4 * body
-        good[good] &= words[(cidx + reclen - 1)[good]] == 4 * body[good]
-    dbl = cnw < 0
-    if dbl.any():
-        good[dbl] &= words[np.minimum(cidx[dbl] + off + 2, nwords - 1)] == 0
-    good[good] &= words[(cidx + off + 1 + fw)[good]] == 0  # header int word
-    two = good & (n >= 2)
-    good[two] &= words[(cidx + off + 2 + fw)[two]] == 0  # the first pair after the header is a value
-    cand, cnw, reclen = cidx[good], cnw[good], reclen[good]
-    if cand.size == 0 or cand[0] != 0:
+    from . import _kernels  # numba: only when Mille files are read
+
+    starts, nw, end = _kernels.frame_records(words, fortran, _MAX_NW)
+    if starts.size == 0:
         _chunk_failure(words, fortran, eof, source, rec0, 0)
         return None
-    ch = _chain(cand, cand + reclen)
-    chain = cand[ch]
-    end = int(chain[-1] + reclen[ch[-1]])
     if end < nwords or (end * 4 < len(buf)):
         # stopped early: incomplete record at the end of the buffer (fine unless eof) or corruption
-        _chunk_failure(words[end:], fortran, eof, source, rec0 + chain.size, end)
-    return RawChunk(words, chain + off, cnw[ch], source, rec0, end * 4)
+        _chunk_failure(words[end:], fortran, eof, source, rec0 + starts.size, end)
+    return RawChunk(words, starts, nw, source, rec0, end * 4)
 
 
 def _chunk_failure(words: np.ndarray, fortran: bool, eof: bool, source: str, recno: int, at: int):
