@@ -1,7 +1,7 @@
 """Time the ECLMuPiCNN and PXDBackgroundGAN trainings on the demo bucket (run `b2luca run configs/demo.yaml` first).
 
     python benchmarks/ml_bench.py [--work work/demo] [--config configs/demo.yaml] [--only cnn|gan]
-                                  [--gan-seeds 16,18,19] [--gan-override '{"ema_decay": 0}']
+                                  [--gan-seeds 16,18,19] [--gan-override '{"eval_every": 0}']
 
 PXDBackgroundGAN: reads the random_calib background of the demo job's input files and trains with the
 demo's expert_config (the generator iterations, wall and CPU time), then times the generation of the

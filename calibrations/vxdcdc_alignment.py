@@ -630,9 +630,10 @@ def part_trend(per_run, corrections: dict, cfg: dict, geom, threads: int = 1) ->
     part's translation (chained through the sensor rotations) under a per-run label, with its track parameters
     as local parameters, so a movement is attributed to the part that moved (not smeared into the tracks).
     ``per_run``: (run, records, collection) items (:func:`records_per_run`; several items of one run are fine),
-    put together, run after run, in record sets of up to :data:`MONITOR_CHUNK_MEAS` rows (not one set per run:
-    hundreds of runs cost no more than a few)."""
+    put together, run after run, in record sets of up to the solver's chunk of rows (``RECORD_CHUNK_MEAS``; not one
+    set per run: hundreds of runs cost no more than a few)."""
     from b2luca.alignment import AlignmentProblem, MilleRecords, ParameterSpec, concat_records, solve
+    from b2luca.alignment.problem import RECORD_CHUNK_MEAS
     from b2luca.alignment.timedep import LabelTranslator
 
     parts = [str(p) for p in cfg.get("auto_boundaries_parts") or []]
@@ -650,12 +651,10 @@ def part_trend(per_run, corrections: dict, cfg: dict, geom, threads: int = 1) ->
     use = collisions or [(er, recs) for er, recs, _ in per_run]
     runs = sorted({er for er, _ in use})
     run_index = {er: i for i, er in enumerate(runs)}
-    sid = np.full(int(geom.sensor_id.max()) + 1, -1, np.int64)  # sensor id -> sensor index
-    sid[geom.sensor_id.astype(np.int64)] = np.arange(geom.sensor_id.size)
     corr_lab = np.array(sorted(corrections), np.int64)
     corr_val = np.array([corrections[int(k)] for k in corr_lab.tolist()], float)
     dense = []
-    for chunk in _bounded_chunks(use, MONITOR_CHUNK_MEAS):  # several runs per record set, of bounded size
+    for chunk in _bounded_chunks(use, RECORD_CHUNK_MEAS):  # several runs per record set, of bounded size
         recs = chunk[0][1] if len(chunk) == 1 else concat_records([r for _, r in chunk])
         run_m = np.repeat([run_index[er] for er, _ in chunk], [r.n_meas for _, r in chunk])  # run of each row
         base, _ = LabelTranslator.split(recs.glb_label)
@@ -674,7 +673,7 @@ def part_trend(per_run, corrections: dict, cfg: dict, geom, threads: int = 1) ->
             if p == "CDC":
                 der += np.bincount(gm + k[sel] - 1, weights=recs.glb_der[sel], minlength=der.size)
             else:
-                s_idx = sid[base[sel] // VXD_LABEL_FACTOR]
+                s_idx = geom.sensor_index(base[sel] // VXD_LABEL_FACTOR)
                 d = recs.glb_der[sel, None] * geom.rot[s_idx, :, k[sel] - 1]  # d(model)/d(global translation)
                 for j in range(3):
                     der += np.bincount(gm + j, weights=d[:, j], minlength=der.size)
@@ -703,10 +702,6 @@ def part_trend(per_run, corrections: dict, cfg: dict, geom, threads: int = 1) ->
         v[unmeasured], e[unmeasured] = np.nan, np.nan
         out["parts"][p] = {"shift_um": v.tolist(), "error_um": e.tolist()}
     return out
-
-
-#: measurement rows per record set of the per-run monitor (the solver's chunk): runs are put together up to this
-MONITOR_CHUNK_MEAS = 32_768
 
 
 def _bounded_chunks(items: list, limit: int) -> list[list]:

@@ -247,18 +247,11 @@ class Assembler:
         def system(wm: np.ndarray) -> LocalSystems:
             return local_systems(recs, y, wm, meas_rec, eslot, K, q, S)
 
-        frac_dw = np.zeros(nrec)
         if kern is not None:
             chi2_r, ok, fsum, wfin = kern.kernels.fit_records(recs.rec_ptr, kern.loc_ptr, recs.loc_index, recs.loc_der,
                                                               y, w, q, self.dw.iterations, HUBER_C, CAUCHY_C)
-            if self.dw.iterations > 0:
-                frac_dw = 1.0 - fsum / np.maximum(nmeas_r, 1)
-                p.dw_sum += float((nmeas_r - fsum).sum())
-                p.dw_n += int(nmeas_r.sum())
         else:
             local = system(w)
-            chi2_r, ok = local.chi2, local.ok
-        if kern is None and self.dw.iterations > 0:
             wm = w
             for it in range(self.dw.iterations):
                 resid = residuals(recs, y, local, meas_rec)
@@ -270,7 +263,10 @@ class Assembler:
                 wm = w * f
                 local = system(wm)
             chi2_r, ok = local.chi2, local.ok
-            fsum = np.bincount(meas_rec, weights=wm / w, minlength=nrec)
+            if self.dw.iterations > 0:
+                fsum = np.bincount(meas_rec, weights=wm / w, minlength=nrec)
+        frac_dw = np.zeros(nrec)
+        if self.dw.iterations > 0:  # the down-weighting bookkeeping of either path: Σ of the final weight factors
             frac_dw = 1.0 - fsum / np.maximum(nmeas_r, 1)
             p.dw_sum += float((nmeas_r - fsum).sum())
             p.dw_n += int(nmeas_r.sum())

@@ -301,8 +301,9 @@ class DatabaseChain:
 
 
 #: Payload files read and verified by this process, newest last: (path, device, inode, size, mtime, ctime) ->
-#: arrays.  A payload file is never rewritten in place (a new revision is a new file, written atomically), and
-#: any write changes its ctime, so an entry is the file as it is now.  A local run's tasks in the driver process
+#: arrays.  A payload file is never rewritten in place (a new revision is a new file, written atomically: a new
+#: inode); a change by other means is seen once it changes the size or a timestamp (timestamps advance in
+#: clock ticks of a few ms, so a same-size rewrite within one tick of the last read would not be).  A local run's tasks in the driver process
 #: (one worker) and a production task's runs read the same few constants again and again (issue 15).
 _VERIFIED: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
 _VERIFIED_LOCK = threading.Lock()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 
-def fired_statistics(torch: Any, images: Any, region: Any, n_cond: int, threshold: float) -> tuple[np.ndarray, float]:
+def fired_statistics(images: Any, region: Any, n_cond: int, threshold: float) -> tuple[np.ndarray, float]:
     """(fired-pixel fraction per region (n_cond,), mean size of the 8-connected clusters within the patches)
     of patches (N, pv, pu) with regions (N,)."""
     from scipy.ndimage import label
@@ -41,7 +41,7 @@ class HeldOutMonitor:
     def __init__(self, torch: Any, real: Any, region: Any, n_cond: int, threshold: float, latent: int,
                  per_region: int, seed: int, device: str = "cpu") -> None:
         self.torch, self.n_cond, self.threshold = torch, n_cond, threshold
-        self.occ_real, self.size_real = fired_statistics(torch, real, region, n_cond, threshold)
+        self.occ_real, self.size_real = fired_statistics(real, region, n_cond, threshold)
         g = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
         self.cond = torch.arange(n_cond).repeat_interleave(int(per_region)).to(device)
         self.z = torch.randn(self.cond.numel(), latent, generator=g).to(device)
@@ -51,7 +51,7 @@ class HeldOutMonitor:
         torch = self.torch
         with torch.no_grad():
             images = gen(self.z, self.cond).cpu()
-        occ, size = fired_statistics(torch, images, self.cond.cpu(), self.n_cond, self.threshold)
+        occ, size = fired_statistics(images, self.cond.cpu(), self.n_cond, self.threshold)
         seen = self.occ_real > 0
         occ_dev = occ[seen] / self.occ_real[seen] - 1
         rms = float(np.sqrt(np.mean(occ_dev ** 2))) if occ_dev.size else 0.0

@@ -232,8 +232,9 @@ def preloads_for(scripts: Iterable[Path]) -> tuple[str, ...]:
         except (OSError, SyntaxError, ValueError):
             continue  # the catalogue reports unreadable scripts; nothing to preload for them
         for node in ast.walk(tree):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)] \
+                if isinstance(node, ast.ImportFrom) else [a.name for a in node.names] if isinstance(node, ast.Import) \
+                else []  # ``from b2luca import ml`` too
             if any(n.split(".")[0] == "torch" or n == "b2luca.ml" or n.startswith("b2luca.ml.") for n in names):
                 return ML_PRELOAD
     return ()

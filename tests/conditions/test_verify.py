@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -126,7 +127,9 @@ def test_verified_payload_read_once_and_damage_still_seen(db, monkeypatch):
     assert len(calls) == 1 and np.array_equal(again["t0"], DATA["t0"])
     path = _payload(db, "CDCTimeZeros")
     write_payload(tmp := path.with_name("other.root"), {**DATA, "t0": DATA["t0"] + 1})
-    path.write_bytes(tmp.read_bytes())  # same inode, new content
+    path.write_bytes(tmp.read_bytes())  # same inode, new content (same size: a later mtime, not left to the clock tick)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
     assert np.array_equal(db.read("CDCTimeZeros", ExpRun(26, 3))["t0"], DATA["t0"] + 1)
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(PayloadError, match=f"{path.name}: damaged payload"):

@@ -24,7 +24,7 @@ def test_fired_statistics_of_a_known_patch():
     img[0, 2, 3] = 1.0  # diagonal to both: one cluster of 4 with them (8-connected)
     img[1, 0:3, 0] = 1.0  # a vertical 3-pixel cluster, in another patch
     img[2, 2, 2] = 0.1  # below threshold
-    occ, size = fired_statistics(torch, img, torch.tensor([0, 1, 1]), 3, THRESHOLD)
+    occ, size = fired_statistics(img, torch.tensor([0, 1, 1]), 3, THRESHOLD)
     np.testing.assert_allclose(occ, [4 / 20, 3 / 40, 0.0])
     assert size == pytest.approx(7 / 2)
 

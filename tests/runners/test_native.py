@@ -278,6 +278,7 @@ def test_torch_is_preloaded_only_for_scripts_that_use_the_ml_library(tmp_path):
     assert job_server.preloads_for([plain, broken]) == ()
     pytest.importorskip("torch")
     assert job_server.preloads_for([plain, broken, ml]) == job_server.ML_PRELOAD
-    direct = tmp_path / "direct.py"
-    direct.write_text("import torch.nn\n")
-    assert job_server.preloads_for([direct]) == job_server.ML_PRELOAD
+    for text in ("import torch.nn\n", "def calibrate(job):\n    from b2luca import ml\n"):
+        direct = tmp_path / "direct.py"
+        direct.write_text(text)
+        assert job_server.preloads_for([direct]) == job_server.ML_PRELOAD, text
