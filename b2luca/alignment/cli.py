@@ -36,8 +36,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no summary printout")
 
 
+def _without_numba_extensions() -> None:
+    """Keep numba from loading the installed packages' ``numba_extensions`` entry points in this process.
+
+    numba runs every such entry point at its first compilation or cache load; awkward (which uproot brings)
+    registers one that imports ~300 modules, ~0.2 s of a 3k-parameter fit's ~2 s (issue 15).  This process
+    runs only b2luca's kernels, which use plain numpy arrays and no extension.  numba has no public switch
+    for it: this sets the flag its ``init_all`` checks (numba 0.68, pinned in pyproject.toml;
+    tests/alignment/test_lazy_imports.py fails if awkward is imported again)."""
+    try:
+        from numba.core import entrypoints
+    except ImportError:  # the kernels report a broken numba where they need it
+        return
+    entrypoints._already_initialized = True
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the fit described by ``args``; returns the exit code."""
+    _without_numba_extensions()
     try:
         st = read_steering(args.steering)
         problem = AlignmentProblem.from_steering(st)
