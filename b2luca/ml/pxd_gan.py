@@ -60,6 +60,7 @@ MAPS = 8  # basis stamps (channels of the transposed convolution)
 KERNEL = 7  # stamp size (pixels): the transposed convolution's kernel, and the cluster crops the critic sees
 CRITIC_HIDDEN = 128  # units of the critic's two hidden layers
 SHAPE_LR = 1.0  # the generator's learning rate / learning_rate: its stamps are ~0.1, and Adam's steps are ~lr
+MAX_CROP_EVENTS = 100  # training events whose clusters the critic sees (~90k at the demo's occupancy)
 CRITIC_WARMUP = 50  # critic updates before the first generator update (WGAN: a useful critic first)
 MATCH_ROUNDS = 3  # fixed-point rounds of match_occupancy
 INIT_WIDTH, INIT_CHARGE = 0.6, 1.5  # the stamps' start: a round cluster of ~45 ADC / adc_scale (30)
@@ -199,6 +200,31 @@ def fired(images: Any, threshold: float) -> Any:
     return images + (images * (images > threshold) - images).detach()
 
 
+def events_subset(pixels: Mapping[str, np.ndarray], keep: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """(the pixels of the events ``keep`` (bool per event), events renumbered 0.., number of events kept)."""
+    ev = np.asarray(pixels["event"], np.int64)
+    on = keep[ev]
+    new_id = np.cumsum(keep) - 1
+    out = {k: np.asarray(v)[on] for k, v in pixels.items()}
+    out["event"] = new_id[ev[on]]
+    return out, int(keep.sum())
+
+
+def pixel_occupancy(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, patch_v: int, patch_u: int,
+                    adc_scale: float) -> np.ndarray:
+    """Fraction of the pixels above the ADC threshold per region (layers x v bands of ``patch_v`` rows) of
+    ``n_events`` events of background pixels (``event``, ``sensor``, ``pixel``, ``adc``): the same value as
+    :func:`region_occupancy` of their patches, counted from the pixels (no patch images)."""
+    nb_v, _, n_cond = regions(patch_v, patch_u)
+    pxd = np.flatnonzero(geom.is_pxd)
+    layer = geom.layer[geom.sensor_index(np.asarray(pixels["sensor"]))] - 1
+    band = (np.asarray(pixels["pixel"], np.int64) // PXD_NU) // patch_v
+    fired_px = (np.asarray(pixels["adc"], np.float32) / np.float32(adc_scale)) * np.float32(adc_scale) > ADC_THRESHOLD
+    counts = np.bincount((layer * nb_v + band)[fired_px], minlength=n_cond)
+    sensors = np.bincount(geom.layer[pxd] - 1, minlength=N_LAYERS)
+    return counts / np.maximum(np.repeat(sensors, nb_v) * n_events * patch_v * PXD_NU, 1)
+
+
 def fired_per_patch(images: np.ndarray, adc_scale: float, rows: int = 65536) -> np.ndarray:
     """Pixels above the ADC threshold per patch (N,) of ``images`` (N, pv, pu) = ADC / ``adc_scale``, counted
     ``rows`` patches at a time (no temporaries of the whole array)."""
@@ -256,26 +282,26 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
     t0 = time.perf_counter()
     pv, pu, latent, ch = int(cfg["patch_v"]), int(cfg["patch_u"]), int(cfg["latent"]), int(cfg["hidden"])
     scale = float(cfg["adc_scale"])
-    images, region = sensor_patches(pixels, n_events, geom, pv, pu, scale)
     n_cond = regions(pv, pu)[2]
     # every holdout_every-th event is held out of the training: the monitor picks the snapshot on it
     every, eval_every = int(cfg.get("holdout_every", 0)), int(cfg.get("eval_every", 0))
-    held = np.zeros(images.shape[0], bool)
-    if eval_every > 0 and every > 1 and n_events >= 2 * every:
-        held = (np.arange(images.shape[0]) // (images.shape[0] // n_events)) % every == every - 1
-    else:
-        eval_every = 0
-    crops, crop_event = cluster_crops(pixels, scale)  # what the critic compares: single clusters
-    train_crops = crops[~((crop_event % every == every - 1) if held.any() else np.zeros(crops.shape[0], bool))]
-    if train_crops.shape[0] == 0:
+    if not (eval_every > 0 and every > 1 and n_events >= 2 * every):
+        eval_every, every = 0, n_events + 1  # nothing held out
+    held_event = np.arange(n_events) % every == every - 1
+    train_px, n_train = events_subset(pixels, ~held_event)
+    target = pixel_occupancy(train_px, n_train, geom, pv, pu, scale)  # per region, what match() reproduces
+    crop_px, _ = events_subset(train_px, np.arange(n_train) < MAX_CROP_EVENTS)
+    crops = cluster_crops(crop_px, scale)[0]  # what the critic compares: single clusters
+    if crops.shape[0] == 0:
         raise ValueError("PXD background GAN: no fired background pixels to learn cluster shapes from")
-    real = torch.from_numpy(train_crops).to(device)
-    monitor = (HeldOutMonitor(torch, torch.from_numpy(images[held]), torch.from_numpy(region[held]), n_cond,
-                              ADC_THRESHOLD / scale, int(cfg.get("eval_per_region", 500)), seed, device)
-               if eval_every > 0 else None)
+    real = torch.from_numpy(crops).to(device)
+    monitor = None
+    if eval_every > 0:
+        held_px, n_held = events_subset(pixels, held_event)
+        images, region = sensor_patches(held_px, n_held, geom, pv, pu, scale)
+        monitor = HeldOutMonitor(torch, torch.from_numpy(images), torch.from_numpy(region), n_cond,
+                                 ADC_THRESHOLD / scale, int(cfg.get("eval_per_region", 500)), seed, device)
     gen, critic = build_generator(latent, ch, pv, pu).to(device), build_critic().to(device)
-    counts = fired_per_patch(images, scale)
-    target = region_occupancy(counts[~held], region[~held], n_cond, pv * pu)
     hyper = hyper_to_arrays({"latent": latent, "hidden": ch, "patch_v": pv, "patch_u": pu, "n_layers": N_LAYERS,
                              "adc_scale": scale, "maps": MAPS, "kernel": KERNEL, "format_version": FORMAT_VERSION})
     per_region = int(cfg.get("eval_per_region", 500))
@@ -332,8 +358,9 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
             log.info("generator iteration %d/%d: Wasserstein estimate %.4f", it + 1, iters, w_dist)
     state = best[2] if best[2] is not None else gen.state_dict()
     arrays = {**state_to_arrays(state, "gen"), **hyper}
-    figures = {"patches": float(images.shape[0]), "wasserstein": w_dist, "seconds": time.perf_counter() - t0,
-               "input_occupancy": float(counts.sum() / images.size), "kept_iteration": float(best[1])}
+    figures = {"clusters": float(crops.shape[0]), "wasserstein": w_dist, "seconds": time.perf_counter() - t0,
+               "input_occupancy": float(np.average(pixel_occupancy(pixels, n_events, geom, PXD_NV, PXD_NU, scale),
+                                                   weights=np.bincount(geom.layer[geom.is_pxd] - 1, minlength=N_LAYERS))), "kept_iteration": float(best[1])}
     if monitor is not None:
         figures.update(heldout_score=best[0], **{f"heldout_{k}": v for k, v in best[3].items()})
     return arrays, figures
