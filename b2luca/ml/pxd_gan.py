@@ -26,7 +26,7 @@ learnt cluster shapes pixel by pixel in every region, and its validation failed 
   x 2, no normalisation.  The game is played on ~49-pixel images: cheap steps, stable.
 * The generator starts from round clusters of about the right charge (``INIT_WIDTH``, ``INIT_CHARGE``) in
   its first map, the other maps random; the critic trains ``CRITIC_WARMUP`` steps before the first
-  generator step; the generator's learning rate is ``SHAPE_LR`` x ``learning_rate``.
+  generator step.
 
 Gradient penalty weight ``gp_lambda`` (10), Adam betas (0.5, 0.9), learning rate decaying linearly to 0.
 The payload is the snapshot that best reproduces held-out events (:mod:`.gan_monitor`).  Inference
@@ -59,7 +59,6 @@ N_LAYERS = 2  # PXD layers 1 and 2
 MAPS = 8  # basis stamps (channels of the transposed convolution)
 KERNEL = 7  # stamp size (pixels): the transposed convolution's kernel, and the cluster crops the critic sees
 CRITIC_HIDDEN = 128  # units of the critic's two hidden layers
-SHAPE_LR = 1.0  # the generator's learning rate / learning_rate: its stamps are ~0.1, and Adam's steps are ~lr
 MAX_CROP_EVENTS = 100  # training events whose clusters the critic sees (~90k at the demo's occupancy)
 CRITIC_WARMUP = 50  # critic updates before the first generator update (WGAN: a useful critic first)
 MATCH_ROUNDS = 3  # fixed-point rounds of match_occupancy
@@ -311,8 +310,7 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
         gen.threshold.copy_(torch.from_numpy(match_occupancy(arrays, target, per_region, seed + 104729)))
 
     betas = (float(cfg["beta1"]), float(cfg["beta2"]))
-    lr = float(cfg["learning_rate"])
-    opt_g = torch.optim.Adam(gen.parameters(), lr=lr * SHAPE_LR, betas=betas)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
     opt_c = torch.optim.Adam(critic.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
     iters, n_critic, batch = int(cfg["generator_iterations"]), int(cfg["critic_updates"]), int(cfg["batch_size"])
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(iters))
@@ -358,9 +356,10 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
             log.info("generator iteration %d/%d: Wasserstein estimate %.4f", it + 1, iters, w_dist)
     state = best[2] if best[2] is not None else gen.state_dict()
     arrays = {**state_to_arrays(state, "gen"), **hyper}
+    per_layer = pixel_occupancy(pixels, n_events, geom, PXD_NV, PXD_NU, scale)
+    sensors = np.bincount(geom.layer[geom.is_pxd] - 1, minlength=N_LAYERS)
     figures = {"clusters": float(crops.shape[0]), "wasserstein": w_dist, "seconds": time.perf_counter() - t0,
-               "input_occupancy": float(np.average(pixel_occupancy(pixels, n_events, geom, PXD_NV, PXD_NU, scale),
-                                                   weights=np.bincount(geom.layer[geom.is_pxd] - 1, minlength=N_LAYERS))), "kept_iteration": float(best[1])}
+               "input_occupancy": float(np.average(per_layer, weights=sensors)), "kept_iteration": float(best[1])}
     if monitor is not None:
         figures.update(heldout_score=best[0], **{f"heldout_{k}": v for k, v in best[3].items()})
     return arrays, figures
