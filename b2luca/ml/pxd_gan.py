@@ -24,9 +24,10 @@ learnt cluster shapes pixel by pixel in every region, and its validation failed 
   around their charge centroid against generated single-seed clusters (:meth:`Generator.crops`), both as
   the detector reads them (:func:`fired`, straight-through gradient); fully connected, ``CRITIC_HIDDEN``
   x 2, no normalisation.  The game is played on ~49-pixel images: cheap steps, stable.
-* The generator starts from round clusters of about the right charge (``INIT_WIDTH``, ``INIT_CHARGE``) in
-  its first map, the other maps random; the critic trains ``CRITIC_WARMUP`` steps before the first
-  generator step.
+* The generator starts from a faint round cluster (``INIT_WIDTH``, ``INIT_CHARGE``: 18 ADC, mostly one
+  pixel above threshold, the mean cluster size 65 % too small) in its first map, the other maps random:
+  the cluster size and charge are learnt by the game; the critic trains ``CRITIC_WARMUP`` steps before
+  the first generator step.
 
 Gradient penalty weight ``gp_lambda`` (10), Adam betas (0.5, 0.9), learning rate decaying linearly to 0.
 The payload is the snapshot that best reproduces held-out events (:mod:`.gan_monitor`).  Inference
@@ -62,7 +63,7 @@ CRITIC_HIDDEN = 128  # units of the critic's two hidden layers
 MAX_CROP_EVENTS = 100  # training events whose clusters the critic sees (~90k at the demo's occupancy)
 CRITIC_WARMUP = 50  # critic updates before the first generator update (WGAN: a useful critic first)
 MATCH_ROUNDS = 3  # fixed-point rounds of match_occupancy
-INIT_WIDTH, INIT_CHARGE = 0.6, 1.5  # the stamps' start: a round cluster of ~45 ADC / adc_scale (30)
+INIT_WIDTH, INIT_CHARGE = 0.6, 0.6  # the stamps' start: a faint round cluster (18 ADC: mostly 1 pixel fires)
 SEED_THRESHOLD = 2.7  # initial seed threshold of every region: P(z > 2.7) = 0.35 % of the positions
 
 
@@ -90,7 +91,7 @@ def build_generator(latent: int, hidden: int, patch_v: int, patch_u: int) -> Any
             self.register_buffer("threshold", torch.full((n_cond,), SEED_THRESHOLD))  # set by match_occupancy
             self.shape = nn.Sequential(nn.Linear(latent, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, MAPS))
             self.stamp = nn.Conv2d(MAPS, 1, KERNEL, bias=False)
-            with torch.no_grad():  # start from round clusters (Gaussian, sigma INIT_WIDTH) of charge INIT_CHARGE
+            with torch.no_grad():  # start from faint round clusters (Gaussian, sigma INIT_WIDTH, charge INIT_CHARGE)
                 r2 = ((torch.arange(KERNEL) - KERNEL // 2) ** 2).float()
                 blob = torch.exp(-(r2[:, None] + r2[None, :]) / (2 * INIT_WIDTH ** 2))
                 self.stamp.weight.mul_(0.5)  # maps 1.. random: distinct shapes to combine

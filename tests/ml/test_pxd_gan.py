@@ -145,8 +145,7 @@ VALIDATION = {"track_events": 350, "max_events": 80}
 
 def test_validation_passes_for_faithful_generator_fails_for_untrained(random_files, tmp_path, monkeypatch):
     """A generator that reproduces the background (the toy full simulation itself, other seeds) passes
-    both parts; an untrained GAN and one with too little charge per cluster fail, naming the failed image
-    distributions."""
+    both parts; an untrained GAN fails, naming the failed image distributions."""
     pytest.importorskip("torch")
     from b2luca.ml import pxd_gan
     from b2luca.sim.pxd_background import pxd_background
@@ -158,14 +157,9 @@ def test_validation_passes_for_faithful_generator_fails_for_untrained(random_fil
     monkeypatch.chdir(job)
     verdict = validation.run_validation(str(job), str(job / "input_data.json"), [EXPERIMENT, 1, EXPERIMENT, 2],
                                         VALIDATION)
-    assert not verdict.passed  # the untrained thresholds are the same in every region: a flat hit map
-    assert "hit map" in verdict.message
+    assert not verdict.passed  # faint one-pixel clusters, the same seed threshold in every region
+    assert "occupancy" in verdict.message and "cluster size" in verdict.message
     assert verdict.figures["d0_none_vs_simulated_sigma_pt0-0.2"] > 0  # part (b) ran too
-    thin = {**untrained, "gen_stamp_weight": untrained["gen_stamp_weight"] * 0.4}  # a perturbed generator: too
-    thin_job = _validation_job(tmp_path / "thin", thin, random_files)               # little charge per cluster
-    verdict = validation.run_validation(str(thin_job), str(thin_job / "input_data.json"),
-                                        [EXPERIMENT, 1, EXPERIMENT, 2], VALIDATION)
-    assert not verdict.passed and "occupancy" in verdict.message and "cluster size" in verdict.message
 
     class Faithful:  # stands in for a perfectly trained generator
         def __init__(self, arrays, threads=None):
