@@ -404,7 +404,7 @@ class GanBackground:
                                f"generates with maps {MAPS}, kernel {KERNEL}")
         self.scale = float(hp["adc_scale"])
         self.batch = int(batch)  # images (sensors or patches) painted at a time
-        self._arrays, self._threads = arrays, threads
+        self._arrays = arrays  # ``threads`` is accepted for the callers' interface: numpy paints on one thread
         self._weights = self._numpy_weights()
 
     def _numpy_weights(self) -> dict[str, np.ndarray]:
