@@ -4,8 +4,8 @@
                                   [--gan-seeds 16,18,19] [--gan-override '{"eval_every": 0}']
 
 PXDBackgroundGAN: reads the random_calib background of the demo job's input files and trains with the
-demo's expert_config (the generator iterations, wall and CPU time), then times the generation of the
-background of 100 events.  ``--gan-seeds``: trains once per seed and prints the validation's image
+demo's expert_config (the generator iterations, wall and CPU time, the clusters the critic sees), then
+times the generation of the background of 100 events.  ``--gan-seeds``: trains once per seed and prints the validation's image
 statistics (part (a): occupancy, mean cluster size, worst hit-map bin, each against its limit) of the
 generator on the validation's events, with as many generated events as the validation generates
 (``generated_events``), the snapshot kept by the held-out monitor and its score: the quality of a
@@ -82,7 +82,7 @@ def bench_gan(args: argparse.Namespace) -> None:
     print(json.dumps({"calibration": settings.name,
                       "config": {k: cfg[k] for k in ("patch_v", "patch_u", "hidden", "generator_iterations", "threads",
                                                      "device")},
-                      "events": n_events, "patches": figures["patches"], "read_s": round(t1 - t0, 1),
+                      "events": n_events, "clusters": figures["clusters"], "read_s": round(t1 - t0, 1),
                       "train_s": round(t2 - t1, 1), "train_cpu_s": round(cpu2 - cpu1, 1),
                       "generate_100_events_s": round(t3 - t2, 1), "identical_to_demo_payload": identical,
                       "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpus": os.cpu_count()}, indent=1))

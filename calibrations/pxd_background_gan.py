@@ -3,20 +3,21 @@ random-trigger PXD background (the ``pxd_bkg`` tree of random_calib raw data), s
 overlay generated background instead of storing background files (Belle II).
 
 Published setup: 96 normal random inputs, 5 critic updates per generator update, Adam at 1e-4
-decaying linearly to 0 (betas 0.5, 0.9), gradient-penalty weight 10, PyTorch.  The defaults below
-generate the whole toy sensor (150 x 50 pixels, ``patch_v``/``patch_u``) for ``generator_iterations``
-= 20000: the real-use setting.  The demo scales it to two CPU cores (configs/demo.yaml: 25 x 25
-patches conditioned on layer and v band, 16 channels, a few hundred iterations at a higher learning
-rate; see b2luca/ml/pxd_gan.py and the README).  Events are those of the input files (at most
-``max_events``, the first ones; held in memory as dense images, 1.2 MB per event); every PXD sensor of
-an event gives its patches.
+decaying linearly to 0 (betas 0.5, 0.9), gradient-penalty weight 10, PyTorch.  The generator is a
+seed-and-stamp transposed convolution (b2luca/ml/pxd_gan.py, payload format 2): seeds fire where a normal
+noise map exceeds a per-region threshold (regions: layer x v band of ``patch_v`` rows; the thresholds
+are matched to the input's occupancy per region), each seed's cluster is painted from a shape latent
+(``latent`` -> ``hidden`` -> 8 maps -> 7 x 7 kernel); the critic compares single clusters.  The defaults
+below (the whole sensor as the region, ``generator_iterations`` = 20000) are the real-use setting; the
+demo scales it to two CPU cores (configs/demo.yaml: 20 regions, 300 iterations at a higher learning rate;
+see the README).  Events are those of the input files (at most ``max_events``, the first ones).
 The payload PXDBackgroundGAN holds the generator's state dict and its hyper-parameters as plain arrays
 (no pickle; b2luca/ml/model_payload.py), plus ``input_occupancy`` (1,) and ``n_events`` (1,).
 expert_config: ``device`` (auto: CUDA when present), ``threads`` (CPU threads), ``seed``, the sizes,
 ``generator_iterations``, ``learning_rate``, ``min_events``.  Snapshot choice (issue 15,
 b2luca/ml/gan_monitor.py): every ``holdout_every``-th event is held out of the training; every
-``eval_every`` generator iterations ``eval_per_region`` patches per region are generated from fixed
-latent inputs and compared with the held-out events (occupancy per region, cluster size); the payload is
+``eval_every`` generator iterations the thresholds are matched and ``eval_per_region`` patches per region
+are generated from the same random numbers and compared with the held-out events (occupancy per region, cluster size); the payload is
 the snapshot that reproduced them best (``eval_every`` 0: the last one, no events held out).
 """
 

@@ -4,7 +4,7 @@ A WGAN-GP trained for a few thousand iterations on two CPU cores does not conver
 generator oscillates around the target (the fired-pixel rate per region swings by tens of percent
 between snapshots, and where the run ends is luck of the seed).  The monitor measures, on random-trigger
 events held out of the training, the statistics the validation judges (occupancy per region, cluster
-size) for a fixed set of latent inputs, so that training keeps the snapshot that reproduces them best,
+size) for the same noise at every snapshot, so that training keeps the snapshot that reproduces them best,
 as the CNN keeps its best epoch by validation loss.  torch is passed in (imported lazily by the caller).
 
 Score (lower is better): the larger of the RMS over the regions of (generated / held-out - 1) of the
@@ -38,19 +38,18 @@ def fired_statistics(images: Any, region: Any, n_cond: int, threshold: float) ->
 class HeldOutMonitor:
     """Scores generator snapshots against held-out real patches (see the module docstring)."""
 
-    def __init__(self, torch: Any, real: Any, region: Any, n_cond: int, threshold: float, latent: int,
-                 per_region: int, seed: int, device: str = "cpu") -> None:
+    def __init__(self, torch: Any, real: Any, region: Any, n_cond: int, threshold: float, per_region: int,
+                 seed: int, device: str = "cpu") -> None:
         self.torch, self.n_cond, self.threshold = torch, n_cond, threshold
         self.occ_real, self.size_real = fired_statistics(real, region, n_cond, threshold)
-        g = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
+        self.seed = int(seed) + 7919  # the same noise for every snapshot
         self.cond = torch.arange(n_cond).repeat_interleave(int(per_region)).to(device)
-        self.z = torch.randn(self.cond.numel(), latent, generator=g).to(device)
 
     def score(self, gen: Any) -> tuple[float, dict[str, float]]:
         """(score, figures: occupancy ratio - 1 overall and its RMS over the regions, cluster-size ratio - 1)."""
         torch = self.torch
         with torch.no_grad():
-            images = gen(self.z, self.cond).cpu()
+            images = gen(self.cond, torch.Generator(device="cpu").manual_seed(self.seed)).cpu()
         occ, size = fired_statistics(images, self.cond.cpu(), self.n_cond, self.threshold)
         seen = self.occ_real > 0
         occ_dev = occ[seen] / self.occ_real[seen] - 1

@@ -1,24 +1,40 @@
-"""PXD beam-background GAN (Belle II): a Wasserstein GAN with gradient penalty that generates PXD
-background pixel images, trained on random-trigger background; the generator is the payload.
+"""PXD beam-background GAN (Belle II): a Wasserstein GAN with gradient penalty (Gulrajani et al. 2017,
+arXiv:1704.00028) that generates PXD background pixel images, trained on random-trigger background; the
+generator is the payload.
 
-Published setup: 250 x 768 pixel sensor images, 96 normal random inputs to the generator, 5 critic
-updates per generator update, Adam at 1e-4 decaying linearly to 0, PyTorch.  Scaled to the toy and to
-two CPU cores: the toy sensor has 150 (v) x 50 (u) pixels; the GAN generates *patches* of
-``patch_v`` x ``patch_u`` pixels conditioned on the region (PXD layer x v band, one-hot: the occupancy
-depends on both); a sensor is tiled by independent patches (the demo: 15 x 10, ten v bands x five u
-columns).  ``patch_v=150, patch_u=50`` is the whole sensor (one region per layer).
-Pixel values are the ADC / ``adc_scale``; a generated pixel fires above the ADC threshold of the toy
-(5 ADC).  Generator: [z (96), region one-hot] -> dense ``hidden`` x 2 (LeakyReLU) -> 4 maps of the
-patch -> 3x3 convolution -> ReLU (sparse images with exact zeros; the convolution makes neighbouring
-pixels fire together).  Critic: [pixels, region one-hot] -> dense ``hidden`` x 2 (LeakyReLU) -> 1,
-no normalisation.  Fully connected rather than the published convolutional stacks: on two CPU cores
-it is what trains in a minute.  Gradient penalty weight ``gp_lambda`` (10), Adam betas (0.5, 0.9),
-learning rate decaying linearly to 0 over the run.  Issue 15: the critic sees the generated images
-thresholded as the detector reads them (:func:`fired`, straight-through gradient); the payload is the
-snapshot that best reproduces held-out events (:mod:`.gan_monitor`); sensors are tiled with a random
-phase per (event, sensor) (:meth:`GanBackground.__call__`).  Determinism: seeds +
-``torch.use_deterministic_algorithms``; latent noise and batches come from a seeded generator, so a
-rerun gives the same payload (on the same device and thread count).
+Published setup: 250 x 768 pixel sensor images, 96 normal random inputs to the generator, 5 critic updates
+per generator update, Adam at 1e-4 decaying linearly to 0, PyTorch.  Scaled to the toy and to two CPU
+cores, with a generator built for sparse images (issue 15: the fully connected generator of format 1
+learnt cluster shapes pixel by pixel in every region, and its validation failed on 5 of 10 seeds):
+
+* **Generator: seeds and stamps, a transposed convolution of a sparse noise map** (the translation-
+  equivariant generator of DCGAN, Radford et al. 2016, arXiv:1511.06434, on a point-process input).  A
+  normal noise map ``z0`` one position per pixel (a margin of ``KERNEL - 1``) fires a *seed* where
+  ``z0 > t[region]``; each seed draws a shape latent (``latent`` normals) -> dense ``hidden`` (LeakyReLU)
+  -> ``MAPS`` coefficients; the ``KERNEL x KERNEL`` transposed convolution (``MAPS`` -> 1, no bias) paints
+  the cluster around the seed; ReLU.  A cluster's shape is learnt once for every position and region;
+  pixels far from a seed are exactly 0.  Regions (PXD layer x v band of ``patch_v`` rows) enter only
+  through the seed threshold.
+* **Occupancy per region matched explicitly** (moment matching, cf. feature matching, Salimans et al.
+  2016, arXiv:1606.03498): the occupancy is one number per region, so the thresholds are not learnt by
+  the adversarial game but set (:func:`match_occupancy`, every ``eval_every`` iterations and at the end)
+  to fire the training patches' fraction of pixels in each region.
+* **Critic of single clusters** (a PatchGAN-like local critic, Isola et al. 2017, arXiv:1611.07004, at
+  the scale of a cluster): real clusters (8-connected, :func:`cluster_crops`) cut out ``KERNEL x KERNEL``
+  around their charge centroid against generated single-seed clusters (:meth:`Generator.crops`), both as
+  the detector reads them (:func:`fired`, straight-through gradient); fully connected, ``CRITIC_HIDDEN``
+  x 2, no normalisation.  The game is played on ~49-pixel images: cheap steps, stable.
+* The generator starts from a faint round cluster (``INIT_WIDTH``, ``INIT_CHARGE``: 18 ADC, mostly one
+  pixel above threshold, the mean cluster size 65 % too small) in its first map, the other maps random:
+  the cluster size and charge are learnt by the game; the critic trains ``CRITIC_WARMUP`` steps before
+  the first generator step.
+
+Gradient penalty weight ``gp_lambda`` (10), Adam betas (0.5, 0.9), learning rate decaying linearly to 0.
+The payload is the snapshot that best reproduces held-out events (:mod:`.gan_monitor`).  Inference
+(:class:`GanBackground`) is numpy + scipy.special: a whole sensor is one image (no patch tiling), seeds are
+drawn directly (a binomial count per seed row), only the pixels they touch are painted.  Determinism:
+seeds + ``torch.use_deterministic_algorithms``; noise and batches come from a seeded generator, so a rerun
+gives the same payload (on the same device and thread count).
 """
 
 from __future__ import annotations
@@ -27,21 +43,28 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 
 from .gan_monitor import HeldOutMonitor
-from .model_payload import hyper_from_arrays, hyper_to_arrays, load_state, state_to_arrays
+from .model_payload import hyper_from_arrays, hyper_to_arrays, state_to_arrays
 from .torch_setup import require_torch, resolve_device, set_up_torch
 from ..errors import PayloadError
 from ..reco.geometry import PXD_NU, PXD_NV, Geometry
 from ..sim.pxd_overlay import PICKUP_WINDOW
 
 PAYLOAD = "PXDBackgroundGAN"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the convolutional seed-and-stamp generator (1: the fully connected one)
 ADC_THRESHOLD = 5.0  # the toy PXD's pixel threshold (b2luca/sim/pxd_background.py)
-HYPER = ("latent", "hidden", "patch_v", "patch_u", "n_layers", "adc_scale", "format_version")
+HYPER = ("latent", "hidden", "patch_v", "patch_u", "n_layers", "adc_scale", "maps", "kernel", "format_version")
 N_LAYERS = 2  # PXD layers 1 and 2
-MAPS = 4  # feature maps before the generator's final 3x3 convolution
-DENSE_CONV_MAX = 4_000_000  # elements of the largest convolution matrix used at inference (16 MB)
+MAPS = 8  # basis stamps (channels of the transposed convolution)
+KERNEL = 7  # stamp size (pixels): the transposed convolution's kernel, and the cluster crops the critic sees
+CRITIC_HIDDEN = 128  # units of the critic's two hidden layers
+MAX_CROP_EVENTS = 100  # training events whose clusters the critic sees (~90k at the demo's occupancy)
+CRITIC_WARMUP = 50  # critic updates before the first generator update (WGAN: a useful critic first)
+MATCH_ROUNDS = 3  # fixed-point rounds of match_occupancy
+INIT_WIDTH, INIT_CHARGE = 0.6, 0.6  # the stamps' start: a faint round cluster (18 ADC: mostly 1 pixel fires)
+SEED_THRESHOLD = 2.7  # initial seed threshold of every region: P(z > 2.7) = 0.35 % of the positions
 
 
 def regions(patch_v: int, patch_u: int) -> tuple[int, int, int]:
@@ -52,51 +75,101 @@ def regions(patch_v: int, patch_u: int) -> tuple[int, int, int]:
 
 
 def build_generator(latent: int, hidden: int, patch_v: int, patch_u: int) -> Any:
-    """Generator: [z (latent), region one-hot] -> dense hidden x 2 -> MAPS maps of (patch_v, patch_u) -> 3x3
-    convolution (neighbouring pixels correlated: clusters) -> ReLU: an image >= 0 with exact zeros."""
+    """The seed-and-stamp generator (see the module docstring): ``forward(cond, generator)`` draws its own
+    noise from the torch ``generator`` and returns (N, patch_v, patch_u) images >= 0 for the regions ``cond``."""
     torch = require_torch("the PXD background GAN")
     nn = torch.nn
     n_cond = regions(patch_v, patch_u)[2]
 
     class Generator(nn.Module):  # type: ignore[name-defined]  # torch is imported lazily
-        """(latent + regions) -> hidden -> hidden -> MAPS x pixels -> 3x3 convolution -> ReLU (exact zeros)."""
+        """Per-region seed thresholds, a per-seed shape network (latent -> hidden -> MAPS coefficients) and
+        a KERNEL x KERNEL transposed convolution (MAPS -> 1, no bias) followed by ReLU."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.n_cond, self.pv, self.pu = n_cond, patch_v, patch_u
-            self.net = nn.Sequential(nn.Linear(latent + n_cond, hidden), nn.LeakyReLU(0.2),
-                                     nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
-                                     nn.Linear(hidden, MAPS * patch_v * patch_u), nn.LeakyReLU(0.2))
-            self.conv = nn.Conv2d(MAPS, 1, 3, padding=1)
+            self.n_cond, self.pv, self.pu, self.latent = n_cond, patch_v, patch_u, latent
+            self.register_buffer("threshold", torch.full((n_cond,), SEED_THRESHOLD))  # set by match_occupancy
+            self.shape = nn.Sequential(nn.Linear(latent, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, MAPS))
+            self.stamp = nn.Conv2d(MAPS, 1, KERNEL, bias=False)
+            with torch.no_grad():  # start from faint round clusters (Gaussian, sigma INIT_WIDTH, charge INIT_CHARGE)
+                r2 = ((torch.arange(KERNEL) - KERNEL // 2) ** 2).float()
+                blob = torch.exp(-(r2[:, None] + r2[None, :]) / (2 * INIT_WIDTH ** 2))
+                self.stamp.weight.mul_(0.5)  # maps 1.. random: distinct shapes to combine
+                self.stamp.weight[0, 0] = INIT_CHARGE * blob / blob.sum()  # map 0: the round cluster
+                self.shape[2].bias.zero_()
+                self.shape[2].bias[0] = 1.0
 
-        def forward(self, z, cond):  # noqa: D401 - torch convention
-            onehot = torch.nn.functional.one_hot(cond, self.n_cond).to(z.dtype)
-            x = self.net(torch.cat([z, onehot], 1)).view(-1, MAPS, self.pv, self.pu)
-            return torch.relu(self.conv(x))[:, 0]
+        def render(self, n: int, seeds: tuple[Any, Any, Any], z: Any) -> Any:
+            """Images (n, pv, pu) of seeds at (image, row, column) of the seed map (pv + KERNEL - 1, pu +
+            KERNEL - 1) with shape latents ``z``."""
+            coef = self.shape(z)
+            grid = coef.new_zeros((n, self.pv + KERNEL - 1, self.pu + KERNEL - 1, MAPS)).index_put(seeds, coef)
+            return torch.relu(self.stamp(grid.permute(0, 3, 1, 2)))[:, 0]
+
+        def crops(self, n: int, generator, z=None) -> Any:
+            """(n, KERNEL, KERNEL) single-seed clusters as they appear in an image (the kernel flipped: a
+            seed at seed-map (j, i) puts ``w[a, b]`` on pixel (j - a, i - b)), centred on the middle pixel;
+            shape latents ``z`` or drawn from ``generator``."""
+            if z is None:
+                z = torch.randn(n, self.latent, generator=generator).to(self.stamp.weight.device)
+            basis = self.stamp.weight[0].flip(1, 2).reshape(MAPS, KERNEL * KERNEL)
+            return torch.relu(self.shape(z) @ basis).view(n, KERNEL, KERNEL)
+
+        def forward(self, cond, generator):  # noqa: D401 - torch convention
+            n = cond.numel()
+            z0 = torch.randn(n, self.pv + KERNEL - 1, self.pu + KERNEL - 1, generator=generator).to(cond.device)
+            t = self.threshold[cond]
+            seeds = torch.nonzero(z0 > t[:, None, None], as_tuple=True)
+            z = torch.randn(seeds[0].numel(), self.latent, generator=generator).to(cond.device)
+            return self.render(n, seeds, z)
 
     return Generator()
 
 
-def build_critic(hidden: int, patch_v: int, patch_u: int) -> Any:
-    """Critic: [image pixels, region one-hot] -> hidden -> hidden -> score (no normalisation: WGAN-GP)."""
+def build_critic(hidden: int = CRITIC_HIDDEN) -> Any:
+    """Critic of single clusters: (N, KERNEL, KERNEL) crops -> hidden -> hidden -> score (LeakyReLU 0.2, no
+    normalisation: WGAN-GP)."""
     torch = require_torch("the PXD background GAN")
     nn = torch.nn
-    n_cond = regions(patch_v, patch_u)[2]
 
     class Critic(nn.Module):  # type: ignore[name-defined]
-        """Fully connected, LeakyReLU 0.2."""
+        """Fully connected on the KERNEL x KERNEL pixels of a cluster crop."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.n_cond = n_cond
-            self.net = nn.Sequential(nn.Linear(patch_v * patch_u + n_cond, hidden), nn.LeakyReLU(0.2),
-                                     nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+            self.net = nn.Sequential(nn.Linear(KERNEL * KERNEL, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                                     nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
 
-        def forward(self, x, cond):  # noqa: D401
-            onehot = torch.nn.functional.one_hot(cond, self.n_cond).to(x.dtype)
-            return self.net(torch.cat([x.flatten(1), onehot], 1))[:, 0]
+        def forward(self, x):  # noqa: D401
+            return self.net(x.flatten(1))[:, 0]
 
     return Critic()
+
+
+def cluster_crops(pixels: Mapping[str, np.ndarray], adc_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(crops (M, KERNEL, KERNEL) float32 = ADC / ``adc_scale``, event (M,)) of the 8-connected clusters of fired
+    background pixels (``event``, ``sensor``, ``pixel``, ``adc``), each centred on the pixel of its charge
+    centroid; pixels of a cluster beyond the crop (long curler tracks) are cut, other clusters are not included."""
+    from ..reco.pxd_clusters import clusters
+
+    ev = np.asarray(pixels["event"], np.int64)
+    if ev.size == 0:
+        return np.zeros((0, KERNEL, KERNEL), np.float32), np.zeros(0, np.int64)
+    label = clusters(np.asarray(pixels["sensor"]), np.asarray(pixels["pixel"]), ev)
+    label = np.unique(label, return_inverse=True)[1]
+    q = np.asarray(pixels["adc"], np.float64) / adc_scale
+    iv, iu = np.divmod(np.asarray(pixels["pixel"], np.int64), PXD_NU)
+    charge = np.bincount(label, q)
+    cv = np.rint(np.bincount(label, q * iv) / charge).astype(np.int64)
+    cu = np.rint(np.bincount(label, q * iu) / charge).astype(np.int64)
+    half = KERNEL // 2
+    dv, du = iv - cv[label] + half, iu - cu[label] + half
+    keep = (dv >= 0) & (dv < KERNEL) & (du >= 0) & (du < KERNEL)
+    crops = np.zeros((charge.size, KERNEL, KERNEL), np.float32)
+    crops[label[keep], dv[keep], du[keep]] = q[keep]
+    event = np.zeros(charge.size, np.int64)
+    event[label] = ev
+    return crops, event
 
 
 def sensor_patches(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, patch_v: int, patch_u: int,
@@ -127,13 +200,73 @@ def fired(images: Any, threshold: float) -> Any:
     return images + (images * (images > threshold) - images).detach()
 
 
-def fired_fraction(images: np.ndarray, adc_scale: float, rows: int = 65536) -> float:
-    """Fraction of the pixels of ``images`` (N, ...) = ADC / ``adc_scale`` above the ADC threshold, counted
-    ``rows`` images at a time: the same value as ``np.mean(images * adc_scale > ADC_THRESHOLD)`` without its
-    two temporaries of the whole array (at the demo 450 MB, whose page faults cost ~1 CPU s: issue 15)."""
+def events_subset(pixels: Mapping[str, np.ndarray], keep: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """(the pixels of the events ``keep`` (bool per event), events renumbered 0.., number of events kept)."""
+    ev = np.asarray(pixels["event"], np.int64)
+    on = keep[ev]
+    new_id = np.cumsum(keep) - 1
+    out = {k: np.asarray(v)[on] for k, v in pixels.items()}
+    out["event"] = new_id[ev[on]]
+    return out, int(keep.sum())
+
+
+def pixel_occupancy(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, patch_v: int, patch_u: int,
+                    adc_scale: float) -> np.ndarray:
+    """Fraction of the pixels above the ADC threshold per region (layers x v bands of ``patch_v`` rows) of
+    ``n_events`` events of background pixels (``event``, ``sensor``, ``pixel``, ``adc``): the same value as
+    :func:`region_occupancy` of their patches, counted from the pixels (no patch images)."""
+    nb_v, _, n_cond = regions(patch_v, patch_u)
+    pxd = np.flatnonzero(geom.is_pxd)
+    layer = geom.layer[geom.sensor_index(np.asarray(pixels["sensor"]))] - 1
+    band = (np.asarray(pixels["pixel"], np.int64) // PXD_NU) // patch_v
+    fired_px = (np.asarray(pixels["adc"], np.float32) / np.float32(adc_scale)) * np.float32(adc_scale) > ADC_THRESHOLD
+    counts = np.bincount((layer * nb_v + band)[fired_px], minlength=n_cond)
+    sensors = np.bincount(geom.layer[pxd] - 1, minlength=N_LAYERS)
+    return counts / np.maximum(np.repeat(sensors, nb_v) * n_events * patch_v * PXD_NU, 1)
+
+
+def fired_per_patch(images: np.ndarray, adc_scale: float, rows: int = 65536) -> np.ndarray:
+    """Pixels above the ADC threshold per patch (N,) of ``images`` (N, pv, pu) = ADC / ``adc_scale``, counted
+    ``rows`` patches at a time (no temporaries of the whole array)."""
     flat = images.reshape(images.shape[0], -1)
-    n = sum(int(np.count_nonzero(flat[s:s + rows] * adc_scale > ADC_THRESHOLD)) for s in range(0, flat.shape[0], rows))
-    return n / flat.size if flat.size else float("nan")
+    return np.concatenate([np.count_nonzero(flat[s:s + rows] * adc_scale > ADC_THRESHOLD, axis=1)
+                           for s in range(0, flat.shape[0], rows)] or [np.zeros(0, np.int64)])
+
+
+def region_occupancy(counts: np.ndarray, region: np.ndarray, n_cond: int, pixels: int) -> np.ndarray:
+    """Fraction of the pixels above threshold per region (n_cond,) from the fired pixels per patch ``counts``
+    (:func:`fired_per_patch`) of patches of ``pixels`` pixels with regions ``region``."""
+    return np.bincount(region, counts, minlength=n_cond) / np.maximum(np.bincount(region, minlength=n_cond) * pixels, 1)
+
+
+def match_occupancy(arrays: dict[str, np.ndarray], target: np.ndarray, per_region: int, seed: int) -> np.ndarray:
+    """Seed thresholds (n_cond,) for which the generator ``arrays`` fires the fraction ``target`` of the pixels of
+    each region (``per_region`` patches a region, the same random numbers every round: a fixed point of
+    ``P(z > t_new) = P(z > t) x target / generated``, MATCH_ROUNDS rounds).  The occupancy per region is one
+    number per region: it is matched explicitly (moment matching), so the adversarial game learns the shapes."""
+    gan = GanBackground(arrays)
+    t = gan._weights["threshold"]
+    region = np.repeat(np.arange(t.size), per_region)
+    for _ in range(MATCH_ROUNDS):
+        occ = region_occupancy(fired_per_patch(gan.images(np.random.default_rng(seed), region), 1.0), region,
+                               t.size, gan.pv * gan.pu)
+        ratio = np.clip(np.where(occ > 0, target / np.maximum(occ, 1e-12), 4.0), 0.25, 4.0)
+        t[:] = np.where(target > 0, -ndtri(np.clip(ndtr(-t) * ratio, 1e-12, 0.5)), 8.0)
+    return t.astype(np.float32)
+
+
+class SnapshotSampler:
+    """A generator snapshot (payload ``arrays``) as the held-out monitor samples it: ``(cond, generator) ->``
+    torch images / adc_scale, generated with numpy (~10x cheaper than the module) from a fixed seed."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], seed: int) -> None:
+        self.arrays, self.seed = arrays, int(seed) + 7919
+        self._gan = GanBackground(arrays)
+
+    def __call__(self, cond: Any, _generator: Any = None) -> Any:
+        torch = require_torch("the PXD background GAN")
+        images = self._gan.images(np.random.default_rng(self.seed), cond.cpu().numpy()) / self._gan.scale
+        return torch.from_numpy(images)
 
 
 def _lr_lambda(total: int):
@@ -149,59 +282,71 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
     t0 = time.perf_counter()
     pv, pu, latent, ch = int(cfg["patch_v"]), int(cfg["patch_u"]), int(cfg["latent"]), int(cfg["hidden"])
     scale = float(cfg["adc_scale"])
-    images, region = sensor_patches(pixels, n_events, geom, pv, pu, scale)
     n_cond = regions(pv, pu)[2]
     # every holdout_every-th event is held out of the training: the monitor picks the snapshot on it
     every, eval_every = int(cfg.get("holdout_every", 0)), int(cfg.get("eval_every", 0))
-    held = np.zeros(images.shape[0], bool)
-    if eval_every > 0 and every > 1 and n_events >= 2 * every:
-        held = (np.arange(images.shape[0]) // (images.shape[0] // n_events)) % every == every - 1
-    else:
-        eval_every = 0
-    real, cond_all = torch.from_numpy(images).to(device), torch.from_numpy(region).to(device)
-    train_rows = torch.from_numpy(np.flatnonzero(~held)).to(device)  # no copy of the (N, pv, pu) images
-    monitor = (HeldOutMonitor(torch, torch.from_numpy(images[held]), torch.from_numpy(region[held]), n_cond,
-                              ADC_THRESHOLD / scale, latent, int(cfg.get("eval_per_region", 500)), seed, device)
-               if eval_every > 0 else None)
-    gen, critic = build_generator(latent, ch, pv, pu).to(device), build_critic(ch, pv, pu).to(device)
+    if not (eval_every > 0 and every > 1 and n_events >= 2 * every):
+        eval_every, every = 0, n_events + 1  # nothing held out
+    held_event = np.arange(n_events) % every == every - 1
+    train_px, n_train = events_subset(pixels, ~held_event)
+    target = pixel_occupancy(train_px, n_train, geom, pv, pu, scale)  # per region, what match() reproduces
+    crop_px, _ = events_subset(train_px, np.arange(n_train) < MAX_CROP_EVENTS)
+    crops = cluster_crops(crop_px, scale)[0]  # what the critic compares: single clusters
+    if crops.shape[0] == 0:
+        raise ValueError("PXD background GAN: no fired background pixels to learn cluster shapes from")
+    real = torch.from_numpy(crops).to(device)
+    monitor = None
+    if eval_every > 0:
+        held_px, n_held = events_subset(pixels, held_event)
+        images, region = sensor_patches(held_px, n_held, geom, pv, pu, scale)
+        monitor = HeldOutMonitor(torch, torch.from_numpy(images), torch.from_numpy(region), n_cond,
+                                 ADC_THRESHOLD / scale, int(cfg.get("eval_per_region", 500)), seed, device)
+    gen, critic = build_generator(latent, ch, pv, pu).to(device), build_critic().to(device)
+    hyper = hyper_to_arrays({"latent": latent, "hidden": ch, "patch_v": pv, "patch_u": pu, "n_layers": N_LAYERS,
+                             "adc_scale": scale, "maps": MAPS, "kernel": KERNEL, "format_version": FORMAT_VERSION})
+    per_region = int(cfg.get("eval_per_region", 500))
+
+    def match() -> None:  # the seed thresholds that give the training patches' occupancy per region
+        arrays = {**state_to_arrays(gen.state_dict(), "gen"), **hyper}
+        gen.threshold.copy_(torch.from_numpy(match_occupancy(arrays, target, per_region, seed + 104729)))
+
     betas = (float(cfg["beta1"]), float(cfg["beta2"]))
     opt_g = torch.optim.Adam(gen.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
     opt_c = torch.optim.Adam(critic.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
     iters, n_critic, batch = int(cfg["generator_iterations"]), int(cfg["critic_updates"]), int(cfg["batch_size"])
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(iters))
-    sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, _lr_lambda(iters * n_critic))
+    sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, _lr_lambda(iters * n_critic + CRITIC_WARMUP))
     g = torch.Generator(device="cpu").manual_seed(seed)
     lam = float(cfg["gp_lambda"])
     thr = ADC_THRESHOLD / scale
     w_dist = 0.0
     best: tuple[float, int, Any, dict[str, float]] = (np.inf, iters, None, {})
+    match()
     for it in range(iters):
-        for _ in range(n_critic):
-            idx = train_rows[torch.randint(0, train_rows.numel(), (batch,), generator=g).to(device)]
-            x, c = real[idx], cond_all[idx]
-            z = torch.randn(batch, latent, generator=g).to(device)
+        for _ in range(n_critic + (CRITIC_WARMUP if it == 0 else 0)):
+            x = real[torch.randint(0, real.shape[0], (batch,), generator=g).to(device)]
             with torch.no_grad():
-                fake = fired(gen(z, c), thr)
+                fake = fired(gen.crops(batch, g), thr)
             eps = torch.rand(batch, 1, 1, generator=g).to(device)
             mix = (eps * x + (1 - eps) * fake).requires_grad_(True)
-            grad = torch.autograd.grad(critic(mix, c).sum(), mix, create_graph=True)[0]
+            grad = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)[0]
             gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-            d_real, d_fake = critic(x, c).mean(), critic(fake, c).mean()
+            d_real, d_fake = critic(x).mean(), critic(fake).mean()
             loss_c = d_fake - d_real + lam * gp
             opt_c.zero_grad()
             loss_c.backward()
             opt_c.step()
             sched_c.step()
             w_dist = float((d_real - d_fake).item())
-        c = torch.randint(0, n_cond, (batch,), generator=g).to(device)
-        z = torch.randn(batch, latent, generator=g).to(device)
-        loss_g = -critic(fired(gen(z, c), thr), c).mean()
+        loss_g = -critic(fired(gen.crops(batch, g), thr)).mean()
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
         sched_g.step()
+        if (it + 1) % (eval_every or max(iters // 10, 1)) == 0 or it == iters - 1:
+            match()
         if monitor is not None and ((it + 1) % eval_every == 0 or it == iters - 1):
-            score, dev = monitor.score(gen)
+            score, dev = monitor.score(SnapshotSampler({**state_to_arrays(gen.state_dict(), "gen"), **hyper}, seed))
             if score < best[0]:
                 best = (score, it + 1, {k: v.detach().cpu().clone() for k, v in gen.state_dict().items()}, dev)
             if log is not None:
@@ -211,11 +356,11 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
         elif log is not None and (it % max(iters // 10, 1) == 0 or it == iters - 1):
             log.info("generator iteration %d/%d: Wasserstein estimate %.4f", it + 1, iters, w_dist)
     state = best[2] if best[2] is not None else gen.state_dict()
-    arrays = state_to_arrays(state, "gen")
-    arrays.update(hyper_to_arrays({"latent": latent, "hidden": ch, "patch_v": pv, "patch_u": pu,
-                                   "n_layers": N_LAYERS, "adc_scale": scale, "format_version": FORMAT_VERSION}))
-    figures = {"patches": float(images.shape[0]), "wasserstein": w_dist, "seconds": time.perf_counter() - t0,
-               "input_occupancy": fired_fraction(images, scale), "kept_iteration": float(best[1])}
+    arrays = {**state_to_arrays(state, "gen"), **hyper}
+    per_layer = pixel_occupancy(pixels, n_events, geom, PXD_NV, PXD_NU, scale)
+    sensors = np.bincount(geom.layer[geom.is_pxd] - 1, minlength=N_LAYERS)
+    figures = {"clusters": float(crops.shape[0]), "wasserstein": w_dist, "seconds": time.perf_counter() - t0,
+               "input_occupancy": float(np.average(per_layer, weights=sensors)), "kept_iteration": float(best[1])}
     if monitor is not None:
         figures.update(heldout_score=best[0], **{f"heldout_{k}": v for k, v in best[3].items()})
     return arrays, figures
@@ -229,53 +374,44 @@ def untrained_arrays(cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
     del torch
     arrays.update(hyper_to_arrays({"latent": cfg["latent"], "hidden": cfg["hidden"], "patch_v": cfg["patch_v"],
                                    "patch_u": cfg["patch_u"], "n_layers": N_LAYERS, "adc_scale": cfg["adc_scale"],
-                                   "format_version": FORMAT_VERSION}))
+                                   "maps": MAPS, "kernel": KERNEL, "format_version": FORMAT_VERSION}))
     return arrays
 
 
 class GanBackground:
     """The generator payload as a PXD background source: ``(rng, n_events, geom) -> fired pixels``
     (``event`` 0-based, ``sensor``, ``pixel``, ``adc``), the same layout as the toy full simulation.
-    Latent inputs come from ``rng`` (numpy), so the output is reproducible for a seed."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], batch: int = 8192, threads: int | None = None) -> None:
-        hp = hyper_from_arrays(arrays, HYPER, PAYLOAD)
+    Inference with numpy (scipy.special for the normal tail), no torch: the generator is translation
+    equivariant, so a whole sensor is one image of 150 x 50 pixels whose seed map is 154 x 54 positions,
+    each seed row conditioned on the region (layer x v band of ``patch_v`` rows) of its pixel row.  Seeds
+    are drawn directly: per seed row a binomial number of seeds (probability ``P(z > t_region)``), at
+    uniform columns, with amplitudes ``z - t`` from the normal tail above ``t`` -- the distribution of the
+    module's dense noise map (up to two seeds on one position, which the dense map cannot make: a
+    fraction ~0.2 % of the seeds), at a cost that grows with the seeds, not the pixels.  Random numbers
+    come from ``rng``, so the output is reproducible for a seed."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], batch: int = 512, threads: int | None = None) -> None:
+        hp = hyper_from_arrays(arrays, ("format_version",), PAYLOAD)
         if int(hp["format_version"]) != FORMAT_VERSION:
-            raise ValueError(f"payload {PAYLOAD}: format_version {int(hp['format_version'])}, expected {FORMAT_VERSION}")
+            raise PayloadError(f"payload {PAYLOAD}: format_version {int(hp['format_version'])}, expected "
+                               f"{FORMAT_VERSION} (a generator of an older b2luca: retrain it)")
+        hp = hyper_from_arrays(arrays, HYPER, PAYLOAD)
         self.latent, self.pv, self.pu = int(hp["latent"]), int(hp["patch_v"]), int(hp["patch_u"])
         self.hidden, self.n_cond = int(hp["hidden"]), regions(self.pv, self.pu)[2]
+        if int(hp["maps"]) != MAPS or int(hp["kernel"]) != KERNEL:
+            raise PayloadError(f"payload {PAYLOAD}: maps {int(hp['maps'])}, kernel {int(hp['kernel'])}; this b2luca "
+                               f"generates with maps {MAPS}, kernel {KERNEL}")
         self.scale = float(hp["adc_scale"])
-        self.batch = int(batch)
-        self._arrays, self._threads, self._model = arrays, threads, None
-        # the patch sizes used (demo: 15 x 10) evaluate with numpy: no torch import (~1.5 s of a validation
-        # job), and numpy's float32 matrix products are ~1.5x faster than torch's Linear on one CPU thread
-        self._weights = self._numpy_weights() if self._dense_conv else None
-        if self._weights is None:
-            _ = self.model  # the whole sensor: torch's convolution (the dense matrix would be ~1 GB); checks the payload
-
-    @property
-    def _dense_conv(self) -> bool:
-        return MAPS * (self.pv * self.pu) ** 2 <= DENSE_CONV_MAX
-
-    @property
-    def model(self) -> Any:
-        """The generator as a torch module (built on first use)."""
-        if self._model is None:
-            torch = require_torch("the PXD background GAN")
-            if self._threads is not None:  # one thread: OpenMP threads spin on a busy machine
-                torch.set_num_threads(max(1, int(self._threads)))
-            self._model = load_state(build_generator(self.latent, self.hidden, self.pv, self.pu), self._arrays, "gen",
-                                     PAYLOAD)
-        return self._model
+        self.batch = int(batch)  # images (sensors or patches) painted at a time
+        self._arrays = arrays  # ``threads`` is accepted for the callers' interface: numpy paints on one thread
+        self._weights = self._numpy_weights()
 
     def _numpy_weights(self) -> dict[str, np.ndarray]:
-        """The generator's weights as float32 arrays laid out for :meth:`_forward_numpy` (shapes checked: one
-        PayloadError naming every bad array), the 3x3 convolution (MAPS maps -> 1) as one dense matrix."""
-        n_map = MAPS * self.pv * self.pu
-        shapes = {"net_0_weight": (self.hidden, self.latent + self.n_cond), "net_0_bias": (self.hidden,),
-                  "net_2_weight": (self.hidden, self.hidden), "net_2_bias": (self.hidden,),
-                  "net_4_weight": (n_map, self.hidden), "net_4_bias": (n_map,), "conv_weight": (1, MAPS, 3, 3),
-                  "conv_bias": (1,)}
+        """The generator's weights as float32 arrays (shapes checked: one PayloadError naming every bad array)."""
+        shapes = {"threshold": (self.n_cond,), "shape_0_weight": (self.hidden, self.latent),
+                  "shape_0_bias": (self.hidden,), "shape_2_weight": (MAPS, self.hidden), "shape_2_bias": (MAPS,),
+                  "stamp_weight": (1, MAPS, KERNEL, KERNEL)}
         problems, w = [], {}
         for name, shape in shapes.items():
             key = f"gen_{name}"
@@ -287,107 +423,105 @@ class GanBackground:
                 w[name] = np.asarray(self._arrays[key], np.float32)
         if problems:
             raise PayloadError(f"payload {PAYLOAD}: " + "; ".join(problems))
-        # conv2d (cross-correlation, padding 1): out[v, u] += w[m, a, b] * in[m, v + a - 1, u + b - 1]
-        conv = np.zeros((MAPS, self.pv, self.pu, self.pv, self.pu), np.float32)
-        ov, ou = np.meshgrid(np.arange(self.pv), np.arange(self.pu), indexing="ij")
-        for a in range(3):
-            for b in range(3):
-                iv, iu = ov + a - 1, ou + b - 1
-                ok = (iv >= 0) & (iv < self.pv) & (iu >= 0) & (iu < self.pu)
-                conv[:, iv[ok], iu[ok], ov[ok], ou[ok]] = w["conv_weight"][0, :, a, b][:, None]
-        w0 = w["net_0_weight"]
-        return {"z": np.ascontiguousarray(w0[:, :self.latent].T),  # (latent, hidden)
-                "cond": np.ascontiguousarray(w0[:, self.latent:].T + w["net_0_bias"]),  # one-hot row + bias
-                "w2": np.ascontiguousarray(w["net_2_weight"].T), "b2": w["net_2_bias"],
-                "w4": np.ascontiguousarray(w["net_4_weight"].T), "b4": w["net_4_bias"],
-                "conv": conv.reshape(n_map, self.pv * self.pu), "conv_bias": w["conv_bias"]}
+        return {"threshold": w["threshold"].astype(np.float64), "w0": np.ascontiguousarray(w["shape_0_weight"].T),
+                "b0": w["shape_0_bias"], "w2": np.ascontiguousarray(w["shape_2_weight"].T), "b2": w["shape_2_bias"],
+                "stamp": w["stamp_weight"][0].reshape(MAPS, KERNEL * KERNEL)}
 
-    def _forward_numpy(self, z: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        """The generator's forward pass with numpy, float32 (the torch module's function; sums in another
-        order: ~1e-6 of a pixel's value): (N, patch_v, patch_u) before the ADC scale."""
+    def paint(self, height: int, width: int, seeds: tuple[np.ndarray, np.ndarray, np.ndarray],
+              z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pixel keys ``(image * height + row) * width + column``, sorted and unique; their values before the
+        ReLU and the ADC scale) of seeds at (image, row, column) of the seed map (height + KERNEL - 1, width +
+        KERNEL - 1) with shape latents ``z``: only the pixels the stamps touch (sparse)."""
         w = self._weights
-        assert w is not None
-        h = z @ w["z"]
-        h += w["cond"][cond]
-        for name in ("w2", "w4"):
-            np.maximum(h, 0.2 * h, out=h)  # LeakyReLU(0.2)
-            h = h @ w[name]
-            h += w["b" + name[1]]
-        np.maximum(h, 0.2 * h, out=h)
-        out = h @ w["conv"]
-        out += w["conv_bias"]
-        np.maximum(out, 0, out=out)
-        return out.reshape(-1, self.pv, self.pu)
+        h = z @ w["w0"]
+        h += w["b0"]
+        np.maximum(h, 0.2 * h, out=h)  # LeakyReLU(0.2)
+        coef = h @ w["w2"]
+        coef += w["b2"]
+        stamps = coef @ w["stamp"]  # (seeds, KERNEL * KERNEL): cross-correlation, out[j - a, i - b] += w[a, b]
+        a, b = np.divmod(np.arange(KERNEL * KERNEL), KERNEL)
+        img, row, col = seeds
+        rows = np.asarray(row)[:, None] - a[None, :]
+        cols = np.asarray(col)[:, None] - b[None, :]
+        ok = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+        key = ((np.asarray(img, np.int64)[:, None] * height + rows) * width + cols)[ok]
+        order = np.argsort(key, kind="stable")
+        key, val = key[order], stamps[ok][order]
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
+        return key[first], (np.add.reduceat(val, first) if key.size else np.zeros(0, np.float32))
+
+    def render(self, n: int, height: int, width: int, seeds: tuple[np.ndarray, np.ndarray, np.ndarray],
+               z: np.ndarray) -> np.ndarray:
+        """Images (n, height, width) before the ADC scale (see :meth:`paint`): the torch module's
+        :meth:`render` (sums in another order: ~1e-6 of a pixel's value)."""
+        key, val = self.paint(height, width, seeds, z)
+        out = np.zeros(n * height * width, np.float32)
+        out[key] = np.maximum(val, 0)
+        return out.reshape(n, height, width)
+
+    def _draw(self, rng: np.random.Generator, row_region: np.ndarray, width: int
+              ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        """Seeds of images whose seed rows have the regions ``row_region`` (n, seed rows) and ``width`` + KERNEL
+        - 1 seed columns: ((image, row, column), shape latents float32)."""
+        cols = width + KERNEL - 1
+        t = self._weights["threshold"][row_region]
+        p = ndtr(-t)  # P(z > t) of a standard normal
+        counts = rng.binomial(cols, p)
+        flat = np.repeat(np.arange(counts.size), counts.reshape(-1))
+        img, row = np.divmod(flat, row_region.shape[1])
+        col = rng.integers(0, cols, flat.size)
+        z = rng.standard_normal((flat.size, self.latent), dtype=np.float32)
+        return (img, row, col), z
 
     def images(self, rng: np.random.Generator, region: np.ndarray) -> np.ndarray:
-        """Generated ADC images (N, patch_v, patch_u) for the regions ``region`` (N,)."""
+        """Generated ADC images (N, patch_v, patch_u) for the regions ``region`` (N,) (one patch of the training)."""
+        region = np.asarray(region, np.int64)
         out = np.empty((region.size, self.pv, self.pu), np.float32)
         for s in range(0, region.size, self.batch):
-            r = np.asarray(region[s:s + self.batch], np.int64)
-            # float32 draws: 3x cheaper than float64 + a cast (~2 s of the validation's 660k patches)
-            z = rng.standard_normal((r.size, self.latent), dtype=np.float32)
-            if self._weights is not None:
-                out[s:s + r.size] = self._forward_numpy(z, r) * self.scale
-            else:
-                torch = require_torch("the PXD background GAN")
-                with torch.no_grad():
-                    out[s:s + r.size] = self.model(torch.from_numpy(z), torch.from_numpy(r)).numpy() * self.scale
+            r = region[s:s + self.batch]
+            seeds, z = self._draw(rng, np.repeat(r[:, None], self.pv + KERNEL - 1, axis=1), self.pu)
+            out[s:s + r.size] = self.render(r.size, self.pv, self.pu, seeds, z) * self.scale
         return out
+
+    def sensor_regions(self, layer: np.ndarray) -> np.ndarray:
+        """Regions (sensors, PXD_NV + KERNEL - 1) of the seed rows of whole sensors of PXD ``layer`` (0-based):
+        the v band of the pixel row a seed row is centred on (clipped to the sensor)."""
+        nb_v = regions(self.pv, self.pu)[0]
+        band = np.clip(np.arange(PXD_NV + KERNEL - 1) - KERNEL // 2, 0, PXD_NV - 1) // self.pv
+        return np.asarray(layer, np.int64)[:, None] * nb_v + band[None, :]
 
     def __call__(self, rng: np.random.Generator, n_events: int, geom: Geometry,
                  hits: Mapping[str, np.ndarray] | None = None, window: int = PICKUP_WINDOW) -> dict[str, np.ndarray]:
-        """Background pixels of ``n_events`` events.  With ``hits`` (PXD hits: ``event`` 0-based,
-        ``sensor``, ``u``, ``v``) only the patches within ``window`` pixels of a hit are generated (the
-        others cannot reach a track: an overlay needs no more, and it is much cheaper).
-
-        Tiling with a random phase (issue 15): the patch rows of each (event, sensor) start at
-        ``k * patch_v - o``, ``o`` uniform in [0, patch_v) (``nb_v + 1`` patches along v, the end ones cut
-        at the sensor edge), each patch conditioned on the v band of its centre row.  The dense generator
-        is not translation-invariant within a patch (its clusters favour some rows); with one fixed tiling
-        that pattern repeated every ``patch_v`` rows, and a hit map in 10-row bins saw a zig-zag (48 % off
-        at 200 runs).  The random phase spreads it evenly over the rows."""
-        nb_v, nb_u, _ = regions(self.pv, self.pu)
+        """Background pixels of ``n_events`` events, each PXD sensor one whole generated image.  With ``hits``
+        (PXD hits: ``event`` 0-based, ``sensor``, ...) only the sensors with a hit are generated (the others
+        cannot reach a track; ``window`` is accepted for the BackgroundSource interface)."""
+        del window
         pxd = np.flatnonzero(geom.is_pxd)
-        layer = geom.layer[pxd] - 1
         n_sens = pxd.size
-        phased = nb_v > 1  # one patch over the whole sensor height: nothing to shift
-        n_k = nb_v + 1 if phased else nb_v
-        offset = rng.integers(0, self.pv, (n_events, n_sens)) if phased else np.zeros((n_events, n_sens), np.int64)
-        first_row = np.arange(n_k)[None, None, :] * self.pv - offset[:, :, None]  # (events, sensors, k)
-        band = np.clip((first_row + (self.pv - 1) // 2) // self.pv, 0, nb_v - 1)
-        region = np.broadcast_to((layer[None, :, None] * nb_v + band)[..., None], (n_events, n_sens, n_k, nb_u))
-        inside = np.broadcast_to(((first_row < PXD_NV) & (first_row + self.pv > 0))[..., None], region.shape)
         if hits is None:
-            todo = np.flatnonzero(inside.reshape(-1))
+            pairs = np.arange(n_events * n_sens)
         else:
-            sidx = geom.sensor_index(np.asarray(hits["sensor"]))
-            iv, iu = np.divmod(geom.pxd_pixel(sidx, np.asarray(hits["u"], float), np.asarray(hits["v"], float)), PXD_NU)
-            pos = np.searchsorted(pxd, sidx)
-            ev_h = np.asarray(hits["event"], np.int64)
-            need = np.zeros(region.shape, bool)
-            half = window // 2
-            for dv in (-half, half):
-                for du in (-half, half):
-                    k = (np.clip(iv + dv, 0, PXD_NV - 1) + offset[ev_h, pos]) // self.pv
-                    bu = np.clip(iu + du, 0, PXD_NU - 1) // self.pu
-                    need[ev_h, pos, k, bu] = True
-            todo = np.flatnonzero(need.reshape(-1))
-        images = self.images(rng, region.reshape(-1)[todo])
-        # only the generated patches are looked at (a full event x sensor image array is ~1 GB for the
-        # validation's events); the fired pixels come out in (event, sensor, pixel) order as from a full image
-        t, pv_in, pu_in = np.nonzero(images > ADC_THRESHOLD)
-        rest, bu = np.divmod(todo[t], nb_u)
-        rest, k = np.divmod(rest, n_k)
-        ev, s = np.divmod(rest, n_sens)
-        row = k * self.pv - offset[ev, s] + pv_in
-        keep = (row >= 0) & (row < PXD_NV)  # the end patches reach beyond the sensor
-        adc = images[t, pv_in, pu_in][keep]
-        ev, s = ev[keep], s[keep]
-        pixel = row[keep] * PXD_NU + bu[keep] * self.pu + pu_in[keep]
-        order = np.lexsort((pixel, s, ev))
-        return {"event": ev[order].astype(np.int64), "sensor": geom.sensor_id[pxd[s[order]]].astype(np.int32),
-                "pixel": pixel[order].astype(np.int32), "adc": adc[order].astype(np.float32)}
+            pos = np.searchsorted(pxd, geom.sensor_index(np.asarray(hits["sensor"])))
+            pairs = np.unique(np.asarray(hits["event"], np.int64) * n_sens + pos)
+        layer = geom.layer[pxd] - 1
+        parts: dict[str, list[np.ndarray]] = {"pair": [], "pixel": [], "adc": []}
+        for s in range(0, pairs.size, self.batch):
+            chunk = pairs[s:s + self.batch]
+            seeds, z = self._draw(rng, self.sensor_regions(layer[chunk % n_sens]), PXD_NU)
+            key, val = self.paint(PXD_NV, PXD_NU, seeds, z)
+            adc = val * self.scale
+            on = adc > ADC_THRESHOLD
+            k, pixel = np.divmod(key[on], PXD_NV * PXD_NU)
+            parts["pair"].append(chunk[k])
+            parts["pixel"].append(pixel)
+            parts["adc"].append(adc[on])
+        pair = np.concatenate(parts["pair"]) if parts["pair"] else np.zeros(0, np.int64)
+        ev, s_pos = np.divmod(pair, n_sens)
+        return {"event": ev.astype(np.int64), "sensor": geom.sensor_id[pxd[s_pos]].astype(np.int32),
+                "pixel": (np.concatenate(parts["pixel"]) if parts["pixel"] else np.zeros(0)).astype(np.int32),
+                "adc": (np.concatenate(parts["adc"]) if parts["adc"] else np.zeros(0)).astype(np.float32)}
 
 
-__all__ = ["ADC_THRESHOLD", "GanBackground", "PAYLOAD", "build_critic", "build_generator", "fired", "fired_fraction",
-           "regions", "sensor_patches", "train", "untrained_arrays"]
+__all__ = ["ADC_THRESHOLD", "GanBackground", "PAYLOAD", "build_critic", "build_generator", "cluster_crops", "fired",
+           "fired_per_patch", "match_occupancy", "region_occupancy", "regions", "sensor_patches", "train",
+           "untrained_arrays"]
