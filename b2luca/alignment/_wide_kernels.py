@@ -24,8 +24,10 @@ from numba import njit
 
 from ._kernels import U, _cholesky, _forward, chunk_structure, pair_keys
 
-__all__ = ["accumulate", "chunk_structure", "fit_records", "pair_keys"]
+__all__ = ["accumulate", "chunk_structure", "fit_records", "pair_index", "pair_keys"]
 
+#: :func:`pair_index` (a table of every block pair) up to this many label blocks, else a sort of the keys
+PAIR_TABLE_BLOCKS = 2048
 #: rows of M per product of F = M Mᵀ (whole label blocks): fewer products against the wasted lower triangle
 PANEL_ROWS = 48
 
@@ -236,3 +238,46 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
                             if cj >= 0:
                                 tot[row, s * Su + t] -= F[U(ci - p0), U(cj - p0)]
             pa = pb
+
+
+@njit(cache=True, nogil=True)
+def pair_index(accept: np.ndarray, nb: np.ndarray, ustart: np.ndarray, ublk: np.ndarray, nblocks: int,
+               nbig: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """The distinct upper block-pair keys a·nbig + b of the accepted records (sorted), the row among them of each
+    record's pairs (record by record, triu order; :func:`pair_keys`' keys through ``_unique_inverse``) and the
+    position of each record's first pair (−1: none), by a table of all ``nblocks``² pairs instead of a sort of
+    the keys (millions for tracks through every CDC layer)."""
+    nrec = accept.size
+    table = np.full(nblocks * nblocks, -1, np.int32)
+    off = np.full(nrec, -1, np.int64)
+    n = 0
+    for r in range(nrec):
+        if accept[r] and nb[r] > 0:
+            off[r] = n
+            n += nb[r] * (nb[r] + 1) // 2
+            s = ustart[r]
+            for ia in range(nb[r]):
+                a = ublk[s + ia] * nblocks
+                for ib in range(ia, nb[r]):
+                    table[a + ublk[s + ib]] = 0
+    cnt = 0
+    for t in range(table.size):  # ids in (a, b) order: the keys' order
+        if table[t] == 0:
+            table[t] = cnt
+            cnt += 1
+    uk = np.empty(cnt, np.int64)
+    for t in range(table.size):
+        if table[t] >= 0:
+            uk[table[t]] = (t // nblocks) * nbig + t % nblocks
+    kinv = np.empty(n, np.int64)
+    for r in range(nrec):
+        k = off[r]
+        if k < 0:
+            continue
+        s = ustart[r]
+        for ia in range(nb[r]):
+            a = ublk[s + ia] * nblocks
+            for ib in range(ia, nb[r]):
+                kinv[k] = table[a + ublk[s + ib]]
+                k += 1
+    return uk, kinv, off

@@ -371,8 +371,13 @@ class Assembler:
         S = bmem.shape[1]
         nlab = self.registry.labels.size
         nb, ustart, ublk = kern.nb, kern.ustart, kern.ublk
-        keys, pair_off = kern.kernels.pair_keys(accept, nb, ustart, ublk, int(NBIG))
-        uk, kinv = _unique_inverse(keys)
+        from . import _wide_kernels  # (numba is loaded: kern holds compiled kernels)
+
+        if bmem.shape[0] <= _wide_kernels.PAIR_TABLE_BLOCKS:  # the same keys and rows, without sorting them
+            uk, kinv, pair_off = _wide_kernels.pair_index(accept, nb, ustart, ublk, bmem.shape[0], int(NBIG))
+        else:
+            keys, pair_off = kern.kernels.pair_keys(accept, nb, ustart, ublk, int(NBIG))
+            uk, kinv = _unique_inverse(keys)
         tot = np.zeros((uk.size, S * S))
         p.dblk = np.zeros((bmem.shape[0], S * S))
         bsum = np.zeros(nlab)

@@ -214,3 +214,20 @@ print("numba" in sys.modules)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split() == ["False", "False", "True"]
+
+
+def test_pair_table_gives_the_sorted_keys():
+    """pair_index (a table of all block pairs) = pair_keys + _unique_inverse (a sort), rejected records skipped."""
+    from b2luca.alignment.assemble import _unique_inverse
+    from b2luca.alignment.global_system import NBIG
+
+    rng = np.random.default_rng(12)
+    nb = rng.integers(0, 9, 300)
+    ublk = np.concatenate([np.sort(rng.choice(40, k, replace=False)) for k in nb]).astype(np.int64)
+    ustart = np.r_[0, np.cumsum(nb)].astype(np.int64)
+    accept = rng.random(300) < 0.8
+    keys, off = _wide_kernels.pair_keys(accept, nb, ustart, ublk, int(NBIG))
+    uk, kinv = _unique_inverse(keys)
+    tk, tinv, toff = _wide_kernels.pair_index(accept, nb, ustart, ublk, 40, int(NBIG))
+    assert np.array_equal(tk, uk) and np.array_equal(tinv, kinv) and np.array_equal(toff, off)
+    assert uk.size < keys.size  # repeated pairs were merged
