@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._kernels import U, _cholesky, _forward, chunk_structure, pair_keys
+from ._kernels import U, _cholesky, _forward, _meas_ptr, chunk_structure, pair_keys
 
-__all__ = ["accumulate", "chunk_structure", "fit_records", "pair_index", "pair_keys"]
+__all__ = ["accumulate", "chunk_structure", "chunk_structure_wide", "fit_records", "pair_index", "pair_keys"]
 
 #: :func:`pair_index` (a table of every block pair) up to this many label blocks, else a sort of the keys
 PAIR_TABLE_BLOCKS = 2048
@@ -281,3 +281,56 @@ def pair_index(accept: np.ndarray, nb: np.ndarray, ustart: np.ndarray, ublk: np.
                 kinv[k] = table[a + ublk[s + ib]]
                 k += 1
     return uk, kinv, off
+
+
+@njit(cache=True, nogil=True)
+def chunk_structure_wide(rec_ptr: np.ndarray, loc_meas: np.ndarray, loc_index: np.ndarray, glb_meas: np.ndarray,
+                         gblk: np.ndarray) -> tuple:  # pragma: no cover - compiled
+    """:func:`chunk_structure` (the same results) for records of many blocks: a record's blocks are collected
+    unordered and sorted once, and each measurement's rank is looked up in a per-block table (the narrow kernel
+    inserts every block in order and searches the rank: O(blocks) per measurement)."""
+    n = rec_ptr[rec_ptr.size - 1]
+    nrec = rec_ptr.size - 1
+    loc_ptr = _meas_ptr(loc_meas, n)
+    glb_ptr = _meas_ptr(glb_meas, n)
+    q = np.zeros(nrec, np.int64)
+    nb = np.zeros(nrec, np.int64)
+    ustart = np.zeros(nrec + 1, np.int64)
+    ublk = np.empty(glb_meas.size, np.int64)
+    mrank = np.full(n, -1, np.int64)
+    nblocks = 0
+    for e in range(gblk.size):
+        nblocks = max(nblocks, gblk[e] + 1)
+    rank = np.full(nblocks, -1, np.int64)  # the blocks of the current record: their rank (−1: not in it)
+    u = 0
+    for r in range(nrec):
+        ustart[r] = u
+        qr = 0
+        nbr = 0
+        for m in range(rec_ptr[r], rec_ptr[r + 1]):
+            for e in range(loc_ptr[m], loc_ptr[m + 1]):
+                qr = max(qr, loc_index[e] + 1)
+            g0, g1 = glb_ptr[m], glb_ptr[m + 1]
+            if g1 == g0:
+                continue
+            b = gblk[g0]
+            for e in range(g0 + 1, g1):
+                if gblk[e] != b:
+                    return False, loc_ptr, glb_ptr, q, nb, ustart, ublk, mrank
+            if rank[b] < 0:
+                rank[b] = 0
+                ublk[u + nbr] = b
+                nbr += 1
+        ublk[u: u + nbr] = np.sort(ublk[u: u + nbr])
+        for k in range(nbr):
+            rank[ublk[u + k]] = k
+        for m in range(rec_ptr[r], rec_ptr[r + 1]):
+            if glb_ptr[m + 1] > glb_ptr[m]:
+                mrank[m] = rank[gblk[glb_ptr[m]]]
+        for k in range(nbr):
+            rank[ublk[u + k]] = -1
+        q[r] = qr
+        nb[r] = nbr
+        u += nbr
+    ustart[nrec] = u
+    return True, loc_ptr, glb_ptr, q, nb, ustart, ublk[:u], mrank

@@ -50,16 +50,16 @@ def compiled_path(recs: MilleRecords, gblk: np.ndarray, S: int, k_limit: int) ->
     many_locals = bool(recs.loc_index.size and int(recs.loc_index.max()) >= SMALL_Q)
     if many_locals and not COMPILED_WIDE:
         return None  # (known without numba)
-    from . import _kernels  # numba: only when a chunk is assembled
+    from . import _kernels, _wide_kernels  # numba: only when a chunk is assembled
 
-    single, *arrays = _kernels.chunk_structure(recs.rec_ptr, recs.loc_meas, recs.loc_index, recs.glb_meas, gblk)
+    # (records of many local parameters are tracks through many blocks: the structure kernel for those)
+    structure = _wide_kernels.chunk_structure_wide if many_locals else _kernels.chunk_structure
+    single, *arrays = structure(recs.rec_ptr, recs.loc_meas, recs.loc_index, recs.glb_meas, gblk)
     if not single:
         return None
     kp = CompiledPath(_kernels, *arrays)
     if many_locals or int(kp.nb.max()) * S >= k_limit:
         if not COMPILED_WIDE:
             return None
-        from . import _wide_kernels
-
         kp.kernels = _wide_kernels
     return kp

@@ -231,3 +231,20 @@ def test_pair_table_gives_the_sorted_keys():
     tk, tinv, toff = _wide_kernels.pair_index(accept, nb, ustart, ublk, 40, int(NBIG))
     assert np.array_equal(tk, uk) and np.array_equal(tinv, kinv) and np.array_equal(toff, off)
     assert uk.size < keys.size  # repeated pairs were merged
+
+
+def test_wide_structure_kernel_gives_the_narrow_ones_structure():
+    """chunk_structure_wide = chunk_structure (blocks per record ascending, ranks, q), and both find a measurement
+    whose entries lie in two blocks."""
+    r = Assembler.prepare(_wide_records(13, 200))
+    gblk = (r.glb_label // 10).astype(np.int64) % 97  # a block per sensor (the labels of sensor s: 10 s + k)
+    args = (r.rec_ptr, r.loc_meas, r.loc_index, r.glb_meas, gblk)
+    narrow, wide = _kernels.chunk_structure(*args), _wide_kernels.chunk_structure_wide(*args)
+    assert narrow[0] and wide[0]
+    for a, b in zip(narrow[1:], wide[1:]):
+        assert np.array_equal(a, b)
+    two = gblk.copy()
+    m = int(np.flatnonzero(np.bincount(r.glb_meas) >= 2)[0])
+    two[np.flatnonzero(r.glb_meas == m)[0]] += 1
+    two_args = (r.rec_ptr, r.loc_meas, r.loc_index, r.glb_meas, two)
+    assert not _kernels.chunk_structure(*two_args)[0] and not _wide_kernels.chunk_structure_wide(*two_args)[0]
