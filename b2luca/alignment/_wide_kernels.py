@@ -138,6 +138,7 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
     gam = np.zeros(kmax)
     crow = np.zeros(kmax, np.int64)  # compact (used) row of block row ia·S + s, −1: unused
     cstart = np.zeros(kmax + 1, np.int64)  # first compact row of the record's block ia
+    vpos = np.zeros(kmax, np.int64)  # position in its block (0..S-1) of each compact row
     d = np.zeros(S)
     Su = U(S)
     for r in order:
@@ -152,6 +153,7 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
             for s in range(Su):
                 if bmem[blk, s] >= 0:
                     crow[ia * Su + s] = kc
+                    vpos[kc] = s
                     kc += 1
                 else:
                     crow[ia * Su + s] = -1
@@ -222,21 +224,17 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
             pb = pa + 1
             while pb < nbr and cstart[pb + 1] - cstart[pa] <= PANEL_ROWS:
                 pb += 1
-            p0, p1 = cstart[pa], cstart[pb]
+            p0, p1 = U(cstart[pa]), U(cstart[pb])
             F = Fflat[: (p1 - p0) * (K - p0)].reshape((p1 - p0, K - p0))
             np.dot(Mr[p0:p1], Mr[p0:K].T, F)
             for ia in range(pa, pb):
                 for ib in range(ia, nbr):
                     row = U(kinv[kp])
                     kp += U(1)
-                    for s in range(Su):
-                        ci = crow[ia * Su + s]
-                        if ci < 0:
-                            continue
-                        for t in range(Su):
-                            cj = crow[ib * Su + t]
-                            if cj >= 0:
-                                tot[row, s * Su + t] -= F[U(ci - p0), U(cj - p0)]
+                    for ci in range(U(cstart[ia]), U(cstart[ia + 1])):  # the used positions only
+                        base = U(vpos[ci]) * Su
+                        for cj in range(U(cstart[ib]), U(cstart[ib + 1])):
+                            tot[row, base + U(vpos[cj])] -= F[ci - p0, cj - p0]
             pa = pb
 
 
