@@ -19,10 +19,11 @@ block-pair array is gathered or copied.  Records of many blocks (nb·S >= :data:
 VXD and every CDC layer) are instead stacked side by side, a batch of similar records at a time, and summed by one
 product over the union of their blocks (:func:`_add_union_batches`).
 
-Chunks of narrow single-block records (at most :data:`~b2luca.alignment.local_fit.SMALL_Q` local parameters, every
-record below :data:`UNION_MIN_K`: the usual Mille files) skip all of the above: compiled kernels fit and sum them
-record by record (:mod:`b2luca.alignment.fast_path` decides, :mod:`b2luca.alignment._kernels` computes); the cuts and
-reject counts below are shared by both paths.
+Chunks of single-block records skip all of the above: compiled kernels fit and sum them record by record
+(:mod:`b2luca.alignment.fast_path` decides; :mod:`b2luca.alignment._kernels` computes narrow records, at most
+:data:`~b2luca.alignment.local_fit.SMALL_Q` local parameters and every record below :data:`UNION_MIN_K`: the usual
+Mille files; :mod:`b2luca.alignment._wide_kernels` the others); the cuts and reject counts below are shared by
+all paths.
 
 A chunk goes through :meth:`Assembler.index` (labels; in chunk order), :meth:`Assembler.compute` (its
 compact :class:`ChunkSums`; any thread) and :meth:`Assembler.absorb` (into the one accumulator; in chunk
@@ -370,8 +371,13 @@ class Assembler:
         S = bmem.shape[1]
         nlab = self.registry.labels.size
         nb, ustart, ublk = kern.nb, kern.ustart, kern.ublk
-        keys, pair_off = kern.kernels.pair_keys(accept, nb, ustart, ublk, int(NBIG))
-        uk, kinv = _unique_inverse(keys)
+        from . import _wide_kernels  # (numba is loaded: kern holds compiled kernels)
+
+        if bmem.shape[0] <= _wide_kernels.PAIR_TABLE_BLOCKS:  # the same keys and rows, without sorting them
+            uk, kinv, pair_off = _wide_kernels.pair_index(accept, nb, ustart, ublk, bmem.shape[0], int(NBIG))
+        else:
+            keys, pair_off = kern.kernels.pair_keys(accept, nb, ustart, ublk, int(NBIG))
+            uk, kinv = _unique_inverse(keys)
         tot = np.zeros((uk.size, S * S))
         p.dblk = np.zeros((bmem.shape[0], S * S))
         bsum = np.zeros(nlab)

@@ -8,7 +8,8 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator
+from functools import partial
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,8 +51,10 @@ class AlignmentProblem(FitOptions):
     parameters: dict[int, ParameterSpec] = field(default_factory=dict)
     errors: bool = True
     #: also return the full covariance of the free parameters on the constraint surface (dense: for the
-    #: ~1500 parameters of the VXD+CDC alignment; ``info["covariance"]`` / ``info["covariance_labels"]``)
-    covariance: bool = False
+    #: ~1500 parameters of the VXD+CDC alignment; ``info["covariance"]`` / ``info["covariance_labels"]``);
+    #: "deferred": ``info["covariance_deferred"]``, a callable that returns (labels, covariance) when called (an
+    #: iterating caller computes only the one of its last iteration)
+    covariance: bool | Literal["deferred"] = False
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     blas_threads: int = SOLVE_BLAS_THREADS  # BLAS threads in the solve (fixed: reproducible round-off)
     #: measure the peak memory of each phase (info['peak_rss_bytes']); resets the process's high-water mark
@@ -308,6 +311,11 @@ def _constrained_covariance(C: sp.spmatrix, A: np.ndarray) -> np.ndarray:
     return 0.5 * (cov + cov.T)
 
 
+def _labelled_covariance(labels: np.ndarray, C: sp.spmatrix, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, :func:`_constrained_covariance`) for a deferred covariance."""
+    return labels, _constrained_covariance(C, A)
+
+
 def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResult:
     """Run the fit: data pass(es), fixing, priors, constraints, exact or MINRES solution."""
     method = PEDE_METHODS.get((method or problem.method).lower(), None) or (method or problem.method)
@@ -372,8 +380,10 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
             so = solve_system(C, b, cons, method=method, errors=problem.errors, phase_end=memory.end)
         for k, v in so.timings.items():
             timer[k] = timer.get(k, 0.0) + v
-        cov_info = {}
-        if problem.covariance:
+        cov_info: dict[str, object] = {}
+        if problem.covariance == "deferred":
+            cov_info = {"covariance_deferred": partial(_labelled_covariance, labels[fi].copy(), C, cons.A)}
+        elif problem.covariance:
             t0 = time.perf_counter()
             cov_info = {"covariance": _constrained_covariance(C, cons.A), "covariance_labels": labels[fi].copy()}
             timer["covariance"] = timer.get("covariance", 0.0) + time.perf_counter() - t0

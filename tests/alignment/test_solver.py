@@ -193,3 +193,10 @@ def test_full_covariance_on_the_constraint_surface(toy):
     n = white.size  # width 1 ± 3/sqrt(2n), mean 0 ± 3/sqrt(n)
     assert abs(white.std() - 1.0) < 3 / np.sqrt(2 * n) and abs(white.mean()) < 3 / np.sqrt(n)
     assert "covariance" not in solve(AlignmentProblem.from_steering(toy.steering), method="sparse").info
+    # deferred: the same covariance, of this fit (a later fit of other data does not change it)
+    late = solve(replace(problem, covariance="deferred"), method="sparse")
+    assert "covariance" not in late.info
+    solve(replace(problem, covariance="deferred", iterations=2, parameters={int(res.labels[0]): ParameterSpec(
+        int(res.labels[0]), 0.0, 1e-4)}), method="sparse")
+    dl, dcov = late.info["covariance_deferred"]()
+    assert np.array_equal(dl, labels) and np.array_equal(dcov, cov)

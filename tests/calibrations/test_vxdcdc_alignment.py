@@ -144,6 +144,12 @@ def test_injected_weak_modes_fail_without_the_frame_constraints(bucket, job_fact
     summary = simulate_bucket(bucket="weak", experiment=26, runs=bucket.runs, seed=seed, events=events,
                               data_dir=root / "raw", conditions_dir=root / "conditions", weak_modes=INJECT)
     weak_bucket = type(bucket)(root / "raw", root / "conditions", dict(summary.global_tags), list(bucket.runs))
+    # the system is singular: whether a (meaningless) result comes out depends on round-off.  The compiled wide
+    # kernels' sums keep it singular and the solver refuses; the numpy path's round-off leaves it barely
+    # positive definite, which gives the result in no defined frame that the validation must fail
+    from b2luca.alignment import fast_path
+
+    monkeypatch.setattr(fast_path, "COMPILED_WIDE", False)
     job, _vxd, _cdc = _run(weak_bucket, job_factory, script, tmp_path, frame_constraints=False)
     monkeypatch.chdir(tmp_path)
     val = script("validations.vxdcdc_alignment")
