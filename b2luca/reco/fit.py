@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import geometry as G
+from . import _kernels as K
 from . import helix as H
 from .measurements import KIND_CDC, Constants, Measurements, cdc_global_derivatives, vxd_global_derivatives
 
@@ -176,16 +177,42 @@ class _Predictor:
         self.cdc = np.flatnonzero(self.kind == KIND_CDC)
         centers, rots = G.aligned_frames(geom, constants.vxd_params)
         sens = meas.sensor[rows][self.vxd]
-        self.c, self.r = centers[sens], rots[sens]
+        self.c, self.r = np.ascontiguousarray(centers[sens]), np.ascontiguousarray(rots[sens])
         self.axis = self.kind[self.vxd].astype(np.int64)
+        self.normal = self.r[:, :, 2]  # the sensor normals
+        self.u_axis = self.r[np.arange(self.axis.size), :, self.axis]  # (Rv, 3): the measured local axis in global
         self.layer = meas.layer[rows][self.cdc]
         self.wire = meas.wire[rows][self.cdc]
+        # per CDC row, gathered once: the layer's alignment (dx, dy, dphi), radius, stereo slope, wire azimuth
+        lay = self.layer
+        self.cdc_par = np.ascontiguousarray(constants.cdc_params[lay], dtype=float)
+        self.cdc_radius = geom.cdc_r[lay]
+        self.cdc_stereo = geom.cdc_stereo[lay]
+        self.cdc_phi_offset = geom.cdc_phi_offset[lay]
+        self.cdc_wire_phi = 2 * np.pi * self.wire / geom.cdc_nwires[lay]
         self.arm = arm
         self.rho_vxd = np.hypot(meas.approx_pos[rows][self.vxd, 0], meas.approx_pos[rows][self.vxd, 1])
         self.s_vxd: np.ndarray | None = None
-        self.cdc_h: np.ndarray | None = None  # the helices of the last update (their CDC crossings are cdc_x)
+        # the helices of the last update and their derivatives d(pred)/d(h)
+        self._frame: tuple | None = None
+
+    def _drift_distance(self, x: np.ndarray) -> np.ndarray:
+        """:func:`b2luca.reco.geometry.cdc_drift_distance` of the CDC rows' points x (their layers and wires)."""
+        par = self.cdc_par
+        dx, dy = x[:, 0] - par[:, 0], x[:, 1] - par[:, 1]
+        rho = np.hypot(dx, dy)
+        phi = np.arctan2(dy, dx) - par[:, 2]
+        base = self.cdc_phi_offset + x[:, 2] * self.cdc_stereo / self.cdc_radius
+        dphi = phi - base - self.cdc_wire_phi
+        dphi = np.arctan2(np.sin(dphi), np.cos(dphi))
+        return rho * np.sin(dphi)
 
     def __call__(self, h: np.ndarray, n_iter: int = 2, update: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions (R,) and crossing arc lengths (R,) for the per-row helices ``h`` (R, 5).  The VXD
+        crossings start from those of the last update (``n_iter`` Newton steps; 6 from the layer cylinder the
+        first time).  ``update``: the fit's evaluation (compiled kernels, :mod:`b2luca.reco._kernels`): the
+        crossings become the next start, and the derivatives, the local track state and the CDC crossing
+        points are kept for :meth:`jacobian` and the global derivatives."""
         pred = np.empty(h.shape[0])
         s_all = np.empty(h.shape[0])
         hv = h[self.vxd]
@@ -194,22 +221,28 @@ class _Predictor:
             s0 = H.cylinder_crossing(hv, self.rho_vxd, self.arm[self.vxd])
             s0 = np.where(np.isfinite(s0), s0, self.arm[self.vxd] * self.rho_vxd)
             n_iter = 6
-        s = H.plane_crossing(hv, s0, self.c, self.r[:, :, 2], n_iter=n_iter)
+        if update:
+            pv, sv, jv, lv = K.vxd_rows(hv, s0, n_iter, self.c, self.r, self.axis)
+            pc, sc, jc, xc = K.cdc_rows(h[self.cdc], self.arm[self.cdc], self.cdc_radius, self.cdc_stereo,
+                                        self.cdc_phi_offset, self.cdc_wire_phi, self.cdc_par)
+            pred[self.vxd], pred[self.cdc] = pv, pc
+            s_all[self.vxd], s_all[self.cdc] = sv, sc
+            jac = np.empty((h.shape[0], 5))
+            jac[self.vxd], jac[self.cdc] = jv, jc
+            self.s_vxd = sv
+            self.vxd_local = (lv[:, 0], lv[:, 1], lv[:, 2], lv[:, 3])
+            self.cdc_x = xc
+            self._frame = (h, jac)
+            return pred, s_all
+        s = H.plane_crossing(hv, s0, self.c, self.normal, n_iter=n_iter)
         x = H.position(hv, s)
         loc = np.einsum("nji,nj->ni", self.r, x - self.c)
         pred[self.vxd] = loc[np.arange(loc.shape[0]), self.axis]
         s_all[self.vxd] = s
-        if update:
-            self.s_vxd = s
-            d = np.einsum("nji,nj->ni", self.r, H.direction(hv, s))
-            self.vxd_local = (loc[:, 0], loc[:, 1], d[:, 0] / d[:, 2], d[:, 1] / d[:, 2])
         hc = h[self.cdc]
-        sc = H.cylinder_crossing(hc, self.geom.cdc_r[self.layer], self.arm[self.cdc])
-        xc = H.position(hc, sc)
-        pred[self.cdc], _ = G.cdc_drift_distance(xc, self.layer, self.geom, self.constants.cdc_params, self.wire)
+        sc = H.cylinder_crossing(hc, self.cdc_radius, self.arm[self.cdc])
+        pred[self.cdc] = self._drift_distance(H.position(hc, sc))
         s_all[self.cdc] = sc
-        if update:
-            self.cdc_x, self.cdc_h = xc, h
         return pred, s_all
 
     def jacobian(self, h: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -220,28 +253,27 @@ class _Predictor:
         ds/dh = -(n . dx/dh|_s) / (n . t) keeps it on the sensor plane (normal n) or on the layer
         cylinder (n = (x, y, 0)).  So d(pred)/dh = w . dx/dh|_s with w = g - (g.t / n.t) n.
         VXD: g = the sensor's measured axis (pred = u_axis . (x - c)); CDC: pred = dy cos(phi_w) -
-        dx sin(phi_w), with the wire azimuth phi_w depending on z in stereo layers."""
-        t = H.direction(h, s)
-        w = np.empty((h.shape[0], 3))
-        n = self.r[:, :, 2]
-        g = self.r[np.arange(self.axis.size), :, self.axis]  # (Rv, 3): the measured local axis in global
-        tv = t[self.vxd]
-        w[self.vxd] = g - (np.sum(g * tv, axis=1) / np.sum(n * tv, axis=1))[:, None] * n
-        x = self.cdc_x if self.cdc_h is h else H.position(h[self.cdc], s[self.cdc])
-        geom, lay = self.geom, self.layer
-        par = self.constants.cdc_params[lay]
-        stereo = geom.cdc_stereo[lay] / geom.cdc_r[lay]
-        phi_w = (geom.cdc_phi_offset[lay] + x[:, 2] * stereo + 2 * np.pi * self.wire / geom.cdc_nwires[lay]
-                 + par[:, 2])
+        dx sin(phi_w), with the wire azimuth phi_w depending on z in stereo layers.  When ``h`` is the array of
+        the last ``self(h, update=True)``, its compiled derivatives (the same formulas) are returned."""
+        if self._frame is not None and self._frame[0] is h:
+            return self._frame[1]
+        _, tv, pv = H.position_direction(h[self.vxd], s[self.vxd])
+        x, tc, pc = H.position_direction(h[self.cdc], s[self.cdc])
+        out = np.empty((h.shape[0], 5))
+        n, g = self.normal, self.u_axis
+        out[self.vxd] = H.projected_jacobian_at(pv, g - (np.sum(g * tv, axis=1) / np.sum(n * tv, axis=1))[:, None] * n)
+        par = self.cdc_par
+        stereo = self.cdc_stereo / self.cdc_radius
+        phi_w = self.cdc_phi_offset + x[:, 2] * stereo + self.cdc_wire_phi + par[:, 2]
         cw, sw = np.cos(phi_w), np.sin(phi_w)
         dx, dy = x[:, 0] - par[:, 0], x[:, 1] - par[:, 1]
-        g = np.stack([-sw, cw, -(dx * cw + dy * sw) * stereo], axis=1)  # d(pred)/d(x)
-        tc = t[self.cdc]
+        g = np.empty((x.shape[0], 3))  # d(pred)/d(x), projected along the cylinder
+        g[:, 0], g[:, 1], g[:, 2] = -sw, cw, -(dx * cw + dy * sw) * stereo
         ratio = (g[:, 0] * tc[:, 0] + g[:, 1] * tc[:, 1] + g[:, 2] * tc[:, 2]) / (x[:, 0] * tc[:, 0] + x[:, 1] * tc[:, 1])
         g[:, 0] -= ratio * x[:, 0]
         g[:, 1] -= ratio * x[:, 1]
-        w[self.cdc] = g
-        return H.projected_position_jacobian(h, s, w)
+        out[self.cdc] = H.projected_jacobian_at(pc, g)
+        return out
 
     def derivatives(self, h: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Forward-difference d(pred)/d(h), (R, 5), from the predictions ``base`` at h (the steps are
