@@ -65,8 +65,8 @@ class FitResult:
     pred: np.ndarray  # (R,)
     residual: np.ndarray  # (R,) m - pred (NaN where the track does not reach the element)
     local_derivs: np.ndarray  # (R, 5 + n_kinks) d(pred)/d(local)
-    global_derivs: np.ndarray  # (R, 6) d(pred)/d(global)
-    global_labels: np.ndarray  # (R, 6) int64, 0 = unused
+    global_derivs: np.ndarray  # (R, 6) d(pred)/d(global); (0, 6) when fitted without global derivatives
+    global_labels: np.ndarray  # (R, 6) int64, 0 = unused; (0, 6) when fitted without global derivatives
 
     @property
     def kink_active(self) -> np.ndarray:
@@ -314,7 +314,7 @@ def _kink_jacobians(h: np.ndarray, arms: tuple[float, ...], geom: G.Geometry, p:
 def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray, arm: np.ndarray,
                geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
                arms: tuple[float, ...], split_at: int | None = None,
-               resume: dict[str, Any] | None = None) -> dict[str, Any]:
+               resume: dict[str, Any] | None = None, global_derivatives: bool = True) -> dict[str, Any]:
     """Gauss-Newton fit of the tracks t0..t1 (rows ``rows`` of ``meas``) from the helices ``h``.
 
     ``split_at``: from that iteration on, once some (not all) tracks have converged, stop after the update and
@@ -432,24 +432,25 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         state = dict(h=h, theta=theta, chi2_prev=chi2_prev, ngood_prev=ngood_prev, delta_prev=delta_prev, it=it,
                      s_vxd=pr.s_vxd, vxd_rows=pr.vxd, mmax=mmax)
         h, theta = h_eval, theta_eval
-    # global derivatives
-    nr = res.size
-    gd = np.zeros((nr, 6))
-    gl = np.zeros((nr, 6), np.int64)
-    u, v, tu, tv = pr.vxd_local
-    gu, gv = vxd_global_derivatives(u, v, tu, tv)
-    isu = (pr.axis == 0)[:, None]
-    gd[pr.vxd] = np.where(isu, gu, gv)
-    sid = geom.sensor_id[meas.sensor[rows][pr.vxd]].astype(np.int64)
-    gl[pr.vxd] = sid[:, None] * 10 + np.arange(1, 7)
-    gd[pr.cdc, :3] = cdc_global_derivatives(pr.cdc_x, pr.layer, pr.wire, geom, constants.cdc_params)
-    gl[pr.cdc, :3] = LABEL_CDC_BASE + pr.layer[:, None] * 10 + np.arange(1, 4)
     ndf = np.bincount(track, weights=good, minlength=nt) - 5
     ok = np.all(np.isfinite(h), axis=1) & np.isfinite(chi2) & (ndf > 0)
     out: dict[str, Any] = dict(
         params=h, ndf=ndf, cov=cov[:, :5, :5], chi2=chi2, kinks=theta.reshape(nt, -1) if scattering else np.zeros((nt, 0)),
         kink_sigma=(np.repeat(sig.reshape(nt, -1), 2, axis=1) if scattering else np.zeros((nt, 0))),
-        pred=pred, residual=np.where(good, res, np.nan), local=loc, gd=gd, gl=gl, ok=ok)
+        pred=pred, residual=np.where(good, res, np.nan), local=loc, ok=ok)
+    if global_derivatives:
+        nr = res.size
+        gd = np.zeros((nr, 6))
+        gl = np.zeros((nr, 6), np.int64)
+        u, v, tu, tv = pr.vxd_local
+        gu, gv = vxd_global_derivatives(u, v, tu, tv)
+        isu = (pr.axis == 0)[:, None]
+        gd[pr.vxd] = np.where(isu, gu, gv)
+        sid = geom.sensor_id[meas.sensor[rows][pr.vxd]].astype(np.int64)
+        gl[pr.vxd] = sid[:, None] * 10 + np.arange(1, 7)
+        gd[pr.cdc, :3] = cdc_global_derivatives(pr.cdc_x, pr.layer, pr.wire, geom, constants.cdc_params)
+        gl[pr.cdc, :3] = LABEL_CDC_BASE + pr.layer[:, None] * 10 + np.arange(1, 4)
+        out.update(gd=gd, gl=gl)
     if state is not None:
         out["done"] = done
         out["state"] = state
@@ -458,7 +459,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
 
 def _resume_stragglers(r: dict[str, Any], meas: Measurements, rows: slice, t0: int, arm_rows: np.ndarray,
                        geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
-                       arms: tuple[float, ...]) -> None:
+                       arms: tuple[float, ...], global_derivatives: bool = True) -> None:
     """Continue the fit of a split chunk's unconverged tracks from their state (the converged ones keep the
     results of the evaluation they converged at) and put their results into ``r`` in place (splitting again
     as tracks converge); drops ``done`` and ``state``."""
@@ -476,17 +477,18 @@ def _resume_stragglers(r: dict[str, Any], meas: Measurements, rows: slice, t0: i
     resume["s_vxd"] = s_vxd[keep[vxd_rows]]
     h = resume.pop("h")
     rs = _fit_chunk(sub, slice(0, int(keep.sum())), 0, left.size, h, arm_rows[keep], geom, constants,
-                    mass[t0 + left], n_iter, scattering, arms, split_at=_SPLIT_AT, resume=resume)
+                    mass[t0 + left], n_iter, scattering, arms, split_at=_SPLIT_AT, resume=resume,
+                    global_derivatives=global_derivatives)
     if "done" in rs:
         _resume_stragglers(rs, sub, slice(0, int(keep.sum())), 0, arm_rows[keep], geom, constants, mass[t0 + left],
-                           n_iter, scattering, arms)
+                           n_iter, scattering, arms, global_derivatives)
     for k, v in rs.items():  # per-track results by track, the others by row
         r[k][left if k in _TRACK_RESULTS else keep] = v
 
 
 def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None = None,
                mass: float | np.ndarray = MUON_MASS, n_iter: int = 6, scattering: bool = True,
-               chunk_tracks: int = 2000, prefit: bool = False) -> FitResult:
+               chunk_tracks: int = 2000, prefit: bool = False, global_derivatives: bool = True) -> FitResult:
     """Fit all track candidates of ``meas`` (batched Gauss-Newton from the seed, at most ``n_iter``
     iterations; a track stops once its next step is below 1e-3 of its errors, so its result does not depend
     on the other tracks of the batch, and a chunk stops when all have; once some tracks of a chunk have
@@ -495,6 +497,8 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
 
     ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed
     in chunks of ``chunk_tracks`` to bound memory; there is no Python loop per track or hit.
+    ``global_derivatives=False``: the alignment derivatives are not computed (``global_derivs`` and
+    ``global_labels`` of the result are then empty, shape (0, 6)).
     """
     geom = geom or G.nominal_geometry()
     nt = meas.n_tracks
@@ -517,15 +521,17 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
         if scattering and prefit:  # pre-fit without kinks: a robust start for low-momentum tracks
             h_start = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, 2, False, arms)["params"]
         r = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, n_iter, scattering, arms,
-                       split_at=_SPLIT_AT)
+                       split_at=_SPLIT_AT, global_derivatives=global_derivatives)
         if "done" in r:  # some tracks converged: the others go on alone
-            _resume_stragglers(r, meas, rows, t0, arm[rows], geom, constants, mass, n_iter, scattering, arms)
+            _resume_stragglers(r, meas, rows, t0, arm[rows], geom, constants, mass, n_iter, scattering, arms,
+                               global_derivatives)
         for k, v in r.items():
             out.setdefault(k, []).append(v)
     cat = {k: np.concatenate(v) for k, v in out.items()}
     return FitResult(meas=meas, params=cat["params"], cov=cat["cov"], chi2=cat["chi2"], ndf=cat["ndf"], ok=cat["ok"], kinks=cat["kinks"],
                      kink_sigma=cat["kink_sigma"], arm=arm, pred=cat["pred"], residual=cat["residual"],
-                     local_derivs=cat["local"], global_derivs=cat["gd"], global_labels=cat["gl"])
+                     local_derivs=cat["local"], global_derivs=cat.get("gd", np.zeros((0, 6))),
+                     global_labels=cat.get("gl", np.zeros((0, 6), np.int64)))
 
 
 def predict(meas: Measurements, constants: Constants, h_rows: np.ndarray, arm: np.ndarray,

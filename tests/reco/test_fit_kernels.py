@@ -9,7 +9,7 @@ from b2luca.reco import _kernels as K
 from b2luca.reco import helix as H
 from b2luca.reco.fit import _Predictor, fit_tracks
 from b2luca.reco.geometry import nominal_geometry
-from b2luca.reco.robust import fit_robust
+from b2luca.reco.robust import fit_robust, subset_measurements
 
 GEOM = nominal_geometry()
 
@@ -72,3 +72,26 @@ def test_production_fit_keeps_every_candidate(sample, tag):
     fit = fit_robust(meas, c)
     assert fit.failed == 0 and fit.params.shape[0] == meas.n_tracks
     assert np.all(np.isfinite(fit.params)) and np.all(fit.ndf > 0)
+
+
+def test_fit_without_global_derivatives_is_the_same_fit(sample):
+    c, all_meas = sample
+    meas = all_meas["mumu_tight_or_highm_calib"]
+    full = fit_tracks(meas, c, GEOM, scattering=False, n_iter=4)
+    lean = fit_tracks(meas, c, GEOM, scattering=False, n_iter=4, global_derivatives=False)
+    for key in ("params", "cov", "chi2", "ndf", "residual", "local_derivs"):
+        assert np.array_equal(getattr(lean, key), getattr(full, key), equal_nan=True), key
+    assert lean.global_derivs.shape == (0, 6) and lean.global_labels.shape == (0, 6)
+    assert np.any(full.global_derivs != 0)
+
+
+def test_subset_of_a_range_of_candidates(sample):
+    _c, all_meas = sample
+    meas = all_meas["hadron_calib"]
+    sub = subset_measurements(meas, np.arange(3, 11))
+    keep = (meas.track >= 3) & (meas.track < 11)
+    assert np.array_equal(sub.track, meas.track[keep] - 3)
+    assert np.array_equal(sub.track_key, meas.track_key[3:11])
+    assert np.array_equal(sub.m, meas.m[keep]) and np.array_equal(sub.approx_pos, meas.approx_pos[keep])
+    gaps = subset_measurements(meas, np.array([3, 5, 10]))  # not a range: the general selection
+    assert np.array_equal(np.bincount(gaps.track), np.bincount(meas.track)[[3, 5, 10]])
