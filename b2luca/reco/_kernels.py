@@ -3,8 +3,9 @@
 One pass per row (numba, ``@njit(cache=True, nogil=True)``) instead of some fifty numpy operations over all
 rows with their temporaries.  The formulas are those of :mod:`b2luca.reco.helix` (helix position and
 direction, plane and cylinder crossings, the position Jacobian at fixed arc length),
-:func:`b2luca.reco.geometry.cdc_drift_distance` and :meth:`b2luca.reco.fit._Predictor.jacobian`; the numbers
-agree with the numpy versions to round-off (``tests/reco/test_fit_kernels.py``).
+:func:`b2luca.reco.geometry.cdc_drift_distance` (written as dy cos(phi_w) - dx sin(phi_w), which needs no
+arctan2) and :meth:`b2luca.reco.fit._Predictor.jacobian`; the numbers agree with the numpy versions to
+round-off (``tests/reco/test_fit_kernels.py``).
 """
 
 from __future__ import annotations
