@@ -1,4 +1,5 @@
-"""Compiled kernels of the track fit: the predictions of the measurement rows and their analytic derivatives.
+"""Compiled kernels of the track fit: the predictions of the measurement rows and their analytic derivatives
+(helix parameters: :func:`vxd_rows`, :func:`cdc_rows`; scattering kinks: :func:`kink_columns`).
 
 One pass per row (numba, ``@njit(cache=True, nogil=True)``) instead of some fifty numpy operations over all
 rows with their temporaries.  The formulas are those of :mod:`b2luca.reco.helix` (helix position and
@@ -15,7 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["cdc_rows", "vxd_rows"]
+__all__ = ["cdc_rows", "kink_columns", "vxd_rows"]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -143,6 +144,22 @@ def cdc_rows(h: np.ndarray, arm: np.ndarray, radius: np.ndarray, stereo: np.ndar
     return pred, s_out, jac, xs
 
 
+@njit(cache=True, nogil=True)
+def kink_columns(d: np.ndarray, j2: np.ndarray, track_arm: np.ndarray, n_before: np.ndarray, slot: np.ndarray,
+                 loc: np.ndarray) -> None:  # pragma: no cover - compiled
+    """The kink columns of the local derivatives, in place: ``loc[i, 5 + 2 N slot[i] + c] = d[i] . j2[track_arm[i], :,
+    c]`` for the kink angles c of the scatterers before the hit (``c // 2 < n_before[i]``), where d (R, 5) =
+    d(pred)/d(helix), j2 (T * arms, 5, 2 N) the kinks' helix Jacobians (N scatterers per arm); other columns stay."""
+    nc = j2.shape[2]
+    for i in range(d.shape[0]):
+        j = track_arm[i]
+        off = 5 + nc * slot[i]
+        last = min(2 * n_before[i], nc)
+        for c in range(last):
+            loc[i, off + c] = (d[i, 0] * j2[j, 0, c] + d[i, 1] * j2[j, 1, c] + d[i, 2] * j2[j, 2, c]
+                               + d[i, 3] * j2[j, 3, c] + d[i, 4] * j2[j, 4, c])
+
+
 def _load() -> None:
     """Load both kernels now (from numba's on-disk cache; compiled on the first run after an edit): a process that
     imports the fit and then forks (the luigi workers of ``b2luca run``, the job server) hands them over loaded,
@@ -152,6 +169,8 @@ def _load() -> None:
     one = np.ones(1)
     vxd_rows(h, one, 1, np.zeros((1, 3)), np.eye(3).reshape(1, 3, 3).copy(), np.zeros(1, np.int64))
     cdc_rows(h, one, 500.0 * one, 0.0 * one, 0.0 * one, 0.0 * one, np.zeros((1, 3)))
+    zero = np.zeros(1, np.int64)
+    kink_columns(h, np.zeros((1, 5, 2)), zero, zero + 1, zero, np.zeros((1, 7)))
 
 
 _load()

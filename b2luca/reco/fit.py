@@ -335,11 +335,9 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     nk = len(arms) * N_SCAT * 2 if scattering else 0
     nl = 5 + nk
     theta = np.zeros((nt, len(arms), N_SCAT, 2))
-    slot = np.where(arm > 0, 0, len(arms) - 1)
+    slot = np.where(arm > 0, 0, len(arms) - 1).astype(np.int64)
     # number of scatterers between the perigee and the hit: beam pipe + inner VXD layers (+ CDC wall)
-    li = np.where(meas.kind[rows] == KIND_CDC, N_SCAT, geom.layer[np.maximum(meas.sensor[rows], 0)])
-    before = np.arange(N_SCAT)[None, :] < li[:, None]  # (R, N_SCAT)
-    before2 = np.repeat(before, 2, axis=1)
+    li = np.where(meas.kind[rows] == KIND_CDC, N_SCAT, geom.layer[np.maximum(meas.sensor[rows], 0)]).astype(np.int64)
     # flat row indices (one index array gathers several times faster than a pair of them)
     track_arm = track * len(arms) + slot  # (track, arm) of every row
     row_slot = track * mmax + slot_in  # its row in the per-track padded layout
@@ -371,14 +369,10 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         loc = np.zeros((res.size, nl))
         loc[:, :5] = d
         if scattering:
-            # d(pred)/d(kink) = d(pred)/d(h) . J(kink); J laid out as (T, arms, 5, N_SCAT * 2)
-            j2 = np.ascontiguousarray(jac.transpose(0, 1, 3, 2, 4)).reshape(nt, len(arms), 5, 2 * N_SCAT)
-            dj = (d[:, None, :] @ np.take(j2.reshape(-1, 5, 2 * N_SCAT), track_arm, axis=0))[:, 0, :] * before2
-            if len(arms) == 1:
-                loc[:, 5:] = dj
-            else:
-                loc[:, 5:5 + 2 * N_SCAT] = np.where((slot == 0)[:, None], dj, 0.0)
-                loc[:, 5 + 2 * N_SCAT:] = np.where((slot == 1)[:, None], dj, 0.0)
+            # d(pred)/d(kink) = d(pred)/d(h) . J(kink) for the kinks before the hit, in its arm's columns;
+            # J laid out as (T * arms, 5, N_SCAT * 2)
+            j2 = np.ascontiguousarray(jac.transpose(0, 1, 3, 2, 4)).reshape(-1, 5, 2 * N_SCAT)
+            K.kink_columns(d, j2, track_arm, li, slot, loc)
         sw = np.sqrt(w)
         padded = np.zeros((nt, mmax, nl))
         padded.reshape(-1, nl)[row_slot] = loc * sw[:, None]
