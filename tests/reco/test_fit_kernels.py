@@ -95,3 +95,22 @@ def test_subset_of_a_range_of_candidates(sample):
     assert np.array_equal(sub.m, meas.m[keep]) and np.array_equal(sub.approx_pos, meas.approx_pos[keep])
     gaps = subset_measurements(meas, np.array([3, 5, 10]))  # not a range: the general selection
     assert np.array_equal(np.bincount(gaps.track), np.bincount(meas.track)[[3, 5, 10]])
+
+
+def test_kink_columns_are_the_contraction_before_the_hit():
+    rng = np.random.default_rng(4)
+    n_rows, n_groups, n_scat = 300, 40, 8
+    d = rng.normal(size=(n_rows, 5))
+    j2 = rng.normal(size=(n_groups, 5, 2 * n_scat))
+    group = rng.integers(0, n_groups, n_rows)
+    n_before = rng.integers(0, n_scat + 1, n_rows)
+    slot = rng.integers(0, 2, n_rows)
+    loc = np.zeros((n_rows, 5 + 4 * n_scat))
+    K.kink_columns(d, j2, group, n_before, slot, loc)
+    want = np.einsum("rk,rkc->rc", d, j2[group]) * (np.arange(2 * n_scat)[None, :] // 2 < n_before[:, None])
+    expected = np.zeros_like(loc)
+    for arm in (0, 1):
+        cols = slice(5 + 2 * n_scat * arm, 5 + 2 * n_scat * (arm + 1))
+        expected[:, cols] = np.where((slot == arm)[:, None], want, 0.0)
+    assert np.allclose(loc, expected, rtol=1e-13, atol=1e-13)
+    assert np.all(loc[:, :5] == 0)
