@@ -58,62 +58,61 @@ def _projected(d0: float, s0: float, c0: float, s: float, pt: np.ndarray, wx: fl
 
 
 @njit(cache=True, nogil=True)
-def vxd_rows(h: np.ndarray, s_start: np.ndarray, n_iter: int, c: np.ndarray, r: np.ndarray, axis: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """VXD rows: helices ``h`` (N, 5), Newton start ``s_start`` (N,), ``n_iter`` Newton steps onto the sensor
-    planes (centres ``c`` (N, 3), rotations ``r`` (N, 3, 3), columns = local u, v, w axes), measured local
-    ``axis`` (0 u, 1 v).  Returns the prediction (N,), the arc length (N,), d(pred)/d(h) (N, 5) and the local
-    track state (N, 4): u, v, du/dw, dv/dw."""
-    n = h.shape[0]
-    pred = np.empty(n)
-    s_out = np.empty(n)
-    jac = np.empty((n, 5))
+def vxd_rows(h: np.ndarray, rows: np.ndarray, s_start: np.ndarray, n_iter: int, c: np.ndarray, r: np.ndarray,
+             axis: np.ndarray, pred: np.ndarray, s_out: np.ndarray, jac: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """The VXD rows ``rows`` (N,) of the helices ``h`` (R, 5): Newton start ``s_start`` (N,), ``n_iter`` Newton
+    steps onto the sensor planes (centres ``c`` (N, 3), rotations ``r`` (N, 3, 3), columns = local u, v, w
+    axes), measured local ``axis`` (0 u, 1 v).  Writes the prediction, the arc length and d(pred)/d(h) into
+    rows ``rows`` of ``pred`` (R,), ``s_out`` (R,), ``jac`` (R, 5); returns the local track state (N, 4): u, v,
+    du/dw, dv/dw."""
+    n = rows.size
     local = np.empty((n, 4))
     pt = np.empty(10)
-    for i in range(n):
+    for k in range(n):
+        i = rows[k]
         d0, phi0, om, z0, tl = h[i, 0], h[i, 1], h[i, 2], h[i, 3], h[i, 4]
         s0, c0 = math.sin(phi0), math.cos(phi0)
-        nx, ny, nz = r[i, 0, 2], r[i, 1, 2], r[i, 2, 2]
-        s = s_start[i]
+        nx, ny, nz = r[k, 0, 2], r[k, 1, 2], r[k, 2, 2]
+        s = s_start[k]
         for _ in range(n_iter):
             _point(d0, s0, c0, om, z0, tl, s, pt)
-            f = (pt[0] - c[i, 0]) * nx + (pt[1] - c[i, 1]) * ny + (pt[2] - c[i, 2]) * nz
+            f = (pt[0] - c[k, 0]) * nx + (pt[1] - c[k, 1]) * ny + (pt[2] - c[k, 2]) * nz
             df = pt[3] * nx + pt[4] * ny + pt[5] * nz
             s = s - f / df
         _point(d0, s0, c0, om, z0, tl, s, pt)
-        ex, ey, ez = pt[0] - c[i, 0], pt[1] - c[i, 1], pt[2] - c[i, 2]
-        u = r[i, 0, 0] * ex + r[i, 1, 0] * ey + r[i, 2, 0] * ez
-        v = r[i, 0, 1] * ex + r[i, 1, 1] * ey + r[i, 2, 1] * ez
-        du = r[i, 0, 0] * pt[3] + r[i, 1, 0] * pt[4] + r[i, 2, 0] * pt[5]
-        dv = r[i, 0, 1] * pt[3] + r[i, 1, 1] * pt[4] + r[i, 2, 1] * pt[5]
+        ex, ey, ez = pt[0] - c[k, 0], pt[1] - c[k, 1], pt[2] - c[k, 2]
+        u = r[k, 0, 0] * ex + r[k, 1, 0] * ey + r[k, 2, 0] * ez
+        v = r[k, 0, 1] * ex + r[k, 1, 1] * ey + r[k, 2, 1] * ez
+        du = r[k, 0, 0] * pt[3] + r[k, 1, 0] * pt[4] + r[k, 2, 0] * pt[5]
+        dv = r[k, 0, 1] * pt[3] + r[k, 1, 1] * pt[4] + r[k, 2, 1] * pt[5]
         dw = nx * pt[3] + ny * pt[4] + nz * pt[5]
-        a = axis[i]
+        a = axis[k]
         pred[i] = u if a == 0 else v
         s_out[i] = s
-        local[i, 0], local[i, 1], local[i, 2], local[i, 3] = u, v, du / dw, dv / dw
+        local[k, 0], local[k, 1], local[k, 2], local[k, 3] = u, v, du / dw, dv / dw
         # d(pred)/dh = w . dx/dh|_s with w = g - (g.t / n.t) n: the crossing stays on the plane
-        gx, gy, gz = r[i, 0, a], r[i, 1, a], r[i, 2, a]
+        gx, gy, gz = r[k, 0, a], r[k, 1, a], r[k, 2, a]
         ratio = (gx * pt[3] + gy * pt[4] + gz * pt[5]) / dw
         _projected(d0, s0, c0, s, pt, gx - ratio * nx, gy - ratio * ny, gz - ratio * nz, jac, i)
-    return pred, s_out, jac, local
+    return local
 
 
 @njit(cache=True, nogil=True)
-def cdc_rows(h: np.ndarray, arm: np.ndarray, radius: np.ndarray, stereo: np.ndarray, phi_offset: np.ndarray,
-             wire_phi: np.ndarray, par: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
-    """CDC rows: helices ``h`` (N, 5) crossing their layer cylinders (``radius``, on the side ``arm``); the
-    signed drift distance to the wire (layer ``stereo`` slope, ``phi_offset``, the wire's azimuth
-    ``wire_phi``, layer alignment ``par`` (N, 3) = dx, dy, dphi).  Returns the prediction (N,), the arc length
-    (N,), d(pred)/d(h) (N, 5) and the crossing point (N, 3); NaN where the helix does not reach the layer."""
-    n = h.shape[0]
-    pred = np.empty(n)
-    s_out = np.empty(n)
-    jac = np.empty((n, 5))
+def cdc_rows(h: np.ndarray, rows: np.ndarray, arm: np.ndarray, radius: np.ndarray, stereo: np.ndarray,
+             phi_offset: np.ndarray, wire_phi: np.ndarray, par: np.ndarray, pred: np.ndarray, s_out: np.ndarray,
+             jac: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """The CDC rows ``rows`` (N,) of the helices ``h`` (R, 5) crossing their layer cylinders (``radius`` (N,), on
+    the side ``arm`` (R,)); the signed drift distance to the wire (layer ``stereo`` slope, ``phi_offset``, the
+    wire's azimuth ``wire_phi``, layer alignment ``par`` (N, 3) = dx, dy, dphi).  Writes the prediction, the
+    arc length and d(pred)/d(h) into rows ``rows`` of ``pred`` (R,), ``s_out`` (R,), ``jac`` (R, 5); returns the
+    crossing points (N, 3).  NaN where the helix does not reach the layer."""
+    n = rows.size
     xs = np.empty((n, 3))
     pt = np.empty(10)
-    for i in range(n):
+    for k in range(n):
+        i = rows[k]
         d0, phi0, om, z0, tl = h[i, 0], h[i, 1], h[i, 2], h[i, 3], h[i, 4]
-        rr = radius[i]
+        rr = radius[k]
         denom = 1.0 + om * d0
         q = (rr * rr - d0 * d0) / denom if denom != 0.0 else math.nan
         ok = q >= 0.0 and denom > 0.0
@@ -121,27 +120,27 @@ def cdc_rows(h: np.ndarray, arm: np.ndarray, radius: np.ndarray, stereo: np.ndar
         if not ok or a > 1.0:
             pred[i] = s_out[i] = math.nan
             jac[i, :] = math.nan
-            xs[i, :] = math.nan
+            xs[k, :] = math.nan
             continue
         root = math.sqrt(q)
         s = arm[i] * root * (1.0 if a < 1e-8 else math.asin(a) / a)
         s0, c0 = math.sin(phi0), math.cos(phi0)
         _point(d0, s0, c0, om, z0, tl, s, pt)
         x, y, z = pt[0], pt[1], pt[2]
-        dx, dy = x - par[i, 0], y - par[i, 1]
+        dx, dy = x - par[k, 0], y - par[k, 1]
         # the wire's azimuth at z (stereo layers) in the aligned layer frame; the drift distance
         # rho sin(phi - phi_w) = dy cos(phi_w) - dx sin(phi_w)
-        st = stereo[i] / rr
-        phi_w = phi_offset[i] + z * st + wire_phi[i] + par[i, 2]
+        st = stereo[k] / rr
+        phi_w = phi_offset[k] + z * st + wire_phi[k] + par[k, 2]
         cw, sw = math.cos(phi_w), math.sin(phi_w)
         pred[i] = dy * cw - dx * sw
         s_out[i] = s
-        xs[i, 0], xs[i, 1], xs[i, 2] = x, y, z
+        xs[k, 0], xs[k, 1], xs[k, 2] = x, y, z
         # d(pred)/dx, projected along the cylinder
         gx, gy, gz = -sw, cw, -(dx * cw + dy * sw) * st
         ratio = (gx * pt[3] + gy * pt[4] + gz * pt[5]) / (x * pt[3] + y * pt[4])
         _projected(d0, s0, c0, s, pt, gx - ratio * x, gy - ratio * y, gz, jac, i)
-    return pred, s_out, jac, xs
+    return xs
 
 
 @njit(cache=True, nogil=True)
@@ -167,9 +166,11 @@ def _load() -> None:
     h = np.zeros((1, 5))
     h[0, 2], h[0, 4] = 1e-4, 0.1
     one = np.ones(1)
-    vxd_rows(h, one, 1, np.zeros((1, 3)), np.eye(3).reshape(1, 3, 3).copy(), np.zeros(1, np.int64))
-    cdc_rows(h, one, 500.0 * one, 0.0 * one, 0.0 * one, 0.0 * one, np.zeros((1, 3)))
     zero = np.zeros(1, np.int64)
+    vxd_rows(h, zero, one, 1, np.zeros((1, 3)), np.eye(3).reshape(1, 3, 3).copy(), zero, np.empty(1), np.empty(1),
+             np.empty((1, 5)))
+    cdc_rows(h, zero, one, 500.0 * one, 0.0 * one, 0.0 * one, 0.0 * one, np.zeros((1, 3)), np.empty(1), np.empty(1),
+             np.empty((1, 5)))
     kink_columns(h, np.zeros((1, 5, 2)), zero, zero + 1, zero, np.zeros((1, 7)))
 
 

@@ -190,7 +190,7 @@ class _Predictor:
         self.cdc_stereo = geom.cdc_stereo[lay]
         self.cdc_phi_offset = geom.cdc_phi_offset[lay]
         self.cdc_wire_phi = 2 * np.pi * self.wire / geom.cdc_nwires[lay]
-        self.arm = arm
+        self.arm = np.ascontiguousarray(arm, dtype=float)
         self.rho_vxd = np.hypot(meas.approx_pos[rows][self.vxd, 0], meas.approx_pos[rows][self.vxd, 1])
         self.s_vxd: np.ndarray | None = None
         # the helices of the last update and their derivatives d(pred)/d(h)
@@ -215,25 +215,22 @@ class _Predictor:
         points are kept for :meth:`jacobian` and the global derivatives."""
         pred = np.empty(h.shape[0])
         s_all = np.empty(h.shape[0])
-        hv = h[self.vxd]
         s0 = self.s_vxd
         if s0 is None:
-            s0 = H.cylinder_crossing(hv, self.rho_vxd, self.arm[self.vxd])
+            s0 = H.cylinder_crossing(h[self.vxd], self.rho_vxd, self.arm[self.vxd])
             s0 = np.where(np.isfinite(s0), s0, self.arm[self.vxd] * self.rho_vxd)
             n_iter = 6
         if update:
-            pv, sv, jv, lv = K.vxd_rows(hv, s0, n_iter, self.c, self.r, self.axis)
-            pc, sc, jc, xc = K.cdc_rows(h[self.cdc], self.arm[self.cdc], self.cdc_radius, self.cdc_stereo,
-                                        self.cdc_phi_offset, self.cdc_wire_phi, self.cdc_par)
-            pred[self.vxd], pred[self.cdc] = pv, pc
-            s_all[self.vxd], s_all[self.cdc] = sv, sc
             jac = np.empty((h.shape[0], 5))
-            jac[self.vxd], jac[self.cdc] = jv, jc
-            self.s_vxd = sv
+            hc = np.ascontiguousarray(h, dtype=float)
+            lv = K.vxd_rows(hc, self.vxd, s0, n_iter, self.c, self.r, self.axis, pred, s_all, jac)
+            self.cdc_x = K.cdc_rows(hc, self.cdc, self.arm, self.cdc_radius, self.cdc_stereo, self.cdc_phi_offset,
+                                    self.cdc_wire_phi, self.cdc_par, pred, s_all, jac)
+            self.s_vxd = s_all[self.vxd]
             self.vxd_local = (lv[:, 0], lv[:, 1], lv[:, 2], lv[:, 3])
-            self.cdc_x = xc
             self._frame = (h, jac)
             return pred, s_all
+        hv = h[self.vxd]
         s = H.plane_crossing(hv, s0, self.c, self.normal, n_iter=n_iter)
         x = H.position(hv, s)
         loc = np.einsum("nji,nj->ni", self.r, x - self.c)

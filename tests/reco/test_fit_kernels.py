@@ -60,7 +60,8 @@ def test_cdc_kernel_gives_nan_where_the_layer_is_not_reached():
     h = np.array([[0.0, 0.3, 1.0 / 200.0, 0.0, 0.1],  # radius 200 mm: never reaches r = 500 mm
                   [0.0, 0.3, 1e-4, 0.0, 0.1]])
     one = np.ones(2)
-    pred, s, jac, x = K.cdc_rows(h, one, 500.0 * one, 0.0 * one, 0.0 * one, 0.0 * one, np.zeros((2, 3)))
+    pred, s, jac = np.zeros(2), np.zeros(2), np.zeros((2, 5))
+    x = K.cdc_rows(h, np.arange(2), one, 500.0 * one, 0.0 * one, 0.0 * one, 0.0 * one, np.zeros((2, 3)), pred, s, jac)
     assert np.isnan(pred[0]) and np.isnan(s[0]) and np.all(np.isnan(jac[0])) and np.all(np.isnan(x[0]))
     assert np.all(np.isfinite(jac[1])) and np.isclose(np.hypot(x[1, 0], x[1, 1]), 500.0)
 
