@@ -196,17 +196,6 @@ class _Predictor:
         # the helices of the last update and their derivatives d(pred)/d(h)
         self._frame: tuple | None = None
 
-    def _drift_distance(self, x: np.ndarray) -> np.ndarray:
-        """:func:`b2luca.reco.geometry.cdc_drift_distance` of the CDC rows' points x (their layers and wires)."""
-        par = self.cdc_par
-        dx, dy = x[:, 0] - par[:, 0], x[:, 1] - par[:, 1]
-        rho = np.hypot(dx, dy)
-        phi = np.arctan2(dy, dx) - par[:, 2]
-        base = self.cdc_phi_offset + x[:, 2] * self.cdc_stereo / self.cdc_radius
-        dphi = phi - base - self.cdc_wire_phi
-        dphi = np.arctan2(np.sin(dphi), np.cos(dphi))
-        return rho * np.sin(dphi)
-
     def __call__(self, h: np.ndarray, n_iter: int = 2, update: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Predictions (R,) and crossing arc lengths (R,) for the per-row helices ``h`` (R, 5).  The VXD
         crossings start from those of the last update (``n_iter`` Newton steps; 6 from the layer cylinder the
@@ -238,7 +227,8 @@ class _Predictor:
         s_all[self.vxd] = s
         hc = h[self.cdc]
         sc = H.cylinder_crossing(hc, self.cdc_radius, self.arm[self.cdc])
-        pred[self.cdc] = self._drift_distance(H.position(hc, sc))
+        pred[self.cdc], _ = G.cdc_drift_distance(H.position(hc, sc), self.layer, self.geom, self.constants.cdc_params,
+                                                 self.wire)
         s_all[self.cdc] = sc
         return pred, s_all
 
