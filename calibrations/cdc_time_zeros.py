@@ -51,7 +51,11 @@ PAYLOAD = "CDCTimeZeros"
 
 
 def _terms(x: np.ndarray, half_cell: np.ndarray, sigma: float):
-    """log p, d log p / dx, d2 log p / dx2 and d log p / d sigma of the edge model at x (mm)."""
+    """log p, d log p / dx, d2 log p / dx2, d log p / d sigma and d2 log p / d sigma2 of the edge model at x (mm).
+
+    With a = x / sigma, b = (x - D) / sigma, F = Phi(a) - Phi(b), fa = phi(a) / F, fb = phi(b) / F:
+    d log p / d sigma = (-a fa + b fb) / sigma and, since d(a phi(a))/d sigma = -a (1 - a^2) phi(a) / sigma,
+    d2 log p / d sigma2 = (a (1 - a^2) fa - b (1 - b^2) fb) / sigma^2 - ds / sigma - ds^2."""
     from scipy.special import log_ndtr
 
     a, b = x / sigma, (x - half_cell) / sigma
@@ -68,7 +72,8 @@ def _terms(x: np.ndarray, half_cell: np.ndarray, sigma: float):
     g = (fa - fb) / sigma
     h = (-a * fa + b * fb) / sigma ** 2 - g * g
     ds = (-a * fa + b * fb) / sigma
-    return log_f - np.log(half_cell), g, h, ds
+    dss = (a * (1 - a * a) * fa - b * (1 - b * b) * fb) / sigma ** 2 - ds / sigma - ds * ds
+    return log_f - np.log(half_cell), g, h, ds, dss
 
 
 def fit_t0(board: np.ndarray, layer: np.ndarray, tdc: np.ndarray, previous_t0: np.ndarray, min_hits: int,
@@ -96,24 +101,22 @@ def fit_t0(board: np.ndarray, layer: np.ndarray, tdc: np.ndarray, previous_t0: n
     for _ in range(int(max_iterations)):
         x = V * (tdc - t0[board])
         inside = (x > -8 * sigma) & (x < half + 8 * sigma)
-        _lp, g, h, ds = _terms(np.where(inside, x, 0.5 * half), half, sigma)
+        _lp, g, h, ds, dss_i = _terms(np.where(inside, x, 0.5 * half), half, sigma)
         grad = -V * np.bincount(board, np.where(inside, g, 0), minlength=nb)
         hess = V * V * np.bincount(board, np.where(inside, h, 0), minlength=nb)
         step = np.where(hess < 0, -grad / np.where(hess < 0, hess, -1.0), 0.0)
         step = np.clip(step, -5.0, 5.0)
         t0 = t0 + step
-        # sigma: one secant-free Newton step using a numerical derivative of the score
-        eps = 1e-4 * sigma
+        # sigma: one Newton step on its score (analytic second derivative, at the t0 of this iteration)
         s1 = np.sum(np.where(inside, ds, 0))
-        s2 = np.sum(np.where(inside, _terms(np.where(inside, x, 0.5 * half), half, sigma + eps)[3], 0))
-        dss = (s2 - s1) / eps
+        dss = np.sum(np.where(inside, dss_i, 0))
         if dss < 0:
             sigma = float(np.clip(sigma - s1 / dss, 0.5 * sigma, 2 * sigma))
         if np.max(np.abs(step)) < 1e-3:  # ns, far below the errors (~0.5 ns)
             break
     x = V * (tdc - t0[board])
     inside = (x > -8 * sigma) & (x < half + 8 * sigma)
-    _lp, g, h, _ds = _terms(np.where(inside, x, 0.5 * half), half, sigma)
+    _lp, g, h, _ds, _dss = _terms(np.where(inside, x, 0.5 * half), half, sigma)
     info = -V * V * np.bincount(board, np.where(inside, h, 0), minlength=nb)
     good = (n >= max(int(min_hits), 10)) & (info > 0)
     err = np.where(good, 1.0 / np.sqrt(np.where(info > 0, info, 1.0)), np.nan)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import geometry as G
+from . import _kernels as K
 from . import helix as H
 from .measurements import KIND_CDC, Constants, Measurements, cdc_global_derivatives, vxd_global_derivatives
 
@@ -64,8 +65,8 @@ class FitResult:
     pred: np.ndarray  # (R,)
     residual: np.ndarray  # (R,) m - pred (NaN where the track does not reach the element)
     local_derivs: np.ndarray  # (R, 5 + n_kinks) d(pred)/d(local)
-    global_derivs: np.ndarray  # (R, 6) d(pred)/d(global)
-    global_labels: np.ndarray  # (R, 6) int64, 0 = unused
+    global_derivs: np.ndarray  # (R, 6) d(pred)/d(global); (0, 6) when fitted without global derivatives
+    global_labels: np.ndarray  # (R, 6) int64, 0 = unused; (0, 6) when fitted without global derivatives
 
     @property
     def kink_active(self) -> np.ndarray:
@@ -176,40 +177,59 @@ class _Predictor:
         self.cdc = np.flatnonzero(self.kind == KIND_CDC)
         centers, rots = G.aligned_frames(geom, constants.vxd_params)
         sens = meas.sensor[rows][self.vxd]
-        self.c, self.r = centers[sens], rots[sens]
+        self.c, self.r = np.ascontiguousarray(centers[sens]), np.ascontiguousarray(rots[sens])
         self.axis = self.kind[self.vxd].astype(np.int64)
+        self.normal = self.r[:, :, 2]  # the sensor normals
+        self.u_axis = self.r[np.arange(self.axis.size), :, self.axis]  # (Rv, 3): the measured local axis in global
         self.layer = meas.layer[rows][self.cdc]
         self.wire = meas.wire[rows][self.cdc]
-        self.arm = arm
+        # per CDC row, gathered once: the layer's alignment (dx, dy, dphi), radius, stereo slope, wire azimuth
+        lay = self.layer
+        self.cdc_par = np.ascontiguousarray(constants.cdc_params[lay], dtype=float)
+        self.cdc_radius = geom.cdc_r[lay]
+        self.cdc_stereo = geom.cdc_stereo[lay]
+        self.cdc_phi_offset = geom.cdc_phi_offset[lay]
+        self.cdc_wire_phi = 2 * np.pi * self.wire / geom.cdc_nwires[lay]
+        self.arm = np.ascontiguousarray(arm, dtype=float)
         self.rho_vxd = np.hypot(meas.approx_pos[rows][self.vxd, 0], meas.approx_pos[rows][self.vxd, 1])
         self.s_vxd: np.ndarray | None = None
-        self.cdc_h: np.ndarray | None = None  # the helices of the last update (their CDC crossings are cdc_x)
+        # the helices of the last update and their derivatives d(pred)/d(h)
+        self._frame: tuple | None = None
 
     def __call__(self, h: np.ndarray, n_iter: int = 2, update: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions (R,) and crossing arc lengths (R,) for the per-row helices ``h`` (R, 5).  The VXD
+        crossings start from those of the last update (``n_iter`` Newton steps; 6 from the layer cylinder the
+        first time).  ``update``: the fit's evaluation (compiled kernels, :mod:`b2luca.reco._kernels`): the
+        crossings become the next start, and the derivatives, the local track state and the CDC crossing
+        points are kept for :meth:`jacobian` and the global derivatives."""
         pred = np.empty(h.shape[0])
         s_all = np.empty(h.shape[0])
-        hv = h[self.vxd]
         s0 = self.s_vxd
         if s0 is None:
-            s0 = H.cylinder_crossing(hv, self.rho_vxd, self.arm[self.vxd])
+            s0 = H.cylinder_crossing(h[self.vxd], self.rho_vxd, self.arm[self.vxd])
             s0 = np.where(np.isfinite(s0), s0, self.arm[self.vxd] * self.rho_vxd)
             n_iter = 6
-        s = H.plane_crossing(hv, s0, self.c, self.r[:, :, 2], n_iter=n_iter)
+        if update:
+            jac = np.empty((h.shape[0], 5))
+            hc = np.ascontiguousarray(h, dtype=float)
+            lv = K.vxd_rows(hc, self.vxd, s0, n_iter, self.c, self.r, self.axis, pred, s_all, jac)
+            self.cdc_x = K.cdc_rows(hc, self.cdc, self.arm, self.cdc_radius, self.cdc_stereo, self.cdc_phi_offset,
+                                    self.cdc_wire_phi, self.cdc_par, pred, s_all, jac)
+            self.s_vxd = s_all[self.vxd]
+            self.vxd_local = (lv[:, 0], lv[:, 1], lv[:, 2], lv[:, 3])
+            self._frame = (h, jac)
+            return pred, s_all
+        hv = h[self.vxd]
+        s = H.plane_crossing(hv, s0, self.c, self.normal, n_iter=n_iter)
         x = H.position(hv, s)
         loc = np.einsum("nji,nj->ni", self.r, x - self.c)
         pred[self.vxd] = loc[np.arange(loc.shape[0]), self.axis]
         s_all[self.vxd] = s
-        if update:
-            self.s_vxd = s
-            d = np.einsum("nji,nj->ni", self.r, H.direction(hv, s))
-            self.vxd_local = (loc[:, 0], loc[:, 1], d[:, 0] / d[:, 2], d[:, 1] / d[:, 2])
         hc = h[self.cdc]
-        sc = H.cylinder_crossing(hc, self.geom.cdc_r[self.layer], self.arm[self.cdc])
-        xc = H.position(hc, sc)
-        pred[self.cdc], _ = G.cdc_drift_distance(xc, self.layer, self.geom, self.constants.cdc_params, self.wire)
+        sc = H.cylinder_crossing(hc, self.cdc_radius, self.arm[self.cdc])
+        pred[self.cdc], _ = G.cdc_drift_distance(H.position(hc, sc), self.layer, self.geom, self.constants.cdc_params,
+                                                 self.wire)
         s_all[self.cdc] = sc
-        if update:
-            self.cdc_x, self.cdc_h = xc, h
         return pred, s_all
 
     def jacobian(self, h: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -220,28 +240,27 @@ class _Predictor:
         ds/dh = -(n . dx/dh|_s) / (n . t) keeps it on the sensor plane (normal n) or on the layer
         cylinder (n = (x, y, 0)).  So d(pred)/dh = w . dx/dh|_s with w = g - (g.t / n.t) n.
         VXD: g = the sensor's measured axis (pred = u_axis . (x - c)); CDC: pred = dy cos(phi_w) -
-        dx sin(phi_w), with the wire azimuth phi_w depending on z in stereo layers."""
-        t = H.direction(h, s)
-        w = np.empty((h.shape[0], 3))
-        n = self.r[:, :, 2]
-        g = self.r[np.arange(self.axis.size), :, self.axis]  # (Rv, 3): the measured local axis in global
-        tv = t[self.vxd]
-        w[self.vxd] = g - (np.sum(g * tv, axis=1) / np.sum(n * tv, axis=1))[:, None] * n
-        x = self.cdc_x if self.cdc_h is h else H.position(h[self.cdc], s[self.cdc])
-        geom, lay = self.geom, self.layer
-        par = self.constants.cdc_params[lay]
-        stereo = geom.cdc_stereo[lay] / geom.cdc_r[lay]
-        phi_w = (geom.cdc_phi_offset[lay] + x[:, 2] * stereo + 2 * np.pi * self.wire / geom.cdc_nwires[lay]
-                 + par[:, 2])
+        dx sin(phi_w), with the wire azimuth phi_w depending on z in stereo layers.  When ``h`` is the array of
+        the last ``self(h, update=True)``, its compiled derivatives (the same formulas) are returned."""
+        if self._frame is not None and self._frame[0] is h:
+            return self._frame[1]
+        _, tv, pv = H.position_direction(h[self.vxd], s[self.vxd])
+        x, tc, pc = H.position_direction(h[self.cdc], s[self.cdc])
+        out = np.empty((h.shape[0], 5))
+        n, g = self.normal, self.u_axis
+        out[self.vxd] = H.projected_jacobian_at(pv, g - (np.sum(g * tv, axis=1) / np.sum(n * tv, axis=1))[:, None] * n)
+        par = self.cdc_par
+        stereo = self.cdc_stereo / self.cdc_radius
+        phi_w = self.cdc_phi_offset + x[:, 2] * stereo + self.cdc_wire_phi + par[:, 2]
         cw, sw = np.cos(phi_w), np.sin(phi_w)
         dx, dy = x[:, 0] - par[:, 0], x[:, 1] - par[:, 1]
-        g = np.stack([-sw, cw, -(dx * cw + dy * sw) * stereo], axis=1)  # d(pred)/d(x)
-        tc = t[self.cdc]
+        g = np.empty((x.shape[0], 3))  # d(pred)/d(x), projected along the cylinder
+        g[:, 0], g[:, 1], g[:, 2] = -sw, cw, -(dx * cw + dy * sw) * stereo
         ratio = (g[:, 0] * tc[:, 0] + g[:, 1] * tc[:, 1] + g[:, 2] * tc[:, 2]) / (x[:, 0] * tc[:, 0] + x[:, 1] * tc[:, 1])
         g[:, 0] -= ratio * x[:, 0]
         g[:, 1] -= ratio * x[:, 1]
-        w[self.cdc] = g
-        return H.projected_position_jacobian(h, s, w)
+        out[self.cdc] = H.projected_jacobian_at(pc, g)
+        return out
 
     def derivatives(self, h: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Forward-difference d(pred)/d(h), (R, 5), from the predictions ``base`` at h (the steps are
@@ -282,7 +301,7 @@ def _kink_jacobians(h: np.ndarray, arms: tuple[float, ...], geom: G.Geometry, p:
 def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray, arm: np.ndarray,
                geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
                arms: tuple[float, ...], split_at: int | None = None,
-               resume: dict[str, Any] | None = None) -> dict[str, Any]:
+               resume: dict[str, Any] | None = None, global_derivatives: bool = True) -> dict[str, Any]:
     """Gauss-Newton fit of the tracks t0..t1 (rows ``rows`` of ``meas``) from the helices ``h``.
 
     ``split_at``: from that iteration on, once some (not all) tracks have converged, stop after the update and
@@ -303,11 +322,9 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     nk = len(arms) * N_SCAT * 2 if scattering else 0
     nl = 5 + nk
     theta = np.zeros((nt, len(arms), N_SCAT, 2))
-    slot = np.where(arm > 0, 0, len(arms) - 1)
+    slot = np.where(arm > 0, 0, len(arms) - 1).astype(np.int64)
     # number of scatterers between the perigee and the hit: beam pipe + inner VXD layers (+ CDC wall)
-    li = np.where(meas.kind[rows] == KIND_CDC, N_SCAT, geom.layer[np.maximum(meas.sensor[rows], 0)])
-    before = np.arange(N_SCAT)[None, :] < li[:, None]  # (R, N_SCAT)
-    before2 = np.repeat(before, 2, axis=1)
+    li = np.where(meas.kind[rows] == KIND_CDC, N_SCAT, geom.layer[np.maximum(meas.sensor[rows], 0)]).astype(np.int64)
     # flat row indices (one index array gathers several times faster than a pair of them)
     track_arm = track * len(arms) + slot  # (track, arm) of every row
     row_slot = track * mmax + slot_in  # its row in the per-track padded layout
@@ -339,14 +356,10 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         loc = np.zeros((res.size, nl))
         loc[:, :5] = d
         if scattering:
-            # d(pred)/d(kink) = d(pred)/d(h) . J(kink); J laid out as (T, arms, 5, N_SCAT * 2)
-            j2 = np.ascontiguousarray(jac.transpose(0, 1, 3, 2, 4)).reshape(nt, len(arms), 5, 2 * N_SCAT)
-            dj = (d[:, None, :] @ np.take(j2.reshape(-1, 5, 2 * N_SCAT), track_arm, axis=0))[:, 0, :] * before2
-            if len(arms) == 1:
-                loc[:, 5:] = dj
-            else:
-                loc[:, 5:5 + 2 * N_SCAT] = np.where((slot == 0)[:, None], dj, 0.0)
-                loc[:, 5 + 2 * N_SCAT:] = np.where((slot == 1)[:, None], dj, 0.0)
+            # d(pred)/d(kink) = d(pred)/d(h) . J(kink) for the kinks before the hit, in its arm's columns;
+            # J laid out as (T * arms, 5, N_SCAT * 2)
+            j2 = np.ascontiguousarray(jac.transpose(0, 1, 3, 2, 4)).reshape(-1, 5, 2 * N_SCAT)
+            K.kink_columns(d, j2, track_arm, li, slot, loc)
         sw = np.sqrt(w)
         padded = np.zeros((nt, mmax, nl))
         padded.reshape(-1, nl)[row_slot] = loc * sw[:, None]
@@ -400,24 +413,25 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         state = dict(h=h, theta=theta, chi2_prev=chi2_prev, ngood_prev=ngood_prev, delta_prev=delta_prev, it=it,
                      s_vxd=pr.s_vxd, vxd_rows=pr.vxd, mmax=mmax)
         h, theta = h_eval, theta_eval
-    # global derivatives
-    nr = res.size
-    gd = np.zeros((nr, 6))
-    gl = np.zeros((nr, 6), np.int64)
-    u, v, tu, tv = pr.vxd_local
-    gu, gv = vxd_global_derivatives(u, v, tu, tv)
-    isu = (pr.axis == 0)[:, None]
-    gd[pr.vxd] = np.where(isu, gu, gv)
-    sid = geom.sensor_id[meas.sensor[rows][pr.vxd]].astype(np.int64)
-    gl[pr.vxd] = sid[:, None] * 10 + np.arange(1, 7)
-    gd[pr.cdc, :3] = cdc_global_derivatives(pr.cdc_x, pr.layer, pr.wire, geom, constants.cdc_params)
-    gl[pr.cdc, :3] = LABEL_CDC_BASE + pr.layer[:, None] * 10 + np.arange(1, 4)
     ndf = np.bincount(track, weights=good, minlength=nt) - 5
     ok = np.all(np.isfinite(h), axis=1) & np.isfinite(chi2) & (ndf > 0)
     out: dict[str, Any] = dict(
         params=h, ndf=ndf, cov=cov[:, :5, :5], chi2=chi2, kinks=theta.reshape(nt, -1) if scattering else np.zeros((nt, 0)),
         kink_sigma=(np.repeat(sig.reshape(nt, -1), 2, axis=1) if scattering else np.zeros((nt, 0))),
-        pred=pred, residual=np.where(good, res, np.nan), local=loc, gd=gd, gl=gl, ok=ok)
+        pred=pred, residual=np.where(good, res, np.nan), local=loc, ok=ok)
+    if global_derivatives:
+        nr = res.size
+        gd = np.zeros((nr, 6))
+        gl = np.zeros((nr, 6), np.int64)
+        u, v, tu, tv = pr.vxd_local
+        gu, gv = vxd_global_derivatives(u, v, tu, tv)
+        isu = (pr.axis == 0)[:, None]
+        gd[pr.vxd] = np.where(isu, gu, gv)
+        sid = geom.sensor_id[meas.sensor[rows][pr.vxd]].astype(np.int64)
+        gl[pr.vxd] = sid[:, None] * 10 + np.arange(1, 7)
+        gd[pr.cdc, :3] = cdc_global_derivatives(pr.cdc_x, pr.layer, pr.wire, geom, constants.cdc_params)
+        gl[pr.cdc, :3] = LABEL_CDC_BASE + pr.layer[:, None] * 10 + np.arange(1, 4)
+        out.update(gd=gd, gl=gl)
     if state is not None:
         out["done"] = done
         out["state"] = state
@@ -426,7 +440,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
 
 def _resume_stragglers(r: dict[str, Any], meas: Measurements, rows: slice, t0: int, arm_rows: np.ndarray,
                        geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
-                       arms: tuple[float, ...]) -> None:
+                       arms: tuple[float, ...], global_derivatives: bool = True) -> None:
     """Continue the fit of a split chunk's unconverged tracks from their state (the converged ones keep the
     results of the evaluation they converged at) and put their results into ``r`` in place (splitting again
     as tracks converge); drops ``done`` and ``state``."""
@@ -444,17 +458,18 @@ def _resume_stragglers(r: dict[str, Any], meas: Measurements, rows: slice, t0: i
     resume["s_vxd"] = s_vxd[keep[vxd_rows]]
     h = resume.pop("h")
     rs = _fit_chunk(sub, slice(0, int(keep.sum())), 0, left.size, h, arm_rows[keep], geom, constants,
-                    mass[t0 + left], n_iter, scattering, arms, split_at=_SPLIT_AT, resume=resume)
+                    mass[t0 + left], n_iter, scattering, arms, split_at=_SPLIT_AT, resume=resume,
+                    global_derivatives=global_derivatives)
     if "done" in rs:
         _resume_stragglers(rs, sub, slice(0, int(keep.sum())), 0, arm_rows[keep], geom, constants, mass[t0 + left],
-                           n_iter, scattering, arms)
+                           n_iter, scattering, arms, global_derivatives)
     for k, v in rs.items():  # per-track results by track, the others by row
         r[k][left if k in _TRACK_RESULTS else keep] = v
 
 
 def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None = None,
                mass: float | np.ndarray = MUON_MASS, n_iter: int = 6, scattering: bool = True,
-               chunk_tracks: int = 2000, prefit: bool = False) -> FitResult:
+               chunk_tracks: int = 2000, prefit: bool = False, global_derivatives: bool = True) -> FitResult:
     """Fit all track candidates of ``meas`` (batched Gauss-Newton from the seed, at most ``n_iter``
     iterations; a track stops once its next step is below 1e-3 of its errors, so its result does not depend
     on the other tracks of the batch, and a chunk stops when all have; once some tracks of a chunk have
@@ -463,6 +478,8 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
 
     ``mass``: particle hypothesis for the scattering widths (scalar or per track).  Tracks are processed
     in chunks of ``chunk_tracks`` to bound memory; there is no Python loop per track or hit.
+    ``global_derivatives=False``: the alignment derivatives are not computed (``global_derivs`` and
+    ``global_labels`` of the result are then empty, shape (0, 6)).
     """
     geom = geom or G.nominal_geometry()
     nt = meas.n_tracks
@@ -485,15 +502,17 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
         if scattering and prefit:  # pre-fit without kinks: a robust start for low-momentum tracks
             h_start = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, 2, False, arms)["params"]
         r = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, n_iter, scattering, arms,
-                       split_at=_SPLIT_AT)
+                       split_at=_SPLIT_AT, global_derivatives=global_derivatives)
         if "done" in r:  # some tracks converged: the others go on alone
-            _resume_stragglers(r, meas, rows, t0, arm[rows], geom, constants, mass, n_iter, scattering, arms)
+            _resume_stragglers(r, meas, rows, t0, arm[rows], geom, constants, mass, n_iter, scattering, arms,
+                               global_derivatives)
         for k, v in r.items():
             out.setdefault(k, []).append(v)
     cat = {k: np.concatenate(v) for k, v in out.items()}
     return FitResult(meas=meas, params=cat["params"], cov=cat["cov"], chi2=cat["chi2"], ndf=cat["ndf"], ok=cat["ok"], kinks=cat["kinks"],
                      kink_sigma=cat["kink_sigma"], arm=arm, pred=cat["pred"], residual=cat["residual"],
-                     local_derivs=cat["local"], global_derivs=cat["gd"], global_labels=cat["gl"])
+                     local_derivs=cat["local"], global_derivs=cat.get("gd", np.zeros((0, 6))),
+                     global_labels=cat.get("gl", np.zeros((0, 6), np.int64)))
 
 
 def predict(meas: Measurements, constants: Constants, h_rows: np.ndarray, arm: np.ndarray,

@@ -50,7 +50,15 @@ class RobustFit:
 
 
 def subset_measurements(meas: Measurements, tracks: np.ndarray) -> Measurements:
-    """The measurement rows of the candidates ``tracks`` (sorted indices), tracks renumbered 0..n-1."""
+    """The measurement rows of the candidates ``tracks`` (sorted distinct indices), tracks renumbered 0..n-1."""
+    tracks = np.asarray(tracks)
+    if tracks.size and int(tracks[-1]) - int(tracks[0]) + 1 == tracks.size:  # a range: its rows are one slice
+        t0, t1 = int(tracks[0]), int(tracks[-1]) + 1
+        r0, r1 = np.searchsorted(meas.track, [t0, t1])
+        rows = slice(int(r0), int(r1))
+        cols = {f.name: getattr(meas, f.name)[rows] for f in dataclasses.fields(meas)
+                if f.name not in ("track_key", "track")}
+        return dataclasses.replace(meas, track_key=meas.track_key[t0:t1], track=meas.track[rows] - t0, **cols)
     keep = np.isin(meas.track, tracks)
     remap = np.full(meas.n_tracks, -1, np.int64)
     remap[tracks] = np.arange(tracks.size)
@@ -60,10 +68,12 @@ def subset_measurements(meas: Measurements, tracks: np.ndarray) -> Measurements:
 
 
 def fit_bisecting(meas: Measurements, constants: Constants, *, chunk: int, n_iter: int, scattering: bool,
-                  mass: "float | np.ndarray | None" = None) -> list[tuple[np.ndarray, FitResult]]:
+                  mass: "float | np.ndarray | None" = None, global_derivatives: bool = True
+                  ) -> list[tuple[np.ndarray, FitResult]]:
     """``[(candidate indices, FitResult)]`` of ``meas`` fitted in chunks of ``chunk``; a chunk whose fit fails
     (singular system, non-finite values) is bisected until only the offending candidates are left out.
-    ``mass``: the scattering hypothesis per candidate (or a scalar); None: the fit's default."""
+    ``mass``: the scattering hypothesis per candidate (or a scalar); None: the fit's default.
+    ``global_derivatives``: passed to :func:`b2luca.reco.fit.fit_tracks`."""
     masses = None if mass is None else np.broadcast_to(np.asarray(mass, float), (meas.n_tracks,))
 
     def fit(idx: np.ndarray) -> list[tuple[np.ndarray, FitResult]]:
@@ -71,7 +81,8 @@ def fit_bisecting(meas: Measurements, constants: Constants, *, chunk: int, n_ite
         extra = {} if masses is None else {"mass": masses[idx]}
         try:
             with np.errstate(all="ignore"):
-                return [(idx, fit_tracks(sub, constants, n_iter=n_iter, scattering=scattering, **extra))]
+                return [(idx, fit_tracks(sub, constants, n_iter=n_iter, scattering=scattering,
+                                         global_derivatives=global_derivatives, **extra))]
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             if idx.size == 1:
                 return []
@@ -94,7 +105,8 @@ def fit_robust(meas: Measurements, constants: Constants, *, chunk: int = 1000,
     if unknown:
         raise ValueError(f"fit_robust: unknown row key(s) {unknown}; known: {', '.join(ROW_KEYS)}")
 
-    parts = fit_bisecting(meas, constants, chunk=chunk, n_iter=n_iter, scattering=scattering)
+    parts = fit_bisecting(meas, constants, chunk=chunk, n_iter=n_iter, scattering=scattering,
+                          global_derivatives=bool({"global_derivs", "global_labels"} & set(row_keys)))
     idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     cat = {k: np.concatenate([getattr(p[1], k) for p in parts]) if parts else np.zeros(0)
            for k in _TRACK_KEYS + tuple(row_keys)}

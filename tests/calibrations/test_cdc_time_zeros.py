@@ -59,3 +59,18 @@ def test_payload_boundaries_are_rejected_clearly(bucket, job_factory, script, tm
     with pytest.raises(ValueError, match=r"expert_config\.payload_boundaries = \[\[26, 4\]\].*expected \[\]"):
         cal.calibrate(job)
     assert not job.output_db.entries()  # nothing half-written
+
+
+def test_edge_model_sigma_derivatives_match_finite_differences(script):
+    cal = script("cdc_time_zeros")
+    rng = np.random.default_rng(3)
+    half = rng.uniform(4.0, 9.0, 2000)
+    x = np.concatenate([rng.uniform(-1.0, 10.0, 1900), rng.uniform(-1.5, -0.6, 100)])  # incl. the far left tail
+    sigma, eps = 0.11, 1e-6
+    lp, _g, _h, ds, dss = cal._terms(x, half, sigma)
+    lp_p, _, _, ds_p, _ = cal._terms(x, half, sigma + eps)
+    lp_m, _, _, ds_m, _ = cal._terms(x, half, sigma - eps)
+    np.testing.assert_allclose(ds, (lp_p - lp_m) / (2 * eps), rtol=1e-5, atol=1e-4 * np.abs(ds).max())
+    num = (ds_p - ds_m) / (2 * eps)
+    np.testing.assert_allclose(dss, num, rtol=1e-5, atol=1e-5 * np.abs(num).max())
+    assert not np.allclose(dss + ds / sigma, num, rtol=1e-5, atol=1e-5 * np.abs(num).max())  # a wrong term is seen
