@@ -439,3 +439,27 @@ def test_training_learns_the_cluster_size_from_the_critic(background):
     assert start < -0.5
     learnt = size_deviation(100)
     assert abs(learnt) < 0.3, (start, learnt)
+
+
+def test_default_regions_follow_the_v_profile_within_the_hit_map_allowance(background):
+    """The script's default regions (layer x v band of ``patch_v`` rows; one seed threshold each) reproduce
+    the toy background's v profile in the validation's hit-map bins within half the hit-map allowance; one
+    region per layer (patch_v 150, the earlier default) misses the allowance."""
+    from b2luca.ml.pxd_gan import pixel_occupancy
+    from b2luca.reco.geometry import PXD_NU
+    from calibrations.pxd_background_gan import settings
+    from calibrations.validations.pxd_background_gan import V_BAND
+    from calibrations.validations.pxd_background_gan import settings as validation
+
+    pixels, n_events = background
+    geom = nominal_geometry()
+    hitmap = pixel_occupancy(pixels, n_events, geom, V_BAND, PXD_NU, 30.0).reshape(2, -1)
+
+    def worst(patch_v: int) -> float:  # flat occupancy in each region, averaged over each hit-map bin
+        flat = pixel_occupancy(pixels, n_events, geom, patch_v, PXD_NU, 30.0).reshape(2, -1)
+        model = np.repeat(flat, patch_v, axis=1).reshape(2, -1, V_BAND).mean(axis=2)
+        return float(np.abs(model / hitmap - 1).max())
+
+    allowance = float(validation.expert_config["hitmap_tolerance"])
+    assert worst(int(settings.expert_config["patch_v"])) < allowance / 2
+    assert worst(150) > allowance
