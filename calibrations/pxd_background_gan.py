@@ -12,7 +12,8 @@ are matched to the input's occupancy per region), each seed's cluster is painted
 below (``generator_iterations`` = 20000) are the real-use setting; ``patch_v`` 15 rows gives 10 v bands
 per layer (20 regions), which follow the background's v profile (one band per layer misses the hit map's
 allowance); the demo scales it to two CPU cores (configs/demo.yaml: 15 x 10 patches, 300 iterations at a
-higher learning rate; see the README).  Events are those of the input files (at most ``max_events``, the first ones).
+higher learning rate; see the README).  Events are those of the input files (at most ``max_events``, the
+first ones).
 The payload PXDBackgroundGAN holds the generator's state dict and its hyper-parameters as plain arrays
 (no pickle; b2luca/ml/model_payload.py), plus ``input_occupancy`` (1,) and ``n_events`` (1,).
 expert_config: ``device`` (auto: CUDA when present), ``threads`` (CPU threads), ``seed``, the sizes,

@@ -146,8 +146,9 @@ def build_critic(hidden: int = CRITIC_HIDDEN) -> Any:
 
 
 def cluster_crops(pixels: Mapping[str, np.ndarray], adc_scale: float) -> np.ndarray:
-    """Crops (M, KERNEL, KERNEL) float32 = ADC / ``adc_scale`` of the 8-connected clusters of fired background pixels (``event``, ``sensor``, ``pixel``, ``adc``), each centred on the pixel of its charge
-    centroid; pixels of a cluster beyond the crop (long curler tracks) are cut, other clusters are not included."""
+    """Crops (M, KERNEL, KERNEL) float32 = ADC / ``adc_scale`` of the 8-connected clusters of fired background
+    pixels (``event``, ``sensor``, ``pixel``, ``adc``), each centred on the pixel of its charge centroid;
+    pixels of a cluster beyond the crop (long curler tracks) are cut, other clusters are not included."""
     from ..reco.pxd_clusters import clusters
 
     ev = np.asarray(pixels["event"], np.int64)
@@ -253,7 +254,7 @@ def match_occupancy(arrays: dict[str, np.ndarray], target: np.ndarray, per_regio
 
 
 class SnapshotSampler:
-    """A generator snapshot (payload ``arrays``) as the held-out monitor samples it: ``(cond, generator) ->``
+    """A generator snapshot (payload ``arrays``) as the held-out monitor samples it: ``cond ->``
     torch images / adc_scale, generated with numpy (~10x cheaper than the module) from the fixed ``seed``
     (every call the same random numbers)."""
 
@@ -380,14 +381,13 @@ class GanBackground:
     """The generator payload as a PXD background source: ``(rng, n_events, geom) -> fired pixels``
     (``event`` 0-based, ``sensor``, ``pixel``, ``adc``), the same layout as the toy full simulation.
 
-    Inference with numpy (scipy.special for the normal tail), no torch: the generator is translation
+    Inference with numpy (scipy.special: P(z > t)), no torch: the generator is translation
     equivariant, so a whole sensor is one image of 150 x 50 pixels whose seed map is 154 x 54 positions,
     each seed row conditioned on the region (layer x v band of ``patch_v`` rows) of its pixel row.  Seeds
     are drawn directly: per seed row a binomial number of seeds (probability ``P(z > t_region)``), at
-    uniform columns -- the distribution of the seeds of the
-    module's dense noise map (up to two seeds on one position, which the dense map cannot make: a
-    fraction ~0.2 % of the seeds), at a cost that grows with the seeds, not the pixels.  Random numbers
-    come from ``rng``, so the output is reproducible for a seed."""
+    uniform columns -- the distribution of the seeds of the module's dense noise map (up to two seeds on one
+    position, which the dense map cannot make: a fraction ~0.2 % of the seeds), at a cost that grows with the
+    seeds, not the pixels.  Random numbers come from ``rng``, so the output is reproducible for a seed."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray], batch: int = 512) -> None:
         hp = hyper_from_arrays(arrays, ("format_version",), PAYLOAD)
