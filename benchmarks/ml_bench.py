@@ -114,7 +114,7 @@ def gan_quality(args: argparse.Namespace, seeds: list[int]) -> None:
         t0, cpu0 = time.perf_counter(), time.process_time()
         arrays, figures = train(pixels, n_events, geom, cfg)
         t1, cpu1 = time.perf_counter(), time.process_time()
-        gen = GanBackground(arrays, threads=1)(np.random.default_rng(int(vcfg["validation_seed"])), n_gen, geom)
+        gen = GanBackground(arrays)(np.random.default_rng(int(vcfg["validation_seed"])), n_gen, geom)
         fig, reasons = validation.compare_images(ref, validation.image_statistics(gen, n_gen, geom), vcfg)
         keys = ("occupancy_gan", "occupancy_input", "occupancy_limit", "mean_cluster_size_gan",
                 "mean_cluster_size_input", "mean_cluster_size_limit", "hitmap_max_relative_difference")

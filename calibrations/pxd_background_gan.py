@@ -2,15 +2,18 @@
 random-trigger PXD background (the ``pxd_bkg`` tree of random_calib raw data), so that simulation can
 overlay generated background instead of storing background files (Belle II).
 
-Published setup: 96 normal random inputs, 5 critic updates per generator update, Adam at 1e-4
-decaying linearly to 0 (betas 0.5, 0.9), gradient-penalty weight 10, PyTorch.  The generator is a
+Published setup: 96 normal random inputs per image, 5 critic updates per generator update, Adam at 1e-4
+decaying linearly to 0 (betas 0.5, 0.9), gradient-penalty weight 10, PyTorch; here ``latent`` (96) is the
+size of each seed's shape latent, not of a whole image's input.  The generator is a
 seed-and-stamp transposed convolution (b2luca/ml/pxd_gan.py, payload format 2): seeds fire where a normal
 noise map exceeds a per-region threshold (regions: layer x v band of ``patch_v`` rows; the thresholds
 are matched to the input's occupancy per region), each seed's cluster is painted from a shape latent
 (``latent`` -> ``hidden`` -> 8 maps -> 7 x 7 kernel); the critic compares single clusters.  The defaults
-below (the whole sensor as the region, ``generator_iterations`` = 20000) are the real-use setting; the
-demo scales it to two CPU cores (configs/demo.yaml: 20 regions, 300 iterations at a higher learning rate;
-see the README).  Events are those of the input files (at most ``max_events``, the first ones).
+below (``generator_iterations`` = 20000) are the real-use setting; ``patch_v`` 15 rows gives 10 v bands
+per layer (20 regions), which follow the background's v profile (one band per layer misses the hit map's
+allowance); the demo scales it to two CPU cores (configs/demo.yaml: 15 x 10 patches, 300 iterations at a
+higher learning rate; see the README).  Events are those of the input files (at most ``max_events``, the
+first ones).
 The payload PXDBackgroundGAN holds the generator's state dict and its hyper-parameters as plain arrays
 (no pickle; b2luca/ml/model_payload.py), plus ``input_occupancy`` (1,) and ``n_events`` (1,).
 expert_config: ``device`` (auto: CUDA when present), ``threads`` (CPU threads), ``seed``, the sizes,
@@ -48,7 +51,7 @@ settings = CalibrationSettings(name="PXDBackgroundGAN",
                                               "seed": 16,
                                               "latent": 96,
                                               "hidden": 512,
-                                              "patch_v": 150,
+                                              "patch_v": 15,
                                               "patch_u": 50,
                                               "critic_updates": 5,
                                               "generator_iterations": 20000,

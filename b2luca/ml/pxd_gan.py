@@ -50,7 +50,6 @@ from .model_payload import hyper_from_arrays, hyper_to_arrays, state_to_arrays
 from .torch_setup import require_torch, resolve_device, set_up_torch
 from ..errors import PayloadError
 from ..reco.geometry import PXD_NU, PXD_NV, Geometry
-from ..sim.pxd_overlay import PICKUP_WINDOW
 
 PAYLOAD = "PXDBackgroundGAN"
 FORMAT_VERSION = 2  # 2: the convolutional seed-and-stamp generator (1: the fully connected one)
@@ -146,15 +145,15 @@ def build_critic(hidden: int = CRITIC_HIDDEN) -> Any:
     return Critic()
 
 
-def cluster_crops(pixels: Mapping[str, np.ndarray], adc_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """(crops (M, KERNEL, KERNEL) float32 = ADC / ``adc_scale``, event (M,)) of the 8-connected clusters of fired
-    background pixels (``event``, ``sensor``, ``pixel``, ``adc``), each centred on the pixel of its charge
-    centroid; pixels of a cluster beyond the crop (long curler tracks) are cut, other clusters are not included."""
+def cluster_crops(pixels: Mapping[str, np.ndarray], adc_scale: float) -> np.ndarray:
+    """Crops (M, KERNEL, KERNEL) float32 = ADC / ``adc_scale`` of the 8-connected clusters of fired background
+    pixels (``event``, ``sensor``, ``pixel``, ``adc``), each centred on the pixel of its charge centroid;
+    pixels of a cluster beyond the crop (long curler tracks) are cut, other clusters are not included."""
     from ..reco.pxd_clusters import clusters
 
     ev = np.asarray(pixels["event"], np.int64)
     if ev.size == 0:
-        return np.zeros((0, KERNEL, KERNEL), np.float32), np.zeros(0, np.int64)
+        return np.zeros((0, KERNEL, KERNEL), np.float32)
     label = clusters(np.asarray(pixels["sensor"]), np.asarray(pixels["pixel"]), ev)
     label = np.unique(label, return_inverse=True)[1]
     q = np.asarray(pixels["adc"], np.float64) / adc_scale
@@ -167,9 +166,7 @@ def cluster_crops(pixels: Mapping[str, np.ndarray], adc_scale: float) -> tuple[n
     keep = (dv >= 0) & (dv < KERNEL) & (du >= 0) & (du < KERNEL)
     crops = np.zeros((charge.size, KERNEL, KERNEL), np.float32)
     crops[label[keep], dv[keep], du[keep]] = q[keep]
-    event = np.zeros(charge.size, np.int64)
-    event[label] = ev
-    return crops, event
+    return crops
 
 
 def sensor_patches(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, patch_v: int, patch_u: int,
@@ -245,25 +242,27 @@ def match_occupancy(arrays: dict[str, np.ndarray], target: np.ndarray, per_regio
     ``P(z > t_new) = P(z > t) x target / generated``, MATCH_ROUNDS rounds).  The occupancy per region is one
     number per region: it is matched explicitly (moment matching), so the adversarial game learns the shapes."""
     gan = GanBackground(arrays)
-    t = gan._weights["threshold"]
+    t = gan.thresholds
     region = np.repeat(np.arange(t.size), per_region)
     for _ in range(MATCH_ROUNDS):
         occ = region_occupancy(fired_per_patch(gan.images(np.random.default_rng(seed), region), 1.0), region,
                                t.size, gan.pv * gan.pu)
         ratio = np.clip(np.where(occ > 0, target / np.maximum(occ, 1e-12), 4.0), 0.25, 4.0)
-        t[:] = np.where(target > 0, -ndtri(np.clip(ndtr(-t) * ratio, 1e-12, 0.5)), 8.0)
+        t = np.where(target > 0, -ndtri(np.clip(ndtr(-t) * ratio, 1e-12, 0.5)), 8.0)
+        gan.thresholds = t
     return t.astype(np.float32)
 
 
 class SnapshotSampler:
-    """A generator snapshot (payload ``arrays``) as the held-out monitor samples it: ``(cond, generator) ->``
-    torch images / adc_scale, generated with numpy (~10x cheaper than the module) from a fixed seed."""
+    """A generator snapshot (payload ``arrays``) as the held-out monitor samples it: ``cond ->``
+    torch images / adc_scale, generated with numpy (~10x cheaper than the module) from the fixed ``seed``
+    (every call the same random numbers)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], seed: int) -> None:
-        self.arrays, self.seed = arrays, int(seed) + 7919
+        self.arrays, self.seed = arrays, int(seed)
         self._gan = GanBackground(arrays)
 
-    def __call__(self, cond: Any, _generator: Any = None) -> Any:
+    def __call__(self, cond: Any) -> Any:
         torch = require_torch("the PXD background GAN")
         images = self._gan.images(np.random.default_rng(self.seed), cond.cpu().numpy()) / self._gan.scale
         return torch.from_numpy(images)
@@ -291,20 +290,19 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
     train_px, n_train = events_subset(pixels, ~held_event)
     target = pixel_occupancy(train_px, n_train, geom, pv, pu, scale)  # per region, what match() reproduces
     crop_px, _ = events_subset(train_px, np.arange(n_train) < MAX_CROP_EVENTS)
-    crops = cluster_crops(crop_px, scale)[0]  # what the critic compares: single clusters
+    crops = cluster_crops(crop_px, scale)  # what the critic compares: single clusters
     if crops.shape[0] == 0:
         raise ValueError("PXD background GAN: no fired background pixels to learn cluster shapes from")
     real = torch.from_numpy(crops).to(device)
-    monitor = None
+    monitor, per_region = None, int(cfg.get("eval_per_region", 500))
     if eval_every > 0:
         held_px, n_held = events_subset(pixels, held_event)
         images, region = sensor_patches(held_px, n_held, geom, pv, pu, scale)
         monitor = HeldOutMonitor(torch, torch.from_numpy(images), torch.from_numpy(region), n_cond,
-                                 ADC_THRESHOLD / scale, int(cfg.get("eval_per_region", 500)), seed, device)
+                                 ADC_THRESHOLD / scale, per_region, device)
     gen, critic = build_generator(latent, ch, pv, pu).to(device), build_critic().to(device)
     hyper = hyper_to_arrays({"latent": latent, "hidden": ch, "patch_v": pv, "patch_u": pu, "n_layers": N_LAYERS,
                              "adc_scale": scale, "maps": MAPS, "kernel": KERNEL, "format_version": FORMAT_VERSION})
-    per_region = int(cfg.get("eval_per_region", 500))
 
     def match() -> None:  # the seed thresholds that give the training patches' occupancy per region
         arrays = {**state_to_arrays(gen.state_dict(), "gen"), **hyper}
@@ -346,7 +344,8 @@ def train(pixels: Mapping[str, np.ndarray], n_events: int, geom: Geometry, cfg: 
         if (it + 1) % (eval_every or max(iters // 10, 1)) == 0 or it == iters - 1:
             match()
         if monitor is not None and ((it + 1) % eval_every == 0 or it == iters - 1):
-            score, dev = monitor.score(SnapshotSampler({**state_to_arrays(gen.state_dict(), "gen"), **hyper}, seed))
+            score, dev = monitor.score(SnapshotSampler({**state_to_arrays(gen.state_dict(), "gen"), **hyper},
+                                                          seed + 7919))
             if score < best[0]:
                 best = (score, it + 1, {k: v.detach().cpu().clone() for k, v in gen.state_dict().items()}, dev)
             if log is not None:
@@ -382,16 +381,15 @@ class GanBackground:
     """The generator payload as a PXD background source: ``(rng, n_events, geom) -> fired pixels``
     (``event`` 0-based, ``sensor``, ``pixel``, ``adc``), the same layout as the toy full simulation.
 
-    Inference with numpy (scipy.special for the normal tail), no torch: the generator is translation
+    Inference with numpy (scipy.special: P(z > t)), no torch: the generator is translation
     equivariant, so a whole sensor is one image of 150 x 50 pixels whose seed map is 154 x 54 positions,
     each seed row conditioned on the region (layer x v band of ``patch_v`` rows) of its pixel row.  Seeds
     are drawn directly: per seed row a binomial number of seeds (probability ``P(z > t_region)``), at
-    uniform columns, with amplitudes ``z - t`` from the normal tail above ``t`` -- the distribution of the
-    module's dense noise map (up to two seeds on one position, which the dense map cannot make: a
-    fraction ~0.2 % of the seeds), at a cost that grows with the seeds, not the pixels.  Random numbers
-    come from ``rng``, so the output is reproducible for a seed."""
+    uniform columns -- the distribution of the seeds of the module's dense noise map (up to two seeds on one
+    position, which the dense map cannot make: a fraction ~0.2 % of the seeds), at a cost that grows with the
+    seeds, not the pixels.  Random numbers come from ``rng``, so the output is reproducible for a seed."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], batch: int = 512, threads: int | None = None) -> None:
+    def __init__(self, arrays: Mapping[str, np.ndarray], batch: int = 512) -> None:
         hp = hyper_from_arrays(arrays, ("format_version",), PAYLOAD)
         if int(hp["format_version"]) != FORMAT_VERSION:
             raise PayloadError(f"payload {PAYLOAD}: format_version {int(hp['format_version'])}, expected "
@@ -404,7 +402,7 @@ class GanBackground:
                                f"generates with maps {MAPS}, kernel {KERNEL}")
         self.scale = float(hp["adc_scale"])
         self.batch = int(batch)  # images (sensors or patches) painted at a time
-        self._arrays = arrays  # ``threads`` is accepted for the callers' interface: numpy paints on one thread
+        self._arrays = arrays
         self._weights = self._numpy_weights()
 
     def _numpy_weights(self) -> dict[str, np.ndarray]:
@@ -426,6 +424,18 @@ class GanBackground:
         return {"threshold": w["threshold"].astype(np.float64), "w0": np.ascontiguousarray(w["shape_0_weight"].T),
                 "b0": w["shape_0_bias"], "w2": np.ascontiguousarray(w["shape_2_weight"].T), "b2": w["shape_2_bias"],
                 "stamp": w["stamp_weight"][0].reshape(MAPS, KERNEL * KERNEL)}
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """A copy of the seed threshold per region (n_cond,) float64."""
+        return self._weights["threshold"].copy()
+
+    @thresholds.setter
+    def thresholds(self, value: np.ndarray) -> None:
+        value = np.asarray(value, np.float64)
+        if value.shape != (self.n_cond,):
+            raise ValueError(f"{self.n_cond} seed thresholds expected, got shape {value.shape}")
+        self._weights["threshold"] = value.copy()
 
     def paint(self, height: int, width: int, seeds: tuple[np.ndarray, np.ndarray, np.ndarray],
               z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -491,11 +501,10 @@ class GanBackground:
         return np.asarray(layer, np.int64)[:, None] * nb_v + band[None, :]
 
     def __call__(self, rng: np.random.Generator, n_events: int, geom: Geometry,
-                 hits: Mapping[str, np.ndarray] | None = None, window: int = PICKUP_WINDOW) -> dict[str, np.ndarray]:
+                 hits: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Background pixels of ``n_events`` events, each PXD sensor one whole generated image.  With ``hits``
         (PXD hits: ``event`` 0-based, ``sensor``, ...) only the sensors with a hit are generated (the others
-        cannot reach a track; ``window`` is accepted for the BackgroundSource interface)."""
-        del window
+        cannot reach a track)."""
         pxd = np.flatnonzero(geom.is_pxd)
         n_sens = pxd.size
         if hits is None:

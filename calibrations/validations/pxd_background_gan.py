@@ -38,7 +38,7 @@ settings = ValidationSettings(name="PXDBackgroundGAN",
                                              "cluster_size_tolerance": 0.3, "hitmap_tolerance": 0.3, "p_false": 1e-3,
                                              "statistical_fraction": 0.33, "min_generated_events": 20,
                                              "track_events": 800, "agree_sigma": 3.0, "differ_sigma": 3.0,
-                                             "validation_seed": 1616, "threads": 1})
+                                             "validation_seed": 1616})
 
 MAX_SIZE = 10
 V_BAND = 10  # rows per hit-map bin
@@ -225,7 +225,7 @@ def run_validation(job_path, input_data_path, requested_iov, expert_config, **kw
 
     cfg = {**settings.expert_config, **expert_config_dict(expert_config)}
     geom = nominal_geometry()
-    gan = GanBackground(calibration_output(job_path, "PXDBackgroundGAN", "PXDBackgroundGAN"), threads=int(cfg["threads"]))
+    gan = GanBackground(calibration_output(job_path, "PXDBackgroundGAN", "PXDBackgroundGAN"))
     files = [p for p, _ in read_input_data(input_data_path).get("random_calib", [])]
     ref_pixels, n_events = read_background(files, int(cfg["max_events"]))
     if n_events == 0:

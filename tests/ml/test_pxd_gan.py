@@ -162,7 +162,7 @@ def test_validation_passes_for_faithful_generator_fails_for_untrained(random_fil
     assert verdict.figures["d0_none_vs_simulated_sigma_pt0-0.2"] > 0  # part (b) ran too
 
     class Faithful:  # stands in for a perfectly trained generator
-        def __init__(self, arrays, threads=None):
+        def __init__(self, arrays):
             pass
 
         def __call__(self, rng, n_events, geom, hits=None):
@@ -240,7 +240,7 @@ def test_numpy_inference_is_the_module_and_a_crop_is_a_stamp_as_painted():
 
     cfg = {**settings.expert_config, **TINY}
     arrays = untrained_arrays(cfg)
-    gan = GanBackground(arrays, threads=1)
+    gan = GanBackground(arrays)
     module = load_state(build_generator(gan.latent, gan.hidden, gan.pv, gan.pu), arrays, "gen", "PXDBackgroundGAN")
     rng = np.random.default_rng(2)
     n, m = 6, 40
@@ -266,7 +266,7 @@ def test_sensor_pixels_are_those_of_dense_sensor_images(background):
     from calibrations.pxd_background_gan import settings
 
     geom = nominal_geometry()
-    gan = GanBackground(untrained_arrays({**settings.expert_config, **TINY}), threads=1)
+    gan = GanBackground(untrained_arrays({**settings.expert_config, **TINY}))
     n_events = 3
     out = gan(np.random.default_rng(5), n_events, geom)
     pxd = np.flatnonzero(geom.is_pxd)
@@ -287,25 +287,42 @@ def test_sensor_pixels_are_those_of_dense_sensor_images(background):
     assert some["event"].size > 0 and set(zip(some["event"].tolist(), some["sensor"].tolist())) <= on
 
 
-def test_numpy_seed_sampling_has_the_module_occupancy_and_matching_hits_the_target():
-    """The numpy seeds (binomial counts per seed row) fire the same fraction of pixels per region as the
-    module's dense noise map (within the statistical error), and match_occupancy finds the thresholds
-    that fire a requested fraction per region."""
+def test_numpy_seed_sampling_draws_the_module_seeds_and_matching_hits_the_target():
+    """The numpy seeds (binomial counts per seed row) and the module's dense noise map both fire
+    P(z > t_region) of the seed positions in each region (Poisson errors), and match_occupancy finds the
+    thresholds that fire a requested fraction of pixels per region."""
     torch = pytest.importorskip("torch")
+    from scipy.special import ndtr
+
     from b2luca.ml.model_payload import load_state, state_to_arrays
-    from b2luca.ml.pxd_gan import GanBackground, build_generator, fired_per_patch, match_occupancy, region_occupancy, \
-        untrained_arrays
+    from b2luca.ml.pxd_gan import KERNEL, GanBackground, build_generator, fired_per_patch, match_occupancy, \
+        region_occupancy, untrained_arrays
     from calibrations.pxd_background_gan import settings
 
     arrays = untrained_arrays({**settings.expert_config, **TINY})
-    gan = GanBackground(arrays)
-    module = load_state(build_generator(gan.latent, gan.hidden, gan.pv, gan.pu), arrays, "gen", "PXDBackgroundGAN")
-    region = np.repeat(np.arange(gan.n_cond), 400)
+    n_cond = arrays["gen_threshold"].size
+    t = np.linspace(2.2, 2.8, n_cond)  # a different seed rate per region
+    gan = GanBackground({**arrays, "gen_threshold": t.astype(np.float32)})
+    module = load_state(build_generator(gan.latent, gan.hidden, gan.pv, gan.pu),
+                        {**arrays, "gen_threshold": t.astype(np.float32)}, "gen", "PXDBackgroundGAN")
+    region = np.repeat(np.arange(n_cond), 1000)
+    dense: list[np.ndarray] = []
+    render = module.render
+
+    def counting_render(n, seeds, z):
+        dense.append(np.bincount(region[seeds[0].numpy()], minlength=n_cond))
+        return render(n, seeds, z)
+
+    module.render = counting_render
     with torch.no_grad():
-        dense = module(torch.from_numpy(region), torch.Generator().manual_seed(1)).numpy() * gan.scale
-    sparse = gan.images(np.random.default_rng(1), region)
-    f_dense, f_sparse = (fired_per_patch(x, 1.0).sum() for x in (dense, sparse))
-    assert f_dense > 1000 and abs(f_sparse / f_dense - 1) < 5 / np.sqrt(f_dense) * 2  # clusters: ~2x Poisson
+        module(torch.from_numpy(region), torch.Generator().manual_seed(1))
+    rows, cols = gan.pv + KERNEL - 1, gan.pu + KERNEL - 1
+    seeds, _ = gan._draw(np.random.default_rng(1), np.repeat(region[:, None], rows, axis=1), gan.pu)
+    sparse = np.bincount(region[seeds[0]], minlength=n_cond)
+    expected = 1000 * rows * cols * ndtr(-t.astype(np.float32))
+    assert expected.min() > 500
+    for counts in (dense[0], sparse):  # binomial counts: at most Poisson errors
+        assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected)), (counts, expected)
     target = np.linspace(0.004, 0.016, gan.n_cond)
     module.threshold.copy_(torch.from_numpy(match_occupancy(dict(arrays), target, 1500, 3)))
     matched = {**arrays, **state_to_arrays(module.state_dict(), "gen")}
@@ -314,6 +331,32 @@ def test_numpy_seed_sampling_has_the_module_occupancy_and_matching_hits_the_targ
                            region, gan.n_cond, gan.pv * gan.pu)
     np.testing.assert_allclose(got, target, rtol=0.25)
     assert np.corrcoef(got, target)[0, 1] > 0.95
+
+
+def test_whole_sensors_fire_the_matched_occupancy_per_layer_and_v_band():
+    """Inference on whole sensors maps each seed row to its region (layer x v band of patch_v rows): with
+    distinct thresholds matched to a rising target, the fired-pixel fraction per layer x band of
+    GanBackground(rng, events) (counted from its pixels) follows the target."""
+    pytest.importorskip("torch")
+    from b2luca.ml.pxd_gan import GanBackground, match_occupancy, untrained_arrays
+    from b2luca.reco.geometry import PXD_NU, PXD_NV
+    from calibrations.pxd_background_gan import settings
+
+    arrays = untrained_arrays({**settings.expert_config, **TINY})
+    pv = int(TINY["patch_v"])
+    n_bands = PXD_NV // pv
+    target = np.linspace(0.004, 0.016, 2 * n_bands)  # layer 1 bands 0.., then layer 2 bands 0..
+    gan = GanBackground({**arrays, "gen_threshold": match_occupancy(dict(arrays), target, 2000, 3)})
+    geom = nominal_geometry()
+    n_events = 40
+    out = gan(np.random.default_rng(13), n_events, geom)
+    layer = geom.layer[geom.sensor_index(out["sensor"])] - 1
+    band = out["pixel"] // PXD_NU // pv
+    fired = np.bincount(layer * n_bands + band, minlength=2 * n_bands)
+    sensors = np.bincount(geom.layer[geom.is_pxd] - 1, minlength=2)
+    got = fired / (np.repeat(sensors, n_bands) * n_events * pv * PXD_NU)
+    np.testing.assert_allclose(got, target, rtol=0.15)  # deviations seen: within 8 % (~2 sigma)
+    assert np.corrcoef(got, target)[0, 1] > 0.97
 
 
 def test_cluster_crops_are_centred_on_the_charge_centroid():
@@ -326,9 +369,9 @@ def test_cluster_crops_are_centred_on_the_charge_centroid():
     pixels = {"event": np.array([0, 0, 0, 1]), "sensor": np.full(4, s),
               "pixel": np.array([20 * PXD_NU + 10, 20 * PXD_NU + 11, 20 * PXD_NU + 12, 0]),
               "adc": np.array([30.0, 60.0, 30.0, 15.0])}
-    crops, event = cluster_crops(pixels, 30.0)
+    crops = cluster_crops(pixels, 30.0)
     h = KERNEL // 2
-    assert crops.shape == (2, KERNEL, KERNEL) and list(event) == [0, 1]
+    assert crops.shape == (2, KERNEL, KERNEL)
     np.testing.assert_array_equal(crops[0, h, h - 1:h + 2], [1.0, 2.0, 1.0])
     assert crops[0].sum() == 4.0 and crops[1, h, h] == 0.5 and crops[1].sum() == 0.5
 
@@ -366,3 +409,57 @@ def test_region_occupancy_counts_the_fired_pixels_per_region(background):
     assert occ.shape == (20,)
     assert float(np.average(occ, weights=np.bincount(region))) == pytest.approx(counts.sum() / images.size)
     assert occ[:10].mean() > 1.3 * occ[10:].mean()  # layer 1 has 1.6x the background of layer 2
+
+
+def test_training_learns_the_cluster_size_from_the_critic(background):
+    """The generator starts from faint clusters (mostly one pixel: the mean cluster size ~70 % too small);
+    the adversarial game (generator steps against the critic's score) brings its single-seed clusters to
+    within 30 % of the real clusters' mean size in 100 iterations (seed 16; seeds 16..19 of this setting on
+    other events gave -31 % .. +1 %).  Without the generator step the size stays ~70 % too small."""
+    torch = pytest.importorskip("torch")
+    from b2luca.ml.model_payload import load_state
+    from b2luca.ml.pxd_gan import ADC_THRESHOLD, build_generator, cluster_crops, train
+    from calibrations.pxd_background_gan import settings
+
+    pixels, n_events = background
+    geom = nominal_geometry()
+    real = cluster_crops(pixels, 30.0)
+    size_real = np.count_nonzero(real, axis=(1, 2)).mean()
+
+    def size_deviation(iterations: int) -> float:
+        cfg = {**settings.expert_config, **TINY, "latent": 8, "hidden": 64, "batch_size": 256, "critic_updates": 2,
+               "generator_iterations": iterations, "eval_every": 0, "eval_per_region": 50, "seed": 16}
+        arrays, _ = train(pixels, n_events, geom, cfg)
+        gen = load_state(build_generator(8, 64, 15, 10), arrays, "gen", "PXDBackgroundGAN")
+        with torch.no_grad():
+            crops = gen.crops(4000, torch.Generator().manual_seed(2)).numpy() * float(cfg["adc_scale"])
+        return float(np.count_nonzero(crops > ADC_THRESHOLD, axis=(1, 2)).mean() / size_real - 1)
+
+    start = size_deviation(0)  # the critic's warm-up only: no generator step
+    assert start < -0.5
+    learnt = size_deviation(100)
+    assert abs(learnt) < 0.3, (start, learnt)
+
+
+def test_default_regions_follow_the_v_profile_within_the_hit_map_allowance(background):
+    """The script's default regions (layer x v band of ``patch_v`` rows; one seed threshold each) reproduce
+    the toy background's v profile in the validation's hit-map bins within half the hit-map allowance; one
+    region per layer (patch_v 150, the earlier default) misses the allowance."""
+    from b2luca.ml.pxd_gan import pixel_occupancy
+    from b2luca.reco.geometry import PXD_NU
+    from calibrations.pxd_background_gan import settings
+    from calibrations.validations.pxd_background_gan import V_BAND
+    from calibrations.validations.pxd_background_gan import settings as validation
+
+    pixels, n_events = background
+    geom = nominal_geometry()
+    hitmap = pixel_occupancy(pixels, n_events, geom, V_BAND, PXD_NU, 30.0).reshape(2, -1)
+
+    def worst(patch_v: int) -> float:  # flat occupancy in each region, averaged over each hit-map bin
+        flat = pixel_occupancy(pixels, n_events, geom, patch_v, PXD_NU, 30.0).reshape(2, -1)
+        model = np.repeat(flat, patch_v, axis=1).reshape(2, -1, V_BAND).mean(axis=2)
+        return float(np.abs(model / hitmap - 1).max())
+
+    allowance = float(validation.expert_config["hitmap_tolerance"])
+    assert worst(int(settings.expert_config["patch_v"])) < allowance / 2
+    assert worst(150) > allowance
