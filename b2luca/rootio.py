@@ -8,8 +8,8 @@ ROOT leaf-list branch).  The tree's title describes them, in order: ``b2luca-tab
 ``name[rows]=leaflist`` entries separated by ``;``, e.g. ``b2luca-tables:event[60]=event/L:n_cand/I;cdc[412]=...``
 (leaf-list types B b S s I i L l F D O as in ``TTree::Branch``; ``[n]`` a fixed-size array column).  A ROOT
 user reads the byte branch and views each table's slice with its leaf list.  Consecutive tables share a
-basket until it holds :data:`BASKET_BYTES`; a reader of some tables reads the entry range that spans them,
-so only the baskets holding them are decompressed.
+basket until it holds :data:`BASKET_BYTES`; a reader of some tables reads the entry ranges that hold them
+(tables less than :data:`BASKET_BYTES` apart in one range), so mostly only their baskets are decompressed.
 
 Why: uproot's fixed cost per file is per TTree (~0.5 ms to deserialise its metadata), per TBranch and per
 basket (~0.4-0.5 ms each to interpret, compress and write): a file of one tree per table cost ~6 ms to read
@@ -162,7 +162,7 @@ def _container_tables(title: str) -> dict[str, tuple[str, int, int]]:
 
 def _read_container(path: "str | os.PathLike[str]", t, trees: Mapping[str, "Collection[str] | None"],
                     optional: Collection[str]) -> dict[str, dict[str, np.ndarray]]:
-    """The requested tables of a container tree ``t``: one read of the byte range that spans them."""
+    """The requested tables of a container tree ``t``: one read per range of them (see the module docstring)."""
     try:
         tables = _container_tables(str(t.title or ""))
     except ValueError as exc:
@@ -185,16 +185,22 @@ def _read_container(path: "str | os.PathLike[str]", t, trees: Mapping[str, "Coll
         wanted[name] = branches
     if problems:
         raise RootReadError(f"{path}: " + "; ".join(problems))
-    spans = [tables[name][1:] for name in wanted if tables[name][2] > tables[name][1]]
-    first = min((a for a, _ in spans), default=0)
-    last = max((b for _, b in spans), default=0)
-    data = (t[CONTAINER_BRANCH].array(entry_start=first, entry_stop=last, library="np") if last > first
-            else np.zeros(0, np.uint8))
+    # one read per range of wanted tables; tables less than a basket apart share it (the gap costs less than a call)
+    ranges: list[list[int]] = []
+    for start, stop in sorted(tables[name][1:] for name in wanted if tables[name][2] > tables[name][1]):
+        if ranges and start - ranges[-1][1] < BASKET_BYTES:
+            ranges[-1][1] = max(ranges[-1][1], stop)
+        else:
+            ranges.append([start, stop])
+    branch = t[CONTAINER_BRANCH] if ranges else None
+    data = [(a, branch.array(entry_start=a, entry_stop=b, library="np")) for a, b in ranges]
     out = {}
     for name, branches in wanted.items():
         leaflist, start, stop = tables[name]
         size = _record_dtype(leaflist).itemsize
-        rows = data[start - first:stop - first] if stop > start else np.zeros(0, np.uint8)
+        rows = np.zeros(0, np.uint8)
+        if stop > start:  # the range read that holds it
+            rows = next(d[start - a:stop - a] for a, d in data if a <= start and stop <= a + len(d))
         out[name] = unpack_table(leaflist, rows.reshape(-1, size), branches)
     return out
 

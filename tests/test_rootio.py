@@ -71,8 +71,8 @@ def test_file_is_one_byte_branch_described_by_root_leaf_lists(tmp_path):
 
 
 def test_a_reader_of_some_tables_decompresses_only_their_baskets(tmp_path, monkeypatch):
-    """Large tables get baskets of their own; reading one table reads only the entry range of its
-    basket(s), and every table reads back exactly, from one basket or several."""
+    """Large tables get baskets of their own; reading some tables reads only the entry ranges that hold
+    them (tables closer than a basket in one range), and every table reads back exactly."""
     import uproot
 
     from b2luca import rootio
@@ -97,6 +97,14 @@ def test_a_reader_of_some_tables_decompresses_only_their_baskets(tmp_path, monke
     got = read_trees(f, {"c": None})
     assert read_ranges == [(1600 + 80, 1600 + 80 + 2400)]
     np.testing.assert_array_equal(got["c"]["z"], tables["c"]["z"])
+    read_ranges.clear()
+    got = read_trees(f, {"d": None, "a": None})  # far apart: two reads, not the span between them
+    assert read_ranges == [(0, 1600), (4080, 4092)]
+    np.testing.assert_array_equal(got["a"]["x"], tables["a"]["x"])
+    np.testing.assert_array_equal(got["d"]["w"], tables["d"]["w"])
+    read_ranges.clear()
+    read_trees(f, {"c": None, "b": None})  # closer than a basket: one read
+    assert read_ranges == [(1600, 4080)]
     got = read_trees(f, {t: None for t in tables})
     for t, cols in tables.items():
         for k, v in cols.items():
