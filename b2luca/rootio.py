@@ -192,8 +192,7 @@ def _read_container(path: "str | os.PathLike[str]", t, trees: Mapping[str, "Coll
             ranges[-1][1] = max(ranges[-1][1], stop)
         else:
             ranges.append([start, stop])
-    branch = t[CONTAINER_BRANCH] if ranges else None
-    data = [(a, branch.array(entry_start=a, entry_stop=b, library="np")) for a, b in ranges]
+    data = [(a, t[CONTAINER_BRANCH].array(entry_start=a, entry_stop=b, library="np")) for a, b in ranges]
     out = {}
     for name, branches in wanted.items():
         leaflist, start, stop = tables[name]
