@@ -357,9 +357,11 @@ def serve(listener: socket.socket, extra_preloads: Sequence[str] = (), ml_listen
             ml_server = None
     if ml_server is not None:  # it kills its own jobs on SIGTERM; wait for that (bounded)
         for _ in range(100):
-            with contextlib.suppress(ChildProcessError):
+            try:
                 if os.waitpid(ml_server, os.WNOHANG)[0]:
                     break
+            except ChildProcessError:
+                break
             time.sleep(0.05)
         else:
             _kill_group(ml_server)
