@@ -1,26 +1,30 @@
-"""ROOT files of tables of numpy columns: written as TTrees atomically (temporary name, then rename), and
-read back with errors that name the file, the tree and the column.
+"""ROOT files of tables of numpy columns: written atomically (temporary name, then rename), and read back
+with errors that name the file, the table and the column.
 
-**Layout (packed tables).**  Each table ``{column: array}`` (columns share their first dimension) is one
-TTree with a single branch ``rows``: a fixed-size ``unsigned char`` array holding one packed record per
-row -- the physical layout of a ROOT leaf-list branch.  The columns are described by the tree's title,
-``b2luca-rows:`` followed by the ROOT leaf list, e.g. ``b2luca-rows:event/L:cand/S:u/D:cov[3]/F`` (types
-B b S s I i L l F D O as in ``TTree::Branch``; values big-endian, as ROOT stores them; ``[n]`` a fixed-size
-array column).  uproot reads it as a ``(rows, record bytes)`` array that :func:`read_trees` views as the
-columns.
+**Layout (one container tree per file).**  All tables ``{table: {column: array}}`` of a file are one TTree,
+``b2luca_tables``, with a single branch ``bytes`` of ``unsigned char``: the tables' packed records one after
+the other (each table ``(rows, record bytes)``, a packed big-endian record per row -- the physical layout of a
+ROOT leaf-list branch).  The tree's title describes them, in order: ``b2luca-tables:`` followed by
+``name[rows]=leaflist`` entries separated by ``;``, e.g. ``b2luca-tables:event[60]=event/L:n_cand/I;cdc[412]=...``
+(leaf-list types B b S s I i L l F D O as in ``TTree::Branch``; ``[n]`` a fixed-size array column).  A ROOT
+user reads the byte branch and views each table's slice with its leaf list.  Consecutive tables share a
+basket until it holds :data:`BASKET_BYTES`; a reader of some tables reads the entry ranges that hold them
+(tables less than :data:`BASKET_BYTES` apart in one range), so mostly only their baskets are decompressed.
 
-Why: uproot's fixed cost per file is per TTree (~0.6 ms to read its metadata) and per TBranch (~0.4 ms
-more to deserialise, interpret, compress and write each), so a file of many small per-column branches
-cost 20-25 ms however few rows it held; a packed table costs one branch.  The price: a reader of a few
-columns decompresses its whole table, and rows compress less well than columns (zlib: +5 % bytes for a
-60-event raw file, +36 % for 1,500 events; ``benchmarks/rootio_bench.py``).
+Why: uproot's fixed cost per file is per TTree (~0.5 ms to deserialise its metadata), per TBranch and per
+basket (~0.4-0.5 ms each to interpret, compress and write): a file of one tree per table cost ~6 ms to read
+and ~6 ms to write however few rows it held (a 60-event raw file: 8 tables), one tree of one branch and one
+basket ~1 + 2 ms (``benchmarks/rootio_bench.py``).  A bucket of hundreds of runs has thousands of small
+files, each read by the production and by several calibrations (issue 15).  The price: a reader of a few
+columns decompresses the baskets of their whole tables, and rows compress less well than columns.
 
-Files of the earlier layout (one branch per column, written by b2luca before issue 15) are read as well.
+Files of the earlier layouts (before issue 15: one TTree per table, packed as ``b2luca-rows:`` + leaf list in
+a ``rows`` branch, or one branch per column) are read as well.
 
 **Compression.**  Zstandard level 1 (ROOT's algorithm 5, read by ROOT >= 6.20 and by uproot through its
 ``cramjam`` dependency): on a cDST file it writes 4x and reads 1.5x faster than ROOT's historical default
 ZLIB level 1 at the same size (5.2 MB for a 1,500-event di-muon cDST file); the 8-run demo's cDST
-production took 18.6 instead of 22.3 CPU-s (issue 15; small files gain nothing: their cost is per file).  Files written with any compression are read.
+production took 18.6 instead of 22.3 CPU-s (issue 15).  Files written with any compression are read.
 
 uproot >= 5.7 writes an RNTuple for ``file[name] = {...}``; Belle II raw and cDST files are TTrees, so
 trees are created explicitly with ``mktree``.
@@ -45,6 +49,13 @@ COMPRESSION = uproot.ZSTD(1)
 PACKED_TITLE = "b2luca-rows:"
 #: the single branch of a packed table
 PACKED_BRANCH = "rows"
+#: the one TTree of a file of the container layout, its byte branch and its title prefix (module docstring)
+CONTAINER_TREE = "b2luca_tables"
+CONTAINER_BRANCH = "bytes"
+CONTAINER_TITLE = "b2luca-tables:"
+#: consecutive tables share one basket until it holds this many bytes (uncompressed)
+BASKET_BYTES = 256 * 1024
+_TABLE_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\[(?P<rows>\d+)\]=(?P<leaflist>.*)$")
 #: ROOT leaf-list type code <-> numpy type (big-endian, as ROOT stores values)
 _CODES = {"B": ">i1", "b": ">u1", "S": ">i2", "s": ">u2", "I": ">i4", "i": ">u4", "L": ">i8", "l": ">u8",
           "F": ">f4", "D": ">f8", "O": "?"}
@@ -108,19 +119,89 @@ def unpack_table(leaflist: str, rows: np.ndarray, columns: "Collection[str] | No
 
 
 def write_trees(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-    """Write ``{tree: {column: array}}`` as packed-table TTrees (see the module docstring), atomically."""
+    """Write ``{table: {column: array}}`` as one container TTree (see the module docstring), atomically."""
     packed = {}
     for name, columns in trees.items():
         try:
+            if not _TABLE_RE.match(f"{name}[0]="):
+                raise ValueError("a table name needs letters, digits and '_' only")
             packed[name] = pack_table(columns)
         except ValueError as exc:
             raise ValueError(f"{path}: tree {name!r}: {exc}") from exc
+    title = CONTAINER_TITLE + ";".join(f"{name}[{len(rows)}]={leaflist}" for name, (leaflist, rows) in packed.items())
+    baskets: list[list[np.ndarray]] = [[]]
+    filled = 0
+    for _, rows in packed.values():
+        if filled >= BASKET_BYTES:
+            baskets.append([])
+            filled = 0
+        if rows.size:
+            baskets[-1].append(rows.reshape(-1))
+            filled += rows.size
     with atomic_path(path) as tmp, uproot.recreate(tmp, compression=COMPRESSION) as out:
-        for name, (leaflist, rows) in packed.items():
-            tree = out.mktree(name, {PACKED_BRANCH: np.dtype((np.uint8, rows.shape[1:]))},
-                              title=PACKED_TITLE + leaflist)
-            if len(rows):
-                tree.extend({PACKED_BRANCH: rows})
+        tree = out.mktree(CONTAINER_TREE, {CONTAINER_BRANCH: np.uint8}, title=title)
+        for parts in baskets:
+            if parts:
+                tree.extend({CONTAINER_BRANCH: np.concatenate(parts) if len(parts) > 1 else parts[0]})
+
+
+def _container_tables(title: str) -> dict[str, tuple[str, int, int]]:
+    """``{table: (leaflist, first byte, last byte + 1)}`` of a container tree's title (``ValueError`` if damaged)."""
+    tables: dict[str, tuple[str, int, int]] = {}
+    start = 0
+    body = title[len(CONTAINER_TITLE):]
+    for entry in body.split(";") if body else []:
+        match = _TABLE_RE.match(entry)
+        if match is None:
+            raise ValueError(f"entry {entry[:80]!r} is not name[rows]=leaflist")
+        stop = start + int(match["rows"]) * _record_dtype(match["leaflist"]).itemsize
+        tables[match["name"]] = (match["leaflist"], start, stop)
+        start = stop
+    return tables
+
+
+def _read_container(path: "str | os.PathLike[str]", t, trees: Mapping[str, "Collection[str] | None"],
+                    optional: Collection[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The requested tables of a container tree ``t``: one read per range of them (see the module docstring)."""
+    try:
+        tables = _container_tables(str(t.title or ""))
+    except ValueError as exc:
+        raise RootReadError(f"{path}: tree {CONTAINER_TREE!r}: corrupt table list ({exc})") from exc
+    total = max((stop for _, _, stop in tables.values()), default=0)
+    if t.num_entries != total:
+        raise RootReadError(f"{path}: tree {CONTAINER_TREE!r}: holds {t.num_entries} bytes, its table list "
+                            f"describes {total}")
+    wanted = {}
+    problems = []
+    for name, branches in trees.items():
+        if name not in tables:
+            if name not in optional:
+                problems.append(f"tree {name!r} is missing")
+            continue
+        known = _record_dtype(tables[name][0]).names or ()
+        missing = [b for b in branches if b not in known] if branches is not None else []
+        if missing:
+            problems.append(f"tree {name!r} lacks branch(es) {missing}")
+        wanted[name] = branches
+    if problems:
+        raise RootReadError(f"{path}: " + "; ".join(problems))
+    # one read per range of wanted tables; tables less than a basket apart share it (the gap costs less than a call)
+    ranges: list[list[int]] = []
+    for start, stop in sorted(tables[name][1:] for name in wanted if tables[name][2] > tables[name][1]):
+        if ranges and start - ranges[-1][1] < BASKET_BYTES:
+            ranges[-1][1] = max(ranges[-1][1], stop)
+        else:
+            ranges.append([start, stop])
+    data = [(a, t[CONTAINER_BRANCH].array(entry_start=a, entry_stop=b, library="np")) for a, b in ranges]
+    out = {}
+    for name, branches in wanted.items():
+        leaflist, start, stop = tables[name]
+        size = _record_dtype(leaflist).itemsize
+        rows = np.zeros(0, np.uint8)
+        if stop > start:  # the range read that holds it
+            rows = next(d[start - a:stop - a] for a, d in data if a <= start and stop <= a + len(d))
+        out[name] = unpack_table(leaflist, rows.reshape(-1, size), branches)
+    return out
 
 
 def _read_tree(path: "str | os.PathLike[str]", name: str, t, branches: "Collection[str] | None") -> dict[str, np.ndarray]:
@@ -158,6 +239,8 @@ def read_trees(path: "str | os.PathLike[str]", trees: Mapping[str, "Collection[s
     """
     try:
         with uproot.open(path, handler=uproot.MemmapSource) as src:
+            if CONTAINER_TREE in src:
+                return _read_container(path, src[CONTAINER_TREE], trees, optional)
             out = {}
             for tree, branches in trees.items():
                 if tree not in src:

@@ -2,6 +2,7 @@
 
     python benchmarks/bucket_bench.py [--workers 2] [--tasks 200] [--skip-demo] [--skip-overhead] [--runs N]
                                       [--overhead-runs 20] [--overhead-calibrations 4] [--keep-conditions DIR]
+                                      [--without NAME,...]
 
 1. Fixed cost per task (issue 15: ≤ 50 ms): the cost of tasks that do no work.
    a. luigi alone: a fan and a chain of no-op tasks through the same luigi configuration and scheduler hook
@@ -46,6 +47,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from b2luca.catalogue import discover  # noqa: E402
 from b2luca.config import load_config  # noqa: E402
 from b2luca.dataset import simulate_config  # noqa: E402
 from b2luca.tasks import Bucket  # noqa: E402
@@ -278,7 +280,8 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def demo(workers: int, runs: int | None = None, keep_conditions: Path | None = None) -> None:
+def demo(workers: int, runs: int | None = None, keep_conditions: Path | None = None,
+         without: tuple[str, ...] = ()) -> None:
     base = Path(tempfile.mkdtemp(prefix="b2luca-demo-bench-"))
     doc = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     doc["work_dir"] = str(base / "work")
@@ -292,6 +295,14 @@ def demo(workers: int, runs: int | None = None, keep_conditions: Path | None = N
         doc["bucket"]["last_run"] = doc["bucket"]["first_run"] + runs - 1
         doc["simulation"]["events"] = {tag: max(1, round(n * n_demo / runs))
                                        for tag, n in doc["simulation"]["events"].items()}
+    if without:  # e.g. the GAN, whose CPU time varies most on a busy machine: the rest compares more closely
+        names = sorted(discover(REPO / "calibrations").calibrations)
+        unknown = sorted(set(without) - set(names))
+        if unknown:
+            raise SystemExit(f"--without: unknown calibration(s) {unknown}; the catalogue has {names}")
+        doc["calibrations"]["select"] = [n for n in names if n not in without]
+        doc["calibrations"]["expert_config"] = {k: v for k, v in doc["calibrations"].get("expert_config", {}).items()
+                                                if k not in without}
     config = base / "demo.yaml"
     config.write_text(yaml.safe_dump(doc))
     cfg = load_config(config)
@@ -367,13 +378,15 @@ def main() -> None:
     parser.add_argument("--overhead-calibrations", type=int, default=4,
                         help="no-op calibrations per stage (raw, cdst) of the no-op bucket")
     parser.add_argument("--runs", type=int, default=None, help="spread the demo's events over this many runs")
+    parser.add_argument("--without", default="", help="calibrations left out of the demo bucket (comma-separated; "
+                        "e.g. PXDBackgroundGAN, whose CPU time varies most on a busy machine)")
     parser.add_argument("--keep-conditions", type=Path, default=None,
                         help="copy the demo's conditions folder here (for benchmarks/compare_payloads.py)")
     args = parser.parse_args()
     if not args.skip_overhead:
         overhead(args.tasks, args.workers, args.overhead_runs, args.overhead_calibrations)
     if not args.skip_demo:
-        demo(args.workers, args.runs, args.keep_conditions)
+        demo(args.workers, args.runs, args.keep_conditions, tuple(n for n in args.without.split(",") if n))
     shutil.rmtree(OUT_DIR, ignore_errors=True)
 
 

@@ -1,12 +1,17 @@
-"""Benchmark of a small raw file's fixed cost: read and write, packed tables against one branch per column.
+"""Benchmark of a small raw file's fixed cost: read and write, b2luca's layout against the earlier ones.
 
     python benchmarks/rootio_bench.py [--events 60] [--repeat 50] [--tag mumu_tight_or_highm_calib]
 
 Simulates one toy raw file of ``--events`` events (the 200-run demo bucket has 16-60 events per file) and
-times, in CPU milliseconds per file, ``write_raw`` / ``read_raw`` (b2luca's packed tables: one TTree per
-table, one branch) against the layout used before issue 15 (one branch per column, written with uproot
-directly and read through the same ``read_trees``). A file's fixed cost in uproot is per TTree and per
-branch, so the packed layout costs about one branch per table instead of one per column.
+times, in CPU milliseconds per file, ``write_raw`` / ``read_raw`` / ``read_trees`` of the ``cdc`` table
+alone, for three layouts, all read through the same ``read_trees``:
+
+- ``container``: b2luca's layout (issue 15): one TTree, one byte branch, all tables' packed rows;
+- ``tree/table``: one TTree per table with one packed-rows branch (issue 15's first step);
+- ``per column``: one TTree per table, one branch per column (before issue 15).
+
+A file's fixed cost in uproot is per TTree, per branch and per basket; ``uproot floor`` is the cost of
+opening a file (``uproot.open`` and closing it, no tree read) and of writing one empty tree.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from b2luca.reco.geometry import nominal_geometry  # noqa: E402
 from b2luca.reco.raw import RAW_BRANCHES, read_raw, write_raw  # noqa: E402
+from b2luca.rootio import COMPRESSION, PACKED_BRANCH, PACKED_TITLE, pack_table, read_trees  # noqa: E402
 from b2luca.sim.simulate import simulate_sample  # noqa: E402
 from b2luca.sim.truth import make_truth  # noqa: E402
 
@@ -48,6 +54,27 @@ def _write_per_column(path: Path, trees: dict[str, dict[str, np.ndarray]]) -> No
                 tree.extend(cols)
 
 
+def _write_tree_per_table(path: Path, trees: dict[str, dict[str, np.ndarray]]) -> None:
+    """The layout of issue 15's first step: one TTree per table, one branch of packed rows."""
+    with uproot.recreate(path, compression=COMPRESSION) as out:
+        for name, branches in RAW_BRANCHES.items():
+            cols = {b: np.asarray(trees.get(name, {}).get(b, np.zeros(0)), dtype=dt) for b, dt in branches.items()}
+            leaflist, rows = pack_table(cols)
+            tree = out.mktree(name, {PACKED_BRANCH: np.dtype((np.uint8, rows.shape[1:]))}, title=PACKED_TITLE + leaflist)
+            if len(rows):
+                tree.extend({PACKED_BRANCH: rows})
+
+
+def _open_only(path: Path) -> None:
+    with uproot.open(path, handler=uproot.MemmapSource):
+        pass
+
+
+def _write_empty(path: Path) -> None:
+    with uproot.recreate(path, compression=COMPRESSION) as out:
+        out.mktree("t", {"b": np.uint8})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60)
@@ -56,22 +83,26 @@ def main() -> None:
     args = parser.parse_args()
     geom = nominal_geometry()
     raw = simulate_sample(args.tag, args.events, np.random.default_rng(1), make_truth(1, geom), geom).raw
+    writers = {"container": write_raw, "tree/table": _write_tree_per_table, "per column": _write_per_column}
     with tempfile.TemporaryDirectory(prefix="b2luca-rootio-bench-") as tmp:
-        packed, per_column = Path(tmp) / "packed.root", Path(tmp) / "per_column.root"
         rows = {}
-        rows["packed"] = (_cpu_ms(lambda: write_raw(packed, raw), args.repeat),
-                          _cpu_ms(lambda: read_raw([packed]), args.repeat), packed.stat().st_size)
-        rows["per column"] = (_cpu_ms(lambda: _write_per_column(per_column, raw), args.repeat),
-                              _cpu_ms(lambda: read_raw([per_column]), args.repeat), per_column.stat().st_size)
-        for tree in RAW_BRANCHES:  # both layouts hold the same values
-            a, b = read_raw([packed])[tree], read_raw([per_column])[tree]
-            assert all(np.array_equal(a[k], b[k]) for k in a), tree
+        for name, writer in writers.items():
+            path = Path(tmp) / f"{name.replace('/', '_').replace(' ', '_')}.root"
+            rows[name] = (_cpu_ms(lambda w=writer, p=path: w(p, raw), args.repeat),
+                          _cpu_ms(lambda p=path: read_raw([p]), args.repeat),
+                          _cpu_ms(lambda p=path: read_trees(p, {"cdc": None}), args.repeat), path.stat().st_size)
+            for tree in RAW_BRANCHES:  # every layout holds the same values
+                a, b = read_raw([Path(tmp) / "container.root"])[tree], read_raw([path])[tree]
+                assert all(np.array_equal(a[k], b[k]) for k in a), (name, tree)
+        empty = Path(tmp) / "empty.root"
+        floor = (_cpu_ms(lambda: _write_empty(empty), args.repeat), _cpu_ms(lambda: _open_only(empty), args.repeat))
     n_branches = sum(len(b) for b in RAW_BRANCHES.values())
     print(f"one {args.tag} raw file of {args.events} events, {len(RAW_BRANCHES)} tables, {n_branches} columns "
           f"(CPU ms per file, {args.repeat} repeats):")
-    print(f"{'layout':12s} {'write':>8s} {'read':>8s} {'bytes':>9s}")
-    for name, (w, r, size) in rows.items():
-        print(f"{name:12s} {w:8.2f} {r:8.2f} {size:9d}")
+    print(f"{'layout':14s} {'write':>8s} {'read':>8s} {'read cdc':>9s} {'bytes':>9s}")
+    for name, (w, r, c, size) in rows.items():
+        print(f"{name:14s} {w:8.2f} {r:8.2f} {c:9.2f} {size:9d}")
+    print(f"{'uproot floor':14s} {floor[0]:8.2f} {floor[1]:8.2f}  (write one empty tree / open and close a file)")
 
 
 if __name__ == "__main__":

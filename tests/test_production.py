@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uproot
 
 from b2luca.conditions import DatabaseChain, LocalDatabase
 from b2luca.iov import ExpRun, IoV
+from b2luca.rootio import read_trees
 from b2luca.production import (GROUP_TREES, ProductionError, manifest_is_current, produce_run, read_cdst,
                                read_manifest)
 
@@ -55,10 +55,8 @@ def test_first_production_writes_cdst_and_manifest(sim):
     for tag in EVENTS:
         path = cdst_dir / tag / "cdst_0.root"
         assert path.is_file()
-        with uproot.open(path) as f:
-            for trees in GROUP_TREES.values():
-                for t in trees:
-                    assert t in f, (tag, t)
+        got = read_trees(path, {t: None for trees in GROUP_TREES.values() for t in trees})
+        assert set(got) == {t for trees in GROUP_TREES.values() for t in trees}, tag
     manifest = read_manifest(cdst_dir)
     assert set(manifest["groups"]) == {"hits", "tracks", "ecl"}
     assert manifest["groups"]["tracks"]["VXDAlignment"]["revision"] == 1

@@ -49,22 +49,106 @@ def test_packed_tables_keep_every_dtype_shape_and_value(tmp_path):
     assert got["none"]["x"].shape == (0,) and got["none"]["x"].dtype == np.int16 and got["none"]["y"].shape == (0, 3)
 
 
-def test_packed_table_is_one_branch_described_by_a_root_leaf_list(tmp_path):
-    """The file is plain ROOT: one TTree per table with one fixed-size byte branch; the title carries the
-    leaf list (what a ROOT user needs to read it) -- a file's fixed cost is one branch per table."""
+def test_file_is_one_byte_branch_described_by_root_leaf_lists(tmp_path):
+    """The file is plain ROOT: one TTree with one ``unsigned char`` branch holding every table's packed rows;
+    the title carries each table's row count and leaf list (what a ROOT user needs to read it) -- a file's
+    fixed cost is one tree and one branch, whatever its number of tables (issue 15)."""
     import uproot
 
-    from b2luca.rootio import PACKED_BRANCH, PACKED_TITLE
+    from b2luca.rootio import CONTAINER_BRANCH, CONTAINER_TITLE, CONTAINER_TREE
 
     f = tmp_path / "a.root"
-    write_trees(f, {"hits": {"event": np.arange(4), "u": np.ones((4, 2), np.float32), "lr": np.ones(4, np.int8)}})
+    write_trees(f, {"hits": {"event": np.arange(4), "u": np.ones((4, 2), np.float32), "lr": np.ones(4, np.int8)},
+                    "none": {"x": np.zeros(0)}, "ev": {"e": np.array([7], np.int16)}})
     with uproot.open(f) as src:
-        tree = src["hits"]
-        assert tree.keys() == [PACKED_BRANCH] and tree.num_entries == 4
-        assert tree.title == PACKED_TITLE + "event/L:u[2]/F:lr/B"
-        rows = tree[PACKED_BRANCH].array(library="np")
-    assert rows.shape == (4, 8 + 8 + 1)
-    assert rows[1, :8].tobytes() == (1).to_bytes(8, "big")  # big-endian, as ROOT stores values
+        assert src.keys(cycle=False) == [CONTAINER_TREE]
+        tree = src[CONTAINER_TREE]
+        assert tree.keys() == [CONTAINER_BRANCH] and tree.num_entries == 4 * 17 + 2
+        assert tree.title == CONTAINER_TITLE + "hits[4]=event/L:u[2]/F:lr/B;none[0]=x/D;ev[1]=e/S"
+        data = tree[CONTAINER_BRANCH].array(library="np")
+    assert data[17:25].tobytes() == (1).to_bytes(8, "big")  # row 1's event, big-endian as ROOT stores values
+    assert data[-2:].tobytes() == (7).to_bytes(2, "big")
+
+
+def test_a_reader_of_some_tables_decompresses_only_their_baskets(tmp_path, monkeypatch):
+    """Large tables get baskets of their own; reading some tables reads only the entry ranges that hold
+    them (tables closer than a basket in one range), and every table reads back exactly."""
+    import uproot
+
+    from b2luca import rootio
+    from b2luca.rootio import CONTAINER_BRANCH, CONTAINER_TREE
+
+    monkeypatch.setattr(rootio, "BASKET_BYTES", 1000)
+    rng = np.random.default_rng(3)
+    tables = {"a": {"x": rng.normal(size=200)}, "b": {"y": rng.integers(0, 9, 10)}, "c": {"z": rng.normal(size=300)},
+              "d": {"w": np.arange(3, dtype=np.int32)}}
+    f = tmp_path / "big.root"
+    write_trees(f, tables)
+    with uproot.open(f) as src:
+        assert src[CONTAINER_TREE][CONTAINER_BRANCH].num_baskets == 3  # a | b, c | d: a basket closes once full
+    read_ranges = []
+    original = uproot.TBranch.array
+
+    def spy(self, *args, **kwargs):
+        read_ranges.append((kwargs.get("entry_start"), kwargs.get("entry_stop")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(uproot.TBranch, "array", spy)
+    got = read_trees(f, {"c": None})
+    assert read_ranges == [(1600 + 80, 1600 + 80 + 2400)]
+    np.testing.assert_array_equal(got["c"]["z"], tables["c"]["z"])
+    read_ranges.clear()
+    got = read_trees(f, {"d": None, "a": None})  # far apart: two reads, not the span between them
+    assert read_ranges == [(0, 1600), (4080, 4092)]
+    np.testing.assert_array_equal(got["a"]["x"], tables["a"]["x"])
+    np.testing.assert_array_equal(got["d"]["w"], tables["d"]["w"])
+    read_ranges.clear()
+    read_trees(f, {"c": None, "b": None})  # closer than a basket: one read
+    assert read_ranges == [(1600, 4080)]
+    got = read_trees(f, {t: None for t in tables})
+    for t, cols in tables.items():
+        for k, v in cols.items():
+            np.testing.assert_array_equal(got[t][k], v, err_msg=t)
+
+
+def test_corrupt_container_names_file_tree_and_every_missing_table(tmp_path):
+    """A damaged table list, a byte count that does not match it, and all missing tables/columns of one
+    read are named in one line."""
+    import uproot
+
+    from b2luca.rootio import CONTAINER_BRANCH, CONTAINER_TITLE, CONTAINER_TREE
+
+    f = tmp_path / "a.root"
+    write_trees(f, {"hits": {"x": np.arange(3.0)}})
+    with pytest.raises(RootReadError, match=r"a\.root: tree 'cdc' is missing; tree 'hits' lacks branch\(es\) \['y'\]"):
+        read_trees(f, {"cdc": None, "hits": ["x", "y"]})
+    for title, message in ((CONTAINER_TITLE + "hits[3]=x/Q", r"corrupt table list .*'x/Q'"),
+                           (CONTAINER_TITLE + "hits[2]=x/D", r"holds 24 bytes, its table list describes 16")):
+        bad = tmp_path / "bad.root"
+        with uproot.recreate(bad) as out:
+            out.mktree(CONTAINER_TREE, {CONTAINER_BRANCH: np.uint8}, title=title).extend(
+                {CONTAINER_BRANCH: np.zeros(24, np.uint8)})
+        with pytest.raises(RootReadError, match=r"bad\.root: tree 'b2luca_tables': " + message):
+            read_trees(bad, {"hits": None})
+    with pytest.raises(ValueError, match=r"tree 'a;b': a table name needs letters"):
+        write_trees(f, {"a;b": {"x": np.arange(3.0)}})
+
+
+def test_files_of_the_tree_per_table_layout_still_read(tmp_path):
+    """Files written before the container layout (one packed TTree per table) read as before."""
+    import uproot
+
+    from b2luca.rootio import PACKED_BRANCH, PACKED_TITLE, pack_table
+
+    f = tmp_path / "old.root"
+    with uproot.recreate(f) as out:
+        for name, cols in {"hits": {"event": np.arange(4), "lr": np.ones(4, np.int8)}, "ev": {"e": np.ones(2)}}.items():
+            leaflist, rows = pack_table(cols)
+            out.mktree(name, {PACKED_BRANCH: np.dtype((np.uint8, rows.shape[1:]))},
+                       title=PACKED_TITLE + leaflist).extend({PACKED_BRANCH: rows})
+    got = read_trees(f, {"hits": ["lr"], "ev": None})
+    assert list(got["hits"]) == ["lr"] and got["hits"]["lr"].tolist() == [1, 1, 1, 1]
+    assert got["ev"]["e"].tolist() == [1.0, 1.0]
 
 
 def test_files_of_the_per_column_layout_still_read(tmp_path):

@@ -104,6 +104,32 @@ def parse_database_txt(path: Path) -> list[PayloadEntry]:
     return [entry for _, entry in entries]
 
 
+#: parsed database.txt files: path -> (inode, size, mtime, ctime), entries; at most _PARSED_MAX files
+_PARSED: "OrderedDict[str, tuple[tuple[int, int, int, int], tuple[PayloadEntry, ...]]]" = OrderedDict()
+_PARSED_MAX = 64
+_PARSED_LOCK = threading.Lock()
+
+
+def _parsed_entries(path: Path, version: tuple[int, int, int, int]) -> list[PayloadEntry]:
+    """``parse_database_txt(path)``, reused while the file's inode, size, mtime and ctime are unchanged.
+
+    b2luca writes database.txt atomically (a new revision is a new inode); an edit in place changes its
+    mtime and ctime.  A file with bad lines is not kept: it raises again at every call."""
+    key = str(path)
+    with _PARSED_LOCK:
+        hit = _PARSED.get(key)
+        if hit is not None and hit[0] == version:
+            _PARSED.move_to_end(key)
+            return list(hit[1])
+    entries = parse_database_txt(path)
+    with _PARSED_LOCK:
+        _PARSED[key] = (version, tuple(entries))
+        _PARSED.move_to_end(key)
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+    return entries
+
+
 class LocalDatabase:
     """A basf2-format local database directory (``database.txt`` plus payload files)."""
 
@@ -129,10 +155,15 @@ class LocalDatabase:
 
     # --- reading ------------------------------------------------------------------------------
     def entries(self) -> list[PayloadEntry]:
-        """All lines of database.txt in file order (empty for a missing database)."""
-        if not self.database_txt.exists():
+        """All lines of database.txt in file order (empty for a missing database).
+
+        Parsed once per version of the file and process (:func:`_parsed_entries`): a production task looks
+        up every constant of every run it reconstructs (issue 15)."""
+        try:
+            stat = os.stat(self.database_txt)
+        except FileNotFoundError:
             return []
-        return parse_database_txt(self.database_txt)
+        return _parsed_entries(self.database_txt, (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
 
     def names(self) -> list[str]:
         """Payload names present, in order of first appearance."""

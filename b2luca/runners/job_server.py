@@ -12,6 +12,11 @@ starts one server process per run (:func:`serving`) that imports them once; each
 * the exit code comes back to the caller; a job whose caller dies (the luigi worker was killed) kills its
   own process group, as a subprocess does through ``PR_SET_PDEATHSIG``; a timeout kills the job's group.
 
+**ML jobs.**  When a calibration of the run uses the ML library (:func:`preloads_for`), torch (~2 s to import)
+is imported by a second server, forked from the first once its own preloads are done: jobs whose script
+imports torch or ``b2luca.ml`` (:func:`address_for`) go to it, every other job to the first server, so a job
+that does not need torch never waits for its import (issue 15).
+
 Batch jobs (Slurm, LSF, HTCondor) never use it: the server's address lives in this module of the driver
 process and of the luigi workers forked from it, not in the environment, so a batch job (or any process
 not forked from the driver) runs ``python -m`` as before.  When no server is running, or it cannot be
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import gc
 import importlib
 import importlib.util
@@ -56,12 +62,14 @@ ML_PRELOAD = ("torch", "torch._dynamo")
 
 #: the server process's program (not ``-m``: this module is imported by its package first)
 _ENTRY = ("import socket, sys; from b2luca.runners.job_server import serve; "
-          "serve(socket.socket(fileno=int(sys.argv[1])), sys.argv[2:])")
+          "serve(socket.socket(fileno=int(sys.argv[1])), sys.argv[3:], "
+          "None if sys.argv[2] == '-' else socket.socket(fileno=int(sys.argv[2])))")
 
 #: what the server prints (to its log) when its preloads are done
 READY = "b2luca job server: preloads done"
 
 _address: str | None = None  # the socket of this run's server (driver and the luigi workers forked from it)
+_ml_address: str | None = None  # the socket of its ML server (torch preloaded), None when the run has no ML
 
 
 def current_address() -> str | None:
@@ -69,37 +77,86 @@ def current_address() -> str | None:
     return _address
 
 
+def address_for(command: Sequence[str]) -> str | None:
+    """The server for a ``python -m b2luca.runners.native_job ...`` command: the ML server when there is one
+    and the job's script (a validation script, or the ``caf_script`` of a calibrate job's CAF config) imports
+    torch or the ML library, else :func:`current_address`."""
+    if _ml_address is None or _address is None:
+        return _address
+    argv = list(command)[3:]
+    script: str | None = None
+    with contextlib.suppress(OSError, ValueError, IndexError, KeyError, TypeError):
+        if argv[0] == "validate":
+            script = argv[1]
+        elif argv[0] == "calibrate":
+            script = json.loads(Path(argv[1]).read_text(encoding="utf-8"))["caf_script"]
+    return _ml_address if script is not None and _uses_ml(str(script)) else _address
+
+
+def _uses_ml(script: str) -> bool:
+    """Whether the script imports torch or ``b2luca.ml`` anywhere (an AST scan; False if unreadable)."""
+    try:
+        stat = os.stat(script)
+    except OSError:
+        return False
+    return _scan_uses_ml(script, stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=256)  # one scan per script version, not one per job
+def _scan_uses_ml(script: str, mtime_ns: int, size: int, inode: int) -> bool:
+    try:
+        tree = ast.parse(Path(script).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return False  # the catalogue reports unreadable scripts
+    for node in ast.walk(tree):
+        names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)] \
+            if isinstance(node, ast.ImportFrom) else [a.name for a in node.names] if isinstance(node, ast.Import) \
+            else []  # ``from b2luca import ml`` too
+        if any(n.split(".")[0] == "torch" or n == "b2luca.ml" or n.startswith("b2luca.ml.") for n in names):
+            return True
+    return False
+
+
 @contextlib.contextmanager
 def serving(secret_names: Sequence[str] = (), log_path: Path | None = None,
             extra_preloads: Sequence[str] = ()) -> Iterator[str]:
     """Run a job server while the block runs (jobs of processes forked inside the block use it);
-    ``extra_preloads``: modules it imports after :data:`PRELOAD` (e.g. :func:`preloads_for`).
+    ``extra_preloads``: modules that jobs of ML scripts need (:func:`preloads_for`): when given, a second
+    server imports them and takes those jobs (:func:`address_for`; see the module docstring).
 
-    The listening socket is bound here, so jobs can connect at once (they queue while the server imports).
+    The listening sockets are bound here, so jobs can connect at once (they queue while the server imports).
     """
-    global _address
+    global _address, _ml_address
     directory = tempfile.mkdtemp(prefix="b2luca-jobs-")
     path = os.path.join(directory, "server.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
+    ml_path = os.path.join(directory, "ml.sock") if extra_preloads else None
+    listeners = []
+    for where in (path, ml_path):
+        if where is not None:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(where)
+            listener.listen(64)
+            listeners.append(listener)
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
+    fds = [str(item.fileno()) for item in listeners]
     try:
-        process = subprocess.Popen([sys.executable, "-c", _ENTRY, str(listener.fileno()), *extra_preloads],
-                                   pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, env=child_environment(secret_names),
+        process = subprocess.Popen([sys.executable, "-c", _ENTRY, fds[0], fds[1] if ml_path else "-", *extra_preloads],
+                                   pass_fds=tuple(item.fileno() for item in listeners), stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, env=child_environment(secret_names),
                                    start_new_session=True, preexec_fn=_die_with_parent)
     finally:
-        listener.close()
+        for item in listeners:
+            item.close()
         if not isinstance(log, int):
             log.close()
     previous, _address = _address, path
+    previous_ml, _ml_address = _ml_address, ml_path
     try:
         yield path
     finally:
-        _address = previous
+        _address, _ml_address = previous, previous_ml
         process.terminate()
         try:
             process.wait(timeout=10)
@@ -107,7 +164,9 @@ def serving(secret_names: Sequence[str] = (), log_path: Path | None = None,
             process.kill()
             process.wait()
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            for where in (path, ml_path):
+                if where is not None:
+                    os.unlink(where)
             os.rmdir(directory)
 
 
@@ -226,18 +285,7 @@ def preloads_for(scripts: Iterable[Path]) -> tuple[str, ...]:
     anywhere in the script, and torch is installed; else nothing (a bucket without ML pays no torch import)."""
     if importlib.util.find_spec("torch") is None:
         return ()
-    for path in scripts:
-        try:
-            tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-        except (OSError, SyntaxError, ValueError):
-            continue  # the catalogue reports unreadable scripts; nothing to preload for them
-        for node in ast.walk(tree):
-            names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)] \
-                if isinstance(node, ast.ImportFrom) else [a.name for a in node.names] if isinstance(node, ast.Import) \
-                else []  # ``from b2luca import ml`` too
-            if any(n.split(".")[0] == "torch" or n == "b2luca.ml" or n.startswith("b2luca.ml.") for n in names):
-                return ML_PRELOAD
-    return ()
+    return ML_PRELOAD if any(_uses_ml(str(path)) for path in scripts) else ()
 
 
 def _preloads(extra: Sequence[str] = ()) -> Iterator[str]:
@@ -261,11 +309,15 @@ def _preloads(extra: Sequence[str] = ()) -> Iterator[str]:
         yield name
 
 
-def serve(listener: socket.socket, extra_preloads: Sequence[str] = ()) -> None:
+def serve(listener: socket.socket, extra_preloads: Sequence[str] = (), ml_listener: socket.socket | None = None) -> None:
     """Accept jobs until SIGTERM (then kill the jobs still running); fork one child per job and report its pid
     and exit code.  The preloads run between jobs: a job that comes before they are done (the first
-    calibration of a short bucket) is forked at once and imports what it still lacks itself."""
-    steps = _preloads(extra_preloads)
+    calibration of a short bucket) is forked at once and imports what it still lacks itself.
+
+    With ``ml_listener``, ``extra_preloads`` are not imported here: once :data:`PRELOAD` is done, a fork of
+    this server (:func:`_start_ml_server`) imports them and serves the jobs of ``ml_listener``."""
+    ml_server: int | None = None
+    steps = _preloads(() if ml_listener is not None else extra_preloads)
     next(steps)  # native_job, which every job needs: the jobs that come meanwhile wait in the listen queue
     preloads: Iterator[str] | None = steps
     wake_r, wake_w = os.pipe()
@@ -288,14 +340,56 @@ def serve(listener: socket.socket, extra_preloads: Sequence[str] = ()) -> None:
         events = selector.select(timeout=0 if preloads is not None else 1.0)
         if not events and preloads is not None and next(preloads, None) is None:
             preloads = None
+            if ml_listener is not None and not stop:
+                ml_server = _start_ml_server(ml_listener, extra_preloads, [listener, *jobs.values()], (wake_r, wake_w))
+                ml_listener.close()
+                ml_listener = None
+        if stop and ml_server is not None:
+            with contextlib.suppress(OSError):
+                os.kill(ml_server, signal.SIGTERM)
         for key, _ in events:
             if key.fileobj is listener:
                 _accept(listener, jobs, (wake_r, wake_w))
             else:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
-        _reap(jobs)
+        if _reap(jobs, ml_server):
+            ml_server = None
+    if ml_server is not None:  # it kills its own jobs on SIGTERM; wait for that (bounded)
+        for _ in range(100):
+            try:
+                if os.waitpid(ml_server, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.05)
+        else:
+            _kill_group(ml_server)
     os._exit(0)  # no interpreter teardown (matplotlib, scipy: ~0.4 s): the jobs are done and reaped
+
+
+def _start_ml_server(ml_listener: socket.socket, extra_preloads: Sequence[str], close: list[socket.socket],
+                     fds: Sequence[int]) -> int:
+    """Fork the ML server: it closes this server's sockets and pipe, dies with it, and serves ``ml_listener``
+    (importing ``extra_preloads`` between its jobs).  Returns its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            signal.set_wakeup_fd(-1)
+            for item in close:
+                item.close()
+            for fd in fds:
+                os.close(fd)
+            _die_with_parent()
+            serve(ml_listener, extra_preloads)
+        except BaseException:  # noqa: BLE001 - to the server's log
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    return pid
 
 
 def _accept(listener: socket.socket, jobs: dict[int, socket.socket], fds: Sequence[int]) -> None:
@@ -317,17 +411,20 @@ def _accept(listener: socket.socket, jobs: dict[int, socket.socket], fds: Sequen
         conn.close()
 
 
-def _reap(jobs: dict[int, socket.socket]) -> None:
-    """Collect every ended child and send its exit code to its caller."""
-    while jobs:
+def _reap(jobs: dict[int, socket.socket], ml_server: int | None = None) -> bool:
+    """Collect every ended child and send its exit code to its caller; True when ``ml_server`` was collected."""
+    ended = False
+    while jobs or (ml_server is not None and not ended):
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return ended
         if pid == 0:
-            return
+            return ended
+        ended = ended or pid == ml_server
         conn = jobs.pop(pid, None)
         if conn is not None:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
             conn.close()
+    return ended

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import RunResult, child_environment, run_logged
-from .job_server import current_address, run_in_server
+from .job_server import address_for, run_in_server
 
 
 class NativeRunner:
@@ -45,7 +45,7 @@ class NativeRunner:
 
     def _run(self, command: list[str], work_dir: Path, log_path: Path) -> RunResult:
         """Through this run's job server when there is one (:mod:`.job_server`), else a fresh subprocess."""
-        address = current_address()
+        address = address_for(command)
         if address is not None:
             try:
                 return run_in_server(address, command, work_dir, log_path, timeout=self.timeout)

@@ -53,6 +53,35 @@ def test_malformed_line_names_file_and_line(tmp_path):
         parse_database_txt(tmp_path / "database.txt")
 
 
+def test_database_txt_is_parsed_once_per_version(tmp_path, monkeypatch):
+    """Look-ups reuse the parsed database.txt while the file is unchanged (issue 15: a production task looks
+    up every constant of every run); a new revision, an edit in place and a bad line are seen at once."""
+    import os
+
+    from b2luca.conditions import database
+
+    db = LocalDatabase(tmp_path / "db").create()
+    db.store("BeamSpot", {"x": np.array([1.0])}, IoV(0, 0, -1, -1))
+    parses = []
+    original = database.parse_database_txt
+    monkeypatch.setattr(database, "parse_database_txt", lambda path: parses.append(path) or original(path))
+    for _ in range(3):
+        assert db.lookup("BeamSpot", ExpRun(26, 1)).revision == 1
+    assert len(parses) <= 1
+    db.store("BeamSpot", {"x": np.array([2.0])}, IoV(26, 1, 26, 1))  # atomic rewrite: a new version
+    assert db.lookup("BeamSpot", ExpRun(26, 1)).revision == 2
+    txt = tmp_path / "db" / "database.txt"
+    stat = txt.stat()
+    with open(txt, "r+") as handle:  # in place, same size: only the times tell
+        handle.write(handle.read().replace("26,1,26,1", "26,2,26,2"))
+    os.utime(txt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert db.lookup("BeamSpot", ExpRun(26, 1)).revision == 1
+    txt.write_text(txt.read_text() + "not a line\n")
+    for _ in range(2):  # a bad file is not kept: it raises every time
+        with pytest.raises(DatabaseError, match=r"database\.txt:\d+: expected .*not a line"):
+            db.lookup("BeamSpot", ExpRun(26, 1))
+
+
 def test_immutability_new_revision_and_noop(tmp_path):
     db = LocalDatabase(tmp_path / "db")
     iov = IoV(26, 1, -1, -1)

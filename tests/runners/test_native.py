@@ -4,6 +4,7 @@ import contextlib
 import json
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,28 +197,35 @@ def test_job_server_job_dies_with_its_caller(tmp_path):
             raise AssertionError("the job outlived its caller")
 
 
-def test_jobs_still_running_when_the_run_ends_are_killed(tmp_path):
-    """An interrupted run (the driver leaves the server's block with jobs running) leaves no job behind."""
+@pytest.mark.parametrize("ml", [False, True], ids=["plain", "ml-server"])
+def test_jobs_still_running_when_the_run_ends_are_killed(tmp_path, ml):
+    """An interrupted run (the driver leaves the server's block with jobs running) leaves no job behind, nor
+    the ML server that ran it."""
     import os
     import threading
     import time
 
     work = _sleeping_job(tmp_path)
+    if ml:
+        script = tmp_path / "calibrations" / "count_files.py"
+        script.write_text(script.read_text() + "\n\ndef _never_called():\n    import torch  # noqa: F401\n")
     results = []
-    with job_server.serving():
+    with job_server.serving(extra_preloads=("xml.dom.minidom",) if ml else ()):
         caller = threading.Thread(target=lambda: results.append(NativeRunner().calibrate(
             work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")))
         caller.start()
         _wait_for(work / "pid")
+        ppid = lambda pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # noqa: E731
+        server = ppid(int((work / "pid").read_text()))
+        assert (ppid(server) != os.getpid()) is ml  # the ML server is a fork of the server this process started
         start = time.monotonic()
     caller.join(timeout=30)
     assert results and results[0].returncode < 0 and time.monotonic() - start < 10
-    pid = int((work / "pid").read_text())
-    try:
-        os.kill(pid, 0)
-        raise AssertionError("the job outlived the run")
-    except ProcessLookupError:
-        pass
+    for pid in (int((work / "pid").read_text()), server):
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
+            assert time.monotonic() < deadline, f"process {pid} outlived the run"
+            time.sleep(0.05)
 
 
 def test_blas_limit_reuses_its_scan_until_a_library_is_loaded(monkeypatch):
@@ -249,7 +257,9 @@ def test_blas_limit_reuses_its_scan_until_a_library_is_loaded(monkeypatch):
 
 def test_job_server_serves_while_it_preloads_and_says_when_done(tmp_path):
     """Jobs are served from the start; the server imports its preloads between them and logs when it is done
-    (every preload imported: later jobs are forked with numpy, scipy and matplotlib already loaded)."""
+    (every preload imported: later jobs are forked with numpy, scipy and matplotlib already loaded).  The ML
+    preloads are imported by a second server that takes only the jobs of scripts using the ML library, so the
+    other jobs never wait for torch's import (issue 15)."""
     work = _setup(tmp_path, {"scale": 1.0, "fail": False})
     server_log = tmp_path / "job_server.log"
     with job_server.serving(log_path=server_log, extra_preloads=("xml.dom.minidom",)):
@@ -258,12 +268,18 @@ def test_job_server_serves_while_it_preloads_and_says_when_done(tmp_path):
                                               work / f"{i}.log")
             assert result.ok, log_tail(result.log_path)
         deadline = time.monotonic() + 120
-        while job_server.READY not in server_log.read_text() and time.monotonic() < deadline:
+        while server_log.read_text().count(job_server.READY) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert job_server.READY in server_log.read_text()
+        assert server_log.read_text().count(job_server.READY) == 2  # the server and its ML server
         result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "2.log")
         assert result.ok, log_tail(result.log_path)
-        assert "extra preload present: True" in result.log_path.read_text()  # imported after PRELOAD, forked with it
+        assert "extra preload present: False" in result.log_path.read_text()  # not an ML script: the plain server
+        script = tmp_path / "calibrations" / "count_files.py"
+        script.write_text(script.read_text() + "\n\ndef _never_called():\n    import torch  # noqa: F401\n")
+        result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work, work / "3.log")
+        assert result.ok, log_tail(result.log_path)
+        assert "extra preload present: True" in result.log_path.read_text()  # the ML server, forked with them
+    assert job_server.current_address() is None and job_server.address_for(["python", "-m", "x", "calibrate"]) is None
 
 
 def test_torch_is_preloaded_only_for_scripts_that_use_the_ml_library(tmp_path):
