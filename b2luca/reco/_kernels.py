@@ -162,9 +162,9 @@ def kink_columns(d: np.ndarray, j2: np.ndarray, track_arm: np.ndarray, n_before:
 
 
 def _load() -> None:
-    """Load both kernels now (from numba's on-disk cache; compiled on the first run after an edit): a process that
-    imports the fit and then forks (the luigi workers of ``b2luca run``, the job server) hands them over loaded,
-    instead of every task paying ~0.3 s for numba's first dispatch."""
+    """Load the three kernels now (from numba's on-disk cache; compiled on the first run after an edit), at the
+    import of this module: :func:`b2luca.reco.fit.preload` (the driver and the job server, before they fork)
+    or the first fit."""
     h = np.zeros((1, 5))
     h[0, 2], h[0, 4] = 1e-4, 0.1
     one = np.ones(1)
