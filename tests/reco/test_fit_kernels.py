@@ -112,6 +112,13 @@ def test_subset_of_a_range_of_candidates(sample):
     assert np.array_equal(sub.m, meas.m[keep]) and np.array_equal(sub.approx_pos, meas.approx_pos[keep])
     gaps = subset_measurements(meas, np.array([3, 5, 10]))  # not a range: the general selection
     assert np.array_equal(np.bincount(gaps.track), np.bincount(meas.track)[[3, 5, 10]])
+    order = np.array([3, 5, 4, 6])  # the span of a range but shuffled: not taken for one
+    shuffled = subset_measurements(meas, order)
+    keep = np.isin(meas.track, order)
+    remap = np.full(meas.n_tracks, -1)
+    remap[order] = np.arange(order.size)
+    assert np.array_equal(shuffled.track_key, meas.track_key[order])
+    assert np.array_equal(shuffled.track, remap[meas.track[keep]])
 
 
 def test_kink_columns_are_the_contraction_before_the_hit():
