@@ -50,7 +50,8 @@ def _point(d0: float, s0: float, c0: float, om: float, z0: float, tl: float, s: 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _projected(d0: float, s0: float, c0: float, s: float, pt: np.ndarray, wx: float, wy: float, wz: float,
                jac: np.ndarray, i: int) -> None:  # pragma: no cover - compiled
-    """jac[i] = w . d(position)/d(h) at fixed s (helix.projected_position_jacobian), from :func:`_point`'s pt."""
+    """jac[i] = w . d(position)/d(h) at fixed s (:func:`b2luca.reco.helix.projected_position_jacobian`), from
+    :func:`_point`'s pt."""
     k, dk, cph, sph = pt[6], pt[7], pt[8], pt[9]
     jac[i, 0] = wx * s0 - wy * c0
     jac[i, 1] = d0 * (wx * c0 + wy * s0) + k * (wy * cph - wx * sph)

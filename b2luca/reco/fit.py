@@ -276,11 +276,12 @@ class _Predictor:
         the last ``self(h, update=True)``, its compiled derivatives (the same formulas) are returned."""
         if self._frame is not None and self._frame[0] is h:
             return self._frame[1]
-        _, tv, pv = H.position_direction(h[self.vxd], s[self.vxd])
-        x, tc, pc = H.position_direction(h[self.cdc], s[self.cdc])
+        hv, sv, hc, sc = h[self.vxd], s[self.vxd], h[self.cdc], s[self.cdc]
+        tv, x, tc = H.direction(hv, sv), H.position(hc, sc), H.direction(hc, sc)
         out = np.empty((h.shape[0], 5))
         n, g = self.normal, self.u_axis
-        out[self.vxd] = H.projected_jacobian_at(pv, g - (np.sum(g * tv, axis=1) / np.sum(n * tv, axis=1))[:, None] * n)
+        w = g - (np.sum(g * tv, axis=1) / np.sum(n * tv, axis=1))[:, None] * n
+        out[self.vxd] = H.projected_position_jacobian(hv, sv, w)
         par = self.cdc_par
         stereo = self.cdc_stereo / self.cdc_radius
         phi_w = self.cdc_phi_offset + x[:, 2] * stereo + self.cdc_wire_phi + par[:, 2]
@@ -291,7 +292,7 @@ class _Predictor:
         ratio = (g[:, 0] * tc[:, 0] + g[:, 1] * tc[:, 1] + g[:, 2] * tc[:, 2]) / (x[:, 0] * tc[:, 0] + x[:, 1] * tc[:, 1])
         g[:, 0] -= ratio * x[:, 0]
         g[:, 1] -= ratio * x[:, 1]
-        out[self.cdc] = H.projected_jacobian_at(pc, g)
+        out[self.cdc] = H.projected_position_jacobian(hc, sc, g)
         return out
 
     def derivatives(self, h: np.ndarray, base: np.ndarray) -> np.ndarray:
