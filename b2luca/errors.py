@@ -28,6 +28,7 @@ __all__ = [
     "MLDependencyError",
     "ConditionsDBError", "ConditionsConfigError", "PublishRefused",
     "RunLockedError", "UnsafePathError", "UndeclaredDependencyError",
+    "KernelLoadError",
 ]
 
 
@@ -153,3 +154,8 @@ class UnsafePathError(UserError, ValueError):
 
 class UndeclaredDependencyError(WorkError, RuntimeError):
     """A calibration read a payload produced in this bucket by a calibration it does not depend on."""
+
+
+# --- track fit's compiled kernels (issue 15) -----------------------------------------------------------
+class KernelLoadError(WorkError, RuntimeError):
+    """The track fit's compiled kernels (numba) could not be loaded (e.g. no writable cache directory)."""

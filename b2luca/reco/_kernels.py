@@ -1,8 +1,10 @@
 """Compiled kernels of the track fit: the predictions of the measurement rows and their analytic derivatives
 (helix parameters: :func:`vxd_rows`, :func:`cdc_rows`; scattering kinks: :func:`kink_columns`).
 
-One pass per row (numba, ``@njit(cache=True, nogil=True)``) instead of some fifty numpy operations over all
-rows with their temporaries.  The formulas are those of :mod:`b2luca.reco.helix` (helix position and
+One pass per row (numba, ``@njit(cache=True, nogil=True, error_model="numpy")``) instead of some fifty numpy
+operations over all rows with their temporaries.  ``error_model="numpy"``: a division by zero (a track parallel to
+a sensor plane, tangent to a layer cylinder) gives inf/NaN as numpy does, and the fit leaves that candidate out,
+instead of raising ZeroDivisionError.  The formulas are those of :mod:`b2luca.reco.helix` (helix position and
 direction, plane and cylinder crossings, the position Jacobian at fixed arc length),
 :func:`b2luca.reco.geometry.cdc_drift_distance` (written as dy cos(phi_w) - dx sin(phi_w), which needs no
 arctan2) and :meth:`b2luca.reco.fit._Predictor.jacobian`; the numbers agree with the numpy versions to
@@ -19,7 +21,7 @@ from numba import njit
 __all__ = ["cdc_rows", "kink_columns", "vxd_rows"]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _point(d0: float, s0: float, c0: float, om: float, z0: float, tl: float, s: float, pt: np.ndarray) -> None:  # pragma: no cover
     """The helix at arc length s (``s0``, ``c0``: sin and cos of phi0): pt[0:3] position, pt[3:6] direction
     (d/ds), pt[6:10] k = s sinc(om s / 2), dk/domega, cos and sin of phi0 - om s / 2.  Two trigonometric
@@ -45,10 +47,11 @@ def _point(d0: float, s0: float, c0: float, om: float, z0: float, tl: float, s: 
     pt[9] = sph
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _projected(d0: float, s0: float, c0: float, s: float, pt: np.ndarray, wx: float, wy: float, wz: float,
                jac: np.ndarray, i: int) -> None:  # pragma: no cover - compiled
-    """jac[i] = w . d(position)/d(h) at fixed s (helix.projected_position_jacobian), from :func:`_point`'s pt."""
+    """jac[i] = w . d(position)/d(h) at fixed s (:func:`b2luca.reco.helix.projected_position_jacobian`), from
+    :func:`_point`'s pt."""
     k, dk, cph, sph = pt[6], pt[7], pt[8], pt[9]
     jac[i, 0] = wx * s0 - wy * c0
     jac[i, 1] = d0 * (wx * c0 + wy * s0) + k * (wy * cph - wx * sph)
@@ -57,7 +60,7 @@ def _projected(d0: float, s0: float, c0: float, s: float, pt: np.ndarray, wx: fl
     jac[i, 4] = wz * s
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def vxd_rows(h: np.ndarray, rows: np.ndarray, s_start: np.ndarray, n_iter: int, c: np.ndarray, r: np.ndarray,
              axis: np.ndarray, pred: np.ndarray, s_out: np.ndarray, jac: np.ndarray) -> np.ndarray:  # pragma: no cover
     """The VXD rows ``rows`` (N,) of the helices ``h`` (R, 5): Newton start ``s_start`` (N,), ``n_iter`` Newton
@@ -97,7 +100,7 @@ def vxd_rows(h: np.ndarray, rows: np.ndarray, s_start: np.ndarray, n_iter: int, 
     return local
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def cdc_rows(h: np.ndarray, rows: np.ndarray, arm: np.ndarray, radius: np.ndarray, stereo: np.ndarray,
              phi_offset: np.ndarray, wire_phi: np.ndarray, par: np.ndarray, pred: np.ndarray, s_out: np.ndarray,
              jac: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
@@ -143,7 +146,7 @@ def cdc_rows(h: np.ndarray, rows: np.ndarray, arm: np.ndarray, radius: np.ndarra
     return xs
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def kink_columns(d: np.ndarray, j2: np.ndarray, track_arm: np.ndarray, n_before: np.ndarray, slot: np.ndarray,
                  loc: np.ndarray) -> None:  # pragma: no cover - compiled
     """The kink columns of the local derivatives, in place: ``loc[i, 5 + 2 N slot[i] + c] = d[i] . j2[track_arm[i], :,
@@ -160,9 +163,9 @@ def kink_columns(d: np.ndarray, j2: np.ndarray, track_arm: np.ndarray, n_before:
 
 
 def _load() -> None:
-    """Load both kernels now (from numba's on-disk cache; compiled on the first run after an edit): a process that
-    imports the fit and then forks (the luigi workers of ``b2luca run``, the job server) hands them over loaded,
-    instead of every task paying ~0.3 s for numba's first dispatch."""
+    """Load the three kernels now (from numba's on-disk cache; compiled on the first run after an edit), at the
+    import of this module: :func:`b2luca.reco.fit.preload` (the driver and the job server, before they fork)
+    or the first fit."""
     h = np.zeros((1, 5))
     h[0, 2], h[0, 4] = 1e-4, 0.1
     one = np.ones(1)

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from ..errors import KernelLoadError
 from . import geometry as G
-from . import _kernels as K
 from . import helix as H
 from .measurements import KIND_CDC, Constants, Measurements, cdc_global_derivatives, vxd_global_derivatives
 
@@ -167,6 +168,36 @@ def seed_tracks(meas: Measurements, geom: G.Geometry, constants: Constants) -> t
     return h, arm
 
 
+_K: ModuleType | None = None  # b2luca.reco._kernels, once loaded
+
+
+def _kernels() -> ModuleType:
+    """The compiled row kernels (:mod:`b2luca.reco._kernels`), imported and loaded on the first fit (numba is
+    not imported by whoever only imports this module); :class:`~b2luca.errors.KernelLoadError` when they
+    cannot be loaded."""
+    global _K
+    if _K is None:
+        try:
+            from . import _kernels as kernels
+        except Exception as exc:  # noqa: BLE001 - whatever numba raises (no cache locator, compilation)
+            raise KernelLoadError(
+                f"track fit: its compiled kernels (b2luca.reco._kernels, numba) could not be loaded: {exc} "
+                "(numba caches them next to the source or under NUMBA_CACHE_DIR: on a read-only installation "
+                "set NUMBA_CACHE_DIR to a writable directory)") from exc
+        _K = kernels
+    return _K
+
+
+def preload() -> None:
+    """Load the track fit's compiled kernels now (numba's on-disk cache; compiled on the first run after an
+    edit), so that the processes forked afterwards (luigi's workers, the job server's jobs) get them loaded
+    instead of each paying ~0.3 s for it.  A failure is left for the fit to report."""
+    try:
+        _kernels()
+    except KernelLoadError:
+        pass
+
+
 class _Predictor:
     """Predictions of the measurement rows for per-row helices."""
 
@@ -194,7 +225,7 @@ class _Predictor:
         self.rho_vxd = np.hypot(meas.approx_pos[rows][self.vxd, 0], meas.approx_pos[rows][self.vxd, 1])
         self.s_vxd: np.ndarray | None = None
         # the helices of the last update and their derivatives d(pred)/d(h)
-        self._frame: tuple | None = None
+        self._frame: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self, h: np.ndarray, n_iter: int = 2, update: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Predictions (R,) and crossing arc lengths (R,) for the per-row helices ``h`` (R, 5).  The VXD
@@ -212,6 +243,7 @@ class _Predictor:
         if update:
             jac = np.empty((h.shape[0], 5))
             hc = np.ascontiguousarray(h, dtype=float)
+            K = _kernels()
             lv = K.vxd_rows(hc, self.vxd, s0, n_iter, self.c, self.r, self.axis, pred, s_all, jac)
             self.cdc_x = K.cdc_rows(hc, self.cdc, self.arm, self.cdc_radius, self.cdc_stereo, self.cdc_phi_offset,
                                     self.cdc_wire_phi, self.cdc_par, pred, s_all, jac)
@@ -244,11 +276,12 @@ class _Predictor:
         the last ``self(h, update=True)``, its compiled derivatives (the same formulas) are returned."""
         if self._frame is not None and self._frame[0] is h:
             return self._frame[1]
-        _, tv, pv = H.position_direction(h[self.vxd], s[self.vxd])
-        x, tc, pc = H.position_direction(h[self.cdc], s[self.cdc])
+        hv, sv, hc, sc = h[self.vxd], s[self.vxd], h[self.cdc], s[self.cdc]
+        tv, x, tc = H.direction(hv, sv), H.position(hc, sc), H.direction(hc, sc)
         out = np.empty((h.shape[0], 5))
         n, g = self.normal, self.u_axis
-        out[self.vxd] = H.projected_jacobian_at(pv, g - (np.sum(g * tv, axis=1) / np.sum(n * tv, axis=1))[:, None] * n)
+        w = g - (np.sum(g * tv, axis=1) / np.sum(n * tv, axis=1))[:, None] * n
+        out[self.vxd] = H.projected_position_jacobian(hv, sv, w)
         par = self.cdc_par
         stereo = self.cdc_stereo / self.cdc_radius
         phi_w = self.cdc_phi_offset + x[:, 2] * stereo + self.cdc_wire_phi + par[:, 2]
@@ -259,7 +292,7 @@ class _Predictor:
         ratio = (g[:, 0] * tc[:, 0] + g[:, 1] * tc[:, 1] + g[:, 2] * tc[:, 2]) / (x[:, 0] * tc[:, 0] + x[:, 1] * tc[:, 1])
         g[:, 0] -= ratio * x[:, 0]
         g[:, 1] -= ratio * x[:, 1]
-        out[self.cdc] = H.projected_jacobian_at(pc, g)
+        out[self.cdc] = H.projected_position_jacobian(hc, sc, g)
         return out
 
     def derivatives(self, h: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -359,7 +392,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
             # d(pred)/d(kink) = d(pred)/d(h) . J(kink) for the kinks before the hit, in its arm's columns;
             # J laid out as (T * arms, 5, N_SCAT * 2)
             j2 = np.ascontiguousarray(jac.transpose(0, 1, 3, 2, 4)).reshape(-1, 5, 2 * N_SCAT)
-            K.kink_columns(d, j2, track_arm, li, slot, loc)
+            _kernels().kink_columns(d, j2, track_arm, li, slot, loc)
         sw = np.sqrt(w)
         padded = np.zeros((nt, mmax, nl))
         padded.reshape(-1, nl)[row_slot] = loc * sw[:, None]

@@ -78,42 +78,6 @@ def projected_position_jacobian(h: np.ndarray, s: np.ndarray, w: np.ndarray) -> 
     return out
 
 
-def position_direction(h: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
-    """:func:`position` and :func:`direction` at arc length ``s`` (h (N, 5), s (N,)) in one pass, sharing
-    their trigonometry, and the pieces :func:`projected_jacobian_at` needs (the same formulas as
-    :func:`position`, :func:`direction` and :func:`projected_position_jacobian`: the same numbers)."""
-    d0, phi0, om, z0, tl = (h[..., i] for i in range(5))
-    half = 0.5 * om * s
-    ph = phi0 - half
-    k = s * _sinc(half)
-    s0, c0 = np.sin(phi0), np.cos(phi0)
-    cph, sph = np.cos(ph), np.sin(ph)
-    pos = np.empty(s.shape + (3,))
-    pos[..., 0] = d0 * s0 + k * cph
-    pos[..., 1] = -d0 * c0 + k * sph
-    pos[..., 2] = z0 + s * tl
-    phi = phi0 - om * s
-    dirn = np.empty(s.shape + (3,))
-    dirn[..., 0] = np.cos(phi)
-    dirn[..., 1] = np.sin(phi)
-    dirn[..., 2] = tl
-    return pos, dirn, (d0, s, half, s0, c0, cph, sph, k)
-
-
-def projected_jacobian_at(parts: tuple[np.ndarray, ...], w: np.ndarray) -> np.ndarray:
-    """:func:`projected_position_jacobian` from the ``parts`` of :func:`position_direction` (no trigonometry)."""
-    d0, s, half, s0, c0, cph, sph, k = parts
-    dk = 0.5 * s * s * _dsinc(half)
-    wx, wy, wz = w[..., 0], w[..., 1], w[..., 2]
-    out = np.empty(s.shape + (5,))
-    out[..., 0] = wx * s0 - wy * c0
-    out[..., 1] = d0 * (wx * c0 + wy * s0) + k * (wy * cph - wx * sph)
-    out[..., 2] = dk * (wx * cph + wy * sph) + 0.5 * s * k * (wx * sph - wy * cph)
-    out[..., 3] = wz
-    out[..., 4] = wz * s
-    return out
-
-
 def direction(h: np.ndarray, s: np.ndarray) -> np.ndarray:
     """d(position)/ds (not normalised: transverse part has unit length, z part = tanl)."""
     phi = h[..., PHI0] - h[..., OMEGA] * s

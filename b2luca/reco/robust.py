@@ -52,7 +52,7 @@ class RobustFit:
 def subset_measurements(meas: Measurements, tracks: np.ndarray) -> Measurements:
     """The measurement rows of the candidates ``tracks`` (sorted distinct indices), tracks renumbered 0..n-1."""
     tracks = np.asarray(tracks)
-    if tracks.size and int(tracks[-1]) - int(tracks[0]) + 1 == tracks.size:  # a range: its rows are one slice
+    if tracks.size and np.all(np.diff(tracks) == 1):  # a range: its rows are one slice
         t0, t1 = int(tracks[0]), int(tracks[-1]) + 1
         r0, r1 = np.searchsorted(meas.track, [t0, t1])
         rows = slice(int(r0), int(r1))

@@ -54,7 +54,7 @@ from .base import RunResult, _die_with_parent, child_environment
 #: common imports need (torch only for a run with ML calibrations: :data:`ML_PRELOAD`).
 PRELOAD = ("b2luca.runners.native_job", "b2luca.dataset", "b2luca.reco.fit", "b2luca.reco.raw", "b2luca.reco.measurements",
            "b2luca.reco.nominal", "b2luca.rootio", "scipy.special", "scipy.sparse", "scipy.optimize", "scipy.stats",
-           "matplotlib.pyplot")
+           "matplotlib.pyplot", "b2luca.reco._kernels")  # the track fit's numba kernels (fit.preload)
 
 #: Imported as well when a calibration of the run uses the ML library (:func:`preloads_for`): torch, and the
 #: compiler stack that ``torch.optim``'s first optimiser imports (~1.2 s) — ~2 s of every ML training job.

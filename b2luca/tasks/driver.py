@@ -33,6 +33,7 @@ from ..config import BucketConfig
 from ..dataset import ensure_data
 from ..enums import Stage, TaskStatus
 from ..failures import cause_from_expl
+from ..reco import fit as reco_fit
 from ..report import local_issue_path, open_reporter
 from ..runlock import run_lock
 from ..runners import job_server, runner_for
@@ -419,6 +420,8 @@ def _run_locked(cfg: BucketConfig, ctx: BucketContext, tasks: list[luigi.Task], 
                 cfg.work_dir, labels, lambda: factory.scheduler.records if factory.scheduler else {},
                 (lambda: ledger.tasks) if ledger else None, interval=cfg.batch.progress_interval,
                 on_tick=ctx.reporter.deliver_local):
+            if any(isinstance(t, CdstProduction) for t in _walk(tasks)):
+                reco_fit.preload()  # the track fit's numba kernels, loaded once before luigi forks the workers
             # Objects of the driver's imports exempt from garbage collection during the build: luigi forks a
             # process per task (several workers), whose collections would otherwise touch and so copy every page
             # of them (Python's gc.freeze advice); with one worker the collections have less to scan.

@@ -66,6 +66,22 @@ def test_cdc_kernel_gives_nan_where_the_layer_is_not_reached():
     assert np.all(np.isfinite(jac[1])) and np.isclose(np.hypot(x[1, 0], x[1, 1]), 500.0)
 
 
+def test_degenerate_rows_give_nan_not_an_exception():
+    """A division by exactly zero (numba's default error model raises ZeroDivisionError) gives inf/NaN, as the
+    numpy rows do, so that the fit leaves the candidate out instead of stopping."""
+    zero, one = np.zeros(1, np.int64), np.ones(1)
+    # a straight track (omega 0, tanl 0) parallel to a sensor plane with normal z: d(plane distance)/ds = 0
+    h = np.array([[0.0, 0.3, 0.0, 5.0, 0.0]])
+    pred, s, jac = np.zeros(1), np.zeros(1), np.zeros((1, 5))
+    local = K.vxd_rows(h, zero, one, 3, np.zeros((1, 3)), np.eye(3).reshape(1, 3, 3).copy(), zero, pred, s, jac)
+    assert not np.isfinite(pred[0]) and not np.all(np.isfinite(jac)) and not np.all(np.isfinite(local))
+    # a straight track tangent to the layer cylinder (d0 = radius, phi0 = 0): x t_x + y t_y = 0 at the crossing
+    h = np.array([[500.0, 0.0, 0.0, 0.0, 0.1]])
+    pred, s, jac = np.zeros(1), np.zeros(1), np.zeros((1, 5))
+    K.cdc_rows(h, zero, one, 500.0 * one, 0.0 * one, 0.0 * one, 0.0 * one, np.zeros((1, 3)), pred, s, jac)
+    assert not np.all(np.isfinite(jac))
+
+
 @pytest.mark.parametrize("tag", ["mumu_tight_or_highm_calib", "hadron_calib"])
 def test_production_fit_keeps_every_candidate(sample, tag):
     c, all_meas = sample
@@ -96,6 +112,13 @@ def test_subset_of_a_range_of_candidates(sample):
     assert np.array_equal(sub.m, meas.m[keep]) and np.array_equal(sub.approx_pos, meas.approx_pos[keep])
     gaps = subset_measurements(meas, np.array([3, 5, 10]))  # not a range: the general selection
     assert np.array_equal(np.bincount(gaps.track), np.bincount(meas.track)[[3, 5, 10]])
+    order = np.array([3, 5, 4, 6])  # the span of a range but shuffled: not taken for one
+    shuffled = subset_measurements(meas, order)
+    keep = np.isin(meas.track, order)
+    remap = np.full(meas.n_tracks, -1)
+    remap[order] = np.arange(order.size)
+    assert np.array_equal(shuffled.track_key, meas.track_key[order])
+    assert np.array_equal(shuffled.track, remap[meas.track[keep]])
 
 
 def test_kink_columns_are_the_contraction_before_the_hit():
