@@ -53,7 +53,8 @@ class AlignmentProblem(FitOptions):
     #: also return the full covariance of the free parameters on the constraint surface (dense: for the
     #: ~1500 parameters of the VXD+CDC alignment; ``info["covariance"]`` / ``info["covariance_labels"]``);
     #: "deferred": ``info["covariance_deferred"]``, a callable that returns (labels, covariance) when called (an
-    #: iterating caller computes only the one of its last iteration)
+    #: iterating caller computes only the one of its last iteration); either with ``blas_threads``, its time in
+    #: ``timings["covariance"]``
     covariance: bool | Literal["deferred"] = False
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     blas_threads: int = SOLVE_BLAS_THREADS  # BLAS threads in the solve (fixed: reproducible round-off)
