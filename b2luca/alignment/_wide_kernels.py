@@ -134,7 +134,7 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
     dinv = np.zeros(qmax)
     Mt = np.zeros((qmax, kmax))  # Hᵀ over the used rows, then Mᵀ = L⁻¹ Hᵀ in place
     Mflat = np.zeros(qmax * kmax)  # M (K, q) contiguous for the products
-    Fflat = np.zeros(kmax * kmax)
+    Fflat = np.zeros(max(PANEL_ROWS, S) * kmax)  # a panel: whole blocks, at most PANEL_ROWS rows or one block
     gam = np.zeros(kmax)
     crow = np.zeros(kmax, np.int64)  # compact (used) row of block row ia·S + s, −1: unused
     cstart = np.zeros(kmax + 1, np.int64)  # first compact row of the record's block ia

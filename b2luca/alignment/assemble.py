@@ -373,8 +373,9 @@ class Assembler:
         nb, ustart, ublk = kern.nb, kern.ustart, kern.ublk
         from . import _wide_kernels  # (numba is loaded: kern holds compiled kernels)
 
-        if bmem.shape[0] <= _wide_kernels.PAIR_TABLE_BLOCKS:  # the same keys and rows, without sorting them
-            uk, kinv, pair_off = _wide_kernels.pair_index(accept, nb, ustart, ublk, bmem.shape[0], int(NBIG))
+        nblk = int(ublk.max()) + 1 if ublk.size else 0  # (the chunk's blocks: a table of their pairs)
+        if nblk <= _wide_kernels.PAIR_TABLE_BLOCKS:  # the same keys and rows, without sorting them
+            uk, kinv, pair_off = _wide_kernels.pair_index(accept, nb, ustart, ublk, nblk, int(NBIG))
         else:
             keys, pair_off = kern.kernels.pair_keys(accept, nb, ustart, ublk, int(NBIG))
             uk, kinv = _unique_inverse(keys)

@@ -8,13 +8,13 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from functools import partial
 from typing import Callable, Iterator, Literal
 
 import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from ._tree_blas import one_blas_thread
 from .assemble import Assembler, DownWeighting, GlobalSystem
 from .mille import MilleRecords, RawChunk, _encode, _frame_chunk, iter_raw_chunks
 from .result import AlignmentResult
@@ -53,7 +53,8 @@ class AlignmentProblem(FitOptions):
     #: also return the full covariance of the free parameters on the constraint surface (dense: for the
     #: ~1500 parameters of the VXD+CDC alignment; ``info["covariance"]`` / ``info["covariance_labels"]``);
     #: "deferred": ``info["covariance_deferred"]``, a callable that returns (labels, covariance) when called (an
-    #: iterating caller computes only the one of its last iteration)
+    #: iterating caller computes only the one of its last iteration); either with ``blas_threads``, its time in
+    #: ``timings["covariance"]``
     covariance: bool | Literal["deferred"] = False
     threads: int = 0  # assembly threads; 0 = one per available core (pede's 'threads' keyword sets it)
     blas_threads: int = SOLVE_BLAS_THREADS  # BLAS threads in the solve (fixed: reproducible round-off)
@@ -246,7 +247,8 @@ def _pass(problem: AlignmentProblem, corr: tuple[np.ndarray, np.ndarray] | None,
         dw.hugecut = problem.hugecut
     t_read0 = timer.get("read", 0.0)
     t0 = time.perf_counter()
-    gs = assemble(problem, lambda: Assembler(corrections=corr, downweight=dw), timer)
+    with one_blas_thread():  # (the wide kernels' BLAS products, on every assembly thread: no oversubscription)
+        gs = assemble(problem, lambda: Assembler(corrections=corr, downweight=dw), timer)
     # with threads, reading overlaps the assembly: 'assemble' is the rest of the pass's wall time
     timer["assemble"] = timer.get("assemble", 0.0) + time.perf_counter() - t0 - (timer.get("read", 0.0) - t_read0)
     return gs
@@ -311,9 +313,23 @@ def _constrained_covariance(C: sp.spmatrix, A: np.ndarray) -> np.ndarray:
     return 0.5 * (cov + cov.T)
 
 
-def _labelled_covariance(labels: np.ndarray, C: sp.spmatrix, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, :func:`_constrained_covariance`) for a deferred covariance."""
-    return labels, _constrained_covariance(C, A)
+@dataclass
+class _DeferredCovariance:
+    """(labels, :func:`_constrained_covariance`) of one solve's system when called, with that solve's BLAS
+    threads; its time goes into ``timings["covariance"]`` (the result's timings, set by :func:`solve`)."""
+
+    labels: np.ndarray
+    C: sp.spmatrix
+    A: np.ndarray
+    blas_threads: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        with threadpool_limits(self.blas_threads or None, user_api="blas"):
+            cov = _constrained_covariance(self.C, self.A)
+        self.timings["covariance"] = self.timings.get("covariance", 0.0) + time.perf_counter() - t0
+        return self.labels, cov
 
 
 def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResult:
@@ -382,10 +398,12 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
             timer[k] = timer.get(k, 0.0) + v
         cov_info: dict[str, object] = {}
         if problem.covariance == "deferred":
-            cov_info = {"covariance_deferred": partial(_labelled_covariance, labels[fi].copy(), C, cons.A)}
+            cov_info = {"covariance_deferred": _DeferredCovariance(labels[fi].copy(), C, cons.A, problem.blas_threads)}
         elif problem.covariance:
             t0 = time.perf_counter()
-            cov_info = {"covariance": _constrained_covariance(C, cons.A), "covariance_labels": labels[fi].copy()}
+            with threadpool_limits(problem.blas_threads or None, user_api="blas"):
+                cov = _constrained_covariance(C, cons.A)
+            cov_info = {"covariance": cov, "covariance_labels": labels[fi].copy()}
             timer["covariance"] = timer.get("covariance", 0.0) + time.perf_counter() - t0
         delta = np.zeros(n)
         delta[fi] = so.x
@@ -419,8 +437,11 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
     if problem.phase_memory:
         out.info["peak_rss_bytes"] = dict(memory.peaks)
         out.info["peak_rss_per_phase"] = memory.reset_ok
-    order = ["read", "assemble", "factorise", "solve", "errors", "total"]
+    order = ["read", "assemble", "factorise", "solve", "errors", "covariance", "total"]
     out.timings = {k: timer[k] for k in order if k in timer}
+    deferred = out.info.get("covariance_deferred")
+    if isinstance(deferred, _DeferredCovariance):
+        deferred.timings = out.timings  # (its time, when it is called)
     return out
 
 

@@ -18,10 +18,10 @@ from b2luca.alignment.toy import barrel_geometry, generate_tracks
 DW = DownWeighting(iterations=3, chi2_factor=0.6, hugecut=3.0, dwfractioncut=0.2)
 
 
-def _records(seed: int, n_tracks: int) -> MilleRecords:
+def _records(seed: int, n_tracks: int, n_layers: int = 6) -> MilleRecords:
     """Toy tracks with 1 % of the measurements shifted by 8-40 σ, one record whose local derivatives are all
     zero (singular local fit) and one without global entries."""
-    geo = barrel_geometry(180, n_layers=6)
+    geo = barrel_geometry(30 * n_layers, n_layers=n_layers)
     rng = np.random.default_rng(seed)
     truth = np.tile([5e-4, 5e-4, 5e-4, 3e-6, 3e-6, 3e-6], geo.n_sensors) * rng.normal(size=6 * geo.n_sensors)
     r = generate_tracks(geo, n_tracks, truth, rng)
@@ -121,11 +121,11 @@ def test_wide_or_many_local_records_take_the_wide_kernels(monkeypatch):
     assert fast_path.compiled_path(r, gblk, S, 6) is None
 
 
-def _wide_records(seed: int, n_tracks: int) -> MilleRecords:
+def _wide_records(seed: int, n_tracks: int, n_layers: int = 6) -> MilleRecords:
     """:func:`_records` with the wide records' features: a further local parameter on each of the first
     5 measurements of every record of 12 (as kinks: q > SMALL_Q, with repeated local indices within one measurement) and
     the 6th parameter of every sensor never measured (blocks that the labels do not fill)."""
-    r = _records(seed, n_tracks)
+    r = _records(seed, n_tracks, n_layers)
     rng = np.random.default_rng(seed + 100)
     meas_rec = r.meas_record()
     long = np.diff(r.rec_ptr)[meas_rec] >= 12  # (shorter records would be left without enough measurements)
@@ -143,16 +143,9 @@ def _wide_records(seed: int, n_tracks: int) -> MilleRecords:
     return r
 
 
-@pytest.mark.parametrize("min_k", [6, 1 << 20])
-def test_wide_kernels_give_the_numpy_system(monkeypatch, min_k):
-    """Records of many local parameters and of many blocks (every record wide with ``min_k`` 6), blocks not
-    filled by their labels: the wide kernels give the numpy path's system (union batches), cuts included."""
-    monkeypatch.setattr("b2luca.alignment.assemble.UNION_MIN_K", min_k)
-    records = [_wide_records(8, 300), _wide_records(9, 200)]
-    assert int(records[0].loc_index.max()) >= fast_path.SMALL_Q
-    ref = _system(records, False, monkeypatch)
-    assert {"singular", "no_globals", "hugecut"} <= set(ref.rejected) and ref.dw_sum > 0, ref.rejected
-    taken = []
+def _spy_kernels(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The kernel modules that fast_path.compiled_path hands out from now on (None: the numpy path)."""
+    taken: list = []
     real = fast_path.compiled_path
 
     def spy(*a):
@@ -161,11 +154,84 @@ def test_wide_kernels_give_the_numpy_system(monkeypatch, min_k):
         return kp
 
     monkeypatch.setattr(fast_path, "compiled_path", spy)
-    new = _system(records, True, monkeypatch)
+    return taken
+
+
+def _max_used_rows(r: MilleRecords) -> int:
+    """The most labels (used block rows) of one record."""
+    mr = r.meas_record()[r.glb_meas]
+    return max(np.unique(r.glb_label[mr == i]).size for i in range(r.n_records))
+
+
+def _exact_system(records: list[MilleRecords], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """C, b, χ² and the number of records used, without cuts, by a complete QR of each record's weighted local
+    derivatives: its last columns Q₂ span the residual space, Z = Q₂ᵀ W^½ D and e = Q₂ᵀ W^½ y add Zᵀ Z, Zᵀ e
+    and |e|² (no cancellation; records without global entries or with a singular local fit skipped)."""
+    n = labels.size
+    C, b, chi2, used = np.zeros((n, n)), np.zeros(n), 0.0, 0
+    for r in records:
+        for i in range(r.n_records):
+            m0, m1 = r.rec_ptr[i], r.rec_ptr[i + 1]
+            le = (r.loc_meas >= m0) & (r.loc_meas < m1)
+            ge = (r.glb_meas >= m0) & (r.glb_meas < m1)
+            if not ge.any():
+                continue
+            q = int(r.loc_index[le].max()) + 1
+            sw = 1.0 / r.sigma[m0:m1]
+            A = np.zeros((m1 - m0, q))
+            np.add.at(A, (r.loc_meas[le] - m0, r.loc_index[le]), r.loc_der[le])
+            D = np.zeros((m1 - m0, n))
+            np.add.at(D, (r.glb_meas[ge] - m0, np.searchsorted(labels, r.glb_label[ge])), r.glb_der[ge])
+            Q, R = np.linalg.qr(A * sw[:, None], mode="complete")
+            diag = abs(np.diag(R))
+            if diag.min() <= 1e-10 * diag.max():
+                continue
+            Z, e = Q[:, q:].T @ (D * sw[:, None]), Q[:, q:].T @ (r.value[m0:m1] * sw)
+            C += Z.T @ Z
+            b += Z.T @ e
+            chi2 += float(e @ e)
+            used += 1
+    return C, b, chi2, used
+
+
+@pytest.mark.parametrize("n_layers", [6, 22])
+def test_wide_kernels_give_the_exact_system(monkeypatch, n_layers):
+    """Every record wide, no cuts: the wide kernels' C and b within ~1e-11 of an exact (QR) reference; with
+    22 layers a record has >= 100 used block rows, so F = M Mᵀ takes 3 panels of PANEL_ROWS."""
+    monkeypatch.setattr("b2luca.alignment.assemble.UNION_MIN_K", 6)
+    records = [_wide_records(8, 300, n_layers), _wide_records(9, 200, n_layers)]
+    if n_layers > 6:
+        assert _max_used_rows(records[0]) >= 2 * _wide_kernels.PANEL_ROWS + 4
+    taken = _spy_kernels(monkeypatch)
+    new = _system(records, True, monkeypatch, dw=DownWeighting())
     assert taken and all(k is _wide_kernels for k in taken)
-    monkeypatch.setattr(fast_path, "compiled_path", real)
-    # (the extra parameters take up whole measurements: D − M Mᵀ cancels them, ~1e-10 of C's scale in round-off,
-    # and χ² = yᵀWy − |L⁻¹β|² of records with large residuals cancels to ~1e-7 relative)
+    assert np.all(np.diff(new.labels) > 0)
+    C, b, chi2, used = _exact_system(records, new.labels)
+    assert new.n_used == used and new.rejected["singular"] == 2 and new.rejected["no_globals"] == 2
+    assert abs(new.C.toarray() - C).max() <= 2e-11 * abs(C).max()  # (measured 6e-12; the numpy path: 3.5e-10)
+    assert abs(new.b - b).max() <= 2e-11 * abs(b).max()
+    # χ² = yᵀWy − |L⁻¹β|² (both paths' formula) cancels for records with 8-40 σ outliers: ~2e-10 relative
+    assert new.chi2_0 == pytest.approx(chi2, rel=2e-9)
+
+
+@pytest.mark.parametrize(("min_k", "n_layers"), [(6, 6), (1 << 20, 6), (6, 22)])
+def test_wide_kernels_give_the_numpy_system(monkeypatch, min_k, n_layers):
+    """Records of many local parameters and of many blocks (every record wide with ``min_k`` 6; with 22
+    layers F = M Mᵀ by 3 panels), blocks not filled by their labels: the wide kernels give the numpy path's
+    system (union batches), cuts and down-weighting included."""
+    monkeypatch.setattr("b2luca.alignment.assemble.UNION_MIN_K", min_k)
+    records = [_wide_records(8, 300, n_layers), _wide_records(9, 200, n_layers)]
+    assert int(records[0].loc_index.max()) >= fast_path.SMALL_Q
+    ref = _system(records, False, monkeypatch, dw=DW)
+    # (the 6-layer records: hugecut and dwfraction; the 22-layer ones, of larger ndf: chiscut)
+    cuts = {"singular", "no_globals"} | ({"hugecut", "dwfraction"} if n_layers == 6 else {"chiscut"})
+    assert cuts <= {k for k, v in ref.rejected.items() if v} and ref.dw_sum > 0, ref.rejected
+    assert ref.n_used > 100
+    taken = _spy_kernels(monkeypatch)
+    new = _system(records, True, monkeypatch, dw=DW)
+    assert taken and all(k is _wide_kernels for k in taken)
+    # (the tolerances are the numpy path's round-off: its D − M Mᵀ of the union batches cancels to ~3.5e-10 of
+    # C's scale, its χ² to ~4e-7; the wide kernels are ~6e-12 from the exact system, see the test above)
     _assert_same(new, ref, rel=2e-9, chi2_rel=2e-6)
     rng = np.random.default_rng(3)
     corr = (ref.labels, 0.01 * rng.normal(size=ref.labels.size))

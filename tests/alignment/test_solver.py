@@ -182,6 +182,7 @@ def test_full_covariance_on_the_constraint_surface(toy):
 
     problem = replace(AlignmentProblem.from_steering(toy.steering), covariance=True)
     res = solve(problem, method="sparse")
+    assert res.timings["covariance"] > 0
     cov, labels = res.info["covariance"], res.info["covariance_labels"]
     assert np.array_equal(labels, res.labels[~res.fixed])
     np.testing.assert_allclose(np.sqrt(np.diag(cov)), res.errors[~res.fixed], rtol=1e-6)
@@ -198,5 +199,7 @@ def test_full_covariance_on_the_constraint_surface(toy):
     assert "covariance" not in late.info
     solve(replace(problem, covariance="deferred", iterations=2, parameters={int(res.labels[0]): ParameterSpec(
         int(res.labels[0]), 0.0, 1e-4)}), method="sparse")
+    assert "covariance" not in late.timings
     dl, dcov = late.info["covariance_deferred"]()
     assert np.array_equal(dl, labels) and np.array_equal(dcov, cov)
+    assert late.timings["covariance"] > 0  # (its time, when computed, in that fit's timings)
