@@ -8,7 +8,8 @@ ROOT leaf-list branch).  The tree's title describes them, in order: ``b2luca-tab
 ``name[rows]=leaflist`` entries separated by ``;``, e.g. ``b2luca-tables:event[60]=event/L:n_cand/I;cdc[412]=...``
 (leaf-list types B b S s I i L l F D O as in ``TTree::Branch``; ``[n]`` a fixed-size array column).  A ROOT
 user reads the byte branch and views each table's slice with its leaf list.  Consecutive tables share a
-basket until it holds :data:`BASKET_BYTES`; a reader of some tables reads the entry ranges that hold them
+basket until it holds :data:`BASKET_BYTES` (a table over :data:`CHUNK_BYTES` is split into baskets of that
+size; the title is at most :data:`MAX_TITLE_BYTES`, a ROOT key's limit); a reader of some tables reads the entry ranges that hold them
 (tables less than :data:`BASKET_BYTES` apart in one range), so mostly only their baskets are decompressed.
 
 Why: uproot's fixed cost per file is per TTree (~0.5 ms to deserialise its metadata), per TBranch and per
@@ -55,6 +56,10 @@ CONTAINER_BRANCH = "bytes"
 CONTAINER_TITLE = "b2luca-tables:"
 #: consecutive tables share one basket until it holds this many bytes (uncompressed)
 BASKET_BYTES = 256 * 1024
+#: the most bytes one basket is written with: a larger table is split (a basket's byte counts are 32-bit)
+CHUNK_BYTES = 64 * 1024 * 1024
+#: the longest table list (tree title) written: a TKey's length is 16-bit (ROOT and uproot), the title is in it
+MAX_TITLE_BYTES = 32000
 _TABLE_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\[(?P<rows>\d+)\]=(?P<leaflist>.*)$")
 #: ROOT leaf-list type code <-> numpy type (big-endian, as ROOT stores values)
 _CODES = {"B": ">i1", "b": ">u1", "S": ">i2", "s": ">u2", "I": ">i4", "i": ">u4", "L": ">i8", "l": ">u8",
@@ -129,6 +134,10 @@ def write_trees(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str,
         except ValueError as exc:
             raise ValueError(f"{path}: tree {name!r}: {exc}") from exc
     title = CONTAINER_TITLE + ";".join(f"{name}[{len(rows)}]={leaflist}" for name, (leaflist, rows) in packed.items())
+    if len(title.encode()) > MAX_TITLE_BYTES:
+        raise ValueError(f"{path}: the table list of {len(packed)} tables is {len(title.encode())} bytes long, more "
+                         f"than the {MAX_TITLE_BYTES} a ROOT tree title can hold (its key length is 16-bit): "
+                         "write fewer tables or columns per file")
     baskets: list[list[np.ndarray]] = [[]]
     filled = 0
     for _, rows in packed.values():
@@ -142,11 +151,15 @@ def write_trees(path: "str | os.PathLike[str]", trees: Mapping[str, Mapping[str,
         tree = out.mktree(CONTAINER_TREE, {CONTAINER_BRANCH: np.uint8}, title=title)
         for parts in baskets:
             if parts:
-                tree.extend({CONTAINER_BRANCH: np.concatenate(parts) if len(parts) > 1 else parts[0]})
+                data = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                for start in range(0, len(data), CHUNK_BYTES):  # one basket per extend
+                    tree.extend({CONTAINER_BRANCH: data[start:start + CHUNK_BYTES]})
 
 
 def _container_tables(title: str) -> dict[str, tuple[str, int, int]]:
     """``{table: (leaflist, first byte, last byte + 1)}`` of a container tree's title (``ValueError`` if damaged)."""
+    if not title.startswith(CONTAINER_TITLE):
+        raise ValueError(f"title {title[:40]!r} does not start with {CONTAINER_TITLE!r}: not a b2luca table list")
     tables: dict[str, tuple[str, int, int]] = {}
     start = 0
     body = title[len(CONTAINER_TITLE):]

@@ -218,18 +218,27 @@ def limit_files_per_run(entries: Sequence[tuple[Path, ExpRun]], max_files_per_ru
 
 
 def read_branches(files: Sequence["str | os.PathLike[str]"], tree: str, branches: Sequence[str]) -> dict[str, np.ndarray]:
-    """Concatenate ``branches`` of ``tree`` over ROOT ``files`` (only those columns are read).
+    """Concatenate ``branches`` of ``tree`` over ROOT ``files`` (:func:`read_tables` of one tree)."""
+    return read_tables(files, {tree: branches})[tree]
+
+
+def read_tables(files: Sequence["str | os.PathLike[str]"],
+                trees: Mapping[str, Sequence[str]]) -> dict[str, dict[str, np.ndarray]]:
+    """``{tree: {branch: array}}``: the ``branches`` of each tree, concatenated over ROOT ``files``, each file
+    read once for all trees.  A file's whole tables are decompressed (one container tree per file,
+    :mod:`b2luca.rootio`); only the given columns are unpacked and returned.
 
     A missing file, tree or branch raises ValueError naming the file and the tree/branch.
     """
     from b2luca.rootio import read_trees
 
-    parts: dict[str, list[np.ndarray]] = {b: [] for b in branches}
+    parts: dict[str, dict[str, list[np.ndarray]]] = {t: {b: [] for b in branches} for t, branches in trees.items()}
     for f in files:
-        arrays = read_trees(f, {tree: list(branches)})[tree]  # RootReadError (a ValueError) names the file
-        for b in branches:
-            parts[b].append(np.asarray(arrays[b]))
-    return {b: (np.concatenate(v) if v else np.zeros(0)) for b, v in parts.items()}
+        data = read_trees(f, {t: list(branches) for t, branches in trees.items()})  # RootReadError names the file
+        for t, columns in parts.items():
+            for b, chunks in columns.items():
+                chunks.append(np.asarray(data[t][b]))
+    return {t: {b: (np.concatenate(v) if v else np.zeros(0)) for b, v in columns.items()} for t, columns in parts.items()}
 
 
 def group_mean(index: np.ndarray, values: np.ndarray, n_groups: int, outlier_sigma: float = 0.0,

@@ -69,16 +69,12 @@ def classify(counts: np.ndarray, n_events: int, previous_status: np.ndarray, cfg
 def pixel_counts(files, sensor_ids: np.ndarray) -> tuple[np.ndarray, int]:
     """(counts (sensors, pixels) int64, number of events) from the pxd_digits of random_calib raw files."""
     from b2luca.reco.geometry import N_PXD_PIXELS
-    from b2luca.rootio import read_trees
+    from calibrations._common import read_tables
 
-    n_events = 0
-    parts: dict[str, list[np.ndarray]] = {"sensor": [], "pixel": []}
-    for f in files:  # one read per file (both tables): a file's cost is per read, not per row
-        data = read_trees(f, {"event": ["event"], "pxd_digits": ["sensor", "pixel"]})
-        n_events += data["event"]["event"].size
-        for b in parts:
-            parts[b].append(data["pxd_digits"][b])
-    d = {b: (np.concatenate(v) if v else np.zeros(0, np.int64)) for b, v in parts.items()}
+    # one read per file (both tables): a file's cost is per read, not per row
+    data = read_tables(files, {"event": ["event"], "pxd_digits": ["sensor", "pixel"]})
+    n_events = data["event"]["event"].size
+    d = data["pxd_digits"]
     pos = np.searchsorted(sensor_ids, d["sensor"])
     pos_c = np.clip(pos, 0, sensor_ids.size - 1)
     if np.any(sensor_ids[pos_c] != d["sensor"]):

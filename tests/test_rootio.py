@@ -111,6 +111,44 @@ def test_a_reader_of_some_tables_decompresses_only_their_baskets(tmp_path, monke
             np.testing.assert_array_equal(got[t][k], v, err_msg=t)
 
 
+def test_large_tables_are_split_into_baskets_and_ranges_across_them_read_exactly(tmp_path, monkeypatch):
+    """A table larger than a basket may hold is written in several (one extend each); a read of tables that
+    starts in the middle of one basket and ends in the middle of another returns exactly their rows."""
+    import uproot
+
+    from b2luca import rootio
+    from b2luca.rootio import CONTAINER_BRANCH, CONTAINER_TREE
+
+    monkeypatch.setattr(rootio, "CHUNK_BYTES", 500)
+    rng = np.random.default_rng(5)
+    tables = {"a": {"x": rng.normal(size=10)}, "b": {"y": rng.normal(size=200), "k": rng.integers(0, 9, 200)},
+              "c": {"z": np.arange(7, dtype=np.int16)}}
+    f = tmp_path / "chunks.root"
+    write_trees(f, tables)  # one basket of 80 + 3200 + 14 bytes (< BASKET_BYTES), written in chunks of 500
+    with uproot.open(f) as src:
+        branch = src[CONTAINER_TREE][CONTAINER_BRANCH]
+        assert [tuple(map(int, branch.basket_entry_start_stop(i))) for i in range(branch.num_baskets)] == \
+            [(i, min(i + 500, 3294)) for i in range(0, 3294, 500)]
+    for wanted in ({"b": None}, {"b": ["k"], "c": None}, {"a": ["x"], "b": ["y"]}):
+        got = read_trees(f, wanted)  # b: bytes 80-3280, in baskets 0 to 6
+        for t, cols in wanted.items():
+            for k in cols or tables[t]:
+                np.testing.assert_array_equal(got[t][k], tables[t][k], err_msg=f"{t}.{k}")
+
+
+def test_a_table_list_too_long_for_a_root_title_is_refused_before_writing(tmp_path):
+    """ROOT and uproot cannot write a tree title over ~32 KB (a key's length is 16-bit): the writer says so,
+    naming the file, and leaves no file."""
+    f = tmp_path / "wide.root"
+    with pytest.raises(ValueError, match=r"wide\.root: the table list of 300 tables is \d+ bytes long, more than "
+                                         r"the 32000 a ROOT tree title can hold"):
+        write_trees(f, {f"table_{i}": {f"column_with_a_long_name_{j}": np.zeros(1) for j in range(4)}
+                        for i in range(300)})
+    assert list(tmp_path.iterdir()) == []
+    write_trees(f, {f"table_{i}": {"x": np.zeros(1)} for i in range(300)})  # far below the limit: written
+    assert len(read_trees(f, {"table_299": None})["table_299"]["x"]) == 1
+
+
 def test_corrupt_container_names_file_tree_and_every_missing_table(tmp_path):
     """A damaged table list, a byte count that does not match it, and all missing tables/columns of one
     read are named in one line."""
@@ -123,7 +161,9 @@ def test_corrupt_container_names_file_tree_and_every_missing_table(tmp_path):
     with pytest.raises(RootReadError, match=r"a\.root: tree 'cdc' is missing; tree 'hits' lacks branch\(es\) \['y'\]"):
         read_trees(f, {"cdc": None, "hits": ["x", "y"]})
     for title, message in ((CONTAINER_TITLE + "hits[3]=x/Q", r"corrupt table list .*'x/Q'"),
-                           (CONTAINER_TITLE + "hits[2]=x/D", r"holds 24 bytes, its table list describes 16")):
+                           (CONTAINER_TITLE + "hits[2]=x/D", r"holds 24 bytes, its table list describes 16"),
+                           ("hits[3]=x/D", r"corrupt table list .*does not start with 'b2luca-tables:': not a b2luca "
+                                           r"table list")):
         bad = tmp_path / "bad.root"
         with uproot.recreate(bad) as out:
             out.mktree(CONTAINER_TREE, {CONTAINER_BRANCH: np.uint8}, title=title).extend(

@@ -50,13 +50,14 @@ def log_tail(path: Path, lines: int = 40, max_chars: int = 6000) -> str:
     return tail[-max_chars:]
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the parent dies (Linux), so no orphan outlives a killed run."""
+def _die_with_parent(number: int = signal.SIGKILL) -> None:
+    """In the child, before exec: get SIGKILL (or ``number``) when the parent dies (Linux), so no orphan outlives a
+    killed run."""
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        libc.prctl(1, int(number))  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):  # not Linux: the process group kill on timeout still applies
         pass
 

@@ -309,28 +309,57 @@ def _preloads(extra: Sequence[str] = ()) -> Iterator[str]:
         yield name
 
 
+class _Stopped(BaseException):
+    """Raised by the server's SIGTERM handler into a preload's import: a stopped server does not finish it."""
+
+
+def _step(preloads: Iterator[str], importing: list[bool]) -> str | None:
+    """The next preload (None when there are no more, or the server was stopped while importing it)."""
+    try:
+        importing.append(True)
+        name = next(preloads, None)
+        importing.clear()
+        return name
+    except _Stopped:  # the handler cleared ``importing``: a later SIGTERM does not raise
+        return None
+
+
 def serve(listener: socket.socket, extra_preloads: Sequence[str] = (), ml_listener: socket.socket | None = None) -> None:
     """Accept jobs until SIGTERM (then kill the jobs still running); fork one child per job and report its pid
     and exit code.  The preloads run between jobs: a job that comes before they are done (the first
     calibration of a short bucket) is forked at once and imports what it still lacks itself.
 
+    SIGTERM kills every job's process group at once, from the handler (Python runs it between bytecodes,
+    also inside an import), and abandons a preload being imported (torch's import can take seconds).
+
     With ``ml_listener``, ``extra_preloads`` are not imported here: once :data:`PRELOAD` is done, a fork of
     this server (:func:`_start_ml_server`) imports them and serves the jobs of ``ml_listener``."""
     ml_server: int | None = None
-    steps = _preloads(() if ml_listener is not None else extra_preloads)
-    next(steps)  # native_job, which every job needs: the jobs that come meanwhile wait in the listen queue
-    preloads: Iterator[str] | None = steps
+    jobs: dict[int, socket.socket] = {}
+    stop: list[bool] = []
+    importing: list[bool] = []
+
+    def terminate(*_: object) -> None:
+        stop.append(True)
+        for pid in list(jobs):
+            _kill_group(pid)
+        if importing:
+            importing.clear()
+            raise _Stopped
+
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    signal.signal(signal.SIGTERM, terminate)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # the ML server is forked with it blocked
+    steps = _preloads(() if ml_listener is not None else extra_preloads)
+    # native_job, which every job needs: the jobs that come meanwhile wait in the listen queue
+    preloads: Iterator[str] | None = steps if _step(steps, importing) is not None else None
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
-    jobs: dict[int, socket.socket] = {}
     while not stop or jobs:
         if stop and listener.fileno() >= 0:  # the run is over (or interrupted): no new jobs, none left running
             selector.unregister(listener)
@@ -338,7 +367,7 @@ def serve(listener: socket.socket, extra_preloads: Sequence[str] = (), ml_listen
             for pid in jobs:
                 _kill_group(pid)
         events = selector.select(timeout=0 if preloads is not None else 1.0)
-        if not events and preloads is not None and next(preloads, None) is None:
+        if not events and preloads is not None and _step(preloads, importing) is None:
             preloads = None
             if ml_listener is not None and not stop:
                 ml_server = _start_ml_server(ml_listener, extra_preloads, [listener, *jobs.values()], (wake_r, wake_w))
@@ -349,7 +378,7 @@ def serve(listener: socket.socket, extra_preloads: Sequence[str] = (), ml_listen
                 os.kill(ml_server, signal.SIGTERM)
         for key, _ in events:
             if key.fileobj is listener:
-                _accept(listener, jobs, (wake_r, wake_w))
+                _accept(listener, jobs, (wake_r, wake_w), [ml_listener] if ml_listener is not None else [])
             else:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
@@ -370,9 +399,16 @@ def serve(listener: socket.socket, extra_preloads: Sequence[str] = (), ml_listen
 
 def _start_ml_server(ml_listener: socket.socket, extra_preloads: Sequence[str], close: list[socket.socket],
                      fds: Sequence[int]) -> int:
-    """Fork the ML server: it closes this server's sockets and pipe, dies with it, and serves ``ml_listener``
-    (importing ``extra_preloads`` between its jobs).  Returns its pid."""
-    pid = os.fork()
+    """Fork the ML server: it closes this server's sockets and pipe, gets SIGTERM when this server dies (its
+    handler kills its jobs), and serves ``ml_listener`` (importing ``extra_preloads`` between its jobs).  SIGTERM
+    is blocked from before the fork until the ML server's handler is installed, so none is lost.  Returns its pid."""
+    parent = os.getpid()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        pid = os.fork()
+    finally:
+        if os.getpid() == parent:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     if pid == 0:
         code = 0
         try:
@@ -381,7 +417,9 @@ def _start_ml_server(ml_listener: socket.socket, extra_preloads: Sequence[str], 
                 item.close()
             for fd in fds:
                 os.close(fd)
-            _die_with_parent()
+            _die_with_parent(signal.SIGTERM)
+            if os.getppid() != parent:  # this server died before PDEATHSIG was set
+                os._exit(1)
             serve(ml_listener, extra_preloads)
         except BaseException:  # noqa: BLE001 - to the server's log
             import traceback
@@ -392,8 +430,10 @@ def _start_ml_server(ml_listener: socket.socket, extra_preloads: Sequence[str], 
     return pid
 
 
-def _accept(listener: socket.socket, jobs: dict[int, socket.socket], fds: Sequence[int]) -> None:
-    """Take one job request: fork its child, tell the caller the pid."""
+def _accept(listener: socket.socket, jobs: dict[int, socket.socket], fds: Sequence[int],
+            close: Sequence[socket.socket] = ()) -> None:
+    """Take one job request: fork its child (which closes ``close`` as well: the ML server's listener not
+    yet handed over, so an ML job never connects into a queue that a crashed ML server left), tell the caller the pid."""
     conn, _ = listener.accept()
     try:
         conn.settimeout(10)
@@ -404,7 +444,7 @@ def _accept(listener: socket.socket, jobs: dict[int, socket.socket], fds: Sequen
         conn.settimeout(None)
         pid = os.fork()
         if pid == 0:
-            _child(conn, request, [listener, *jobs.values()], fds)
+            _child(conn, request, [listener, *close, *jobs.values()], fds)
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         jobs[pid] = conn
     except (OSError, ValueError, TimeoutError):

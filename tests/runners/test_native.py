@@ -47,6 +47,8 @@ SCRIPT = textwrap.dedent('''
             job.log.info("parent has secrets: %s", any(s in parent.read() for s in (b"glpat-", b"rundb-secret")))
         job.log.info("string hash: %s; argv0: %s", hash("CountFiles"), os.path.basename(__import__("sys").argv[0]))
         job.log.info("extra preload present: %s", "xml.dom.minidom" in __import__("sys").modules)
+        links = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+        job.log.info("sockets open: %s", sum("socket:" in link for link in links))
         job.output_db.store("CountFiles", {"n": np.array([n * job.expert_config["scale"]]),
                                            "upstream": upstream}, job.output_iov)
 ''')
@@ -228,6 +230,38 @@ def test_jobs_still_running_when_the_run_ends_are_killed(tmp_path, ml):
             time.sleep(0.05)
 
 
+def test_ml_jobs_are_killed_when_the_run_ends_during_the_ml_servers_slow_preload(tmp_path, monkeypatch):
+    """The ML server acts on SIGTERM at once, even inside a long import (torch's): it kills its running jobs and
+    abandons the import, so no ML job outlives the run, however long its preload would still take."""
+    import os
+    import threading
+
+    work = _sleeping_job(tmp_path)
+    script = tmp_path / "calibrations" / "count_files.py"
+    script.write_text(script.read_text() + "\n\ndef _never_called():\n    import torch  # noqa: F401\n")
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "b2luca_slow_preload.py").write_text(
+        "import os, time\nopen(os.environ['B2LUCA_SLOW_PRELOAD_MARK'], 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(modules), os.environ.get("PYTHONPATH")))))
+    monkeypatch.setenv("B2LUCA_SLOW_PRELOAD_MARK", str(tmp_path / "ml_server_pid"))
+    results = []
+    with job_server.serving(extra_preloads=("b2luca_slow_preload",)):
+        caller = threading.Thread(target=lambda: results.append(NativeRunner().calibrate(
+            work / "caf_config.json", work / "input_data.json", work, work / "calibrate.log")))
+        caller.start()
+        _wait_for(work / "pid")
+        _wait_for(tmp_path / "ml_server_pid")
+        assert (work / "pid").is_file() and (tmp_path / "ml_server_pid").is_file()  # the job runs, the import sleeps
+        start = time.monotonic()
+    caller.join(timeout=30)
+    assert results and results[0].returncode < 0
+    for pid in (int((work / "pid").read_text()), int((tmp_path / "ml_server_pid").read_text())):
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
+            assert time.monotonic() - start < 10, f"process {pid} outlived the run"
+            time.sleep(0.05)
+
+
 def test_blas_limit_reuses_its_scan_until_a_library_is_loaded(monkeypatch):
     """The threadpoolctl controller is made once; a newly loaded shared library (a script importing torch)
     makes a fresh one, and a job asking for the server's thread count changes nothing."""
@@ -267,6 +301,8 @@ def test_job_server_serves_while_it_preloads_and_says_when_done(tmp_path):
             result = NativeRunner().calibrate(work / "caf_config.json", work / "input_data.json", work,
                                               work / f"{i}.log")
             assert result.ok, log_tail(result.log_path)
+        # forked before the ML server took over its listener: the job holds only its own connection
+        assert "sockets open: 1\n" in (work / "0.log").read_text()
         deadline = time.monotonic() + 120
         while server_log.read_text().count(job_server.READY) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
