@@ -163,11 +163,12 @@ def _sleeping_job(tmp_path):
 
 
 def _wait_for(path, seconds=60.0):
-    """Wait until ``path`` exists (at most ``seconds``)."""
+    """Wait until ``path`` exists and holds text (at most ``seconds``): the job creates the file, then writes
+    its pid, so a reader that sees the file as soon as it exists can read it empty (seen in CI, under load)."""
     import time
 
     deadline = time.monotonic() + seconds
-    while not path.is_file() and time.monotonic() < deadline:
+    while not (path.is_file() and path.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
