@@ -398,17 +398,10 @@ def group_inputs(raws, translator, batch: int = FIT_BATCH_CANDIDATES) -> list[di
         order.setdefault((name, _key(translator, er)), []).append((er, raw))
     groups = []
     for (name, key), files in order.items():
-        cands = [int(np.sum(r["event"]["n_cand"])) for _, r in files]
-        start = 0
-        while start < len(files):
-            stop, total = start + 1, cands[start]
-            while stop < len(files) and total + cands[stop] <= batch:
-                total += cands[stop]
-                stop += 1
-            raw, offsets = join_raws([r for _, r in files[start:stop]])
-            groups.append({"name": name, "key": key, "runs": [er for er, _ in files[start:stop]], "raw": raw,
+        for part in _bounded_groups([int(np.sum(r["event"]["n_cand"])) for _, r in files], batch):
+            raw, offsets = join_raws([files[i][1] for i in part])
+            groups.append({"name": name, "key": key, "runs": [files[i][0] for i in part], "raw": raw,
                            "offsets": offsets})
-            start = stop
     return groups
 
 
@@ -668,7 +661,8 @@ def part_trend(per_run, corrections: dict, cfg: dict, geom, threads: int = 1) ->
     corr_lab = np.array(sorted(corrections), np.int64)
     corr_val = np.array([corrections[int(k)] for k in corr_lab.tolist()], float)
     dense = []
-    for chunk in _bounded_chunks(use, RECORD_CHUNK_MEAS):  # several runs per record set, of bounded size
+    for part in _bounded_groups([recs.n_meas for _, recs in use], RECORD_CHUNK_MEAS):
+        chunk = [use[i] for i in part]  # several runs per record set, of bounded size
         recs = chunk[0][1] if len(chunk) == 1 else concat_records([r for _, r in chunk])
         run_m = np.repeat([run_index[er] for er, _ in chunk], [r.n_meas for _, r in chunk])  # run of each row
         base, _ = LabelTranslator.split(recs.glb_label)
@@ -718,17 +712,18 @@ def part_trend(per_run, corrections: dict, cfg: dict, geom, threads: int = 1) ->
     return out
 
 
-def _bounded_chunks(items: list, limit: int) -> list[list]:
-    """Consecutive (run, records) items in lists of up to ``limit`` measurement rows (a larger item alone)."""
-    out: list[list] = []
-    size = 0
-    for it in items:
-        if out and size + it[1].n_meas <= limit:
-            out[-1].append(it)
-            size += it[1].n_meas
-        else:
-            out.append([it])
-            size = it[1].n_meas
+def _bounded_groups(sizes: list[int], limit: int) -> list[range]:
+    """Consecutive items in groups of at most ``limit`` in size (an item larger than ``limit`` alone), as index
+    ranges: the batching of the track fit's files (:func:`group_inputs`) and of the monitor's record sets."""
+    out: list[range] = []
+    start, total = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > limit:
+            out.append(range(start, i))
+            start, total = i, 0
+        total += size
+    if sizes:
+        out.append(range(start, len(sizes)))
     return out
 
 

@@ -399,12 +399,9 @@ def solve(problem: AlignmentProblem, method: str | None = None) -> AlignmentResu
         cov_info: dict[str, object] = {}
         if problem.covariance == "deferred":
             cov_info = {"covariance_deferred": _DeferredCovariance(labels[fi].copy(), C, cons.A, problem.blas_threads)}
-        elif problem.covariance:
-            t0 = time.perf_counter()
-            with threadpool_limits(problem.blas_threads or None, user_api="blas"):
-                cov = _constrained_covariance(C, cons.A)
-            cov_info = {"covariance": cov, "covariance_labels": labels[fi].copy()}
-            timer["covariance"] = timer.get("covariance", 0.0) + time.perf_counter() - t0
+        elif problem.covariance:  # the same computation, now (its time into this fit's timer)
+            cov_labels, cov = _DeferredCovariance(labels[fi].copy(), C, cons.A, problem.blas_threads, timer)()
+            cov_info = {"covariance": cov, "covariance_labels": cov_labels}
         delta = np.zeros(n)
         delta[fi] = so.x
         chi2 = gs.chi2_0 - 2.0 * float(bdata @ so.x) + float(so.x @ (Cdata @ so.x))
