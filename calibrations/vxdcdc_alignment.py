@@ -153,20 +153,31 @@ def mille_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
     return recs, n, chi2_ndf
 
 
-def track_records(raw, constants, cfg: dict, sample: str, beam_spot=None):
+def track_records(raw, constants, cfg: dict, sample: str, beam_spot=None, warm: dict | None = None):
     """:func:`mille_records`, plus the event (``gevent`` of ``raw``) of every record: (records or None, tracks
-    used, chi2/ndf of the used tracks, (n_records,) int64 events, non-decreasing)."""
+    used, chi2/ndf of the used tracks, (n_records,) int64 events, non-decreasing).
+
+    ``warm``: the fit state of these candidates between outer iterations (a dict, empty at first): when it holds an
+    earlier fit, every candidate fitted then starts from its fitted track (:func:`b2luca.reco.track_model.warm_start`:
+    after a geometry correction of a few um one or two Gauss-Newton steps instead of a fit from the seed, to the
+    same convergence criterion); this fit is stored in it for the next iteration.  The selection below is the same
+    either way."""
     from b2luca.alignment import records_from_dense
     from b2luca.alignment.vertex import event_vertex_records
     from b2luca.reco.geometry import C_B
     from b2luca.reco.measurements import build_measurements
-    from b2luca.reco.track_model import fit_track_model
+    from b2luca.reco.track_model import fit_track_model, warm_start
 
     none = np.zeros(0, np.int64)
     meas = build_measurements(raw, constants)
     if meas.n_tracks == 0:
         return None, 0, np.zeros(0), none
-    model = fit_track_model(meas, constants, mass=SAMPLE_MASS[sample])
+    start = None
+    if warm and "track_key" in warm:
+        start = warm_start(warm["track_key"], warm["params"], warm["kinks"], meas)
+    model = fit_track_model(meas, constants, mass=SAMPLE_MASS[sample], start=start)
+    if warm is not None:  # (the fitted tracks only: small beside the model's per-row arrays)
+        warm.update(track_key=model.meas.track_key, params=model.params, kinks=model.kinks)
     chi2_ndf = model.chi2 / np.maximum(model.ndf, 1)
     good = (chi2_ndf < float(cfg["outlier_chi2_cut"])) & (model.ndf > 5)
     cosmic = sample == "cosmic_calib"
@@ -485,7 +496,8 @@ def fit_iterations(raws, start, translator, cfg: dict, geom, first: tuple[int, i
         used_by_sample = dict.fromkeys(collection_names, 0)
         for g in groups:  # one track fit per batch of files of one (collection, interval)
             t0 = time.perf_counter()
-            recs, n, c2, event = track_records(g["raw"], consts[g["key"]], cfg, g["name"], beam_spot=bs)
+            recs, n, c2, event = track_records(g["raw"], consts[g["key"]], cfg, g["name"], beam_spot=bs,
+                                               warm=g.setdefault("warm", {}))
             t1 = time.perf_counter()
             timing["track_fit_and_records"] += t1 - t0
             g["records"] = None

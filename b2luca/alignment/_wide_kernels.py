@@ -113,6 +113,33 @@ def fit_records(rec_ptr: np.ndarray, loc_ptr: np.ndarray, loc_index: np.ndarray,
     return chi2, ok, fsum, wm
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _subtract_gram(M: np.ndarray, K: int, nblk: int, bstart: np.ndarray, brank: np.ndarray, vpos: np.ndarray,
+                   pairrow: np.ndarray, nbr: int, tot: np.ndarray, Fflat: np.ndarray, Su: int) -> None:  # pragma: no cover
+    """tot[pair] −= the upper block pairs of M Mᵀ, M (K, n): rows bstart[a]..bstart[a+1] of M are the used rows of
+    the record's block of rank brank[a] (ranks increasing), vpos their positions in it; pairrow[ia·nbr + ib]: the
+    row of tot of the record's block pair (ia, ib), ia <= ib.  By panels of whole blocks (about PANEL_ROWS rows),
+    each one BLAS product of its rows of M against the rows from its first on."""
+    Ku = U(K)
+    pa = 0
+    while pa < nblk:
+        pb = pa + 1
+        while pb < nblk and bstart[pb + 1] - bstart[pa] <= PANEL_ROWS:
+            pb += 1
+        p0, p1 = U(bstart[pa]), U(bstart[pb])
+        F = Fflat[: (p1 - p0) * (Ku - p0)].reshape((p1 - p0, Ku - p0))
+        np.dot(M[p0:p1], M[p0:Ku].T, F)
+        for a in range(pa, pb):
+            ra = U(brank[a]) * U(nbr)
+            for b in range(a, nblk):
+                row = U(pairrow[ra + U(brank[b])])
+                for ci in range(U(bstart[a]), U(bstart[a + 1])):  # the used positions only
+                    base = U(vpos[ci]) * Su
+                    for cj in range(U(bstart[b]), U(bstart[b + 1])):
+                        tot[row, base + U(vpos[cj])] -= F[ci - p0, cj - p0]
+        pa = pb
+
+
 @njit(cache=True, nogil=True)
 def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_ptr: np.ndarray, loc_index: np.ndarray,
                loc_der: np.ndarray, glb_ptr: np.ndarray, mrank: np.ndarray, gpos: np.ndarray, glb_der: np.ndarray,
@@ -120,14 +147,22 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
                ublk: np.ndarray, bmem: np.ndarray, pair_off: np.ndarray, kinv: np.ndarray, tot: np.ndarray,
                dblk: np.ndarray, bsum: np.ndarray, entries: np.ndarray) -> None:  # pragma: no cover - compiled
     """:func:`b2luca.alignment._kernels.accumulate` (the same arguments and sums) for wide records: sums over
-    the entries, M and F over the used block rows only (see the module)."""
+    the entries, M and F over the used block rows only (see the module).
+
+    F = M Mᵀ = Σ_k m_k m_kᵀ over the local parameters k (m_k: column k of M).  The local parameters of an event's
+    tracks couple only through the common vertex (its two parameters come last, so the Cholesky factor and M keep
+    the tracks apart: exact zeros): consecutive local parameters whose columns of M are nonzero in the same blocks
+    form a group, and a record of several groups sums F group by group over the rows of the group's blocks only
+    (Σ_g K_g² q_g instead of K² q: a third of the products for hadronic events).  A record of one group (a single
+    track, a cosmic) takes the whole-record product as before."""
     nrec = accept.size
     S = bmem.shape[1]
-    qmax, kmax = 1, 1
+    qmax, kmax, nbmax = 1, 1, 1
     for r in range(nrec):
         if accept[r]:
             qmax = max(qmax, q[r])
             kmax = max(kmax, nb[r] * S)
+            nbmax = max(nbmax, nb[r])
     G = np.zeros((qmax, qmax))
     L = np.zeros((qmax, qmax))
     u = np.zeros(qmax)
@@ -141,6 +176,14 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
     vpos = np.zeros(kmax, np.int64)  # position in its block (0..S-1) of each compact row
     d = np.zeros(S)
     Su = U(S)
+    ident = np.arange(nbmax)  # the block ranks of a whole-record product
+    pairrow = np.zeros(nbmax * nbmax, np.int64)  # row of tot of each block pair (ia, ib), ia <= ib, of the record
+    sup = np.zeros((qmax, nbmax), np.bool_)  # the blocks in which column k of M is nonzero
+    gfirst = np.zeros(qmax + 1, np.int64)  # the first local parameter of each group
+    gblk = np.zeros(nbmax, np.int64)  # a group's blocks (ranks), their first rows in Mg and positions
+    gstart = np.zeros(nbmax + 1, np.int64)
+    gvpos = np.zeros(kmax, np.int64)
+    Mgflat = np.zeros(qmax * kmax)  # a group's columns of M over its blocks' rows, contiguous
     for r in order:
         if not accept[r] or nb[r] == 0:
             continue
@@ -197,6 +240,8 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
         for k in range(qr):  # Mᵀ = L⁻¹ Hᵀ row by row (inner loops over the used rows of M: vectorised)
             for j in range(k):
                 c = L[k, j]
+                if c == 0.0:  # (another track of the event: L keeps them apart)
+                    continue
                 for i in range(K):
                     Mt[k, i] -= c * Mt[j, i]
             c = dinv[k]
@@ -219,23 +264,60 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
             for i in range(K):
                 Mr[i, k] = Mt[k, i]
         kp = U(pair_off[r])
-        pa = 0
-        while pa < nbr:
-            pb = pa + 1
-            while pb < nbr and cstart[pb + 1] - cstart[pa] <= PANEL_ROWS:
-                pb += 1
-            p0, p1 = U(cstart[pa]), U(cstart[pb])
-            F = Fflat[: (p1 - p0) * (K - p0)].reshape((p1 - p0, K - p0))
-            np.dot(Mr[p0:p1], Mr[p0:K].T, F)
-            for ia in range(pa, pb):
-                for ib in range(ia, nbr):
-                    row = U(kinv[kp])
-                    kp += U(1)
-                    for ci in range(U(cstart[ia]), U(cstart[ia + 1])):  # the used positions only
-                        base = U(vpos[ci]) * Su
-                        for cj in range(U(cstart[ib]), U(cstart[ib + 1])):
-                            tot[row, base + U(vpos[cj])] -= F[ci - p0, cj - p0]
-            pa = pb
+        for ia in range(nbr):
+            for ib in range(ia, nbr):
+                pairrow[ia * nbr + ib] = kinv[kp]
+                kp += U(1)
+        # groups of local parameters: consecutive ones whose columns of M are nonzero in the same blocks
+        for k in range(qr):
+            for ia in range(nbr):
+                nz = False
+                for ci in range(U(cstart[ia]), U(cstart[ia + 1])):
+                    if Mt[k, ci] != 0.0:
+                        nz = True
+                        break
+                sup[k, ia] = nz
+        ng = 0
+        gfirst[0] = 0
+        for k in range(1, qr):
+            same = True
+            for ia in range(nbr):
+                if sup[k, ia] != sup[k - 1, ia]:
+                    same = False
+                    break
+            if not same:
+                ng += 1
+                gfirst[ng] = k
+        ng += 1
+        gfirst[ng] = qr
+        if ng == 1:  # one group (a single track): the whole record's product
+            _subtract_gram(Mr, K, nbr, cstart, ident, vpos, pairrow, nbr, tot, Fflat, Su)
+            continue
+        for g in range(ng):
+            k0, k1 = U(gfirst[g]), U(gfirst[g + 1])
+            nk = k1 - k0
+            kg = U(0)
+            nblk = 0
+            for ia in range(nbr):
+                if sup[k0, ia]:
+                    gblk[nblk] = ia
+                    gstart[nblk] = kg
+                    nblk += 1
+                    for ci in range(U(cstart[ia]), U(cstart[ia + 1])):
+                        gvpos[kg] = vpos[ci]
+                        kg += U(1)
+            gstart[nblk] = kg
+            if kg == 0:
+                continue
+            Mg = Mgflat[: kg * nk].reshape((kg, nk))
+            for a in range(nblk):
+                ia = U(gblk[a])
+                c0 = U(cstart[ia])
+                for ci in range(c0, U(cstart[ia + 1])):
+                    row = U(gstart[a]) + ci - c0
+                    for k in range(nk):
+                        Mg[row, k] = Mr[ci, k0 + k]
+            _subtract_gram(Mg, kg, nblk, gstart, gblk, gvpos, pairrow, nbr, tot, Fflat, Su)
 
 
 @njit(cache=True, nogil=True)

@@ -47,7 +47,42 @@ LABEL_CDC_BASE = 1_000_000
 #: from this Gauss-Newton iteration on, once some of a chunk's tracks have converged, the others are fitted on alone
 #: (the converged ones no longer ride along through the remaining iterations)
 _SPLIT_AT = 2
+#: the same for a chunk with warm-started tracks (:class:`TrackStart`): most of them converge at their second
+#: evaluation, and the few that do not go on alone from there
+_WARM_SPLIT_AT = 1
+#: a track fitted from its seed may stop (converged) from this Gauss-Newton iteration on; a warm-started one from its
+#: first evaluation (its start is an earlier converged fit: the same criterion, no seed to refine first)
+_SEED_MIN_DONE = 2
 _TRACK_RESULTS = ("params", "ndf", "cov", "chi2", "kinks", "kink_sigma", "ok")
+#: kink angles per track in :class:`TrackStart`: two arms (+1 first), N_SCAT scatterers, two angles
+START_KINKS = 2 * N_SCAT * 2
+
+
+@dataclass(frozen=True)
+class TrackStart:
+    """Where :func:`fit_tracks` starts each track candidate instead of its seed (a *warm start*): the fitted
+    parameters of an earlier fit of the same candidates (e.g. the previous outer iteration of an alignment, with
+    geometry corrections of a few um).  ``params`` (T, 5): perigee parameters, a row with a NaN: start from the
+    seed; ``kinks`` (T, :data:`START_KINKS`): the fitted kink angles (arm +1 first, then arm -1; zeros where
+    unknown).  The fit stops at the same convergence criterion as from a seed (its next step below 1e-3 of its
+    errors), but a warm-started track may stop from its first evaluation on."""
+
+    params: np.ndarray
+    kinks: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.params.ndim != 2 or self.params.shape[1] != 5 or self.kinks.shape != (self.params.shape[0], START_KINKS):
+            raise ValueError(f"TrackStart: expected params (T, 5) and kinks (T, {START_KINKS}), got "
+                             f"{self.params.shape} and {self.kinks.shape}")
+
+    @property
+    def warm(self) -> np.ndarray:
+        """(T,) bool: the candidates that start from ``params`` (the others from their seed)."""
+        return np.all(np.isfinite(self.params), axis=1)
+
+    def subset(self, idx: np.ndarray) -> "TrackStart":
+        """The start of the candidates ``idx``."""
+        return TrackStart(params=self.params[idx], kinks=self.kinks[idx])
 
 
 @dataclass
@@ -331,11 +366,21 @@ def _kink_jacobians(h: np.ndarray, arms: tuple[float, ...], geom: G.Geometry, p:
     return np.ascontiguousarray(jac), np.ascontiguousarray(sig)
 
 
+def _helix_covariance(a_s: np.ndarray, scale: np.ndarray, eye: np.ndarray) -> np.ndarray:
+    """(nt, 5, 5) covariance of the helix parameters: the first 5 columns of the inverse of the scaled normal
+    matrices ``a_s`` (kinks included: they are profiled, not fixed), unscaled (the kinks' columns are not needed)."""
+    cols = np.linalg.solve(a_s, np.broadcast_to(eye[:, :5], (a_s.shape[0], eye.shape[0], 5)))
+    return cols[:, :5, :] * scale[:, :5, None] * scale[:, None, :5]
+
+
 def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray, arm: np.ndarray,
                geom: G.Geometry, constants: Constants, mass: np.ndarray, n_iter: int, scattering: bool,
                arms: tuple[float, ...], split_at: int | None = None,
-               resume: dict[str, Any] | None = None, global_derivatives: bool = True) -> dict[str, Any]:
-    """Gauss-Newton fit of the tracks t0..t1 (rows ``rows`` of ``meas``) from the helices ``h``.
+               resume: dict[str, Any] | None = None, global_derivatives: bool = True,
+               theta0: np.ndarray | None = None, warm: np.ndarray | None = None) -> dict[str, Any]:
+    """Gauss-Newton fit of the tracks t0..t1 (rows ``rows`` of ``meas``) from the helices ``h`` (and the kink
+    angles ``theta0`` (nt, arms, N_SCAT, 2), zeros by default); ``warm`` (nt,) bool: tracks warm-started from an
+    earlier converged fit, which may stop from the first evaluation on (the others from iteration 2 on).
 
     ``split_at``: from that iteration on, once some (not all) tracks have converged, stop after the update and
     return every track's results of this evaluation, ``done`` (which tracks converged: their results are final)
@@ -354,7 +399,8 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     pr = _Predictor(meas, rows, geom, constants, arm)
     nk = len(arms) * N_SCAT * 2 if scattering else 0
     nl = 5 + nk
-    theta = np.zeros((nt, len(arms), N_SCAT, 2))
+    theta = np.zeros((nt, len(arms), N_SCAT, 2)) if theta0 is None else np.array(theta0, float)
+    min_done = np.where(np.zeros(nt, bool) if warm is None else warm, 0, _SEED_MIN_DONE)
     slot = np.where(arm > 0, 0, len(arms) - 1).astype(np.int64)
     # number of scatterers between the perigee and the hit: beam pipe + inner VXD layers (+ CDC wall)
     li = np.where(meas.kind[rows] == KIND_CDC, N_SCAT, geom.layer[np.maximum(meas.sensor[rows], 0)]).astype(np.int64)
@@ -370,6 +416,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     if resume is not None:  # the next evaluation of an earlier call: the same numbers as in that call
         theta, chi2_prev, ngood_prev = resume["theta"], resume["chi2_prev"], resume["ngood_prev"]
         delta_prev, it, pr.s_vxd = resume["delta_prev"], int(resume["it"]), resume["s_vxd"]
+        min_done = resume["min_done"]
     stopped = False
     while True:
         p = H.momentum(h)
@@ -419,14 +466,13 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         step = np.linalg.solve(a_s, (b * scale)[..., None])[..., 0]  # in units of 1/sqrt(diag): <= 1 sigma
         # a converged track (its next step < 1e-3 of its errors) stops here: its result does not depend on the
         # other tracks of the batch (the batch size, the files and runs fitted together)
-        if it >= 2:
-            done |= ~worse & (np.max(np.abs(step), axis=1) < 1e-3)
+        done |= (it >= min_done) & ~worse & (np.max(np.abs(step), axis=1) < 1e-3)
         if it >= n_iter or done.all():
-            cov = np.linalg.solve(a_s, np.broadcast_to(eye, a_s.shape)) * scale[:, :, None] * scale[:, None, :]
+            cov = _helix_covariance(a_s, scale, eye)
             break
         stopped = split_at is not None and it >= split_at and bool(done.any())
         if stopped:  # the converged tracks' results are this evaluation's; the others go on alone
-            cov = np.linalg.solve(a_s, np.broadcast_to(eye, a_s.shape)) * scale[:, :, None] * scale[:, None, :]
+            cov = _helix_covariance(a_s, scale, eye)
             h_eval, theta_eval = h, theta
         delta = step * scale
         delta = np.where(worse[:, None], -0.5 * delta_prev, delta)
@@ -444,12 +490,12 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     state = None
     if stopped:
         state = dict(h=h, theta=theta, chi2_prev=chi2_prev, ngood_prev=ngood_prev, delta_prev=delta_prev, it=it,
-                     s_vxd=pr.s_vxd, vxd_rows=pr.vxd, mmax=mmax)
+                     s_vxd=pr.s_vxd, vxd_rows=pr.vxd, mmax=mmax, min_done=min_done, split_at=split_at)
         h, theta = h_eval, theta_eval
     ndf = np.bincount(track, weights=good, minlength=nt) - 5
     ok = np.all(np.isfinite(h), axis=1) & np.isfinite(chi2) & (ndf > 0)
     out: dict[str, Any] = dict(
-        params=h, ndf=ndf, cov=cov[:, :5, :5], chi2=chi2, kinks=theta.reshape(nt, -1) if scattering else np.zeros((nt, 0)),
+        params=h, ndf=ndf, cov=cov, chi2=chi2, kinks=theta.reshape(nt, -1) if scattering else np.zeros((nt, 0)),
         kink_sigma=(np.repeat(sig.reshape(nt, -1), 2, axis=1) if scattering else np.zeros((nt, 0))),
         pred=pred, residual=np.where(good, res, np.nan), local=loc, ok=ok)
     if global_derivatives:
@@ -487,11 +533,12 @@ def _resume_stragglers(r: dict[str, Any], meas: Measurements, rows: slice, t0: i
             if f.name not in ("track_key", "track")}
     sub = dataclasses.replace(meas, track_key=meas.track_key[t0 + left], track=remap[track[keep]], **cols)
     vxd_rows, s_vxd = state.pop("vxd_rows"), state.pop("s_vxd")
-    resume = {k: (v if k in ("it", "mmax") else v[left]) for k, v in state.items()}
+    resume = {k: (v if k in ("it", "mmax", "split_at") else v[left]) for k, v in state.items()}
+    split_at = resume.pop("split_at")
     resume["s_vxd"] = s_vxd[keep[vxd_rows]]
     h = resume.pop("h")
     rs = _fit_chunk(sub, slice(0, int(keep.sum())), 0, left.size, h, arm_rows[keep], geom, constants,
-                    mass[t0 + left], n_iter, scattering, arms, split_at=_SPLIT_AT, resume=resume,
+                    mass[t0 + left], n_iter, scattering, arms, split_at=split_at, resume=resume,
                     global_derivatives=global_derivatives)
     if "done" in rs:
         _resume_stragglers(rs, sub, slice(0, int(keep.sum())), 0, arm_rows[keep], geom, constants, mass[t0 + left],
@@ -502,7 +549,8 @@ def _resume_stragglers(r: dict[str, Any], meas: Measurements, rows: slice, t0: i
 
 def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None = None,
                mass: float | np.ndarray = MUON_MASS, n_iter: int = 6, scattering: bool = True,
-               chunk_tracks: int = 2000, prefit: bool = False, global_derivatives: bool = True) -> FitResult:
+               chunk_tracks: int = 2000, prefit: bool = False, global_derivatives: bool = True,
+               start: TrackStart | None = None) -> FitResult:
     """Fit all track candidates of ``meas`` (batched Gauss-Newton from the seed, at most ``n_iter``
     iterations; a track stops once its next step is below 1e-3 of its errors, so its result does not depend
     on the other tracks of the batch, and a chunk stops when all have; once some tracks of a chunk have
@@ -513,6 +561,7 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
     in chunks of ``chunk_tracks`` to bound memory; there is no Python loop per track or hit.
     ``global_derivatives=False``: the alignment derivatives are not computed (``global_derivs`` and
     ``global_labels`` of the result are then empty, shape (0, 6)).
+    ``start``: a :class:`TrackStart` per candidate (warm start from an earlier fit; its NaN rows from the seed).
     """
     geom = geom or G.nominal_geometry()
     nt = meas.n_tracks
@@ -526,16 +575,28 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
     mass = np.broadcast_to(np.asarray(mass, float), (nt,))
     h0, arm = seed_tracks(meas, geom, constants)
     arms = (1.0, -1.0) if np.any(arm < 0) else (1.0,)
+    warm = np.zeros(nt, bool)
+    theta0 = None
+    if start is not None:
+        if start.params.shape[0] != nt:
+            raise ValueError(f"fit_tracks: start has {start.params.shape[0]} tracks, the measurements {nt}")
+        warm = start.warm
+        h0 = np.where(warm[:, None], start.params, h0)
+        theta0 = np.where(warm[:, None, None, None],
+                          start.kinks.reshape(nt, 2, N_SCAT, 2)[:, :len(arms)], 0.0) if scattering else None
     starts = np.searchsorted(meas.track, np.arange(0, nt + 1))
     out: dict[str, list] = {}
     for t0 in range(0, nt, chunk_tracks):
         t1 = min(nt, t0 + chunk_tracks)
         rows = slice(starts[t0], starts[t1])
         h_start = h0[t0:t1]
-        if scattering and prefit:  # pre-fit without kinks: a robust start for low-momentum tracks
-            h_start = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, 2, False, arms)["params"]
+        w = warm[t0:t1]
+        if scattering and prefit and not w.all():  # pre-fit without kinks: a robust start for low-momentum tracks
+            pre = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, 2, False, arms)["params"]
+            h_start = np.where(w[:, None], h_start, pre)  # (warm-started tracks keep their start)
         r = _fit_chunk(meas, rows, t0, t1, h_start, arm[rows], geom, constants, mass, n_iter, scattering, arms,
-                       split_at=_SPLIT_AT, global_derivatives=global_derivatives)
+                       split_at=_WARM_SPLIT_AT if w.any() else _SPLIT_AT, global_derivatives=global_derivatives,
+                       theta0=None if theta0 is None else theta0[t0:t1], warm=w)
         if "done" in r:  # some tracks converged: the others go on alone
             _resume_stragglers(r, meas, rows, t0, arm[rows], geom, constants, mass, n_iter, scattering, arms,
                                global_derivatives)

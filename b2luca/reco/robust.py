@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fit import FitResult, fit_tracks
+from .fit import FitResult, TrackStart, fit_tracks
 from .measurements import Constants, Measurements
 
 #: At most this many Gauss-Newton iterations from the algebraic seed (the fit stops once chi2 settles;
@@ -68,17 +68,20 @@ def subset_measurements(meas: Measurements, tracks: np.ndarray) -> Measurements:
 
 
 def fit_bisecting(meas: Measurements, constants: Constants, *, chunk: int, n_iter: int, scattering: bool,
-                  mass: "float | np.ndarray | None" = None, global_derivatives: bool = True
-                  ) -> list[tuple[np.ndarray, FitResult]]:
+                  mass: "float | np.ndarray | None" = None, global_derivatives: bool = True,
+                  start: TrackStart | None = None) -> list[tuple[np.ndarray, FitResult]]:
     """``[(candidate indices, FitResult)]`` of ``meas`` fitted in chunks of ``chunk``; a chunk whose fit fails
     (singular system, non-finite values) is bisected until only the offending candidates are left out.
     ``mass``: the scattering hypothesis per candidate (or a scalar); None: the fit's default.
-    ``global_derivatives``: passed to :func:`b2luca.reco.fit.fit_tracks`."""
+    ``global_derivatives``: passed to :func:`b2luca.reco.fit.fit_tracks`; ``start``: its warm start, per candidate
+    of ``meas`` (:class:`b2luca.reco.fit.TrackStart`; None: every candidate from its seed)."""
     masses = None if mass is None else np.broadcast_to(np.asarray(mass, float), (meas.n_tracks,))
 
     def fit(idx: np.ndarray) -> list[tuple[np.ndarray, FitResult]]:
         sub = subset_measurements(meas, idx)
-        extra = {} if masses is None else {"mass": masses[idx]}
+        extra: dict = {} if masses is None else {"mass": masses[idx]}
+        if start is not None:
+            extra["start"] = start.subset(idx)
         try:
             with np.errstate(all="ignore"):
                 return [(idx, fit_tracks(sub, constants, n_iter=n_iter, scattering=scattering,
@@ -90,8 +93,8 @@ def fit_bisecting(meas: Measurements, constants: Constants, *, chunk: int, n_ite
             return fit(idx[:half]) + fit(idx[half:])
 
     parts: list[tuple[np.ndarray, FitResult]] = []
-    for start in range(0, meas.n_tracks, chunk):
-        parts += fit(np.arange(start, min(start + chunk, meas.n_tracks)))
+    for first in range(0, meas.n_tracks, chunk):
+        parts += fit(np.arange(first, min(first + chunk, meas.n_tracks)))
     return parts
 
 

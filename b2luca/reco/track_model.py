@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import helix as H
-from .fit import MUON_MASS, FitResult
+from .fit import MUON_MASS, START_KINKS, FitResult, TrackStart
 from .measurements import Constants, Measurements
 from .robust import fit_bisecting, subset_measurements
 
-__all__ = ["BeamSpotConstraint", "TrackModel", "beam_spot_rows", "fit_track_model"]
+__all__ = ["BeamSpotConstraint", "TrackModel", "beam_spot_rows", "fit_track_model", "warm_start"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,9 @@ class TrackModel:
     kink_residual: np.ndarray  # (K,) 0 - fitted kink angle
     kink_sigma: np.ndarray  # (K,) Highland width [rad]
     failed: int  # candidates whose fit failed or gave non-finite results
+    #: (T, START_KINKS) every fitted kink angle (arm +1 first, zero-padded): with ``params`` the warm start of a
+    #: refit of the same candidates (:func:`warm_start`)
+    kinks: np.ndarray | None = None
 
     @property
     def n_tracks(self) -> int:
@@ -165,14 +168,17 @@ def _compact(fr: FitResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 
 def fit_track_model(meas: Measurements, constants: Constants, *, mass: float | np.ndarray = MUON_MASS,
-                    scattering: bool = True, n_iter: int = 4, chunk: int = 1000) -> TrackModel:
+                    scattering: bool = True, n_iter: int = 4, chunk: int = 1000,
+                    start: TrackStart | None = None) -> TrackModel:
     """Fit the track candidates of ``meas`` with the reconstruction's fit and return the broken-line model.
 
     ``mass``: particle hypothesis of the scattering widths (scalar or per candidate).  Chunks of ``chunk``
     candidates are fitted at once; a chunk whose fit fails is bisected so that only the offending
     candidates are dropped (counted in ``failed``): :func:`b2luca.reco.robust.fit_bisecting`.
-    Candidates with non-finite parameters, covariance or chi2 are dropped too."""
-    parts = fit_bisecting(meas, constants, chunk=chunk, n_iter=n_iter, scattering=scattering, mass=mass)
+    Candidates with non-finite parameters, covariance or chi2 are dropped too.  ``start``: a warm start per
+    candidate of ``meas`` (:func:`warm_start` of an earlier model of the same candidates; None: the seeds)."""
+    parts = fit_bisecting(meas, constants, chunk=chunk, n_iter=n_iter, scattering=scattering, mass=mass,
+                          start=start)
     pieces = []
     for idx, fr in parts:
         ok = (np.all(np.isfinite(fr.params), axis=1) & np.all(np.isfinite(fr.cov), axis=(1, 2))
@@ -199,6 +205,10 @@ def fit_track_model(meas: Measurements, constants: Constants, *, mass: float | n
     def cat(arrs, shape=(0,), dtype=float):
         return np.concatenate(arrs) if arrs else np.zeros(shape, dtype)
 
+    def kinks(fr, ok):  # every fitted kink angle, padded to two arms
+        k = fr.kinks[ok]
+        return np.pad(k, ((0, 0), (0, START_KINKS - k.shape[1])))
+
     return TrackModel(
         meas=sub, params=cat([p[1].params[p[2]] for p in pieces], (0, 5)),
         cov=cat([p[1].cov[p[2]] for p in pieces], (0, 5, 5)), chi2=cat([p[1].chi2[p[2]] for p in pieces]),
@@ -207,4 +217,25 @@ def fit_track_model(meas: Measurements, constants: Constants, *, mass: float | n
         global_derivs=cat([rows(p, p[1].global_derivs) for p in pieces], (0, 6)),
         global_labels=cat([rows(p, p[1].global_labels) for p in pieces], (0, 6), np.int64),
         kink_track=cat(kt, dtype=np.int64), kink_column=cat(kc, dtype=np.int64), kink_residual=cat(kr),
-        kink_sigma=cat(ks), failed=int(meas.n_tracks - good.size))
+        kink_sigma=cat(ks), failed=int(meas.n_tracks - good.size),
+        kinks=cat([kinks(p[1], p[2]) for p in pieces], (0, START_KINKS)))
+
+
+def warm_start(track_key: np.ndarray, params: np.ndarray, kinks: np.ndarray, meas: Measurements) -> TrackStart:
+    """The warm start of a refit of the candidates of ``meas`` (e.g. with corrected alignment constants) from an
+    earlier fit (a :class:`TrackModel`'s ``meas.track_key``, ``params`` and ``kinks``): each candidate of ``meas``
+    found there (the same (event, candidate) key) starts from its fitted parameters and kink angles, the others
+    (not fitted then) from their seeds (NaN parameters)."""
+    out_params = np.full((meas.n_tracks, 5), np.nan)
+    out_kinks = np.zeros((meas.n_tracks, START_KINKS))
+    old, new = np.asarray(track_key, np.int64), meas.track_key.astype(np.int64)
+    if old.shape[0] and new.shape[0]:
+        width = int(max(old[:, 1].max(), new[:, 1].max())) + 1  # (event, candidate) as one key
+        ko, kn = old[:, 0] * width + old[:, 1], new[:, 0] * width + new[:, 1]
+        order = np.argsort(ko, kind="stable")
+        pos = np.minimum(np.searchsorted(ko[order], kn), ko.size - 1)
+        found = ko[order][pos] == kn
+        src = order[pos[found]]
+        out_params[found] = params[src]
+        out_kinks[found] = kinks[src]
+    return TrackStart(params=out_params, kinks=out_kinks)

@@ -214,6 +214,37 @@ def test_wide_kernels_give_the_exact_system(monkeypatch, n_layers):
     assert new.chi2_0 == pytest.approx(chi2, rel=2e-9)
 
 
+def test_wide_kernels_give_the_exact_system_of_vertex_events(monkeypatch):
+    """Events of 1-5 tracks with a common vertex (:func:`b2luca.alignment.vertex.event_vertex_records`: the tracks'
+    local parameters one after the other, the vertex last), which the wide kernel sums track group by track group
+    (the tracks' columns of M are nonzero in their own blocks only): C and b within ~1e-11 of the exact (QR)
+    reference, as for single tracks."""
+    from b2luca.alignment.vertex import event_vertex_records
+
+    monkeypatch.setattr("b2luca.alignment.assemble.UNION_MIN_K", 6)
+    rng = np.random.default_rng(11)
+    records = []
+    several = 0
+    for seed, n_tracks in ((8, 240), (9, 160)):
+        r = _wide_records(seed, n_tracks, 6)
+        n = r.n_records
+        event = np.repeat(np.arange(n), rng.integers(1, 6, n))[:n]  # 1-5 tracks per event, in event order
+        several += int((np.bincount(event) >= 2).sum())
+        q = np.zeros(r.n_records, np.int64)
+        np.maximum.at(q, r.meas_record()[r.loc_meas], r.loc_index.astype(np.int64) + 1)
+        q = np.maximum(q, 2)  # (the singular record: no local derivatives, but d0 and phi0 for the vertex rows)
+        records.append(event_vertex_records(r, event, rng.normal(0, 0.01, n), rng.uniform(-3, 3, n), q,
+                                            (0.0, 0.0), (0.01, 0.001), (9_000_001, 9_000_002)))
+    assert several > 50  # events of several tracks: several groups of local parameters
+    taken = _spy_kernels(monkeypatch)
+    new = _system(records, True, monkeypatch, dw=DownWeighting())
+    assert taken and all(k is _wide_kernels for k in taken)
+    C, b, chi2, used = _exact_system(records, new.labels)
+    assert new.n_used == used
+    assert abs(new.C.toarray() - C).max() <= 2e-11 * abs(C).max()
+    assert abs(new.b - b).max() <= 2e-11 * abs(b).max()
+
+
 @pytest.mark.parametrize(("min_k", "n_layers"), [(6, 6), (1 << 20, 6), (6, 22)])
 def test_wide_kernels_give_the_numpy_system(monkeypatch, min_k, n_layers):
     """Records of many local parameters and of many blocks (every record wide with ``min_k`` 6; with 22
