@@ -142,7 +142,8 @@ def write_caf_config(ctx: BucketContext, info: CalibrationInfo, work: Path) -> P
                                                 cfg.calibrations.extra_input_data_filters.items()}},
     }
     path = work / "caf_config.json"
-    write_json_atomic(path, document)
+    # not fsynced: rewritten whenever the calibration runs again (it is unfinished until result.json, which is)
+    write_json_atomic(path, document, durable=False)
     return path
 
 
@@ -172,7 +173,7 @@ def write_input_data(ctx: BucketContext, info: CalibrationInfo, work: Path) -> P
         raise CalibrationFailed(f"no input data for {', '.join(empty)} in {root} after the input_data_filters "
                                 f"(runs {cfg.bucket.first_run}-{cfg.bucket.last_run})")
     path = work / "input_data.json"
-    write_json_atomic(path, document)
+    write_json_atomic(path, document, durable=False)  # like caf_config.json: rewritten by every attempt
     runs = sorted({tuple(e[1]) for entries in document.values() for e in entries})
     ctx.emit("input_runs", info.name, requested_iov=cfg.requested_iov.as_list(), runs=[list(r) for r in runs],
              files={name: len(entries) for name, entries in document.items()})
