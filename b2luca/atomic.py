@@ -29,12 +29,21 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
+def _mkstemp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in ``path``'s directory, which is created when missing (only then: a bucket
+    writes thousands of files into existing directories, and a ``mkdir`` per file cost a system call each)."""
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: "str | os.PathLike[str]") -> Iterator[Path]:
     """Yield a temporary path in ``path``'s directory; on success it replaces ``path``, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _mkstemp_beside(path)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -88,8 +97,7 @@ def write_json_atomic_many(items: "Sequence[tuple[str | os.PathLike[str], Any]]"
     try:
         for path, document in items:
             path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = _mkstemp_beside(path)
             written.append((tmp, path))
             with os.fdopen(fd, "wb") as handle:
                 handle.write(_json_text(document, indent).encode("utf-8"))

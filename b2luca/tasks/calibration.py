@@ -81,7 +81,7 @@ def _run_steps(ctx: BucketContext, name: str) -> None:
         ctx.emit_later("step", name, step=step_name, state="done")
         return value
 
-    with reported(ctx, name, stage=stage, group=level) as report:
+    with reported(ctx, name, stage=stage, group=level, start_later=True) as report:  # with caf_config's "running"
         report.step = "caf_config"  # an upstream failure is reported against the first step
         check_upstream(ctx, name, info)
         caf_config = step(report, "caf_config", lambda: write_caf_config(ctx, info, work))
