@@ -35,11 +35,12 @@ READS_FILE = "payloads_read.json"
 PRODUCTION_READS: tuple[str, ...] = tuple(PAYLOAD_NAMES)
 
 
-def write_reads(path: "str | Path", lookups: Iterable[dict[str, Any]]) -> None:
-    """Write the payload look-ups of a calibration (see :meth:`DatabaseChain.lookups`)."""
+def write_reads(path: "str | Path", lookups: Iterable[dict[str, Any]], *, durable: bool = True) -> None:
+    """Write the payload look-ups of a calibration (see :meth:`DatabaseChain.lookups`); ``durable=False``:
+    atomic but not fsynced (:func:`~b2luca.atomic.write_bytes_atomic`)."""
     from .atomic import write_json_atomic
 
-    write_json_atomic(Path(path), {"lookups": list(lookups)})
+    write_json_atomic(Path(path), {"lookups": list(lookups)}, durable=durable)
 
 
 def read_names(path: "str | Path") -> list[str] | None:

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .iov import ExpRun
-from .atomic import write_json_atomic
+from .atomic import write_json_atomic_many
 from .rootio import read_trees, write_trees
 from .errors import ProductionError, RootReadError
 from .reco import helix as H
@@ -76,22 +76,30 @@ _PARAM_NAMES = ("d0", "phi0", "omega", "z0", "tanl")
 
 
 # --- payload fingerprints ---------------------------------------------------------------------------
-def _fingerprint(chain, name: str, exprun: ExpRun) -> dict[str, Any] | None:
-    """``{"database": dir, "revision": rev}`` of the payload in force, None for the nominal default."""
+def _fingerprint(chain, name: str, exprun: ExpRun, resolved: dict[Path, str] | None = None) -> dict[str, Any] | None:
+    """``{"database": dir, "revision": rev}`` of the payload in force, None for the nominal default;
+    ``resolved``: a cache of the resolved database directories (one production call, many runs)."""
     entry = chain.lookup(name, exprun)
     if entry is None:
         return None
-    return {"database": str(Path(entry.path).parent.resolve()), "revision": entry.revision}
+    directory = Path(entry.path).parent
+    database = None if resolved is None else resolved.get(directory)
+    if database is None:
+        database = str(directory.resolve())
+        if resolved is not None:
+            resolved[directory] = database
+    return {"database": database, "revision": entry.revision}
 
 
-def _group_fingerprints(chain, exprun: ExpRun, scattering: bool = FIT_SCATTERING) -> dict[str, dict[str, Any]]:
+def _group_fingerprints(chain, exprun: ExpRun, scattering: bool = FIT_SCATTERING,
+                        resolved: dict[Path, str] | None = None) -> dict[str, dict[str, Any]]:
     cache: dict[str, Any] = {}
     out: dict[str, dict[str, Any]] = {}
     for group, names in GROUP_PAYLOADS.items():
         out[group] = {}
         for name in names:
             if name not in cache:
-                cache[name] = _fingerprint(chain, name, exprun)
+                cache[name] = _fingerprint(chain, name, exprun, resolved)
             out[group][name] = cache[name]
     out["tracks"]["_fit"] = {"scattering": bool(scattering), "max_iterations": FIT_ITERATIONS}
     return out
@@ -154,8 +162,10 @@ def _write_trees_atomic(path: Path, trees: Mapping[str, Mapping[str, np.ndarray]
     write_trees(path, trees)  # TTrees, temporary name then rename
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    write_json_atomic(path, obj, indent=1)
+def _write_manifests(manifests: Sequence[tuple[Path, Any]]) -> None:
+    """The runs' manifests, each atomic and on disk before it replaces the old one, with one flush for all
+    (:func:`~b2luca.atomic.write_json_atomic_many`: a task of hundreds of runs paid one fsync per run)."""
+    write_json_atomic_many(manifests, indent=1)
 
 
 def _strip(tree: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -300,7 +310,10 @@ def _raw_files(raw_run_dir: Path) -> dict[str, list[Path]]:
         raise ProductionError(f"raw run directory {raw_run_dir} does not exist")
     tags = {}
     for tag_dir in sorted(p for p in raw_run_dir.iterdir() if p.is_dir()):
-        files = sorted(tag_dir.glob("raw_*.root"), key=lambda p: (len(p.name), p.name))
+        # one scandir per data tag (pathlib's glob machinery cost more than the listing at thousands of files)
+        with os.scandir(tag_dir) as entries:
+            names = [e.name for e in entries if e.name.startswith("raw_") and e.name.endswith(".root")]
+        files = [tag_dir / name for name in sorted(names, key=lambda n: (len(n), n))]
         if files:
             tags[tag_dir.name] = files
     if not tags:
@@ -347,7 +360,8 @@ class _FileJob:
     constants_key: tuple
 
 
-def _plan_run(raw_run_dir: Path, cdst_run_dir: Path, exprun: ExpRun, chain, scattering: bool) -> _Run:
+def _plan_run(raw_run_dir: Path, cdst_run_dir: Path, exprun: ExpRun, chain, scattering: bool,
+              resolved: dict[Path, str] | None = None) -> _Run:
     """Read the old manifest and decide per file what to do (kept files are recorded at once)."""
     tags = _raw_files(raw_run_dir)
     try:
@@ -359,7 +373,7 @@ def _plan_run(raw_run_dir: Path, cdst_run_dir: Path, exprun: ExpRun, chain, scat
         old = None
     if old is not None and old.get("group_trees") != _current_group_trees():
         old = None  # written when a group had other trees (e.g. before ecl_full): nothing can be copied from it
-    return _Run(raw_run_dir, cdst_run_dir, exprun, tags, _group_fingerprints(chain, exprun, scattering), old)
+    return _Run(raw_run_dir, cdst_run_dir, exprun, tags, _group_fingerprints(chain, exprun, scattering, resolved), old)
 
 
 def _constants_key(chain, exprun: ExpRun) -> tuple:
@@ -418,8 +432,22 @@ def _batches(jobs: list[_FileJob]) -> list[list[_FileJob]]:
     return out
 
 
-def _produce_batch(batch: list[_FileJob], constants: Constants, scattering: bool) -> None:
+def _resolved(path: Path, resolved_dirs: dict[Path, Path]) -> str:
+    """``str(path.resolve())`` with the parent directory resolved once per directory (``resolved_dirs``, the
+    cache): a raw file's own symbolic link is still followed; one ``lstat`` per file instead of one per
+    component of its path (a bucket of hundreds of runs has thousands of raw files, issue 15)."""
+    if path.is_symlink():
+        return str(path.resolve())
+    parent = resolved_dirs.get(path.parent)
+    if parent is None:
+        parent = resolved_dirs[path.parent] = path.parent.resolve()
+    return str(parent / path.name)
+
+
+def _produce_batch(batch: list[_FileJob], constants: Constants, scattering: bool,
+                   resolved_dirs: dict[Path, Path] | None = None) -> None:
     """Compute, copy and write the cDST files of one batch; record them in their runs' ``files_out``."""
+    resolved_dirs = {} if resolved_dirs is None else resolved_dirs
     raws = [read_raw([job.raw_file], RAW_TREES_READ) for job in batch]
     fitted = [i for i, job in enumerate(batch) if "tracks" in job.todo]
     track_trees = dict(zip(fitted, _fit_files([raws[i] for i in fitted], constants, scattering)))
@@ -439,14 +467,14 @@ def _produce_batch(batch: list[_FileJob], constants: Constants, scattering: bool
         for g in GROUP_PAYLOADS:
             (job.run.computed if g in job.todo else job.run.copied)[g] += 1
         job.run.files_out[job.tag][job.slot] = {
-            "raw_name": job.raw_file.name, "raw_path": str(job.raw_file.resolve()), "raw": job.identity,
+            "raw_name": job.raw_file.name, "raw_path": _resolved(job.raw_file, resolved_dirs), "raw": job.identity,
             "cdst": job.cdst_rel, "tracks": int(trees["tracks"]["event"].size),
             "groups": {g: ("computed" if g in job.todo else "copied") for g in GROUP_PAYLOADS}}
         raws[i] = {}  # free the raw data of written files early
 
 
-def _finish_run(run: _Run, seconds: float, n_runs: int) -> dict[str, Any]:
-    """Write the run's manifest (last) and return its summary."""
+def _finish_run(run: _Run, seconds: float, n_runs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's manifest (written last, by the caller) and its summary."""
     # files of tags/raw files that disappeared are not listed any more (their cDST files are left alone)
     files_out = {tag: [rec for rec in recs if rec is not None] for tag, recs in run.files_out.items()}
     history = list((run.old or {}).get("history", []))
@@ -458,16 +486,15 @@ def _finish_run(run: _Run, seconds: float, n_runs: int) -> dict[str, Any]:
     manifest = {"format_version": FORMAT_VERSION, "exprun": run.exprun.as_list(),
                 "raw_run_dir": str(run.raw_run_dir.resolve()), "groups": run.fingerprints,
                 "group_trees": {g: list(t) for g, t in GROUP_TREES.items()}, "files": files_out, "history": history}
-    _write_json_atomic(run.cdst_run_dir / MANIFEST, manifest)
     payloads = {}
     for used in run.fingerprints.values():
         for name, fp in used.items():
             if not name.startswith("_"):
                 payloads[name] = "nominal" if fp is None else fp["revision"]
     n_tracks = {tag: sum(int(rec.get("tracks", 0)) for rec in recs) for tag, recs in files_out.items()}
-    return {"tags": sorted(run.tags), "files": sum(len(v) for v in files_out.values()), "tracks": n_tracks,
-            "seconds": round(seconds, 3), "payloads": payloads, "computed": run.computed, "copied": run.copied,
-            "failed_fits": run.failed_fits}
+    return manifest, {"tags": sorted(run.tags), "files": sum(len(v) for v in files_out.values()),
+                      "tracks": n_tracks, "seconds": round(seconds, 3), "payloads": payloads,
+                      "computed": run.computed, "copied": run.copied, "failed_fits": run.failed_fits}
 
 
 def produce_runs(runs: Sequence[tuple[Path, Path, ExpRun]], chain,
@@ -481,22 +508,26 @@ def produce_runs(runs: Sequence[tuple[Path, Path, ExpRun]], chain,
     start = time.perf_counter()
     plans: list[_Run] = []
     problems = []
+    databases: dict[Path, str] = {}  # the payloads' database directories, resolved once for all runs
     for raw_run_dir, cdst_run_dir, exprun in runs:
         try:
-            plans.append(_plan_run(Path(raw_run_dir), Path(cdst_run_dir), exprun, chain, scattering))
+            plans.append(_plan_run(Path(raw_run_dir), Path(cdst_run_dir), exprun, chain, scattering, databases))
         except ProductionError as exc:
             problems.append(str(exc))
     if problems:
         raise ProductionError("; ".join(problems))
     jobs = [job for run in plans for job in _file_jobs(run, chain)]
     constants: dict[tuple, Constants] = {}  # read once per distinct set of payloads, not once per run
+    resolved_dirs: dict[Path, Path] = {}
     for batch in _batches(jobs):
         key = batch[0].constants_key
         if key not in constants:
             constants[key] = load_constants(chain, batch[0].run.exprun)
-        _produce_batch(batch, constants[key], scattering)
+        _produce_batch(batch, constants[key], scattering, resolved_dirs)
     seconds = time.perf_counter() - start
-    return [_finish_run(run, seconds, len(plans)) for run in plans]
+    finished = [_finish_run(run, seconds, len(plans)) for run in plans]
+    _write_manifests([(run.cdst_run_dir / MANIFEST, manifest) for run, (manifest, _) in zip(plans, finished)])
+    return [summary for _, summary in finished]
 
 
 def produce_run(raw_run_dir: Path, cdst_run_dir: Path, chain, exprun: ExpRun,

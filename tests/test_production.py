@@ -180,3 +180,21 @@ def test_fit_options_are_part_of_the_tracks_fingerprint(sim):
     kinks = read_cdst(cdst_dir / "hadron_calib")["tracks"]
     # soft pions scatter: with the kinks in the fit the chi2/ndf comes down to ~1
     assert np.median(kinks["chi2"] / kinks["ndf"]) < 1.3 < np.median(plain["chi2"] / plain["ndf"])
+
+
+def test_resolved_raw_path_resolves_the_directory_once_and_follows_a_linked_file(tmp_path):
+    from b2luca.production import _resolved
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "raw_1.root").write_bytes(b"x")
+    (tmp_path / "linked_dir").symlink_to(real)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "raw_9.root").write_bytes(b"y")
+    (real / "raw_2.root").symlink_to(elsewhere / "raw_9.root")
+    cache: dict = {}
+    assert _resolved(tmp_path / "linked_dir" / "raw_1.root", cache) == str((real / "raw_1.root").resolve())
+    assert cache == {tmp_path / "linked_dir": real.resolve()}
+    # a raw file that is itself a link is recorded where it points, as Path.resolve() does
+    assert _resolved(tmp_path / "linked_dir" / "raw_2.root", cache) == str((elsewhere / "raw_9.root").resolve())

@@ -150,7 +150,9 @@ class LocalDatabase:
         """Create the directory and an empty database.txt if missing."""
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.database_txt.exists():
-            self._write_lines([])
+            # an empty file needs no fsync: after a power loss it is there and empty (as written) or not there
+            # (as before); every job's output database starts so (one fsync of ~2-8 ms less per calibrate job)
+            write_text_atomic(self.database_txt, "", durable=False)
         return self
 
     # --- reading ------------------------------------------------------------------------------

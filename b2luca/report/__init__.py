@@ -121,15 +121,28 @@ class Reporter:
         Raises :class:`EventError` for a malformed event (a programming error); never raises for
         disk or transport trouble (logged; the event waits in the outbox).
         """
+        self.emit_many([self.event(kind, task, **data)])
+
+    def event(self, kind: str, task: str | None = None, **data: Any) -> ReportEvent:
+        """A checked event of this bucket, stamped now, for :meth:`emit_many` (raises :class:`EventError` for
+        a malformed one; a secret in it is redacted)."""
         ev = ReportEvent(kind=kind, bucket=self.bucket, task=task, data=data, time=time.time())
         ev.validate()
         line = ev.to_json()  # raises EventError if not JSON-serialisable
         if has_secrets() and redact(line) != line:  # e.g. a log tail that printed the environment
             ev = ReportEvent.from_json(redact(line))
+        return ev
+
+    def emit_many(self, events: list[ReportEvent]) -> None:
+        """Record events made by :meth:`event` in one durable append (consecutive seqs, one fsync), then try
+        to deliver them; like :meth:`emit`, never raises for disk or transport trouble."""
+        if not events:
+            return
         try:
-            self.outbox.append(ev)
+            self.outbox.append_many(events)
         except (OSError, ValueError) as exc:  # disk full, corrupt log ...: never fail the task
-            log.error("report: cannot append event %s/%s to %s: %s", kind, task, self.outbox.events_path, exc)
+            log.error("report: cannot append event(s) %s to %s: %s",
+                      ", ".join(f"{ev.kind}/{ev.task}" for ev in events), self.outbox.events_path, exc)
             return
         self._deliver(blocking=False, force=False, remote=self.deliver_on_emit)
 

@@ -122,17 +122,25 @@ class Outbox:
     # ------------------------------------------------------------------ append / read
     def append(self, ev: ReportEvent) -> ReportEvent:
         """Give ``ev`` the next seq and append it durably (process-safe)."""
+        return self.append_many([ev])[0]
+
+    def append_many(self, events: "list[ReportEvent]") -> "list[ReportEvent]":
+        """Give ``events`` the next seqs, in order, and append them durably in one write and one fsync
+        (process-safe: no other event comes between them)."""
+        if not events:
+            return events
         self.dir.mkdir(parents=True, exist_ok=True)
         with file_lock(self._lock_path):
             self._ensure_id()
             with open(self.events_path, "a+b") as fh:
                 last = self._repair_and_last_seq(fh)
-                ev.seq = last + 1
+                for offset, ev in enumerate(events, 1):
+                    ev.seq = last + offset
                 fh.seek(0, os.SEEK_END)
-                fh.write((ev.to_json() + "\n").encode("utf-8"))
+                fh.write("".join(ev.to_json() + "\n" for ev in events).encode("utf-8"))
                 fh.flush()
                 os.fsync(fh.fileno())
-        return ev
+        return events
 
     def _ensure_id(self) -> str:
         if not self._id_path.exists():

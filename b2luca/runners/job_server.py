@@ -302,7 +302,9 @@ def _preloads(extra: Sequence[str] = ()) -> Iterator[str]:
             importlib.import_module(name)
         if name == modules[-1]:  # every library loaded: found once for all jobs, BLAS set to 1 thread
             with contextlib.suppress(Exception):
-                importlib.import_module("b2luca.runners.native_job").set_blas_threads(1)
+                native_job = importlib.import_module("b2luca.runners.native_job")
+                native_job.set_blas_threads(1)
+                native_job.command_parser()  # the jobs' command-line parser, built once for all of them
             gc.collect()
             print(f"{READY} in {time.perf_counter() - start:.2f} s", flush=True)
         gc.freeze()

@@ -59,7 +59,10 @@ def run_calibration(ctx: BucketContext, name: str) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if ctx.result_path(name).is_file():  # finished by that other process meanwhile
             return
-        _run_steps(ctx, name)
+        try:
+            _run_steps(ctx, name)
+        finally:  # its last events went out with task_succeeded/task_failed; none stays queued in any case
+            ctx.flush_events()
 
 
 def _run_steps(ctx: BucketContext, name: str) -> None:
@@ -74,10 +77,11 @@ def _run_steps(ctx: BucketContext, name: str) -> None:
         start = time.time()
         value = action()
         steps[step_name] = {"state": "done", "start": start, "duration": time.time() - start}
-        ctx.emit("step", name, step=step_name, state="done")
+        # appended with the next step's "running" (or the task's end): no work comes between them
+        ctx.emit_later("step", name, step=step_name, state="done")
         return value
 
-    with reported(ctx, name, stage=stage, group=level) as report:
+    with reported(ctx, name, stage=stage, group=level, start_later=True) as report:  # with caf_config's "running"
         report.step = "caf_config"  # an upstream failure is reported against the first step
         check_upstream(ctx, name, info)
         caf_config = step(report, "caf_config", lambda: write_caf_config(ctx, info, work))
@@ -96,7 +100,7 @@ def _run_steps(ctx: BucketContext, name: str) -> None:
         else:
             payloads = []
             steps["import_payloads"] = {"state": "skipped", "start": time.time(), "duration": 0.0}
-            ctx.emit("step", name, step="import_payloads", state="skipped",
+            ctx.emit_later("step", name, step="import_payloads", state="skipped",
                      detail="validation failed: payloads not published to the prompt global tag")
             report.validation_failed("validation failed: " + (verdict.message if verdict else ""),
                                      work / "validate.log")
@@ -142,7 +146,8 @@ def write_caf_config(ctx: BucketContext, info: CalibrationInfo, work: Path) -> P
                                                 cfg.calibrations.extra_input_data_filters.items()}},
     }
     path = work / "caf_config.json"
-    write_json_atomic(path, document)
+    # not fsynced: rewritten whenever the calibration runs again (it is unfinished until result.json, which is)
+    write_json_atomic(path, document, durable=False)
     return path
 
 
@@ -172,9 +177,9 @@ def write_input_data(ctx: BucketContext, info: CalibrationInfo, work: Path) -> P
         raise CalibrationFailed(f"no input data for {', '.join(empty)} in {root} after the input_data_filters "
                                 f"(runs {cfg.bucket.first_run}-{cfg.bucket.last_run})")
     path = work / "input_data.json"
-    write_json_atomic(path, document)
+    write_json_atomic(path, document, durable=False)  # like caf_config.json: rewritten by every attempt
     runs = sorted({tuple(e[1]) for entries in document.values() for e in entries})
-    ctx.emit("input_runs", info.name, requested_iov=cfg.requested_iov.as_list(), runs=[list(r) for r in runs],
+    ctx.emit_later("input_runs", info.name, requested_iov=cfg.requested_iov.as_list(), runs=[list(r) for r in runs],
              files={name: len(entries) for name, entries in document.items()})
     return path
 
@@ -191,7 +196,7 @@ def calibrate(ctx: BucketContext, name: str, caf_config: Path, input_data: Path,
     result = runner_for(ctx.cfg).calibrate(caf_config, input_data, work, log_path)
     caf = "; ".join(map(str, result.caf_state))
     if caf:
-        ctx.emit("step", name, step="calibrate", state="running", detail=f"CAF state: {caf}")
+        ctx.emit_later("step", name, step="calibrate", state="running", detail=f"CAF state: {caf}")
     if not result.ok:
         cause = cause_from_log(log_path)
         raise CalibrationFailed(f"calibration script exited with code {result.returncode}"
@@ -203,7 +208,7 @@ def calibrate(ctx: BucketContext, name: str, caf_config: Path, input_data: Path,
 def validate(ctx: BucketContext, info: CalibrationInfo, work: Path, input_data: Path) -> Verdict | None:
     """Step (d): the validation script and its verdict (None when the calibration has none)."""
     if info.validation_path is None:
-        ctx.emit("validation", info.name, passed=True, figures={}, plots=[],
+        ctx.emit_later("validation", info.name, passed=True, figures={}, plots=[],
                  message="no validation script for this calibration")
         return None
     out_dir = work / "validation"
@@ -221,7 +226,7 @@ def validate(ctx: BucketContext, info: CalibrationInfo, work: Path, input_data: 
                                 + (f": {cause}" if cause else "") + f" (log {log_path})")
     verdict = Verdict.load(verdict_path)
     plots = [str(p if Path(p).is_absolute() else out_dir / p) for p in verdict.plots]
-    ctx.emit("validation", info.name, passed=verdict.passed, figures=verdict.figures, plots=plots,
+    ctx.emit_later("validation", info.name, passed=verdict.passed, figures=verdict.figures, plots=plots,
              message=verdict.message)
     return verdict
 
@@ -234,7 +239,7 @@ def import_payloads(ctx: BucketContext, name: str, work: Path) -> tuple[list[dic
     cfg = ctx.cfg
     source = LocalDatabase(output_database(work, name))
     result = promote_payloads(cfg, name, source, ctx.prompt_tag)
-    ctx.emit("upload", name, **result.event(cfg.conditions.backend, cfg.conditions.prompt_global_tag))
+    ctx.emit_later("upload", name, **result.event(cfg.conditions.backend, cfg.conditions.prompt_global_tag))
     if not result.vetoed:
-        ctx.emit("payloads", name, global_tag=cfg.conditions.prompt_global_tag, payloads=result.payloads)
+        ctx.emit_later("payloads", name, global_tag=cfg.conditions.prompt_global_tag, payloads=result.payloads)
     return result.payloads, result.veto_reason

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import write_json_atomic
+from ..atomic import write_json_atomic_many
 from ..dataset import run_root
 from ..enums import Stage
 from ..iov import ExpRun
@@ -55,6 +55,8 @@ def produce(ctx: BucketContext, runs: tuple[int, ...], outputs: list[Path]) -> N
                                   for er in expruns], chain)
         # before any marker: a production that read a payload it does not wait for must not look complete
         check_production_reads(ctx.catalogue, ctx.plan, [str(item["name"]) for item in chain.lookups()], name)
-    for run, output, summary in zip(runs, outputs, summaries):
-        write_json_atomic(output, {"run": int(run), "runs": [int(r) for r in runs], "start": report.start,
-                                   "duration": report.elapsed(), **summary})
+    duration = report.elapsed()
+    # the markers, each atomic and durable, with one disk flush for all (one fsync per run cost 2-8 ms each)
+    write_json_atomic_many([(output, {"run": int(run), "runs": [int(r) for r in runs], "start": report.start,
+                                      "duration": duration, **summary})
+                            for run, output, summary in zip(runs, outputs, summaries)])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from ..config_checks import expert_config_problems, raise_problems
 from ..dataset import production_run_groups
 from ..enums import Stage
 from ..paths import check_component, check_name, under
-from ..report import Reporter, open_reporter
+from ..report import Reporter, ReportEvent, open_reporter
 
 #: During a bucket run the local report Markdown is re-rendered at most this often by the tasks' events;
 #: the driver's progress tick and its final flush bring it up to date (every event is still appended durably).
@@ -72,6 +72,8 @@ class BucketContext:
     """Everything tasks derive from the bucket config."""
 
     cfg: BucketConfig
+    #: events made by :meth:`emit_later`, appended with the next :meth:`emit` or :meth:`flush_events`
+    _pending_events: list[ReportEvent] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @cached_property
     def catalogue(self) -> Catalogue:
@@ -143,11 +145,33 @@ class BucketContext:
                              local_interval_s=LOCAL_REPORT_INTERVAL_S)
 
     def emit(self, kind: str, task: str | None = None, **data: Any) -> None:
-        """Emit a report event; reporting trouble never fails a task."""
+        """Emit a report event, after the events :meth:`emit_later` queued, all in one durable append;
+        reporting trouble never fails a task."""
         try:
-            self.reporter.emit(kind, task=task, **data)
+            events = [*self._pending_events, self.reporter.event(kind, task=task, **data)]
+            self._pending_events.clear()
+            self.reporter.emit_many(events)
         except Exception as exc:  # the transport layer should not raise; belt and braces
             logging.getLogger("b2luca.report").warning("report event %s for %s not recorded: %s", kind, task, exc)
+
+    def emit_later(self, kind: str, task: str | None = None, **data: Any) -> None:
+        """Make a report event now (its time is now) but append it with the next :meth:`emit` or
+        :meth:`flush_events`: for events after which no work comes before the next emit (a step's ``done``
+        and the next step's ``running``), so that they cost one durable append (one fsync), not one each."""
+        try:
+            self._pending_events.append(self.reporter.event(kind, task=task, **data))
+        except Exception as exc:  # a malformed event: logged, as emit does
+            logging.getLogger("b2luca.report").warning("report event %s for %s not recorded: %s", kind, task, exc)
+
+    def flush_events(self) -> None:
+        """Append the events :meth:`emit_later` queued (nothing when none are)."""
+        events = list(self._pending_events)
+        self._pending_events.clear()
+        if events:
+            try:
+                self.reporter.emit_many(events)
+            except Exception as exc:  # belt and braces, as in emit
+                logging.getLogger("b2luca.report").warning("%d report event(s) not recorded: %s", len(events), exc)
 
 
 @lru_cache(maxsize=8)

@@ -100,7 +100,7 @@ class Progress:
     # --- the thread ---------------------------------------------------------------------------------
     def _write(self, snap: dict[str, Any]) -> None:
         try:
-            write_json_atomic(self.path, snap)
+            write_json_atomic(self.path, snap, durable=False)  # a live display, rewritten every tick
         except OSError:  # progress must never break the run
             pass
 

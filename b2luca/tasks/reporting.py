@@ -47,14 +47,16 @@ class Report:
 
 
 @contextmanager
-def reported(ctx: BucketContext, task: str, stage: str, group: Any) -> Iterator[Report]:
+def reported(ctx: BucketContext, task: str, stage: str, group: Any, start_later: bool = False) -> Iterator[Report]:
     """Emit ``task_started``; then ``task_succeeded``, or ``task_failed`` (re-raising) when the block raises.
 
     A failure's reason is the exception's message, prefixed with ``report.step`` when a step was
     running (and that step is reported ``failed`` first); the tail of ``report.log_path`` goes with it.
+    ``start_later``: ``task_started`` goes out with the block's first event (:meth:`BucketContext.emit_later`),
+    for a block that emits one before any work (a calibration's first step).
     """
     report = Report()
-    ctx.emit("task_started", task, stage=stage, group=group)
+    (ctx.emit_later if start_later else ctx.emit)("task_started", task, stage=stage, group=group)
     try:
         yield report
     except Exception as exc:

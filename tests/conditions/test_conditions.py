@@ -155,3 +155,19 @@ def test_copy_payloads_sets_iov(tmp_path):
     assert copy_payloads(staging, prompt, ["PXDMasks"], bucket)[0].revision == 1  # rerun: no new revision
     with pytest.raises(GlobalTagError, match="staging_pxd has no payload SVDNoise"):
         copy_payloads(staging, prompt, ["SVDNoise"], bucket)
+
+
+def test_create_writes_an_empty_database_without_fsync_and_keeps_an_existing_one(tmp_path, monkeypatch):
+    import numpy as np
+
+    from b2luca.conditions import LocalDatabase
+    from b2luca.iov import IoV
+
+    fsyncs: list[int] = []
+    monkeypatch.setattr("b2luca.atomic.os.fsync", fsyncs.append)
+    db = LocalDatabase(tmp_path / "out").create()
+    assert db.database_txt.read_text() == "" and fsyncs == []  # an empty file is the same after a power loss
+    entry = db.store("X", {"v": np.ones(2)}, IoV(0, 0, -1, -1))
+    assert len(fsyncs) == 1  # a stored line is durable
+    LocalDatabase(tmp_path / "out").create()  # a second create leaves the stored line alone
+    assert [e.name for e in LocalDatabase(tmp_path / "out").entries()] == [entry.name]

@@ -195,3 +195,29 @@ def test_incremental_folding_equals_a_full_fold(tmp_path: Path) -> None:
     full = fold(BUCKET, events)
     assert render_summary(local._folded[2], {}) == render_summary(full, {})
     assert local._folded[2] == full
+
+
+def test_emit_many_appends_in_order_with_one_fsync_and_consecutive_seqs(tmp_path: Path, monkeypatch) -> None:
+    rep = open_reporter(LOCAL, tmp_path, BUCKET)
+    rep.emit("task_started", "X", stage="raw", group=0)
+    fsyncs: list[int] = []
+    real = __import__("os").fsync
+
+    def fsync(fd: int) -> None:  # the events log's (the local transport writes its files too)
+        if __import__("os").readlink(f"/proc/self/fd/{fd}").endswith("events.jsonl"):
+            fsyncs.append(fd)
+        real(fd)
+
+    monkeypatch.setattr("b2luca.report.outbox.os.fsync", fsync)
+    made = [rep.event("step", "X", step="caf_config", state="done"),
+            rep.event("step", "X", step="input_data", state="running")]
+    rep.emit_many(made)
+    assert len(fsyncs) == 1
+    events = Outbox(tmp_path / "report").read_events()
+    assert [(e.seq, e.kind, e.data.get("step")) for e in events] == [
+        (1, "task_started", None), (2, "step", "caf_config"), (3, "step", "input_data")]
+    assert events[1].time == made[0].time <= events[2].time  # stamped when made, not when appended
+    rep.emit_many([])  # nothing to append: no write
+    assert len(fsyncs) == 1 and len(Outbox(tmp_path / "report").read_events()) == 3
+    with pytest.raises(EventError, match="unknown step"):
+        rep.event("step", "X", step="fit", state="done")

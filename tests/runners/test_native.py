@@ -335,3 +335,13 @@ def test_torch_is_preloaded_only_for_scripts_that_use_the_ml_library(tmp_path):
         direct = tmp_path / "direct.py"
         direct.write_text(text)
         assert job_server.preloads_for([direct]) == job_server.ML_PRELOAD, text
+
+
+def test_command_parser_is_built_once_and_each_parse_starts_afresh():
+    from b2luca.runners import native_job
+
+    assert native_job.command_parser() is native_job.command_parser()  # the job server builds it for its jobs
+    first = native_job.command_parser().parse_args(["validate", "s.py", "job", "in.json", "v.json", "--reference", "db"])
+    second = native_job.command_parser().parse_args(["validate", "s.py", "job", "in.json", "v.json"])
+    assert (first.reference, second.reference) == (["db"], [])  # the append default is not shared between jobs
+    assert native_job.command_parser().parse_args(["calibrate", "caf.json", "in.json"]).what == "calibrate"

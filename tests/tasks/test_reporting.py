@@ -78,3 +78,34 @@ def test_veto_ends_as_task_failed_marked_vetoed_without_raising():
     data = ctx.events[-1][2]
     assert data["vetoed"] is True and data["validation_failed"] is False
     assert data["reason"] == "CDCTimeZeros: change above max_change" and data["log_path"] == ""
+
+
+class LaterContext(RecordingContext):
+    """Also stands in for ``emit_later``: queued events go out with the next ``emit``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.appends: list[list[str]] = []
+
+    def emit_later(self, kind: str, task: str | None = None, **data: Any) -> None:
+        self.queued.append((kind, task, data))
+
+    def emit(self, kind: str, task: str | None = None, **data: Any) -> None:
+        batch = [*self.queued, (kind, task, data)]
+        self.queued.clear()
+        self.events.extend(batch)
+        self.appends.append([k for k, _, _ in batch])
+
+
+def test_start_later_sends_task_started_with_the_first_event_and_before_a_failure():
+    ctx = LaterContext()
+    with reported(ctx, "X", stage="raw", group=0, start_later=True):  # type: ignore[arg-type]
+        assert ctx.events == []  # nothing appended before the block's first event
+        ctx.emit("step", "X", step="caf_config", state="running")
+    assert ctx.appends == [["task_started", "step"], ["task_succeeded"]]
+    ctx = LaterContext()
+    with pytest.raises(RuntimeError):
+        with reported(ctx, "X", stage="raw", group=0, start_later=True):  # type: ignore[arg-type]
+            raise RuntimeError("upstream failed")
+    assert ctx.appends == [["task_started", "task_failed"]]
