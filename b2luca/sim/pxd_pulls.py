@@ -122,12 +122,12 @@ def _fit_reusing(meas: Measurements, reference: "tuple[Measurements, _Fit] | Non
     results are the reference's."""
     changed = None if reference is None else changed_tracks(meas, reference[0])
     if changed is None or reference is None:
-        full = fit_tracks(meas, constants, geom, mass=MASS[2])
+        full = fit_tracks(meas, constants, geom, mass=MASS[2], global_derivatives=False)
         return _Fit(full.params, full.cov, full.chi2, full.ndf, full.ok)
     ref = reference[1]
     params, cov, chi2, ndf, ok = (np.array(a, copy=True) for a in (ref.params, ref.cov, ref.chi2, ref.ndf, ref.ok))
     if changed.size:
-        sub = fit_tracks(subset_measurements(meas, changed), constants, geom, mass=MASS[2])
+        sub = fit_tracks(subset_measurements(meas, changed), constants, geom, mass=MASS[2], global_derivatives=False)
         params[changed], cov[changed], chi2[changed], ndf[changed], ok[changed] = (
             sub.params, sub.cov, sub.chi2, sub.ndf, sub.ok)
     return _Fit(params, cov, chi2, ndf, ok)

@@ -73,7 +73,7 @@ def test_clusters_label_each_sensor_image_as_scipy_does_one_image_at_a_time():
     px = pxd_background(np.random.default_rng(4), 3, geom)
     perm = np.random.default_rng(0).permutation(px["event"].size)  # any input order
     sensor, pixel, event = px["sensor"][perm], px["pixel"][perm], px["event"][perm]
-    got = clusters(sensor, pixel, event, block=7)  # several blocks of sensor images
+    got = clusters(sensor, pixel, event)  # every (event, sensor) image at once (sparse labelling)
     expected = np.zeros(pixel.size, np.int64)
     offset = 0
     for e, s in sorted(set(zip(event.tolist(), sensor.tolist()))):
