@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a task/calibration failed or data is missing, 2 usage or con
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -249,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``b2luca align`` ends itself once its results are written)."""
     console = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    if console and argv[:1] == ["align"]:
+        gc.disable()  # its imports without the cyclic GC's passes; b2luca.alignment.cli.run enables it again
     if "--batch-runner" in argv:  # b2luigi's job entry: run one task of the bucket inside a batch job
         return _batch_runner(argv)
     parser = build_parser()

@@ -99,3 +99,37 @@ def test_console_align_ends_without_teardown(toy, tmp_path):
                              str(toy.steering), "--out", str(tmp_path / "o2"), "--quiet"],
                             capture_output=True, text=True, timeout=300)
     assert inproc.returncode == 0 and "TEARDOWN" in inproc.stdout
+
+
+_GC_PROBE = """
+import gc, sys
+import b2luca.cli as cli
+seen = []  # collections from main()'s start until numba is imported (in the fit)
+gc.callbacks.append(lambda phase, info: phase == "start" and "numba" not in sys.modules and seen.append(1))
+cmd_align = cli.cmd_align
+def probe(args):
+    from b2luca.alignment import cli as align_cli
+    print("COLLECTIONS_BEFORE_FIT", len(seen), "ENABLED", gc.isenabled(), flush=True)
+    solve = align_cli.solve
+    def solve_probe(*a, **k):
+        print("ENABLED_IN_FIT", gc.isenabled(), flush=True)
+        return solve(*a, **k)
+    align_cli.solve = solve_probe
+    return cmd_align(args)
+cli.cmd_align = probe
+sys.argv = ["b2luca", *sys.argv[1:]]
+sys.exit(cli.main())
+"""
+
+
+def test_console_align_imports_without_gc_then_enables_it(toy, tmp_path):
+    """The console ``b2luca align`` runs its imports without the cyclic GC (no collection before the fit
+    starts) and has it on again during the fit (frozen start-up objects)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _GC_PROBE, "align", str(toy.steering), "--out", str(tmp_path / "o"),
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "COLLECTIONS_BEFORE_FIT 0 ENABLED False" in p.stdout, p.stdout
+    assert "ENABLED_IN_FIT True" in p.stdout, p.stdout
