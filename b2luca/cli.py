@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a task/calibration failed or data is missing, 2 usage or con
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -188,7 +189,10 @@ def cmd_align(args: argparse.Namespace) -> int:
     """Solve an alignment problem from a pede steering file."""
     from .alignment import cli as align_cli
 
-    return int(align_cli.run(args))
+    rc = int(align_cli.run(args))
+    if getattr(args, "console", False):  # the console script: no interpreter teardown (see exit_now)
+        align_cli.exit_now(rc)
+    return rc
 
 
 def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
@@ -242,12 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``b2luca`` console script."""
+    """Entry point of the ``b2luca`` console script (``argv`` None: this process is that script's, which
+    ``b2luca align`` ends itself once its results are written)."""
+    console = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    if console and argv[:1] == ["align"]:
+        gc.disable()  # its imports without the cyclic GC's passes; b2luca.alignment.cli.run enables it again
     if "--batch-runner" in argv:  # b2luigi's job entry: run one task of the bucket inside a batch job
         return _batch_runner(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.console = console
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

@@ -7,7 +7,10 @@ Exit codes: 0 success, 1 failure while solving, 2 bad input (steering, Mille dat
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from .result import write_millepede_res
 from .solve import SolverError
 from .steering import PEDE_METHODS, SteeringError, read_steering
 
-__all__ = ["add_arguments", "run", "main"]
+__all__ = ["add_arguments", "run", "main", "exit_now"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +54,21 @@ def _without_numba_extensions() -> None:
     entrypoints._already_initialized = True
 
 
+def _gc_after_imports(args: argparse.Namespace) -> None:
+    """The console script (:func:`b2luca.cli.main`) starts ``b2luca align`` with the cyclic garbage collector
+    off: scipy's and this package's imports create ~10^5 objects, and the collector's passes over them cost
+    ~0.1 s of CPU (~10 % of the start-up, measured).  Here, before the fit, the objects so far are frozen
+    (never scanned again) and the collector is on again, so the data pass collects as usual whatever its
+    size (numba's import and the kernels' loading, in the pass, then scan only their own new objects)."""
+    if getattr(args, "console", False) and not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the fit described by ``args``; returns the exit code."""
     _without_numba_extensions()
+    _gc_after_imports(args)
     try:
         st = read_steering(args.steering)
         problem = AlignmentProblem.from_steering(st)
@@ -101,6 +116,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def exit_now(rc: int) -> None:
+    """End this process with exit status ``rc`` at once, after flushing the standard streams and the logging
+    handlers: no interpreter teardown (the clean-up of the modules and objects of numba, LLVM, scipy and the
+    fit: 0.15-0.3 s of CPU after a 3k-parameter fit, measured, ~5-10 % of the whole command).
+    Only for a process that runs just the fit (the ``b2luca align`` console script, ``python -m``): its
+    outputs are written and closed (atomically) before."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more can be said there
+            pass
+    logging.shutdown()
+    os._exit(rc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m b2luca.alignment.cli STEERING``)."""
     parser = argparse.ArgumentParser(prog="b2luca align", description=__doc__.splitlines()[0])
@@ -109,4 +139,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    exit_now(main())

@@ -265,11 +265,15 @@ def _check_local_indices(recs: MilleRecords, source: str, rec0: int) -> None:
     """
     if not recs.loc_index.size:
         return
-    per_meas = np.bincount(recs.loc_meas, minlength=recs.n_meas)
-    cs = np.zeros(recs.n_meas + 1, np.int64)
-    np.cumsum(per_meas, out=cs[1:])
-    per_rec = np.diff(cs[recs.rec_ptr])  # local derivatives of each record
-    limit = np.repeat(per_rec, per_rec) if recs.meas_sorted else per_rec[recs.meas_record()[recs.loc_meas]]
+    if recs.meas_sorted:  # (as decoded) entries in measurement order: each record's entries are contiguous
+        per_rec = np.diff(np.searchsorted(recs.loc_meas, recs.rec_ptr))  # local derivatives of each record
+        limit = np.repeat(per_rec, per_rec)
+    else:
+        per_meas = np.bincount(recs.loc_meas, minlength=recs.n_meas)
+        cs = np.zeros(recs.n_meas + 1, np.int64)
+        np.cumsum(per_meas, out=cs[1:])
+        per_rec = np.diff(cs[recs.rec_ptr])
+        limit = per_rec[recs.meas_record()[recs.loc_meas]]
     over = recs.loc_index >= limit
     if over.any():
         k = int(np.flatnonzero(over)[0])

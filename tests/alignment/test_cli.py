@@ -67,3 +67,69 @@ def test_alignment_library_does_not_import_the_task_graph():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('luigi', 'b2luigi', 'gitlab')]; "
             "sys.exit(repr(bad) if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
+_CONSOLE = """
+import atexit, sys
+atexit.register(lambda: print("TEARDOWN", flush=True))
+from b2luca.cli import main
+sys.argv = ["b2luca", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+def test_console_align_ends_without_teardown(toy, tmp_path):
+    """The ``b2luca align`` console process ends at once after writing (no atexit/teardown), with its exit
+    status and its printout complete; called with an argv list (in-process), it returns."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-c", _CONSOLE, "align", str(toy.steering), "--method", "sparse", "--out",
+                        str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "TEARDOWN" not in p.stdout  # os._exit: the interpreter's teardown skipped
+    assert "Sum(Chi^2)/Sum(Ndf)" in p.stdout and p.stdout.rstrip().endswith("millepede.res")  # flushed
+    assert read_millepede_res(out / "millepede.res")["label"].size > 0
+    bad = subprocess.run([sys.executable, "-c", _CONSOLE, "align", str(tmp_path / "missing.txt")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "TEARDOWN" not in bad.stdout and "cannot read" in bad.stderr
+    # the same main() with an explicit argv (tests, embedding): returns, teardown as usual
+    inproc = subprocess.run([sys.executable, "-c", _CONSOLE.replace("main()", "main(sys.argv[1:])"), "align",
+                             str(toy.steering), "--out", str(tmp_path / "o2"), "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert inproc.returncode == 0 and "TEARDOWN" in inproc.stdout
+
+
+_GC_PROBE = """
+import gc, sys
+import b2luca.cli as cli
+seen = []  # collections from main()'s start until numba is imported (in the fit)
+gc.callbacks.append(lambda phase, info: phase == "start" and "numba" not in sys.modules and seen.append(1))
+cmd_align = cli.cmd_align
+def probe(args):
+    from b2luca.alignment import cli as align_cli
+    print("COLLECTIONS_BEFORE_FIT", len(seen), "ENABLED", gc.isenabled(), flush=True)
+    solve = align_cli.solve
+    def solve_probe(*a, **k):
+        print("ENABLED_IN_FIT", gc.isenabled(), flush=True)
+        return solve(*a, **k)
+    align_cli.solve = solve_probe
+    return cmd_align(args)
+cli.cmd_align = probe
+sys.argv = ["b2luca", *sys.argv[1:]]
+sys.exit(cli.main())
+"""
+
+
+def test_console_align_imports_without_gc_then_enables_it(toy, tmp_path):
+    """The console ``b2luca align`` runs its imports without the cyclic GC (no collection before the fit
+    starts) and has it on again during the fit (frozen start-up objects)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _GC_PROBE, "align", str(toy.steering), "--out", str(tmp_path / "o"),
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "COLLECTIONS_BEFORE_FIT 0 ENABLED False" in p.stdout, p.stdout
+    assert "ENABLED_IN_FIT True" in p.stdout, p.stdout
