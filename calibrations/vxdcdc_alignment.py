@@ -160,8 +160,8 @@ def track_records(raw, constants, cfg: dict, sample: str, beam_spot=None, warm: 
     ``warm``: the fit state of these candidates between outer iterations (a dict, empty at first): when it holds an
     earlier fit, every candidate fitted then starts from its fitted track (:func:`b2luca.reco.track_model.warm_start`:
     after a geometry correction of a few um one or two Gauss-Newton steps instead of a fit from the seed, to the
-    same convergence criterion); this fit is stored in it for the next iteration.  The selection below is the same
-    either way."""
+    same convergence criterion); this fit is stored in it for the next iteration.  The selection below applies the
+    same cuts either way (a track within the convergence tolerance of a cut may fall on the other side)."""
     from b2luca.alignment import records_from_dense
     from b2luca.alignment.vertex import event_vertex_records
     from b2luca.reco.geometry import C_B

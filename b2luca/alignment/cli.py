@@ -125,8 +125,10 @@ def exit_now(rc: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # closed or broken pipe: nothing more can be said there
+        except BrokenPipeError:  # the reader went away (``| head``): nothing more can be said there
             pass
+        except (OSError, ValueError):  # e.g. a full disk under ``> log``: the output is lost, so no success
+            rc = rc or 120  # what Python's own exit reports when flushing the standard streams fails
     logging.shutdown()
     os._exit(rc)
 

@@ -91,7 +91,7 @@ def _g(x: float) -> str:
     """Fortran-like G14.5 formatting, as pede prints (``0.38957E-03``, ``-0.15826    ``).
 
     Plain floats and the math module: the numpy scalar functions cost ~10 µs a value, a third of writing a
-    3k-parameter millepede.res (tests/alignment/test_result.py checks the same text as with numpy's)."""
+    3k-parameter millepede.res (tests/alignment/test_result_format.py checks the same text as with numpy's)."""
     x = float(x)
     if not math.isfinite(x):
         return f"{x!s:>14}"

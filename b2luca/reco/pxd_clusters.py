@@ -58,6 +58,11 @@ def clusters(sensor: np.ndarray, pixel: np.ndarray, event: np.ndarray) -> np.nda
 
     Labels count from 1 in (event, sensor) order, then in raster order on each sensor
     (:func:`connected_pixels`: sparse, the cost grows with the fired pixels, not the sensor area)."""
-    plane = np.asarray(event, np.int64) * 1_000_000 + np.asarray(sensor, np.int64)  # ordered as (event, sensor)
-    iv, iu = np.divmod(np.asarray(pixel, np.int64), PXD_NU)
+    pixel = np.asarray(pixel, np.int64)
+    if pixel.size and (pixel.min() < 0 or pixel.max() >= PXD_NU * PXD_NV):
+        raise ValueError(f"PXD clusters: pixel index outside 0..{PXD_NU * PXD_NV - 1} "
+                         f"(got {pixel.min()}..{pixel.max()})")
+    # planes ranked in (event, sensor) order: the raster keys stay small for any event number (uint32 in Belle II)
+    plane = np.unique(np.asarray(event, np.int64) * 1_000_000 + np.asarray(sensor, np.int64), return_inverse=True)[1]
+    iv, iu = np.divmod(pixel, PXD_NU)
     return connected_pixels(plane, iv, iu, PXD_NV, PXD_NU)[0]

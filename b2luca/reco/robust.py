@@ -76,6 +76,8 @@ def fit_bisecting(meas: Measurements, constants: Constants, *, chunk: int, n_ite
     ``global_derivatives``: passed to :func:`b2luca.reco.fit.fit_tracks`; ``start``: its warm start, per candidate
     of ``meas`` (:class:`b2luca.reco.fit.TrackStart`; None: every candidate from its seed)."""
     masses = None if mass is None else np.broadcast_to(np.asarray(mass, float), (meas.n_tracks,))
+    if start is not None and start.params.shape[0] != meas.n_tracks:  # one start per candidate, in order
+        raise ValueError(f"warm start: {start.params.shape[0]} tracks' parameters for {meas.n_tracks} candidates")
 
     def fit(idx: np.ndarray) -> list[tuple[np.ndarray, FitResult]]:
         sub = subset_measurements(meas, idx)

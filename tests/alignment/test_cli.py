@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pathlib import Path
+
 import numpy as np
 
 from b2luca.alignment import read_millepede_res, solve_steering
@@ -99,6 +101,13 @@ def test_console_align_ends_without_teardown(toy, tmp_path):
                              str(toy.steering), "--out", str(tmp_path / "o2"), "--quiet"],
                             capture_output=True, text=True, timeout=300)
     assert inproc.returncode == 0 and "TEARDOWN" in inproc.stdout
+    # its printout cannot be written (a full disk): not a success, as Python's own exit reports it
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            lost = subprocess.run([sys.executable, "-c", _CONSOLE, "align", str(toy.steering), "--method", "sparse",
+                                   "--out", str(tmp_path / "o3")], stdout=full, stderr=subprocess.PIPE, text=True,
+                                  timeout=300)
+        assert lost.returncode != 0, lost.stderr[-2000:]  # 1 (the print fails) or 120 (the final flush)
 
 
 _GC_PROBE = """

@@ -83,3 +83,17 @@ def test_connected_pixels_counts_patches_and_merges_repeated_pixels():
     labels, n = connected_pixels(np.array([0, 0, 0, 0]), np.array([1, 3, 1, 2]), np.array([2, 0, 2, 3]), 4, 5)
     assert n == 2 and labels.tolist() == [1, 2, 1, 1]
     assert pxd_clusters.clusters(np.zeros(0), np.zeros(0), np.zeros(0)).size == 0
+
+
+def test_belle2_event_numbers_do_not_overflow_the_raster_keys():
+    """Belle II event numbers are uint32 (up to 4.29e9): (event*1e6 + sensor)*pixels would overflow int64, so the
+    planes are ranked first; the labels equal those of the same pixels with small event numbers."""
+    rng = np.random.default_rng(7)
+    sensor, pixel, event = _pixels(rng, 6, 3, 0.01)
+    big = event.astype(np.int64) * 700_000_000 + 4_000_000_000  # up to ~7.5e9, beyond 9.2e18 / (1e6 * pixels)
+    np.testing.assert_array_equal(clusters(sensor, pixel, big), clusters(sensor, pixel, event))
+
+
+def test_a_pixel_outside_the_sensor_is_an_error():
+    with pytest.raises(ValueError, match="pixel index outside"):
+        clusters(np.zeros(2, np.int64), np.array([0, PXD_NU * PXD_NV]), np.zeros(2, np.int64))

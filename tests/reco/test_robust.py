@@ -72,3 +72,28 @@ def test_unknown_row_key_is_named(sample):
     meas, constants = sample
     with pytest.raises(ValueError, match="unknown row key.*'residuals'"):
         fit_robust(meas, constants, row_keys=("residuals",))
+
+
+def test_a_warm_start_of_another_length_is_refused(sample):
+    """One start per candidate, in order: a start of another length would give candidates another track's
+    parameters (or an IndexError deep in the bisection), so it is refused up front."""
+    from b2luca.reco.fit import START_KINKS, TrackStart
+
+    meas, constants = sample
+    n = meas.n_tracks + 1
+    start = TrackStart(params=np.full((n, 5), np.nan), kinks=np.zeros((n, START_KINKS)))
+    with pytest.raises(ValueError, match="warm start"):
+        robust.fit_bisecting(meas, constants, chunk=64, n_iter=FIT_ITERATIONS, scattering=True, start=start)
+
+
+def test_helix_covariance_is_the_helix_block_of_the_inverse():
+    """The helix covariance from 5 columns equals the 5x5 block of the full inverse of the (scaled) normal
+    matrices, kinks profiled, unscaled."""
+    from b2luca.reco.fit import _helix_covariance
+
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(4, 13, 13))
+    a = m @ m.transpose(0, 2, 1) + 13 * np.eye(13)
+    scale = rng.uniform(0.5, 2.0, size=(4, 13))
+    expected = np.linalg.inv(a)[:, :5, :5] * scale[:, :5, None] * scale[:, None, :5]
+    np.testing.assert_allclose(_helix_covariance(a, scale, np.eye(13)), expected, rtol=1e-12, atol=0)
