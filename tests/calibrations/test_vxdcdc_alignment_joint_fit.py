@@ -107,3 +107,31 @@ def test_split_records_inverts_concat_also_for_unsorted_entries():
         np.testing.assert_array_equal(a.glb_label[got], b.glb_label[order])
     with pytest.raises(ValueError, match="bounds"):
         split_records(whole, bounds[:-1])
+
+
+def test_the_outer_iterations_refit_from_the_previous_fit(bucket, script, inputs, monkeypatch):
+    """track_records(warm=state) stores its fit in ``state`` and the next call starts from it: with unchanged
+    constants it evaluates far fewer rows and gives the same records (fit_iterations keeps one state per group)."""
+    from b2luca.reco import fit as F
+
+    cal = script("vxdcdc_alignment")
+    geom = nominal_geometry()
+    cfg = dict(cal.settings.expert_config)
+    consts = load_constants(bucket.nominal, ExpRun(26, 1), names=cal.RECO_PAYLOADS)
+    group = cal.group_inputs(inputs, cal.timedep_translator(cfg, geom))[0]
+    rows = {"n": 0}
+    real = F._Predictor.__call__
+
+    def counting(self, h, n_iter=2, update=False):
+        rows["n"] += h.shape[0] if update else 0
+        return real(self, h, n_iter, update)
+
+    monkeypatch.setattr(F._Predictor, "__call__", counting)
+    state: dict = {}
+    first = cal.track_records(group["raw"], consts, cfg, group["name"], warm=state)[0]
+    cold, rows["n"] = rows["n"], 0
+    assert {"track_key", "params", "kinks"} <= set(state)
+    again = cal.track_records(group["raw"], consts, cfg, group["name"], warm=state)[0]
+    assert rows["n"] < 0.6 * cold, (rows["n"], cold)  # every track starts at its converged fit
+    assert again.n_records == first.n_records
+    np.testing.assert_allclose(again.value, first.value, rtol=1e-4, atol=1e-6)

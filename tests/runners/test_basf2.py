@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from dataclasses import replace
@@ -101,7 +102,10 @@ def test_killed_caf_resumes_without_duplicate_payloads(tmp_path, basf2_standins,
                                    start_new_session=True)
         deadline = time.time() + 60
         while time.time() < deadline:
-            states = read_caf_state(work) if (work / "calibration_results" / "caf_state.db").exists() else []
+            try:  # the stand-in creates the database file, then its table: a read in between finds no table yet
+                states = read_caf_state(work)
+            except sqlite3.Error:
+                states = []
             if states and states[0].state == "running_algorithms":
                 break
             time.sleep(0.2)
