@@ -166,6 +166,56 @@ def _forward(L: np.ndarray, q: int, x: np.ndarray) -> None:  # pragma: no cover 
         x[i] = t / L[i, i]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _reweight(m0: int, m1: int, loc_ptr: np.ndarray, loc_index: np.ndarray, loc_der: np.ndarray, y: np.ndarray,
+              w: np.ndarray, u: np.ndarray, it: int, huber_c: float, cauchy_c: float,
+              wm: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Down-weighting pass ``it`` (>= 1) of one record's measurements m0..m1: new weights ``wm`` from the
+    residuals of the previous fit (``u`` holds its local parameters); the first pass Huber, the later Cauchy."""
+    for m in range(m0, m1):
+        pred = 0.0
+        for e in range(loc_ptr[m], loc_ptr[m + 1]):
+            pred += loc_der[e] * u[loc_index[e]]
+        z = abs(y[m] - pred) * np.sqrt(w[m])
+        if it == 1:
+            f = huber_c / max(z, 1e-300) if z > huber_c else 1.0
+        else:
+            f = 1.0 / (1.0 + (z / cauchy_c) ** 2)
+        wm[m] = w[m] * f
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _local_solution(G: np.ndarray, L: np.ndarray, u: np.ndarray, qr: int, ywy: float,
+                    back: bool) -> tuple[float, bool]:  # pragma: no cover - compiled
+    """One record's local fit from its summed Γ (``G``) and β (``u``): (χ², regular); with ``back`` the local
+    parameters L⁻ᵀ u are left in ``u`` for the next down-weighting pass (zeros for a singular record)."""
+    good = _cholesky(G, L, qr)
+    c2 = ywy
+    if good:
+        _forward(L, qr, u)
+        for i in range(qr):
+            c2 -= u[i] * u[i]
+        if back:
+            for i in range(qr - 1, -1, -1):
+                t = u[i]
+                for k in range(i + 1, qr):
+                    t -= L[k, i] * u[k]
+                u[i] = t / L[i, i]
+    else:
+        for i in range(qr):
+            u[i] = 0.0
+    return c2, good
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _weight_fraction(m0: int, m1: int, wm: np.ndarray, w: np.ndarray) -> float:  # pragma: no cover - compiled
+    """Σ (final weight / w) over one record's measurements."""
+    s = 0.0
+    for m in range(m0, m1):
+        s += wm[m] / w[m]
+    return s
+
+
 @njit(cache=True, nogil=True)
 def fit_records(rec_ptr: np.ndarray, loc_ptr: np.ndarray, loc_index: np.ndarray, loc_der: np.ndarray,
                 y: np.ndarray, w: np.ndarray, q: np.ndarray, iterations: int, huber_c: float,
@@ -190,39 +240,13 @@ def fit_records(rec_ptr: np.ndarray, loc_ptr: np.ndarray, loc_index: np.ndarray,
     for r in range(nrec):
         m0, m1, qr = rec_ptr[r], rec_ptr[r + 1], q[r]
         for it in range(iterations + 1):
-            if it > 0:  # new weights from the residuals of the previous fit (u holds its local parameters)
-                for m in range(m0, m1):
-                    pred = 0.0
-                    for e in range(loc_ptr[m], loc_ptr[m + 1]):
-                        pred += loc_der[e] * u[loc_index[e]]
-                    z = abs(y[m] - pred) * np.sqrt(w[m])
-                    if it == 1:
-                        f = huber_c / max(z, 1e-300) if z > huber_c else 1.0
-                    else:
-                        f = 1.0 / (1.0 + (z / cauchy_c) ** 2)
-                    wm[m] = w[m] * f
+            if it > 0:  # new weights from the residuals of the previous fit
+                _reweight(m0, m1, loc_ptr, loc_index, loc_der, y, w, u, it, huber_c, cauchy_c, wm)
             ywy = _local_gram(m0, m1, loc_ptr, loc_index, loc_der, y, wm, qr, G, u, a)
-            good = _cholesky(G, L, qr)
-            c2 = ywy
-            if good:
-                _forward(L, qr, u)
-                for i in range(qr):
-                    c2 -= u[i] * u[i]
-                if it < iterations:  # local parameters L⁻ᵀ u for the next weights
-                    for i in range(qr - 1, -1, -1):
-                        t = u[i]
-                        for k in range(i + 1, qr):
-                            t -= L[k, i] * u[k]
-                        u[i] = t / L[i, i]
-            else:
-                for i in range(qr):
-                    u[i] = 0.0
+            c2, good = _local_solution(G, L, u, qr, ywy, it < iterations)
             chi2[r] = c2
             ok[r] = good
-        s = 0.0
-        for m in range(m0, m1):
-            s += wm[m] / w[m]
-        fsum[r] = s
+        fsum[r] = _weight_fraction(m0, m1, wm, w)
     return chi2, ok, fsum, wm
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._kernels import U, _cholesky, _forward, _meas_ptr, chunk_structure, pair_keys
+from ._kernels import (U, _cholesky, _forward, _local_solution, _meas_ptr, _reweight, _weight_fraction,
+                       chunk_structure, pair_keys)
 
 __all__ = ["accumulate", "chunk_structure", "chunk_structure_wide", "fit_records", "pair_index", "pair_keys"]
 
@@ -77,39 +78,13 @@ def fit_records(rec_ptr: np.ndarray, loc_ptr: np.ndarray, loc_index: np.ndarray,
     for r in range(nrec):
         m0, m1, qr = rec_ptr[r], rec_ptr[r + 1], q[r]
         for it in range(iterations + 1):
-            if it > 0:  # new weights from the residuals of the previous fit (u holds its local parameters)
-                for m in range(m0, m1):
-                    pred = 0.0
-                    for e in range(loc_ptr[m], loc_ptr[m + 1]):
-                        pred += loc_der[e] * u[loc_index[e]]
-                    z = abs(y[m] - pred) * np.sqrt(w[m])
-                    if it == 1:
-                        f = huber_c / max(z, 1e-300) if z > huber_c else 1.0
-                    else:
-                        f = 1.0 / (1.0 + (z / cauchy_c) ** 2)
-                    wm[m] = w[m] * f
+            if it > 0:  # new weights from the residuals of the previous fit
+                _reweight(m0, m1, loc_ptr, loc_index, loc_der, y, w, u, it, huber_c, cauchy_c, wm)
             ywy = _sparse_gram(m0, m1, loc_ptr, loc_index, loc_der, y, wm, qr, G, u)
-            good = _cholesky(G, L, qr)
-            c2 = ywy
-            if good:
-                _forward(L, qr, u)
-                for i in range(qr):
-                    c2 -= u[i] * u[i]
-                if it < iterations:  # local parameters L⁻ᵀ u for the next weights
-                    for i in range(qr - 1, -1, -1):
-                        t = u[i]
-                        for k in range(i + 1, qr):
-                            t -= L[k, i] * u[k]
-                        u[i] = t / L[i, i]
-            else:
-                for i in range(qr):
-                    u[i] = 0.0
+            c2, good = _local_solution(G, L, u, qr, ywy, it < iterations)
             chi2[r] = c2
             ok[r] = good
-        s = 0.0
-        for m in range(m0, m1):
-            s += wm[m] / w[m]
-        fsum[r] = s
+        fsum[r] = _weight_fraction(m0, m1, wm, w)
     return chi2, ok, fsum, wm
 
 

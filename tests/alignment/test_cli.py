@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from pathlib import Path
 
 import numpy as np
 
@@ -101,13 +100,23 @@ def test_console_align_ends_without_teardown(toy, tmp_path):
                              str(toy.steering), "--out", str(tmp_path / "o2"), "--quiet"],
                             capture_output=True, text=True, timeout=300)
     assert inproc.returncode == 0 and "TEARDOWN" in inproc.stdout
-    # its printout cannot be written (a full disk): not a success, as Python's own exit reports it
-    if Path("/dev/full").exists():
-        with open("/dev/full", "w") as full:
-            lost = subprocess.run([sys.executable, "-c", _CONSOLE, "align", str(toy.steering), "--method", "sparse",
-                                   "--out", str(tmp_path / "o3")], stdout=full, stderr=subprocess.PIPE, text=True,
-                                  timeout=300)
-        assert lost.returncode != 0, lost.stderr[-2000:]  # 1 (the print fails) or 120 (the final flush)
+
+
+def test_exit_now_fails_when_the_printout_cannot_be_written():
+    """exit_now skips the interpreter's teardown, but not its verdict on the standard streams: a final flush that
+    fails (a full disk under ``> log``) is exit status 120, as Python's own exit reports it; a closed pipe is not."""
+    import subprocess
+    import sys
+
+    import os
+
+    probe = "from b2luca.alignment.cli import exit_now; print('summary'); exit_now(0)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the printout waits in the buffer
+    with open("/dev/full", "w") as full:
+        lost = subprocess.run([sys.executable, "-c", probe], stdout=full, stderr=subprocess.PIPE, env=env, timeout=120)
+    assert lost.returncode == 120, lost.stderr[-2000:]
+    ok = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0 and ok.stdout == "summary\n"
 
 
 _GC_PROBE = """
