@@ -76,23 +76,28 @@ _PARAM_NAMES = ("d0", "phi0", "omega", "z0", "tanl")
 
 
 # --- payload fingerprints ---------------------------------------------------------------------------
-def _fingerprint(chain, name: str, exprun: ExpRun, resolved: dict[Path, str] | None = None) -> dict[str, Any] | None:
+def _resolved_dir(directory: Path, cache: dict[Path, Path] | None) -> Path:
+    """``directory.resolve()``, once per directory with ``cache`` (one production call resolves the same payload
+    databases and raw folders for hundreds of runs and thousands of files: one ``lstat`` per path component each)."""
+    if cache is None:
+        return directory.resolve()
+    hit = cache.get(directory)
+    if hit is None:
+        hit = cache[directory] = directory.resolve()
+    return hit
+
+
+def _fingerprint(chain, name: str, exprun: ExpRun, resolved: dict[Path, Path] | None = None) -> dict[str, Any] | None:
     """``{"database": dir, "revision": rev}`` of the payload in force, None for the nominal default;
-    ``resolved``: a cache of the resolved database directories (one production call, many runs)."""
+    ``resolved``: the cache of :func:`_resolved_dir`."""
     entry = chain.lookup(name, exprun)
     if entry is None:
         return None
-    directory = Path(entry.path).parent
-    database = None if resolved is None else resolved.get(directory)
-    if database is None:
-        database = str(directory.resolve())
-        if resolved is not None:
-            resolved[directory] = database
-    return {"database": database, "revision": entry.revision}
+    return {"database": str(_resolved_dir(Path(entry.path).parent, resolved)), "revision": entry.revision}
 
 
 def _group_fingerprints(chain, exprun: ExpRun, scattering: bool = FIT_SCATTERING,
-                        resolved: dict[Path, str] | None = None) -> dict[str, dict[str, Any]]:
+                        resolved: dict[Path, Path] | None = None) -> dict[str, dict[str, Any]]:
     cache: dict[str, Any] = {}
     out: dict[str, dict[str, Any]] = {}
     for group, names in GROUP_PAYLOADS.items():
@@ -361,7 +366,7 @@ class _FileJob:
 
 
 def _plan_run(raw_run_dir: Path, cdst_run_dir: Path, exprun: ExpRun, chain, scattering: bool,
-              resolved: dict[Path, str] | None = None) -> _Run:
+              resolved: dict[Path, Path] | None = None) -> _Run:
     """Read the old manifest and decide per file what to do (kept files are recorded at once)."""
     tags = _raw_files(raw_run_dir)
     try:
@@ -433,15 +438,11 @@ def _batches(jobs: list[_FileJob]) -> list[list[_FileJob]]:
 
 
 def _resolved(path: Path, resolved_dirs: dict[Path, Path]) -> str:
-    """``str(path.resolve())`` with the parent directory resolved once per directory (``resolved_dirs``, the
-    cache): a raw file's own symbolic link is still followed; one ``lstat`` per file instead of one per
-    component of its path (a bucket of hundreds of runs has thousands of raw files, issue 15)."""
+    """``str(path.resolve())`` with the parent directory resolved once (:func:`_resolved_dir`): a raw file's own
+    symbolic link is still followed; one ``lstat`` per file instead of one per component of its path."""
     if path.is_symlink():
         return str(path.resolve())
-    parent = resolved_dirs.get(path.parent)
-    if parent is None:
-        parent = resolved_dirs[path.parent] = path.parent.resolve()
-    return str(parent / path.name)
+    return str(_resolved_dir(path.parent, resolved_dirs) / path.name)
 
 
 def _produce_batch(batch: list[_FileJob], constants: Constants, scattering: bool,
@@ -508,17 +509,16 @@ def produce_runs(runs: Sequence[tuple[Path, Path, ExpRun]], chain,
     start = time.perf_counter()
     plans: list[_Run] = []
     problems = []
-    databases: dict[Path, str] = {}  # the payloads' database directories, resolved once for all runs
+    resolved_dirs: dict[Path, Path] = {}  # payload databases and raw folders, resolved once for all runs
     for raw_run_dir, cdst_run_dir, exprun in runs:
         try:
-            plans.append(_plan_run(Path(raw_run_dir), Path(cdst_run_dir), exprun, chain, scattering, databases))
+            plans.append(_plan_run(Path(raw_run_dir), Path(cdst_run_dir), exprun, chain, scattering, resolved_dirs))
         except ProductionError as exc:
             problems.append(str(exc))
     if problems:
         raise ProductionError("; ".join(problems))
     jobs = [job for run in plans for job in _file_jobs(run, chain)]
     constants: dict[tuple, Constants] = {}  # read once per distinct set of payloads, not once per run
-    resolved_dirs: dict[Path, Path] = {}
     for batch in _batches(jobs):
         key = batch[0].constants_key
         if key not in constants:
