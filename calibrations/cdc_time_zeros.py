@@ -76,48 +76,67 @@ def _terms(x: np.ndarray, half_cell: np.ndarray, sigma: float):
     return log_f - np.log(half_cell), g, h, ds, dss
 
 
+def _sums_numpy(board: np.ndarray, tdc: np.ndarray, half: np.ndarray, t0: np.ndarray, sigma: float, v: float,
+                nb: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(per-board sum of g, of h, total ds, total dss) over the hits inside the fit window, with :func:`_terms`
+    (the numpy reference of :func:`calibrations._cdc_t0_kernels.accumulate`)."""
+    x = v * (tdc - t0[board])
+    inside = (x > -8 * sigma) & (x < half + 8 * sigma)
+    _lp, g, h, ds, dss = _terms(np.where(inside, x, 0.5 * half), half, sigma)
+    return (np.bincount(board, np.where(inside, g, 0), minlength=nb),
+            np.bincount(board, np.where(inside, h, 0), minlength=nb),
+            float(np.sum(np.where(inside, ds, 0))), float(np.sum(np.where(inside, dss, 0))))
+
+
 def fit_t0(board: np.ndarray, layer: np.ndarray, tdc: np.ndarray, previous_t0: np.ndarray, min_hits: int,
-           max_iterations: int = 30, sigma0: float = 0.15, start: np.ndarray | None = None) -> dict[str, np.ndarray]:
+           max_iterations: int = 30, sigma0: float = 0.15, start: np.ndarray | None = None,
+           compiled: bool = True) -> dict[str, np.ndarray]:
     """Per-board t0 (module docstring) from hit arrays; boards below ``min_hits`` keep ``previous_t0``.
 
-    ``start``: starting values (default: the cell-average estimate mean(tdc) - D/(2 v))."""
+    ``start``: starting values (default: the cell-average estimate mean(tdc) - D/(2 v)).  ``compiled``: the sums
+    of each iteration in one compiled pass over the hits (:mod:`calibrations._cdc_t0_kernels`); False: with
+    numpy and scipy (:func:`_terms`, the reference; the same t0s to round-off, several times slower)."""
     from b2luca.reco.geometry import CDC_DRIFT_VELOCITY as V
     from b2luca.reco.geometry import nominal_geometry
 
     geom = nominal_geometry()
     nb = geom.n_cdc_boards
-    board = np.asarray(board, np.int64)
+    board = np.ascontiguousarray(board, np.int64)
     layer = np.asarray(layer, np.int64)
     if board.size and (board.min() < 0 or board.max() >= nb or layer.min() < 0 or layer.max() >= geom.n_cdc_layers):
         raise ValueError(f"CDC hits with board outside 0..{nb - 1} or layer outside 0..{geom.n_cdc_layers - 1}")
-    tdc = np.asarray(tdc, float)
-    half = geom.cdc_r[layer] * np.sin(np.pi / geom.cdc_nwires[layer])
+    tdc = np.ascontiguousarray(tdc, float)
+    half = np.ascontiguousarray(geom.cdc_r[layer] * np.sin(np.pi / geom.cdc_nwires[layer]), float)
     n = np.bincount(board, minlength=nb)
     # start: the mean drift distance is D/2 for a uniform cell
     t0 = np.bincount(board, tdc - 0.5 * half / V, minlength=nb) / np.maximum(n, 1)
     if start is not None:
         t0 = np.where(np.isfinite(start), start, t0)
+    if compiled:
+        from calibrations._cdc_t0_kernels import accumulate
+
+        g_buf, h_buf = np.empty(nb), np.empty(nb)
+
+        def sums(t0: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+            s1, dss = accumulate(board, tdc, half, t0, sigma, V, g_buf, h_buf)
+            return g_buf, h_buf, s1, dss
+    else:
+        def sums(t0: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+            return _sums_numpy(board, tdc, half, t0, sigma, V, nb)
     sigma = float(sigma0)
     for _ in range(int(max_iterations)):
-        x = V * (tdc - t0[board])
-        inside = (x > -8 * sigma) & (x < half + 8 * sigma)
-        _lp, g, h, ds, dss_i = _terms(np.where(inside, x, 0.5 * half), half, sigma)
-        grad = -V * np.bincount(board, np.where(inside, g, 0), minlength=nb)
-        hess = V * V * np.bincount(board, np.where(inside, h, 0), minlength=nb)
+        g_sum, h_sum, s1, dss = sums(t0, sigma)
+        grad = -V * g_sum
+        hess = V * V * h_sum
         step = np.where(hess < 0, -grad / np.where(hess < 0, hess, -1.0), 0.0)
         step = np.clip(step, -5.0, 5.0)
         t0 = t0 + step
         # sigma: one Newton step on its score (analytic second derivative, at the t0 of this iteration)
-        s1 = np.sum(np.where(inside, ds, 0))
-        dss = np.sum(np.where(inside, dss_i, 0))
         if dss < 0:
             sigma = float(np.clip(sigma - s1 / dss, 0.5 * sigma, 2 * sigma))
         if np.max(np.abs(step)) < 1e-3:  # ns, far below the errors (~0.5 ns)
             break
-    x = V * (tdc - t0[board])
-    inside = (x > -8 * sigma) & (x < half + 8 * sigma)
-    _lp, g, h, _ds, _dss = _terms(np.where(inside, x, 0.5 * half), half, sigma)
-    info = -V * V * np.bincount(board, np.where(inside, h, 0), minlength=nb)
+    info = -V * V * sums(t0, sigma)[1]
     good = (n >= max(int(min_hits), 10)) & (info > 0)
     err = np.where(good, 1.0 / np.sqrt(np.where(info > 0, info, 1.0)), np.nan)
     return {"board": np.arange(nb, dtype=np.int32), "t0": np.where(good, t0, previous_t0),
