@@ -106,7 +106,7 @@ def fit_t0(board: np.ndarray, layer: np.ndarray, tdc: np.ndarray, previous_t0: n
     if board.size and (board.min() < 0 or board.max() >= nb or layer.min() < 0 or layer.max() >= geom.n_cdc_layers):
         raise ValueError(f"CDC hits with board outside 0..{nb - 1} or layer outside 0..{geom.n_cdc_layers - 1}")
     tdc = np.ascontiguousarray(tdc, float)
-    half = np.ascontiguousarray(geom.cdc_r[layer] * np.sin(np.pi / geom.cdc_nwires[layer]), float)
+    half = np.ascontiguousarray((geom.cdc_r * np.sin(np.pi / geom.cdc_nwires))[layer], float)  # per layer, then per hit
     n = np.bincount(board, minlength=nb)
     # start: the mean drift distance is D/2 for a uniform cell
     t0 = np.bincount(board, tdc - 0.5 * half / V, minlength=nb) / np.maximum(n, 1)
