@@ -113,7 +113,15 @@ def fit_t0(board: np.ndarray, layer: np.ndarray, tdc: np.ndarray, previous_t0: n
     if start is not None:
         t0 = np.where(np.isfinite(start), start, t0)
     if compiled:
-        from calibrations._cdc_t0_kernels import accumulate
+        try:
+            from calibrations._cdc_t0_kernels import accumulate
+        except Exception as exc:  # noqa: BLE001 - whatever numba raises (no cache locator, compilation)
+            from b2luca.errors import KernelLoadError
+
+            raise KernelLoadError(
+                f"{settings.name}: its compiled kernel (calibrations/_cdc_t0_kernels.py, numba) could not be loaded: "
+                f"{exc} (numba caches it next to the source or under NUMBA_CACHE_DIR: on a read-only installation "
+                "set NUMBA_CACHE_DIR to a writable directory)") from exc
 
         g_buf, h_buf = np.empty(nb), np.empty(nb)
 

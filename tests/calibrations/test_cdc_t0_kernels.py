@@ -104,3 +104,18 @@ def test_compiled_fit_equals_numpy_reference(script):
     # and it is a fit: the truth within the errors
     pulls = (res["t0"] - t0_true)[ok] / res["t0_error"][ok]
     assert abs(pulls.mean()) < 5 / np.sqrt(ok.sum()) and abs(pulls.std() - 1) < 5 / np.sqrt(2 * ok.sum())
+
+
+def test_a_kernel_that_cannot_be_loaded_is_a_clear_error(script, monkeypatch):
+    import sys
+
+    from b2luca.errors import KernelLoadError
+    from b2luca.reco.geometry import nominal_geometry
+
+    cal = script("cdc_time_zeros")
+    nb = nominal_geometry().n_cdc_boards
+    monkeypatch.setitem(sys.modules, "calibrations._cdc_t0_kernels", None)  # the import raises ImportError
+    with pytest.raises(KernelLoadError, match=r"CDCTimeZeros: its compiled kernel .*NUMBA_CACHE_DIR"):
+        cal.fit_t0(np.array([0]), np.array([0]), np.array([1.0]), np.zeros(nb), 10)
+    ref = cal.fit_t0(np.array([0]), np.array([0]), np.array([1.0]), np.zeros(nb), 10, compiled=False)
+    assert np.isnan(ref["t0_error"]).all()  # the numpy path needs no kernel
