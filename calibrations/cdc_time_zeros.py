@@ -11,10 +11,11 @@ cross the cells uniformly, so the true drift distance |d| of a hit in layer l is
 [0, D_l], D_l = r_l sin(pi / n_wires_l) (half the cell), and the measured distance is smeared by the
 Gaussian resolution sigma.  The TDC value t = t0[board] + d_meas / v_drift therefore follows
 p(t) = v/D_l [Phi(x/sigma) - Phi((x - D_l)/sigma)], x = v (t - t0).  All boards are fitted at once
-(Newton iterations vectorised over boards, one common sigma fitted alongside); errors from the
-observed Fisher information.  Boards with fewer than ``min_hits_per_board`` hits keep the t0 in force
-(database chain, nominal 0) and get a NaN error.  Extra payload keys: ``t0_error`` [ns], ``n_hits``,
-``sigma_mm`` (1,) the fitted resolution.  ``payload_boundaries`` must be [] (one payload per bucket).
+(Newton iterations vectorised over boards, one common sigma fitted alongside; each iteration one compiled pass
+over the hits, :mod:`calibrations._cdc_t0_kernels`); errors from the observed Fisher information.  Boards with
+fewer than ``min_hits_per_board`` hits keep the t0 in force (database chain, nominal 0) and get a NaN error.
+Extra payload keys: ``t0_error`` [ns], ``n_hits``, ``sigma_mm`` (1,) the fitted resolution.
+``payload_boundaries`` must be [] (one payload per bucket).
 """
 
 from __future__ import annotations
