@@ -44,6 +44,32 @@ class Probe(luigi.Task):
             json.dump({"pid": os.getpid(), "prepared_by": PREPARED.get(int(self.index))}, handle)
 
 
+#: pids of the processes that ran a Wrapper
+WRAPPERS_RAN_IN: list[int] = []
+
+
+class Wrapper(luigi.WrapperTask):
+    """Requires the probes; records which process ran it."""
+
+    out_dir = luigi.Parameter()
+
+    def requires(self):
+        return [Probe(index=i, out_dir=self.out_dir) for i in range(3)]
+
+    def run(self):
+        WRAPPERS_RAN_IN.append(os.getpid())
+
+
+def test_wrapper_tasks_run_in_the_driver_with_several_workers(tmp_path):
+    configure_luigi(tmp_path / "luigi.log")
+    WRAPPERS_RAN_IN.clear()
+    result = luigi.build([Wrapper(out_dir=str(tmp_path))], workers=2, local_scheduler=True, detailed_summary=True,
+                         worker_scheduler_factory=RecordingFactory())
+    assert result.status.name == "SUCCESS", result.summary_text
+    assert WRAPPERS_RAN_IN == [os.getpid()]  # not forked (a fork's append would not show here)
+    assert all(json.loads((tmp_path / f"probe-{i}.json").read_text())["pid"] != os.getpid() for i in range(3))
+
+
 def _build(tmp_path: Path, workers: int, **params) -> list[dict]:
     PREPARED.clear()
     configure_luigi(tmp_path / "luigi.log")  # b2luca run's worker timing (luigi's default polls every 1-6 s)
