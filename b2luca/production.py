@@ -49,6 +49,7 @@ from .atomic import write_json_atomic_many
 from .rootio import read_trees, write_trees
 from .errors import ProductionError, RootReadError
 from .reco import helix as H
+from .reco.geometry import nominal_geometry
 from .reco.measurements import (PAYLOAD_NAMES, Constants, Measurements, build_measurements, cdc_drift_time, ecl_energy,
                                 load_constants, svd_time)
 from .reco.raw import read_raw
@@ -498,6 +499,16 @@ def _finish_run(run: _Run, seconds: float, n_runs: int) -> tuple[dict[str, Any],
                       "computed": run.computed, "copied": run.copied, "failed_fits": run.failed_fits}
 
 
+def warm_constants(chain, exprun: ExpRun) -> int:
+    """Read the payload files that :func:`load_constants` reads for ``exprun`` into this process's cache of verified
+    payload files (:func:`b2luca.conditions.database.read_verified`, keyed by each file's identity), without
+    building the constants, and builds the (cached) nominal geometry: a process forked afterwards has both in
+    memory (the driver, before luigi forks a production task's process: ~0.1 s of each such task, issue 15).
+    Returns how many of the payloads the chain has."""
+    nominal_geometry()
+    return sum(chain.read_or_none(name, exprun) is not None for name in PAYLOAD_NAMES)
+
+
 def produce_runs(runs: Sequence[tuple[Path, Path, ExpRun]], chain,
                  scattering: bool = FIT_SCATTERING) -> list[dict[str, Any]]:
     """Reconstruct several runs, ``(raw_run_dir, cdst_run_dir, exprun)`` each, into their cDST files (see
@@ -568,4 +579,4 @@ def read_cdst(paths, trees: tuple[str, ...] = ("tracks",)) -> dict[str, dict[str
 
 
 __all__ = ["BATCH_BYTES", "FORMAT_VERSION", "GROUP_PAYLOADS", "GROUP_TREES", "MANIFEST", "ProductionError", "ecl_clusters",
-           "manifest_is_current", "produce_run", "produce_runs", "read_cdst", "read_manifest"]
+           "manifest_is_current", "produce_run", "produce_runs", "read_cdst", "read_manifest", "warm_constants"]

@@ -304,7 +304,7 @@ def _preloads(extra: Sequence[str] = ()) -> Iterator[str]:
             with contextlib.suppress(Exception):
                 native_job = importlib.import_module("b2luca.runners.native_job")
                 native_job.set_blas_threads(1)
-                native_job.command_parser()  # the jobs' command-line parser, built once for all of them
+                native_job.warm_command_parser()  # the jobs' command-line parser, built (and used) once for all
             gc.collect()
             print(f"{READY} in {time.perf_counter() - start:.2f} s", flush=True)
         gc.freeze()

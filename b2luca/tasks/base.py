@@ -66,6 +66,12 @@ class BucketTask(_BucketParameters, b2luigi.Task):
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.output_path()))
 
+    def prepare_in_driver(self) -> None:
+        """Read, in the driver, what this task's forked process would otherwise read first (several luigi
+        workers fork one process per task: a cache filled here is inherited by every later task process, one
+        filled in a task process dies with it).  Only warms per-process caches that check their files'
+        identity; never needed for correctness (the task reads everything itself).  Default: nothing."""
+
     def on_failure(self, exception: BaseException) -> str:
         """luigi's failure explanation with the one-line cause first (the driver shows that line)."""
         return f"{cause_line(exception)}\n{super().on_failure(exception)}"

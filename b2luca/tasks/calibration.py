@@ -166,6 +166,14 @@ def snapshot(path: Path) -> pd.DataFrame:
     return _snapshot(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)).copy()
 
 
+def prepare(ctx: BucketContext) -> None:
+    """In the driver, before luigi forks a calibration's process (several workers): the RunDB snapshot parsed
+    into the driver's cache (:func:`snapshot`), inherited by that process and every later one instead of parsed
+    by each (~35 ms of pandas per calibration); nothing when the snapshot is not there yet."""
+    if os.path.isfile(ctx.cfg.rundb.snapshot):
+        snapshot(ctx.cfg.rundb.snapshot)
+
+
 def write_input_data(ctx: BucketContext, info: CalibrationInfo, work: Path) -> Path:
     """Step (b): ``input_data.json`` from the RunDB snapshot and the data on disk."""
     cfg = ctx.cfg

@@ -20,7 +20,7 @@ from ..dataset import run_root
 from ..enums import Stage
 from ..iov import ExpRun
 from ..payload_deps import check_production_reads
-from ..production import produce_runs
+from ..production import produce_runs, warm_constants
 from .context import BucketContext, production_task_name
 from .reporting import reported
 
@@ -42,6 +42,13 @@ def production_group(ctx: BucketContext, first_run: int) -> tuple[int, ...]:
 def group_task_name(runs: tuple[int, ...]) -> str:
     """``CdstProduction:r00003`` or ``CdstProduction:r00001-r00025``."""
     return production_task_name(runs[0], runs[-1])
+
+
+def prepare(ctx: BucketContext, runs: tuple[int, ...]) -> None:
+    """In the driver, before luigi forks the production task of ``runs`` (several workers): the payloads of its
+    first run's constants into the driver's cache, so that this task's process and every later one read them from
+    memory instead of each reading and verifying them again (:func:`~b2luca.production.warm_constants`)."""
+    warm_constants(ctx.chain(), ExpRun(ctx.cfg.bucket.experiment, int(runs[0])))
 
 
 def produce(ctx: BucketContext, runs: tuple[int, ...], outputs: list[Path]) -> None:

@@ -113,8 +113,36 @@ class RecordingScheduler(luigi.scheduler.Scheduler):
         return response
 
 
+class PreparingWorker(luigi.worker.Worker):
+    """luigi's worker; with several worker processes (luigi forks one process per task), a task's
+    ``prepare_in_driver()`` runs here just before its fork: what every task process would read for itself
+    (the RunDB snapshot, the production's constants) is read once into this process's caches and inherited by
+    each later fork (issue 15: ~0.1 s of each cDST production task, ~35 ms of each calibration).  A failure
+    there is only logged: the task's own process reads everything again and reports its own errors.  Wrapper
+    tasks run in this process (:meth:`_create_task_process`)."""
+
+    def _run_task(self, task_id: str) -> None:
+        task = self._scheduled_tasks.get(task_id)
+        prepare = getattr(task, "prepare_in_driver", None)
+        forks = self._config.force_multiprocessing or self.worker_processes > 1
+        if forks and prepare is not None and task_id not in self._running_tasks:
+            try:
+                prepare()
+            except Exception as exc:  # noqa: BLE001 - the task meets (and reports) the same problem itself
+                log.debug("preparing %s in the driver: %s", task_id, exc)
+        super()._run_task(task_id)
+
+    def _create_task_process(self, task: luigi.Task):
+        """luigi's task process; a wrapper task (no work: it is done when its requirements are) runs in this
+        process even with several workers, as with one, instead of in a fork of its own (~13 ms of CPU each)."""
+        process = super()._create_task_process(task)
+        if isinstance(task, luigi.WrapperTask) and process.timeout_time is None:
+            process.use_multiprocessing = False
+        return process
+
+
 class RecordingFactory(luigi.interface._WorkerSchedulerFactory):
-    """Hands luigi our recording scheduler."""
+    """Hands luigi our recording scheduler and :class:`PreparingWorker`."""
 
     def __init__(self) -> None:
         self.scheduler: RecordingScheduler | None = None
@@ -122,6 +150,9 @@ class RecordingFactory(luigi.interface._WorkerSchedulerFactory):
     def create_local_scheduler(self) -> RecordingScheduler:
         self.scheduler = RecordingScheduler(prune_on_get_work=True, record_task_history=False)
         return self.scheduler
+
+    def create_worker(self, scheduler, worker_processes, assistant=False) -> PreparingWorker:
+        return PreparingWorker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
 
 
 # --- what the run did -----------------------------------------------------------------------------
@@ -549,5 +580,5 @@ def status_rows(cfg: BucketConfig) -> list[TaskRow]:
     return rows
 
 
-__all__ = ["RecordingScheduler", "RunOutcome", "TaskRow", "collect_rows", "format_table", "invalidate",
+__all__ = ["PreparingWorker", "RecordingScheduler", "RunOutcome", "TaskRow", "collect_rows", "format_table", "invalidate",
            "rerun_closure", "run_bucket", "status_rows"]

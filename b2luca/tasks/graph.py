@@ -93,6 +93,9 @@ class CalibrationTask(BucketTask):
             required += [CdstProduction.req(self, run_number=runs[0]) for runs in cdst.production_groups(ctx)]
         return required
 
+    def prepare_in_driver(self) -> None:
+        calibration.prepare(self.ctx)
+
     def run(self) -> None:
         calibration.run_calibration(self.ctx, self.name)
 
@@ -147,6 +150,9 @@ class CdstProduction(BucketTask):
         required: list[luigi.Task] = [PullSettings.req(self), MakeRunDB.req(self), LocalCalibrations.req(self)]
         return required + [CalibrationTask.req(self, name=name)
                            for name in production_requirements(ctx.catalogue, ctx.plan)]
+
+    def prepare_in_driver(self) -> None:
+        cdst.prepare(self.ctx, self.runs)
 
     def run(self) -> None:
         runs = self.runs

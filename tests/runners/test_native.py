@@ -345,3 +345,25 @@ def test_command_parser_is_built_once_and_each_parse_starts_afresh():
     second = native_job.command_parser().parse_args(["validate", "s.py", "job", "in.json", "v.json"])
     assert (first.reference, second.reference) == (["db"], [])  # the append default is not shared between jobs
     assert native_job.command_parser().parse_args(["calibrate", "caf.json", "in.json"]).what == "calibrate"
+
+
+def test_warm_command_parser_leaves_a_job_nothing_to_compile(monkeypatch):
+    """After the server's warm parse, a job's parse compiles no regular expression (argparse's patterns come
+    from re's cache, which the forked job inherits); the warm parse leaves no state in later parses."""
+    import re
+    import re._compiler as re_compiler
+
+    from b2luca.runners import native_job
+
+    re.purge()
+    native_job.command_parser.cache_clear()
+    native_job.warm_command_parser()
+    compiled: list[object] = []
+    original = re_compiler.compile
+    monkeypatch.setattr(re_compiler, "compile", lambda *a, **k: compiled.append(a[0]) or original(*a, **k))
+    args = native_job.command_parser().parse_args(["validate", "s.py", "job", "in.json", "v.json"])
+    assert native_job.command_parser().parse_args(["calibrate", "c.json", "i.json"]).what == "calibrate"
+    assert args.reference == [] and compiled == []
+    re.purge()  # without the warm parse the same parses compile patterns (what the test would miss otherwise)
+    native_job.command_parser().parse_args(["calibrate", "c.json", "i.json"])
+    assert compiled
