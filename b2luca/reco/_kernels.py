@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["cdc_rows", "kink_columns", "kink_jacobians", "normal_steps", "solve_scaled", "vxd_rows"]
+__all__ = ["cdc_rows", "kink_columns", "kink_jacobians", "normal_steps", "seeds", "solve_scaled", "vxd_rows"]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -229,8 +229,8 @@ def solve_scaled(a: np.ndarray, rhs: np.ndarray, fac: np.ndarray) -> bool:  # pr
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def normal_steps(d: np.ndarray, res: np.ndarray, w: np.ndarray, starts: np.ndarray, n_before: np.ndarray,
-                 slot: np.ndarray, jk: np.ndarray, ws: np.ndarray, theta: np.ndarray, want_cov: bool, step: np.ndarray,
-                 scale: np.ndarray, chi2: np.ndarray, cov: np.ndarray) -> None:  # pragma: no cover - compiled
+                 slot: np.ndarray, jk: np.ndarray, ws: np.ndarray, theta: np.ndarray, want_cov: bool, done: np.ndarray,
+                 step: np.ndarray, scale: np.ndarray, chi2: np.ndarray, cov: np.ndarray) -> None:  # pragma: no cover
     """One Gauss-Newton step of every track, straight from its rows (rows ``starts[t]:starts[t + 1]``: d(pred)/d(helix)
     ``d`` (R, 5), residuals ``res`` (R,), weights ``w`` (R,), zero for the rows left out; ``n_before`` (R,) the
     scatterers between the perigee and the hit, ``slot`` (R,) its arm) and the kinks (``jk`` (T, arms, N, 5, 2):
@@ -243,8 +243,9 @@ def normal_steps(d: np.ndarray, res: np.ndarray, w: np.ndarray, starts: np.ndarr
     (no (R, nl) matrix); b = sum w l r - (0, ws theta), chi2 = sum w r^2 + sum ws theta^2.  A is scaled to a unit
     diagonal (``scale`` = 1/sqrt(diag), 1 where the diagonal is 0: such a parameter gets a unit diagonal, the
     others a 1e-12 ridge) and solved by Cholesky.  Writes ``step`` (T, nl, in units of ``scale``), ``scale``
-    (T, nl), ``chi2`` (T,) and, with ``want_cov``, ``cov`` (T, 5, 5): the helix block of the inverse of A (the
-    kinks profiled)."""
+    (T, nl), ``chi2`` (T,) and ``cov`` (T, 5, 5), the helix block of the inverse of A (the kinks profiled), of
+    the tracks that may be converged (``done`` (T,) or their step below 1e-3 of the errors; all of them with
+    ``want_cov``); the other tracks' ``cov`` stays as it is."""
     nt = starts.size - 1
     narm, nsc = jk.shape[1], jk.shape[2]
     nl = 5 + 2 * narm * nsc
@@ -335,7 +336,10 @@ def normal_steps(d: np.ndarray, res: np.ndarray, w: np.ndarray, starts: np.ndarr
         solve_scaled(a, rhs, fac)
         for j in range(nl):
             step[t, j] = rhs[j, 0]
-        if want_cov:
+        small = True
+        for j in range(nl):
+            small = small and abs(step[t, j]) < 1e-3  # False for a NaN
+        if want_cov or done[t] or small:
             e5[:, :] = 0.0
             for c in range(5):
                 e5[c, c] = 1.0
@@ -433,6 +437,112 @@ def kink_jacobians(h: np.ndarray, arms: np.ndarray, radii: np.ndarray, x0s: np.n
                 sig[i, ia, j] = 0.0136 / (beta * p[i]) * math.sqrt(x) * max(1 + 0.038 * math.log(x), 0.1)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def seeds(starts: np.ndarray, pos: np.ndarray, w_circle: np.ndarray, is_u: np.ndarray, stereo: np.ndarray,
+          radius: np.ndarray, phi_w0: np.ndarray, par: np.ndarray, m: np.ndarray, h: np.ndarray,
+          s_out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """:func:`b2luca.reco.fit.seed_tracks` per track (rows ``starts[t]:starts[t + 1]``), the same steps: the
+    algebraic circle fit (weights ``w_circle`` (R,)) to the points ``pos`` (R, 3), the sense of motion (most hits
+    ahead; cosmics downwards), the arc lengths, then z versus s from the VXD u clusters (``is_u``) and the
+    stereo CDC hits (``stereo`` (R,) slope, 0 elsewhere; layer ``radius``, the wire's azimuth at z = 0
+    ``phi_w0`` and the layer offsets ``par`` (R, 3), the drift distance ``m``).  Writes the seed helices into
+    ``h`` (T, 5) and the rows' arc lengths into ``s_out`` (R,) (their signs are the arms)."""
+    ata = np.empty((3, 3))
+    atb = np.empty(3)
+    for t in range(starts.size - 1):
+        r0, r1 = starts[t], starts[t + 1]
+        ata[:, :] = 0.0
+        atb[:] = 0.0
+        for i in range(r0, r1):
+            x, y = pos[i, 0], pos[i, 1]
+            row = (x, y, 1.0)
+            rhs = -(x * x + y * y)
+            for p in range(3):
+                atb[p] += w_circle[i] * rhs * row[p]
+                for q in range(3):
+                    ata[p, q] += w_circle[i] * row[p] * row[q]
+        tr = ata[0, 0] + ata[1, 1] + ata[2, 2]
+        for p in range(3):
+            ata[p, p] += 1e-9 * tr
+        for j in range(3):  # Gaussian elimination with partial pivoting (as np.linalg.solve)
+            piv = j
+            for i in range(j + 1, 3):
+                if abs(ata[i, j]) > abs(ata[piv, j]):
+                    piv = i
+            if piv != j:
+                for q in range(3):
+                    ata[j, q], ata[piv, q] = ata[piv, q], ata[j, q]
+                atb[j], atb[piv] = atb[piv], atb[j]
+            for i in range(j + 1, 3):
+                f = ata[i, j] / ata[j, j]
+                for q in range(j + 1, 3):
+                    ata[i, q] -= f * ata[j, q]
+                atb[i] -= f * atb[j]
+        for i in range(2, -1, -1):
+            v = atb[i]
+            for q in range(i + 1, 3):
+                v -= ata[i, q] * atb[q]
+            atb[i] = v / ata[i, i]
+        cx, cy = -atb[0] / 2, -atb[1] / 2
+        rad = math.sqrt(max(cx * cx + cy * cy - atb[2], 1.0))
+        d0 = math.hypot(cx, cy) - rad
+        phi0 = math.atan2(cx, -cy)
+        om = 1.0 / rad
+        # sense of motion: the turning angle of every point on the seed circle (clockwise candidate, omega > 0)
+        xc, yc = (d0 + rad) * math.sin(phi0), (d0 + rad) * -math.cos(phi0)
+        n_back = 0
+        for i in range(r0, r1):
+            dphi = phi0 - math.atan2(-(pos[i, 0] - xc), pos[i, 1] - yc)
+            s_out[i] = math.atan2(math.sin(dphi), math.cos(dphi))  # (-pi, pi]
+            n_back += 1 if s_out[i] <= 0 else 0
+        flip = n_back > (r1 - r0) - n_back  # most hits must lie ahead
+        # wrap to (-pi/2, 3pi/2]: collision tracks reach up to half a turn; cosmics have hits on both sides
+        n_neg = n_pos = 0
+        for i in range(r0, r1):
+            ang = -s_out[i] if flip else s_out[i]
+            ang = (ang + math.pi / 2) % (2 * math.pi) - math.pi / 2
+            s_out[i] = ang
+            n_neg += 1 if ang < 0 else 0
+            n_pos += 1 if ang > 0 else 0
+        phi_dir = phi0 + math.pi if flip else phi0
+        cosmic_flip = n_neg > 0 and n_pos > 0 and math.sin(phi_dir) > 0  # cosmics point downwards
+        flip ^= cosmic_flip
+        if flip:
+            d0, om = -d0, -om
+            phi0 = math.atan2(math.sin(phi0 + math.pi), math.cos(phi0 + math.pi))
+        # z versus s
+        sums = np.zeros(5)
+        s0, c0 = math.sin(phi0), math.cos(phi0)
+        for i in range(r0, r1):
+            s = (-s_out[i] if cosmic_flip else s_out[i]) * rad
+            s_out[i] = s
+            if is_u[i]:
+                z, wz = pos[i, 2], 1 / 0.025 ** 2
+            elif stereo[i] != 0.0:
+                half = 0.5 * om * s
+                k = s if half == 0.0 else s * (math.sin(half) / half)
+                ph = phi0 - half
+                x = d0 * s0 + k * math.cos(ph)
+                y = -d0 * c0 + k * math.sin(ph)
+                dphi = math.atan2(y - par[i, 1], x - par[i, 0]) - phi_w0[i]
+                dphi = math.atan2(math.sin(dphi), math.cos(dphi))
+                z, wz = (radius[i] * dphi - m[i]) / stereo[i], (stereo[i] / 0.3) ** 2
+            else:
+                continue
+            if not math.isfinite(z):
+                continue
+            sums[0] += wz
+            sums[1] += wz * s
+            sums[2] += wz * s * s
+            sums[3] += wz * z
+            sums[4] += wz * s * z
+        det = sums[0] * sums[2] - sums[1] ** 2
+        okz = det > 1e-9 * max(sums[0] * sums[2], 1e-300)
+        h[t, 0], h[t, 1], h[t, 2] = d0, phi0, om
+        h[t, 3] = (sums[2] * sums[3] - sums[1] * sums[4]) / det if okz else 0.0
+        h[t, 4] = (sums[0] * sums[4] - sums[1] * sums[3]) / det if okz else 0.0
+
+
 def _load() -> None:
     """Load the three kernels now (from numba's on-disk cache; compiled on the first run after an edit), at the
     import of this module: :func:`b2luca.reco.fit.preload` (the driver and the job server, before they fork)
@@ -448,10 +558,13 @@ def _load() -> None:
     kink_columns(h, np.zeros((1, 5, 2)), zero, zero + 1, zero, np.zeros((1, 7)))
     kink_jacobians(h, np.ones(2), np.array([10.0, 20.0]), np.array([0.01, 0.02]), one, one, 1e-6,
                    np.empty((1, 2, 2, 5, 2)), np.empty((1, 2, 2)))
+    seeds(np.array([0, 3]), np.array([[10.0, 0.0, 0.0], [20.0, 1.0, 0.0], [30.0, 3.0, 1.0]]), np.ones(3),
+          np.ones(3, np.bool_), np.zeros(3), np.ones(3), np.zeros(3), np.zeros((3, 3)), np.zeros(3), np.empty((1, 5)),
+          np.empty(3))
     d = np.ones((6, 5))
     normal_steps(d, np.zeros(6), np.ones(6), np.array([0, 6]), np.ones(6, np.int64), np.zeros(6, np.int64),
-                 np.zeros((1, 1, 1, 5, 2)), np.ones((1, 2)), np.zeros((1, 2)), True, np.empty((1, 7)), np.empty((1, 7)),
-                 np.empty(1), np.empty((1, 5, 5)))
+                 np.zeros((1, 1, 1, 5, 2)), np.ones((1, 2)), np.zeros((1, 2)), True, np.zeros(1, np.bool_),
+                 np.empty((1, 7)), np.empty((1, 7)), np.empty(1), np.empty((1, 5, 5)))
 
 
 _load()

@@ -139,7 +139,27 @@ def _segsum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def seed_tracks(meas: Measurements, geom: G.Geometry, constants: Constants) -> tuple[np.ndarray, np.ndarray]:
-    """Seed perigee parameters (T, 5) and the arm (+-1) of every row."""
+    """Seed perigee parameters (T, 5) and the arm (+-1) of every row: an algebraic circle fit to the VXD clusters
+    and axial CDC hits, the sense of motion, then z versus arc length (VXD u clusters, stereo CDC hits); one
+    compiled pass per track (:func:`b2luca.reco._kernels.seeds`; the numpy version is :func:`_seed_tracks_numpy`)."""
+    nt = meas.n_tracks
+    cdc = meas.kind == KIND_CDC
+    lay = np.maximum(meas.layer, 0)
+    stereo = np.where(cdc, geom.cdc_stereo[lay], 0.0)
+    axial = np.where(cdc, stereo == 0, meas.kind == 0)
+    w = np.where(cdc, 1.0, 10.0) * axial  # VXD clusters are precise and least scattered
+    par = np.ascontiguousarray(constants.cdc_params[lay], dtype=float)
+    phi_w0 = geom.cdc_phi_offset[lay] + 2 * np.pi * np.maximum(meas.wire, 0) / geom.cdc_nwires[lay] + par[:, 2]
+    h = np.empty((nt, 5))
+    s = np.empty(meas.track.size)
+    _kernels().seeds(np.append(_starts(meas.track, nt), meas.track.size), np.ascontiguousarray(meas.approx_pos,
+                     dtype=float), w, meas.kind == 0, stereo, np.asarray(geom.cdc_r[lay], dtype=float), phi_w0, par,
+                     np.ascontiguousarray(meas.m, dtype=float), h, s)
+    return h, np.where(s > 0, 1.0, -1.0)
+
+
+def _seed_tracks_numpy(meas: Measurements, geom: G.Geometry, constants: Constants) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`seed_tracks` in numpy (the reference of the compiled one)."""
     t, pos = meas.track, meas.approx_pos
     nt = meas.n_tracks
     axial = np.where(meas.kind == KIND_CDC, geom.cdc_stereo[np.maximum(meas.layer, 0)] == 0, meas.kind == 0)
@@ -461,9 +481,8 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
             jac = np.zeros((nt, 0, 0, 5, 2))
         d = np.ascontiguousarray(d, dtype=float)
         step, scale, chi2 = np.empty((nt, nl)), np.empty((nt, nl)), np.empty(nt)
-        cov = np.empty((nt, 5, 5))
-        with_cov = it >= n_iter
-        K.normal_steps(d, res, w, bounds, li, slot, jac, ws, th, with_cov, step, scale, chi2, cov)
+        cov = np.full((nt, 5, 5), np.nan)  # of the tracks that may stop here (all of them at the last iteration)
+        K.normal_steps(d, res, w, bounds, li, slot, jac, ws, th, it >= n_iter, done, step, scale, chi2, cov)
         # step control: a step that raised chi2 (or lost measurements) is halved instead of taking a new one
         ngood = np.bincount(track, weights=good, minlength=nt)
         worse = (ngood < ngood_prev) | (chi2 > chi2_prev * (1 + 1e-3) + 1e-3)
@@ -472,8 +491,6 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         done |= (it >= min_done) & ~worse & (np.max(np.abs(step), axis=1) < 1e-3)
         last = it >= n_iter or bool(done.all())
         stopped = not last and split_at is not None and it >= split_at and bool(done.any())
-        if (last or stopped) and not with_cov:  # the same evaluation again, with the covariance
-            K.normal_steps(d, res, w, bounds, li, slot, jac, ws, th, True, step, scale, chi2, cov)
         if last or stopped:  # the local derivatives of the result's evaluation
             loc = np.zeros((res.size, nl))
             loc[:, :5] = d
@@ -614,7 +631,7 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
                                global_derivatives)
         for k, v in r.items():
             out.setdefault(k, []).append(v)
-    cat = {k: np.concatenate(v) for k, v in out.items()}
+    cat = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in out.items()}
     return FitResult(meas=meas, params=cat["params"], cov=cat["cov"], chi2=cat["chi2"], ndf=cat["ndf"], ok=cat["ok"], kinks=cat["kinks"],
                      kink_sigma=cat["kink_sigma"], arm=arm, pred=cat["pred"], residual=cat["residual"],
                      local_derivs=cat["local"], global_derivs=cat.get("gd", np.zeros((0, 6))),
