@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["cdc_rows", "kink_columns", "kink_jacobians", "normal_steps", "seeds", "solve_scaled", "vxd_rows"]
+__all__ = ["cdc_rows", "kink_columns", "kink_jacobians", "kinked_rows", "normal_steps", "seeds", "solve_scaled", "vxd_rows"]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -350,21 +350,12 @@ def normal_steps(d: np.ndarray, res: np.ndarray, w: np.ndarray, starts: np.ndarr
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _kinked(d0: float, phi0: float, om: float, z0: float, tl: float, s: float, t1: float, t2: float,
-            out: np.ndarray) -> None:  # pragma: no cover - compiled
+def _kinked(px: float, py: float, pz: float, cl: float, sl: float, cp: float, sp: float, om: float, t1: float,
+            t2: float, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """:func:`b2luca.reco.helix.apply_kink` of one helix (the same formulas, with
-    :func:`~b2luca.reco.helix.position` and :func:`~b2luca.reco.helix.from_point`): the helix after the kink
-    (t1, t2) at arc length s, into ``out`` (5,)."""
-    half = 0.5 * om * s
-    ph = phi0 - half
-    k = s if half == 0.0 else s * (math.sin(half) / half)
-    px = d0 * math.sin(phi0) + k * math.cos(ph)
-    py = -d0 * math.cos(phi0) + k * math.sin(ph)
-    pz = z0 + s * tl
-    phi = phi0 - om * s
-    lam = math.atan(tl)
-    cl, sl = math.cos(lam), math.sin(lam)
-    cp, sp = math.cos(phi), math.sin(phi)
+    :func:`~b2luca.reco.helix.from_point`) from the helix's point ``px, py, pz`` at the kink, cos and sin of its
+    dip angle (``cl``, ``sl``) and of its direction's azimuth there (``cp``, ``sp``), its curvature ``om``: the
+    helix after the kink (t1, t2), into ``out`` (5,); out[1] = phi0 unwrapped."""
     tx = cl * cp - t1 * sp - t2 * sl * cp
     ty = cl * sp + t1 * cp - t2 * sl * sp
     tz = sl + t2 * cl
@@ -372,8 +363,7 @@ def _kinked(d0: float, phi0: float, om: float, z0: float, tl: float, s: float, t
     norm = math.sqrt(ptn * ptn + tz * tz)
     omega = om * cl / (ptn / norm)
     tanl = tz / ptn
-    phin = math.atan2(ty, tx)
-    cphi, sphi = math.cos(phin), math.sin(phin)
+    cphi, sphi = tx / ptn, ty / ptn
     u = px * sphi - py * cphi
     t = px * cphi + py * sphi
     a = 1.0 + omega * u
@@ -385,9 +375,8 @@ def _kinked(d0: float, phi0: float, om: float, z0: float, tl: float, s: float, t
         s_p = chi / omega
     else:
         s_p = t
-    p0 = phin + chi
     out[0] = (2.0 * u + omega * (u * u + t * t)) / (1.0 + root)
-    out[1] = math.atan2(math.sin(p0), math.cos(p0))
+    out[1] = math.atan2(ty, tx) + chi
     out[2] = omega
     out[3] = pz - s_p * tanl
     out[4] = tanl
@@ -406,6 +395,9 @@ def kink_jacobians(h: np.ndarray, arms: np.ndarray, radii: np.ndarray, x0s: np.n
         d0, phi0, om, z0, tl = h[i, 0], h[i, 1], h[i, 2], h[i, 3], h[i, 4]
         denom = 1.0 + om * d0
         beta = p[i] / math.sqrt(p[i] * p[i] + mass[i] * mass[i])
+        lam = math.atan(tl)
+        cl, sl = math.cos(lam), math.sin(lam)
+        s0, c0 = math.sin(phi0), math.cos(phi0)
         for ia in range(arms.size):
             for j in range(radii.size):
                 # cylinder_crossing
@@ -417,24 +409,50 @@ def kink_jacobians(h: np.ndarray, arms: np.ndarray, radii: np.ndarray, x0s: np.n
                     sig[i, ia, j] = 1.0
                     continue
                 s = arms[ia] * root * (1.0 if a < 1e-8 else math.asin(a) / a)
-                for c in range(2):
-                    t1 = eps if c == 0 else 0.0
-                    t2 = eps if c == 1 else 0.0
-                    _kinked(d0, phi0, om, z0, tl, s, t1, t2, hp)
-                    _kinked(d0, phi0, om, z0, tl, s, -t1, -t2, hm)
-                    for k in range(5):
-                        jac[i, ia, j, k, c] = (hp[k] - hm[k]) / (2 * eps)
-                    dphi = hp[1] - hm[1]
-                    jac[i, ia, j, 1, c] = math.atan2(math.sin(dphi), math.cos(dphi)) / (2 * eps)
-                # scatter_sigma: the path through the layer grows with 1/|cos(incidence)| (capped at 20)
+                # the helix at the kink (position, direction): the same for the four steps
                 half = 0.5 * om * s
                 ph = phi0 - half
                 k = s if half == 0.0 else s * (math.sin(half) / half)
-                px = d0 * math.sin(phi0) + k * math.cos(ph)
-                py = -d0 * math.cos(phi0) + k * math.sin(ph)
-                cos_inc = abs(math.cos(math.atan(tl)) * math.cos(phi0 - om * s - math.atan2(py, px)))
+                px = d0 * s0 + k * math.cos(ph)
+                py = -d0 * c0 + k * math.sin(ph)
+                pz = z0 + s * tl
+                phi = phi0 - om * s
+                cp, sp = math.cos(phi), math.sin(phi)
+                for c in range(2):
+                    t1 = eps if c == 0 else 0.0
+                    t2 = eps if c == 1 else 0.0
+                    _kinked(px, py, pz, cl, sl, cp, sp, om, t1, t2, hp)
+                    _kinked(px, py, pz, cl, sl, cp, sp, om, -t1, -t2, hm)
+                    for q5 in range(5):
+                        jac[i, ia, j, q5, c] = (hp[q5] - hm[q5]) / (2 * eps)
+                    dphi = hp[1] - hm[1]
+                    jac[i, ia, j, 1, c] = math.atan2(math.sin(dphi), math.cos(dphi)) / (2 * eps)
+                # scatter_sigma: the path through the layer grows with 1/|cos(incidence)| (capped at 20)
+                cos_inc = abs(cl * math.cos(phi - math.atan2(py, px)))
                 x = max(x0s[j] / max(cos_inc, 0.05), 1e-12)
                 sig[i, ia, j] = 0.0136 / (beta * p[i]) * math.sqrt(x) * max(1 + 0.038 * math.log(x), 0.1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def kinked_rows(h: np.ndarray, starts: np.ndarray, n_before: np.ndarray, slot: np.ndarray, jk: np.ndarray,
+                theta: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """The helix of every row (rows ``starts[t]:starts[t + 1]`` of track t): the track's ``h`` (T, 5) changed by
+    the kinks before the hit, ``out[i] = h[t] + sum_{j < n_before[i]} jk[t, slot[i], j] @ theta[t, slot[i], j]``
+    (``jk`` (T, arms, N, 5, 2), ``theta`` (T, arms, N, 2); summed from the IP outwards)."""
+    narm, nsc = jk.shape[1], jk.shape[2]
+    cum = np.empty((narm, nsc + 1, 5))
+    for t in range(starts.size - 1):
+        for ia in range(narm):
+            for k in range(5):
+                cum[ia, 0, k] = 0.0
+            for j in range(nsc):
+                for k in range(5):
+                    cum[ia, j + 1, k] = cum[ia, j, k] + (jk[t, ia, j, k, 0] * theta[t, ia, j, 0]
+                                                         + jk[t, ia, j, k, 1] * theta[t, ia, j, 1])
+        for i in range(starts[t], starts[t + 1]):
+            g = min(n_before[i], nsc)
+            for k in range(5):
+                out[i, k] = h[t, k] + cum[slot[i], g, k]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -561,6 +579,8 @@ def _load() -> None:
     seeds(np.array([0, 3]), np.array([[10.0, 0.0, 0.0], [20.0, 1.0, 0.0], [30.0, 3.0, 1.0]]), np.ones(3),
           np.ones(3, np.bool_), np.zeros(3), np.ones(3), np.zeros(3), np.zeros((3, 3)), np.zeros(3), np.empty((1, 5)),
           np.empty(3))
+    kinked_rows(h, np.array([0, 1]), zero + 1, zero, np.zeros((1, 1, 1, 5, 2)), np.zeros((1, 1, 1, 2)),
+                np.empty((1, 5)))
     d = np.ones((6, 5))
     normal_steps(d, np.zeros(6), np.ones(6), np.array([0, 6]), np.ones(6, np.int64), np.zeros(6, np.int64),
                  np.zeros((1, 1, 1, 5, 2)), np.ones((1, 2)), np.zeros((1, 2)), True, np.zeros(1, np.bool_),

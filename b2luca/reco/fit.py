@@ -460,9 +460,10 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         p = H.momentum(h)
         if scattering:
             jac, sig = _kink_jacobians(h, arms, geom, p, mass[t0:t1])
-            dh = np.einsum("tajkc,tajc->tajk", jac, theta)
-            cum = np.concatenate([np.zeros((nt, len(arms), 1, 5)), np.cumsum(dh, axis=2)], axis=2)
-            h_rows = h[track] + np.take(cum.reshape(-1, 5), (track_arm * (N_SCAT + 1)) + li, axis=0)
+            # the helix at each hit: the track's changed by the kinks before it
+            h_rows = np.empty((track.size, 5))
+            K.kinked_rows(np.ascontiguousarray(h, dtype=float), bounds, li, slot, jac,
+                          np.ascontiguousarray(theta, dtype=float), h_rows)
         else:
             h_rows = h[track]
         pred, s = pr(h_rows, update=True)

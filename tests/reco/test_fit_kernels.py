@@ -255,3 +255,21 @@ def test_compiled_kink_jacobians_and_seeds_equal_the_numpy_ones(sample):
         wrong = jac.copy()
         wrong[..., 3, 1] *= 1 + 1e-5  # a wrong derivative is seen
         assert not np.all(np.abs(wrong - jac_np) <= 1e-6 * scale + 1e-9)
+
+
+def test_kinked_rows_add_the_kinks_before_the_hit():
+    rng = np.random.default_rng(8)
+    nt, n_arms, n_scat = 30, 2, 8
+    track = np.repeat(np.arange(nt), rng.integers(1, 20, nt))
+    n_before = rng.integers(0, n_scat + 1, track.size)
+    slot = rng.integers(0, n_arms, track.size)
+    h = rng.normal(size=(nt, 5))
+    jk = rng.normal(size=(nt, n_arms, n_scat, 5, 2))
+    theta = rng.normal(size=(nt, n_arms, n_scat, 2)) * 1e-3
+    out = np.empty((track.size, 5))
+    K.kinked_rows(h, np.append(np.searchsorted(track, np.arange(nt)), track.size), n_before, slot, jk, theta, out)
+    dh = np.einsum("tajkc,tajc->tajk", jk, theta)
+    before = np.arange(n_scat)[None, :] < n_before[:, None]  # (R, N)
+    expected = h[track] + np.einsum("rjk,rj->rk", dh[track, slot], before)
+    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-15)
+    assert not np.allclose(out, h[track])
