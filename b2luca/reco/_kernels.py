@@ -1,5 +1,8 @@
 """Compiled kernels of the track fit: the predictions of the measurement rows and their analytic derivatives
-(helix parameters: :func:`vxd_rows`, :func:`cdc_rows`; scattering kinks: :func:`kink_columns`).
+(helix parameters: :func:`vxd_rows`, :func:`cdc_rows`; scattering kinks: :func:`kink_columns`), and per track
+the seeds (:func:`seeds`), the kinks' helix Jacobians and widths (:func:`kink_jacobians`), the rows' helices
+(:func:`kinked_rows`) and one Gauss-Newton step with the helix covariance (:func:`normal_steps`,
+:func:`solve_scaled`).
 
 One pass per row (numba, ``@njit(cache=True, nogil=True, error_model="numpy")``) instead of some fifty numpy
 operations over all rows with their temporaries.  ``error_model="numpy"``: a division by zero (a track parallel to
@@ -562,7 +565,7 @@ def seeds(starts: np.ndarray, pos: np.ndarray, w_circle: np.ndarray, is_u: np.nd
 
 
 def _load() -> None:
-    """Load the three kernels now (from numba's on-disk cache; compiled on the first run after an edit), at the
+    """Load the kernels now (from numba's on-disk cache; compiled on the first run after an edit), at the
     import of this module: :func:`b2luca.reco.fit.preload` (the driver and the job server, before they fork)
     or the first fit."""
     h = np.zeros((1, 5))
