@@ -139,7 +139,27 @@ def _segsum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def seed_tracks(meas: Measurements, geom: G.Geometry, constants: Constants) -> tuple[np.ndarray, np.ndarray]:
-    """Seed perigee parameters (T, 5) and the arm (+-1) of every row."""
+    """Seed perigee parameters (T, 5) and the arm (+-1) of every row: an algebraic circle fit to the VXD clusters
+    and axial CDC hits, the sense of motion, then z versus arc length (VXD u clusters, stereo CDC hits); one
+    compiled pass per track (:func:`b2luca.reco._kernels.seeds`; the numpy version is :func:`_seed_tracks_numpy`)."""
+    nt = meas.n_tracks
+    cdc = meas.kind == KIND_CDC
+    lay = np.maximum(meas.layer, 0)
+    stereo = np.where(cdc, geom.cdc_stereo[lay], 0.0)
+    axial = np.where(cdc, stereo == 0, meas.kind == 0)
+    w = np.where(cdc, 1.0, 10.0) * axial  # VXD clusters are precise and least scattered
+    par = np.ascontiguousarray(constants.cdc_params[lay], dtype=float)
+    phi_w0 = geom.cdc_phi_offset[lay] + 2 * np.pi * np.maximum(meas.wire, 0) / geom.cdc_nwires[lay] + par[:, 2]
+    h = np.empty((nt, 5))
+    s = np.empty(meas.track.size)
+    _kernels().seeds(np.append(_starts(meas.track, nt), meas.track.size), np.ascontiguousarray(meas.approx_pos,
+                     dtype=float), w, meas.kind == 0, stereo, np.asarray(geom.cdc_r[lay], dtype=float), phi_w0, par,
+                     np.ascontiguousarray(meas.m, dtype=float), h, s)
+    return h, np.where(s > 0, 1.0, -1.0)
+
+
+def _seed_tracks_numpy(meas: Measurements, geom: G.Geometry, constants: Constants) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`seed_tracks` in numpy (the reference of the compiled one)."""
     t, pos = meas.track, meas.approx_pos
     nt = meas.n_tracks
     axial = np.where(meas.kind == KIND_CDC, geom.cdc_stereo[np.maximum(meas.layer, 0)] == 0, meas.kind == 0)
@@ -341,16 +361,38 @@ class _Predictor:
         return out
 
 
-def _kink_jacobians(h: np.ndarray, arms: tuple[float, ...], geom: G.Geometry, p: np.ndarray,
-                    mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """J (T, n_arms, N_SCAT, 5, 2) and prior widths (T, n_arms, N_SCAT).
-
-    Central differences of :func:`b2luca.reco.helix.apply_kink` in both kink angles, for every arm and
-    scatterer at once (the helix functions are elementwise, so the stacked evaluation gives the same numbers
-    as one call per arm, scatterer and step, in a few large array operations instead of ~100 small ones)."""
+def _scatterers(geom: G.Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Radii and thicknesses (x/X0) of the N_SCAT scatterers of an arm, from the IP outwards."""
     radii = np.array([G.BEAMPIPE_R] + [G.scatterer_radius(geom, li) for li in range(6)] + [G.CDC_INNER_WALL_R])
     x0s = np.array([G.BEAMPIPE_X0] + list(geom.layer_x0) + [G.CDC_INNER_WALL_X0])
-    eps = 1e-6
+    return radii, x0s
+
+
+_KINK_EPS = 1e-6  # the kink angle steps of the central differences
+
+
+def _kink_jacobians(h: np.ndarray, arms: tuple[float, ...], geom: G.Geometry, p: np.ndarray,
+                    mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """J (T, n_arms, N_SCAT, 5, 2) and prior widths (T, n_arms, N_SCAT): central differences of
+    :func:`b2luca.reco.helix.apply_kink` in both kink angles for every track, arm and scatterer, one compiled
+    pass (:func:`b2luca.reco._kernels.kink_jacobians`; the numpy version is :func:`_kink_jacobians_numpy`)."""
+    radii, x0s = _scatterers(geom)
+    nt = h.shape[0]
+    jac = np.empty((nt, len(arms), N_SCAT, 5, 2))
+    sig = np.empty((nt, len(arms), N_SCAT))
+    _kernels().kink_jacobians(np.ascontiguousarray(h, dtype=float), np.asarray(arms, dtype=float), radii, x0s,
+                              np.ascontiguousarray(p, dtype=float), np.ascontiguousarray(mass, dtype=float),
+                              _KINK_EPS, jac, sig)
+    return jac, sig
+
+
+def _kink_jacobians_numpy(h: np.ndarray, arms: tuple[float, ...], geom: G.Geometry, p: np.ndarray,
+                          mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_kink_jacobians` in numpy (the reference of the compiled one): every arm and scatterer at once (the
+    helix functions are elementwise, so the stacked evaluation gives the same numbers as one call per arm,
+    scatterer and step)."""
+    radii, x0s = _scatterers(geom)
+    eps = _KINK_EPS
     s = H.cylinder_crossing(h, radii[None, :, None], np.asarray(arms)[:, None, None])  # (arms, N_SCAT, T)
     ok = np.isfinite(s)
     s = np.where(ok, s, 0.0)
@@ -385,18 +427,16 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     ``split_at``: from that iteration on, once some (not all) tracks have converged, stop after the update and
     return every track's results of this evaluation, ``done`` (which tracks converged: their results are final)
     and ``state`` (the iteration state for the next evaluation, per track: helices, kinks, step control, the
-    VXD crossings to start from, the padded width); ``resume``: such a state (of the remaining tracks) to
+    VXD crossings to start from); ``resume``: such a state (of the remaining tracks) to
     continue from, computing the same numbers as the chunk would have.  A converged track's result is the
     evaluation it converged at (unsplit, its parameters stay but it is evaluated again: round-off apart, the
     same results)."""
     nt = t1 - t0
     track = meas.track[rows] - t0
-    st = _starts(track, nt)
-    slot_in = np.arange(track.size) - st[track]  # position of the row inside its track (padding)
-    # rows per track in the padded layout (a resumed chunk keeps its parent's width: the products sum the same terms)
-    mmax = int(slot_in.max()) + 1 if resume is None else int(resume["mmax"])
+    bounds = np.append(_starts(track, nt), track.size)  # the rows of track t: bounds[t]:bounds[t + 1]
     m, w0 = meas.m[rows], 1.0 / meas.sigma[rows] ** 2
     pr = _Predictor(meas, rows, geom, constants, arm)
+    K = _kernels()
     nk = len(arms) * N_SCAT * 2 if scattering else 0
     nl = 5 + nk
     theta = np.zeros((nt, len(arms), N_SCAT, 2)) if theta0 is None else np.array(theta0, float)
@@ -406,8 +446,6 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     li = np.where(meas.kind[rows] == KIND_CDC, N_SCAT, geom.layer[np.maximum(meas.sensor[rows], 0)]).astype(np.int64)
     # flat row indices (one index array gathers several times faster than a pair of them)
     track_arm = track * len(arms) + slot  # (track, arm) of every row
-    row_slot = track * mmax + slot_in  # its row in the per-track padded layout
-    eye = np.eye(nl)
     chi2_prev = np.full(nt, np.inf)
     ngood_prev = np.zeros(nt)
     delta_prev = np.zeros((nt, nl))
@@ -422,9 +460,10 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         p = H.momentum(h)
         if scattering:
             jac, sig = _kink_jacobians(h, arms, geom, p, mass[t0:t1])
-            dh = np.einsum("tajkc,tajc->tajk", jac, theta)
-            cum = np.concatenate([np.zeros((nt, len(arms), 1, 5)), np.cumsum(dh, axis=2)], axis=2)
-            h_rows = h[track] + np.take(cum.reshape(-1, 5), (track_arm * (N_SCAT + 1)) + li, axis=0)
+            # the helix at each hit: the track's changed by the kinks before it
+            h_rows = np.empty((track.size, 5))
+            K.kinked_rows(np.ascontiguousarray(h, dtype=float), bounds, li, slot, jac,
+                          np.ascontiguousarray(theta, dtype=float), h_rows)
         else:
             h_rows = h[track]
         pred, s = pr(h_rows, update=True)
@@ -433,46 +472,37 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
         res = np.where(good, m - pred, 0.0)
         d = np.where(good[:, None], d, 0.0)
         w = np.where(good, w0, 0.0)
-        loc = np.zeros((res.size, nl))
-        loc[:, :5] = d
+        # the normal equations of every track straight from its rows and kink priors, scaled to a unit diagonal and
+        # solved (Cholesky): the step in units of 1/sqrt(diag) (<= 1 sigma); the helix covariance at the last one
         if scattering:
-            # d(pred)/d(kink) = d(pred)/d(h) . J(kink) for the kinks before the hit, in its arm's columns;
-            # J laid out as (T * arms, 5, N_SCAT * 2)
-            j2 = np.ascontiguousarray(jac.transpose(0, 1, 3, 2, 4)).reshape(-1, 5, 2 * N_SCAT)
-            _kernels().kink_columns(d, j2, track_arm, li, slot, loc)
-        sw = np.sqrt(w)
-        padded = np.zeros((nt, mmax, nl))
-        padded.reshape(-1, nl)[row_slot] = loc * sw[:, None]
-        rpad = np.zeros((nt, mmax))
-        rpad.reshape(-1)[row_slot] = res * sw
-        pt = np.swapaxes(padded, 1, 2)
-        a = pt @ padded
-        b = (pt @ rpad[..., None])[..., 0]
-        chi2 = np.sum(rpad * rpad, axis=1)
-        if scattering:
-            ws = 1.0 / np.repeat(sig.reshape(nt, -1), 2, axis=1) ** 2
-            th = theta.reshape(nt, -1)
-            a[:, 5:, 5:] += ws[:, :, None] * np.eye(nk)
-            b[:, 5:] -= ws * th
-            chi2 = chi2 + np.sum(ws * th * th, axis=1)
-        diag = np.diagonal(a, axis1=1, axis2=2)
-        scale = np.where(diag > 0, 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0)), 1.0)
-        a_s = a * scale[:, :, None] * scale[:, None, :]
-        # unconstrained parameters get a unit diagonal (zero step); a tiny ridge guards rank deficiency
-        a_s = a_s + eye * np.where(diag > 0, 1e-12, 1.0)[:, None, :]
+            ws = np.ascontiguousarray(1.0 / np.repeat(sig.reshape(nt, -1), 2, axis=1) ** 2)
+            th = np.ascontiguousarray(theta.reshape(nt, -1), dtype=float)
+        else:
+            ws = th = np.zeros((nt, 0))
+            jac = np.zeros((nt, 0, 0, 5, 2))
+        d = np.ascontiguousarray(d, dtype=float)
+        step, scale, chi2 = np.empty((nt, nl)), np.empty((nt, nl)), np.empty(nt)
+        cov = np.full((nt, 5, 5), np.nan)  # of the tracks that may stop here (all of them at the last iteration)
+        K.normal_steps(d, res, w, bounds, li, slot, jac, ws, th, it >= n_iter, done, step, scale, chi2, cov)
         # step control: a step that raised chi2 (or lost measurements) is halved instead of taking a new one
         ngood = np.bincount(track, weights=good, minlength=nt)
         worse = (ngood < ngood_prev) | (chi2 > chi2_prev * (1 + 1e-3) + 1e-3)
-        step = np.linalg.solve(a_s, (b * scale)[..., None])[..., 0]  # in units of 1/sqrt(diag): <= 1 sigma
         # a converged track (its next step < 1e-3 of its errors) stops here: its result does not depend on the
         # other tracks of the batch (the batch size, the files and runs fitted together)
         done |= (it >= min_done) & ~worse & (np.max(np.abs(step), axis=1) < 1e-3)
-        if it >= n_iter or done.all():
-            cov = _helix_covariance(a_s, scale, eye)
+        last = it >= n_iter or bool(done.all())
+        stopped = not last and split_at is not None and it >= split_at and bool(done.any())
+        if last or stopped:  # the local derivatives of the result's evaluation
+            loc = np.zeros((res.size, nl))
+            loc[:, :5] = d
+            if scattering:
+                # d(pred)/d(kink) = d(pred)/d(h) . J(kink) for the kinks before the hit, in its arm's columns;
+                # J laid out as (T * arms, 5, N_SCAT * 2)
+                j2 = np.ascontiguousarray(jac.transpose(0, 1, 3, 2, 4)).reshape(-1, 5, 2 * N_SCAT)
+                K.kink_columns(d, j2, track_arm, li, slot, loc)
+        if last:
             break
-        stopped = split_at is not None and it >= split_at and bool(done.any())
         if stopped:  # the converged tracks' results are this evaluation's; the others go on alone
-            cov = _helix_covariance(a_s, scale, eye)
             h_eval, theta_eval = h, theta
         delta = step * scale
         delta = np.where(worse[:, None], -0.5 * delta_prev, delta)
@@ -490,7 +520,7 @@ def _fit_chunk(meas: Measurements, rows: slice, t0: int, t1: int, h: np.ndarray,
     state = None
     if stopped:
         state = dict(h=h, theta=theta, chi2_prev=chi2_prev, ngood_prev=ngood_prev, delta_prev=delta_prev, it=it,
-                     s_vxd=pr.s_vxd, vxd_rows=pr.vxd, mmax=mmax, min_done=min_done, split_at=split_at)
+                     s_vxd=pr.s_vxd, vxd_rows=pr.vxd, min_done=min_done, split_at=split_at)
         h, theta = h_eval, theta_eval
     ndf = np.bincount(track, weights=good, minlength=nt) - 5
     ok = np.all(np.isfinite(h), axis=1) & np.isfinite(chi2) & (ndf > 0)
@@ -533,7 +563,7 @@ def _resume_stragglers(r: dict[str, Any], meas: Measurements, rows: slice, t0: i
             if f.name not in ("track_key", "track")}
     sub = dataclasses.replace(meas, track_key=meas.track_key[t0 + left], track=remap[track[keep]], **cols)
     vxd_rows, s_vxd = state.pop("vxd_rows"), state.pop("s_vxd")
-    resume = {k: (v if k in ("it", "mmax", "split_at") else v[left]) for k, v in state.items()}
+    resume = {k: (v if k in ("it", "split_at") else v[left]) for k, v in state.items()}
     split_at = resume.pop("split_at")
     resume["s_vxd"] = s_vxd[keep[vxd_rows]]
     h = resume.pop("h")
@@ -602,7 +632,7 @@ def fit_tracks(meas: Measurements, constants: Constants, geom: G.Geometry | None
                                global_derivatives)
         for k, v in r.items():
             out.setdefault(k, []).append(v)
-    cat = {k: np.concatenate(v) for k, v in out.items()}
+    cat = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in out.items()}
     return FitResult(meas=meas, params=cat["params"], cov=cat["cov"], chi2=cat["chi2"], ndf=cat["ndf"], ok=cat["ok"], kinks=cat["kinks"],
                      kink_sigma=cat["kink_sigma"], arm=arm, pred=cat["pred"], residual=cat["residual"],
                      local_derivs=cat["local"], global_derivs=cat.get("gd", np.zeros((0, 6))),
