@@ -25,7 +25,7 @@ from numba import njit
 from ._kernels import (U, _cholesky, _forward, _local_solution, _meas_ptr, _reweight, _weight_fraction,
                        chunk_structure, pair_keys)
 
-__all__ = ["accumulate", "chunk_structure", "chunk_structure_wide", "fit_records", "pair_index", "pair_keys"]
+__all__ = ["accumulate", "accumulate_mode", "chunk_structure", "chunk_structure_wide", "fit_records", "pair_index", "pair_keys"]
 
 #: :func:`pair_index` (a table of every block pair) up to this many label blocks, else a sort of the keys
 PAIR_TABLE_BLOCKS = 2048
@@ -115,12 +115,181 @@ def _subtract_gram(M: np.ndarray, K: int, nblk: int, bstart: np.ndarray, brank: 
         pa = pb
 
 
+#: the measurement-space form's cost per scattered product against one multiply-add of the BLAS products
+#: (measured on the demo's records: with 9 the cosmic tracks keep the block-row form, the di-muon events take
+#: the measurement space, ~30 % faster)
+SCATTER_COST = 9.0
+#: the measurement space only for records of up to this many local parameters (one or two tracks): a hadronic
+#: event's block-row form sums F track by track (its groups), which the cost model does not see (measured:
+#: 2-10x slower in measurement space)
+MEAS_SPACE_MAX_Q = 48
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _meas_space_cheaper(m0: int, m1: int, glb_ptr: np.ndarray, q: int, K: int) -> bool:  # pragma: no cover
+    """Whether :func:`_meas_space` costs fewer operations than the block-row form for this record: n_m² q/2 +
+    q² n_m/2 + SCATTER_COST·(Σ|g|)²/2 against K² q/2 + q² K/2 (n_m measurements with global entries, Σ|g| their
+    entries, K used block rows), for records of up to MEAS_SPACE_MAX_Q local parameters."""
+    if q > MEAS_SPACE_MAX_Q:
+        return False
+    nm = 0
+    sg = 0
+    for m in range(m0, m1):
+        g = glb_ptr[m + 1] - glb_ptr[m]
+        if g > 0:
+            nm += 1
+            sg += g
+    new = 0.5 * nm * q * (nm + q) + 0.5 * SCATTER_COST * sg * sg
+    old = 0.5 * K * q * (K + q)
+    return new < old
+
+
+@njit(cache=True, nogil=True)
+def _meas_space(m0: int, m1: int, loc_ptr: np.ndarray, loc_index: np.ndarray, loc_der: np.ndarray,
+                glb_ptr: np.ndarray, mrank: np.ndarray, gpos: np.ndarray, glb_der: np.ndarray, lidx: np.ndarray,
+                y: np.ndarray, wm: np.ndarray, qr: int, nbr: int, s0: int, ublk: np.ndarray, crow: np.ndarray,
+                pairrow: np.ndarray, G: np.ndarray, L: np.ndarray, u: np.ndarray, gam: np.ndarray,
+                d: np.ndarray, jm: np.ndarray, jr: np.ndarray, dn: np.ndarray, dpos: np.ndarray, dval: np.ndarray,
+                gs: np.ndarray, Zt: np.ndarray, Zflat: np.ndarray, Pflat: np.ndarray, tot: np.ndarray,
+                dblk: np.ndarray, entries: np.ndarray, Su: int, K: int, cstart: np.ndarray, vpos: np.ndarray,
+                dden: np.ndarray, Q: np.ndarray) -> None:  # pragma: no cover - compiled
+    """One record's sums in measurement space: with Z = A L⁻ᵀ (the n_m measurements with global entries × q,
+    A their local derivatives) and D their global derivatives, M = Dᵀ W Z and F = M Mᵀ = Dᵀ W (Z Zᵀ) W D:
+    an n_m² q product (upper block pairs only: the measurements sorted by block rank, panels of whole ranks)
+    and a scatter of w_m w_m' (Z Zᵀ)_mm' d_m d_m'ᵀ into the pair sums, instead of K² q over the K used block
+    rows; b = Dᵀ W (y − Z L⁻¹β).  ``gam`` (zeroed, compact rows ``crow``), ``dblk`` and ``entries`` as the
+    block-row form fills them; the rest are work buffers."""
+    ywy = _sparse_gram(m0, m1, loc_ptr, loc_index, loc_der, y, wm, qr, G, u)  # noqa: F841 (χ² known)
+    _cholesky(G, L, qr)  # regular: accepted records passed fit_records' test on the same sums
+    _forward(L, qr, u)
+    # the measurements with global entries, by block rank (counting sort; stable: record order within a rank)
+    for ia in range(nbr + 2):
+        gs[ia] = 0
+    for m in range(m0, m1):
+        if glb_ptr[m + 1] > glb_ptr[m]:
+            gs[U(mrank[m]) + U(2)] += 1
+    for ia in range(nbr):
+        gs[ia + 2] += gs[ia + 1]
+    for m in range(m0, m1):
+        if glb_ptr[m + 1] > glb_ptr[m]:
+            rk = U(mrank[m])
+            j = U(gs[rk + U(1)])
+            gs[rk + U(1)] += 1
+            jm[j] = m
+            jr[j] = rk
+    nm = U(gs[nbr])  # (gs[ia]: the first measurement of rank ia)
+    for k in range(qr):
+        for j in range(nm):
+            Zt[k, j] = 0.0
+    for j in range(nm):
+        m = U(jm[j])
+        rk = U(jr[j])
+        for t in range(Su):
+            d[t] = 0.0
+        for e in range(U(glb_ptr[m]), U(glb_ptr[m + U(1)])):
+            d[U(gpos[e])] += glb_der[e]
+            entries[U(lidx[e])] += 1
+        gb = U(ublk[s0 + rk])
+        wmm = wm[m]
+        n = 0
+        for s in range(Su):
+            wd = wmm * d[s]
+            dden[j, s] = wd
+            if wd == 0.0:
+                continue
+            dpos[j, n] = s
+            dval[j, n] = wd
+            n += 1
+            for t in range(Su):
+                dblk[gb, s * Su + t] += wd * d[t]
+        dn[j] = n
+        for e in range(U(loc_ptr[m]), U(loc_ptr[m + U(1)])):
+            Zt[U(loc_index[e]), j] += loc_der[e]
+    for k in range(qr):  # Zᵀ = L⁻¹ Aᵀ row by row (inner loops over the measurements: vectorised)
+        for i in range(k):
+            c = L[k, i]
+            if c == 0.0:  # (another track of the event: L keeps them apart)
+                continue
+            for j in range(nm):
+                Zt[k, j] -= c * Zt[i, j]
+        c = 1.0 / L[k, k]
+        for j in range(nm):
+            Zt[k, j] *= c
+    for j in range(nm):  # b = Dᵀ W (y − Z u), u = L⁻¹β
+        m = U(jm[j])
+        res = y[m]
+        for k in range(qr):
+            res -= Zt[k, j] * u[k]
+        base = U(jr[j]) * Su
+        for a in range(U(dn[j])):
+            gam[U(crow[base + U(dpos[j, a])])] += dval[j, a] * res
+    if qr == 0 or nm == 0:
+        return
+    Z = Zflat[: nm * qr].reshape((nm, qr))
+    for j in range(nm):
+        for k in range(qr):
+            Z[j, k] = Zt[k, j]
+    # P = Z Zᵀ by panels of whole ranks (about PANEL_ROWS rows), each one BLAS product of its rows of Z against
+    # the rows from its first on; then each pair m <= m' (by rank; both orders within a rank) into its block pair
+    ra = 0
+    while ra < nbr:
+        rb = ra + 1
+        while rb < nbr and gs[rb + 1] - gs[ra] <= PANEL_ROWS:
+            rb += 1
+        p0, p1 = U(gs[ra]), U(gs[rb])
+        ra0 = ra
+        ra = rb
+        if p1 == p0:
+            continue
+        P = Pflat[: (p1 - p0) * (nm - p0)].reshape((p1 - p0, nm - p0))
+        np.dot(Z[p0:p1], Z[p0:nm].T, P)
+        for j in range(p0, p1):  # Q = (W Z Zᵀ W D) over the compact rows of the ranks from j's on
+            rj = U(jr[j])
+            c0 = U(cstart[rj])
+            for c in range(c0, K):
+                Q[j, c] = 0.0
+            for j2 in range(U(gs[rj]), nm):
+                pw = P[j - p0, j2 - p0]
+                base = U(jr[j2]) * Su
+                for b in range(U(dn[j2])):
+                    Q[j, U(crow[base + U(dpos[j2, b])])] += pw * dval[j2, b]
+        for a in range(ra0, ra):  # F_ab = D_aᵀ Q_a (rows of block a, columns of the blocks from a on)
+            j0, j1 = U(gs[a]), U(gs[a + 1])
+            if j1 == j0:
+                continue
+            prow = U(a) * U(nbr)
+            for ci in range(U(cstart[a]), U(cstart[a + 1])):
+                pa = U(vpos[ci])
+                base = pa * Su
+                for b in range(U(a), U(nbr)):
+                    row = U(pairrow[prow + b])
+                    for cj in range(U(cstart[b]), U(cstart[b + 1])):
+                        f = 0.0
+                        for j in range(j0, j1):
+                            f += dden[j, pa] * Q[j, cj]
+                        tot[row, base + U(vpos[cj])] -= f
+
+
+
 @njit(cache=True, nogil=True)
 def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_ptr: np.ndarray, loc_index: np.ndarray,
                loc_der: np.ndarray, glb_ptr: np.ndarray, mrank: np.ndarray, gpos: np.ndarray, glb_der: np.ndarray,
                lidx: np.ndarray, y: np.ndarray, wm: np.ndarray, q: np.ndarray, nb: np.ndarray, ustart: np.ndarray,
                ublk: np.ndarray, bmem: np.ndarray, pair_off: np.ndarray, kinv: np.ndarray, tot: np.ndarray,
                dblk: np.ndarray, bsum: np.ndarray, entries: np.ndarray) -> None:  # pragma: no cover - compiled
+    """:func:`b2luca.alignment._kernels.accumulate` (the same arguments and sums) for wide records: each record
+    by the cheaper of its two forms (:func:`accumulate_mode`, ``mode`` 0)."""
+    accumulate_mode(order, accept, rec_ptr, loc_ptr, loc_index, loc_der, glb_ptr, mrank, gpos, glb_der, lidx, y,
+                    wm, q, nb, ustart, ublk, bmem, pair_off, kinv, tot, dblk, bsum, entries, 0)
+
+
+@njit(cache=True, nogil=True)
+def accumulate_mode(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_ptr: np.ndarray,
+                    loc_index: np.ndarray, loc_der: np.ndarray, glb_ptr: np.ndarray, mrank: np.ndarray,
+                    gpos: np.ndarray, glb_der: np.ndarray, lidx: np.ndarray, y: np.ndarray, wm: np.ndarray,
+                    q: np.ndarray, nb: np.ndarray, ustart: np.ndarray, ublk: np.ndarray, bmem: np.ndarray,
+                    pair_off: np.ndarray, kinv: np.ndarray, tot: np.ndarray, dblk: np.ndarray, bsum: np.ndarray,
+                    entries: np.ndarray, mode: int) -> None:  # pragma: no cover - compiled
     """:func:`b2luca.alignment._kernels.accumulate` (the same arguments and sums) for wide records: sums over
     the entries, M and F over the used block rows only (see the module).
 
@@ -159,6 +328,22 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
     gstart = np.zeros(nbmax + 1, np.int64)
     gvpos = np.zeros(kmax, np.int64)
     Mgflat = np.zeros(qmax * kmax)  # a group's columns of M over its blocks' rows, contiguous
+    # the measurement-space form (see _meas_space): its per-record buffers, over the measurements of a record
+    nmax = 1
+    for r in range(nrec):
+        if accept[r]:
+            nmax = max(nmax, rec_ptr[r + 1] - rec_ptr[r])
+    jm = np.zeros(nmax, np.int64)
+    jr = np.zeros(nmax, np.int64)
+    dn = np.zeros(nmax, np.int64)
+    dpos = np.zeros((nmax, S), np.int64)
+    dval = np.zeros((nmax, S))
+    gs = np.zeros(nbmax + 2, np.int64)
+    Zt = np.zeros((qmax, nmax))
+    Zflat = np.zeros(qmax * nmax)
+    Pflat = np.zeros(nmax * nmax)
+    dden = np.zeros((nmax, S))
+    Qbuf = np.zeros((nmax, kmax))
     for r in order:
         if not accept[r] or nb[r] == 0:
             continue
@@ -179,57 +364,74 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
         K = U(kc)
         for i in range(K):
             gam[i] = 0.0
-        for k in range(qr):
-            for i in range(K):
-                Mt[k, i] = 0.0
-        ywy = _sparse_gram(m0, m1, loc_ptr, loc_index, loc_der, y, wm, q[r], G, u)  # noqa: F841 (χ² known)
-        for m in range(m0, m1):
-            g0, g1 = U(glb_ptr[m]), U(glb_ptr[m + U(1)])
-            if g1 == g0:
-                continue
-            wmm = wm[m]
-            ym = y[m]
-            rk = U(mrank[m])
-            base = rk * Su
-            for t in range(Su):
-                d[t] = 0.0
-            for e in range(g0, g1):
-                d[U(gpos[e])] += glb_der[e]
-                entries[U(lidx[e])] += 1
-            gb = U(ublk[s0 + rk])
-            e0, e1 = U(loc_ptr[m]), U(loc_ptr[m + U(1)])
-            for s in range(Su):
-                wd = wmm * d[s]
-                if wd == 0.0:
-                    continue
-                c = U(crow[base + s])
-                gam[c] += wd * ym
-                for e in range(e0, e1):
-                    Mt[U(loc_index[e]), c] += wd * loc_der[e]
-                for t in range(Su):
-                    dblk[gb, s * Su + t] += wd * d[t]
-        _cholesky(G, L, q[r])  # regular: accepted records passed fit_records' test on the same sums
-        _forward(L, q[r], u)
-        for k in range(qr):
-            dinv[k] = 1.0 / L[k, k]
-        for k in range(qr):  # Mᵀ = L⁻¹ Hᵀ row by row (inner loops over the used rows of M: vectorised)
-            for j in range(k):
-                c = L[k, j]
-                if c == 0.0:  # (another track of the event: L keeps them apart)
-                    continue
-                for i in range(K):
-                    Mt[k, i] -= c * Mt[j, i]
-            c = dinv[k]
-            uk = u[k]
-            for i in range(K):
-                Mt[k, i] *= c
-                gam[i] -= Mt[k, i] * uk  # b_r = γ − M L⁻¹β
+        kp = U(pair_off[r])
         for ia in range(nbr):
-            blk = U(ublk[s0 + ia])
-            for s in range(Su):
-                lab = bmem[blk, s]
-                if lab >= 0:
-                    bsum[lab] += gam[U(crow[ia * Su + s])]
+            for ib in range(ia, nbr):
+                pairrow[ia * nbr + ib] = kinv[kp]
+                kp += U(1)
+        if mode == 1 or (mode == 0 and not _meas_space_cheaper(m0, m1, glb_ptr, qr, K)):  # H over the used block rows
+            for k in range(qr):
+                for i in range(K):
+                    Mt[k, i] = 0.0
+            ywy = _sparse_gram(m0, m1, loc_ptr, loc_index, loc_der, y, wm, q[r], G, u)  # noqa: F841 (χ² known)
+            for m in range(m0, m1):
+                g0, g1 = U(glb_ptr[m]), U(glb_ptr[m + U(1)])
+                if g1 == g0:
+                    continue
+                wmm = wm[m]
+                ym = y[m]
+                rk = U(mrank[m])
+                base = rk * Su
+                for t in range(Su):
+                    d[t] = 0.0
+                for e in range(g0, g1):
+                    d[U(gpos[e])] += glb_der[e]
+                    entries[U(lidx[e])] += 1
+                gb = U(ublk[s0 + rk])
+                e0, e1 = U(loc_ptr[m]), U(loc_ptr[m + U(1)])
+                for s in range(Su):
+                    wd = wmm * d[s]
+                    if wd == 0.0:
+                        continue
+                    c = U(crow[base + s])
+                    gam[c] += wd * ym
+                    for e in range(e0, e1):
+                        Mt[U(loc_index[e]), c] += wd * loc_der[e]
+                    for t in range(Su):
+                        dblk[gb, s * Su + t] += wd * d[t]
+            _cholesky(G, L, q[r])  # regular: accepted records passed fit_records' test on the same sums
+            _forward(L, q[r], u)
+            for k in range(qr):
+                dinv[k] = 1.0 / L[k, k]
+            for k in range(qr):  # Mᵀ = L⁻¹ Hᵀ row by row (inner loops over the used rows of M: vectorised)
+                for j in range(k):
+                    c = L[k, j]
+                    if c == 0.0:  # (another track of the event: L keeps them apart)
+                        continue
+                    for i in range(K):
+                        Mt[k, i] -= c * Mt[j, i]
+                c = dinv[k]
+                uk = u[k]
+                for i in range(K):
+                    Mt[k, i] *= c
+                    gam[i] -= Mt[k, i] * uk  # b_r = γ − M L⁻¹β
+            for ia in range(nbr):
+                blk = U(ublk[s0 + ia])
+                for s in range(Su):
+                    lab = bmem[blk, s]
+                    if lab >= 0:
+                        bsum[lab] += gam[U(crow[ia * Su + s])]
+        else:  # in measurement space (Z = A L⁻ᵀ; see _meas_space)
+            _meas_space(m0, m1, loc_ptr, loc_index, loc_der, glb_ptr, mrank, gpos, glb_der, lidx, y, wm, qr, nbr,
+                        s0, ublk, crow, pairrow, G, L, u, gam, d, jm, jr, dn, dpos, dval, gs, Zt, Zflat, Pflat,
+                        tot, dblk, entries, Su, K, cstart, vpos, dden, Qbuf)
+            for ia in range(nbr):
+                blk = U(ublk[s0 + ia])
+                for s in range(Su):
+                    lab = bmem[blk, s]
+                    if lab >= 0:
+                        bsum[lab] += gam[U(crow[ia * Su + s])]
+            continue
         if qr == 0:
             continue
         # F = M Mᵀ over the used rows, upper block pairs only: by panels of whole blocks (about PANEL_ROWS rows),
@@ -238,11 +440,6 @@ def accumulate(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, loc_p
         for k in range(qr):
             for i in range(K):
                 Mr[i, k] = Mt[k, i]
-        kp = U(pair_off[r])
-        for ia in range(nbr):
-            for ib in range(ia, nbr):
-                pairrow[ia * nbr + ib] = kinv[kp]
-                kp += U(1)
         # groups of local parameters: consecutive ones whose columns of M are nonzero in the same blocks
         for k in range(qr):
             for ia in range(nbr):

@@ -270,6 +270,57 @@ def test_wide_kernels_give_the_numpy_system(monkeypatch, min_k, n_layers):
                  _system(records, False, monkeypatch, corr, DownWeighting()), rel=2e-9, chi2_rel=2e-6)
 
 
+def _vertex_events(seed: int, n_tracks: int, n_layers: int, rng: np.random.Generator) -> MilleRecords:
+    """:func:`_wide_records` grouped into events of 1-5 tracks with a common vertex."""
+    from b2luca.alignment.vertex import event_vertex_records
+
+    r = _wide_records(seed, n_tracks, n_layers)
+    n = r.n_records
+    event = np.repeat(np.arange(n), rng.integers(1, 6, n))[:n]
+    q = np.zeros(n, np.int64)
+    np.maximum.at(q, r.meas_record()[r.loc_meas], r.loc_index.astype(np.int64) + 1)
+    return event_vertex_records(r, event, rng.normal(0, 0.01, n), rng.uniform(-3, 3, n), np.maximum(q, 2),
+                                (0.0, 0.0), (0.01, 0.001), (9_000_001, 9_000_002))
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize(("events", "n_layers"), [(False, 6), (False, 22), (True, 6)])
+def test_both_forms_of_the_wide_kernel_give_the_exact_system(monkeypatch, mode, events, n_layers):
+    """The wide kernel's two forms of a record's sums, each forced on every record (``accumulate`` takes the
+    cheaper one per record): the block-row form (1: M = H L⁻ᵀ, F = M Mᵀ over the used block rows) and the
+    measurement-space form (2: Z = A L⁻ᵀ, F = Dᵀ W Z Zᵀ W D), on single tracks and on vertex events (several
+    tracks per record), each within ~1e-11 of the exact (QR) system; with 22 layers the measurement-space
+    products take several panels."""
+    monkeypatch.setattr("b2luca.alignment.assemble.UNION_MIN_K", 6)
+    rng = np.random.default_rng(11)
+    records = ([_vertex_events(8, 240, n_layers, rng), _vertex_events(9, 160, n_layers, rng)] if events else
+               [_wide_records(8, 300, n_layers), _wide_records(9, 200, n_layers)])
+    calls = []
+
+    def forced(*args):
+        calls.append(args[1].sum())
+        _wide_kernels.accumulate_mode(*args, mode)
+
+    monkeypatch.setattr(_wide_kernels, "accumulate", forced)
+    new = _system(records, True, monkeypatch, dw=DownWeighting())
+    assert len(calls) == 2 and min(calls) > 20
+    C, b, chi2, used = _exact_system(records, new.labels)
+    assert new.n_used == used
+    assert abs(new.C.toarray() - C).max() <= 2e-11 * abs(C).max()
+    assert abs(new.b - b).max() <= 2e-11 * abs(b).max()
+
+
+def test_the_cost_model_takes_both_forms():
+    """``accumulate`` (mode 0) takes the measurement space for a record of few measurements with few global
+    entries against many used block rows, the block-row form for many measurements with many entries each, and
+    always the block-row form above MEAS_SPACE_MAX_Q local parameters."""
+    cheaper = _wide_kernels._meas_space_cheaper
+    glb_ptr = np.arange(0, 3 * 101, 3, dtype=np.int64)  # 100 measurements of 3 global entries
+    assert cheaper(0, 100, glb_ptr, 37, 300)  # K = 300 used rows: the K² q products cost more
+    assert not cheaper(0, 100, glb_ptr, 37, 60)  # K = 60: the scatter of (Σ|g|)² products costs more
+    assert not cheaper(0, 100, glb_ptr, _wide_kernels.MEAS_SPACE_MAX_Q + 1, 300)
+
+
 def test_wide_comparison_fails_when_the_kernel_drops_a_record(monkeypatch):
     """The comparison above can fail: one accepted record left out of the wide kernel's sums."""
     monkeypatch.setattr("b2luca.alignment.assemble.UNION_MIN_K", 6)
