@@ -12,6 +12,12 @@ differences that only matter for wide records:
 * M = H L⁻ᵀ and F = M Mᵀ are formed over the record's *used* block rows only (a label block of S positions
   whose labels do not fill it, e.g. a CDC layer's 3 parameters in blocks of 6, has unused rows).
 
+A record's F may also be formed in *measurement space* (:func:`_meas_space`): with Z = A L⁻ᵀ over its n_m
+measurements that have global entries, F = Dᵀ W Z Zᵀ W D, an n_m² q product instead of K² q.  Each record takes
+whichever form a flop model (:func:`_meas_space_cheaper`) finds cheaper; both give the same sums to round-off
+(tests/alignment/test_kernels.py checks both against the exact system).  In the demo it is chosen for the
+di-muon vertex events, whose per-track grouping costs more than the measurement-space product.
+
 The exports have the signatures of the narrow module's (:mod:`b2luca.alignment.fast_path` hands either module
 to :class:`b2luca.alignment.assemble.Assembler`).  Importing this module imports numba; the kernels are cached
 on disk like the narrow ones.
