@@ -158,4 +158,5 @@ class UndeclaredDependencyError(WorkError, RuntimeError):
 
 # --- track fit's compiled kernels (issue 15) -----------------------------------------------------------
 class KernelLoadError(WorkError, RuntimeError):
-    """The track fit's compiled kernels (numba) could not be loaded (e.g. no writable cache directory)."""
+    """Compiled kernels (numba: the track fit's, CDCTimeZeros') could not be loaded (e.g. no writable cache
+    directory); raised by :func:`b2luca.kernel_loading.import_kernels`."""

@@ -114,15 +114,9 @@ def fit_t0(board: np.ndarray, layer: np.ndarray, tdc: np.ndarray, previous_t0: n
     if start is not None:
         t0 = np.where(np.isfinite(start), start, t0)
     if compiled:
-        try:
-            from calibrations._cdc_t0_kernels import accumulate
-        except Exception as exc:  # noqa: BLE001 - whatever numba raises (no cache locator, compilation)
-            from b2luca.errors import KernelLoadError
+        from b2luca.kernel_loading import import_kernels
 
-            raise KernelLoadError(
-                f"{settings.name}: its compiled kernel (calibrations/_cdc_t0_kernels.py, numba) could not be loaded: "
-                f"{exc} (numba caches it next to the source or under NUMBA_CACHE_DIR: on a read-only installation "
-                "set NUMBA_CACHE_DIR to a writable directory)") from exc
+        accumulate = import_kernels("calibrations._cdc_t0_kernels", settings.name).accumulate
 
         g_buf, h_buf = np.empty(nb), np.empty(nb)
 

@@ -40,6 +40,22 @@ PANEL_ROWS = 48
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _forward_rows(L: np.ndarray, q: int, X: np.ndarray, n: int) -> None:  # pragma: no cover - compiled
+    """X[:q, :n] ← L⁻¹ X[:q, :n] (lower triangular L), row by row: the inner loops run over the n columns
+    (vectorised); zero entries of L (another track of the event: L keeps them apart) are skipped."""
+    for k in range(q):
+        for i in range(k):
+            c = L[k, i]
+            if c == 0.0:
+                continue
+            for j in range(n):
+                X[k, j] -= c * X[i, j]
+        c = 1.0 / L[k, k]
+        for j in range(n):
+            X[k, j] *= c
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _sparse_gram(m0: int, m1: int, loc_ptr: np.ndarray, loc_index: np.ndarray, loc_der: np.ndarray,
                  y: np.ndarray, wm: np.ndarray, q: int, G: np.ndarray, beta: np.ndarray) -> float:  # pragma: no cover
     """Γ (lower triangle) and β of measurements m0..m1 into G, beta, over each measurement's entries (repeated
@@ -211,16 +227,7 @@ def _meas_space(m0: int, m1: int, loc_ptr: np.ndarray, loc_index: np.ndarray, lo
         dn[j] = n
         for e in range(U(loc_ptr[m]), U(loc_ptr[m + U(1)])):
             Zt[U(loc_index[e]), j] += loc_der[e]
-    for k in range(qr):  # Zᵀ = L⁻¹ Aᵀ row by row (inner loops over the measurements: vectorised)
-        for i in range(k):
-            c = L[k, i]
-            if c == 0.0:  # (another track of the event: L keeps them apart)
-                continue
-            for j in range(nm):
-                Zt[k, j] -= c * Zt[i, j]
-        c = 1.0 / L[k, k]
-        for j in range(nm):
-            Zt[k, j] *= c
+    _forward_rows(L, qr, Zt, nm)  # Zᵀ = L⁻¹ Aᵀ
     for j in range(nm):  # b = Dᵀ W (y − Z u), u = L⁻¹β
         m = U(jm[j])
         res = y[m]
@@ -316,7 +323,6 @@ def accumulate_mode(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, 
     G = np.zeros((qmax, qmax))
     L = np.zeros((qmax, qmax))
     u = np.zeros(qmax)
-    dinv = np.zeros(qmax)
     Mt = np.zeros((qmax, kmax))  # Hᵀ over the used rows, then Mᵀ = L⁻¹ Hᵀ in place
     Mflat = np.zeros(qmax * kmax)  # M (K, q) contiguous for the products
     Fflat = np.zeros(max(PANEL_ROWS, S) * kmax)  # a panel: whole blocks, at most PANEL_ROWS rows or one block
@@ -407,19 +413,10 @@ def accumulate_mode(order: np.ndarray, accept: np.ndarray, rec_ptr: np.ndarray, 
                         dblk[gb, s * Su + t] += wd * d[t]
             _cholesky(G, L, q[r])  # regular: accepted records passed fit_records' test on the same sums
             _forward(L, q[r], u)
+            _forward_rows(L, qr, Mt, K)  # Mᵀ = L⁻¹ Hᵀ
             for k in range(qr):
-                dinv[k] = 1.0 / L[k, k]
-            for k in range(qr):  # Mᵀ = L⁻¹ Hᵀ row by row (inner loops over the used rows of M: vectorised)
-                for j in range(k):
-                    c = L[k, j]
-                    if c == 0.0:  # (another track of the event: L keeps them apart)
-                        continue
-                    for i in range(K):
-                        Mt[k, i] -= c * Mt[j, i]
-                c = dinv[k]
                 uk = u[k]
                 for i in range(K):
-                    Mt[k, i] *= c
                     gam[i] -= Mt[k, i] * uk  # b_r = γ − M L⁻¹β
             for ia in range(nbr):
                 blk = U(ublk[s0 + ia])

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import KernelLoadError
+from ..kernel_loading import import_kernels
 from . import geometry as G
 from . import helix as H
 from .measurements import KIND_CDC, Constants, Measurements, cdc_global_derivatives, vxd_global_derivatives
@@ -232,14 +233,7 @@ def _kernels() -> ModuleType:
     cannot be loaded."""
     global _K
     if _K is None:
-        try:
-            from . import _kernels as kernels
-        except Exception as exc:  # noqa: BLE001 - whatever numba raises (no cache locator, compilation)
-            raise KernelLoadError(
-                f"track fit: its compiled kernels (b2luca.reco._kernels, numba) could not be loaded: {exc} "
-                "(numba caches them next to the source or under NUMBA_CACHE_DIR: on a read-only installation "
-                "set NUMBA_CACHE_DIR to a writable directory)") from exc
-        _K = kernels
+        _K = import_kernels("b2luca.reco._kernels", "track fit")
     return _K
 
 

@@ -115,7 +115,7 @@ def test_a_kernel_that_cannot_be_loaded_is_a_clear_error(script, monkeypatch):
     cal = script("cdc_time_zeros")
     nb = nominal_geometry().n_cdc_boards
     monkeypatch.setitem(sys.modules, "calibrations._cdc_t0_kernels", None)  # the import raises ImportError
-    with pytest.raises(KernelLoadError, match=r"CDCTimeZeros: its compiled kernel .*NUMBA_CACHE_DIR"):
+    with pytest.raises(KernelLoadError, match=r"CDCTimeZeros: its compiled kernels \(calibrations._cdc_t0_kernels.*NUMBA_CACHE_DIR"):
         cal.fit_t0(np.array([0]), np.array([0]), np.array([1.0]), np.zeros(nb), 10)
     ref = cal.fit_t0(np.array([0]), np.array([0]), np.array([1.0]), np.zeros(nb), 10, compiled=False)
     assert np.isnan(ref["t0_error"]).all()  # the numpy path needs no kernel
